@@ -1,0 +1,370 @@
+//! Static checks of the install manifests under deploy/, the Dockerfile and
+//! the IAM policy: least privilege, a locked-down pod, probes on the metrics
+//! port, and kustomizations that only name files that exist.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_yaml::Value;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        if path.is_dir() {
+            yaml_files(&path, out);
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+            out.push(path);
+        }
+    }
+}
+
+/// Every YAML document under deploy/, with the file it came from.
+fn documents() -> Vec<(PathBuf, Value)> {
+    let mut files = Vec::new();
+    yaml_files(&repo().join("deploy"), &mut files);
+    assert!(!files.is_empty(), "no YAML under deploy/");
+    let mut docs = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            if !value.is_null() {
+                docs.push((file.clone(), value));
+            }
+        }
+    }
+    docs
+}
+
+fn of_kind(kind: &str) -> Vec<(PathBuf, Value)> {
+    documents().into_iter().filter(|(_, d)| d["kind"].as_str() == Some(kind)).collect()
+}
+
+fn one(kind: &str, name: &str) -> Value {
+    let found: Vec<_> =
+        of_kind(kind).into_iter().filter(|(_, d)| d["metadata"]["name"].as_str() == Some(name)).collect();
+    assert_eq!(found.len(), 1, "expected one {kind} named {name}, found {}", found.len());
+    found.into_iter().next().unwrap().1
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_sequence()
+        .map(|s| s.iter().map(|x| x.as_str().expect("string entry").to_string()).collect())
+        .unwrap_or_default()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// (apiGroup, resource) -> verbs, over all rules of a Role or ClusterRole.
+fn grants(role: &Value) -> Vec<(String, String, BTreeSet<String>)> {
+    let mut out = Vec::new();
+    for rule in role["rules"].as_sequence().expect("rules") {
+        let verbs: BTreeSet<String> = strings(&rule["verbs"]).into_iter().collect();
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                out.push((group.clone(), resource, verbs.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn verbs_for(role: &Value, group: &str, resource: &str) -> BTreeSet<String> {
+    grants(role)
+        .into_iter()
+        .filter(|(g, r, _)| g == group && r == resource)
+        .flat_map(|(_, _, v)| v)
+        .collect()
+}
+
+fn operator_container() -> Value {
+    let deployment = one("Deployment", "votingstack-operator");
+    let containers = deployment["spec"]["template"]["spec"]["containers"].as_sequence().expect("containers").clone();
+    assert_eq!(containers.len(), 1, "the operator pod has one container");
+    containers[0].clone()
+}
+
+#[test]
+fn deploy_every_yaml_document_parses() {
+    let docs = documents();
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+        "Kustomization",
+        "Application",
+        "ConfigMap",
+    ] {
+        assert!(docs.iter().any(|(_, d)| d["kind"].as_str() == Some(kind)), "no {kind} under deploy/");
+    }
+}
+
+#[test]
+fn deploy_rbac_has_no_wildcards() {
+    let mut checked = 0;
+    for kind in ["ClusterRole", "Role"] {
+        for (file, role) in of_kind(kind) {
+            for rule in role["rules"].as_sequence().expect("rules") {
+                for field in ["verbs", "resources", "apiGroups", "resourceNames", "nonResourceURLs"] {
+                    for entry in strings(&rule[field]) {
+                        assert!(!entry.contains('*'), "{}: wildcard {entry:?} in {field}", file.display());
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 6, "expected the operator's rules, checked {checked}");
+}
+
+#[test]
+fn deploy_cluster_role_grants_exactly_what_the_operator_uses() {
+    let role = one("ClusterRole", "votingstack-operator");
+    let g = "votingstack.dev";
+    assert_eq!(verbs_for(&role, g, "votingstacks"), set(&["get", "list", "watch", "patch", "update"]));
+    assert_eq!(verbs_for(&role, g, "votingstacks/status"), set(&["get", "patch", "update"]));
+    assert_eq!(verbs_for(&role, g, "votingstacks/finalizers"), set(&["update"]));
+    assert_eq!(verbs_for(&role, "", "secrets"), set(&["get", "list", "watch"]));
+    assert_eq!(verbs_for(&role, "events.k8s.io", "events"), set(&["create", "patch"]));
+    assert_eq!(verbs_for(&role, "", "events"), set(&["create", "patch"]));
+    let all: BTreeSet<(String, String)> = grants(&role).into_iter().map(|(g, r, _)| (g, r)).collect();
+    assert_eq!(all.len(), 6, "unexpected extra grants: {all:?}");
+    for (_, _, verbs) in grants(&role) {
+        for forbidden in ["delete", "deletecollection", "escalate", "bind", "impersonate"] {
+            assert!(!verbs.contains(forbidden), "ClusterRole must not grant {forbidden}");
+        }
+    }
+
+    let binding = one("ClusterRoleBinding", "votingstack-operator");
+    assert_eq!(binding["roleRef"]["kind"].as_str(), Some("ClusterRole"));
+    assert_eq!(binding["roleRef"]["name"].as_str(), Some("votingstack-operator"));
+    assert_eq!(binding["subjects"][0]["name"].as_str(), Some("votingstack-operator"));
+    assert_eq!(binding["subjects"][0]["namespace"].as_str(), Some("votingstack-system"));
+}
+
+#[test]
+fn deploy_lease_role_is_namespaced_and_limited() {
+    let role = one("Role", "votingstack-operator-leader-election");
+    assert_eq!(role["metadata"]["namespace"].as_str(), Some("votingstack-system"));
+    assert_eq!(verbs_for(&role, "coordination.k8s.io", "leases"), set(&["get", "create", "update"]));
+    assert_eq!(grants(&role).iter().filter(|(_, r, _)| r != "leases").count(), 0);
+    for rule in role["rules"].as_sequence().unwrap() {
+        let verbs = strings(&rule["verbs"]);
+        if verbs.iter().any(|v| v == "get" || v == "update") {
+            assert_eq!(strings(&rule["resourceNames"]), ["votingstack-operator"], "get/update only on the operator's Lease");
+        }
+    }
+    let binding = one("RoleBinding", "votingstack-operator-leader-election");
+    assert_eq!(binding["roleRef"]["kind"].as_str(), Some("Role"));
+    assert_eq!(binding["subjects"][0]["name"].as_str(), Some("votingstack-operator"));
+}
+
+#[test]
+fn deploy_deployment_security_context_is_locked_down() {
+    let deployment = one("Deployment", "votingstack-operator");
+    assert_eq!(deployment["spec"]["replicas"].as_i64(), Some(1));
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"].as_str(), Some("votingstack-operator"));
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+
+    let c = operator_container();
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"].as_bool(), Some(true));
+    assert_eq!(sc["runAsUser"].as_i64(), Some(65532));
+    assert_eq!(sc["readOnlyRootFilesystem"].as_bool(), Some(true));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_ne!(sc["privileged"].as_bool(), Some(true));
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    assert!(sc["capabilities"]["add"].is_null(), "no capabilities are added");
+    assert_eq!(sc["seccompProfile"]["type"].as_str(), Some("RuntimeDefault"));
+
+    for side in ["requests", "limits"] {
+        for resource in ["cpu", "memory"] {
+            assert!(c["resources"][side][resource].as_str().is_some(), "resources.{side}.{resource} is set");
+        }
+    }
+}
+
+#[test]
+fn deploy_probes_use_the_metrics_port() {
+    let c = operator_container();
+    let ports = c["ports"].as_sequence().expect("ports");
+    let metrics = ports.iter().find(|p| p["name"].as_str() == Some("metrics")).expect("a port named metrics");
+    assert_eq!(metrics["containerPort"].as_i64(), Some(8080));
+
+    let args = strings(&c["args"]);
+    assert_eq!(args.first().map(String::as_str), Some("controller"));
+    let addr = args.iter().position(|a| a == "--metrics-addr").and_then(|i| args.get(i + 1));
+    assert_eq!(addr.map(String::as_str), Some("0.0.0.0:8080"));
+    assert!(!args.iter().any(|a| a == "--leader-election"), "the one-replica base runs without leader election");
+
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"].as_str(), Some(path), "{probe} path");
+        let port_ok = get["port"].as_str() == Some("metrics") || get["port"].as_i64() == Some(8080);
+        assert!(port_ok, "{probe} must use the metrics port, got {:?}", get["port"]);
+    }
+
+    let service = one("Service", "votingstack-operator-metrics");
+    let sp = &service["spec"]["ports"][0];
+    assert_eq!(sp["port"].as_i64(), Some(8080));
+    assert_eq!(sp["targetPort"].as_str(), Some("metrics"));
+    let deployment = one("Deployment", "votingstack-operator");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in service["spec"]["selector"].as_mapping().expect("selector") {
+        assert_eq!(&pod_labels[k.as_str().unwrap()], v, "Service selector matches the pod");
+    }
+}
+
+#[test]
+fn deploy_env_has_downward_api_and_optional_aws_secret() {
+    let c = operator_container();
+    let env = c["env"].as_sequence().expect("env");
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .and_then(|e| e["valueFrom"]["fieldRef"]["fieldPath"].as_str())
+            .map(str::to_string)
+    };
+    assert_eq!(field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
+    assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
+    let env_from = c["envFrom"].as_sequence().expect("envFrom");
+    assert!(
+        env_from.iter().any(|e| e["secretRef"]["optional"].as_bool() == Some(true)),
+        "AWS credentials come from an optional Secret"
+    );
+    let sa = std::fs::read_to_string(repo().join("deploy/base/serviceaccount.yaml")).unwrap();
+    assert!(sa.contains("eks.amazonaws.com/role-arn"), "ServiceAccount shows the IRSA annotation");
+}
+
+#[test]
+fn deploy_ha_overlay_runs_two_replicas_with_leader_election() {
+    let text = std::fs::read_to_string(repo().join("deploy/overlays/ha/leader-election.yaml")).unwrap();
+    let ops: Value = serde_yaml::from_str(&text).unwrap();
+    let ops = ops.as_sequence().expect("a JSON 6902 patch");
+    let find = |path: &str| ops.iter().find(|o| o["path"].as_str() == Some(path)).cloned();
+    assert_eq!(find("/spec/replicas").expect("replicas patched")["value"].as_i64(), Some(2));
+    assert_eq!(
+        find("/spec/template/spec/containers/0/args/-").expect("args patched")["value"].as_str(),
+        Some("--leader-election")
+    );
+}
+
+/// Resources and patches named by a kustomization, as paths relative to it.
+fn kustomization_refs(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("kustomization.yaml"))
+        .unwrap_or_else(|e| panic!("{}/kustomization.yaml: {e}", dir.display()));
+    let k: Value = serde_yaml::from_str(&text).unwrap();
+    let mut refs = strings(&k["resources"]);
+    for patch in k["patches"].as_sequence().cloned().unwrap_or_default() {
+        if let Some(p) = patch["path"].as_str() {
+            refs.push(p.to_string());
+        }
+    }
+    refs.extend(strings(&k["patchesStrategicMerge"]));
+    refs
+}
+
+#[test]
+fn deploy_kustomizations_list_files_that_exist() {
+    let root = repo();
+    let mut todo = vec![root.join("deploy"), root.join("deploy/overlays/ha")];
+    let mut seen = BTreeSet::new();
+    while let Some(dir) = todo.pop() {
+        let dir = dir.canonicalize().unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        if !seen.insert(dir.clone()) {
+            continue;
+        }
+        for r in kustomization_refs(&dir) {
+            assert!(!r.contains("://"), "{}: remote resource {r}", dir.display());
+            let target = dir.join(&r);
+            if target.is_dir() {
+                assert!(target.join("kustomization.yaml").is_file(), "{}: {r} has no kustomization.yaml", dir.display());
+                todo.push(target);
+            } else {
+                assert!(target.is_file(), "{}/kustomization.yaml lists {r}, which does not exist", dir.display());
+            }
+        }
+    }
+    let crds = root.join("crds").canonicalize().unwrap();
+    assert!(seen.contains(&crds), "deploy/ installs the CRD from crds/");
+    assert_eq!(kustomization_refs(&crds), ["votingstack.yaml"]);
+}
+
+#[test]
+fn deploy_dockerfile_runs_the_controller_as_non_root() {
+    let text = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
+    let froms = text.lines().filter(|l| l.trim_start().starts_with("FROM ")).count();
+    assert!(froms >= 2, "multi-stage build");
+    assert!(text.lines().any(|l| l.trim() == "USER 65532:65532"), "runs as uid 65532");
+    assert!(text.contains(r#"ENTRYPOINT ["/usr/local/bin/votingstack"]"#));
+    assert!(text.contains(r#"CMD ["controller"]"#));
+    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    assert!(ignore.lines().any(|l| l.trim() == "target"), ".dockerignore leaves out target/");
+}
+
+#[test]
+fn deploy_iam_policy_is_minimal_and_tag_scoped() {
+    let text = std::fs::read_to_string(repo().join("docs/iam-policy.json")).unwrap();
+    let policy: serde_json::Value = serde_json::from_str(&text).expect("docs/iam-policy.json is JSON");
+    assert_eq!(policy["Version"].as_str(), Some("2012-10-17"));
+    let statements = policy["Statement"].as_array().expect("Statement list");
+    let mut actions = BTreeSet::new();
+    let mut scoped = 0;
+    for st in statements {
+        assert_eq!(st["Effect"].as_str(), Some("Allow"));
+        let list: Vec<String> = match &st["Action"] {
+            serde_json::Value::String(s) => vec![s.clone()],
+            serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_string()).collect(),
+            other => panic!("bad Action {other}"),
+        };
+        for a in &list {
+            assert!(a.starts_with("ec2:"), "only EC2 actions: {a}");
+            assert!(a != "ec2:*", "no ec2:*");
+            if a.contains('*') {
+                assert!(a.starts_with("ec2:Describe"), "only Describe* may be a wildcard: {a}");
+            }
+        }
+        let mutating = list.iter().any(|a| !a.starts_with("ec2:Describe"));
+        if mutating && st["Condition"].is_object() {
+            scoped += 1;
+            let cond = st["Condition"].to_string();
+            assert!(
+                cond.contains("votingstack.dev/stack") || cond.contains("ec2:CreateAction"),
+                "{}: condition does not scope to the stack tag: {cond}",
+                st["Sid"]
+            );
+        }
+        if mutating && st["Resource"].as_str() == Some("*") {
+            assert!(st["Condition"].is_object(), "{}: a mutating statement on every resource needs a condition", st["Sid"]);
+        }
+        actions.extend(list);
+    }
+    for needed in [
+        "CreateVpc", "DeleteVpc", "CreateSubnet", "DeleteSubnet", "CreateInternetGateway", "DeleteInternetGateway",
+        "AttachInternetGateway", "DetachInternetGateway", "CreateRouteTable", "DeleteRouteTable", "CreateRoute",
+        "DeleteRoute", "AssociateRouteTable", "DisassociateRouteTable", "CreateSecurityGroup", "DeleteSecurityGroup",
+        "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress", "ModifyVpcAttribute", "ModifySubnetAttribute",
+        "ImportKeyPair", "DeleteKeyPair", "RunInstances", "StartInstances", "TerminateInstances", "CreateTags",
+    ] {
+        assert!(actions.contains(&format!("ec2:{needed}")), "policy lacks ec2:{needed}");
+    }
+    assert!(scoped >= 3, "mutating statements are scoped by the votingstack.dev/stack tag");
+}
