@@ -1,0 +1,8 @@
+# Reference "vote" image: the shared workload tree running /opt/votingapp/vote.py.
+ARG BASE
+FROM ${BASE}
+ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 PYTHONUNBUFFERED=1
+WORKDIR /opt/votingapp
+EXPOSE 80
+ENTRYPOINT ["/usr/bin/tini", "--"]
+CMD ["python3", "/opt/votingapp/vote.py"]
