@@ -1,0 +1,447 @@
+//! The `VotingStack` custom resource: its spec, as users write it.
+//!
+//! Every doc comment here becomes a description in `crds/votingstack.yaml`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::status::VotingStackStatus;
+
+/// Regular expression for an IPv4 CIDR block such as `10.42.0.0/16`.
+pub const CIDR_PATTERN: &str = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$";
+
+/// Desired state of one deployment of the voting app on EC2: three hosts
+/// (frontend, backend, database), their network, and the containers on them.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "votingstack.dev",
+    version = "v1alpha1",
+    kind = "VotingStack",
+    plural = "votingstacks",
+    shortname = "vstack",
+    namespaced,
+    status = "VotingStackStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Frontend","type":"string","jsonPath":".status.conditions[?(@.type==\"FrontendReady\")].reason"}"#,
+    printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.conditions[?(@.type==\"BackendReady\")].reason"}"#,
+    printcolumn = r#"{"name":"Database","type":"string","jsonPath":".status.conditions[?(@.type==\"DatabaseReady\")].reason"}"#,
+    printcolumn = r#"{"name":"Vote URL","type":"string","jsonPath":".status.voteUrl"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VotingStackSpec {
+    /// Where the stack lives in AWS.
+    #[serde(default)]
+    pub aws: AwsSpec,
+    /// The VPC, subnet and who may reach the hosts.
+    pub network: NetworkSpec,
+    /// The EC2 instances, one per tier.
+    pub instances: InstancesSpec,
+    /// How the operator reaches the hosts over SSH.
+    pub ssh: SshSpec,
+    /// The voting app itself: options, images, ports.
+    #[serde(default)]
+    pub app: AppSpec,
+    /// When true the operator observes and reports but changes nothing.
+    #[serde(default)]
+    pub paused: bool,
+    /// What happens to the AWS resources when the VotingStack is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// AWS location of the stack.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AwsSpec {
+    /// AWS region, for example `eu-west-1`.
+    #[serde(default = "default_region")]
+    #[schemars(length(min = 1))]
+    pub region: String,
+    /// EC2 endpoint URL override (for EC2-compatible endpoints). When unset the
+    /// standard AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL variables apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+impl Default for AwsSpec {
+    fn default() -> Self {
+        Self { region: default_region(), endpoint: None }
+    }
+}
+
+/// Which address of a host the operator connects to and publishes in URLs.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConnectVia {
+    /// The frontend's public IP (private tiers through the frontend when
+    /// `ssh.jumpThroughFrontend` is set). For operators outside the VPC.
+    #[default]
+    PublicIp,
+    /// Private IPs only. For operators running inside the VPC or a peered network.
+    PrivateIp,
+}
+
+/// The stack's network.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("cidr(self.vpcCidr).containsCIDR(self.subnetCidr)").message("subnetCidr must lie inside vpcCidr"))]
+pub struct NetworkSpec {
+    /// CIDR block of the VPC.
+    #[serde(default = "default_vpc_cidr")]
+    #[schemars(regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
+    pub vpc_cidr: String,
+    /// CIDR block of the single subnet the three hosts share; inside `vpcCidr`.
+    #[serde(default = "default_subnet_cidr")]
+    #[schemars(regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
+    pub subnet_cidr: String,
+    /// Availability zone of the subnet; AWS picks one when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    /// Who may open SSH (port 22) to the hosts: the operator's egress addresses.
+    #[schemars(length(min = 1))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("every entry must be a CIDR block"))]
+    pub ssh_ingress_cidrs: Vec<String>,
+    /// Who may open the vote (80) and result (81) pages.
+    #[serde(default = "default_web_cidrs")]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("every entry must be a CIDR block"))]
+    pub web_ingress_cidrs: Vec<String>,
+    /// Which host address the operator uses for SSH, probes and the URLs.
+    #[serde(default)]
+    pub connect_via: ConnectVia,
+}
+
+/// The three EC2 instances.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstancesSpec {
+    /// AMI for every tier (a Debian or Ubuntu image; Docker is installed when missing).
+    #[schemars(regex(pattern = r"^ami-[0-9a-f]{8,17}$"))]
+    pub ami: String,
+    /// Instance type for every tier.
+    #[serde(default = "default_instance_type")]
+    #[schemars(length(min = 1))]
+    pub instance_type: String,
+    /// Replace an instance whose AMI or type no longer matches the spec. When
+    /// false such drift is only reported in InfrastructureReady.
+    #[serde(default)]
+    pub allow_replacement: bool,
+    /// Overrides for the frontend host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<InstanceOverride>,
+    /// Overrides for the backend host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<InstanceOverride>,
+    /// Overrides for the database host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<InstanceOverride>,
+}
+
+/// Per-tier instance settings that win over the stack-wide ones.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InstanceOverride {
+    /// AMI for this tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^ami-[0-9a-f]{8,17}$"))]
+    pub ami: Option<String>,
+    /// Instance type for this tier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+}
+
+/// How host keys are trusted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum HostKeyPolicy {
+    /// Trust the first key an instance presents and pin it in status; refuse
+    /// any other key for that instance later.
+    #[default]
+    PinOnFirstUse,
+    /// Trust only the fingerprints in `ssh.pinnedHostKeys`.
+    Pinned,
+}
+
+/// SSH access to the hosts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.hostKeyPolicy != 'Pinned' || (has(self.pinnedHostKeys) && size(self.pinnedHostKeys) > 0)").message("hostKeyPolicy Pinned needs pinnedHostKeys"))]
+pub struct SshSpec {
+    /// Login user on the AMI (`ubuntu` on Ubuntu, `admin` on Debian).
+    #[serde(default = "default_ssh_user")]
+    #[schemars(length(min = 1))]
+    pub user: String,
+    /// SSH port on the hosts.
+    #[serde(default = "default_ssh_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// Secret (same namespace) holding the OpenSSH private key. Its public half
+    /// is imported as the EC2 key pair.
+    pub private_key_secret_ref: SecretKeyRef,
+    /// How host keys are trusted.
+    #[serde(default)]
+    pub host_key_policy: HostKeyPolicy,
+    /// Tier name (frontend, backend, database) to the SHA256 fingerprint of the
+    /// host key it must present, as printed by `ssh-keygen -lf`. Used with
+    /// `hostKeyPolicy: Pinned`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_host_keys: Option<BTreeMap<String, String>>,
+    /// Reach the backend and database hosts through the frontend host.
+    #[serde(default)]
+    pub jump_through_frontend: bool,
+    /// Seconds to wait for a TCP connection and the SSH handshake.
+    #[serde(default = "default_connect_timeout")]
+    #[schemars(range(min = 1, max = 300))]
+    pub connect_timeout_seconds: u32,
+    /// Seconds one remote command may run (image pulls included).
+    #[serde(default = "default_command_timeout")]
+    #[schemars(range(min = 5, max = 3600))]
+    pub command_timeout_seconds: u32,
+}
+
+/// A key inside a Secret in the VotingStack's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[serde(default = "default_secret_key")]
+    pub key: String,
+}
+
+/// The voting app.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.optionA != self.optionB").message("optionA and optionB must differ"))]
+pub struct AppSpec {
+    /// Label of the first option.
+    #[serde(default = "default_option_a")]
+    #[schemars(length(min = 1, max = 64))]
+    pub option_a: String,
+    /// Label of the second option.
+    #[serde(default = "default_option_b")]
+    #[schemars(length(min = 1, max = 64))]
+    pub option_b: String,
+    /// Container images of the five services.
+    #[serde(default)]
+    pub images: Images,
+    /// When images are pulled.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+    /// Published ports on the frontend host.
+    #[serde(default)]
+    pub ports: Ports,
+}
+
+impl Default for AppSpec {
+    fn default() -> Self {
+        Self {
+            option_a: default_option_a(),
+            option_b: default_option_b(),
+            images: Images::default(),
+            image_pull_policy: PullPolicy::default(),
+            ports: Ports::default(),
+        }
+    }
+}
+
+/// Images of the five services.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Images {
+    /// The vote web app (frontend host).
+    #[serde(default = "default_vote_image")]
+    #[schemars(length(min = 1))]
+    pub vote: String,
+    /// The result web app (frontend host).
+    #[serde(default = "default_result_image")]
+    #[schemars(length(min = 1))]
+    pub result: String,
+    /// The worker moving votes from redis to postgres (backend host).
+    #[serde(default = "default_worker_image")]
+    #[schemars(length(min = 1))]
+    pub worker: String,
+    /// Redis (backend host).
+    #[serde(default = "default_redis_image")]
+    #[schemars(length(min = 1))]
+    pub redis: String,
+    /// Postgres (database host).
+    #[serde(default = "default_postgres_image")]
+    #[schemars(length(min = 1))]
+    pub postgres: String,
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        Self {
+            vote: default_vote_image(),
+            result: default_result_image(),
+            worker: default_worker_image(),
+            redis: default_redis_image(),
+            postgres: default_postgres_image(),
+        }
+    }
+}
+
+/// When the hosts pull images.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    /// Pull on every container (re)creation.
+    Always,
+    /// Pull only when the host lacks the image.
+    #[default]
+    IfNotPresent,
+    /// Never pull; the image must already be on the host.
+    Never,
+}
+
+/// Published ports on the frontend host.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.vote != self.result").message("vote and result ports must differ"))]
+pub struct Ports {
+    /// Host port of the vote page.
+    #[serde(default = "default_vote_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub vote: u16,
+    /// Host port of the result page.
+    #[serde(default = "default_result_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub result: u16,
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Self { vote: default_vote_port(), result: default_result_port() }
+    }
+}
+
+/// What deletion of the VotingStack does to AWS.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Terminate the instances and delete the network and key pair.
+    #[default]
+    Delete,
+    /// Leave every AWS resource in place.
+    Retain,
+}
+
+/// The three hosts, in deployment order.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// postgres
+    Database,
+    /// redis and worker
+    Backend,
+    /// vote and result
+    Frontend,
+}
+
+impl Tier {
+    /// Deployment order: database, then backend, then frontend.
+    pub const ALL: [Tier; 3] = [Tier::Database, Tier::Backend, Tier::Frontend];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Database => "database",
+            Tier::Backend => "backend",
+            Tier::Frontend => "frontend",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl InstancesSpec {
+    /// AMI for a tier, with its override applied.
+    pub fn ami_for(&self, tier: Tier) -> &str {
+        self.override_for(tier).and_then(|o| o.ami.as_deref()).unwrap_or(&self.ami)
+    }
+
+    /// Instance type for a tier, with its override applied.
+    pub fn instance_type_for(&self, tier: Tier) -> &str {
+        self.override_for(tier)
+            .and_then(|o| o.instance_type.as_deref())
+            .unwrap_or(&self.instance_type)
+    }
+
+    fn override_for(&self, tier: Tier) -> Option<&InstanceOverride> {
+        match tier {
+            Tier::Frontend => self.frontend.as_ref(),
+            Tier::Backend => self.backend.as_ref(),
+            Tier::Database => self.database.as_ref(),
+        }
+    }
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_vpc_cidr() -> String {
+    "10.42.0.0/16".into()
+}
+fn default_subnet_cidr() -> String {
+    "10.42.1.0/24".into()
+}
+fn default_web_cidrs() -> Vec<String> {
+    vec!["0.0.0.0/0".into()]
+}
+fn default_instance_type() -> String {
+    "t3.small".into()
+}
+fn default_ssh_user() -> String {
+    "ubuntu".into()
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_secret_key() -> String {
+    "ssh-privatekey".into()
+}
+fn default_connect_timeout() -> u32 {
+    10
+}
+fn default_command_timeout() -> u32 {
+    600
+}
+fn default_option_a() -> String {
+    "Cats".into()
+}
+fn default_option_b() -> String {
+    "Dogs".into()
+}
+fn default_vote_image() -> String {
+    "dockersamples/examplevotingapp_vote".into()
+}
+fn default_result_image() -> String {
+    "dockersamples/examplevotingapp_result".into()
+}
+fn default_worker_image() -> String {
+    "dockersamples/examplevotingapp_worker".into()
+}
+fn default_redis_image() -> String {
+    "redis:alpine".into()
+}
+fn default_postgres_image() -> String {
+    "postgres:15-alpine".into()
+}
+fn default_vote_port() -> u16 {
+    80
+}
+fn default_result_port() -> u16 {
+    81
+}

@@ -1,0 +1,166 @@
+//! What the operator reports back: `.status` of a VotingStack.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::conditions::Condition;
+use super::spec::Tier;
+
+/// Observed state of a VotingStack.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VotingStackStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Summary of where the stack is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// InfrastructureReady, DatabaseReady, BackendReady, FrontendReady,
+    /// SmokeTestPassed and the aggregate Ready.
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// AWS ids of the network the operator created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkStatus>,
+    /// Per-tier host and container state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiers: Option<TiersStatus>,
+    /// URL of the vote page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vote_url: Option<String>,
+    /// URL of the result page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_url: Option<String>,
+    /// When the last reconcile finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reconcile_time: Option<String>,
+    /// How long the last reconcile took, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reconcile_duration_ms: Option<u64>,
+}
+
+/// Summary of the stack's life cycle.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted, nothing created yet.
+    Pending,
+    /// Network and instances are being created.
+    Provisioning,
+    /// Instances run; containers are being deployed or checked.
+    Deploying,
+    /// Every tier is ready and the smoke test passed.
+    Ready,
+    /// Something that worked is broken and being repaired.
+    Degraded,
+    /// The operator cannot go on until a user acts (see the Ready condition).
+    Failed,
+    /// `spec.paused` is set.
+    Paused,
+    /// The stack is being torn down.
+    Deleting,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Provisioning => "Provisioning",
+            Phase::Deploying => "Deploying",
+            Phase::Ready => "Ready",
+            Phase::Degraded => "Degraded",
+            Phase::Failed => "Failed",
+            Phase::Paused => "Paused",
+            Phase::Deleting => "Deleting",
+        }
+    }
+}
+
+/// AWS ids of the stack's network, kept so a reconcile need not look them up.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internet_gateway_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_table_id: Option<String>,
+    /// Security group id per tier.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub security_groups: BTreeMap<Tier, String>,
+    /// Name of the imported EC2 key pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_pair_name: Option<String>,
+}
+
+/// Status of the three tiers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TiersStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<TierStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<TierStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<TierStatus>,
+}
+
+impl TiersStatus {
+    pub fn get(&self, tier: Tier) -> Option<&TierStatus> {
+        match tier {
+            Tier::Frontend => self.frontend.as_ref(),
+            Tier::Backend => self.backend.as_ref(),
+            Tier::Database => self.database.as_ref(),
+        }
+    }
+
+    pub fn slot(&mut self, tier: Tier) -> &mut Option<TierStatus> {
+        match tier {
+            Tier::Frontend => &mut self.frontend,
+            Tier::Backend => &mut self.backend,
+            Tier::Database => &mut self.database,
+        }
+    }
+}
+
+/// One host and its containers.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TierStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// EC2 instance state (pending, running, stopped, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    /// SHA256 fingerprint of the host key pinned for `instanceId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_fingerprint: Option<String>,
+    /// How many times this tier's instance was replaced (part of the EC2 ClientToken).
+    #[serde(default)]
+    pub replacements: u32,
+    /// The stack's containers on this host.
+    #[serde(default)]
+    pub containers: Vec<ContainerStatus>,
+}
+
+/// One container on a host.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerStatus {
+    pub name: String,
+    pub image: String,
+    /// Docker state: running, exited, created, restarting, ...
+    pub state: String,
+    /// The config hash label the container carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+}

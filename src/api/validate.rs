@@ -1,0 +1,339 @@
+//! The validation step: every problem in a spec, each with its field path.
+//!
+//! The CRD schema and CEL rules refuse most of this at `kubectl apply`; this
+//! runs again in the engine (the CLI has no API server, and old objects may
+//! predate a rule), before anything is created.
+
+use std::fmt;
+
+use ipnet::Ipv4Net;
+
+use super::spec::{HostKeyPolicy, Tier, VotingStackSpec};
+
+/// One problem in a spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, such as `spec.network.subnetCidr`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+struct Problems(Vec<FieldError>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError { path: path.into(), message: message.into() });
+    }
+}
+
+/// Checks a stack's name and spec; an empty result means valid.
+pub fn validate(name: &str, spec: &VotingStackSpec) -> Vec<FieldError> {
+    let mut p = Problems(Vec::new());
+    check_name(&mut p, name);
+    check_aws(&mut p, spec);
+    check_network(&mut p, spec);
+    check_instances(&mut p, spec);
+    check_ssh(&mut p, spec);
+    check_app(&mut p, spec);
+    p.0
+}
+
+fn check_name(p: &mut Problems, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 40
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if !ok {
+        p.push(
+            "metadata.name",
+            format!("{name:?} must be 1-40 lowercase letters, digits or '-' (it names AWS resources)"),
+        );
+    }
+}
+
+fn check_aws(p: &mut Problems, spec: &VotingStackSpec) {
+    let region = &spec.aws.region;
+    let region_ok = !region.is_empty()
+        && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !region_ok {
+        p.push("spec.aws.region", format!("{region:?} is not an AWS region name such as us-east-1"));
+    }
+    if let Some(endpoint) = &spec.aws.endpoint {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            p.push("spec.aws.endpoint", format!("{endpoint:?} must be an http:// or https:// URL"));
+        }
+    }
+}
+
+fn parse_cidr(p: &mut Problems, path: &str, value: &str) -> Option<Ipv4Net> {
+    match value.parse::<Ipv4Net>() {
+        Ok(net) if net.network() == net.addr() => Some(net),
+        Ok(net) => {
+            p.push(path, format!("{value:?} has host bits set; did you mean {}?", net.trunc()));
+            None
+        }
+        Err(_) => {
+            p.push(path, format!("{value:?} is not an IPv4 CIDR block such as 10.42.0.0/16"));
+            None
+        }
+    }
+}
+
+fn check_network(p: &mut Problems, spec: &VotingStackSpec) {
+    let net = &spec.network;
+    let vpc = parse_cidr(p, "spec.network.vpcCidr", &net.vpc_cidr);
+    let subnet = parse_cidr(p, "spec.network.subnetCidr", &net.subnet_cidr);
+    if let Some(vpc) = vpc {
+        if !(16..=28).contains(&vpc.prefix_len()) {
+            p.push("spec.network.vpcCidr", "AWS allows VPC blocks from /16 to /28");
+        }
+    }
+    if let Some(subnet) = subnet {
+        if !(16..=28).contains(&subnet.prefix_len()) {
+            p.push("spec.network.subnetCidr", "AWS allows subnet blocks from /16 to /28");
+        }
+    }
+    if let (Some(vpc), Some(subnet)) = (vpc, subnet) {
+        if !vpc.contains(&subnet) {
+            p.push(
+                "spec.network.subnetCidr",
+                format!("{subnet} is not inside vpcCidr {vpc}"),
+            );
+        }
+    }
+    if net.ssh_ingress_cidrs.is_empty() {
+        p.push("spec.network.sshIngressCidrs", "needs at least one CIDR, or the operator cannot reach the hosts");
+    }
+    for (i, c) in net.ssh_ingress_cidrs.iter().enumerate() {
+        parse_cidr(p, &format!("spec.network.sshIngressCidrs[{i}]"), c);
+    }
+    for (i, c) in net.web_ingress_cidrs.iter().enumerate() {
+        parse_cidr(p, &format!("spec.network.webIngressCidrs[{i}]"), c);
+    }
+}
+
+fn is_ami_id(s: &str) -> bool {
+    s.strip_prefix("ami-").is_some_and(|hex| {
+        (8..=17).contains(&hex.len()) && hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+    })
+}
+
+fn is_instance_type(s: &str) -> bool {
+    match s.split_once('.') {
+        Some((family, size)) => {
+            !family.is_empty()
+                && !size.is_empty()
+                && family.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && size.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        }
+        None => false,
+    }
+}
+
+fn check_instances(p: &mut Problems, spec: &VotingStackSpec) {
+    let inst = &spec.instances;
+    if !is_ami_id(&inst.ami) {
+        p.push("spec.instances.ami", format!("{:?} is not an AMI id such as ami-0abcdef1234567890", inst.ami));
+    }
+    if !is_instance_type(&inst.instance_type) {
+        p.push(
+            "spec.instances.instanceType",
+            format!("{:?} is not an instance type such as t3.small", inst.instance_type),
+        );
+    }
+    for tier in Tier::ALL {
+        let ov = match tier {
+            Tier::Frontend => &inst.frontend,
+            Tier::Backend => &inst.backend,
+            Tier::Database => &inst.database,
+        };
+        let Some(ov) = ov else { continue };
+        if let Some(ami) = &ov.ami {
+            if !is_ami_id(ami) {
+                p.push(format!("spec.instances.{tier}.ami"), format!("{ami:?} is not an AMI id"));
+            }
+        }
+        if let Some(t) = &ov.instance_type {
+            if !is_instance_type(t) {
+                p.push(format!("spec.instances.{tier}.instanceType"), format!("{t:?} is not an instance type"));
+            }
+        }
+    }
+}
+
+fn is_dns_label_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn check_ssh(p: &mut Problems, spec: &VotingStackSpec) {
+    let ssh = &spec.ssh;
+    let user_ok = !ssh.user.is_empty()
+        && ssh.user.len() <= 32
+        && ssh.user.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !ssh.user.starts_with('-');
+    if !user_ok {
+        p.push("spec.ssh.user", format!("{:?} is not a valid login name", ssh.user));
+    }
+    if ssh.port == 0 {
+        p.push("spec.ssh.port", "must be between 1 and 65535");
+    }
+    if !is_dns_label_name(&ssh.private_key_secret_ref.name) {
+        p.push(
+            "spec.ssh.privateKeySecretRef.name",
+            format!("{:?} is not a Secret name", ssh.private_key_secret_ref.name),
+        );
+    }
+    if ssh.private_key_secret_ref.key.is_empty() {
+        p.push("spec.ssh.privateKeySecretRef.key", "must not be empty");
+    }
+    if ssh.connect_timeout_seconds == 0 {
+        p.push("spec.ssh.connectTimeoutSeconds", "must be at least 1");
+    }
+    if ssh.command_timeout_seconds < 5 {
+        p.push("spec.ssh.commandTimeoutSeconds", "must be at least 5");
+    }
+    let pins = ssh.pinned_host_keys.as_ref();
+    if ssh.host_key_policy == HostKeyPolicy::Pinned && pins.is_none_or(|m| m.is_empty()) {
+        p.push("spec.ssh.pinnedHostKeys", "hostKeyPolicy Pinned needs a fingerprint per tier");
+    }
+    if let Some(pins) = pins {
+        for (tier, fp) in pins {
+            if Tier::parse(tier).is_none() {
+                p.push(
+                    format!("spec.ssh.pinnedHostKeys.{tier}"),
+                    "key must be one of frontend, backend, database",
+                );
+            }
+            if !fp.starts_with("SHA256:") {
+                p.push(
+                    format!("spec.ssh.pinnedHostKeys.{tier}"),
+                    "must be a SHA256:... fingerprint as printed by ssh-keygen -lf",
+                );
+            }
+        }
+    }
+}
+
+fn check_app(p: &mut Problems, spec: &VotingStackSpec) {
+    let app = &spec.app;
+    for (path, v) in [("spec.app.optionA", &app.option_a), ("spec.app.optionB", &app.option_b)] {
+        if v.trim().is_empty() {
+            p.push(path, "must not be empty");
+        } else if v.len() > 64 {
+            p.push(path, "must be at most 64 characters");
+        } else if v.chars().any(|c| c.is_control()) {
+            p.push(path, "must not contain control characters");
+        }
+    }
+    if !app.option_a.is_empty() && app.option_a == app.option_b {
+        p.push("spec.app.optionB", "must differ from optionA");
+    }
+    let images = [
+        ("vote", &app.images.vote),
+        ("result", &app.images.result),
+        ("worker", &app.images.worker),
+        ("redis", &app.images.redis),
+        ("postgres", &app.images.postgres),
+    ];
+    for (name, image) in images {
+        let ok = !image.is_empty()
+            && image.len() <= 255
+            && image.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+            && !image.starts_with(['-', ':', '/', '@']);
+        if !ok {
+            p.push(format!("spec.app.images.{name}"), format!("{image:?} is not an image reference"));
+        }
+    }
+    let ports = &app.ports;
+    for (path, port) in [("spec.app.ports.vote", ports.vote), ("spec.app.ports.result", ports.result)] {
+        if port == 0 {
+            p.push(path, "must be between 1 and 65535");
+        } else if port == spec.ssh.port {
+            p.push(path, format!("{port} is the SSH port of the hosts"));
+        }
+    }
+    if ports.vote == ports.result {
+        p.push("spec.app.ports.result", "must differ from spec.app.ports.vote");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::fixtures::spec;
+
+    fn paths(errors: &[FieldError]) -> Vec<&str> {
+        errors.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn the_example_spec_is_valid() {
+        assert_eq!(validate("demo", &spec()), vec![]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let mut s = spec();
+        s.network.subnet_cidr = "10.99.1.0/24".into();
+        s.network.web_ingress_cidrs = vec!["nope".into()];
+        s.instances.ami = "ubuntu".into();
+        s.app.option_b = s.app.option_a.clone();
+        s.app.ports.result = 22;
+        let errors = validate("demo", &s);
+        assert_eq!(
+            paths(&errors),
+            [
+                "spec.network.subnetCidr",
+                "spec.network.webIngressCidrs[0]",
+                "spec.instances.ami",
+                "spec.app.optionB",
+                "spec.app.ports.result",
+            ]
+        );
+        assert!(errors[0].message.contains("not inside vpcCidr 10.42.0.0/16"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn host_bits_in_a_cidr_get_a_suggestion() {
+        let mut s = spec();
+        s.network.vpc_cidr = "10.42.3.7/16".into();
+        let errors = validate("demo", &s);
+        assert!(errors[0].message.contains("did you mean 10.42.0.0/16"), "{errors:?}");
+    }
+
+    #[test]
+    fn pinned_policy_needs_fingerprints() {
+        let mut s = spec();
+        s.ssh.host_key_policy = HostKeyPolicy::Pinned;
+        assert_eq!(paths(&validate("demo", &s)), ["spec.ssh.pinnedHostKeys"]);
+        s.ssh.pinned_host_keys = Some([("web".to_string(), "md5".to_string())].into());
+        assert_eq!(paths(&validate("demo", &s)), ["spec.ssh.pinnedHostKeys.web", "spec.ssh.pinnedHostKeys.web"]);
+    }
+
+    #[test]
+    fn names_that_cannot_name_aws_resources_are_refused() {
+        assert_eq!(paths(&validate("Demo_1", &spec())), ["metadata.name"]);
+        assert_eq!(paths(&validate(&"a".repeat(41), &spec())), ["metadata.name"]);
+    }
+
+    #[test]
+    fn per_tier_overrides_are_checked() {
+        let mut s = spec();
+        s.instances.database = Some(crate::api::InstanceOverride {
+            ami: None,
+            instance_type: Some("large".into()),
+        });
+        assert_eq!(paths(&validate("demo", &s)), ["spec.instances.database.instanceType"]);
+    }
+}

@@ -1,0 +1,10 @@
+//! The engine: desired state, observation types, the pure plan, conditions,
+//! and the phased reconcile that both shells run.
+
+pub mod conditions;
+pub mod desired;
+pub mod observed;
+pub mod plan;
+pub mod reconcile;
+
+pub use reconcile::{Engine, EngineSettings, Outcome, Teardown};

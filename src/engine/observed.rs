@@ -1,0 +1,129 @@
+//! What observation found: the EC2 side and each host.
+
+use std::net::Ipv4Addr;
+
+use crate::api::{NetworkStatus, Tier};
+
+/// EC2 instance states the engine tells apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<InstanceState> {
+        Some(match s {
+            "pending" => InstanceState::Pending,
+            "running" => InstanceState::Running,
+            "stopping" => InstanceState::Stopping,
+            "stopped" => InstanceState::Stopped,
+            "shutting-down" => InstanceState::ShuttingDown,
+            "terminated" => InstanceState::Terminated,
+            _ => return None,
+        })
+    }
+
+    /// Pending, running, stopping or stopped: the instance still exists.
+    pub fn is_alive(self) -> bool {
+        !matches!(self, InstanceState::ShuttingDown | InstanceState::Terminated)
+    }
+}
+
+/// One EC2 instance carrying the stack's tags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedInstance {
+    pub id: String,
+    /// From the tier tag; None when the tag is missing or unknown.
+    pub tier: Option<Tier>,
+    pub state: InstanceState,
+    pub private_ip: Option<Ipv4Addr>,
+    pub public_ip: Option<Ipv4Addr>,
+    pub ami: String,
+    pub instance_type: String,
+    /// RFC 3339 launch time; the oldest of duplicates is kept.
+    pub launch_time: String,
+}
+
+/// The EC2 side of the stack.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedInfra {
+    /// The network's ids when every part of it exists, None when something is missing.
+    pub network: Option<NetworkStatus>,
+    pub instances: Vec<ObservedInstance>,
+}
+
+impl ObservedInfra {
+    /// Live instances of a tier, oldest first.
+    pub fn live(&self, tier: Tier) -> Vec<&ObservedInstance> {
+        let mut v: Vec<_> =
+            self.instances.iter().filter(|i| i.tier == Some(tier) && i.state.is_alive()).collect();
+        v.sort_by(|a, b| a.launch_time.cmp(&b.launch_time).then(a.id.cmp(&b.id)));
+        v
+    }
+}
+
+/// Docker daemon state on a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DockerState {
+    Running,
+    /// No docker binary on the host.
+    Missing,
+    /// Installed, but the daemon does not answer.
+    Down(String),
+}
+
+/// One container with the stack's labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedContainer {
+    pub name: String,
+    pub image: String,
+    /// running, exited, created, restarting, paused, dead
+    pub state: String,
+    pub config_hash: Option<String>,
+    /// Exit code when not running.
+    pub exit_code: Option<i64>,
+}
+
+impl ObservedContainer {
+    pub fn is_running(&self) -> bool {
+        self.state == "running" || self.state == "restarting"
+    }
+}
+
+/// What one SSH round trip found on a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedHost {
+    pub docker: DockerState,
+    pub containers: Vec<ObservedContainer>,
+    /// Readiness probes run on the host (redis PING, postgres SELECT 1), by
+    /// container name: Ok or the failure text.
+    pub probes: Vec<(String, Result<(), String>)>,
+    /// SHA256 fingerprint of the host key the host presented.
+    pub host_key_fingerprint: String,
+}
+
+impl ObservedHost {
+    pub fn container(&self, name: &str) -> Option<&ObservedContainer> {
+        self.containers.iter().find(|c| c.name == name)
+    }
+
+    pub fn probe(&self, name: &str) -> Option<&Result<(), String>> {
+        self.probes.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+}

@@ -1,0 +1,328 @@
+//! The plan step: desired + observed → ordered actions. Pure: no I/O, no clock.
+//!
+//! Infrastructure comes first (network, then one instance per tier), then the
+//! hosts in tier order database → backend → frontend.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::api::{Tier, VotingStackSpec, VotingStackStatus};
+
+use super::desired::{desired_containers, DesiredContainer, Peers};
+use super::observed::{DockerState, InstanceState, ObservedHost, ObservedInfra, ObservedInstance};
+
+/// Why an instance is terminated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TerminateReason {
+    /// Another live instance already serves the tier.
+    Duplicate,
+    /// Carries the stack's tags but no known tier.
+    UnknownTier,
+    /// AMI or type differs from the spec and replacement is allowed.
+    Replaced(String),
+}
+
+impl fmt::Display for TerminateReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TerminateReason::Duplicate => f.write_str("duplicate of the tier's instance"),
+            TerminateReason::UnknownTier => f.write_str("carries the stack's tags but no tier"),
+            TerminateReason::Replaced(why) => write!(f, "replaced: {why}"),
+        }
+    }
+}
+
+/// Why a container is (re)created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateReason {
+    Missing,
+    /// The running container's config hash differs (old hash, or None when unlabelled).
+    ConfigChanged(Option<String>),
+}
+
+/// One step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// VPC, subnet, gateway, route table, security groups, key pair.
+    CreateNetwork,
+    LaunchInstance { tier: Tier, ami: String, instance_type: String, replacement: u32 },
+    StartInstance { tier: Tier, instance_id: String },
+    TerminateInstance { tier: Option<Tier>, instance_id: String, reason: TerminateReason },
+    InstallDocker { tier: Tier },
+    StartDocker { tier: Tier },
+    CreateContainer { container: DesiredContainer, reason: CreateReason },
+    StartContainer { tier: Tier, name: String, state: String },
+    RemoveContainer { tier: Tier, name: String },
+}
+
+impl Action {
+    /// The host an action runs on; None for EC2 actions.
+    pub fn host_tier(&self) -> Option<Tier> {
+        match self {
+            Action::InstallDocker { tier } | Action::StartDocker { tier } => Some(*tier),
+            Action::CreateContainer { container, .. } => Some(container.tier),
+            Action::StartContainer { tier, .. } | Action::RemoveContainer { tier, .. } => Some(*tier),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::CreateNetwork => f.write_str(
+                "+ create network: VPC, subnet, internet gateway, route table, 3 security groups, key pair",
+            ),
+            Action::LaunchInstance { tier, ami, instance_type, replacement } => {
+                write!(f, "+ launch {tier} instance ({ami}, {instance_type})")?;
+                if *replacement > 0 {
+                    write!(f, ", replacement #{replacement}")?;
+                }
+                Ok(())
+            }
+            Action::StartInstance { tier, instance_id } => {
+                write!(f, "~ start {tier} instance {instance_id} (stopped)")
+            }
+            Action::TerminateInstance { tier, instance_id, reason } => match tier {
+                Some(t) => write!(f, "- terminate {t} instance {instance_id} ({reason})"),
+                None => write!(f, "- terminate instance {instance_id} ({reason})"),
+            },
+            Action::InstallDocker { tier } => write!(f, "+ install Docker on the {tier} host"),
+            Action::StartDocker { tier } => write!(f, "~ start Docker on the {tier} host"),
+            Action::CreateContainer { container, reason } => {
+                let hash = container.config_hash().unwrap_or_else(|| "(known after apply)".into());
+                match reason {
+                    CreateReason::Missing => write!(
+                        f,
+                        "+ create {} container {} ({}, config {hash})",
+                        container.tier, container.name, container.image
+                    ),
+                    CreateReason::ConfigChanged(old) => write!(
+                        f,
+                        "± recreate {} container {} (config {} → {hash})",
+                        container.tier,
+                        container.name,
+                        old.as_deref().unwrap_or("unlabelled")
+                    ),
+                }
+            }
+            Action::StartContainer { tier, name, state } => {
+                write!(f, "~ start {tier} container {name} ({state})")
+            }
+            Action::RemoveContainer { tier, name } => {
+                write!(f, "- remove {tier} container {name} (not part of the stack)")
+            }
+        }
+    }
+}
+
+/// AMI or instance type that no longer matches the spec, left in place
+/// because `instances.allowReplacement` is false.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceDrift {
+    pub tier: Tier,
+    pub instance_id: String,
+    pub what: String,
+}
+
+/// The EC2 half of a plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InfraPlan {
+    pub actions: Vec<Action>,
+    pub drift: Vec<InstanceDrift>,
+    /// The instance kept for each tier (none while one is to be launched).
+    pub keepers: BTreeMap<Tier, ObservedInstance>,
+}
+
+impl InfraPlan {
+    /// Private IPs of the kept backend and database instances.
+    pub fn peers(&self) -> Peers {
+        let ip = |t: Tier| self.keepers.get(&t).and_then(|i| i.private_ip);
+        Peers { backend: ip(Tier::Backend), database: ip(Tier::Database) }
+    }
+}
+
+/// What the engine knows of a host when planning its containers.
+#[derive(Clone, Copy, Debug)]
+pub enum HostView<'a> {
+    /// Observed over SSH.
+    Observed(&'a ObservedHost),
+    /// No instance yet: everything will be created once it runs.
+    NotCreated,
+    /// Exists but could not be observed (unreachable, wrong host key): no actions.
+    Unavailable,
+}
+
+/// Replacement number of the next instance launched for a tier: it moves on
+/// when the tier's recorded instance has gone, so the ClientToken differs.
+pub fn next_replacement(status: &VotingStackStatus, tier: Tier, infra: &ObservedInfra) -> u32 {
+    let recorded = status.tiers.as_ref().and_then(|t| t.get(tier));
+    let count = recorded.map_or(0, |t| t.replacements);
+    let gone = recorded
+        .and_then(|t| t.instance_id.as_deref())
+        .is_some_and(|id| !infra.instances.iter().any(|i| i.id == id && i.state.is_alive()));
+    if gone {
+        count + 1
+    } else {
+        count
+    }
+}
+
+/// Plans the EC2 side.
+pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &ObservedInfra) -> InfraPlan {
+    let mut plan = InfraPlan::default();
+    if infra.network.is_none() {
+        plan.actions.push(Action::CreateNetwork);
+    }
+    for inst in infra.instances.iter().filter(|i| i.tier.is_none() && i.state.is_alive()) {
+        plan.actions.push(Action::TerminateInstance {
+            tier: None,
+            instance_id: inst.id.clone(),
+            reason: TerminateReason::UnknownTier,
+        });
+    }
+    for tier in Tier::ALL {
+        let live = infra.live(tier);
+        let recorded_id = status.tiers.as_ref().and_then(|t| t.get(tier)).and_then(|t| t.instance_id.clone());
+        let keeper = live
+            .iter()
+            .find(|i| Some(&i.id) == recorded_id.as_ref())
+            .or_else(|| live.iter().find(|i| i.state == InstanceState::Running))
+            .or_else(|| live.first())
+            .copied();
+        for dup in live.iter().filter(|i| Some(&i.id) != keeper.map(|k| &k.id)) {
+            plan.actions.push(Action::TerminateInstance {
+                tier: Some(tier),
+                instance_id: dup.id.clone(),
+                reason: TerminateReason::Duplicate,
+            });
+        }
+        let ami = spec.instances.ami_for(tier).to_string();
+        let instance_type = spec.instances.instance_type_for(tier).to_string();
+        let mut replacement = next_replacement(status, tier, infra);
+        let Some(keeper) = keeper else {
+            plan.actions.push(Action::LaunchInstance { tier, ami, instance_type, replacement });
+            continue;
+        };
+        let mut drift = Vec::new();
+        if keeper.ami != ami {
+            drift.push(format!("AMI {} → {ami}", keeper.ami));
+        }
+        if keeper.instance_type != instance_type {
+            drift.push(format!("type {} → {instance_type}", keeper.instance_type));
+        }
+        if !drift.is_empty() {
+            let what = drift.join(", ");
+            if spec.instances.allow_replacement {
+                plan.actions.push(Action::TerminateInstance {
+                    tier: Some(tier),
+                    instance_id: keeper.id.clone(),
+                    reason: TerminateReason::Replaced(what),
+                });
+                if recorded_id.as_deref() == Some(keeper.id.as_str()) {
+                    replacement += 1;
+                }
+                plan.actions.push(Action::LaunchInstance { tier, ami, instance_type, replacement });
+                continue;
+            }
+            plan.drift.push(InstanceDrift { tier, instance_id: keeper.id.clone(), what });
+        }
+        if keeper.state == InstanceState::Stopped {
+            plan.actions.push(Action::StartInstance { tier, instance_id: keeper.id.clone() });
+        }
+        plan.keepers.insert(tier, keeper.clone());
+    }
+    plan
+}
+
+/// Plans one host's containers.
+pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let observed = match view {
+        HostView::Unavailable => return actions,
+        HostView::NotCreated => None,
+        HostView::Observed(host) => match &host.docker {
+            DockerState::Running => Some(host),
+            DockerState::Missing => {
+                actions.push(Action::InstallDocker { tier });
+                None
+            }
+            DockerState::Down(_) => {
+                // Containers come back with the daemon (restart unless-stopped);
+                // the next observation plans the rest.
+                actions.push(Action::StartDocker { tier });
+                return actions;
+            }
+        },
+    };
+    for want in desired {
+        let have = observed.and_then(|h| h.container(&want.name));
+        match have {
+            None => actions.push(Action::CreateContainer { container: want.clone(), reason: CreateReason::Missing }),
+            Some(have) => {
+                let Some(hash) = want.config_hash() else {
+                    // A peer's IP is unknown: leave the container until it is.
+                    continue;
+                };
+                if have.config_hash.as_deref() != Some(hash.as_str()) {
+                    actions.push(Action::CreateContainer {
+                        container: want.clone(),
+                        reason: CreateReason::ConfigChanged(have.config_hash.clone()),
+                    });
+                } else if !have.is_running() {
+                    actions.push(Action::StartContainer {
+                        tier,
+                        name: have.name.clone(),
+                        state: have.state.clone(),
+                    });
+                }
+            }
+        }
+    }
+    if let Some(host) = observed {
+        for orphan in host.containers.iter().filter(|c| !desired.iter().any(|d| d.name == c.name)) {
+            actions.push(Action::RemoveContainer { tier, name: orphan.name.clone() });
+        }
+    }
+    actions
+}
+
+/// A whole plan: EC2 first, then each host in tier order.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub drift: Vec<InstanceDrift>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.actions.is_empty()
+    }
+}
+
+/// Plans everything from one observation. `hosts` holds the hosts that were
+/// observed; a tier missing from it is treated as not created when its
+/// instance is to be launched, and as unavailable otherwise.
+pub fn plan(
+    spec: &VotingStackSpec,
+    status: &VotingStackStatus,
+    infra: &ObservedInfra,
+    hosts: &BTreeMap<Tier, ObservedHost>,
+) -> Plan {
+    let infra_plan = plan_infra(spec, status, infra);
+    let peers = infra_plan.peers();
+    let mut actions = infra_plan.actions.clone();
+    for tier in Tier::ALL {
+        let view = match (hosts.get(&tier), infra_plan.keepers.get(&tier)) {
+            (Some(host), Some(_)) => HostView::Observed(host),
+            (_, None) => HostView::NotCreated,
+            (None, Some(_)) => HostView::Unavailable,
+        };
+        actions.extend(plan_host(tier, &desired_containers(spec, tier, peers), view));
+    }
+    Plan { actions, drift: infra_plan.drift }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,277 @@
+//! Unit tests of the pure plan step: every drift kind the engine repairs.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::api::fixtures::spec;
+use crate::api::{NetworkStatus, TierStatus, TiersStatus};
+use crate::engine::observed::ObservedContainer;
+
+fn ip(tier: Tier) -> Ipv4Addr {
+    match tier {
+        Tier::Database => Ipv4Addr::new(10, 42, 1, 4),
+        Tier::Backend => Ipv4Addr::new(10, 42, 1, 5),
+        Tier::Frontend => Ipv4Addr::new(10, 42, 1, 6),
+    }
+}
+
+fn instance(tier: Tier, id: &str, state: InstanceState) -> ObservedInstance {
+    ObservedInstance {
+        id: id.into(),
+        tier: Some(tier),
+        state,
+        private_ip: Some(ip(tier)),
+        public_ip: None,
+        ami: spec().instances.ami,
+        instance_type: spec().instances.instance_type,
+        launch_time: format!("2026-01-01T00:00:0{}Z", id.len()),
+    }
+}
+
+fn infra() -> ObservedInfra {
+    ObservedInfra {
+        network: Some(NetworkStatus::default()),
+        instances: Tier::ALL.iter().map(|t| instance(*t, &format!("i-{t}"), InstanceState::Running)).collect(),
+    }
+}
+
+fn status() -> VotingStackStatus {
+    let mut tiers = TiersStatus::default();
+    for t in Tier::ALL {
+        *tiers.slot(t) = Some(TierStatus { instance_id: Some(format!("i-{t}")), ..Default::default() });
+    }
+    VotingStackStatus { tiers: Some(tiers), ..Default::default() }
+}
+
+fn peers() -> Peers {
+    Peers { backend: Some(ip(Tier::Backend)), database: Some(ip(Tier::Database)) }
+}
+
+fn converged_host(spec: &VotingStackSpec, tier: Tier) -> ObservedHost {
+    ObservedHost {
+        docker: DockerState::Running,
+        containers: desired_containers(spec, tier, peers())
+            .into_iter()
+            .map(|d| ObservedContainer {
+                name: d.name.clone(),
+                image: d.image.clone(),
+                state: "running".into(),
+                config_hash: d.config_hash(),
+                exit_code: None,
+            })
+            .collect(),
+        probes: Vec::new(),
+        host_key_fingerprint: "SHA256:x".into(),
+    }
+}
+
+fn converged_hosts() -> BTreeMap<Tier, ObservedHost> {
+    Tier::ALL.iter().map(|t| (*t, converged_host(&spec(), *t))).collect()
+}
+
+fn lines(plan: &Plan) -> Vec<String> {
+    plan.actions.iter().map(|a| a.to_string()).collect()
+}
+
+#[test]
+fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
+    let plan = plan(&spec(), &VotingStackStatus::default(), &ObservedInfra::default(), &BTreeMap::new());
+    let tiers: Vec<_> = plan.actions.iter().filter_map(Action::host_tier).collect();
+    assert_eq!(plan.actions[0], Action::CreateNetwork);
+    assert!(matches!(&plan.actions[1], Action::LaunchInstance { tier: Tier::Database, replacement: 0, .. }));
+    assert!(matches!(&plan.actions[2], Action::LaunchInstance { tier: Tier::Backend, .. }));
+    assert!(matches!(&plan.actions[3], Action::LaunchInstance { tier: Tier::Frontend, .. }));
+    assert_eq!(
+        tiers,
+        [Tier::Database, Tier::Backend, Tier::Backend, Tier::Frontend, Tier::Frontend]
+    );
+    let text = lines(&plan).join("\n");
+    assert!(text.contains("+ create frontend container vote (dockersamples/examplevotingapp_vote, config (known after apply))"), "{text}");
+}
+
+#[test]
+fn converged_stack_plans_nothing() {
+    let plan = plan(&spec(), &status(), &infra(), &converged_hosts());
+    assert_eq!(lines(&plan), Vec::<String>::new());
+    assert!(plan.drift.is_empty());
+}
+
+#[test]
+fn missing_container_is_created() {
+    let mut hosts = converged_hosts();
+    hosts.get_mut(&Tier::Backend).unwrap().containers.retain(|c| c.name != "worker");
+    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    assert_eq!(plan.actions.len(), 1);
+    assert!(matches!(&plan.actions[0], Action::CreateContainer { container, reason: CreateReason::Missing } if container.name == "worker"));
+}
+
+#[test]
+fn stopped_container_is_started_not_recreated() {
+    let mut hosts = converged_hosts();
+    hosts.get_mut(&Tier::Database).unwrap().containers[0].state = "exited".into();
+    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    assert_eq!(lines(&plan), ["~ start database container db (exited)"]);
+}
+
+#[test]
+fn wrong_image_recreates_only_that_container() {
+    let hosts = converged_hosts();
+    let mut s = spec();
+    s.app.images.result = "registry.example/result:2".into();
+    let plan = plan(&s, &status(), &infra(), &hosts);
+    assert_eq!(plan.actions.len(), 1);
+    assert!(matches!(&plan.actions[0], Action::CreateContainer { container, reason: CreateReason::ConfigChanged(Some(_)) } if container.name == "result"));
+}
+
+#[test]
+fn changed_option_recreates_vote_and_result_only() {
+    let mut s = spec();
+    s.app.option_b = "Birds".into();
+    let plan = plan(&s, &status(), &infra(), &converged_hosts());
+    let names: Vec<_> = plan
+        .actions
+        .iter()
+        .map(|a| match a {
+            Action::CreateContainer { container, .. } => container.name.as_str(),
+            other => panic!("unexpected {other}"),
+        })
+        .collect();
+    assert_eq!(names, ["vote", "result"]);
+}
+
+#[test]
+fn orphan_container_is_removed() {
+    let mut hosts = converged_hosts();
+    let extra = ObservedContainer {
+        name: "old-worker".into(),
+        image: "x".into(),
+        state: "running".into(),
+        config_hash: None,
+        exit_code: None,
+    };
+    hosts.get_mut(&Tier::Backend).unwrap().containers.push(extra);
+    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    assert_eq!(lines(&plan), ["- remove backend container old-worker (not part of the stack)"]);
+}
+
+#[test]
+fn changed_backend_ip_recreates_what_points_at_redis() {
+    let mut infra = infra();
+    for i in infra.instances.iter_mut().filter(|i| i.tier == Some(Tier::Backend)) {
+        i.private_ip = Some(Ipv4Addr::new(10, 42, 1, 9));
+    }
+    let plan = plan(&spec(), &status(), &infra, &converged_hosts());
+    let names: Vec<_> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateContainer { container, .. } => Some(container.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["worker", "vote"], "redis itself and result (db only) stay");
+}
+
+#[test]
+fn terminated_instance_is_replaced_with_the_next_client_token() {
+    let mut infra = infra();
+    infra.instances[0].state = InstanceState::Terminated;
+    let plan = plan_infra(&spec(), &status(), &infra);
+    assert!(matches!(
+        &plan.actions[..],
+        [Action::LaunchInstance { tier: Tier::Database, replacement: 1, .. }]
+    ));
+    assert!(!plan.keepers.contains_key(&Tier::Database));
+    assert_eq!(plan.peers().database, None);
+}
+
+#[test]
+fn instance_found_by_tag_is_adopted_not_launched_again() {
+    // RunInstances answered but the status write was lost: status knows nothing.
+    let plan = plan_infra(&spec(), &VotingStackStatus::default(), &infra());
+    assert_eq!(plan.actions, []);
+    assert_eq!(plan.keepers.len(), 3);
+}
+
+#[test]
+fn stopped_instance_is_started() {
+    let mut infra = infra();
+    infra.instances[2].state = InstanceState::Stopped;
+    let plan = plan_infra(&spec(), &status(), &infra);
+    assert_eq!(
+        plan.actions,
+        [Action::StartInstance { tier: Tier::Frontend, instance_id: "i-frontend".into() }]
+    );
+}
+
+#[test]
+fn duplicate_instances_keep_the_recorded_one() {
+    let mut infra = infra();
+    let mut dup = instance(Tier::Backend, "i-0", InstanceState::Running);
+    dup.launch_time = "2025-01-01T00:00:00Z".into();
+    infra.instances.push(dup);
+    let plan = plan_infra(&spec(), &status(), &infra);
+    assert_eq!(lines(&Plan { actions: plan.actions, drift: vec![] }), ["- terminate backend instance i-0 (duplicate of the tier's instance)"]);
+}
+
+#[test]
+fn untiered_instances_with_the_stack_tags_are_terminated() {
+    let mut infra = infra();
+    let mut stray = instance(Tier::Backend, "i-stray", InstanceState::Running);
+    stray.tier = None;
+    infra.instances.push(stray);
+    let plan = plan_infra(&spec(), &status(), &infra);
+    assert!(matches!(&plan.actions[..], [Action::TerminateInstance { tier: None, reason: TerminateReason::UnknownTier, .. }]));
+}
+
+#[test]
+fn ami_drift_is_reported_unless_replacement_is_allowed() {
+    let mut s = spec();
+    s.instances.ami = "ami-0fedcba9876543210".into();
+    let plan = plan_infra(&s, &status(), &infra());
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.drift.len(), 3);
+    assert!(plan.drift[0].what.starts_with("AMI ami-0abcdef1234567890 → ami-0fedcba9876543210"));
+
+    s.instances.allow_replacement = true;
+    let plan = plan_infra(&s, &status(), &infra());
+    assert!(matches!(&plan.actions[0], Action::TerminateInstance { reason: TerminateReason::Replaced(_), .. }));
+    assert!(matches!(&plan.actions[1], Action::LaunchInstance { tier: Tier::Database, replacement: 1, .. }));
+    assert_eq!(plan.actions.len(), 6);
+}
+
+#[test]
+fn docker_missing_installs_then_deploys_docker_down_only_starts_it() {
+    let mut hosts = converged_hosts();
+    hosts.get_mut(&Tier::Database).unwrap().docker = DockerState::Missing;
+    hosts.get_mut(&Tier::Backend).unwrap().docker = DockerState::Down("socket closed".into());
+    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    assert_eq!(
+        lines(&plan)[..],
+        [
+            "+ install Docker on the database host".to_string(),
+            format!(
+                "+ create database container db (postgres:15-alpine, config {})",
+                desired_containers(&spec(), Tier::Database, peers())[0].config_hash().unwrap()
+            ),
+            "~ start Docker on the backend host".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn unreachable_host_gets_no_actions() {
+    let mut hosts = converged_hosts();
+    hosts.remove(&Tier::Frontend);
+    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    assert!(plan.is_empty());
+}
+
+#[test]
+fn missing_network_is_created_first() {
+    let mut infra = infra();
+    infra.network = None;
+    let plan = plan(&spec(), &status(), &infra, &converged_hosts());
+    assert_eq!(plan.actions, [Action::CreateNetwork]);
+}

@@ -1,0 +1,597 @@
+//! The phased reconcile shared by the controller and the CLI:
+//! validate → observe → plan → act → status.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::api::conditions::{find_condition, set_condition};
+use crate::api::{
+    validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, HostKeyPolicy, Phase, Reason,
+    Tier, TierStatus, TiersStatus, VotingStack, VotingStackSpec, VotingStackStatus,
+};
+use crate::cloud::{Cloud, CloudError, DestroyReport, StackIdentity};
+use crate::host::{HostError, HostTarget, Hosts, SshKey};
+
+use super::conditions::{Finding, Findings};
+use super::desired::{desired_containers, DesiredContainer};
+use super::observed::{DockerState, InstanceState, ObservedHost, ObservedInfra, ObservedInstance};
+use super::plan::{plan, plan_host, plan_infra, Action, HostView, Plan};
+
+/// Timing knobs of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Requeue of a Ready stack: the safety net behind the event streams.
+    pub resync: Duration,
+    /// Requeue while converging.
+    pub converge_retry: Duration,
+    /// Requeue while a user must act.
+    pub terminal_retry: Duration,
+    /// How long the smoke test waits for its vote to reach postgres.
+    pub smoke_timeout: Duration,
+    pub smoke_poll: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(60),
+            converge_retry: Duration::from_secs(5),
+            terminal_retry: Duration::from_secs(300),
+            smoke_timeout: Duration::from_secs(30),
+            smoke_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// What a reconcile did and what to write back.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub status: VotingStackStatus,
+    /// Conditions whose status flipped (worth an Event).
+    pub transitions: Vec<ConditionUpdate>,
+    /// Actions carried out, in order.
+    pub applied: Vec<Action>,
+    pub requeue_after: Duration,
+    /// Set when the reconcile hit an error (for backoff and metrics): a short
+    /// kind such as `aws`, `ssh`, `invalid_spec`.
+    pub error_kind: Option<&'static str>,
+}
+
+impl Outcome {
+    pub fn is_ready(&self) -> bool {
+        self.status.phase == Some(Phase::Ready)
+    }
+}
+
+/// One engine, two shells: the controller and the CLI both drive this.
+#[derive(Clone)]
+pub struct Engine {
+    cloud: Arc<dyn Cloud>,
+    hosts: Arc<dyn Hosts>,
+    settings: EngineSettings,
+}
+
+/// Result of tearing a stack down.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Teardown {
+    /// `deletionPolicy: Retain`: nothing was touched.
+    Retained,
+    Deleted(DestroyReport),
+}
+
+impl Engine {
+    pub fn new(cloud: Arc<dyn Cloud>, hosts: Arc<dyn Hosts>, settings: EngineSettings) -> Engine {
+        Engine { cloud, hosts, settings }
+    }
+
+    pub fn cloud(&self) -> &Arc<dyn Cloud> {
+        &self.cloud
+    }
+
+    pub fn hosts(&self) -> &Arc<dyn Hosts> {
+        &self.hosts
+    }
+
+    /// Brings the stack one step closer to its spec and reports where it is.
+    pub async fn reconcile(&self, stack: &VotingStack, key: Result<SshKey, String>) -> Outcome {
+        let started = Instant::now();
+        let previous = stack.status.clone().unwrap_or_default();
+        let mut run = Run { status: previous.clone(), findings: Findings::default(), applied: Vec::new(), error: None };
+        self.reconcile_into(stack, key, &mut run).await;
+        self.finish(stack, previous, run, started)
+    }
+
+    async fn reconcile_into(&self, stack: &VotingStack, key: Result<SshKey, String>, run: &mut Run) {
+        let spec = &stack.spec;
+        let name = stack.metadata.name.as_deref().unwrap_or_default();
+
+        // validate
+        run.findings.invalid = validate(name, spec);
+        if !run.findings.invalid.is_empty() {
+            run.error = Some("invalid_spec");
+            return;
+        }
+        let key = match key {
+            Ok(k) => k,
+            Err(problem) => {
+                run.findings.secret_problem = Some(problem);
+                run.error = Some("secret");
+                return;
+            }
+        };
+        run.findings.paused = spec.paused;
+        let ident = StackIdentity::of(stack);
+
+        // observe + plan + act: EC2
+        let Some(infra) = self.converge_infra(&ident, spec, &key, run).await else { return };
+
+        // observe + plan + act: hosts, in tier order
+        let infra_plan = plan_infra(spec, &run.status, &infra);
+        record_instances(&mut run.status, &infra_plan.keepers);
+        let peers = infra_plan.peers();
+        let mut changed_hosts = false;
+        for tier in Tier::ALL {
+            let Some(keeper) = infra_plan.keepers.get(&tier) else { continue };
+            let Some(target) = host_target(spec, &run.status, tier, &infra_plan.keepers) else {
+                run.findings.tiers.insert(
+                    tier,
+                    Finding::not(
+                        Reason::WaitingForInfrastructure,
+                        format!("instance {} is {}", keeper.id, keeper.state.as_str()),
+                    ),
+                );
+                continue;
+            };
+            let desired = desired_containers(spec, tier, peers);
+            let finding = self.converge_host(spec, &target, &key, &desired, run, &mut changed_hosts).await;
+            run.findings.tiers.insert(tier, finding);
+        }
+        self.check_web(spec, &infra_plan.keepers, run).await;
+        self.smoke_test(stack, &infra_plan.keepers, &key, changed_hosts, run).await;
+    }
+
+    /// Observes EC2 and carries out the EC2 half of the plan. Returns the
+    /// instances as they are afterwards, or None when EC2 failed.
+    async fn converge_infra(
+        &self,
+        ident: &StackIdentity,
+        spec: &VotingStackSpec,
+        key: &SshKey,
+        run: &mut Run,
+    ) -> Option<ObservedInfra> {
+        let calls_before = self.cloud.api_calls();
+        let mut infra = match self.cloud.observe(ident, run.status.network.as_ref()).await {
+            Ok(infra) => infra,
+            Err(e) => return run.cloud_failed(e),
+        };
+        if let Some(net) = &infra.network {
+            run.status.network = Some(net.clone());
+        }
+        let plan = plan_infra(spec, &run.status, &infra);
+        if !spec.paused && !plan.actions.is_empty() {
+            for action in &plan.actions {
+                info!(stack = %ident.tag_value(), "{action}");
+                if let Err(e) = self.act_infra(ident, spec, key, action, run).await {
+                    return run.cloud_failed(e);
+                }
+                run.applied.push(action.clone());
+            }
+            infra = match self.cloud.observe(ident, run.status.network.as_ref()).await {
+                Ok(infra) => infra,
+                Err(e) => return run.cloud_failed(e),
+            };
+        }
+        debug!(stack = %ident.tag_value(), calls = self.cloud.api_calls() - calls_before, "EC2 calls this reconcile");
+        let after = plan_infra(spec, &run.status, &infra);
+        run.findings.infrastructure = Some(infra_finding(&after.keepers, &after.drift));
+        Some(infra)
+    }
+
+    async fn act_infra(
+        &self,
+        ident: &StackIdentity,
+        spec: &VotingStackSpec,
+        key: &SshKey,
+        action: &Action,
+        run: &mut Run,
+    ) -> Result<(), CloudError> {
+        match action {
+            Action::CreateNetwork => {
+                let net = self
+                    .cloud
+                    .ensure_network(ident, spec, key.public_openssh(), run.status.network.as_ref())
+                    .await?;
+                run.status.network = Some(net);
+            }
+            Action::LaunchInstance { tier, replacement, .. } => {
+                let network = run.status.network.clone().unwrap_or_default();
+                let inst = self.cloud.launch_instance(ident, spec, &network, *tier, *replacement).await?;
+                let slot = run.status.tiers.get_or_insert_with(TiersStatus::default).slot(*tier);
+                *slot = Some(TierStatus {
+                    instance_id: Some(inst.id.clone()),
+                    instance_state: Some(inst.state.as_str().into()),
+                    private_ip: inst.private_ip.map(|ip| ip.to_string()),
+                    public_ip: inst.public_ip.map(|ip| ip.to_string()),
+                    replacements: *replacement,
+                    ..Default::default()
+                });
+            }
+            Action::StartInstance { instance_id, .. } => self.cloud.start_instance(instance_id).await?,
+            Action::TerminateInstance { instance_id, .. } => {
+                self.cloud.terminate_instances(std::slice::from_ref(instance_id)).await?
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Observes one host, carries out its plan, and says how ready it is.
+    async fn converge_host(
+        &self,
+        spec: &VotingStackSpec,
+        target: &HostTarget,
+        key: &SshKey,
+        desired: &[DesiredContainer],
+        run: &mut Run,
+        changed: &mut bool,
+    ) -> Finding {
+        let tier = target.tier;
+        let mut observed = match self.hosts.observe(target, key).await {
+            Ok(o) => o,
+            Err(e) => return run.host_failed(e),
+        };
+        pin_host_key(&mut run.status, tier, &observed.host_key_fingerprint);
+        let actions = plan_host(tier, desired, HostView::Observed(&observed));
+        if !spec.paused && !actions.is_empty() {
+            for a in &actions {
+                info!(host = %target.describe(), "{a}");
+            }
+            let applied = self.hosts.apply(target, key, &actions, spec.app.image_pull_policy).await;
+            *changed = true;
+            if let Err(e) = applied {
+                return run.host_failed(e);
+            }
+            run.applied.extend(actions);
+            observed = match self.hosts.observe(target, key).await {
+                Ok(o) => o,
+                Err(e) => return run.host_failed(e),
+            };
+        }
+        record_containers(&mut run.status, tier, &observed);
+        tier_finding(target, &observed, desired)
+    }
+
+    /// HTTP 200 from vote and result, once the frontend's containers run.
+    async fn check_web(&self, spec: &VotingStackSpec, keepers: &BTreeMap<Tier, ObservedInstance>, run: &mut Run) {
+        let Some(address) = keepers.get(&Tier::Frontend).and_then(|f| web_address(spec, f)) else {
+            run.status.vote_url = None;
+            run.status.result_url = None;
+            return;
+        };
+        let vote_url = url(address, spec.app.ports.vote);
+        let result_url = url(address, spec.app.ports.result);
+        run.status.vote_url = Some(vote_url.clone());
+        run.status.result_url = Some(result_url.clone());
+        if !run.findings.tiers.get(&Tier::Frontend).is_some_and(|f| f.ok) {
+            return;
+        }
+        for u in [&vote_url, &result_url] {
+            let problem = match self.hosts.http_status(u).await {
+                Ok(200) => continue,
+                Ok(code) => format!("{u} answered HTTP {code}"),
+                Err(e) => e.to_string(),
+            };
+            run.findings.tiers.insert(Tier::Frontend, Finding::not(Reason::NotReady, problem));
+            return;
+        }
+    }
+
+    /// Casts a vote with a unique voter id and waits for it in postgres. Runs
+    /// only when something changed; a steady stack keeps its last result.
+    async fn smoke_test(
+        &self,
+        stack: &VotingStack,
+        keepers: &BTreeMap<Tier, ObservedInstance>,
+        key: &SshKey,
+        changed_hosts: bool,
+        run: &mut Run,
+    ) {
+        let spec = &stack.spec;
+        let all_ready = Tier::ALL.iter().all(|t| run.findings.tiers.get(t).is_some_and(|f| f.ok));
+        if !all_ready {
+            run.findings.smoke = Some(Finding::not(Reason::WaitingForTiers, "waits for all three tiers"));
+            return;
+        }
+        let previous = find_condition(&run.status.conditions, ConditionType::SmokeTestPassed);
+        let still_valid = previous.is_some_and(|c| {
+            c.status == "True" && c.observed_generation == stack.metadata.generation && !changed_hosts
+        });
+        if still_valid || spec.paused {
+            let p = previous.map(|c| (c.status == "True", c.message.clone()));
+            run.findings.smoke = Some(match p {
+                Some((true, msg)) => Finding::ok(Reason::VoteCounted, msg),
+                _ => Finding::not(Reason::WaitingForTiers, "paused before a smoke test ran"),
+            });
+            return;
+        }
+        let (Some(vote_url), Some(db)) =
+            (run.status.vote_url.clone(), host_target(spec, &run.status, Tier::Database, keepers))
+        else {
+            return;
+        };
+        let voter = format!("votingstack-smoke-{}", chrono::Utc::now().timestamp_millis());
+        run.findings.smoke = Some(self.cast_and_find(&vote_url, &db, key, &voter).await);
+    }
+
+    async fn cast_and_find(&self, vote_url: &str, db: &HostTarget, key: &SshKey, voter: &str) -> Finding {
+        if let Err(e) = self.hosts.cast_vote(vote_url, voter, "a").await {
+            return Finding::not(Reason::VoteNotCounted, format!("casting a vote failed: {e}"));
+        }
+        let deadline = Instant::now() + self.settings.smoke_timeout;
+        loop {
+            match self.hosts.recorded_vote(db, key, voter).await {
+                Ok(Some(v)) if v == "a" => {
+                    return Finding::ok(Reason::VoteCounted, format!("vote of {voter} reached postgres"))
+                }
+                Ok(_) => {}
+                Err(e) => return Finding::not(Reason::VoteNotCounted, format!("reading the vote back failed: {e}")),
+            }
+            if Instant::now() >= deadline {
+                return Finding::not(
+                    Reason::VoteNotCounted,
+                    format!(
+                        "vote of {voter} did not reach postgres within {} s: is the worker running and can it resolve redis and db?",
+                        self.settings.smoke_timeout.as_secs()
+                    ),
+                );
+            }
+            tokio::time::sleep(self.settings.smoke_poll).await;
+        }
+    }
+
+    fn finish(&self, stack: &VotingStack, previous: VotingStackStatus, run: Run, started: Instant) -> Outcome {
+        let Run { mut status, findings, applied, error } = run;
+        let generation = stack.metadata.generation;
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut transitions = Vec::new();
+        for update in findings.conditions() {
+            if set_condition(&mut status.conditions, &update, generation, &now) {
+                transitions.push(update);
+            }
+        }
+        let phase = findings.phase(previous.phase);
+        status.phase = Some(phase);
+        status.observed_generation = generation;
+        status.last_reconcile_time = Some(now);
+        status.last_reconcile_duration_ms = Some(started.elapsed().as_millis() as u64);
+        let ready = findings.ready();
+        let requeue_after = if ready.ok {
+            self.settings.resync
+        } else if ready.reason.is_terminal() || phase == Phase::Paused {
+            self.settings.terminal_retry
+        } else {
+            self.settings.converge_retry
+        };
+        if let Some(kind) = error {
+            warn!(stack = %stack.key(), kind, reason = %ready.reason, "{}", ready.message);
+        }
+        Outcome { status, transitions, applied, requeue_after, error_kind: error }
+    }
+
+    /// What `plan` would do now: observes EC2 and the hosts, changes nothing.
+    pub async fn plan(&self, stack: &VotingStack, key: Option<&SshKey>) -> Result<Plan, CloudError> {
+        let spec = &stack.spec;
+        let status = stack.status.clone().unwrap_or_default();
+        let ident = StackIdentity::of(stack);
+        let infra = self.cloud.observe(&ident, status.network.as_ref()).await?;
+        let keepers = plan_infra(spec, &status, &infra).keepers;
+        let mut hosts = BTreeMap::new();
+        if let Some(key) = key {
+            for tier in Tier::ALL {
+                let Some(target) = host_target(spec, &status, tier, &keepers) else { continue };
+                match self.hosts.observe(&target, key).await {
+                    Ok(o) => {
+                        hosts.insert(tier, o);
+                    }
+                    Err(e) => warn!("{e}"),
+                }
+            }
+        }
+        Ok(plan(spec, &status, &infra, &hosts))
+    }
+
+    /// Tears the stack down per its deletion policy.
+    pub async fn destroy(&self, stack: &VotingStack) -> Result<Teardown, CloudError> {
+        if stack.spec.deletion_policy == crate::api::DeletionPolicy::Retain {
+            info!(stack = %stack.key(), "deletionPolicy Retain: leaving every AWS resource in place");
+            return Ok(Teardown::Retained);
+        }
+        let status = stack.status.clone().unwrap_or_default();
+        let report = self.cloud.destroy(&StackIdentity::of(stack), status.network.as_ref()).await?;
+        Ok(Teardown::Deleted(report))
+    }
+}
+
+/// Mutable state of one reconcile.
+struct Run {
+    status: VotingStackStatus,
+    findings: Findings,
+    applied: Vec<Action>,
+    error: Option<&'static str>,
+}
+
+impl Run {
+    fn cloud_failed(&mut self, e: CloudError) -> Option<ObservedInfra> {
+        self.findings.infrastructure = Some(Finding::not(e.reason(), e.to_string()));
+        self.error = Some("aws");
+        None
+    }
+
+    fn host_failed(&mut self, e: HostError) -> Finding {
+        self.error = Some("ssh");
+        Finding::not(e.reason(), e.to_string())
+    }
+}
+
+fn infra_finding(keepers: &BTreeMap<Tier, ObservedInstance>, drift: &[super::plan::InstanceDrift]) -> Finding {
+    let not_running: Vec<String> = Tier::ALL
+        .iter()
+        .filter_map(|t| match keepers.get(t) {
+            Some(i) if i.state == InstanceState::Running && i.private_ip.is_some() => None,
+            Some(i) => Some(format!("{t} instance {} is {}", i.id, i.state.as_str())),
+            None => Some(format!("{t} instance is being launched")),
+        })
+        .collect();
+    if !not_running.is_empty() {
+        return Finding::not(Reason::Provisioning, not_running.join(", "));
+    }
+    if !drift.is_empty() {
+        let list: Vec<String> = drift.iter().map(|d| format!("{} {}: {}", d.tier, d.instance_id, d.what)).collect();
+        return Finding::not(
+            Reason::InstanceDrift,
+            format!("{} (set instances.allowReplacement to replace)", list.join("; ")),
+        );
+    }
+    Finding::ok(Reason::InstancesRunning, "network and three instances are up")
+}
+
+fn tier_finding(target: &HostTarget, observed: &ObservedHost, desired: &[DesiredContainer]) -> Finding {
+    let host = target.describe();
+    match &observed.docker {
+        DockerState::Missing => return Finding::not(Reason::DockerMissing, format!("Docker is not installed on the {host}")),
+        DockerState::Down(why) => return Finding::not(Reason::DockerDown, format!("Docker on the {host} does not answer: {why}")),
+        DockerState::Running => {}
+    }
+    for want in desired {
+        match observed.container(&want.name) {
+            None => return Finding::not(Reason::NotReady, format!("container {} is missing on the {host}", want.name)),
+            Some(c) if !c.is_running() => {
+                let code = c.exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
+                return Finding::not(Reason::ContainerExited, format!("container {} is {}{code}", c.name, c.state));
+            }
+            Some(c) if want.config_hash().is_some() && c.config_hash != want.config_hash() => {
+                return Finding::not(Reason::NotReady, format!("container {} runs an outdated config", c.name));
+            }
+            Some(_) => {}
+        }
+        if let Some(Err(why)) = observed.probe(&want.name) {
+            return Finding::not(Reason::NotReady, format!("{} is not ready: {why}", want.name));
+        }
+    }
+    let names: Vec<&str> = desired.iter().map(|d| d.name.as_str()).collect();
+    Finding::ok(Reason::ContainersRunning, format!("{} running and answering", names.join(" and ")))
+}
+
+/// Keeps status in step with the instances kept for each tier.
+fn record_instances(status: &mut VotingStackStatus, keepers: &BTreeMap<Tier, ObservedInstance>) {
+    let tiers = status.tiers.get_or_insert_with(TiersStatus::default);
+    for tier in Tier::ALL {
+        let slot = tiers.slot(tier);
+        let Some(inst) = keepers.get(&tier) else {
+            if let Some(t) = slot.as_mut() {
+                t.instance_state = Some("terminated".into());
+                t.containers.clear();
+            }
+            continue;
+        };
+        let entry = slot.get_or_insert_with(TierStatus::default);
+        if entry.instance_id.as_deref() != Some(inst.id.as_str()) {
+            // A new instance: a new host key will be pinned on first contact.
+            entry.host_key_fingerprint = None;
+            entry.containers.clear();
+            entry.instance_id = Some(inst.id.clone());
+        }
+        entry.instance_state = Some(inst.state.as_str().into());
+        entry.private_ip = inst.private_ip.map(|ip| ip.to_string());
+        entry.public_ip = inst.public_ip.map(|ip| ip.to_string());
+    }
+}
+
+fn pin_host_key(status: &mut VotingStackStatus, tier: Tier, fingerprint: &str) {
+    if let Some(t) = status.tiers.get_or_insert_with(TiersStatus::default).slot(tier).as_mut() {
+        if t.host_key_fingerprint.is_none() {
+            t.host_key_fingerprint = Some(fingerprint.to_string());
+        }
+    }
+}
+
+fn record_containers(status: &mut VotingStackStatus, tier: Tier, observed: &ObservedHost) {
+    if let Some(t) = status.tiers.get_or_insert_with(TiersStatus::default).slot(tier).as_mut() {
+        t.containers = observed
+            .containers
+            .iter()
+            .map(|c| ContainerStatus {
+                name: c.name.clone(),
+                image: c.image.clone(),
+                state: c.state.clone(),
+                config_hash: c.config_hash.clone(),
+            })
+            .collect();
+    }
+}
+
+/// The address the operator uses for a host, per `network.connectVia`.
+fn connect_address(spec: &VotingStackSpec, inst: &ObservedInstance) -> Option<Ipv4Addr> {
+    match spec.network.connect_via {
+        ConnectVia::PrivateIp => inst.private_ip,
+        ConnectVia::PublicIp => inst.public_ip,
+    }
+}
+
+fn web_address(spec: &VotingStackSpec, frontend: &ObservedInstance) -> Option<Ipv4Addr> {
+    if frontend.state != InstanceState::Running {
+        return None;
+    }
+    connect_address(spec, frontend)
+}
+
+fn url(address: Ipv4Addr, port: u16) -> String {
+    if port == 80 {
+        format!("http://{address}/")
+    } else {
+        format!("http://{address}:{port}/")
+    }
+}
+
+/// How to reach a tier's host, or None while it has no usable address.
+pub fn host_target(
+    spec: &VotingStackSpec,
+    status: &VotingStackStatus,
+    tier: Tier,
+    keepers: &BTreeMap<Tier, ObservedInstance>,
+) -> Option<HostTarget> {
+    let inst = keepers.get(&tier).filter(|i| i.state == InstanceState::Running)?;
+    let expected = |tier: Tier, inst: &ObservedInstance| match spec.ssh.host_key_policy {
+        HostKeyPolicy::Pinned => spec.ssh.pinned_host_keys.as_ref().and_then(|m| m.get(tier.as_str()).cloned()),
+        HostKeyPolicy::PinOnFirstUse => status
+            .tiers
+            .as_ref()
+            .and_then(|t| t.get(tier))
+            .filter(|t| t.instance_id.as_deref() == Some(inst.id.as_str()))
+            .and_then(|t| t.host_key_fingerprint.clone()),
+    };
+    let make = |tier: Tier, inst: &ObservedInstance, address: Ipv4Addr, jump: Option<Box<HostTarget>>| HostTarget {
+        tier,
+        instance_id: inst.id.clone(),
+        address,
+        port: spec.ssh.port,
+        user: spec.ssh.user.clone(),
+        expected_host_key: expected(tier, inst),
+        jump,
+        connect_timeout_secs: spec.ssh.connect_timeout_seconds,
+        command_timeout_secs: spec.ssh.command_timeout_seconds,
+    };
+    let private_tier = tier != Tier::Frontend;
+    let via_frontend = private_tier
+        && (spec.network.connect_via == ConnectVia::PublicIp || spec.ssh.jump_through_frontend);
+    if via_frontend {
+        let front = keepers.get(&Tier::Frontend).filter(|i| i.state == InstanceState::Running)?;
+        let jump = make(Tier::Frontend, front, connect_address(spec, front)?, None);
+        return Some(make(tier, inst, inst.private_ip?, Some(Box::new(jump))));
+    }
+    Some(make(tier, inst, connect_address(spec, inst)?, None))
+}

@@ -1,0 +1,105 @@
+//! The host side of the engine: what the engine asks of each host (over SSH)
+//! and of the published web pages.
+//!
+//! [`Hosts`] is implemented over SSH by `ssh::SshHosts` and by test doubles.
+
+pub mod keys;
+
+use std::net::Ipv4Addr;
+
+use async_trait::async_trait;
+
+use crate::api::{PullPolicy, Reason, Tier};
+use crate::engine::observed::ObservedHost;
+use crate::engine::plan::Action;
+
+pub use keys::{KeyError, SshKey};
+
+/// How to reach one host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostTarget {
+    pub tier: Tier,
+    pub instance_id: String,
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub user: String,
+    /// The fingerprint the host must present; None trusts the first key seen
+    /// (which the engine then pins in status).
+    pub expected_host_key: Option<String>,
+    /// Hop through this host first (the frontend, for the private tiers).
+    pub jump: Option<Box<HostTarget>>,
+    pub connect_timeout_secs: u32,
+    pub command_timeout_secs: u32,
+}
+
+impl HostTarget {
+    /// `tier host <address> (<instance id>)`, for messages.
+    pub fn describe(&self) -> String {
+        format!("{} host {} ({})", self.tier, self.address, self.instance_id)
+    }
+}
+
+/// Errors at the host boundary. Each names the host.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("{host}: SSH connection failed: {message}")]
+    Unreachable { host: String, message: String },
+    #[error("{host}: SSH login as {user:?} was refused; is the key pair's public key authorised?")]
+    AuthRefused { host: String, user: String },
+    #[error("{host}: host key {presented} does not match the pinned {expected}; if the instance was rebuilt on purpose, clear status.tiers.*.hostKeyFingerprint or replace the instance")]
+    HostKeyMismatch { host: String, expected: String, presented: String },
+    #[error("{host}: `{step}` exited with {code}: {stderr}")]
+    CommandFailed { host: String, step: String, code: u32, stderr: String },
+    #[error("{host}: pulling {image} failed: {message}")]
+    ImagePull { host: String, image: String, message: String },
+    #[error("{host}: {what} timed out after {seconds} s")]
+    Timeout { host: String, what: String, seconds: u32 },
+    #[error("{host}: unreadable observation: {message}")]
+    Parse { host: String, message: String },
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+}
+
+impl HostError {
+    /// The condition reason this error shows as.
+    pub fn reason(&self) -> Reason {
+        match self {
+            HostError::Unreachable { .. } | HostError::AuthRefused { .. } | HostError::Timeout { .. } => {
+                Reason::SshUnreachable
+            }
+            HostError::HostKeyMismatch { .. } => Reason::HostKeyMismatch,
+            HostError::ImagePull { .. } => Reason::ImagePullFailed,
+            HostError::CommandFailed { .. } | HostError::Parse { .. } => Reason::DeployFailed,
+            HostError::Http { .. } => Reason::NotReady,
+        }
+    }
+}
+
+/// What the engine does on hosts.
+#[async_trait]
+pub trait Hosts: Send + Sync {
+    /// One round trip: Docker daemon state, the stack's containers, the
+    /// tier's readiness probes, and the host key fingerprint.
+    async fn observe(&self, target: &HostTarget, key: &SshKey) -> Result<ObservedHost, HostError>;
+
+    /// Runs a tier's planned actions, batched into as few commands as possible.
+    async fn apply(
+        &self,
+        target: &HostTarget,
+        key: &SshKey,
+        actions: &[Action],
+        pull: PullPolicy,
+    ) -> Result<(), HostError>;
+
+    /// HTTP status of a GET on `url` (vote and result readiness).
+    async fn http_status(&self, url: &str) -> Result<u16, HostError>;
+
+    /// Casts `vote` (a or b) as `voter_id` through the vote page.
+    async fn cast_vote(&self, vote_url: &str, voter_id: &str, vote: &str) -> Result<(), HostError>;
+
+    /// The vote postgres holds for `voter_id`, if any.
+    async fn recorded_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<Option<String>, HostError>;
+
+    /// SSH commands run so far (for metrics and the steady-state budget).
+    fn commands_run(&self) -> u64;
+}
