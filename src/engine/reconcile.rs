@@ -136,7 +136,7 @@ impl Engine {
         let mut changed_hosts = false;
         for tier in Tier::ALL {
             let Some(keeper) = infra_plan.keepers.get(&tier) else { continue };
-            let Some(target) = host_target(spec, &run.status, tier, &infra_plan.keepers) else {
+            let Some(target) = host_target(&ident.tag_value(), spec, &run.status, tier, &infra_plan.keepers) else {
                 run.findings.tiers.insert(
                     tier,
                     Finding::not(
@@ -319,7 +319,7 @@ impl Engine {
             return;
         }
         let (Some(vote_url), Some(db)) =
-            (run.status.vote_url.clone(), host_target(spec, &run.status, Tier::Database, keepers))
+            (run.status.vote_url.clone(), host_target(&StackIdentity::of(stack).tag_value(), spec, &run.status, Tier::Database, keepers))
         else {
             return;
         };
@@ -392,7 +392,7 @@ impl Engine {
         let mut hosts = BTreeMap::new();
         if let Some(key) = key {
             for tier in Tier::ALL {
-                let Some(target) = host_target(spec, &status, tier, &keepers) else { continue };
+                let Some(target) = host_target(&ident.tag_value(), spec, &status, tier, &keepers) else { continue };
                 match self.hosts.observe(&target, key).await {
                     Ok(o) => {
                         hosts.insert(tier, o);
@@ -559,6 +559,7 @@ fn url(address: Ipv4Addr, port: u16) -> String {
 
 /// How to reach a tier's host, or None while it has no usable address.
 pub fn host_target(
+    stack_label: &str,
     spec: &VotingStackSpec,
     status: &VotingStackStatus,
     tier: Tier,
@@ -575,6 +576,7 @@ pub fn host_target(
             .and_then(|t| t.host_key_fingerprint.clone()),
     };
     let make = |tier: Tier, inst: &ObservedInstance, address: Ipv4Addr, jump: Option<Box<HostTarget>>| HostTarget {
+        stack: stack_label.to_string(),
         tier,
         instance_id: inst.id.clone(),
         address,

@@ -18,6 +18,9 @@ pub use keys::{KeyError, SshKey};
 /// How to reach one host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostTarget {
+    /// Value of the `votingstack.dev/stack` label on the stack's containers
+    /// (`namespace/name`).
+    pub stack: String,
     pub tier: Tier,
     pub instance_id: String,
     pub address: Ipv4Addr,
