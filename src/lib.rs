@@ -11,4 +11,11 @@ pub mod api;
 pub mod cloud;
 pub mod engine;
 pub mod host;
-pub mod testing;
+
+pub mod cli;
+pub mod controller;
+pub mod leader;
+pub mod manifest;
+pub mod metrics;
+pub mod shell;
+pub mod telemetry;

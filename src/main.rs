@@ -1,1 +1,176 @@
-fn main() {}
+//! `votingstack`: the operator (`controller`) and the CLI (`plan`, `apply`,
+//! `destroy`, `crd`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use votingstack::cli::{self, ApplyOptions, CliError};
+use votingstack::engine::Teardown;
+use votingstack::manifest::Manifest;
+use votingstack::telemetry::{self, LogFormat};
+
+#[derive(Parser)]
+#[command(name = "votingstack", version, about = "Deploys the three-tier voting app on EC2 and keeps it alive")]
+struct Cli {
+    /// Log line format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VOTINGSTACK_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Kubernetes operator.
+    Controller(ControllerArgs),
+    /// Print the CustomResourceDefinition (crds/votingstack.yaml).
+    Crd,
+    /// Show what apply would change; changes nothing.
+    Plan(PlanArgs),
+    /// Create or repair the stack until it matches the manifest.
+    Apply(ApplyArgs),
+    /// Tear the stack down (per its deletionPolicy).
+    Destroy(FileArgs),
+}
+
+#[derive(Args)]
+struct FileArgs {
+    /// Manifest with the VotingStack and the Secret it references.
+    #[arg(short = 'f', long = "file")]
+    file: PathBuf,
+    /// State file (default: .votingstack/<namespace>.<name>.json beside the manifest).
+    #[arg(long)]
+    state: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// Exit 2 when there are changes (0 when none), like terraform plan -detailed-exitcode.
+    #[arg(long)]
+    detailed_exitcode: bool,
+    /// Plan against empty observed state without contacting AWS or the hosts.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(Args)]
+struct ApplyArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// Keep reconciling until the stack is Ready.
+    #[arg(long)]
+    wait: bool,
+    /// After Ready, keep watching and repairing drift until interrupted.
+    #[arg(long)]
+    watch: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long, default_value_t = 1800)]
+    timeout_seconds: u64,
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "VOTINGSTACK_METRICS_ADDR")]
+    metrics_addr: SocketAddr,
+    /// Take a coordination.k8s.io Lease before reconciling (for more than one replica).
+    #[arg(long)]
+    leader_election: bool,
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "votingstack-system")]
+    lease_namespace: String,
+    /// Identity in the Lease.
+    #[arg(long, env = "POD_NAME", default_value = "votingstack-operator")]
+    identity: String,
+}
+
+fn load(args: &FileArgs) -> Result<(Manifest, PathBuf), CliError> {
+    let manifest = Manifest::load(&args.file).map_err(CliError::Manifest)?;
+    let state = args.state.clone().unwrap_or_else(|| cli::default_state_path(&manifest));
+    Ok((manifest, state))
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Crd => {
+            let yaml = votingstack::api::crd_yaml().map_err(|e| CliError::Engine(e.to_string()))?;
+            print!("{yaml}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plan(args) => {
+            let (manifest, state) = load(&args.file)?;
+            let engine = if args.offline { None } else { Some(votingstack::shell::engine_for(&manifest.stack.spec).await?) };
+            let plan = cli::plan(engine.as_ref(), &manifest, &state).await?;
+            print!("{}", cli::render_plan(&manifest.stack, &plan));
+            Ok(if args.detailed_exitcode && !plan.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS })
+        }
+        Command::Apply(args) => {
+            let (manifest, state) = load(&args.file)?;
+            let engine = votingstack::shell::engine_for(&manifest.stack.spec).await?;
+            let opts = ApplyOptions {
+                wait: args.wait,
+                watch: args.watch,
+                timeout: Duration::from_secs(args.timeout_seconds),
+            };
+            let watcher_engine = engine.clone();
+            let key = manifest.ssh_key().ok();
+            cli::apply(&engine, &manifest, &state, &opts, |stack| {
+                key.as_ref().and_then(|k| votingstack::shell::drift_wakeup(&watcher_engine, stack, k))
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Destroy(args) => {
+            let (manifest, state) = load(&args)?;
+            let engine = votingstack::shell::engine_for(&manifest.stack.spec).await?;
+            match cli::destroy(&engine, &manifest, &state).await? {
+                Teardown::Retained => println!("deletionPolicy Retain: every AWS resource was left in place"),
+                Teardown::Deleted(report) => {
+                    for id in &report.deleted {
+                        println!("  - deleted {id}");
+                    }
+                    println!("{} destroyed ({} resources).", manifest.stack.key(), report.deleted.len());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Controller(args) => {
+            let client = kube::Client::try_default().await.map_err(|e| CliError::Engine(e.to_string()))?;
+            let engine = votingstack::shell::controller_engine().await?;
+            let opts = votingstack::controller::ControllerOptions {
+                metrics_addr: args.metrics_addr,
+                leader_election: args.leader_election,
+                lease_namespace: args.lease_namespace,
+                identity: args.identity,
+            };
+            votingstack::controller::main(client, engine, opts)
+                .await
+                .map_err(|e| CliError::Engine(e.to_string()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -24,6 +24,7 @@ pub const CIDR_PATTERN: &str = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3
     plural = "votingstacks",
     shortname = "vstack",
     namespaced,
+    doc = "A three-tier voting app deployment on EC2, kept in shape by the votingstack operator.",
     status = "VotingStackStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -89,25 +90,26 @@ pub enum ConnectVia {
 /// The stack's network.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(validation = Rule::new("cidr(self.vpcCidr).containsCIDR(self.subnetCidr)").message("subnetCidr must lie inside vpcCidr"))]
+#[x_kube(validation = Rule::new("!isCIDR(self.vpcCidr) || !isCIDR(self.subnetCidr) || cidr(self.vpcCidr).containsCIDR(self.subnetCidr)").message("subnetCidr must lie inside vpcCidr"))]
 pub struct NetworkSpec {
     /// CIDR block of the VPC.
     #[serde(default = "default_vpc_cidr")]
-    #[schemars(regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
+    #[schemars(length(max = 18), regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
     pub vpc_cidr: String,
     /// CIDR block of the single subnet the three hosts share; inside `vpcCidr`.
     #[serde(default = "default_subnet_cidr")]
-    #[schemars(regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
+    #[schemars(length(max = 18), regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
     pub subnet_cidr: String,
     /// Availability zone of the subnet; AWS picks one when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
     /// Who may open SSH (port 22) to the hosts: the operator's egress addresses.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 50), inner(length(max = 18)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("every entry must be a CIDR block"))]
     pub ssh_ingress_cidrs: Vec<String>,
     /// Who may open the vote (80) and result (81) pages.
     #[serde(default = "default_web_cidrs")]
+    #[schemars(length(max = 50), inner(length(max = 18)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("every entry must be a CIDR block"))]
     pub web_ingress_cidrs: Vec<String>,
     /// Which host address the operator uses for SSH, probes and the URLs.

@@ -1,5 +1,7 @@
 //! The integration tests, one binary with one module per area.
 
 mod argocd;
+mod cli;
+mod crd;
 mod deploy;
 mod diagrams;

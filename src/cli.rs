@@ -1,0 +1,266 @@
+//! The CLI shell: `votingstack plan|apply|destroy -f FILE` runs the engine
+//! without a cluster, keeping status in a local state file like a
+//! Terraform state.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::conditions::find_condition;
+use crate::api::{ConditionType, Phase, Tier, VotingStack, VotingStackStatus};
+use crate::engine::plan::Plan;
+use crate::engine::{Engine, Outcome, Teardown};
+use crate::manifest::{Manifest, ManifestError};
+
+/// Errors of the CLI, each with what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Manifest(Vec<ManifestError>),
+    #[error("state file {path}: {message}")]
+    State { path: PathBuf, message: String },
+    #[error("{0}")]
+    Cloud(#[from] crate::cloud::CloudError),
+    #[error("{stack} is not Ready after {seconds} s: {message}")]
+    Timeout { stack: String, seconds: u64, message: String },
+    #[error("{stack} needs you: {message}")]
+    Failed { stack: String, message: String },
+    #[error("cannot build the engine: {0}")]
+    Engine(String),
+}
+
+/// What the CLI keeps between runs, next to the manifest.
+#[derive(Serialize, Deserialize, Default, Debug, Clone)]
+pub struct State {
+    /// Stands in for the Kubernetes uid (ClientTokens derive from it).
+    pub uid: String,
+    #[serde(default)]
+    pub status: VotingStackStatus,
+}
+
+/// Default state file: `<manifest dir>/.votingstack/<namespace>.<name>.json`.
+pub fn default_state_path(manifest: &Manifest) -> PathBuf {
+    let dir = manifest.file.parent().unwrap_or(Path::new("."));
+    let m = &manifest.stack.metadata;
+    dir.join(".votingstack").join(format!(
+        "{}.{}.json",
+        m.namespace.as_deref().unwrap_or("default"),
+        m.name.as_deref().unwrap_or("stack")
+    ))
+}
+
+pub fn load_state(path: &Path) -> Result<Option<State>, CliError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| CliError::State { path: path.into(), message: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(CliError::State { path: path.into(), message: e.to_string() }),
+    }
+}
+
+pub fn save_state(path: &Path, state: &State) -> Result<(), CliError> {
+    let err = |e: std::io::Error| CliError::State { path: path.into(), message: e.to_string() };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let text = serde_json::to_string_pretty(state).map_err(|e| CliError::State {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// A fresh uid for a stack the CLI has not applied before.
+fn new_uid() -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::thread_rng().gen();
+    hex::encode(bytes)
+}
+
+/// The manifest's stack with the state's uid and status attached.
+pub fn stack_with_state(manifest: &Manifest, state: &State) -> VotingStack {
+    let mut stack = manifest.stack.clone();
+    stack.metadata.uid = Some(state.uid.clone());
+    stack.metadata.generation = Some(1);
+    stack.status = Some(state.status.clone());
+    stack
+}
+
+/// Renders a plan the way `votingstack plan` prints it.
+pub fn render_plan(stack: &VotingStack, plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "VotingStack {}:", stack.key());
+    if plan.is_empty() {
+        let _ = writeln!(out, "  no changes: the stack matches its spec");
+    }
+    for action in &plan.actions {
+        let _ = writeln!(out, "  {action}");
+    }
+    for d in &plan.drift {
+        let _ = writeln!(
+            out,
+            "  ! {} instance {} drifted ({}); set instances.allowReplacement to replace it",
+            d.tier, d.instance_id, d.what
+        );
+    }
+    let _ = writeln!(out, "{} to change.", plan.actions.len());
+    out
+}
+
+/// The status table `apply` prints.
+pub fn render_status(status: &VotingStackStatus) -> String {
+    let mut out = String::new();
+    let phase = status.phase.map(Phase::as_str).unwrap_or("Pending");
+    let ready = find_condition(&status.conditions, ConditionType::Ready);
+    let _ = writeln!(
+        out,
+        "phase {phase}; Ready={} ({})",
+        ready.map_or("Unknown", |c| c.status.as_str()),
+        ready.map_or("", |c| c.reason.as_str())
+    );
+    let _ = writeln!(out, "{:<9} {:<21} {:<9} {:<15} {:<26} CONDITION", "TIER", "INSTANCE", "STATE", "PRIVATE IP", "CONTAINERS");
+    for tier in Tier::ALL {
+        let t = status.tiers.as_ref().and_then(|t| t.get(tier));
+        let cond = find_condition(&status.conditions, ConditionType::for_tier(tier));
+        let containers: Vec<String> =
+            t.map(|t| t.containers.iter().map(|c| format!("{}:{}", c.name, c.state)).collect()).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<9} {:<21} {:<9} {:<15} {:<26} {}",
+            tier.as_str(),
+            t.and_then(|t| t.instance_id.as_deref()).unwrap_or("-"),
+            t.and_then(|t| t.instance_state.as_deref()).unwrap_or("-"),
+            t.and_then(|t| t.private_ip.as_deref()).unwrap_or("-"),
+            if containers.is_empty() { "-".to_string() } else { containers.join(",") },
+            cond.map_or("-".to_string(), |c| format!("{} {}", c.status, c.reason)),
+        );
+    }
+    for (label, url) in [("Vote URL", &status.vote_url), ("Result URL", &status.result_url)] {
+        if let Some(u) = url {
+            let _ = writeln!(out, "{label:<11} {u}");
+        }
+    }
+    out
+}
+
+fn progress_lines(outcome: &Outcome) -> Vec<String> {
+    let mut lines: Vec<String> = outcome.applied.iter().map(|a| format!("  {a}")).collect();
+    for t in &outcome.transitions {
+        lines.push(format!(
+            "  {} → {} ({}): {}",
+            t.type_,
+            if t.status { "True" } else { "False" },
+            t.reason,
+            t.message
+        ));
+    }
+    lines
+}
+
+/// Options of `apply`.
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    pub wait: bool,
+    pub watch: bool,
+    pub timeout: Duration,
+}
+
+/// `votingstack apply`: reconciles until Ready (`--wait`), and on (`--watch`).
+/// `wake` ends a pause between reconciles early (host drift events).
+pub async fn apply(
+    engine: &Engine,
+    manifest: &Manifest,
+    state_path: &Path,
+    opts: &ApplyOptions,
+    mut wake: impl FnMut(&VotingStack) -> Option<tokio::sync::mpsc::Receiver<()>>,
+) -> Result<VotingStackStatus, CliError> {
+    let mut state = load_state(state_path)?.unwrap_or_else(|| State { uid: new_uid(), status: Default::default() });
+    let started = Instant::now();
+    let mut printed_ready = false;
+    let mut drift: Option<tokio::sync::mpsc::Receiver<()>> = None;
+    let key = manifest.ssh_key().map_err(|e| CliError::Manifest(vec![ManifestError::Key(e, manifest.file.clone())]))?;
+    loop {
+        let stack = stack_with_state(manifest, &state);
+        let outcome = engine.reconcile(&stack, Ok(key.clone())).await;
+        state.status = outcome.status.clone();
+        save_state(state_path, &state)?;
+        for line in progress_lines(&outcome) {
+            println!("{line}");
+        }
+        let ready = find_condition(&state.status.conditions, ConditionType::Ready);
+        let message = ready.map(|c| format!("{}: {}", c.reason, c.message)).unwrap_or_default();
+        if state.status.phase == Some(Phase::Failed) {
+            print!("{}", render_status(&state.status));
+            return Err(CliError::Failed { stack: stack.key(), message });
+        }
+        if outcome.is_ready() && !printed_ready {
+            print!("{}", render_status(&state.status));
+            printed_ready = true;
+        } else if !outcome.is_ready() {
+            printed_ready = false;
+        }
+        if outcome.is_ready() && !opts.watch {
+            return Ok(state.status);
+        }
+        if !opts.wait && !opts.watch {
+            print!("{}", render_status(&state.status));
+            return Ok(state.status);
+        }
+        if !opts.watch && started.elapsed() > opts.timeout {
+            print!("{}", render_status(&state.status));
+            return Err(CliError::Timeout { stack: stack.key(), seconds: opts.timeout.as_secs(), message });
+        }
+        if outcome.is_ready() && drift.is_none() {
+            drift = wake(&stack);
+        }
+        let pause = if outcome.is_ready() { outcome.requeue_after } else { outcome.requeue_after.min(Duration::from_secs(2)) };
+        match drift.as_mut() {
+            Some(rx) => {
+                tokio::select! {
+                    got = rx.recv() => if got.is_none() { drift = None },
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+            None => tokio::time::sleep(pause).await,
+        }
+    }
+}
+
+/// `votingstack plan`: what apply would do; changes nothing.
+pub async fn plan(engine: Option<&Engine>, manifest: &Manifest, state_path: &Path) -> Result<Plan, CliError> {
+    let state = load_state(state_path)?.unwrap_or_default();
+    let stack = stack_with_state(manifest, &state);
+    match engine {
+        Some(engine) => {
+            let key = manifest.ssh_key().ok();
+            Ok(engine.plan(&stack, key.as_ref()).await?)
+        }
+        None => Ok(crate::engine::plan::plan(
+            &stack.spec,
+            &state.status,
+            &Default::default(),
+            &BTreeMap::new(),
+        )),
+    }
+}
+
+/// `votingstack destroy`: tears down per the deletion policy and forgets the state.
+pub async fn destroy(engine: &Engine, manifest: &Manifest, state_path: &Path) -> Result<Teardown, CliError> {
+    let state = load_state(state_path)?.unwrap_or_default();
+    let stack = stack_with_state(manifest, &state);
+    let teardown = engine.destroy(&stack).await?;
+    if let Teardown::Deleted(_) = teardown {
+        match std::fs::remove_file(state_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CliError::State { path: state_path.into(), message: e.to_string() }),
+        }
+    }
+    Ok(teardown)
+}

@@ -1,0 +1,205 @@
+//! Reading the multi-document YAML a user would `kubectl apply`: the
+//! VotingStack plus the Secrets it references.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Secret;
+use serde::Deserialize;
+
+use crate::api::{validate, VotingStack};
+use crate::host::{KeyError, SshKey};
+
+/// Problems with a manifest file, one per problem, each naming where.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{file}: cannot read: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{file}: document {doc}: not valid YAML: {message}")]
+    Yaml { file: PathBuf, doc: usize, message: String },
+    #[error("{file}: document {doc} ({kind}): {path}: {message}")]
+    Field { file: PathBuf, doc: usize, kind: String, path: String, message: String },
+    #[error("{file}: no VotingStack in the file")]
+    NoStack { file: PathBuf },
+    #[error("{file}: {count} VotingStacks in the file; one per file, please")]
+    ManyStacks { file: PathBuf, count: usize },
+    #[error("{file}: {0}", file = .1.display())]
+    Key(KeyError, PathBuf),
+}
+
+/// A parsed manifest.
+#[derive(Debug)]
+pub struct Manifest {
+    pub file: PathBuf,
+    pub stack: VotingStack,
+    /// Secrets by name.
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+impl Manifest {
+    /// Reads and checks a manifest; returns every problem found.
+    pub fn load(file: &Path) -> Result<Manifest, Vec<ManifestError>> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| vec![ManifestError::Read { file: file.to_path_buf(), source }])?;
+        Manifest::parse(file, &text)
+    }
+
+    pub fn parse(file: &Path, text: &str) -> Result<Manifest, Vec<ManifestError>> {
+        let file_buf = file.to_path_buf();
+        let mut errors = Vec::new();
+        let mut stacks = Vec::new();
+        let mut secrets = BTreeMap::new();
+        for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+            let n = i + 1;
+            let value = match serde_yaml::Value::deserialize(doc) {
+                Ok(serde_yaml::Value::Null) => continue,
+                Ok(v) => v,
+                Err(e) => {
+                    errors.push(ManifestError::Yaml { file: file_buf.clone(), doc: n, message: e.to_string() });
+                    break;
+                }
+            };
+            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_string();
+            let field = |path: String, message: String| ManifestError::Field {
+                file: file_buf.clone(),
+                doc: n,
+                kind: kind.clone(),
+                path,
+                message,
+            };
+            match kind.as_str() {
+                "VotingStack" => match serde_path_to_error::deserialize::<_, VotingStack>(value) {
+                    Ok(stack) => stacks.push((n, stack)),
+                    Err(e) => {
+                        let path = e.path().to_string();
+                        errors.push(field(if path == "." { "(document)".into() } else { path }, e.into_inner().to_string()))
+                    }
+                },
+                "Secret" => match serde_path_to_error::deserialize::<_, Secret>(value) {
+                    Ok(secret) => {
+                        let name = secret.metadata.name.clone().unwrap_or_default();
+                        secrets.insert(name, secret);
+                    }
+                    Err(e) => errors.push(field(e.path().to_string(), e.into_inner().to_string())),
+                },
+                "" => errors.push(field("kind".into(), "missing".into())),
+                other => errors.push(field("kind".into(), format!("{other} is not VotingStack or Secret"))),
+            }
+        }
+        if stacks.len() > 1 {
+            errors.push(ManifestError::ManyStacks { file: file_buf.clone(), count: stacks.len() });
+        }
+        let Some((doc, mut stack)) = stacks.into_iter().next() else {
+            if errors.is_empty() {
+                errors.push(ManifestError::NoStack { file: file_buf });
+            }
+            return Err(errors);
+        };
+        if stack.metadata.namespace.is_none() {
+            stack.metadata.namespace = Some("default".into());
+        }
+        let name = stack.metadata.name.clone().unwrap_or_default();
+        for problem in validate(&name, &stack.spec) {
+            errors.push(ManifestError::Field {
+                file: file_buf.clone(),
+                doc,
+                kind: "VotingStack".into(),
+                path: problem.path,
+                message: problem.message,
+            });
+        }
+        let manifest = Manifest { file: file_buf, stack, secrets };
+        if let Err(e) = manifest.ssh_key() {
+            errors.push(ManifestError::Key(e, manifest.file.clone()));
+        }
+        if errors.is_empty() {
+            Ok(manifest)
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// The SSH key the stack's Secret holds.
+    pub fn ssh_key(&self) -> Result<SshKey, KeyError> {
+        let r = &self.stack.spec.ssh.private_key_secret_ref;
+        let namespace = self.stack.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let secret = self
+            .secrets
+            .get(&r.name)
+            .ok_or_else(|| KeyError::MissingSecret { secret: r.name.clone(), namespace })?;
+        key_from_secret(secret, &r.key)
+    }
+}
+
+/// Reads an SSH private key from a Secret's `data` or `stringData`.
+pub fn key_from_secret(secret: &Secret, key: &str) -> Result<SshKey, KeyError> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let missing = || KeyError::MissingKey { secret: name.clone(), key: key.to_string() };
+    let text = match secret.data.as_ref().and_then(|d| d.get(key)) {
+        Some(bytes) => String::from_utf8(bytes.0.clone()).map_err(|_| KeyError::Unparsable {
+            secret: name.clone(),
+            key: key.into(),
+            detail: "not UTF-8 text".into(),
+        })?,
+        None => secret.string_data.as_ref().and_then(|d| d.get(key)).cloned().ok_or_else(missing)?,
+    };
+    SshKey::parse(&text, &name, key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = include_str!("../examples/votingstack.yaml");
+
+    fn errors(text: &str) -> Vec<String> {
+        match Manifest::parse(Path::new("f.yaml"), text) {
+            Ok(_) => vec![],
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_example_manifest_loads_with_its_key() {
+        let m = Manifest::parse(Path::new("f.yaml"), GOOD).unwrap();
+        assert_eq!(m.stack.metadata.name.as_deref(), Some("demo"));
+        assert!(m.ssh_key().is_ok());
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_path() {
+        let text = GOOD.replace("optionA: Cats", "optionA: Cats\n    optionC: Birds");
+        let e = errors(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("f.yaml: document 1 (VotingStack): spec.app.optionC: unknown field `optionC`"), "{e:?}");
+    }
+
+    #[test]
+    fn invalid_values_are_each_reported() {
+        let text = GOOD.replace("10.42.1.0/24", "10.43.1.0/24").replace("instanceType: t3.small", "instanceType: huge");
+        let e = errors(&text);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].contains("spec.network.subnetCidr"), "{e:?}");
+        assert!(e[1].contains("spec.instances.instanceType"), "{e:?}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field() {
+        let text = GOOD.replace("port: 22", "port: twenty-two");
+        let e = errors(&text);
+        assert!(e[0].contains("spec.ssh.port: invalid type"), "{e:?}");
+    }
+
+    #[test]
+    fn a_missing_secret_is_reported() {
+        let text = GOOD.split("\n---\n").next().unwrap_or_default().to_string();
+        let e = errors(&text);
+        assert_eq!(e, ["f.yaml: Secret demo-ssh was not found in namespace default"]);
+    }
+
+    #[test]
+    fn broken_yaml_is_reported() {
+        let e = errors("kind: VotingStack\nspec: [");
+        assert!(e[0].starts_with("f.yaml: document 1: not valid YAML"), "{e:?}");
+    }
+}

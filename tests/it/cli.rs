@@ -1,0 +1,83 @@
+//! The CLI as a user runs it: the real binary, the example manifest.
+
+use std::process::{Command, Output};
+
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/votingstack.yaml");
+
+fn votingstack(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_votingstack")).args(args).output().expect("binary runs")
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+#[test]
+fn cli_help_lists_every_command() {
+    let out = votingstack(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    for cmd in ["controller", "crd", "plan", "apply", "destroy"] {
+        assert!(help.contains(cmd), "{cmd} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn cli_crd_prints_the_committed_crd() {
+    let out = votingstack(&["crd"]);
+    assert!(out.status.success());
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/votingstack.yaml")).unwrap();
+    assert_eq!(text(&out.stdout), committed);
+}
+
+#[test]
+fn cli_offline_plan_of_a_new_stack_lists_everything_and_exits_2_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let state = state.to_str().unwrap();
+    let out = votingstack(&["plan", "--offline", "-f", EXAMPLE, "--state", state, "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let plan = text(&out.stdout);
+    assert!(plan.contains("+ create network"), "{plan}");
+    assert!(plan.contains("+ launch database instance (ami-0e86e20dae9224db8, t3.small)"), "{plan}");
+    assert!(plan.contains("+ create frontend container result"), "{plan}");
+    assert!(plan.trim_end().ends_with("9 to change."), "{plan}");
+    let out = votingstack(&["plan", "--offline", "-f", EXAMPLE, "--state", state]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!std::path::Path::new(state).exists(), "plan wrote state");
+}
+
+fn bad_manifest(from: &str, to: &str) -> (Output, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.yaml");
+    let original = std::fs::read_to_string(EXAMPLE).unwrap();
+    assert!(original.contains(from), "example lacks {from:?}");
+    std::fs::write(&file, original.replacen(from, to, 1)).unwrap();
+    let out = votingstack(&["plan", "--offline", "-f", file.to_str().unwrap()]);
+    (out, dir)
+}
+
+#[test]
+fn cli_bad_input_gives_one_line_per_problem_and_exit_1() {
+    let (out, dir) = bad_manifest("optionB: Dogs", "optionB: Cats\n    colour: blue");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("spec.app.colour: unknown field `colour`"), "{err}");
+
+    let (out, _d) = bad_manifest("vpcCidr: 10.42.0.0/16", "vpcCidr: 10.99.0.0/16");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("spec.network.subnetCidr: 10.42.1.0/24 is not inside vpcCidr 10.99.0.0/16"), "{err}");
+
+    let (out, _d) = bad_manifest("name: demo-ssh\n      key", "name: other-ssh\n      key");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("Secret other-ssh was not found in namespace default"));
+    assert!(!dir.path().join(".votingstack").exists(), "bad input left state behind");
+}
+
+#[test]
+fn cli_unparsable_yaml_is_refused() {
+    let (out, _d) = bad_manifest("kind: VotingStack", "kind: VotingStack\nspec: [");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("not valid YAML"), "{}", text(&out.stderr));
+}
