@@ -5,3 +5,5 @@ mod cli;
 mod crd;
 mod deploy;
 mod diagrams;
+mod engine;
+mod fakes;

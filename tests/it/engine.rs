@@ -1,0 +1,204 @@
+//! The phased reconcile end to end over in-memory EC2 and hosts.
+
+use votingstack::api::conditions::find_condition;
+use votingstack::api::fixtures::stack;
+use votingstack::api::{ConditionType, Phase, Tier, VotingStack, VotingStackStatus};
+use votingstack::engine::observed::DockerState;
+use votingstack::engine::plan::Action;
+use votingstack::engine::Outcome;
+
+use crate::fakes::{engine, key};
+
+fn with_status(mut s: VotingStack, status: &VotingStackStatus) -> VotingStack {
+    s.status = Some(status.clone());
+    s
+}
+
+fn reason(o: &Outcome, t: ConditionType) -> String {
+    find_condition(&o.status.conditions, t).map(|c| format!("{} {}", c.status, c.reason)).unwrap_or_default()
+}
+
+fn instance_id(o: &Outcome, tier: Tier) -> String {
+    o.status.tiers.as_ref().and_then(|t| t.get(tier)).and_then(|t| t.instance_id.clone()).expect("instance recorded")
+}
+
+#[tokio::test]
+async fn engine_fresh_stack_converges_to_ready_in_one_pass() {
+    let (engine, cloud, _hosts) = engine();
+    let out = engine.reconcile(&stack(), Ok(key())).await;
+    assert_eq!(out.status.phase, Some(Phase::Ready), "{:#?}", out.status.conditions);
+    assert_eq!(reason(&out, ConditionType::Ready), "True AllTiersReady");
+    assert_eq!(reason(&out, ConditionType::SmokeTestPassed), "True VoteCounted");
+    assert_eq!(out.status.observed_generation, Some(1));
+    assert_eq!(out.status.vote_url.as_deref(), Some("http://198.51.100.3/"));
+    assert_eq!(out.status.result_url.as_deref(), Some("http://198.51.100.3:81/"));
+    let launched = out.applied.iter().filter(|a| matches!(a, Action::LaunchInstance { .. })).count();
+    assert_eq!(launched, 3);
+    assert_eq!(out.transitions.len(), 6, "every condition appears once");
+    assert!(cloud.state.lock().unwrap().network.is_some());
+}
+
+#[tokio::test]
+async fn engine_second_reconcile_changes_nothing_and_costs_one_call_per_side() {
+    let (engine, cloud, hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    let (ec2, ssh) = (cloud_calls(&cloud), hosts_calls(&hosts));
+    let second = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    assert!(second.applied.is_empty(), "{:?}", second.applied);
+    assert!(second.transitions.is_empty());
+    assert_eq!(cloud_calls(&cloud) - ec2, 1, "one DescribeInstances");
+    assert_eq!(hosts_calls(&hosts) - ssh, 3, "one exec per host, no smoke test");
+    assert_eq!(second.status.conditions, first.status.conditions, "timestamps kept");
+}
+
+fn cloud_calls(c: &crate::fakes::FakeCloud) -> u64 {
+    use votingstack::cloud::Cloud;
+    c.api_calls()
+}
+
+fn hosts_calls(h: &crate::fakes::FakeHosts) -> u64 {
+    use votingstack::host::Hosts;
+    h.commands_run()
+}
+
+#[tokio::test]
+async fn engine_killed_container_is_started_and_the_smoke_test_reruns() {
+    let (engine, _cloud, hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    let backend = instance_id(&first, Tier::Backend);
+    hosts.with_host(&backend, |h| h.containers.get_mut("worker").unwrap().state = "exited".into());
+    let votes_before = hosts.state.lock().unwrap().votes.len();
+    let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    assert!(matches!(&out.applied[..], [Action::StartContainer { name, .. }] if name == "worker"), "{:?}", out.applied);
+    assert_eq!(out.status.phase, Some(Phase::Ready));
+    assert_eq!(hosts.state.lock().unwrap().votes.len(), votes_before + 1);
+}
+
+#[tokio::test]
+async fn engine_terminated_instance_is_replaced_and_peers_follow() {
+    let (engine, cloud, hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    let db = instance_id(&first, Tier::Database);
+    cloud.state.lock().unwrap().instances.iter_mut().filter(|i| i.id == db).for_each(|i| {
+        i.state = votingstack::engine::observed::InstanceState::Terminated
+    });
+    let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    let new_db = instance_id(&out, Tier::Database);
+    assert_ne!(new_db, db);
+    assert_eq!(out.status.tiers.as_ref().unwrap().database.as_ref().unwrap().replacements, 1);
+    // worker, vote and result point at db: they are re-created with the new IP.
+    let recreated: Vec<String> = out
+        .applied
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreateContainer { container, .. } => Some(container.name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(recreated, ["db", "worker", "result"]);
+    assert_eq!(out.status.phase, Some(Phase::Ready));
+    assert!(hosts.state.lock().unwrap().hosts.contains_key(&new_db));
+}
+
+#[tokio::test]
+async fn engine_invalid_spec_creates_nothing() {
+    let (engine, cloud, _) = engine();
+    let mut s = stack();
+    s.spec.network.subnet_cidr = "192.168.0.0/24".into();
+    let out = engine.reconcile(&s, Ok(key())).await;
+    assert_eq!(reason(&out, ConditionType::Ready), "False InvalidSpec");
+    assert_eq!(out.status.phase, Some(Phase::Failed));
+    assert_eq!(out.status.conditions.len(), 1);
+    assert!(out.status.conditions[0].message.contains("spec.network.subnetCidr"));
+    assert_eq!(cloud_calls(&cloud), 0);
+}
+
+#[tokio::test]
+async fn engine_missing_secret_waits_without_touching_aws() {
+    let (engine, cloud, _) = engine();
+    let out = engine.reconcile(&stack(), Err("Secret demo-ssh was not found".into())).await;
+    assert_eq!(reason(&out, ConditionType::Ready), "False SecretMissing");
+    assert_eq!(out.status.phase, Some(Phase::Pending));
+    assert_eq!(cloud_calls(&cloud), 0);
+}
+
+#[tokio::test]
+async fn engine_aws_errors_become_conditions_with_the_code() {
+    let (engine, cloud, _) = engine();
+    cloud.state.lock().unwrap().fail_with = Some("UnauthorizedOperation".into());
+    let out = engine.reconcile(&stack(), Ok(key())).await;
+    let infra = find_condition(&out.status.conditions, ConditionType::InfrastructureReady).unwrap();
+    assert_eq!(infra.reason, "AwsAuthFailed");
+    assert!(infra.message.contains("UnauthorizedOperation"), "{}", infra.message);
+    assert_eq!(out.status.phase, Some(Phase::Failed));
+    assert_eq!(out.error_kind, Some("aws"));
+
+    cloud.state.lock().unwrap().fail_with = Some("RequestLimitExceeded".into());
+    let out = engine.reconcile(&stack(), Ok(key())).await;
+    assert_eq!(reason(&out, ConditionType::InfrastructureReady), "False AwsThrottled");
+    assert_eq!(out.status.phase, Some(Phase::Provisioning), "throttling is retried, not terminal");
+}
+
+#[tokio::test]
+async fn engine_paused_stack_is_observed_not_changed() {
+    let (engine, _cloud, hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    let backend = instance_id(&first, Tier::Backend);
+    hosts.with_host(&backend, |h| h.containers.remove("redis"));
+    let mut s = with_status(stack(), &first.status);
+    s.spec.paused = true;
+    let out = engine.reconcile(&s, Ok(key())).await;
+    assert!(out.applied.is_empty());
+    assert_eq!(out.status.phase, Some(Phase::Paused));
+    assert_eq!(reason(&out, ConditionType::BackendReady), "False NotReady");
+}
+
+#[tokio::test]
+async fn engine_host_key_change_is_refused_and_terminal() {
+    let (engine, _cloud, hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    let front = instance_id(&first, Tier::Frontend);
+    hosts.with_host(&front, |h| h.fingerprint = "SHA256:someone-else".into());
+    let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    assert_eq!(reason(&out, ConditionType::FrontendReady), "False HostKeyMismatch");
+    assert_eq!(reason(&out, ConditionType::Ready), "False HostKeyMismatch");
+    assert_eq!(out.status.phase, Some(Phase::Failed));
+}
+
+#[tokio::test]
+async fn engine_unreachable_host_then_recovery() {
+    let (engine, _cloud, hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    let db = instance_id(&first, Tier::Database);
+    hosts.state.lock().unwrap().unreachable.push(db.clone());
+    let down = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    assert_eq!(reason(&down, ConditionType::DatabaseReady), "False SshUnreachable");
+    assert_eq!(down.status.phase, Some(Phase::Degraded));
+    hosts.state.lock().unwrap().unreachable.clear();
+    let up = engine.reconcile(&with_status(stack(), &down.status), Ok(key())).await;
+    assert_eq!(up.status.phase, Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn engine_docker_down_is_started() {
+    let (engine, _cloud, hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    let backend = instance_id(&first, Tier::Backend);
+    hosts.with_host(&backend, |h| h.docker = DockerState::Down("Cannot connect to the Docker daemon".into()));
+    let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    assert!(matches!(&out.applied[..], [Action::StartDocker { tier: Tier::Backend }]), "{:?}", out.applied);
+    assert_eq!(out.status.phase, Some(Phase::Ready));
+}
+
+#[tokio::test]
+async fn engine_destroy_honours_retain() {
+    let (engine, cloud, _) = engine();
+    engine.reconcile(&stack(), Ok(key())).await;
+    let mut s = stack();
+    s.spec.deletion_policy = votingstack::api::DeletionPolicy::Retain;
+    assert_eq!(engine.destroy(&s).await.unwrap(), votingstack::engine::Teardown::Retained);
+    assert_eq!(cloud.state.lock().unwrap().instances.len(), 3);
+    s.spec.deletion_policy = votingstack::api::DeletionPolicy::Delete;
+    assert!(matches!(engine.destroy(&s).await.unwrap(), votingstack::engine::Teardown::Deleted(_)));
+    assert!(cloud.state.lock().unwrap().instances.is_empty());
+}

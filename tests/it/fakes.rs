@@ -1,0 +1,254 @@
+//! In-memory stand-ins for EC2 and the hosts, for engine and controller tests
+//! that need no moto or SSH.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use votingstack::api::{NetworkStatus, PullPolicy, Tier, VotingStackSpec};
+use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, DestroyReport, StackIdentity};
+use votingstack::engine::observed::{DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance};
+use votingstack::engine::plan::Action;
+use votingstack::engine::{Engine, EngineSettings};
+use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
+
+#[derive(Default)]
+pub struct CloudState {
+    pub network: Option<NetworkStatus>,
+    pub instances: Vec<ObservedInstance>,
+    pub next_ip: u8,
+    /// The next mutating call fails with this AWS code.
+    pub fail_with: Option<String>,
+}
+
+#[derive(Default, Clone)]
+pub struct FakeCloud {
+    pub state: Arc<Mutex<CloudState>>,
+    calls: Arc<AtomicU64>,
+}
+
+impl FakeCloud {
+    fn call(&self) {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn fail(&self, operation: &'static str) -> Result<(), CloudError> {
+        match self.state.lock().unwrap().fail_with.take() {
+            Some(code) => Err(CloudError::Api {
+                operation,
+                kind: AwsErrorKind::from_code(&code),
+                message: format!("{code} from the fake"),
+                code,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Cloud for FakeCloud {
+    async fn observe(&self, _: &StackIdentity, _: Option<&NetworkStatus>) -> Result<ObservedInfra, CloudError> {
+        self.call();
+        let s = self.state.lock().unwrap();
+        Ok(ObservedInfra { network: s.network.clone(), instances: s.instances.clone() })
+    }
+
+    async fn ensure_network(&self, _: &StackIdentity, _: &VotingStackSpec, _: &str, _: Option<&NetworkStatus>) -> Result<NetworkStatus, CloudError> {
+        self.call();
+        self.fail("CreateVpc")?;
+        let net = NetworkStatus { vpc_id: Some("vpc-1".into()), subnet_id: Some("subnet-1".into()), ..Default::default() };
+        self.state.lock().unwrap().network = Some(net.clone());
+        Ok(net)
+    }
+
+    async fn launch_instance(&self, _: &StackIdentity, spec: &VotingStackSpec, _: &NetworkStatus, tier: Tier, _: u32) -> Result<ObservedInstance, CloudError> {
+        self.call();
+        self.fail("RunInstances")?;
+        let mut s = self.state.lock().unwrap();
+        s.next_ip += 1;
+        let n = s.next_ip;
+        let inst = ObservedInstance {
+            id: format!("i-{tier}-{n}"),
+            tier: Some(tier),
+            state: InstanceState::Running,
+            private_ip: Some(Ipv4Addr::new(10, 42, 1, 3 + n)),
+            // Documentation range: nothing ever connects to it.
+            public_ip: (tier == Tier::Frontend).then(|| Ipv4Addr::new(198, 51, 100, n)),
+            ami: spec.instances.ami_for(tier).into(),
+            instance_type: spec.instances.instance_type_for(tier).into(),
+            launch_time: format!("2026-01-01T00:00:{n:02}Z"),
+        };
+        s.instances.push(inst.clone());
+        Ok(inst)
+    }
+
+    async fn start_instance(&self, id: &str) -> Result<(), CloudError> {
+        self.call();
+        for i in self.state.lock().unwrap().instances.iter_mut().filter(|i| i.id == id) {
+            i.state = InstanceState::Running;
+        }
+        Ok(())
+    }
+
+    async fn terminate_instances(&self, ids: &[String]) -> Result<(), CloudError> {
+        self.call();
+        for i in self.state.lock().unwrap().instances.iter_mut().filter(|i| ids.contains(&i.id)) {
+            i.state = InstanceState::Terminated;
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, _: &StackIdentity, _: Option<&NetworkStatus>) -> Result<DestroyReport, CloudError> {
+        self.call();
+        let mut s = self.state.lock().unwrap();
+        let mut deleted: Vec<String> = s.instances.drain(..).map(|i| i.id).collect();
+        if let Some(net) = s.network.take() {
+            deleted.extend(net.subnet_id);
+            deleted.extend(net.vpc_id);
+        }
+        Ok(DestroyReport { deleted })
+    }
+
+    fn api_calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+pub struct FakeHost {
+    pub docker: DockerState,
+    pub containers: BTreeMap<String, ObservedContainer>,
+    pub fingerprint: String,
+}
+
+#[derive(Default)]
+pub struct HostsState {
+    /// By instance id; a host appears on first contact.
+    pub hosts: BTreeMap<String, FakeHost>,
+    /// Instance ids whose SSH is down.
+    pub unreachable: Vec<String>,
+    pub votes: BTreeMap<String, String>,
+}
+
+#[derive(Default, Clone)]
+pub struct FakeHosts {
+    pub state: Arc<Mutex<HostsState>>,
+    execs: Arc<AtomicU64>,
+}
+
+impl FakeHosts {
+    /// Observes per instance id (for tests that poke a host).
+    pub fn with_host<R>(&self, instance_id: &str, f: impl FnOnce(&mut FakeHost) -> R) -> R {
+        let mut s = self.state.lock().unwrap();
+        f(s.hosts.get_mut(instance_id).expect("host known"))
+    }
+
+    fn reach(&self, target: &HostTarget) -> Result<(), HostError> {
+        self.execs.fetch_add(1, Ordering::SeqCst);
+        let mut s = self.state.lock().unwrap();
+        if s.unreachable.contains(&target.instance_id) {
+            return Err(HostError::Unreachable { host: target.describe(), message: "connection refused".into() });
+        }
+        let host = s.hosts.entry(target.instance_id.clone()).or_insert_with(|| FakeHost {
+            docker: DockerState::Running,
+            containers: BTreeMap::new(),
+            fingerprint: format!("SHA256:{}", target.instance_id),
+        });
+        if let Some(expected) = &target.expected_host_key {
+            if *expected != host.fingerprint {
+                return Err(HostError::HostKeyMismatch {
+                    host: target.describe(),
+                    expected: expected.clone(),
+                    presented: host.fingerprint.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Hosts for FakeHosts {
+    async fn observe(&self, target: &HostTarget, _: &SshKey) -> Result<ObservedHost, HostError> {
+        self.reach(target)?;
+        let s = self.state.lock().unwrap();
+        let host = &s.hosts[&target.instance_id];
+        let running = |name: &str| host.containers.get(name).is_some_and(|c| c.is_running());
+        let mut probes = Vec::new();
+        for name in ["db", "redis"] {
+            if host.containers.contains_key(name) {
+                probes.push((name.to_string(), if running(name) { Ok(()) } else { Err("not running".to_string()) }));
+            }
+        }
+        Ok(ObservedHost {
+            docker: host.docker.clone(),
+            containers: if host.docker == DockerState::Running { host.containers.values().cloned().collect() } else { vec![] },
+            probes,
+            host_key_fingerprint: host.fingerprint.clone(),
+        })
+    }
+
+    async fn apply(&self, target: &HostTarget, _: &SshKey, actions: &[Action], _: PullPolicy) -> Result<(), HostError> {
+        self.reach(target)?;
+        let mut s = self.state.lock().unwrap();
+        let host = s.hosts.get_mut(&target.instance_id).expect("reached");
+        for action in actions {
+            match action {
+                Action::InstallDocker { .. } | Action::StartDocker { .. } => host.docker = DockerState::Running,
+                Action::CreateContainer { container, .. } => {
+                    host.containers.insert(
+                        container.name.clone(),
+                        ObservedContainer {
+                            name: container.name.clone(),
+                            image: container.image.clone(),
+                            state: "running".into(),
+                            config_hash: container.config_hash(),
+                            exit_code: None,
+                        },
+                    );
+                }
+                Action::StartContainer { name, .. } => {
+                    if let Some(c) = host.containers.get_mut(name) {
+                        c.state = "running".into();
+                    }
+                }
+                Action::RemoveContainer { name, .. } => {
+                    host.containers.remove(name);
+                }
+                other => panic!("{other} is not a host action"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn http_status(&self, _: &str) -> Result<u16, HostError> {
+        Ok(200)
+    }
+
+    async fn cast_vote(&self, _: &str, voter: &str, vote: &str) -> Result<(), HostError> {
+        self.state.lock().unwrap().votes.insert(voter.into(), vote.into());
+        Ok(())
+    }
+
+    async fn recorded_vote(&self, db: &HostTarget, _: &SshKey, voter: &str) -> Result<Option<String>, HostError> {
+        self.reach(db)?;
+        Ok(self.state.lock().unwrap().votes.get(voter).cloned())
+    }
+
+    fn commands_run(&self) -> u64 {
+        self.execs.load(Ordering::SeqCst)
+    }
+}
+
+/// An engine over fresh fakes.
+pub fn engine() -> (Engine, FakeCloud, FakeHosts) {
+    let cloud = FakeCloud::default();
+    let hosts = FakeHosts::default();
+    let settings = EngineSettings { smoke_timeout: std::time::Duration::from_secs(2), ..Default::default() };
+    (Engine::new(Arc::new(cloud.clone()), Arc::new(hosts.clone()), settings), cloud, hosts)
+}
+
+pub fn key() -> SshKey {
+    SshKey::parse(votingstack::host::keys::TEST_KEY, "demo-ssh", "ssh-privatekey").expect("test key parses")
+}
