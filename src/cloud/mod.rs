@@ -2,6 +2,8 @@
 //!
 //! [`Cloud`] is implemented by [`ec2::Ec2Cloud`] (aws-sdk-ec2) and by test doubles.
 
+pub mod ec2;
+
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 

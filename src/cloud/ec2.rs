@@ -1,0 +1,308 @@
+//! [`Ec2Cloud`]: the [`Cloud`] trait over aws-sdk-ec2.
+//!
+//! - `network`: looks the VPC, subnet, gateway, route table, security groups
+//!   and key pair up by tag, and creates or repairs what is missing.
+//! - `instances`: DescribeInstances by tag, RunInstances with a ClientToken
+//!   after a look-up by tag.
+//! - `teardown`: terminates, waits, and deletes in the order AWS requires.
+//!
+//! Every EC2 request goes through [`Ec2Cloud::call`], which counts it, logs
+//! its operation name at debug level, and turns an SDK error into a
+//! [`CloudError`] that carries the AWS error code and message.
+
+mod instances;
+mod network;
+mod teardown;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::Client;
+use tracing::debug;
+
+use crate::api::{NetworkStatus, Tier, VotingStackSpec, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
+use crate::engine::observed::{ObservedInfra, ObservedInstance};
+
+use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, StackIdentity};
+
+/// Attempts per request (first try included) for throttling, 5xx and
+/// transport errors, with the SDK's exponential backoff and jitter.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// The EC2 side of the engine, over aws-sdk-ec2.
+pub struct Ec2Cloud {
+    client: Client,
+    calls: AtomicU64,
+    by_operation: Mutex<BTreeMap<&'static str, u64>>,
+    /// How often `destroy` polls while instances terminate.
+    poll_interval: Duration,
+    /// How long `destroy` waits for instances to terminate and for
+    /// dependencies (network interfaces) to let go.
+    wait_timeout: Duration,
+}
+
+impl Ec2Cloud {
+    /// A client from the standard AWS configuration chain (environment,
+    /// profile, web identity / IRSA, container and instance metadata).
+    ///
+    /// `endpoint` overrides the EC2 endpoint; when None the standard
+    /// `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL` variables still apply.
+    pub async fn from_env(region: &str, endpoint: Option<&str>) -> Ec2Cloud {
+        let shared = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_owned()))
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            )
+            .load()
+            .await;
+        let mut config = aws_sdk_ec2::config::Builder::from(&shared);
+        if let Some(url) = endpoint {
+            config = config.endpoint_url(url);
+        }
+        Ec2Cloud::from_client(Client::from_conf(config.build()))
+    }
+
+    /// Wraps a ready client (tests build one aimed at moto).
+    pub fn from_client(client: Client) -> Ec2Cloud {
+        Ec2Cloud {
+            client,
+            calls: AtomicU64::new(0),
+            by_operation: Mutex::new(BTreeMap::new()),
+            poll_interval: Duration::from_secs(5),
+            wait_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// Sets how often `destroy` polls and how long it waits in total.
+    pub fn with_waits(mut self, poll_interval: Duration, timeout: Duration) -> Ec2Cloud {
+        self.poll_interval = poll_interval;
+        self.wait_timeout = timeout;
+        self
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// EC2 requests made so far, by operation name (DescribeInstances, ...).
+    pub fn calls_by_operation(&self) -> BTreeMap<&'static str, u64> {
+        self.by_operation.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Sends one EC2 request: counts it, logs it, and maps its error.
+    async fn call<T, E, F>(&self, operation: &'static str, request: F) -> Result<T, CloudError>
+    where
+        F: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Ok(mut m) = self.by_operation.lock() {
+            *m.entry(operation).or_default() += 1;
+        }
+        debug!(operation, call = n, "EC2 request");
+        let result = request.await.map_err(|e| sdk_error(operation, e));
+        if let Err(e) = &result {
+            debug!(operation, error = %e, "EC2 request failed");
+        }
+        result
+    }
+}
+
+/// Turns an SDK error into a [`CloudError`]: an answer from EC2 keeps its
+/// error code and message; anything else keeps the whole error chain.
+pub fn sdk_error<E>(operation: &'static str, err: SdkError<E, HttpResponse>) -> CloudError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = match err.code() {
+                Some(c) if !c.is_empty() => c.to_owned(),
+                _ => format!("HTTP {status}"),
+            };
+            let message = match err.message() {
+                Some(m) if !m.is_empty() => m.to_owned(),
+                _ => DisplayErrorContext(&err).to_string(),
+            };
+            let mut kind = AwsErrorKind::from_code(&code);
+            if kind == AwsErrorKind::Other && status >= 500 {
+                kind = AwsErrorKind::Unavailable;
+            }
+            CloudError::Api { operation, code, message, kind }
+        }
+        _ => CloudError::Transport { operation, message: DisplayErrorContext(&err).to_string() },
+    }
+}
+
+/// True when EC2 said the resource does not exist (any `*.NotFound` code).
+fn is_not_found(e: &CloudError) -> bool {
+    matches!(e, CloudError::Api { code, .. } if code.ends_with(".NotFound") || code.ends_with("NotFound"))
+}
+
+/// True when EC2 refused because something still depends on the resource.
+fn is_dependency(e: &CloudError) -> bool {
+    matches!(e, CloudError::Api { code, .. } if code == "DependencyViolation" || code == "ResourceInUse")
+}
+
+/// `tag:<key> = value` filter.
+fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder().name(format!("tag:{key}")).values(value).build()
+}
+
+fn filter<I, S>(name: &str, values: I) -> Filter
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut f = Filter::builder().name(name);
+    for v in values {
+        f = f.values(v);
+    }
+    f.build()
+}
+
+/// The filter every look-up uses: the stack's tag.
+fn stack_filter(stack: &StackIdentity) -> Filter {
+    tag_filter(STACK_LABEL, &stack.tag_value())
+}
+
+/// Tags of every resource of the stack; `tier` adds the tier tag.
+fn stack_tags(stack: &StackIdentity, name: &str, tier: Option<Tier>) -> Vec<Tag> {
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+    let mut tags = vec![
+        tag(STACK_LABEL, &stack.tag_value()),
+        tag(NAMESPACE_LABEL, &stack.namespace),
+        tag("Name", name),
+        tag(MANAGED_BY_TAG, MANAGER),
+    ];
+    if let Some(t) = tier {
+        tags.push(tag(TIER_LABEL, t.as_str()));
+    }
+    tags
+}
+
+/// TagSpecifications for a resource created with the stack's tags.
+fn tag_spec(resource: ResourceType, stack: &StackIdentity, name: &str, tier: Option<Tier>) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource)
+        .set_tags(Some(stack_tags(stack, name, tier)))
+        .build()
+}
+
+/// Value of a tag in a resource's tag list.
+fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+#[async_trait]
+impl Cloud for Ec2Cloud {
+    async fn observe(&self, stack: &StackIdentity, known: Option<&NetworkStatus>) -> Result<ObservedInfra, CloudError> {
+        let instances = self.stack_instances(stack).await?;
+        let network = match known.filter(|k| network::is_complete(k)) {
+            // A converged stack: every tier has a live instance in the known
+            // subnet. The ids are trusted and no further call is made.
+            Some(k) if network::serves_every_tier(k, &instances) => Some(k.clone()),
+            // Something is about to be created: check the network first, so a
+            // network deleted behind the operator's back is rebuilt.
+            _ => self.inventory(stack, known).await?.complete_network(stack, known),
+        };
+        let instances = instances.into_iter().map(|(inst, _)| inst).collect();
+        Ok(ObservedInfra { network, instances })
+    }
+
+    async fn ensure_network(
+        &self,
+        stack: &StackIdentity,
+        spec: &VotingStackSpec,
+        public_key: &str,
+        known: Option<&NetworkStatus>,
+    ) -> Result<NetworkStatus, CloudError> {
+        self.ensure(stack, spec, public_key, known).await
+    }
+
+    async fn launch_instance(
+        &self,
+        stack: &StackIdentity,
+        spec: &VotingStackSpec,
+        network: &NetworkStatus,
+        tier: Tier,
+        replacement: u32,
+    ) -> Result<ObservedInstance, CloudError> {
+        self.launch(stack, spec, network, tier, replacement).await
+    }
+
+    async fn start_instance(&self, instance_id: &str) -> Result<(), CloudError> {
+        self.call("StartInstances", self.client.start_instances().instance_ids(instance_id).send()).await?;
+        Ok(())
+    }
+
+    async fn terminate_instances(&self, instance_ids: &[String]) -> Result<(), CloudError> {
+        if instance_ids.is_empty() {
+            return Ok(());
+        }
+        self.call(
+            "TerminateInstances",
+            self.client.terminate_instances().set_instance_ids(Some(instance_ids.to_vec())).send(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn destroy(&self, stack: &StackIdentity, known: Option<&NetworkStatus>) -> Result<DestroyReport, CloudError> {
+        self.teardown(stack, known).await
+    }
+
+    fn api_calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident() -> StackIdentity {
+        StackIdentity { name: "demo".into(), namespace: "shop".into(), uid: "u".into() }
+    }
+
+    #[test]
+    fn every_resource_carries_the_stack_tags() {
+        let tags = stack_tags(&ident(), "votingstack-shop-demo", Some(Tier::Backend));
+        assert_eq!(tag_value(&tags, STACK_LABEL), Some("shop/demo"));
+        assert_eq!(tag_value(&tags, NAMESPACE_LABEL), Some("shop"));
+        assert_eq!(tag_value(&tags, "Name"), Some("votingstack-shop-demo"));
+        assert_eq!(tag_value(&tags, MANAGED_BY_TAG), Some(MANAGER));
+        assert_eq!(tag_value(&tags, TIER_LABEL), Some("backend"));
+        assert_eq!(tag_value(&stack_tags(&ident(), "n", None), TIER_LABEL), None);
+    }
+
+    #[test]
+    fn not_found_and_dependency_codes_are_told_apart() {
+        let api = |code: &str| CloudError::Api {
+            operation: "DeleteVpc",
+            code: code.into(),
+            message: String::new(),
+            kind: AwsErrorKind::from_code(code),
+        };
+        assert!(is_not_found(&api("InvalidVpcID.NotFound")));
+        assert!(is_not_found(&api("InvalidGroup.NotFound")));
+        assert!(!is_not_found(&api("DependencyViolation")));
+        assert!(is_dependency(&api("DependencyViolation")));
+        assert!(!is_dependency(&api("AuthFailure")));
+    }
+}

@@ -1,0 +1,147 @@
+//! The stack's instances: found by tag, launched with a ClientToken after a
+//! look-up, so a lost RunInstances answer never doubles a tier.
+
+use std::net::Ipv4Addr;
+
+use aws_sdk_ec2::primitives::DateTimeFormat;
+use aws_sdk_ec2::types::{Filter, Instance, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType};
+use tracing::info;
+
+use crate::api::{NetworkStatus, Tier, VotingStackSpec, TIER_LABEL};
+use crate::cloud::{CloudError, StackIdentity};
+use crate::engine::observed::{InstanceState, ObservedInstance};
+
+use super::{filter, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
+
+/// States of an instance that still exists (or is on its way out).
+pub(super) const PRESENT_STATES: [&str; 5] = ["pending", "running", "stopping", "stopped", "shutting-down"];
+/// States of an instance that can serve its tier.
+pub(super) const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+
+/// Where an instance sits, beyond what the engine looks at.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Placement {
+    pub subnet_id: Option<String>,
+}
+
+/// An EC2 instance as the engine sees it; None without an id or a known state.
+pub(super) fn observed(inst: &Instance) -> Option<(ObservedInstance, Placement)> {
+    let id = inst.instance_id()?.to_owned();
+    let state = InstanceState::parse(inst.state()?.name()?.as_str())?;
+    let ip = |s: Option<&str>| s.and_then(|s| s.parse::<Ipv4Addr>().ok());
+    let observed = ObservedInstance {
+        id,
+        tier: tag_value(inst.tags(), TIER_LABEL).and_then(Tier::parse),
+        state,
+        private_ip: ip(inst.private_ip_address()),
+        public_ip: ip(inst.public_ip_address()),
+        ami: inst.image_id().unwrap_or_default().to_owned(),
+        instance_type: inst.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
+        launch_time: inst.launch_time().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()).unwrap_or_default(),
+    };
+    Some((observed, Placement { subnet_id: inst.subnet_id().map(str::to_owned) }))
+}
+
+impl Ec2Cloud {
+    /// DescribeInstances with `filters`, every page.
+    pub(super) async fn describe_instances(&self, filters: Vec<Filter>) -> Result<Vec<Instance>, CloudError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .call(
+                    "DescribeInstances",
+                    self.client
+                        .describe_instances()
+                        .set_filters(Some(filters.clone()))
+                        .max_results(1000)
+                        .set_next_token(token.take())
+                        .send(),
+                )
+                .await?;
+            for r in page.reservations() {
+                out.extend(r.instances().iter().cloned());
+            }
+            match page.next_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Every instance carrying the stack's tag that is not yet terminated.
+    pub(super) async fn stack_instances(
+        &self,
+        stack: &StackIdentity,
+    ) -> Result<Vec<(ObservedInstance, Placement)>, CloudError> {
+        let found =
+            self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", PRESENT_STATES)]).await?;
+        Ok(found.iter().filter_map(observed).collect())
+    }
+
+    /// Adopts the tier's oldest live instance, or launches one.
+    pub(super) async fn launch(
+        &self,
+        stack: &StackIdentity,
+        spec: &VotingStackSpec,
+        network: &NetworkStatus,
+        tier: Tier,
+        replacement: u32,
+    ) -> Result<ObservedInstance, CloudError> {
+        let existing = self
+            .describe_instances(vec![
+                stack_filter(stack),
+                tag_filter(TIER_LABEL, tier.as_str()),
+                filter("instance-state-name", LIVE_STATES),
+            ])
+            .await?;
+        let mut live: Vec<ObservedInstance> = existing.iter().filter_map(observed).map(|(i, _)| i).collect();
+        live.sort_by(|a, b| a.launch_time.cmp(&b.launch_time).then(a.id.cmp(&b.id)));
+        if let Some(oldest) = live.into_iter().next() {
+            info!(stack = %stack.tag_value(), %tier, instance = %oldest.id, "adopting the tier's existing instance");
+            return Ok(oldest);
+        }
+
+        let subnet_id = network
+            .subnet_id
+            .as_deref()
+            .ok_or(CloudError::Incomplete { operation: "RunInstances", missing: "subnet in the network status" })?;
+        let group_id = network
+            .security_groups
+            .get(&tier)
+            .ok_or(CloudError::Incomplete { operation: "RunInstances", missing: "security group of the tier" })?;
+        let key_name = network.key_pair_name.clone().unwrap_or_else(|| stack.resource_name());
+        let name = format!("{}-{tier}", stack.resource_name());
+        let nic = InstanceNetworkInterfaceSpecification::builder()
+            .device_index(0)
+            .subnet_id(subnet_id)
+            .groups(group_id)
+            .associate_public_ip_address(tier == Tier::Frontend)
+            .delete_on_termination(true)
+            .build();
+        let out = self
+            .call(
+                "RunInstances",
+                self.client
+                    .run_instances()
+                    .image_id(spec.instances.ami_for(tier))
+                    .instance_type(InstanceType::from(spec.instances.instance_type_for(tier)))
+                    .min_count(1)
+                    .max_count(1)
+                    .key_name(key_name)
+                    .client_token(stack.client_token(tier, replacement))
+                    .network_interfaces(nic)
+                    .tag_specifications(tag_spec(ResourceType::Instance, stack, &name, Some(tier)))
+                    .tag_specifications(tag_spec(ResourceType::Volume, stack, &name, Some(tier)))
+                    .send(),
+            )
+            .await?;
+        let (inst, _) = out
+            .instances()
+            .iter()
+            .find_map(observed)
+            .ok_or(CloudError::Incomplete { operation: "RunInstances", missing: "instance" })?;
+        info!(stack = %stack.tag_value(), %tier, instance = %inst.id, "launched instance");
+        Ok(inst)
+    }
+}
