@@ -3,7 +3,11 @@
 //!
 //! [`Hosts`] is implemented over SSH by `ssh::SshHosts` and by test doubles.
 
+pub mod docker;
+pub mod events;
 pub mod keys;
+pub mod ssh;
+pub mod web;
 
 use std::net::Ipv4Addr;
 
@@ -13,7 +17,9 @@ use crate::api::{PullPolicy, Reason, Tier};
 use crate::engine::observed::ObservedHost;
 use crate::engine::plan::Action;
 
+pub use events::{DriftEvent, DriftWatcher};
 pub use keys::{KeyError, SshKey};
+pub use ssh::{SshHosts, SshOptions};
 
 /// How to reach one host.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,235 @@
+//! Drift events: a long-lived `docker events` stream per host, filtered by
+//! the stack's label, that reports every die/stop/destroy of the stack's
+//! containers so the stack is reconciled at once instead of at the next
+//! periodic requeue.
+//!
+//! The stream runs over the host's pooled SSH session. When it ends (the
+//! host rebooted, the engine restarted, the network failed) it is started
+//! again after a capped exponential backoff. Dropping the [`DriftWatcher`]
+//! stops it; the remote `docker events` ends with the channel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::api::{Tier, STACK_LABEL, TIER_LABEL};
+
+use super::docker::events_script;
+use super::ssh::SshHosts;
+use super::{HostTarget, SshKey};
+
+/// A container of the stack died, stopped or was removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DriftEvent {
+    /// Value of the `votingstack.dev/stack` label (`namespace/name`).
+    pub stack: String,
+    pub tier: Tier,
+    pub container: String,
+    /// `die`, `stop` or `destroy`.
+    pub action: String,
+}
+
+/// Delays between attempts to (re)start a stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(500), max: Duration::from_secs(30) }
+    }
+}
+
+impl Backoff {
+    /// The delay after `delay`: doubled, at most `max`.
+    pub fn next(&self, delay: Duration) -> Duration {
+        (delay * 2).min(self.max).max(self.initial)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(rename = "Action", default)]
+    action: String,
+    #[serde(rename = "Actor", default)]
+    actor: Option<RawActor>,
+}
+
+#[derive(Deserialize)]
+struct RawActor {
+    #[serde(rename = "Attributes", default)]
+    attributes: BTreeMap<String, String>,
+}
+
+/// Reads one line of `docker events --format '{{json .}}'`.
+pub fn parse_event(line: &str, fallback_tier: Tier) -> Option<DriftEvent> {
+    let raw: RawEvent = serde_json::from_str(line.trim()).ok()?;
+    if !raw.kind.is_empty() && raw.kind != "container" {
+        return None;
+    }
+    let attrs = raw.actor?.attributes;
+    let stack = attrs.get(STACK_LABEL)?.clone();
+    let tier = attrs.get(TIER_LABEL).and_then(|t| Tier::parse(t)).unwrap_or(fallback_tier);
+    let container = attrs.get("name").cloned().unwrap_or_default();
+    // `die` may come as `die`, older engines add nothing else; keep the verb
+    let action = raw.action.split(':').next().unwrap_or_default().trim().to_string();
+    Some(DriftEvent { stack, tier, container, action })
+}
+
+/// A running drift stream of one host. Dropping it stops the stream.
+pub struct DriftWatcher {
+    task: JoinHandle<()>,
+    connected: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for DriftWatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriftWatcher").field("connected", &*self.connected.borrow()).finish()
+    }
+}
+
+impl Drop for DriftWatcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl DriftWatcher {
+    /// Watches `target`'s containers of `target.stack`, sending on `events`
+    /// until the watcher is dropped or the receiver is gone.
+    pub fn spawn(hosts: Arc<SshHosts>, target: HostTarget, key: SshKey, events: mpsc::Sender<DriftEvent>) -> DriftWatcher {
+        DriftWatcher::spawn_with(hosts, target, key, events, Backoff::default())
+    }
+
+    pub fn spawn_with(
+        hosts: Arc<SshHosts>,
+        target: HostTarget,
+        key: SshKey,
+        events: mpsc::Sender<DriftEvent>,
+        backoff: Backoff,
+    ) -> DriftWatcher {
+        let (connected_tx, connected) = watch::channel(false);
+        let task = tokio::spawn(run(hosts, target, key, events, backoff, connected_tx));
+        DriftWatcher { task, connected }
+    }
+
+    /// Whether the stream is up right now.
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// Waits (at most `timeout`) until the stream is up.
+    pub async fn wait_connected(&mut self, timeout: Duration) -> bool {
+        let wait = self.connected.wait_for(|c| *c);
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
+    }
+
+    /// Whether the watcher has ended (its receiver was dropped).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the stream now.
+    pub fn stop(self) {
+        drop(self)
+    }
+}
+
+async fn run(
+    hosts: Arc<SshHosts>,
+    target: HostTarget,
+    key: SshKey,
+    events: mpsc::Sender<DriftEvent>,
+    backoff: Backoff,
+    connected: watch::Sender<bool>,
+) {
+    let command = events_script(&target.stack).inline_command();
+    let host = target.describe();
+    let mut delay = backoff.initial;
+    loop {
+        match hosts.stream(&target, &key, &command).await {
+            Ok(mut stream) => {
+                let mut pending: Vec<u8> = Vec::new();
+                let mut stderr: Vec<u8> = Vec::new();
+                while let Some(msg) = stream.next().await {
+                    match msg {
+                        ChannelMsg::Data { data } => {
+                            pending.extend_from_slice(&data);
+                            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                                let line: Vec<u8> = pending.drain(..=pos).collect();
+                                let line = String::from_utf8_lossy(&line);
+                                let line = line.trim();
+                                if line == "ready" {
+                                    debug!(%host, "drift event stream up");
+                                    let _ = connected.send(true);
+                                    delay = backoff.initial;
+                                } else if let Some(ev) = parse_event(line, target.tier) {
+                                    if ev.stack == target.stack && events.send(ev).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            if pending.len() > 1 << 20 {
+                                pending.clear();
+                            }
+                        }
+                        ChannelMsg::ExtendedData { data, .. } => {
+                            if stderr.len() < 4096 {
+                                stderr.extend_from_slice(&data);
+                            }
+                        }
+                        ChannelMsg::Close => break,
+                        _ => {}
+                    }
+                }
+                let _ = connected.send(false);
+                let why = String::from_utf8_lossy(&stderr).trim().to_string();
+                debug!(%host, %why, "drift event stream ended");
+            }
+            Err(e) => {
+                let _ = connected.send(false);
+                warn!(%host, "drift event stream: {e}");
+            }
+        }
+        if events.is_closed() {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = backoff.next(delay);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_event_lines_become_drift_events() {
+        let line = r#"{"status":"die","id":"abc","from":"r/vote:local","Type":"container","Action":"die","Actor":{"ID":"abc","Attributes":{"exitCode":"137","image":"r/vote:local","name":"vote","votingstack.dev/stack":"default/demo","votingstack.dev/tier":"frontend"}},"scope":"local","time":1,"timeNano":1}"#;
+        let ev = parse_event(line, Tier::Database).unwrap();
+        assert_eq!(
+            ev,
+            DriftEvent { stack: "default/demo".into(), tier: Tier::Frontend, container: "vote".into(), action: "die".into() }
+        );
+        assert_eq!(parse_event("ready", Tier::Database), None);
+        assert_eq!(parse_event(r#"{"Type":"network","Action":"destroy","Actor":{"Attributes":{}}}"#, Tier::Database), None);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(350) };
+        assert_eq!(b.next(Duration::from_millis(100)), Duration::from_millis(200));
+        assert_eq!(b.next(Duration::from_millis(200)), Duration::from_millis(350));
+        assert_eq!(b.next(Duration::from_millis(350)), Duration::from_millis(350));
+    }
+}
