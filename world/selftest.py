@@ -234,7 +234,9 @@ def main():
                 ec2.delete_vpc(VpcId=made["vpc"])
         except Exception as exc:
             print("selftest: cleanup: %s" % exc, flush=True)
-        os.unlink(kh.name)
+        for f in (kh.name, kh.name + ".old"):  # ssh-keygen -R leaves a backup
+            if os.path.exists(f):
+                os.unlink(f)
 
 
 if __name__ == "__main__":
