@@ -5,5 +5,7 @@ mod cli;
 mod crd;
 mod deploy;
 mod diagrams;
+mod ec2;
 mod engine;
 mod fakes;
+mod moto;

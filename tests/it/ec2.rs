@@ -1,0 +1,649 @@
+//! The EC2 provider against a real moto server: the engine creates, keeps
+//! and tears down the network and the three instances.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{
+    Filter, Instance, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification, VpcAttributeName,
+};
+use aws_sdk_ec2::Client;
+use votingstack::api::conditions::find_condition;
+use votingstack::api::{
+    fixtures, ConditionType, DeletionPolicy, NetworkStatus, PullPolicy, Tier, VotingStack, MANAGED_BY_TAG, MANAGER,
+    NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
+};
+use votingstack::cloud::ec2::Ec2Cloud;
+use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, StackIdentity};
+use votingstack::engine::observed::ObservedHost;
+use votingstack::engine::plan::{Action, TerminateReason};
+use votingstack::engine::{Engine, EngineSettings, Outcome, Teardown};
+use votingstack::host::keys::TEST_KEY;
+use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
+
+use crate::moto::{client_for, Moto, AMI};
+
+/// Hosts that cannot be reached: only the EC2 side is exercised.
+struct NoSsh;
+
+fn unreachable(what: &str) -> HostError {
+    HostError::Unreachable { host: what.into(), message: "no SSH in the EC2 tests".into() }
+}
+
+#[async_trait]
+impl Hosts for NoSsh {
+    async fn observe(&self, target: &HostTarget, _: &SshKey) -> Result<ObservedHost, HostError> {
+        Err(unreachable(&target.describe()))
+    }
+    async fn apply(&self, target: &HostTarget, _: &SshKey, _: &[Action], _: PullPolicy) -> Result<(), HostError> {
+        Err(unreachable(&target.describe()))
+    }
+    async fn http_status(&self, url: &str) -> Result<u16, HostError> {
+        Err(unreachable(url))
+    }
+    async fn cast_vote(&self, url: &str, _: &str, _: &str) -> Result<(), HostError> {
+        Err(unreachable(url))
+    }
+    async fn recorded_vote(&self, db: &HostTarget, _: &SshKey, _: &str) -> Result<Option<String>, HostError> {
+        Err(unreachable(&db.describe()))
+    }
+    fn commands_run(&self) -> u64 {
+        0
+    }
+}
+
+struct World {
+    // Dropped last: the server outlives the clients.
+    cloud: Arc<Ec2Cloud>,
+    engine: Engine,
+    client: Client,
+    moto: Moto,
+}
+
+fn world() -> World {
+    let moto = Moto::start();
+    let cloud = Arc::new(moto.cloud());
+    let engine = Engine::new(cloud.clone(), Arc::new(NoSsh), EngineSettings::default());
+    World { cloud, engine, client: moto.client(), moto }
+}
+
+fn stack() -> VotingStack {
+    let mut s = fixtures::stack();
+    s.spec.instances.ami = AMI.into();
+    s
+}
+
+fn key() -> SshKey {
+    SshKey::parse(TEST_KEY, "demo-ssh", "ssh-privatekey").expect("test key parses")
+}
+
+/// One reconcile, its status written back as the controller would.
+async fn reconcile(w: &World, stack: &mut VotingStack) -> Outcome {
+    let out = tokio::time::timeout(Duration::from_secs(120), w.engine.reconcile(stack, Ok(key())))
+        .await
+        .expect("reconcile finishes within 120 s");
+    stack.status = Some(out.status.clone());
+    out
+}
+
+fn stack_filter() -> Filter {
+    Filter::builder().name(format!("tag:{STACK_LABEL}")).values("default/demo").build()
+}
+
+fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+fn assert_stack_tags(what: &str, tags: &[Tag]) {
+    assert_eq!(tag(tags, STACK_LABEL), Some("default/demo"), "{what}: {tags:?}");
+    assert_eq!(tag(tags, NAMESPACE_LABEL), Some("default"), "{what}: {tags:?}");
+    assert_eq!(tag(tags, MANAGED_BY_TAG), Some(MANAGER), "{what}: {tags:?}");
+    assert!(tag(tags, "Name").is_some_and(|n| n.starts_with("votingstack-default-demo")), "{what}: {tags:?}");
+}
+
+/// The stack's instances that are not terminated.
+async fn live_instances(c: &Client) -> Vec<Instance> {
+    let out = c.describe_instances().filters(stack_filter()).send().await.expect("DescribeInstances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances().iter().cloned())
+        .filter(|i| i.state().and_then(|s| s.name()) != Some(&InstanceStateName::Terminated))
+        .collect()
+}
+
+fn tier_of(i: &Instance) -> Option<Tier> {
+    tag(i.tags(), TIER_LABEL).and_then(Tier::parse)
+}
+
+fn instance_of(w: &[Instance], tier: Tier) -> Instance {
+    let v: Vec<&Instance> = w.iter().filter(|i| tier_of(i) == Some(tier)).collect();
+    assert_eq!(v.len(), 1, "one live {tier} instance: {v:?}");
+    v[0].clone()
+}
+
+fn network(stack: &VotingStack) -> NetworkStatus {
+    stack.status.as_ref().and_then(|s| s.network.clone()).expect("network in status")
+}
+
+fn launches(out: &Outcome) -> Vec<Tier> {
+    out.applied
+        .iter()
+        .filter_map(|a| match a {
+            Action::LaunchInstance { tier, .. } => Some(*tier),
+            _ => None,
+        })
+        .collect()
+}
+
+fn infra_condition(stack: &VotingStack) -> (String, String, String) {
+    let c = find_condition(&stack.status.as_ref().expect("status").conditions, ConditionType::InfrastructureReady)
+        .expect("InfrastructureReady condition");
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+/// Counts of every kind of resource carrying the stack's tag.
+async fn tagged_counts(c: &Client) -> [usize; 7] {
+    let f = stack_filter;
+    [
+        c.describe_vpcs().filters(f()).send().await.expect("vpcs").vpcs().len(),
+        c.describe_subnets().filters(f()).send().await.expect("subnets").subnets().len(),
+        c.describe_internet_gateways().filters(f()).send().await.expect("igws").internet_gateways().len(),
+        c.describe_route_tables().filters(f()).send().await.expect("rts").route_tables().len(),
+        c.describe_security_groups().filters(f()).send().await.expect("sgs").security_groups().len(),
+        c.describe_key_pairs()
+            .filters(Filter::builder().name("key-name").values("votingstack-default-demo").build())
+            .send()
+            .await
+            .expect("key pairs")
+            .key_pairs()
+            .len(),
+        live_instances(c).await.len(),
+    ]
+}
+
+/// Ingress rules of a group as (port, source) with sources `cidr:...` or `sg:<tier>`.
+fn rules_of(group: &aws_sdk_ec2::types::SecurityGroup, net: &NetworkStatus) -> BTreeSet<(i32, String)> {
+    let tier_of_group = |id: &str| {
+        net.security_groups.iter().find(|(_, g)| g.as_str() == id).map(|(t, _)| t.to_string()).unwrap_or(id.into())
+    };
+    let mut out = BTreeSet::new();
+    for p in group.ip_permissions() {
+        assert_eq!(p.ip_protocol(), Some("tcp"));
+        assert_eq!(p.from_port(), p.to_port(), "single-port rules");
+        let port = p.from_port().unwrap_or(-1);
+        for r in p.ip_ranges() {
+            out.insert((port, format!("cidr:{}", r.cidr_ip().unwrap_or_default())));
+        }
+        for r in p.ipv6_ranges() {
+            out.insert((port, format!("cidr6:{}", r.cidr_ipv6().unwrap_or_default())));
+        }
+        for g in p.user_id_group_pairs() {
+            out.insert((port, format!("sg:{}", tier_of_group(g.group_id().unwrap_or_default()))));
+        }
+    }
+    out
+}
+
+fn set(items: &[(i32, &str)]) -> BTreeSet<(i32, String)> {
+    items.iter().map(|(p, s)| (*p, s.to_string())).collect()
+}
+
+#[tokio::test]
+async fn ec2_fresh_create_builds_the_network_and_three_instances() {
+    let w = world();
+    let mut s = stack();
+    let out = reconcile(&w, &mut s).await;
+    assert_eq!(out.applied.first(), Some(&Action::CreateNetwork), "{:?}", out.applied);
+    assert_eq!(launches(&out), Tier::ALL.to_vec());
+    let (status, reason, message) = infra_condition(&s);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InstancesRunning"), "{message}");
+    let net = network(&s);
+    let c = &w.client;
+
+    // VPC with DNS on.
+    let vpc_id = net.vpc_id.clone().expect("vpc id");
+    let vpcs = c.describe_vpcs().filters(stack_filter()).send().await.unwrap();
+    assert_eq!(vpcs.vpcs().len(), 1);
+    assert_eq!(vpcs.vpcs()[0].cidr_block(), Some("10.42.0.0/16"));
+    assert_stack_tags("vpc", vpcs.vpcs()[0].tags());
+    for attr in [VpcAttributeName::EnableDnsSupport, VpcAttributeName::EnableDnsHostnames] {
+        let a = c.describe_vpc_attribute().vpc_id(&vpc_id).attribute(attr.clone()).send().await.unwrap();
+        let on = match attr {
+            VpcAttributeName::EnableDnsSupport => a.enable_dns_support().and_then(|v| v.value()),
+            _ => a.enable_dns_hostnames().and_then(|v| v.value()),
+        };
+        assert_eq!(on, Some(true), "{attr:?}");
+    }
+
+    // Subnet, gateway attached, route table with the default route, associated.
+    let subnets = c.describe_subnets().filters(stack_filter()).send().await.unwrap();
+    assert_eq!(subnets.subnets().len(), 1);
+    let subnet = &subnets.subnets()[0];
+    assert_eq!(subnet.cidr_block(), Some("10.42.1.0/24"));
+    assert_eq!(subnet.vpc_id(), Some(vpc_id.as_str()));
+    assert_stack_tags("subnet", subnet.tags());
+    let igws = c.describe_internet_gateways().filters(stack_filter()).send().await.unwrap();
+    assert_eq!(igws.internet_gateways().len(), 1);
+    let igw = &igws.internet_gateways()[0];
+    assert_stack_tags("igw", igw.tags());
+    assert_eq!(igw.attachments().iter().filter_map(|a| a.vpc_id()).collect::<Vec<_>>(), [vpc_id.as_str()]);
+    let rts = c.describe_route_tables().filters(stack_filter()).send().await.unwrap();
+    assert_eq!(rts.route_tables().len(), 1);
+    let rt = &rts.route_tables()[0];
+    assert_stack_tags("route table", rt.tags());
+    assert!(rt
+        .routes()
+        .iter()
+        .any(|r| r.destination_cidr_block() == Some("0.0.0.0/0") && r.gateway_id() == igw.internet_gateway_id()));
+    assert!(rt.associations().iter().any(|a| a.subnet_id() == subnet.subnet_id()));
+
+    // Security groups: 6379 and 5432 only from the stack's groups.
+    let sgs = c.describe_security_groups().filters(stack_filter()).send().await.unwrap();
+    assert_eq!(sgs.security_groups().len(), 3);
+    for g in sgs.security_groups() {
+        assert_stack_tags("security group", g.tags());
+        let tier = tag(g.tags(), TIER_LABEL).and_then(Tier::parse).expect("tier tag on the group");
+        assert_eq!(net.security_groups.get(&tier).map(String::as_str), g.group_id());
+        let rules = rules_of(g, &net);
+        let ssh = "cidr:203.0.113.0/24";
+        let expected = match tier {
+            Tier::Frontend => set(&[(22, ssh), (80, "cidr:0.0.0.0/0"), (81, "cidr:0.0.0.0/0")]),
+            Tier::Backend => set(&[(22, ssh), (6379, "sg:frontend"), (6379, "sg:backend")]),
+            Tier::Database => set(&[(22, ssh), (5432, "sg:backend"), (5432, "sg:frontend")]),
+        };
+        assert_eq!(rules, expected, "{tier} group rules");
+        for (port, source) in &rules {
+            if *port == 6379 || *port == 5432 {
+                assert!(source.starts_with("sg:"), "{port} open to {source}");
+            }
+        }
+    }
+
+    // Key pair imported under the stack's name.
+    let keys = c.describe_key_pairs().key_names("votingstack-default-demo").send().await.unwrap();
+    assert_eq!(keys.key_pairs().len(), 1);
+    assert_stack_tags("key pair", keys.key_pairs()[0].tags());
+
+    // Three instances: tags, AMI, type, subnet, group, key; public IP only on the frontend.
+    let live = live_instances(c).await;
+    assert_eq!(live.len(), 3);
+    for tier in Tier::ALL {
+        let i = instance_of(&live, tier);
+        assert_stack_tags("instance", i.tags());
+        assert_eq!(tag(i.tags(), "Name"), Some(format!("votingstack-default-demo-{tier}").as_str()));
+        assert_eq!(i.image_id(), Some(AMI));
+        assert_eq!(i.instance_type(), Some(&InstanceType::T3Small));
+        assert_eq!(i.subnet_id(), subnet.subnet_id());
+        assert_eq!(i.key_name(), Some("votingstack-default-demo"));
+        // moto lists the groups on the network interface only; AWS on both.
+        let groups: BTreeSet<&str> = i
+            .security_groups()
+            .iter()
+            .chain(i.network_interfaces().iter().flat_map(|n| n.groups()))
+            .filter_map(|g| g.group_id())
+            .collect();
+        assert_eq!(groups, BTreeSet::from([net.security_groups[&tier].as_str()]), "{tier} instance groups");
+        assert!(i.private_ip_address().is_some_and(|ip| ip.starts_with("10.42.1.")));
+        assert_eq!(i.public_ip_address().is_some(), tier == Tier::Frontend, "{tier} public IP");
+        let recorded = s.status.as_ref().and_then(|st| st.tiers.as_ref()).and_then(|t| t.get(tier)).cloned();
+        assert_eq!(recorded.and_then(|r| r.instance_id), i.instance_id().map(String::from));
+    }
+}
+
+#[tokio::test]
+async fn ec2_converged_reconcile_makes_at_most_two_calls_and_no_changes() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let before_ops = w.cloud.calls_by_operation();
+    let before = w.cloud.api_calls();
+    let out = reconcile(&w, &mut s).await;
+    let calls = w.cloud.api_calls() - before;
+    assert!(calls <= 2, "a converged reconcile made {calls} EC2 calls");
+    assert!(out.applied.is_empty(), "{:?}", out.applied);
+    let after_ops = w.cloud.calls_by_operation();
+    for (op, n) in &after_ops {
+        if before_ops.get(op) != Some(n) {
+            assert!(op.starts_with("Describe"), "{op} called in a converged reconcile");
+        }
+    }
+    assert_eq!(infra_condition(&s).0, "True");
+    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+    eprintln!("EC2 calls in a converged reconcile: {calls}");
+}
+
+#[tokio::test]
+async fn ec2_terminated_instance_is_replaced() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let old = instance_of(&live_instances(&w.client).await, Tier::Frontend);
+    let old_id = old.instance_id().unwrap().to_string();
+    w.client.terminate_instances().instance_ids(&old_id).send().await.unwrap();
+
+    let out = reconcile(&w, &mut s).await;
+    assert_eq!(launches(&out), [Tier::Frontend]);
+    let live = live_instances(&w.client).await;
+    assert_eq!(live.len(), 3);
+    let new = instance_of(&live, Tier::Frontend);
+    assert_ne!(new.instance_id(), Some(old_id.as_str()));
+    assert!(new.public_ip_address().is_some());
+    let front = s.status.as_ref().and_then(|st| st.tiers.as_ref()).and_then(|t| t.frontend.clone()).unwrap();
+    assert_eq!(front.instance_id.as_deref(), new.instance_id());
+    assert_eq!(front.replacements, 1);
+    assert_eq!(infra_condition(&s).0, "True");
+    // The network was not touched.
+    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+}
+
+#[tokio::test]
+async fn ec2_stopped_instance_is_started() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let db = instance_of(&live_instances(&w.client).await, Tier::Database);
+    let id = db.instance_id().unwrap().to_string();
+    w.client.stop_instances().instance_ids(&id).send().await.unwrap();
+    let state = instance_of(&live_instances(&w.client).await, Tier::Database).state().and_then(|s| s.name()).cloned();
+    assert_eq!(state, Some(InstanceStateName::Stopped));
+
+    let out = reconcile(&w, &mut s).await;
+    assert!(
+        out.applied.contains(&Action::StartInstance { tier: Tier::Database, instance_id: id.clone() }),
+        "{:?}",
+        out.applied
+    );
+    assert!(launches(&out).is_empty());
+    let db = instance_of(&live_instances(&w.client).await, Tier::Database);
+    assert_eq!(db.instance_id(), Some(id.as_str()));
+    assert_eq!(db.state().and_then(|s| s.name()), Some(&InstanceStateName::Running));
+}
+
+/// RunInstances outside the operator, with the stack's tags for `tier`.
+async fn run_tagged(c: &Client, net: &NetworkStatus, tier: Tier, token: Option<String>) -> String {
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(Tag::builder().key(STACK_LABEL).value("default/demo").build())
+        .tags(Tag::builder().key(NAMESPACE_LABEL).value("default").build())
+        .tags(Tag::builder().key(TIER_LABEL).value(tier.as_str()).build())
+        .tags(Tag::builder().key("Name").value(format!("votingstack-default-demo-{tier}")).build())
+        .tags(Tag::builder().key(MANAGED_BY_TAG).value(MANAGER).build())
+        .build();
+    let out = c
+        .run_instances()
+        .image_id(AMI)
+        .instance_type(InstanceType::T3Small)
+        .min_count(1)
+        .max_count(1)
+        .set_client_token(token)
+        .subnet_id(net.subnet_id.clone().unwrap())
+        .security_group_ids(net.security_groups[&tier].clone())
+        .key_name(net.key_pair_name.clone().unwrap())
+        .tag_specifications(tags)
+        .send()
+        .await
+        .expect("RunInstances");
+    out.instances()[0].instance_id().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn ec2_duplicate_instance_is_terminated() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let keeper = instance_of(&live_instances(&w.client).await, Tier::Backend).instance_id().unwrap().to_string();
+    let dup = run_tagged(&w.client, &network(&s), Tier::Backend, None).await;
+    assert_eq!(live_instances(&w.client).await.len(), 4);
+
+    let out = reconcile(&w, &mut s).await;
+    assert!(
+        out.applied.contains(&Action::TerminateInstance {
+            tier: Some(Tier::Backend),
+            instance_id: dup.clone(),
+            reason: TerminateReason::Duplicate,
+        }),
+        "{:?}",
+        out.applied
+    );
+    let live = live_instances(&w.client).await;
+    assert_eq!(live.len(), 3);
+    assert_eq!(instance_of(&live, Tier::Backend).instance_id(), Some(keeper.as_str()));
+}
+
+#[tokio::test]
+async fn ec2_lost_run_instances_answer_is_adopted_not_doubled() {
+    let w = world();
+    let mut s = stack();
+    let ident = StackIdentity::of(&s);
+    let net = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    // The request reached EC2, its answer did not: the operator never saw the id.
+    let lost = run_tagged(&w.client, &net, Tier::Database, Some(ident.client_token(Tier::Database, 0))).await;
+
+    let adopted = w.cloud.launch_instance(&ident, &s.spec, &net, Tier::Database, 0).await.unwrap();
+    assert_eq!(adopted.id, lost);
+    assert_eq!(adopted.tier, Some(Tier::Database));
+    assert_eq!(live_instances(&w.client).await.len(), 1);
+
+    // The engine, with no status at all (as the CLI without a state file),
+    // adopts the network and the instance and launches only the rest.
+    let out = reconcile(&w, &mut s).await;
+    assert!(!out.applied.contains(&Action::CreateNetwork), "{:?}", out.applied);
+    assert_eq!(launches(&out), [Tier::Backend, Tier::Frontend]);
+    assert_eq!(network(&s), net);
+    let live = live_instances(&w.client).await;
+    assert_eq!(live.len(), 3);
+    assert_eq!(instance_of(&live, Tier::Database).instance_id(), Some(lost.as_str()));
+    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+}
+
+#[tokio::test]
+async fn ec2_network_is_found_by_tag_and_never_doubled() {
+    let w = world();
+    let s = stack();
+    let ident = StackIdentity::of(&s);
+    let first = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    let again = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 0]);
+    // Without stored ids (the CLI) observe finds the same network by tag.
+    let seen = w.cloud.observe(&ident, None).await.unwrap();
+    assert_eq!(seen.network, Some(first.clone()));
+    assert!(seen.instances.is_empty());
+
+    // A rule opening redis to the world is taken away again; a missing one is put back.
+    let backend = first.security_groups[&Tier::Backend].clone();
+    let world_redis = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(6379)
+        .to_port(6379)
+        .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    w.client.authorize_security_group_ingress().group_id(&backend).ip_permissions(world_redis).send().await.unwrap();
+    let ssh = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(22)
+        .to_port(22)
+        .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("203.0.113.0/24").build())
+        .build();
+    w.client.revoke_security_group_ingress().group_id(&backend).ip_permissions(ssh).send().await.unwrap();
+    let repaired = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), Some(&first)).await.unwrap();
+    assert_eq!(repaired, first);
+    let g = w.client.describe_security_groups().group_ids(&backend).send().await.unwrap();
+    assert_eq!(
+        rules_of(&g.security_groups()[0], &first),
+        set(&[(22, "cidr:203.0.113.0/24"), (6379, "sg:frontend"), (6379, "sg:backend")])
+    );
+}
+
+#[tokio::test]
+async fn ec2_invalid_ami_gives_a_clear_condition_and_no_instance() {
+    let w = world();
+    let mut s = fixtures::stack(); // ami-0abcdef1234567890: not an AMI moto knows
+    reconcile(&w, &mut s).await;
+    let (status, reason, message) = infra_condition(&s);
+    assert_eq!(status, "False");
+    assert_eq!(reason, "AwsInvalidParameter");
+    assert!(message.contains("RunInstances") && message.contains("InvalidAMIID"), "{message}");
+    assert!(!message.contains("service error"), "{message}");
+    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 0]);
+
+    // The next reconcile tries once more, without a new network or a retry storm.
+    reconcile(&w, &mut s).await;
+    assert_eq!(infra_condition(&s).1, "AwsInvalidParameter");
+    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 0]);
+    assert_eq!(w.cloud.calls_by_operation().get("RunInstances"), Some(&2));
+    assert_eq!(w.cloud.calls_by_operation().get("CreateVpc"), Some(&1));
+
+    // The error itself keeps the AWS code and classifies it.
+    let ident = StackIdentity::of(&s);
+    let err = w.cloud.launch_instance(&ident, &s.spec, &network(&s), Tier::Database, 0).await.unwrap_err();
+    match &err {
+        CloudError::Api { operation, code, message, kind } => {
+            assert_eq!(*operation, "RunInstances");
+            assert!(code.starts_with("InvalidAMIID"), "{code}");
+            assert!(!message.is_empty());
+            assert_eq!(*kind, AwsErrorKind::InvalidParameter);
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Order class of a deleted id: instances, groups, route table, gateway,
+/// subnet, VPC, key pair.
+fn deletion_rank(id: &str) -> usize {
+    ["i-", "sg-", "rtb-", "igw-", "subnet-", "vpc-"].iter().position(|p| id.starts_with(p)).unwrap_or(6)
+}
+
+#[tokio::test]
+async fn ec2_delete_leaves_nothing_in_the_order_aws_requires() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+    let net = network(&s);
+
+    let report = match w.engine.destroy(&s).await.unwrap() {
+        Teardown::Deleted(r) => r,
+        other => panic!("expected a deletion, got {other:?}"),
+    };
+    let ranks: Vec<usize> = report.deleted.iter().map(|id| deletion_rank(id)).collect();
+    assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "deletion order: {:?}", report.deleted);
+    let count = |r: usize| ranks.iter().filter(|x| **x == r).count();
+    assert_eq!((0..7).map(count).collect::<Vec<_>>(), [3, 3, 1, 1, 1, 1, 1], "{:?}", report.deleted);
+    assert_eq!(report.deleted.last().map(String::as_str), Some("votingstack-default-demo"));
+    assert!(report.deleted.contains(net.vpc_id.as_ref().unwrap()));
+    // Cross-group rules were revoked before their groups went.
+    assert_eq!(w.cloud.calls_by_operation().get("RevokeSecurityGroupIngress"), Some(&2));
+
+    assert_eq!(tagged_counts(&w.client).await, [0; 7]);
+    let vpc = w.client.describe_vpcs().filters(Filter::builder().name("vpc-id").values(net.vpc_id.unwrap()).build());
+    assert!(vpc.send().await.unwrap().vpcs().is_empty());
+
+    // Destroying again finds nothing and succeeds.
+    match w.engine.destroy(&s).await.unwrap() {
+        Teardown::Deleted(r) => assert!(r.deleted.is_empty(), "{:?}", r.deleted),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn ec2_destroy_of_a_half_deleted_or_absent_stack_succeeds() {
+    let w = world();
+    let s = stack();
+    let ident = StackIdentity::of(&s);
+    let net = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    w.cloud.launch_instance(&ident, &s.spec, &net, Tier::Backend, 0).await.unwrap();
+    // Someone removed the gateway and the key pair already.
+    let igw = net.internet_gateway_id.clone().unwrap();
+    let vpc = net.vpc_id.clone().unwrap();
+    w.client.detach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
+    w.client.delete_internet_gateway().internet_gateway_id(&igw).send().await.unwrap();
+    w.client.delete_key_pair().key_name("votingstack-default-demo").send().await.unwrap();
+
+    let report = w.cloud.destroy(&ident, Some(&net)).await.unwrap();
+    assert!(!report.deleted.contains(&igw));
+    assert_eq!(report.deleted.len(), 1 + 3 + 1 + 1 + 1, "{:?}", report.deleted);
+    assert_eq!(tagged_counts(&w.client).await, [0; 7]);
+
+    // A stack that never existed.
+    let other = StackIdentity { name: "ghost".into(), namespace: "default".into(), uid: "x".into() };
+    assert!(w.cloud.destroy(&other, None).await.unwrap().deleted.is_empty());
+}
+
+#[tokio::test]
+async fn ec2_retain_leaves_everything() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    s.spec.deletion_policy = DeletionPolicy::Retain;
+    let before = w.cloud.api_calls();
+    assert_eq!(w.engine.destroy(&s).await.unwrap(), Teardown::Retained);
+    assert_eq!(w.cloud.api_calls(), before, "Retain makes no EC2 call");
+    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+    let running = live_instances(&w.client).await.iter().filter(|i| {
+        i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running)
+    }).count();
+    assert_eq!(running, 3);
+}
+
+#[tokio::test]
+async fn ec2_plan_only_describes() {
+    let w = world();
+    let mut s = stack();
+    let planner_cloud = Arc::new(w.moto.cloud());
+    let planner = Engine::new(planner_cloud.clone(), Arc::new(NoSsh), EngineSettings::default());
+
+    // Nothing exists yet: everything is planned, nothing is created.
+    let plan = planner.plan(&s, None).await.unwrap();
+    assert_eq!(plan.actions.first(), Some(&Action::CreateNetwork));
+    let planned: Vec<Tier> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::LaunchInstance { tier, .. } => Some(*tier),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(planned, Tier::ALL.to_vec());
+    assert_eq!(tagged_counts(&w.client).await, [0; 7]);
+
+    // An existing stack with a stopped instance: the start is planned, not done.
+    reconcile(&w, &mut s).await;
+    let db = instance_of(&live_instances(&w.client).await, Tier::Database).instance_id().unwrap().to_string();
+    w.client.stop_instances().instance_ids(&db).send().await.unwrap();
+    let mut no_status = s.clone();
+    no_status.status = None;
+    for stack in [&s, &no_status] {
+        let plan = planner.plan(stack, Some(&key())).await.unwrap();
+        assert_eq!(plan.actions, [Action::StartInstance { tier: Tier::Database, instance_id: db.clone() }]);
+    }
+    let state = instance_of(&live_instances(&w.client).await, Tier::Database).state().and_then(|s| s.name()).cloned();
+    assert_eq!(state, Some(InstanceStateName::Stopped));
+    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+
+    let ops = planner_cloud.calls_by_operation();
+    assert!(!ops.is_empty());
+    assert!(ops.keys().all(|op| op.starts_with("Describe")), "plan called {ops:?}");
+}
+
+#[tokio::test]
+async fn ec2_unreachable_endpoint_is_a_transport_error_with_its_cause() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cloud = Ec2Cloud::from_client(client_for(&format!("http://127.0.0.1:{port}")));
+    let ident = StackIdentity::of(&stack());
+    let err = tokio::time::timeout(Duration::from_secs(60), cloud.observe(&ident, None))
+        .await
+        .expect("bounded by the retry policy")
+        .unwrap_err();
+    match &err {
+        CloudError::Transport { operation, message } => {
+            assert_eq!(*operation, "DescribeInstances");
+            assert!(message.to_lowercase().contains("connect"), "{message}");
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    assert_eq!(err.reason(), votingstack::api::Reason::AwsUnavailable);
+    assert_eq!(cloud.api_calls(), 1);
+}
