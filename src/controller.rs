@@ -210,22 +210,27 @@ pub async fn write_status(client: &Client, stack: &VotingStack, status: &VotingS
 
 async fn publish_transitions(ctx: &Context, stack: &VotingStack, outcome: &Outcome) {
     for t in &outcome.transitions {
-        let type_ = if t.status || !t.reason.is_terminal() && t.type_ != crate::api::ConditionType::Ready {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
+        // A condition turning False is worth a warning when it needs a
+        // person: a terminal reason, or the stack as a whole not Ready.
+        let needs_attention = !t.status && (t.reason.is_terminal() || t.type_ == crate::api::ConditionType::Ready);
+        let type_ = if needs_attention { EventType::Warning } else { EventType::Normal };
         let note = format!("{} is {}: {}", t.type_, if t.status { "True" } else { "False" }, t.message);
-        publish(ctx, stack, type_, t.reason.as_str(), &note).await;
+        // The action names the condition, so the Recorder keeps one event
+        // series per condition and reason.
+        publish_as(ctx, stack, type_, t.reason.as_str(), t.type_.as_str(), &note).await;
     }
 }
 
 async fn publish(ctx: &Context, stack: &VotingStack, type_: EventType, reason: &str, note: &str) {
+    publish_as(ctx, stack, type_, reason, "Delete", note).await
+}
+
+async fn publish_as(ctx: &Context, stack: &VotingStack, type_: EventType, reason: &str, action: &str, note: &str) {
     let event = Event {
         type_,
         reason: reason.to_string(),
         note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
+        action: action.into(),
         secondary: None,
     };
     if let Err(e) = ctx.recorder.publish(&event, &stack.object_ref(&())).await {

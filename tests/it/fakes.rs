@@ -128,6 +128,8 @@ pub struct HostsState {
     pub hosts: BTreeMap<String, FakeHost>,
     /// Instance ids whose SSH is down.
     pub unreachable: Vec<String>,
+    /// Every host's SSH is down.
+    pub all_down: bool,
     pub votes: BTreeMap<String, String>,
 }
 
@@ -147,7 +149,7 @@ impl FakeHosts {
     fn reach(&self, target: &HostTarget) -> Result<(), HostError> {
         self.execs.fetch_add(1, Ordering::SeqCst);
         let mut s = self.state.lock().unwrap();
-        if s.unreachable.contains(&target.instance_id) {
+        if s.all_down || s.unreachable.contains(&target.instance_id) {
             return Err(HostError::Unreachable { host: target.describe(), message: "connection refused".into() });
         }
         let host = s.hosts.entry(target.instance_id.clone()).or_insert_with(|| FakeHost {

@@ -1,11 +1,15 @@
 //! The integration tests, one binary with one module per area.
 
+mod apiserver;
 mod argocd;
 mod cli;
+mod controller;
 mod crd;
 mod deploy;
 mod diagrams;
 mod ec2;
 mod engine;
 mod fakes;
+mod host;
 mod moto;
+mod world;
