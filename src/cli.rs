@@ -178,7 +178,7 @@ pub async fn apply(
     manifest: &Manifest,
     state_path: &Path,
     opts: &ApplyOptions,
-    mut wake: impl FnMut(&VotingStack) -> Option<tokio::sync::mpsc::Receiver<()>>,
+    mut wake: impl FnMut(&Outcome, &crate::host::SshKey) -> Option<tokio::sync::mpsc::Receiver<()>>,
 ) -> Result<VotingStackStatus, CliError> {
     let mut state = load_state(state_path)?.unwrap_or_else(|| State { uid: new_uid(), status: Default::default() });
     let started = Instant::now();
@@ -216,8 +216,8 @@ pub async fn apply(
             print!("{}", render_status(&state.status));
             return Err(CliError::Timeout { stack: stack.key(), seconds: opts.timeout.as_secs(), message });
         }
-        if outcome.is_ready() && drift.is_none() {
-            drift = wake(&stack);
+        if let Some(rx) = wake(&outcome, &key) {
+            drift = Some(rx);
         }
         let pause = if outcome.is_ready() { outcome.requeue_after } else { outcome.requeue_after.min(Duration::from_secs(2)) };
         match drift.as_mut() {

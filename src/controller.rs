@@ -24,7 +24,9 @@ use tracing::{error, info, warn};
 
 use crate::api::{VotingStack, VotingStackStatus, FINALIZER};
 use crate::cloud::CloudError;
-use crate::engine::{Engine, Outcome, Teardown};
+use crate::engine::{Outcome, Teardown};
+use crate::host::events::DriftEvent;
+use crate::shell::{DriftHub, Engines};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::manifest::key_from_secret;
 use crate::metrics::Metrics;
@@ -62,7 +64,9 @@ impl ControllerError {
 /// Shared state of the reconcilers.
 pub struct Context {
     pub client: Client,
-    pub engine: Engine,
+    pub engines: Arc<dyn Engines>,
+    /// Host event streams, when the hosts support them.
+    pub drift: Option<Arc<DriftHub>>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     /// Consecutive failures per stack, for exponential backoff.
@@ -74,7 +78,7 @@ pub struct Context {
 impl Context {
     pub fn new(
         client: Client,
-        engine: Engine,
+        engines: Arc<dyn Engines>,
         metrics: Arc<Metrics>,
         reporter: Reporter,
         drift_tx: mpsc::Sender<ObjectRef<VotingStack>>,
@@ -82,7 +86,8 @@ impl Context {
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            engine,
+            engines,
+            drift: None,
             metrics,
             failures: Mutex::new(HashMap::new()),
             drift_tx,
@@ -148,11 +153,15 @@ async fn read_key(ctx: &Context, stack: &VotingStack) -> Result<crate::host::Ssh
 async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let started = Instant::now();
     let key = read_key(&ctx, &stack).await;
-    let ec2_before = ctx.engine.cloud().api_calls();
-    let ssh_before = ctx.engine.hosts().commands_run();
-    let outcome = ctx.engine.reconcile(&stack, key).await;
-    ctx.metrics.ec2_calls.inc_by(ctx.engine.cloud().api_calls().saturating_sub(ec2_before));
-    ctx.metrics.ssh_execs.inc_by(ctx.engine.hosts().commands_run().saturating_sub(ssh_before));
+    let engine = ctx.engines.for_spec(&stack.spec).await;
+    let ec2_before = engine.cloud().api_calls();
+    let ssh_before = engine.hosts().commands_run();
+    let outcome = engine.reconcile(&stack, key.clone()).await;
+    ctx.metrics.ec2_calls.inc_by(engine.cloud().api_calls().saturating_sub(ec2_before));
+    ctx.metrics.ssh_execs.inc_by(engine.hosts().commands_run().saturating_sub(ssh_before));
+    if let (Some(hub), Ok(key)) = (&ctx.drift, &key) {
+        hub.ensure(&outcome.targets, key);
+    }
     write_status(&ctx.client, &stack, &outcome.status).await?;
     publish_transitions(&ctx, &stack, &outcome).await;
     ctx.metrics.observe_reconcile(started.elapsed(), outcome.error_kind);
@@ -175,7 +184,11 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
 }
 
 async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
-    match ctx.engine.destroy(&stack).await {
+    if let Some(hub) = &ctx.drift {
+        hub.forget(&crate::cloud::StackIdentity::of(&stack).tag_value());
+    }
+    let engine = ctx.engines.for_spec(&stack.spec).await;
+    match engine.destroy(&stack).await {
         Ok(Teardown::Retained) => {
             publish(&ctx, &stack, EventType::Normal, "Retained", "deletionPolicy Retain: AWS resources left in place")
                 .await;
@@ -286,8 +299,21 @@ pub struct ControllerOptions {
     pub identity: String,
 }
 
+/// Turns host drift events into reconcile requests for their stacks.
+pub fn forward_drift(mut events: mpsc::Receiver<DriftEvent>, to: mpsc::Sender<ObjectRef<VotingStack>>) {
+    tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            let Some((ns, name)) = event.stack.split_once('/') else { continue };
+            info!(stack = %event.stack, tier = %event.tier, container = %event.container, action = %event.action, "container drift: reconciling now");
+            if to.send(ObjectRef::new(name).within(ns)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// `votingstack controller`: metrics server, optional leader election, the Controller.
-pub async fn main(client: Client, engine: Engine, opts: ControllerOptions) -> Result<(), ControllerError> {
+pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), ControllerError> {
     let metrics = Arc::new(Metrics::default());
     let server_metrics = metrics.clone();
     let addr = opts.metrics_addr;
@@ -298,7 +324,14 @@ pub async fn main(client: Client, engine: Engine, opts: ControllerOptions) -> Re
     });
     let reporter = Reporter { controller: FIELD_MANAGER.into(), instance: Some(opts.identity.clone()) };
     let (drift_tx, drift_rx) = mpsc::channel(256);
-    let ctx = Context::new(client.clone(), engine, metrics.clone(), reporter, drift_tx);
+    let (event_tx, event_rx) = mpsc::channel(256);
+    forward_drift(event_rx, drift_tx.clone());
+    let hosts = crate::shell::ssh_hosts();
+    let engines = Arc::new(crate::shell::RegionalEngines::new(hosts.clone(), Default::default()));
+    let mut ctx = Context::new(client.clone(), engines, metrics.clone(), reporter, drift_tx);
+    if let Some(c) = Arc::get_mut(&mut ctx) {
+        c.drift = Some(Arc::new(DriftHub::new(hosts, event_tx)));
+    }
     if !opts.leader_election {
         run_controller(ctx, drift_rx).await;
         return Ok(());

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use votingstack::cli::{self, ApplyOptions, CliError};
 use votingstack::engine::Teardown;
 use votingstack::manifest::Manifest;
+use votingstack::shell;
 use votingstack::telemetry::{self, LogFormat};
 
 #[derive(Parser)]
@@ -104,30 +105,46 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Plan(args) => {
             let (manifest, state) = load(&args.file)?;
-            let engine = if args.offline { None } else { Some(votingstack::shell::engine_for(&manifest.stack.spec).await?) };
+            let engine = if args.offline {
+                None
+            } else {
+                Some(shell::engine_for(&manifest.stack.spec, shell::ssh_hosts()).await)
+            };
             let plan = cli::plan(engine.as_ref(), &manifest, &state).await?;
             print!("{}", cli::render_plan(&manifest.stack, &plan));
             Ok(if args.detailed_exitcode && !plan.is_empty() { ExitCode::from(2) } else { ExitCode::SUCCESS })
         }
         Command::Apply(args) => {
             let (manifest, state) = load(&args.file)?;
-            let engine = votingstack::shell::engine_for(&manifest.stack.spec).await?;
+            let hosts = shell::ssh_hosts();
+            let engine = shell::engine_for(&manifest.stack.spec, hosts.clone()).await;
             let opts = ApplyOptions {
                 wait: args.wait,
                 watch: args.watch,
                 timeout: Duration::from_secs(args.timeout_seconds),
             };
-            let watcher_engine = engine.clone();
-            let key = manifest.ssh_key().ok();
-            cli::apply(&engine, &manifest, &state, &opts, |stack| {
-                key.as_ref().and_then(|k| votingstack::shell::drift_wakeup(&watcher_engine, stack, k))
+            let (event_tx, mut event_rx) = tokio::sync::mpsc::channel(64);
+            let hub = shell::DriftHub::new(hosts, event_tx);
+            let (wake_tx, wake_rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                while let Some(e) = event_rx.recv().await {
+                    println!("  ! {} container {} on the {} host: {}; repairing", e.stack, e.container, e.tier, e.action);
+                    let _ = wake_tx.try_send(());
+                }
+            });
+            let mut wake_rx = Some(wake_rx);
+            cli::apply(&engine, &manifest, &state, &opts, |outcome, key| {
+                if opts.watch {
+                    hub.ensure(&outcome.targets, key);
+                }
+                wake_rx.take()
             })
             .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Destroy(args) => {
             let (manifest, state) = load(&args)?;
-            let engine = votingstack::shell::engine_for(&manifest.stack.spec).await?;
+            let engine = shell::engine_for(&manifest.stack.spec, shell::ssh_hosts()).await;
             match cli::destroy(&engine, &manifest, &state).await? {
                 Teardown::Retained => println!("deletionPolicy Retain: every AWS resource was left in place"),
                 Teardown::Deleted(report) => {
@@ -141,14 +158,13 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Controller(args) => {
             let client = kube::Client::try_default().await.map_err(|e| CliError::Engine(e.to_string()))?;
-            let engine = votingstack::shell::controller_engine().await?;
             let opts = votingstack::controller::ControllerOptions {
                 metrics_addr: args.metrics_addr,
                 leader_election: args.leader_election,
                 lease_namespace: args.lease_namespace,
                 identity: args.identity,
             };
-            votingstack::controller::main(client, engine, opts)
+            votingstack::controller::main(client, opts)
                 .await
                 .map_err(|e| CliError::Engine(e.to_string()))?;
             Ok(ExitCode::SUCCESS)

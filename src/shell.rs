@@ -1,24 +1,112 @@
-//! Wiring shared by the two shells: which Cloud and Hosts the engine runs on.
+//! Wiring shared by the two shells: which Cloud and Hosts the engine runs
+//! on, and the host event streams that wake a reconcile when a container dies.
 
-use crate::api::{VotingStack, VotingStackSpec};
-use crate::cli::CliError;
-use crate::engine::Engine;
-use crate::host::SshKey;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
-/// The engine for a stack's spec: EC2 in its region, SSH to its hosts.
-pub async fn engine_for(_spec: &VotingStackSpec) -> Result<Engine, CliError> {
-    Err(CliError::Engine(
-        "this build has no EC2 provider yet; use `votingstack plan --offline`".into(),
-    ))
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::api::{Tier, VotingStackSpec};
+use crate::cloud::ec2::Ec2Cloud;
+use crate::engine::{Engine, EngineSettings};
+use crate::host::events::{DriftEvent, DriftWatcher};
+use crate::host::ssh::{SshHosts, SshOptions};
+use crate::host::{HostTarget, SshKey};
+
+/// Hands out the engine for a stack: stacks in different regions (or with
+/// different endpoints) get different EC2 clients.
+#[async_trait]
+pub trait Engines: Send + Sync {
+    async fn for_spec(&self, spec: &VotingStackSpec) -> Engine;
 }
 
-/// The engine the controller runs (the region comes from each stack).
-pub async fn controller_engine() -> Result<Engine, CliError> {
-    Err(CliError::Engine("this build has no EC2 provider yet".into()))
+/// One fixed engine for every stack (tests, single-region setups).
+#[async_trait]
+impl Engines for Engine {
+    async fn for_spec(&self, _spec: &VotingStackSpec) -> Engine {
+        self.clone()
+    }
 }
 
-/// A channel that fires when a host reports container drift, if the hosts
-/// support event streams.
-pub fn drift_wakeup(_engine: &Engine, _stack: &VotingStack, _key: &SshKey) -> Option<tokio::sync::mpsc::Receiver<()>> {
-    None
+/// EC2 clients per region and endpoint, sharing one SSH session pool.
+pub struct RegionalEngines {
+    hosts: Arc<SshHosts>,
+    settings: EngineSettings,
+    cache: tokio::sync::Mutex<HashMap<(String, Option<String>), Engine>>,
+}
+
+impl RegionalEngines {
+    pub fn new(hosts: Arc<SshHosts>, settings: EngineSettings) -> RegionalEngines {
+        RegionalEngines { hosts, settings, cache: Default::default() }
+    }
+}
+
+#[async_trait]
+impl Engines for RegionalEngines {
+    async fn for_spec(&self, spec: &VotingStackSpec) -> Engine {
+        let key = (spec.aws.region.clone(), spec.aws.endpoint.clone());
+        let mut cache = self.cache.lock().await;
+        if let Some(engine) = cache.get(&key) {
+            return engine.clone();
+        }
+        let cloud = Ec2Cloud::from_env(&key.0, key.1.as_deref()).await;
+        let engine = Engine::new(Arc::new(cloud), self.hosts.clone(), self.settings.clone());
+        cache.insert(key, engine.clone());
+        engine
+    }
+}
+
+/// The SSH side every shell uses.
+pub fn ssh_hosts() -> Arc<SshHosts> {
+    Arc::new(SshHosts::new(SshOptions::default()))
+}
+
+/// The engine for one stack's spec (the CLI): EC2 in its region, SSH to its hosts.
+pub async fn engine_for(spec: &VotingStackSpec, hosts: Arc<SshHosts>) -> Engine {
+    let cloud = Ec2Cloud::from_env(&spec.aws.region, spec.aws.endpoint.as_deref()).await;
+    Engine::new(Arc::new(cloud), hosts, EngineSettings::default())
+}
+
+/// Keeps one `docker events` stream per stack and tier, following instance
+/// replacements, and forwards what they see.
+pub struct DriftHub {
+    hosts: Arc<SshHosts>,
+    events: mpsc::Sender<DriftEvent>,
+    watchers: Mutex<HashMap<(String, Tier), (String, DriftWatcher)>>,
+}
+
+impl DriftHub {
+    pub fn new(hosts: Arc<SshHosts>, events: mpsc::Sender<DriftEvent>) -> DriftHub {
+        DriftHub { hosts, events, watchers: Mutex::new(HashMap::new()) }
+    }
+
+    /// Makes sure a stream runs for each target (restarting one whose
+    /// instance changed). Cheap when nothing changed.
+    pub fn ensure(&self, targets: &[HostTarget], key: &SshKey) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        for target in targets {
+            let slot = (target.stack.clone(), target.tier);
+            let current = watchers.get(&slot).is_some_and(|(id, w)| *id == target.instance_id && !w.is_finished());
+            if !current {
+                let watcher = DriftWatcher::spawn(self.hosts.clone(), target.clone(), key.clone(), self.events.clone());
+                watchers.insert(slot, (target.instance_id.clone(), watcher));
+            }
+        }
+    }
+
+    /// Stops the streams of a stack (deleted or destroyed).
+    pub fn forget(&self, stack: &str) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
+        watchers.retain(|(s, _), _| s != stack);
+    }
+
+    /// How many streams run.
+    pub fn len(&self) -> usize {
+        self.watchers.lock().map(|w| w.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }

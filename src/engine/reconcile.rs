@@ -59,6 +59,8 @@ pub struct Outcome {
     /// Set when the reconcile hit an error (for backoff and metrics): a short
     /// kind such as `aws`, `ssh`, `invalid_spec`.
     pub error_kind: Option<&'static str>,
+    /// The hosts reached this pass (for drift event streams).
+    pub targets: Vec<HostTarget>,
 }
 
 impl Outcome {
@@ -100,7 +102,13 @@ impl Engine {
     pub async fn reconcile(&self, stack: &VotingStack, key: Result<SshKey, String>) -> Outcome {
         let started = Instant::now();
         let previous = stack.status.clone().unwrap_or_default();
-        let mut run = Run { status: previous.clone(), findings: Findings::default(), applied: Vec::new(), error: None };
+        let mut run = Run {
+            status: previous.clone(),
+            findings: Findings::default(),
+            applied: Vec::new(),
+            error: None,
+            targets: Vec::new(),
+        };
         self.reconcile_into(stack, key, &mut run).await;
         self.finish(stack, previous, run, started)
     }
@@ -245,6 +253,9 @@ impl Engine {
             Err(e) => return run.host_failed(e),
         };
         pin_host_key(&mut run.status, tier, &observed.host_key_fingerprint);
+        let mut pinned = target.clone();
+        pinned.expected_host_key = Some(observed.host_key_fingerprint.clone());
+        run.targets.push(pinned);
         let actions = plan_host(tier, desired, HostView::Observed(&observed));
         if !spec.paused && !actions.is_empty() {
             for a in &actions {
@@ -354,7 +365,7 @@ impl Engine {
     }
 
     fn finish(&self, stack: &VotingStack, previous: VotingStackStatus, run: Run, started: Instant) -> Outcome {
-        let Run { mut status, findings, applied, error } = run;
+        let Run { mut status, findings, applied, error, targets } = run;
         let generation = stack.metadata.generation;
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut transitions = Vec::new();
@@ -379,7 +390,7 @@ impl Engine {
         if let Some(kind) = error {
             warn!(stack = %stack.key(), kind, reason = %ready.reason, "{}", ready.message);
         }
-        Outcome { status, transitions, applied, requeue_after, error_kind: error }
+        Outcome { status, transitions, applied, requeue_after, error_kind: error, targets }
     }
 
     /// What `plan` would do now: observes EC2 and the hosts, changes nothing.
@@ -422,6 +433,7 @@ struct Run {
     findings: Findings,
     applied: Vec<Action>,
     error: Option<&'static str>,
+    targets: Vec<HostTarget>,
 }
 
 impl Run {
