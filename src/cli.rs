@@ -124,7 +124,7 @@ pub fn render_status(status: &VotingStackStatus) -> String {
         ready.map_or("Unknown", |c| c.status.as_str()),
         ready.map_or("", |c| c.reason.as_str())
     );
-    let _ = writeln!(out, "{:<9} {:<21} {:<9} {:<15} {:<26} CONDITION", "TIER", "INSTANCE", "STATE", "PRIVATE IP", "CONTAINERS");
+    let _ = writeln!(out, "{:<9} {:<21} {:<9} {:<15} {:<29} CONDITION", "TIER", "INSTANCE", "STATE", "PRIVATE IP", "CONTAINERS");
     for tier in Tier::ALL {
         let t = status.tiers.as_ref().and_then(|t| t.get(tier));
         let cond = find_condition(&status.conditions, ConditionType::for_tier(tier));
@@ -132,7 +132,7 @@ pub fn render_status(status: &VotingStackStatus) -> String {
             t.map(|t| t.containers.iter().map(|c| format!("{}:{}", c.name, c.state)).collect()).unwrap_or_default();
         let _ = writeln!(
             out,
-            "{:<9} {:<21} {:<9} {:<15} {:<26} {}",
+            "{:<9} {:<21} {:<9} {:<15} {:<29} {}",
             tier.as_str(),
             t.and_then(|t| t.instance_id.as_deref()).unwrap_or("-"),
             t.and_then(|t| t.instance_state.as_deref()).unwrap_or("-"),

@@ -174,7 +174,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // The CLI prints its own progress; logs are for warnings unless RUST_LOG says more.
+    let level = if matches!(cli.command, Command::Controller(_)) { "info" } else { "warn" };
+    telemetry::init(cli.log_format, level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
