@@ -58,7 +58,15 @@ impl Ec2Cloud {
     /// `endpoint` overrides the EC2 endpoint; when None the standard
     /// `AWS_ENDPOINT_URL_EC2` / `AWS_ENDPOINT_URL` variables still apply.
     pub async fn from_env(region: &str, endpoint: Option<&str>) -> Ec2Cloud {
-        let shared = aws_config::defaults(BehaviorVersion::latest())
+        let shared = Ec2Cloud::config_loader(region).load().await;
+        Ec2Cloud::from_sdk_config(&shared, endpoint)
+    }
+
+    /// The AWS configuration chain with the operator's retry and timeout
+    /// policy: standard retry mode (exponential backoff with jitter for
+    /// throttling, 5xx and transport errors), [`MAX_ATTEMPTS`] attempts.
+    pub fn config_loader(region: &str) -> aws_config::ConfigLoader {
+        aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
             .timeout_config(
@@ -67,9 +75,11 @@ impl Ec2Cloud {
                     .operation_attempt_timeout(Duration::from_secs(60))
                     .build(),
             )
-            .load()
-            .await;
-        let mut config = aws_sdk_ec2::config::Builder::from(&shared);
+    }
+
+    /// A client from loaded configuration, with an optional endpoint override.
+    pub fn from_sdk_config(shared: &aws_config::SdkConfig, endpoint: Option<&str>) -> Ec2Cloud {
+        let mut config = aws_sdk_ec2::config::Builder::from(shared);
         if let Some(url) = endpoint {
             config = config.endpoint_url(url);
         }

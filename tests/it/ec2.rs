@@ -647,3 +647,118 @@ async fn ec2_unreachable_endpoint_is_a_transport_error_with_its_cause() {
     assert_eq!(err.reason(), votingstack::api::Reason::AwsUnavailable);
     assert_eq!(cloud.api_calls(), 1);
 }
+
+/// A stand-in EC2 endpoint on 127.0.0.1 that answers every request with one
+/// fixed response and counts the requests.
+async fn fixed_endpoint(status: u16, body: &'static str) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // Read one request: headers, then Content-Length bytes of body.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + len);
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if sock.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+fn ec2_error_body(code: &str, message: &str) -> &'static str {
+    Box::leak(
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
+             <Message>{message}</Message></Error></Errors><RequestID>r-1</RequestID></Response>"
+        )
+        .into_boxed_str(),
+    )
+}
+
+/// The operator's own client configuration (as `from_env` builds it), with
+/// static test credentials instead of the environment's.
+async fn production_cloud(endpoint: &str) -> Ec2Cloud {
+    let shared = Ec2Cloud::config_loader("us-east-1")
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+        .load()
+        .await;
+    Ec2Cloud::from_sdk_config(&shared, Some(endpoint))
+}
+
+#[tokio::test]
+async fn ec2_throttling_and_5xx_are_retried_but_auth_errors_are_not() {
+    use std::sync::atomic::Ordering;
+    let ident = StackIdentity::of(&stack());
+    let throttled = fixed_endpoint(503, ec2_error_body("RequestLimitExceeded", "Request limit exceeded.")).await;
+    let broken = fixed_endpoint(500, "").await;
+    let denied = fixed_endpoint(
+        403,
+        ec2_error_body("UnauthorizedOperation", "You are not authorized to perform this operation."),
+    )
+    .await;
+    let (c1, c2, c3) = (
+        production_cloud(&throttled.0).await,
+        production_cloud(&broken.0).await,
+        production_cloud(&denied.0).await,
+    );
+    let bounded = Duration::from_secs(90);
+    let (r1, r2, r3) = tokio::time::timeout(
+        bounded,
+        async { tokio::join!(c1.observe(&ident, None), c2.observe(&ident, None), c3.observe(&ident, None)) },
+    )
+    .await
+    .expect("retries are bounded");
+
+    let e1 = r1.unwrap_err();
+    assert!(matches!(&e1, CloudError::Api { code, kind: AwsErrorKind::Throttled, .. } if code == "RequestLimitExceeded"), "{e1:?}");
+    assert_eq!(throttled.1.load(Ordering::SeqCst), 5, "throttling is retried up to 5 attempts");
+
+    let e2 = r2.unwrap_err();
+    assert!(matches!(&e2, CloudError::Api { code, kind: AwsErrorKind::Unavailable, .. } if code == "HTTP 500"), "{e2:?}");
+    assert_eq!(broken.1.load(Ordering::SeqCst), 5, "5xx is retried up to 5 attempts");
+
+    let e3 = r3.unwrap_err();
+    assert_eq!(
+        e3.to_string(),
+        "EC2 DescribeInstances failed with UnauthorizedOperation: You are not authorized to perform this operation."
+    );
+    assert_eq!(e3.reason(), votingstack::api::Reason::AwsAuthFailed);
+    assert_eq!(denied.1.load(Ordering::SeqCst), 1, "auth errors are not retried");
+    // Each was one call for the operator, however many attempts the SDK made.
+    assert_eq!((c1.api_calls(), c2.api_calls(), c3.api_calls()), (1, 1, 1));
+}

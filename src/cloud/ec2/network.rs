@@ -291,12 +291,12 @@ impl Ec2Cloud {
         known: Option<&NetworkStatus>,
     ) -> Result<Inventory, CloudError> {
         let c = &self.client;
-        let mut inv = Inventory::default();
-        inv.vpcs = self
+        let vpcs = self
             .call("DescribeVpcs", c.describe_vpcs().filters(stack_filter(stack)).send())
             .await?
             .vpcs
             .unwrap_or_default();
+        let mut inv = Inventory { vpcs, ..Default::default() };
         if !inv.vpcs.is_empty() {
             inv.subnets = self
                 .call("DescribeSubnets", c.describe_subnets().filters(stack_filter(stack)).send())
