@@ -15,11 +15,11 @@ vs_find_docker
 printf '{"docker":"%s","docker_why":"%s","containers":[' "$DOCKER_STATE" "$DOCKER_WHY"
 vs_list_error=
 if [ "$DOCKER_STATE" = running ]; then
-  if vs_ids=$($DOCKER ps -aq --no-trunc --filter "label=votingstack.dev/stack=$vs_stack" 2>&1 </dev/null); then
+  if vs_ids=$(vs_timeout 30 $DOCKER ps -aq --no-trunc --filter "label=votingstack.dev/stack=$vs_stack" 2>&1 </dev/null); then
     if [ -n "$vs_ids" ]; then
       # a container removed between the two calls is skipped (its error goes to /dev/null)
       # shellcheck disable=SC2086
-      $DOCKER inspect --format '{"name":{{json .Name}},"image":{{json .Config.Image}},"image_id":{{json .Image}},"state":{{json .State.Status}},"exit_code":{{.State.ExitCode}},"labels":{{json .Config.Labels}}}' $vs_ids 2>/dev/null </dev/null \
+      vs_timeout 30 $DOCKER inspect --format '{"name":{{json .Name}},"image":{{json .Config.Image}},"image_id":{{json .Image}},"state":{{json .State.Status}},"exit_code":{{.State.ExitCode}},"labels":{{json .Config.Labels}}}' $vs_ids 2>/dev/null </dev/null \
         | awk 'NR > 1 { printf "," } { printf "%s", $0 }'
     fi
   else

@@ -228,6 +228,13 @@ impl SshHosts {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if !slots.contains_key(&key) {
+            // forget hosts without a live session (terminated instances, old addresses)
+            slots.retain(|_, slot| match slot.session.try_lock() {
+                Ok(s) => s.as_ref().is_some_and(|s| !s.is_closed()),
+                Err(_) => true,
+            });
+        }
         slots
             .entry(key)
             .or_insert_with(|| {

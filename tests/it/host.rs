@@ -16,6 +16,7 @@ use votingstack::engine::desired::{desired_containers, DesiredContainer, Peers};
 use votingstack::engine::observed::{DockerState, ObservedHost};
 use votingstack::engine::plan::{plan_host, Action, CreateReason, HostView};
 use votingstack::engine::reconcile::{Engine, EngineSettings};
+use votingstack::host::events::Backoff;
 use votingstack::host::{DriftEvent, DriftWatcher, HostError, HostTarget, Hosts, SshHosts, SshKey};
 
 use crate::world::{ec2_client, observe_until, wait_docker, World};
@@ -255,6 +256,16 @@ async fn host_ssh_outage_then_pool_reconnects() {
     let hosts = SshHosts::default();
     let t = fleet.target(0, "host-it/outage", Tier::Backend, &world.user);
     wait_docker(&hosts, &t, key).await;
+    let (code, out) = fleet.hosts[0].sh(&format!(
+        "docker run -d --name redis --label votingstack.dev/stack=host-it/outage --label votingstack.dev/tier=backend {}",
+        world.images().redis
+    ));
+    assert_eq!(code, 0, "{out}");
+    let hosts = Arc::new(hosts);
+    let (tx, mut rx) = mpsc::channel::<DriftEvent>(16);
+    let backoff = Backoff { initial: Duration::from_millis(200), max: Duration::from_secs(2) };
+    let mut watcher = DriftWatcher::spawn_with(hosts.clone(), t.clone(), key.clone(), tx, backoff);
+    assert!(watcher.wait_connected(Duration::from_secs(20)).await, "the event stream did not start");
     let opened = hosts.sessions_opened();
 
     let rule = "INPUT -p tcp --dport 22 -j REJECT --reject-with tcp-reset";
@@ -268,16 +279,34 @@ async fn host_ssh_outage_then_pool_reconnects() {
     assert_eq!(err.reason(), Reason::SshUnreachable, "{err}");
     assert!(matches!(err, HostError::Unreachable { .. } | HostError::Timeout { .. }), "{err}");
     eprintln!("SSH down reported after {:?}: {err}", started.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while watcher.is_connected() {
+        assert!(Instant::now() < deadline, "the event stream did not notice the outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let (code, out) = fleet.hosts[0].sh(&format!("iptables -D {rule}"));
     assert_eq!(code, 0, "{out}");
-    let o = observe_until(&hosts, &t, key, Duration::from_secs(30), "SSH back", |_| true).await;
+    let o = observe_until(&*hosts, &t, key, Duration::from_secs(30), "SSH back", |_| true).await;
     assert_eq!(o.docker, DockerState::Running);
     assert!(hosts.sessions_opened() > opened, "a new session replaced the dead one");
     // and it is reused again
     let again = hosts.sessions_opened();
     hosts.observe(&t, key).await.unwrap();
     assert_eq!(hosts.sessions_opened(), again);
+
+    // the event stream came back too: a stop is reported
+    assert!(watcher.wait_connected(Duration::from_secs(20)).await, "the event stream did not come back");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (code, out) = fleet.hosts[0].sh("docker stop -t 1 redis");
+    assert_eq!(code, 0, "{out}");
+    let ev = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a drift event after the stream reconnected")
+        .expect("the watcher is alive");
+    assert_eq!((ev.container.as_str(), ev.tier), ("redis", Tier::Backend));
+    assert!(ev.action == "die" || ev.action == "stop", "{ev:?}");
+    drop(watcher);
 
     fleet.cleanup().await;
 }
