@@ -297,6 +297,8 @@ pub struct ControllerOptions {
     pub leader_election: bool,
     pub lease_namespace: String,
     pub identity: String,
+    /// Requeue of a Ready stack.
+    pub resync: Duration,
 }
 
 /// Turns host drift events into reconcile requests for their stacks.
@@ -327,7 +329,8 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     let (event_tx, event_rx) = mpsc::channel(256);
     forward_drift(event_rx, drift_tx.clone());
     let hosts = crate::shell::ssh_hosts();
-    let engines = Arc::new(crate::shell::RegionalEngines::new(hosts.clone(), Default::default()));
+    let settings = crate::engine::EngineSettings { resync: opts.resync, ..Default::default() };
+    let engines = Arc::new(crate::shell::RegionalEngines::new(hosts.clone(), settings));
     let mut ctx = Context::new(client.clone(), engines, metrics.clone(), reporter, drift_tx);
     if let Some(c) = Arc::get_mut(&mut ctx) {
         c.drift = Some(Arc::new(DriftHub::new(hosts, event_tx)));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use votingstack::cli::{self, ApplyOptions, CliError};
-use votingstack::engine::Teardown;
+use votingstack::engine::{EngineSettings, Teardown};
 use votingstack::manifest::Manifest;
 use votingstack::shell;
 use votingstack::telemetry::{self, LogFormat};
@@ -72,6 +72,10 @@ struct ApplyArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
+    /// With --watch: seconds between reconciles of a Ready stack (drift of
+    /// containers wakes one at once; EC2 drift waits for this).
+    #[arg(long, default_value_t = 60)]
+    resync_seconds: u64,
 }
 
 #[derive(Args)]
@@ -88,6 +92,9 @@ struct ControllerArgs {
     /// Identity in the Lease.
     #[arg(long, env = "POD_NAME", default_value = "votingstack-operator")]
     identity: String,
+    /// Seconds between reconciles of a Ready stack (container drift wakes one at once).
+    #[arg(long, default_value_t = 60)]
+    resync_seconds: u64,
 }
 
 fn load(args: &FileArgs) -> Result<(Manifest, PathBuf), CliError> {
@@ -108,7 +115,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let engine = if args.offline {
                 None
             } else {
-                Some(shell::engine_for(&manifest.stack.spec, shell::ssh_hosts()).await)
+                Some(shell::engine_for(&manifest.stack.spec, shell::ssh_hosts(), Default::default()).await)
             };
             let plan = cli::plan(engine.as_ref(), &manifest, &state).await?;
             print!("{}", cli::render_plan(&manifest.stack, &plan));
@@ -117,7 +124,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Apply(args) => {
             let (manifest, state) = load(&args.file)?;
             let hosts = shell::ssh_hosts();
-            let engine = shell::engine_for(&manifest.stack.spec, hosts.clone()).await;
+            let settings = EngineSettings { resync: Duration::from_secs(args.resync_seconds.max(1)), ..Default::default() };
+            let engine = shell::engine_for(&manifest.stack.spec, hosts.clone(), settings).await;
             let opts = ApplyOptions {
                 wait: args.wait,
                 watch: args.watch,
@@ -144,7 +152,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Destroy(args) => {
             let (manifest, state) = load(&args)?;
-            let engine = shell::engine_for(&manifest.stack.spec, shell::ssh_hosts()).await;
+            let engine = shell::engine_for(&manifest.stack.spec, shell::ssh_hosts(), Default::default()).await;
             match cli::destroy(&engine, &manifest, &state).await? {
                 Teardown::Retained => println!("deletionPolicy Retain: every AWS resource was left in place"),
                 Teardown::Deleted(report) => {
@@ -163,6 +171,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 leader_election: args.leader_election,
                 lease_namespace: args.lease_namespace,
                 identity: args.identity,
+                resync: Duration::from_secs(args.resync_seconds.max(1)),
             };
             votingstack::controller::main(client, opts)
                 .await

@@ -63,9 +63,9 @@ pub fn ssh_hosts() -> Arc<SshHosts> {
 }
 
 /// The engine for one stack's spec (the CLI): EC2 in its region, SSH to its hosts.
-pub async fn engine_for(spec: &VotingStackSpec, hosts: Arc<SshHosts>) -> Engine {
+pub async fn engine_for(spec: &VotingStackSpec, hosts: Arc<SshHosts>, settings: EngineSettings) -> Engine {
     let cloud = Ec2Cloud::from_env(&spec.aws.region, spec.aws.endpoint.as_deref()).await;
-    Engine::new(Arc::new(cloud), hosts, EngineSettings::default())
+    Engine::new(Arc::new(cloud), hosts, settings)
 }
 
 /// Keeps one `docker events` stream per stack and tier, following instance
