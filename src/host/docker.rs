@@ -553,9 +553,19 @@ mod tests {
 
     #[test]
     fn docker_down_and_missing_are_told_apart() {
-        let o = parse_observation(br#"{"docker":"down","docker_why":"Cannot connect","containers":[],"list_error":"","probes":[]}"#, "s", "f").unwrap();
+        let o = parse_observation(
+            br#"{"docker":"down","docker_why":"Cannot connect","containers":[],"list_error":"","probes":[]}"#,
+            "s",
+            "f",
+        )
+        .unwrap();
         assert_eq!(o.docker, DockerState::Down("Cannot connect".into()));
-        let o = parse_observation(br#"{"docker":"missing","docker_why":"","containers":[],"list_error":"","probes":[]}"#, "s", "f").unwrap();
+        let o = parse_observation(
+            br#"{"docker":"missing","docker_why":"","containers":[],"list_error":"","probes":[]}"#,
+            "s",
+            "f",
+        )
+        .unwrap();
         assert_eq!(o.docker, DockerState::Missing);
         assert!(matches!(parse_observation(b"garbage", "s", "f"), Err(ObserveProblem::Unreadable(_))));
         assert!(matches!(
@@ -593,7 +603,8 @@ esac
             .env("PATH", path)
             .output()
             .unwrap();
-        let o = parse_observation(&out.stdout, "ns/a b", "fp").unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(&out.stdout)));
+        let o = parse_observation(&out.stdout, "ns/a b", "fp")
+            .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(&out.stdout)));
         assert_eq!(o.containers.len(), 2);
         assert_eq!(o.probe("redis"), Some(&Ok(())));
         assert_eq!(o.container("worker").unwrap().exit_code, Some(1));
@@ -704,7 +715,10 @@ esac
         let db = desired_containers(&spec(), Tier::Database, peers()).remove(0);
         let script = apply_script("s", &[create(db)], PullPolicy::Always).unwrap();
         let e = script_failure("h", &script, 1, b"step:0\nstep:1\nstep:2\n", b"x\nmanifest unknown\n");
-        assert!(matches!(&e, HostError::ImagePull { image, message, .. } if image == "postgres:15-alpine" && message.contains("manifest unknown")), "{e}");
+        assert!(
+            matches!(&e, HostError::ImagePull { image, message, .. } if image == "postgres:15-alpine" && message.contains("manifest unknown")),
+            "{e}"
+        );
         let e = script_failure("h", &script, 1, b"step:0\nstep:1\nstep:2\nstep:3\n", b"port is already allocated");
         assert!(matches!(&e, HostError::CommandFailed { step, .. } if step == "create container db"), "{e}");
     }

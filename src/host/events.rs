@@ -107,7 +107,12 @@ impl Drop for DriftWatcher {
 impl DriftWatcher {
     /// Watches `target`'s containers of `target.stack`, sending on `events`
     /// until the watcher is dropped or the receiver is gone.
-    pub fn spawn(hosts: Arc<SshHosts>, target: HostTarget, key: SshKey, events: mpsc::Sender<DriftEvent>) -> DriftWatcher {
+    pub fn spawn(
+        hosts: Arc<SshHosts>,
+        target: HostTarget,
+        key: SshKey,
+        events: mpsc::Sender<DriftEvent>,
+    ) -> DriftWatcher {
         DriftWatcher::spawn_with(hosts, target, key, events, Backoff::default())
     }
 
@@ -183,10 +188,8 @@ async fn run(
                                 pending.clear();
                             }
                         }
-                        ChannelMsg::ExtendedData { data, .. } => {
-                            if stderr.len() < 4096 {
-                                stderr.extend_from_slice(&data);
-                            }
+                        ChannelMsg::ExtendedData { data, .. } if stderr.len() < 4096 => {
+                            stderr.extend_from_slice(&data);
                         }
                         ChannelMsg::Close => break,
                         _ => {}
@@ -219,10 +222,18 @@ mod tests {
         let ev = parse_event(line, Tier::Database).unwrap();
         assert_eq!(
             ev,
-            DriftEvent { stack: "default/demo".into(), tier: Tier::Frontend, container: "vote".into(), action: "die".into() }
+            DriftEvent {
+                stack: "default/demo".into(),
+                tier: Tier::Frontend,
+                container: "vote".into(),
+                action: "die".into()
+            }
         );
         assert_eq!(parse_event("ready", Tier::Database), None);
-        assert_eq!(parse_event(r#"{"Type":"network","Action":"destroy","Actor":{"Attributes":{}}}"#, Tier::Database), None);
+        assert_eq!(
+            parse_event(r#"{"Type":"network","Action":"destroy","Actor":{"Attributes":{}}}"#, Tier::Database),
+            None
+        );
     }
 
     #[test]

@@ -297,7 +297,12 @@ impl SshHosts {
         Ok(session)
     }
 
-    async fn connect(&self, target: &HostTarget, key: &SshKey, via: Option<Arc<Session>>) -> Result<Session, HostError> {
+    async fn connect(
+        &self,
+        target: &HostTarget,
+        key: &SshKey,
+        via: Option<Arc<Session>>,
+    ) -> Result<Session, HostError> {
         let host = target.describe();
         let seconds = target.connect_timeout_secs.max(1);
         let seen = Arc::new(Mutex::new(None));
@@ -342,7 +347,9 @@ impl SshHosts {
                     }
                 }
                 let message = match &via {
-                    Some(_) => format!("{e} (through {})", target.jump.as_ref().map(|j| j.describe()).unwrap_or_default()),
+                    Some(_) => {
+                        format!("{e} (through {})", target.jump.as_ref().map(|j| j.describe()).unwrap_or_default())
+                    }
                     None => e.to_string(),
                 };
                 return Err(HostError::Unreachable { host, message });
@@ -385,7 +392,12 @@ impl SshHosts {
 
     /// Runs `script` on the host: one exec. Returns its output whatever its
     /// exit code; errors are connection failures and timeouts.
-    pub async fn run_script(&self, target: &HostTarget, key: &SshKey, script: &Script) -> Result<ExecOutput, HostError> {
+    pub async fn run_script(
+        &self,
+        target: &HostTarget,
+        key: &SshKey,
+        script: &Script,
+    ) -> Result<ExecOutput, HostError> {
         let seconds = script.timeout_secs(target.command_timeout_secs);
         self.exec(target, key, &script.command(), Some(script.body.as_bytes()), script.what, seconds).await
     }
@@ -471,7 +483,12 @@ impl SshHosts {
         Ok(Stream { channel, _session: session })
     }
 
-    fn parse_observation(&self, target: &HostTarget, out: &ExecOutput, fingerprint: &str) -> Result<ObservedHost, HostError> {
+    fn parse_observation(
+        &self,
+        target: &HostTarget,
+        out: &ExecOutput,
+        fingerprint: &str,
+    ) -> Result<ObservedHost, HostError> {
         let host = target.describe();
         if out.code != 0 {
             return Err(HostError::CommandFailed {

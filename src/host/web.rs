@@ -40,16 +40,18 @@ impl Web {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(timeout));
         connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
         Web { client, timeout }
     }
 
     fn uri(url: &str) -> Result<Uri, HostError> {
-        let uri: Uri = url.parse().map_err(|e| HostError::Http { url: url.into(), message: format!("not a URL: {e}") })?;
+        let uri: Uri =
+            url.parse().map_err(|e| HostError::Http { url: url.into(), message: format!("not a URL: {e}") })?;
         if uri.scheme_str() != Some("http") || uri.host().is_none() {
-            return Err(HostError::Http { url: url.into(), message: "only http:// URLs with a host are probed".into() });
+            return Err(HostError::Http {
+                url: url.into(),
+                message: "only http:// URLs with a host are probed".into(),
+            });
         }
         Ok(uri)
     }
@@ -106,7 +108,10 @@ impl Web {
             });
         }
         if vote != "a" && vote != "b" {
-            return Err(HostError::Http { url: vote_url.into(), message: format!("vote must be a or b, not {vote:?}") });
+            return Err(HostError::Http {
+                url: vote_url.into(),
+                message: format!("vote must be a or b, not {vote:?}"),
+            });
         }
         let uri = Web::uri(vote_url)?;
         let req = Request::builder()
@@ -149,7 +154,11 @@ mod tests {
                 if let Some(end) = text.find("\r\n\r\n") {
                     let len = text
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
                         .unwrap_or(0);
                     if got.len() >= end + 4 + len || n == 0 {
                         break;
@@ -176,10 +185,12 @@ mod tests {
 
     #[tokio::test]
     async fn status_and_refusals_are_reported() {
-        let (url, _server) = serve_once("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown").await;
+        let (url, _server) =
+            serve_once("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown").await;
         let web = Web::new(Duration::from_secs(5));
         assert_eq!(web.status(&url).await.unwrap(), 503);
-        let (url, _server) = serve_once("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown").await;
+        let (url, _server) =
+            serve_once("HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\ndown").await;
         let err = web.cast_vote(&url, "v", "a").await.unwrap_err();
         assert!(err.to_string().contains("HTTP 503: down"), "{err}");
         assert!(web.cast_vote(&url, "bad id;", "a").await.is_err());

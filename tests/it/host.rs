@@ -24,9 +24,9 @@ use crate::world::{ec2_client, observe_until, wait_docker, World};
 /// Every desired container runs with its config hash, and every probe passes.
 fn converged(o: &ObservedHost, desired: &[DesiredContainer]) -> bool {
     o.docker == DockerState::Running
-        && desired.iter().all(|d| {
-            o.container(&d.name).is_some_and(|c| c.state == "running" && c.config_hash == d.config_hash())
-        })
+        && desired
+            .iter()
+            .all(|d| o.container(&d.name).is_some_and(|c| c.state == "running" && c.config_hash == d.config_hash()))
         && o.probes.iter().all(|(_, r)| r.is_ok())
 }
 
@@ -34,7 +34,9 @@ fn names(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .map(|a| match a {
-            Action::CreateContainer { container, reason: CreateReason::Missing } => format!("create {}", container.name),
+            Action::CreateContainer { container, reason: CreateReason::Missing } => {
+                format!("create {}", container.name)
+            }
             Action::CreateContainer { container, .. } => format!("recreate {}", container.name),
             Action::StartContainer { name, .. } => format!("start {name}"),
             Action::RemoveContainer { name, .. } => format!("remove {name}"),
@@ -48,7 +50,10 @@ async fn converge(hosts: &SshHosts, key: &SshKey, t: &HostTarget, desired: &[Des
     let observed = hosts.observe(t, key).await.unwrap_or_else(|e| panic!("observe: {e}"));
     let actions = plan_host(t.tier, desired, HostView::Observed(&observed));
     if !actions.is_empty() {
-        hosts.apply(t, key, &actions, PullPolicy::IfNotPresent).await.unwrap_or_else(|e| panic!("apply {actions:?}: {e}"));
+        hosts
+            .apply(t, key, &actions, PullPolicy::IfNotPresent)
+            .await
+            .unwrap_or_else(|e| panic!("apply {actions:?}: {e}"));
     }
     observe_until(hosts, t, key, Duration::from_secs(90), "converged", |o| converged(o, desired)).await;
     actions
@@ -152,7 +157,12 @@ async fn host_three_tiers_deploy_converge_and_repair() {
         .expect("the watcher is alive");
     assert_eq!(
         ev,
-        DriftEvent { stack: CONVERGE_STACK.into(), tier: Tier::Frontend, container: "vote".into(), action: "die".into() }
+        DriftEvent {
+            stack: CONVERGE_STACK.into(),
+            tier: Tier::Frontend,
+            container: "vote".into(),
+            action: "die".into()
+        }
     );
     eprintln!("drift event after {:?}", killed.elapsed());
 
@@ -381,7 +391,8 @@ impl Drop for StackGuard {
         let stack = self.stack.lock().map(|s| s.clone()).ok();
         let endpoint = self.endpoint.clone();
         let _ = std::thread::spawn(move || {
-            let (Some(stack), Ok(rt)) = (stack, tokio::runtime::Builder::new_current_thread().enable_all().build()) else {
+            let (Some(stack), Ok(rt)) = (stack, tokio::runtime::Builder::new_current_thread().enable_all().build())
+            else {
                 return;
             };
             rt.block_on(async {
@@ -424,7 +435,12 @@ async fn host_engine_reconcile_over_ec2_through_the_frontend() {
     let shared = Arc::new(Mutex::new(stack.clone()));
     let mut guard = StackGuard { endpoint: world.endpoint.clone(), stack: shared.clone(), done: false };
 
-    async fn until_ready(engine: &Engine, stack: &mut VotingStack, key: &SshKey, shared: &Mutex<VotingStack>) -> Vec<Action> {
+    async fn until_ready(
+        engine: &Engine,
+        stack: &mut VotingStack,
+        key: &SshKey,
+        shared: &Mutex<VotingStack>,
+    ) -> Vec<Action> {
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut applied = Vec::new();
         loop {

@@ -53,8 +53,9 @@ impl World {
     /// Reads the world's environment; fails with what to run when it is not up.
     pub fn load() -> World {
         let path = env_file();
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; the host tests need the local world: run `scripts/world up`", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{}: {e}; the host tests need the local world: run `scripts/world up`", path.display())
+        });
         let env: HashMap<String, String> = text
             .lines()
             .filter_map(|l| l.split_once('='))
@@ -146,8 +147,7 @@ impl World {
             .await
             .expect("RunInstances");
         for inst in run.instances() {
-            let ip: Ipv4Addr =
-                inst.private_ip_address().expect("a private IP").parse().expect("an IPv4 private IP");
+            let ip: Ipv4Addr = inst.private_ip_address().expect("a private IP").parse().expect("an IPv4 private IP");
             fleet.hosts.push(Host { instance_id: inst.instance_id().expect("an instance id").to_string(), ip });
         }
         fleet.hosts.sort_by_key(|h| h.ip);
@@ -221,7 +221,8 @@ impl Fleet {
     /// deletes the key pair, subnet and VPC.
     pub async fn cleanup(mut self) {
         self.done = true;
-        teardown(self.ec2.clone(), self.ids(), self.subnet_id.clone(), self.key_name.clone(), self.vpc_id.clone()).await;
+        teardown(self.ec2.clone(), self.ids(), self.subnet_id.clone(), self.key_name.clone(), self.vpc_id.clone())
+            .await;
     }
 
     fn ids(&self) -> Vec<String> {
@@ -297,12 +298,17 @@ pub async fn observe_until(
                 return o.clone();
             }
         }
-        assert!(Instant::now() < deadline, "{}: {what} not reached within {limit:?}; last: {last:?}", target.describe());
+        assert!(
+            Instant::now() < deadline,
+            "{}: {what} not reached within {limit:?}; last: {last:?}",
+            target.describe()
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
 /// Waits until the host's Docker engine answers.
 pub async fn wait_docker(hosts: &dyn Hosts, target: &HostTarget, key: &SshKey) -> ObservedHost {
-    observe_until(hosts, target, key, Duration::from_secs(90), "Docker running", |o| o.docker == DockerState::Running).await
+    observe_until(hosts, target, key, Duration::from_secs(90), "Docker running", |o| o.docker == DockerState::Running)
+        .await
 }
