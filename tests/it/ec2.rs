@@ -475,6 +475,27 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
         rules_of(&g.security_groups()[0], &first),
         set(&[(22, "cidr:203.0.113.0/24"), (6379, "sg:frontend"), (6379, "sg:backend")])
     );
+
+    // A gateway deleted behind the operator's back: the network is incomplete,
+    // and ensuring it adds a new gateway and points the default route at it.
+    let igw = first.internet_gateway_id.clone().unwrap();
+    let vpc = first.vpc_id.clone().unwrap();
+    w.client.detach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
+    w.client.delete_internet_gateway().internet_gateway_id(&igw).send().await.unwrap();
+    assert_eq!(w.cloud.observe(&ident, None).await.unwrap().network, None);
+    let rebuilt = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), Some(&first)).await.unwrap();
+    let new_igw = rebuilt.internet_gateway_id.clone().unwrap();
+    assert_ne!(new_igw, igw);
+    assert_eq!((&rebuilt.vpc_id, &rebuilt.subnet_id, &rebuilt.route_table_id), (&first.vpc_id, &first.subnet_id, &first.route_table_id));
+    let rt = w.client.describe_route_tables().route_table_ids(rebuilt.route_table_id.clone().unwrap()).send().await.unwrap();
+    let defaults: Vec<Option<&str>> = rt.route_tables()[0]
+        .routes()
+        .iter()
+        .filter(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+        .map(|r| r.gateway_id())
+        .collect();
+    assert_eq!(defaults, [Some(new_igw.as_str())]);
+    assert_eq!(w.cloud.observe(&ident, None).await.unwrap().network, Some(rebuilt));
 }
 
 #[tokio::test]

@@ -461,26 +461,22 @@ impl Ec2Cloud {
             let has_other_default =
                 rt.is_some_and(|r| r.routes().iter().any(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE)));
             if has_other_default {
+                // A stale default route (to a deleted gateway): replace it.
                 self.call(
-                    "ReplaceRoute",
-                    c.replace_route()
-                        .route_table_id(&route_table_id)
-                        .destination_cidr_block(DEFAULT_ROUTE)
-                        .gateway_id(&gateway_id)
-                        .send(),
-                )
-                .await?;
-            } else {
-                self.call(
-                    "CreateRoute",
-                    c.create_route()
-                        .route_table_id(&route_table_id)
-                        .destination_cidr_block(DEFAULT_ROUTE)
-                        .gateway_id(&gateway_id)
-                        .send(),
+                    "DeleteRoute",
+                    c.delete_route().route_table_id(&route_table_id).destination_cidr_block(DEFAULT_ROUTE).send(),
                 )
                 .await?;
             }
+            self.call(
+                "CreateRoute",
+                c.create_route()
+                    .route_table_id(&route_table_id)
+                    .destination_cidr_block(DEFAULT_ROUTE)
+                    .gateway_id(&gateway_id)
+                    .send(),
+            )
+            .await?;
         }
         if !rt.is_some_and(|r| is_associated_with(r, &subnet_id)) {
             self.call(
