@@ -50,8 +50,8 @@ vs_install_docker() {
   fi
 }
 
-# Enables and starts containerd and Docker, and waits for the engine.
-vs_start_docker() {
+# Enables and starts containerd and Docker.
+vs_start_docker_once() {
   if [ -d /run/systemd/system ]; then
     # Ubuntu 24.04 can leave docker.socket failed after the package's
     # first start; clear that state and restart the socket with the service
@@ -75,8 +75,17 @@ vs_start_docker() {
     echo "this host has neither systemd nor service(8): cannot start Docker" >&2
     return 1
   fi
+}
+
+# Starts Docker and waits for the engine. A start issued while an engine is
+# still shutting down is a no-op for init scripts, so it is repeated every
+# 5 s until the engine answers.
+vs_start_docker() {
   vs_i=0
   while [ "$vs_i" -lt 60 ]; do
+    if [ $((vs_i % 5)) = 0 ]; then
+      vs_start_docker_once || return 1
+    fi
     vs_find_docker
     if [ "$DOCKER_STATE" = running ]; then
       return 0
