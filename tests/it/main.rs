@@ -7,6 +7,7 @@ mod controller;
 mod crd;
 mod deploy;
 mod diagrams;
+mod e2e;
 mod ec2;
 mod engine;
 mod fakes;

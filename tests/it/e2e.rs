@@ -1,0 +1,399 @@
+//! End to end in the local world with the real `votingstack` binary: the CLI
+//! (apply --wait/--watch, destroy) and the controller against the in-memory
+//! API double served over HTTP. Needs `scripts/world up`.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::Filter;
+use serde_json::Value;
+use votingstack::api::Tier;
+
+use crate::world::World;
+
+const BIN: &str = env!("CARGO_BIN_EXE_votingstack");
+
+/// A stack of the local world driven through the CLI, in its own VPC.
+struct Stack {
+    name: String,
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+    world: World,
+}
+
+fn world_env() -> HashMap<String, String> {
+    let dir = std::env::var_os("VS_WORLD_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".world"));
+    let text = std::fs::read_to_string(dir.join("env")).expect("the e2e tests need `scripts/world up`");
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect()
+}
+
+impl Stack {
+    /// Writes a manifest like examples/local.yaml named `name` in 10.<octet>.0.0/16.
+    fn new(name: &str, octet: u8) -> Stack {
+        let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local.yaml")).unwrap();
+        let manifest = example
+            .replace("name: local\n", &format!("name: {name}\n"))
+            .replace("name: local-ssh", &format!("name: {name}-ssh"))
+            .replace("10.42.", &format!("10.{octet}."));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("stack.yaml"), manifest).unwrap();
+        Stack { name: name.into(), dir, env: world_env(), world: World::load() }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .arg("-f")
+            .arg(self.dir.path().join("stack.yaml"))
+            .arg("--state")
+            .arg(self.dir.path().join("state.json"))
+            .envs(&self.env)
+            .env("RUST_LOG", "warn");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.command(args).output().expect("votingstack runs");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "votingstack {args:?} failed:\n{text}");
+        text
+    }
+
+    fn apply_wait(&self) -> String {
+        self.run(&["apply", "--wait", "--timeout-seconds", "400"])
+    }
+
+    /// `apply --watch` in the background, stopped when the guard drops.
+    fn watch_log(&self) -> LogOnPanic {
+        LogOnPanic(self.dir.path().join("watch.log"))
+    }
+
+    fn watch(&self) -> ChildGuard {
+        let log = std::fs::File::create(self.dir.path().join("watch.log")).unwrap();
+        let child = self
+            .command(&["apply", "--watch", "--resync-seconds", "3"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("watcher starts");
+        ChildGuard(child)
+    }
+
+    fn status(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir.path().join("state.json")).expect("state written");
+        serde_json::from_str::<Value>(&text).unwrap()["status"].clone()
+    }
+
+    fn tier(&self, tier: Tier) -> (String, Ipv4Addr) {
+        let t = &self.status()["tiers"][tier.as_str()];
+        (t["instanceId"].as_str().unwrap().to_string(), t["privateIp"].as_str().unwrap().parse().unwrap())
+    }
+
+    /// Runs a shell command on a tier's host container.
+    fn on_host(&self, tier: Tier, script: &str) -> (bool, String) {
+        let (id, _) = self.tier(tier);
+        let out = Command::new("docker").args(["exec", &format!("vsw-{id}"), "sh", "-c", script]).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn tag(&self) -> String {
+        format!("default/{}", self.name)
+    }
+
+    /// Live instances carrying the stack's tag, per moto.
+    async fn live_instances(&self) -> Vec<String> {
+        let out = self
+            .world
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("tag:votingstack.dev/stack").values(self.tag()).build())
+            .filters(Filter::builder().name("instance-state-name").values("pending").values("running").values("stopping").values("stopped").build())
+            .send()
+            .await
+            .unwrap();
+        out.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id().map(String::from)).collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // Best effort, also after a failed assertion.
+        let _ = self.command(&["destroy"]).output();
+    }
+}
+
+/// Prints a log file when the test fails, so a failure shows what the binary saw.
+struct LogOnPanic(PathBuf);
+
+impl Drop for LogOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.0).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("--- last lines of {}:", self.0.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `check` every 250 ms for at most `limit`; returns the time it took.
+async fn within<F: FnMut() -> bool>(limit: Duration, what: &str, mut check: F) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    start.elapsed()
+}
+
+/// A minimal HTTP/1.0 request; returns (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", addr.ip());
+    if let Some(c) = cookie {
+        req.push_str(&format!("Cookie: voter_id={c}\r\n"));
+    }
+    if let Some(f) = form {
+        req.push_str(&format!("Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n", f.len()));
+    }
+    req.push_str("\r\n");
+    if let Some(f) = form {
+        req.push_str(f);
+    }
+    s.write_all(req.as_bytes())?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+fn answers_200(addr: SocketAddr) -> bool {
+    http(addr, "GET", "/", None, None).is_ok_and(|(c, _)| c == 200)
+}
+
+#[tokio::test]
+async fn e2e_cli_converges_counts_100_votes_and_destroys_clean() {
+    let stack = Stack::new("e2e-votes", 61);
+    let out = stack.apply_wait();
+    assert!(out.contains("Ready → True (AllTiersReady)"), "{out}");
+    assert!(out.contains("Vote URL"), "{out}");
+    let status = stack.status();
+    assert_eq!(status["phase"], "Ready");
+    let (_, front) = stack.tier(Tier::Frontend);
+    let vote = SocketAddr::from((front, 80));
+    let result = SocketAddr::from((front, 81));
+
+    for i in 0..100 {
+        let choice = if i % 3 == 0 { "b" } else { "a" };
+        let (code, _) = http(vote, "POST", "/", Some(&format!("e2e-voter-{i}")), Some(&format!("vote={choice}"))).unwrap();
+        assert_eq!(code, 200, "vote {i}");
+    }
+    let count = "docker exec db psql -U postgres -tAc \"SELECT count(*) FROM votes WHERE id LIKE 'e2e-voter-%'\"";
+    within(Duration::from_secs(30), "100 votes in postgres", || stack.on_host(Tier::Database, count).1 == "100").await;
+    let (b_votes, a_votes) = (34, 66);
+    within(Duration::from_secs(10), "the result page to count them", || {
+        http(result, "GET", "/api/results", None, None).is_ok_and(|(_, body)| {
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            v["a"].as_i64().unwrap_or(0) >= a_votes && v["b"].as_i64() == Some(b_votes)
+        })
+    })
+    .await;
+
+    let ids: Vec<String> = Tier::ALL.iter().map(|t| stack.tier(*t).0).collect();
+    let out = stack.run(&["destroy"]);
+    assert!(out.contains("destroyed"), "{out}");
+    assert!(stack.live_instances().await.is_empty(), "instances left in moto");
+    let vpcs = stack
+        .world
+        .ec2
+        .describe_vpcs()
+        .filters(Filter::builder().name("tag:votingstack.dev/stack").values(stack.tag()).build())
+        .send()
+        .await
+        .unwrap();
+    assert!(vpcs.vpcs().is_empty(), "VPC left in moto");
+    within(Duration::from_secs(90), "the world's hosts to go", || {
+        ids.iter().all(|id| {
+            let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("name=vsw-{id}")]).output().unwrap();
+            out.stdout.is_empty()
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn e2e_watch_repairs_containers_docker_and_instances() {
+    let stack = Stack::new("e2e-drift", 62);
+    stack.apply_wait();
+    let _watch = stack.watch();
+    let _log = stack.watch_log();
+    let (_, front) = stack.tier(Tier::Frontend);
+    let vote = SocketAddr::from((front, 80));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // A removed container only comes back through the operator.
+    stack.on_host(Tier::Frontend, "docker rm -f vote");
+    let took = within(Duration::from_secs(10), "vote to be re-created", || answers_200(vote)).await;
+    eprintln!("vote re-created and answering after {took:?}");
+
+    // A stopped Docker engine on the backend is started again.
+    let (ok, _) = stack.on_host(Tier::Backend, "sudo service docker stop >/dev/null 2>&1; ! docker info >/dev/null 2>&1");
+    assert!(ok, "docker did not stop");
+    within(Duration::from_secs(60), "docker and redis back on the backend", || {
+        stack.on_host(Tier::Backend, "docker exec redis redis-cli ping").1 == "PONG"
+    })
+    .await;
+
+    // A terminated database instance is replaced and redeployed.
+    let (old_db, _) = stack.tier(Tier::Database);
+    stack.world.ec2.terminate_instances().instance_ids(&old_db).send().await.unwrap();
+    within(Duration::from_secs(180), "a new database instance and Ready", || {
+        let s = stack.status();
+        s["phase"] == "Ready" && s["tiers"]["database"]["instanceId"].as_str().is_some_and(|id| id != old_db)
+    })
+    .await;
+    let (new_db, _) = stack.tier(Tier::Database);
+    assert_eq!(stack.status()["tiers"]["database"]["replacements"], 1);
+    // Votes flow through the new database.
+    let (code, _) = http(vote, "POST", "/", Some("e2e-after-replace"), Some("vote=a")).unwrap();
+    assert_eq!(code, 200);
+    within(Duration::from_secs(30), "the vote in the new postgres", || {
+        stack.on_host(Tier::Database, "docker exec db psql -U postgres -tAc \"SELECT vote FROM votes WHERE id='e2e-after-replace'\"").1 == "a"
+    })
+    .await;
+    assert_ne!(new_db, old_db);
+    assert_eq!(stack.live_instances().await.len(), 3);
+}
+
+#[tokio::test]
+async fn e2e_operator_killed_after_run_instances_creates_no_duplicate() {
+    let stack = Stack::new("e2e-crash", 63);
+    let mut first = ChildGuard(stack.command(&["apply", "--wait"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    // Kill it as soon as EC2 has an instance: long before its status write.
+    let start = Instant::now();
+    loop {
+        if !stack.live_instances().await.is_empty() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no instance launched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.0.kill().unwrap();
+    let _ = first.0.wait();
+    assert!(!stack.dir.path().join("state.json").exists(), "status was written before the kill");
+    let launched_before = stack.live_instances().await;
+    assert!(!launched_before.is_empty());
+
+    stack.apply_wait();
+    let live = stack.live_instances().await;
+    assert_eq!(live.len(), 3, "one instance per tier, no duplicates: {live:?}");
+    for id in &launched_before {
+        assert!(live.contains(id), "the instance launched before the crash was adopted: {id} not in {live:?}");
+    }
+}
+
+mod controller_binary {
+    use super::*;
+    use crate::apiserver::ApiServer;
+    use kube::api::{DeleteParams, PostParams};
+    use kube::Api;
+    use votingstack::api::VotingStack;
+
+    #[tokio::test]
+    async fn e2e_controller_binary_converges_a_stack_on_the_api_double() {
+        let api = ApiServer::new();
+        let (addr, server) = api.serve_http().await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\n    namespace: default\nusers:\n- name: nobody\n  user: {{}}\ncurrent-context: double\n"
+            ),
+        )
+        .unwrap();
+        let metrics = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
+        let _log = LogOnPanic(dir.path().join("controller.log"));
+        let _controller = ChildGuard(
+            Command::new(BIN)
+                .args(["controller", "--metrics-addr", &metrics.to_string(), "--resync-seconds", "5"])
+                .env("KUBECONFIG", &kubeconfig)
+                .envs(world_env())
+                .env("RUST_LOG", "info")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+
+        // The user applies the same manifest a CLI user would.
+        let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local.yaml")).unwrap();
+        let manifest = example.replace("name: local\n", "name: e2e-ctl\n").replace("10.42.", "10.64.");
+        let client = api.client();
+        for doc in manifest.split("\n---\n") {
+            let value: Value = serde_yaml::from_str(doc).unwrap();
+            match value["kind"].as_str() {
+                Some("Secret") => {
+                    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "default");
+                    secrets.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap();
+                }
+                _ => {
+                    let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+                    stacks.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap();
+                }
+            }
+        }
+        let ready = || {
+            api.get("votingstacks", "default", "e2e-ctl").is_some_and(|o| {
+                o["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+        };
+        within(Duration::from_secs(300), "the controller to make the stack Ready", ready).await;
+        let obj = api.get("votingstacks", "default", "e2e-ctl").unwrap();
+        assert_eq!(obj["status"]["phase"], "Ready");
+        assert!(obj["status"]["voteUrl"].as_str().is_some_and(|u| u.starts_with("http://10.64.1.")));
+
+        let (code, body) = http(metrics, "GET", "/metrics", None, None).unwrap();
+        assert_eq!(code, 200);
+        assert!(body.contains("votingstack_reconcile_total"), "{body}");
+        assert_eq!(http(metrics, "GET", "/healthz", None, None).unwrap().0, 200);
+        assert_eq!(http(metrics, "GET", "/readyz", None, None).unwrap().0, 200);
+
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+        stacks.delete("e2e-ctl", &DeleteParams::default()).await.unwrap();
+        within(Duration::from_secs(120), "the finalizer to finish", || api.get("votingstacks", "default", "e2e-ctl").is_none()).await;
+        let world = World::load();
+        let left = world
+            .ec2
+            .describe_vpcs()
+            .filters(Filter::builder().name("tag:votingstack.dev/stack").values("default/e2e-ctl").build())
+            .send()
+            .await
+            .unwrap();
+        assert!(left.vpcs().is_empty(), "the controller left the VPC behind");
+        server.abort();
+    }
+}
