@@ -37,8 +37,26 @@ pub enum CliError {
 pub struct State {
     /// Stands in for the Kubernetes uid (ClientTokens derive from it).
     pub uid: String,
+    /// Stands in for metadata.generation: moves when the manifest's spec changes.
+    #[serde(default)]
+    pub generation: i64,
+    /// Hash of the spec `generation` belongs to.
+    #[serde(default)]
+    pub spec_hash: String,
     #[serde(default)]
     pub status: VotingStackStatus,
+}
+
+impl State {
+    /// Moves `generation` on when `spec` differs from the last one seen.
+    pub fn track_spec(&mut self, spec: &crate::api::VotingStackSpec) {
+        use sha2::{Digest, Sha256};
+        let hash = serde_json::to_vec(spec).map(|j| hex::encode(Sha256::digest(j))).unwrap_or_default();
+        if hash != self.spec_hash {
+            self.generation += 1;
+            self.spec_hash = hash;
+        }
+    }
 }
 
 /// Default state file: `<manifest dir>/.votingstack/<namespace>.<name>.json`.
@@ -87,7 +105,7 @@ fn new_uid() -> String {
 pub fn stack_with_state(manifest: &Manifest, state: &State) -> VotingStack {
     let mut stack = manifest.stack.clone();
     stack.metadata.uid = Some(state.uid.clone());
-    stack.metadata.generation = Some(1);
+    stack.metadata.generation = Some(state.generation.max(1));
     stack.status = Some(state.status.clone());
     stack
 }
@@ -180,7 +198,8 @@ pub async fn apply(
     opts: &ApplyOptions,
     mut wake: impl FnMut(&Outcome, &crate::host::SshKey) -> Option<tokio::sync::mpsc::Receiver<()>>,
 ) -> Result<VotingStackStatus, CliError> {
-    let mut state = load_state(state_path)?.unwrap_or_else(|| State { uid: new_uid(), status: Default::default() });
+    let mut state = load_state(state_path)?.unwrap_or_else(|| State { uid: new_uid(), ..Default::default() });
+    state.track_spec(&manifest.stack.spec);
     let started = Instant::now();
     let mut printed_ready = false;
     let mut drift: Option<tokio::sync::mpsc::Receiver<()>> = None;
@@ -234,7 +253,8 @@ pub async fn apply(
 
 /// `votingstack plan`: what apply would do; changes nothing.
 pub async fn plan(engine: Option<&Engine>, manifest: &Manifest, state_path: &Path) -> Result<Plan, CliError> {
-    let state = load_state(state_path)?.unwrap_or_default();
+    let mut state = load_state(state_path)?.unwrap_or_default();
+    state.track_spec(&manifest.stack.spec);
     let stack = stack_with_state(manifest, &state);
     match engine {
         Some(engine) => {

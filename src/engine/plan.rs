@@ -45,6 +45,8 @@ pub enum CreateReason {
 pub enum Action {
     /// VPC, subnet, gateway, route table, security groups, key pair.
     CreateNetwork,
+    /// Brings security group rules and the key pair in line with a changed spec.
+    UpdateNetwork,
     LaunchInstance { tier: Tier, ami: String, instance_type: String, replacement: u32 },
     StartInstance { tier: Tier, instance_id: String },
     TerminateInstance { tier: Option<Tier>, instance_id: String, reason: TerminateReason },
@@ -73,6 +75,9 @@ impl fmt::Display for Action {
             Action::CreateNetwork => f.write_str(
                 "+ create network: VPC, subnet, internet gateway, route table, 3 security groups, key pair",
             ),
+            Action::UpdateNetwork => {
+                f.write_str("~ update network: security group rules and key pair from the changed spec")
+            }
             Action::LaunchInstance { tier, ami, instance_type, replacement } => {
                 write!(f, "+ launch {tier} instance ({ami}, {instance_type})")?;
                 if *replacement > 0 {
@@ -233,6 +238,14 @@ pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &Ob
         plan.keepers.insert(tier, keeper.clone());
     }
     plan
+}
+
+/// After a spec change (generation moved past the one status describes),
+/// the existing network is synced: ingress CIDRs, ports and the key pair may
+/// have changed.
+pub fn network_sync(status: &VotingStackStatus, generation: Option<i64>, infra: &ObservedInfra) -> Option<Action> {
+    let changed = status.observed_generation.is_some() && status.observed_generation != generation;
+    (changed && infra.network.is_some()).then_some(Action::UpdateNetwork)
 }
 
 /// Plans one host's containers.

@@ -275,3 +275,15 @@ fn missing_network_is_created_first() {
     let plan = plan(&spec(), &status(), &infra, &converged_hosts());
     assert_eq!(plan.actions, [Action::CreateNetwork]);
 }
+
+#[test]
+fn a_spec_change_syncs_the_existing_network_once() {
+    let mut st = status();
+    st.observed_generation = Some(1);
+    assert_eq!(network_sync(&st, Some(1), &infra()), None);
+    assert_eq!(network_sync(&st, Some(2), &infra()), Some(Action::UpdateNetwork));
+    let mut no_net = infra();
+    no_net.network = None;
+    assert_eq!(network_sync(&st, Some(2), &no_net), None, "CreateNetwork covers it");
+    assert_eq!(network_sync(&VotingStackStatus::default(), Some(1), &infra()), None, "first reconcile");
+}

@@ -19,7 +19,7 @@ use crate::host::{HostError, HostTarget, Hosts, SshKey};
 use super::conditions::{Finding, Findings};
 use super::desired::{desired_containers, DesiredContainer};
 use super::observed::{DockerState, InstanceState, ObservedHost, ObservedInfra, ObservedInstance};
-use super::plan::{plan, plan_host, plan_infra, Action, HostView, Plan};
+use super::plan::{network_sync, plan, plan_host, plan_infra, Action, HostView, Plan};
 
 /// Timing knobs of the engine.
 #[derive(Clone, Debug)]
@@ -135,7 +135,7 @@ impl Engine {
         let ident = StackIdentity::of(stack);
 
         // observe + plan + act: EC2
-        let Some(infra) = self.converge_infra(&ident, spec, &key, run).await else { return };
+        let Some(infra) = self.converge_infra(&ident, stack, &key, run).await else { return };
 
         // observe + plan + act: hosts, in tier order
         let infra_plan = plan_infra(spec, &run.status, &infra);
@@ -167,10 +167,11 @@ impl Engine {
     async fn converge_infra(
         &self,
         ident: &StackIdentity,
-        spec: &VotingStackSpec,
+        stack: &VotingStack,
         key: &SshKey,
         run: &mut Run,
     ) -> Option<ObservedInfra> {
+        let spec = &stack.spec;
         let calls_before = self.cloud.api_calls();
         let mut infra = match self.cloud.observe(ident, run.status.network.as_ref()).await {
             Ok(infra) => infra,
@@ -179,9 +180,12 @@ impl Engine {
         if let Some(net) = &infra.network {
             run.status.network = Some(net.clone());
         }
-        let plan = plan_infra(spec, &run.status, &infra);
-        if !spec.paused && !plan.actions.is_empty() {
-            for action in &plan.actions {
+        let mut actions = plan_infra(spec, &run.status, &infra).actions;
+        if let Some(sync) = network_sync(&run.status, stack.metadata.generation, &infra) {
+            actions.insert(0, sync);
+        }
+        if !spec.paused && !actions.is_empty() {
+            for action in &actions {
                 info!(stack = %ident.tag_value(), "{action}");
                 if let Err(e) = self.act_infra(ident, spec, key, action, run).await {
                     return run.cloud_failed(e);
@@ -208,7 +212,7 @@ impl Engine {
         run: &mut Run,
     ) -> Result<(), CloudError> {
         match action {
-            Action::CreateNetwork => {
+            Action::CreateNetwork | Action::UpdateNetwork => {
                 let net = self
                     .cloud
                     .ensure_network(ident, spec, key.public_openssh(), run.status.network.as_ref())
@@ -376,7 +380,11 @@ impl Engine {
         }
         let phase = findings.phase(previous.phase);
         status.phase = Some(phase);
-        status.observed_generation = generation;
+        // A failed EC2 step may have left a spec change half done (such as a
+        // network sync): keep the old generation so the next pass redoes it.
+        if error != Some("aws") {
+            status.observed_generation = generation;
+        }
         status.last_reconcile_time = Some(now);
         status.last_reconcile_duration_ms = Some(started.elapsed().as_millis() as u64);
         let ready = findings.ready();
@@ -412,7 +420,11 @@ impl Engine {
                 }
             }
         }
-        Ok(plan(spec, &status, &infra, &hosts))
+        let mut plan = plan(spec, &status, &infra, &hosts);
+        if let Some(sync) = network_sync(&status, stack.metadata.generation, &infra) {
+            plan.actions.insert(0, sync);
+        }
+        Ok(plan)
     }
 
     /// Tears the stack down per its deletion policy.
