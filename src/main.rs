@@ -136,7 +136,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let (wake_tx, wake_rx) = tokio::sync::mpsc::channel(1);
             tokio::spawn(async move {
                 while let Some(e) = event_rx.recv().await {
-                    println!("  ! {} container {} on the {} host: {}; repairing", e.stack, e.container, e.tier, e.action);
+                    if e.action == votingstack::host::events::STREAM_LOST {
+                        println!("  ! {}: lost the event stream of the {} host; checking", e.stack, e.tier);
+                    } else {
+                        println!("  ! {} container {} on the {} host: {}; repairing", e.stack, e.container, e.tier, e.action);
+                    }
                     let _ = wake_tx.try_send(());
                 }
             });

@@ -142,21 +142,24 @@ impl Engine {
         record_instances(&mut run.status, &infra_plan.keepers);
         let peers = infra_plan.peers();
         let mut changed_hosts = false;
+        // Observe every host at once (one round trip each), then act tier by tier.
+        let mut targets = Vec::new();
         for tier in Tier::ALL {
             let Some(keeper) = infra_plan.keepers.get(&tier) else { continue };
-            let Some(target) = host_target(&ident.tag_value(), spec, &run.status, tier, &infra_plan.keepers) else {
-                run.findings.tiers.insert(
-                    tier,
-                    Finding::not(
-                        Reason::WaitingForInfrastructure,
-                        format!("instance {} is {}", keeper.id, keeper.state.as_str()),
-                    ),
-                );
-                continue;
-            };
-            let desired = desired_containers(spec, tier, peers);
-            let finding = self.converge_host(spec, &target, &key, &desired, run, &mut changed_hosts).await;
-            run.findings.tiers.insert(tier, finding);
+            match host_target(&ident.tag_value(), spec, &run.status, tier, &infra_plan.keepers) {
+                Some(target) => targets.push(target),
+                None => {
+                    let why = format!("instance {} is {}", keeper.id, keeper.state.as_str());
+                    run.findings.tiers.insert(tier, Finding::not(Reason::WaitingForInfrastructure, why));
+                }
+            }
+        }
+        let observations =
+            futures::future::join_all(targets.iter().map(|t| self.hosts.observe(t, &key))).await;
+        for (target, observed) in targets.iter().zip(observations) {
+            let desired = desired_containers(spec, target.tier, peers);
+            let finding = self.converge_host(spec, target, &key, observed, &desired, run, &mut changed_hosts).await;
+            run.findings.tiers.insert(target.tier, finding);
         }
         self.check_web(spec, &infra_plan.keepers, run).await;
         self.smoke_test(stack, &infra_plan.keepers, &key, changed_hosts, run).await;
@@ -241,18 +244,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Observes one host, carries out its plan, and says how ready it is.
+    /// Carries out one host's plan from its observation, and says how ready it is.
+    #[allow(clippy::too_many_arguments)]
     async fn converge_host(
         &self,
         spec: &VotingStackSpec,
         target: &HostTarget,
         key: &SshKey,
+        observed: Result<ObservedHost, HostError>,
         desired: &[DesiredContainer],
         run: &mut Run,
         changed: &mut bool,
     ) -> Finding {
         let tier = target.tier;
-        let mut observed = match self.hosts.observe(target, key).await {
+        let mut observed = match observed {
             Ok(o) => o,
             Err(e) => return run.host_failed(e),
         };

@@ -24,7 +24,11 @@ use super::docker::events_script;
 use super::ssh::SshHosts;
 use super::{HostTarget, SshKey};
 
-/// A container of the stack died, stopped or was removed.
+/// [`DriftEvent::action`] when a host's event stream itself ended.
+pub const STREAM_LOST: &str = "stream-lost";
+
+/// A container of the stack died, stopped or was removed, or (action
+/// [`STREAM_LOST`]) the host's event stream ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriftEvent {
     /// Value of the `votingstack.dev/stack` label (`namespace/name`).
@@ -161,6 +165,7 @@ async fn run(
     let command = events_script(&target.stack).inline_command();
     let host = target.describe();
     let mut delay = backoff.initial;
+    let mut was_up = false;
     loop {
         match hosts.stream(&target, &key, &command).await {
             Ok(mut stream) => {
@@ -176,6 +181,7 @@ async fn run(
                                 let line = line.trim();
                                 if line == "ready" {
                                     debug!(%host, "drift event stream up");
+                                    was_up = true;
                                     let _ = connected.send(true);
                                     delay = backoff.initial;
                                 } else if let Some(ev) = parse_event(line, target.tier) {
@@ -202,6 +208,20 @@ async fn run(
             Err(e) => {
                 let _ = connected.send(false);
                 warn!(%host, "drift event stream: {e}");
+            }
+        }
+        // A stream that was up and ended means the engine stopped or the
+        // host went away (a stopped or terminated instance): worth a
+        // reconcile now rather than at the next resync.
+        if std::mem::take(&mut was_up) {
+            let lost = DriftEvent {
+                stack: target.stack.clone(),
+                tier: target.tier,
+                container: String::new(),
+                action: STREAM_LOST.into(),
+            };
+            if events.send(lost).await.is_err() {
+                return;
             }
         }
         if events.is_closed() {

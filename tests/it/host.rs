@@ -294,6 +294,12 @@ async fn host_ssh_outage_then_pool_reconnects() {
         assert!(Instant::now() < deadline, "the event stream did not notice the outage");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // the lost stream itself is reported, so a reconcile looks at the host now
+    let lost = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("a stream-lost event")
+        .expect("the watcher is alive");
+    assert_eq!(lost.action, votingstack::host::events::STREAM_LOST, "{lost:?}");
 
     let (code, out) = fleet.hosts[0].sh(&format!("iptables -D {rule}"));
     assert_eq!(code, 0, "{out}");
