@@ -253,6 +253,13 @@ pub(super) fn desired_rules(spec: &VotingStackSpec, tier: Tier, groups: &BTreeMa
         rules.insert((Rule::tcp(spec.ssh.port, Source::Cidr(cidr.clone())), "SSH from the operator"));
     }
     let group = |t: Tier| groups.get(&t).map(|id| Source::Group(id.clone()));
+    // The operator reaches the private tiers through the frontend host.
+    let jumps = spec.network.connect_via == crate::api::ConnectVia::PublicIp || spec.ssh.jump_through_frontend;
+    if jumps && tier != Tier::Frontend {
+        if let Some(front) = group(Tier::Frontend) {
+            rules.insert((Rule::tcp(spec.ssh.port, front), "SSH through the frontend host"));
+        }
+    }
     match tier {
         Tier::Frontend => {
             for cidr in &spec.network.web_ingress_cidrs {
@@ -642,6 +649,15 @@ mod tests {
                 Rule::tcp(81, Source::Cidr("0.0.0.0/0".into())),
             ]
         );
+    }
+
+    #[test]
+    fn private_tiers_take_ssh_from_the_frontend_group_when_the_operator_jumps() {
+        let ssh_from_front = |rules: &[Rule]| rules.iter().any(|r| r.from == 22 && r.source == Source::Group("sg-f".into()));
+        // The fixture connects via public IPs, so it jumps through the frontend.
+        assert!(ssh_from_front(&rules(Tier::Backend)));
+        assert!(ssh_from_front(&rules(Tier::Database)));
+        assert!(!ssh_from_front(&rules(Tier::Frontend)));
     }
 
     #[test]
