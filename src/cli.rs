@@ -85,10 +85,8 @@ pub fn save_state(path: &Path, state: &State) -> Result<(), CliError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let text = serde_json::to_string_pretty(state).map_err(|e| CliError::State {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
+    let text = serde_json::to_string_pretty(state)
+        .map_err(|e| CliError::State { path: path.into(), message: e.to_string() })?;
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, text).map_err(err)?;
     std::fs::rename(&tmp, path).map_err(err)
@@ -142,7 +140,11 @@ pub fn render_status(status: &VotingStackStatus) -> String {
         ready.map_or("Unknown", |c| c.status.as_str()),
         ready.map_or("", |c| c.reason.as_str())
     );
-    let _ = writeln!(out, "{:<9} {:<21} {:<9} {:<15} {:<29} CONDITION", "TIER", "INSTANCE", "STATE", "PRIVATE IP", "CONTAINERS");
+    let _ = writeln!(
+        out,
+        "{:<9} {:<21} {:<9} {:<15} {:<29} CONDITION",
+        "TIER", "INSTANCE", "STATE", "PRIVATE IP", "CONTAINERS"
+    );
     for tier in Tier::ALL {
         let t = status.tiers.as_ref().and_then(|t| t.get(tier));
         let cond = find_condition(&status.conditions, ConditionType::for_tier(tier));
@@ -238,7 +240,8 @@ pub async fn apply(
         if let Some(rx) = wake(&outcome, &key) {
             drift = Some(rx);
         }
-        let pause = if outcome.is_ready() { outcome.requeue_after } else { outcome.requeue_after.min(Duration::from_secs(2)) };
+        let pause =
+            if outcome.is_ready() { outcome.requeue_after } else { outcome.requeue_after.min(Duration::from_secs(2)) };
         match drift.as_mut() {
             Some(rx) => {
                 tokio::select! {
@@ -261,12 +264,7 @@ pub async fn plan(engine: Option<&Engine>, manifest: &Manifest, state_path: &Pat
             let key = manifest.ssh_key().ok();
             Ok(engine.plan(&stack, key.as_ref()).await?)
         }
-        None => Ok(crate::engine::plan::plan(
-            &stack.spec,
-            &state.status,
-            &Default::default(),
-            &BTreeMap::new(),
-        )),
+        None => Ok(crate::engine::plan::plan(&stack.spec, &state.status, &Default::default(), &BTreeMap::new())),
     }
 }
 

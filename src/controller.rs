@@ -26,10 +26,10 @@ use crate::api::{VotingStack, VotingStackStatus, FINALIZER};
 use crate::cloud::CloudError;
 use crate::engine::{Outcome, Teardown};
 use crate::host::events::DriftEvent;
-use crate::shell::{DriftHub, Engines};
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::manifest::key_from_secret;
 use crate::metrics::Metrics;
+use crate::shell::{DriftHub, Engines};
 
 /// Field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "votingstack-operator";
@@ -125,7 +125,9 @@ pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Act
     })
     .await
     .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(inner) | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner,
+        kube::runtime::finalizer::Error::ApplyFailed(inner) | kube::runtime::finalizer::Error::CleanupFailed(inner) => {
+            inner
+        }
         other => ControllerError::Finalizer(other.to_string()),
     })
 }
@@ -173,9 +175,7 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     };
     let terminal = outcome.status.phase == Some(crate::api::Phase::Failed);
     match outcome.error_kind {
-        Some(kind) if !terminal && kind != "secret" => {
-            Err(ControllerError::Transient { stack: stack.key(), kind })
-        }
+        Some(kind) if !terminal && kind != "secret" => Err(ControllerError::Transient { stack: stack.key(), kind }),
         _ => {
             ctx.failure_count(&stack.key(), false);
             Ok(Action::requeue(outcome.requeue_after))
@@ -216,8 +216,7 @@ pub async fn write_status(client: &Client, stack: &VotingStack, status: &VotingS
         "kind": "VotingStack",
         "status": status,
     });
-    api.patch_status(&stack.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    api.patch_status(&stack.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
     Ok(())
 }
 

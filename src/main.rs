@@ -124,13 +124,11 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Apply(args) => {
             let (manifest, state) = load(&args.file)?;
             let hosts = shell::ssh_hosts();
-            let settings = EngineSettings { resync: Duration::from_secs(args.resync_seconds.max(1)), ..Default::default() };
+            let settings =
+                EngineSettings { resync: Duration::from_secs(args.resync_seconds.max(1)), ..Default::default() };
             let engine = shell::engine_for(&manifest.stack.spec, hosts.clone(), settings).await;
-            let opts = ApplyOptions {
-                wait: args.wait,
-                watch: args.watch,
-                timeout: Duration::from_secs(args.timeout_seconds),
-            };
+            let opts =
+                ApplyOptions { wait: args.wait, watch: args.watch, timeout: Duration::from_secs(args.timeout_seconds) };
             let (event_tx, mut event_rx) = tokio::sync::mpsc::channel(64);
             let hub = shell::DriftHub::new(hosts, event_tx);
             let (wake_tx, wake_rx) = tokio::sync::mpsc::channel(1);
@@ -139,7 +137,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     if e.action == votingstack::host::events::STREAM_LOST {
                         println!("  ! {}: lost the event stream of the {} host; checking", e.stack, e.tier);
                     } else {
-                        println!("  ! {} container {} on the {} host: {}; repairing", e.stack, e.container, e.tier, e.action);
+                        println!(
+                            "  ! {} container {} on the {} host: {}; repairing",
+                            e.stack, e.container, e.tier, e.action
+                        );
                     }
                     let _ = wake_tx.try_send(());
                 }
@@ -177,9 +178,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 identity: args.identity,
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
             };
-            votingstack::controller::main(client, opts)
-                .await
-                .map_err(|e| CliError::Engine(e.to_string()))?;
+            votingstack::controller::main(client, opts).await.map_err(|e| CliError::Engine(e.to_string()))?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -72,7 +72,10 @@ impl Manifest {
                     Ok(stack) => stacks.push((n, stack)),
                     Err(e) => {
                         let path = e.path().to_string();
-                        errors.push(field(if path == "." { "(document)".into() } else { path }, e.into_inner().to_string()))
+                        errors.push(field(
+                            if path == "." { "(document)".into() } else { path },
+                            e.into_inner().to_string(),
+                        ))
                     }
                 },
                 "Secret" => match serde_path_to_error::deserialize::<_, Secret>(value) {
@@ -123,10 +126,8 @@ impl Manifest {
     pub fn ssh_key(&self) -> Result<SshKey, KeyError> {
         let r = &self.stack.spec.ssh.private_key_secret_ref;
         let namespace = self.stack.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let secret = self
-            .secrets
-            .get(&r.name)
-            .ok_or_else(|| KeyError::MissingSecret { secret: r.name.clone(), namespace })?;
+        let secret =
+            self.secrets.get(&r.name).ok_or_else(|| KeyError::MissingSecret { secret: r.name.clone(), namespace })?;
         key_from_secret(secret, &r.key)
     }
 }
@@ -171,7 +172,10 @@ mod tests {
         let text = GOOD.replace("optionA: Cats", "optionA: Cats\n    optionC: Birds");
         let e = errors(&text);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("f.yaml: document 1 (VotingStack): spec.app.optionC: unknown field `optionC`"), "{e:?}");
+        assert!(
+            e[0].starts_with("f.yaml: document 1 (VotingStack): spec.app.optionC: unknown field `optionC`"),
+            "{e:?}"
+        );
     }
 
     #[test]

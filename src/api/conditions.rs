@@ -213,9 +213,8 @@ pub fn set_condition(
         }
         None => {
             conditions.push(fresh);
-            conditions.sort_by_key(|c| {
-                ConditionType::ALL.iter().position(|t| t.as_str() == c.type_).unwrap_or(usize::MAX)
-            });
+            conditions
+                .sort_by_key(|c| ConditionType::ALL.iter().position(|t| t.as_str() == c.type_).unwrap_or(usize::MAX));
             true
         }
     }

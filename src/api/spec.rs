@@ -376,9 +376,7 @@ impl InstancesSpec {
 
     /// Instance type for a tier, with its override applied.
     pub fn instance_type_for(&self, tier: Tier) -> &str {
-        self.override_for(tier)
-            .and_then(|o| o.instance_type.as_deref())
-            .unwrap_or(&self.instance_type)
+        self.override_for(tier).and_then(|o| o.instance_type.as_deref()).unwrap_or(&self.instance_type)
     }
 
     fn override_for(&self, tier: Tier) -> Option<&InstanceOverride> {

@@ -60,8 +60,8 @@ fn check_name(p: &mut Problems, name: &str) {
 
 fn check_aws(p: &mut Problems, spec: &VotingStackSpec) {
     let region = &spec.aws.region;
-    let region_ok = !region.is_empty()
-        && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let region_ok =
+        !region.is_empty() && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if !region_ok {
         p.push("spec.aws.region", format!("{region:?} is not an AWS region name such as us-east-1"));
     }
@@ -102,10 +102,7 @@ fn check_network(p: &mut Problems, spec: &VotingStackSpec) {
     }
     if let (Some(vpc), Some(subnet)) = (vpc, subnet) {
         if !vpc.contains(&subnet) {
-            p.push(
-                "spec.network.subnetCidr",
-                format!("{subnet} is not inside vpcCidr {vpc}"),
-            );
+            p.push("spec.network.subnetCidr", format!("{subnet} is not inside vpcCidr {vpc}"));
         }
     }
     if net.ssh_ingress_cidrs.is_empty() {
@@ -210,10 +207,7 @@ fn check_ssh(p: &mut Problems, spec: &VotingStackSpec) {
     if let Some(pins) = pins {
         for (tier, fp) in pins {
             if Tier::parse(tier).is_none() {
-                p.push(
-                    format!("spec.ssh.pinnedHostKeys.{tier}"),
-                    "key must be one of frontend, backend, database",
-                );
+                p.push(format!("spec.ssh.pinnedHostKeys.{tier}"), "key must be one of frontend, backend, database");
             }
             if !fp.starts_with("SHA256:") {
                 p.push(
@@ -330,10 +324,7 @@ mod tests {
     #[test]
     fn per_tier_overrides_are_checked() {
         let mut s = spec();
-        s.instances.database = Some(crate::api::InstanceOverride {
-            ami: None,
-            instance_type: Some("large".into()),
-        });
+        s.instances.database = Some(crate::api::InstanceOverride { ami: None, instance_type: Some("large".into()) });
         assert_eq!(paths(&validate("demo", &s)), ["spec.instances.database.instanceType"]);
     }
 }

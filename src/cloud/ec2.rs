@@ -30,7 +30,9 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 use tracing::debug;
 
-use crate::api::{NetworkStatus, Tier, VotingStackSpec, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
+use crate::api::{
+    NetworkStatus, Tier, VotingStackSpec, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
+};
 use crate::engine::observed::{ObservedInfra, ObservedInstance};
 
 use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, StackIdentity};
@@ -208,10 +210,7 @@ fn stack_tags(stack: &StackIdentity, name: &str, tier: Option<Tier>) -> Vec<Tag>
 
 /// TagSpecifications for a resource created with the stack's tags.
 fn tag_spec(resource: ResourceType, stack: &StackIdentity, name: &str, tier: Option<Tier>) -> TagSpecification {
-    TagSpecification::builder()
-        .resource_type(resource)
-        .set_tags(Some(stack_tags(stack, name, tier)))
-        .build()
+    TagSpecification::builder().resource_type(resource).set_tags(Some(stack_tags(stack, name, tier))).build()
 }
 
 /// Value of a tag in a resource's tag list.

@@ -63,11 +63,21 @@ impl AwsErrorKind {
     /// Classifies an EC2 error code.
     pub fn from_code(code: &str) -> AwsErrorKind {
         match code {
-            "AuthFailure" | "UnauthorizedOperation" | "InvalidClientTokenId" | "SignatureDoesNotMatch"
-            | "ExpiredToken" | "OptInRequired" | "Blocked" => AwsErrorKind::Auth,
+            "AuthFailure"
+            | "UnauthorizedOperation"
+            | "InvalidClientTokenId"
+            | "SignatureDoesNotMatch"
+            | "ExpiredToken"
+            | "OptInRequired"
+            | "Blocked" => AwsErrorKind::Auth,
             "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => AwsErrorKind::Throttled,
-            "InstanceLimitExceeded" | "VcpuLimitExceeded" | "VpcLimitExceeded" | "AddressLimitExceeded"
-            | "SecurityGroupLimitExceeded" | "RulesPerSecurityGroupLimitExceeded" | "InsufficientInstanceCapacity"
+            "InstanceLimitExceeded"
+            | "VcpuLimitExceeded"
+            | "VpcLimitExceeded"
+            | "AddressLimitExceeded"
+            | "SecurityGroupLimitExceeded"
+            | "RulesPerSecurityGroupLimitExceeded"
+            | "InsufficientInstanceCapacity"
             | "MaxSpotInstanceCountExceeded" => AwsErrorKind::Quota,
             "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => AwsErrorKind::Unavailable,
             c if c.starts_with("InvalidAMIID") || c.starts_with("InvalidKeyPair") => AwsErrorKind::InvalidParameter,

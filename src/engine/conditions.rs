@@ -37,9 +37,10 @@ pub struct Findings {
 
 impl Findings {
     fn tier(&self, tier: Tier) -> Finding {
-        self.tiers.get(&tier).cloned().unwrap_or_else(|| {
-            Finding::not(Reason::WaitingForInfrastructure, format!("the {tier} host is not up yet"))
-        })
+        self.tiers
+            .get(&tier)
+            .cloned()
+            .unwrap_or_else(|| Finding::not(Reason::WaitingForInfrastructure, format!("the {tier} host is not up yet")))
     }
 
     fn infra(&self) -> Finding {
@@ -49,9 +50,7 @@ impl Findings {
     }
 
     fn smoke(&self) -> Finding {
-        self.smoke
-            .clone()
-            .unwrap_or_else(|| Finding::not(Reason::WaitingForTiers, "waits for all three tiers"))
+        self.smoke.clone().unwrap_or_else(|| Finding::not(Reason::WaitingForTiers, "waits for all three tiers"))
     }
 
     /// The aggregate Ready finding.

@@ -71,8 +71,7 @@ pub struct ObservedInfra {
 impl ObservedInfra {
     /// Live instances of a tier, oldest first.
     pub fn live(&self, tier: Tier) -> Vec<&ObservedInstance> {
-        let mut v: Vec<_> =
-            self.instances.iter().filter(|i| i.tier == Some(tier) && i.state.is_alive()).collect();
+        let mut v: Vec<_> = self.instances.iter().filter(|i| i.tier == Some(tier) && i.state.is_alive()).collect();
         v.sort_by(|a, b| a.launch_time.cmp(&b.launch_time).then(a.id.cmp(&b.id)));
         v
     }

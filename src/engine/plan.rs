@@ -47,14 +47,40 @@ pub enum Action {
     CreateNetwork,
     /// Brings security group rules and the key pair in line with a changed spec.
     UpdateNetwork,
-    LaunchInstance { tier: Tier, ami: String, instance_type: String, replacement: u32 },
-    StartInstance { tier: Tier, instance_id: String },
-    TerminateInstance { tier: Option<Tier>, instance_id: String, reason: TerminateReason },
-    InstallDocker { tier: Tier },
-    StartDocker { tier: Tier },
-    CreateContainer { container: DesiredContainer, reason: CreateReason },
-    StartContainer { tier: Tier, name: String, state: String },
-    RemoveContainer { tier: Tier, name: String },
+    LaunchInstance {
+        tier: Tier,
+        ami: String,
+        instance_type: String,
+        replacement: u32,
+    },
+    StartInstance {
+        tier: Tier,
+        instance_id: String,
+    },
+    TerminateInstance {
+        tier: Option<Tier>,
+        instance_id: String,
+        reason: TerminateReason,
+    },
+    InstallDocker {
+        tier: Tier,
+    },
+    StartDocker {
+        tier: Tier,
+    },
+    CreateContainer {
+        container: DesiredContainer,
+        reason: CreateReason,
+    },
+    StartContainer {
+        tier: Tier,
+        name: String,
+        state: String,
+    },
+    RemoveContainer {
+        tier: Tier,
+        name: String,
+    },
 }
 
 impl Action {
@@ -72,9 +98,9 @@ impl Action {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Action::CreateNetwork => f.write_str(
-                "+ create network: VPC, subnet, internet gateway, route table, 3 security groups, key pair",
-            ),
+            Action::CreateNetwork => {
+                f.write_str("+ create network: VPC, subnet, internet gateway, route table, 3 security groups, key pair")
+            }
             Action::UpdateNetwork => {
                 f.write_str("~ update network: security group rules and key pair from the changed spec")
             }
@@ -283,11 +309,7 @@ pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -
                         reason: CreateReason::ConfigChanged(have.config_hash.clone()),
                     });
                 } else if !have.is_running() {
-                    actions.push(Action::StartContainer {
-                        tier,
-                        name: have.name.clone(),
-                        state: have.state.clone(),
-                    });
+                    actions.push(Action::StartContainer { tier, name: have.name.clone(), state: have.state.clone() });
                 }
             }
         }

@@ -82,12 +82,14 @@ fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
     assert!(matches!(&plan.actions[1], Action::LaunchInstance { tier: Tier::Database, replacement: 0, .. }));
     assert!(matches!(&plan.actions[2], Action::LaunchInstance { tier: Tier::Backend, .. }));
     assert!(matches!(&plan.actions[3], Action::LaunchInstance { tier: Tier::Frontend, .. }));
-    assert_eq!(
-        tiers,
-        [Tier::Database, Tier::Backend, Tier::Backend, Tier::Frontend, Tier::Frontend]
-    );
+    assert_eq!(tiers, [Tier::Database, Tier::Backend, Tier::Backend, Tier::Frontend, Tier::Frontend]);
     let text = lines(&plan).join("\n");
-    assert!(text.contains("+ create frontend container vote (dockersamples/examplevotingapp_vote, config (known after apply))"), "{text}");
+    assert!(
+        text.contains(
+            "+ create frontend container vote (dockersamples/examplevotingapp_vote, config (known after apply))"
+        ),
+        "{text}"
+    );
 }
 
 #[test]
@@ -103,7 +105,9 @@ fn missing_container_is_created() {
     hosts.get_mut(&Tier::Backend).unwrap().containers.retain(|c| c.name != "worker");
     let plan = plan(&spec(), &status(), &infra(), &hosts);
     assert_eq!(plan.actions.len(), 1);
-    assert!(matches!(&plan.actions[0], Action::CreateContainer { container, reason: CreateReason::Missing } if container.name == "worker"));
+    assert!(
+        matches!(&plan.actions[0], Action::CreateContainer { container, reason: CreateReason::Missing } if container.name == "worker")
+    );
 }
 
 #[test]
@@ -121,7 +125,9 @@ fn wrong_image_recreates_only_that_container() {
     s.app.images.result = "registry.example/result:2".into();
     let plan = plan(&s, &status(), &infra(), &hosts);
     assert_eq!(plan.actions.len(), 1);
-    assert!(matches!(&plan.actions[0], Action::CreateContainer { container, reason: CreateReason::ConfigChanged(Some(_)) } if container.name == "result"));
+    assert!(
+        matches!(&plan.actions[0], Action::CreateContainer { container, reason: CreateReason::ConfigChanged(Some(_)) } if container.name == "result")
+    );
 }
 
 #[test]
@@ -178,10 +184,7 @@ fn terminated_instance_is_replaced_with_the_next_client_token() {
     let mut infra = infra();
     infra.instances[0].state = InstanceState::Terminated;
     let plan = plan_infra(&spec(), &status(), &infra);
-    assert!(matches!(
-        &plan.actions[..],
-        [Action::LaunchInstance { tier: Tier::Database, replacement: 1, .. }]
-    ));
+    assert!(matches!(&plan.actions[..], [Action::LaunchInstance { tier: Tier::Database, replacement: 1, .. }]));
     assert!(!plan.keepers.contains_key(&Tier::Database));
     assert_eq!(plan.peers().database, None);
 }
@@ -199,10 +202,7 @@ fn stopped_instance_is_started() {
     let mut infra = infra();
     infra.instances[2].state = InstanceState::Stopped;
     let plan = plan_infra(&spec(), &status(), &infra);
-    assert_eq!(
-        plan.actions,
-        [Action::StartInstance { tier: Tier::Frontend, instance_id: "i-frontend".into() }]
-    );
+    assert_eq!(plan.actions, [Action::StartInstance { tier: Tier::Frontend, instance_id: "i-frontend".into() }]);
 }
 
 #[test]
@@ -212,7 +212,10 @@ fn duplicate_instances_keep_the_recorded_one() {
     dup.launch_time = "2025-01-01T00:00:00Z".into();
     infra.instances.push(dup);
     let plan = plan_infra(&spec(), &status(), &infra);
-    assert_eq!(lines(&Plan { actions: plan.actions, drift: vec![] }), ["- terminate backend instance i-0 (duplicate of the tier's instance)"]);
+    assert_eq!(
+        lines(&Plan { actions: plan.actions, drift: vec![] }),
+        ["- terminate backend instance i-0 (duplicate of the tier's instance)"]
+    );
 }
 
 #[test]
@@ -222,7 +225,10 @@ fn untiered_instances_with_the_stack_tags_are_terminated() {
     stray.tier = None;
     infra.instances.push(stray);
     let plan = plan_infra(&spec(), &status(), &infra);
-    assert!(matches!(&plan.actions[..], [Action::TerminateInstance { tier: None, reason: TerminateReason::UnknownTier, .. }]));
+    assert!(matches!(
+        &plan.actions[..],
+        [Action::TerminateInstance { tier: None, reason: TerminateReason::UnknownTier, .. }]
+    ));
 }
 
 #[test]

@@ -10,8 +10,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::conditions::{find_condition, set_condition};
 use crate::api::{
-    validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, HostKeyPolicy, Phase, Reason,
-    Tier, TierStatus, TiersStatus, VotingStack, VotingStackSpec, VotingStackStatus,
+    validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, HostKeyPolicy, Phase, Reason, Tier,
+    TierStatus, TiersStatus, VotingStack, VotingStackSpec, VotingStackStatus,
 };
 use crate::cloud::{Cloud, CloudError, DestroyReport, StackIdentity};
 use crate::host::{HostError, HostTarget, Hosts, SshKey};
@@ -154,8 +154,7 @@ impl Engine {
                 }
             }
         }
-        let observations =
-            futures::future::join_all(targets.iter().map(|t| self.hosts.observe(t, &key))).await;
+        let observations = futures::future::join_all(targets.iter().map(|t| self.hosts.observe(t, &key))).await;
         for (target, observed) in targets.iter().zip(observations) {
             let desired = desired_containers(spec, target.tier, peers);
             let finding = self.converge_host(spec, target, &key, observed, &desired, run, &mut changed_hosts).await;
@@ -216,10 +215,8 @@ impl Engine {
     ) -> Result<(), CloudError> {
         match action {
             Action::CreateNetwork | Action::UpdateNetwork => {
-                let net = self
-                    .cloud
-                    .ensure_network(ident, spec, key.public_openssh(), run.status.network.as_ref())
-                    .await?;
+                let net =
+                    self.cloud.ensure_network(ident, spec, key.public_openssh(), run.status.network.as_ref()).await?;
                 run.status.network = Some(net);
             }
             Action::LaunchInstance { tier, replacement, .. } => {
@@ -338,9 +335,10 @@ impl Engine {
             });
             return;
         }
-        let (Some(vote_url), Some(db)) =
-            (run.status.vote_url.clone(), host_target(&StackIdentity::of(stack).tag_value(), spec, &run.status, Tier::Database, keepers))
-        else {
+        let (Some(vote_url), Some(db)) = (
+            run.status.vote_url.clone(),
+            host_target(&StackIdentity::of(stack).tag_value(), spec, &run.status, Tier::Database, keepers),
+        ) else {
             return;
         };
         let voter = format!("votingstack-smoke-{}", chrono::Utc::now().timestamp_millis());
@@ -491,8 +489,12 @@ fn infra_finding(keepers: &BTreeMap<Tier, ObservedInstance>, drift: &[super::pla
 fn tier_finding(target: &HostTarget, observed: &ObservedHost, desired: &[DesiredContainer]) -> Finding {
     let host = target.describe();
     match &observed.docker {
-        DockerState::Missing => return Finding::not(Reason::DockerMissing, format!("Docker is not installed on the {host}")),
-        DockerState::Down(why) => return Finding::not(Reason::DockerDown, format!("Docker on the {host} does not answer: {why}")),
+        DockerState::Missing => {
+            return Finding::not(Reason::DockerMissing, format!("Docker is not installed on the {host}"))
+        }
+        DockerState::Down(why) => {
+            return Finding::not(Reason::DockerDown, format!("Docker on the {host} does not answer: {why}"))
+        }
         DockerState::Running => {}
     }
     for want in desired {
@@ -617,8 +619,8 @@ pub fn host_target(
         command_timeout_secs: spec.ssh.command_timeout_seconds,
     };
     let private_tier = tier != Tier::Frontend;
-    let via_frontend = private_tier
-        && (spec.network.connect_via == ConnectVia::PublicIp || spec.ssh.jump_through_frontend);
+    let via_frontend =
+        private_tier && (spec.network.connect_via == ConnectVia::PublicIp || spec.ssh.jump_through_frontend);
     if via_frontend {
         let front = keepers.get(&Tier::Frontend).filter(|i| i.state == InstanceState::Running)?;
         let jump = make(Tier::Frontend, front, connect_address(spec, front)?, None);

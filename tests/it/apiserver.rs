@@ -46,9 +46,9 @@ struct Path {
 
 fn parse_path(path: &str) -> Option<Path> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let rest = match segs.first()? {
-        &"api" => &segs[2..],
-        &"apis" => &segs[3..],
+    let rest = match *segs.first()? {
+        "api" => segs.get(2..)?,
+        "apis" => segs.get(3..)?,
         _ => return None,
     };
     let (namespace, rest) = match rest {
@@ -57,7 +57,9 @@ fn parse_path(path: &str) -> Option<Path> {
     };
     match rest {
         [plural] => Some(Path { plural: plural.to_string(), namespace, name: None, status: false }),
-        [plural, name] => Some(Path { plural: plural.to_string(), namespace, name: Some(name.to_string()), status: false }),
+        [plural, name] => {
+            Some(Path { plural: plural.to_string(), namespace, name: Some(name.to_string()), status: false })
+        }
         [plural, name, "status"] => {
             Some(Path { plural: plural.to_string(), namespace, name: Some(name.to_string()), status: true })
         }
@@ -157,7 +159,8 @@ impl ApiServer {
         let Some(path) = parse_path(parts.uri.path()) else {
             return status_error(404, "NotFound", format!("no route {}", parts.uri.path()));
         };
-        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let body: Value =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         match (&parts.method, &path.name) {
             (&Method::GET, None) => {
                 let watch = matches!(query_param(&parts.uri, "watch").as_deref(), Some("true") | Some("1"));
@@ -190,7 +193,10 @@ impl ApiServer {
             .filter(|((p, ns, _), _)| *p == path.plural && path.namespace.as_ref().is_none_or(|want| want == ns))
             .map(|(_, o)| o.clone())
             .collect();
-        ok(200, &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}))
+        ok(
+            200,
+            &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": state.rv.to_string()}, "items": items}),
+        )
     }
 
     fn watch(&self, path: Path, uri: &Uri) -> Response<Body> {
@@ -203,7 +209,8 @@ impl ApiServer {
         let last_sent = backlog.last().map_or(since, |c| c.rv);
         let ns = path.namespace.clone();
         let plural = path.plural.clone();
-        let line = |c: &Change| Ok::<_, Infallible>(Bytes::from(format!("{}\n", json!({"type": c.kind, "object": c.object}))));
+        let line =
+            |c: &Change| Ok::<_, Infallible>(Bytes::from(format!("{}\n", json!({"type": c.kind, "object": c.object}))));
         let first = futures::stream::iter(backlog.iter().map(line).collect::<Vec<_>>());
         let live = futures::stream::unfold((rx, last_sent), move |(mut rx, last)| {
             let ns = ns.clone();

@@ -57,7 +57,9 @@ fn lua_interpreter() -> &'static str {
             return candidate;
         }
     }
-    panic!("lua5.1 is required for the Argo CD health check tests (apt-get install lua5.1; see scripts/apt-packages.txt)");
+    panic!(
+        "lua5.1 is required for the Argo CD health check tests (apt-get install lua5.1; see scripts/apt-packages.txt)"
+    );
 }
 
 /// Runs health.lua for `obj` and returns (status, message).

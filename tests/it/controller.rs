@@ -91,12 +91,16 @@ async fn controller_writes_status_by_server_side_apply_and_records_events() {
 
         let (method, uri, body, send) = next(&mut handle).await;
         assert_eq!(method, http::Method::PATCH);
-        assert!(uri.starts_with("/apis/votingstack.dev/v1alpha1/namespaces/default/votingstacks/demo/status?"), "{uri}");
+        assert!(
+            uri.starts_with("/apis/votingstack.dev/v1alpha1/namespaces/default/votingstacks/demo/status?"),
+            "{uri}"
+        );
         assert!(uri.contains("fieldManager=votingstack-operator") && uri.contains("force=true"), "{uri}");
         assert_eq!(body["apiVersion"], "votingstack.dev/v1alpha1");
         assert_eq!(body["status"]["phase"], "Ready");
         assert_eq!(body["status"]["observedGeneration"], 1);
-        let ready = body["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
+        let ready =
+            body["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap().clone();
         assert_eq!(ready["status"], "True");
         let text = body.to_string();
         assert!(!text.contains("OPENSSH PRIVATE KEY"), "the key leaked into status");
@@ -118,7 +122,14 @@ async fn controller_writes_status_by_server_side_apply_and_records_events() {
     let reasons = server.await.unwrap();
     assert_eq!(
         reasons,
-        ["InstancesRunning", "ContainersRunning", "ContainersRunning", "ContainersRunning", "VoteCounted", "AllTiersReady"]
+        [
+            "InstancesRunning",
+            "ContainersRunning",
+            "ContainersRunning",
+            "ContainersRunning",
+            "VoteCounted",
+            "AllTiersReady"
+        ]
     );
 }
 
@@ -151,7 +162,11 @@ async fn controller_missing_secret_is_a_condition_not_a_crash() {
     let server = tokio::spawn(async move {
         let (_, uri, _, send) = next(&mut handle).await;
         assert_eq!(uri, "/api/v1/namespaces/default/secrets/demo-ssh");
-        respond(send, 404, &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"secrets \"demo-ssh\" not found"}));
+        respond(
+            send,
+            404,
+            &json!({"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404,"message":"secrets \"demo-ssh\" not found"}),
+        );
         let (_, uri, body, send) = next(&mut handle).await;
         assert!(uri.contains("/status?"));
         assert_eq!(body["status"]["conditions"][0]["reason"], "SecretMissing");

@@ -7,10 +7,7 @@ fn crd_file_matches_votingstack_crd() {
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/votingstack.yaml"))
         .expect("crds/votingstack.yaml exists");
     let generated = crd_yaml().expect("CRD renders");
-    assert!(
-        committed == generated,
-        "crds/votingstack.yaml is stale: run `cargo run -- crd > crds/votingstack.yaml`"
-    );
+    assert!(committed == generated, "crds/votingstack.yaml is stale: run `cargo run -- crd > crds/votingstack.yaml`");
 }
 
 /// Walks a schema node: every node has a type (or preserves unknown fields),

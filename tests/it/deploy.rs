@@ -81,11 +81,7 @@ fn grants(role: &Value) -> Vec<(String, String, BTreeSet<String>)> {
 }
 
 fn verbs_for(role: &Value, group: &str, resource: &str) -> BTreeSet<String> {
-    grants(role)
-        .into_iter()
-        .filter(|(g, r, _)| g == group && r == resource)
-        .flat_map(|(_, _, v)| v)
-        .collect()
+    grants(role).into_iter().filter(|(g, r, _)| g == group && r == resource).flat_map(|(_, _, v)| v).collect()
 }
 
 fn operator_container() -> Value {
@@ -167,7 +163,11 @@ fn deploy_lease_role_is_namespaced_and_limited() {
     for rule in role["rules"].as_sequence().unwrap() {
         let verbs = strings(&rule["verbs"]);
         if verbs.iter().any(|v| v == "get" || v == "update") {
-            assert_eq!(strings(&rule["resourceNames"]), ["votingstack-operator"], "get/update only on the operator's Lease");
+            assert_eq!(
+                strings(&rule["resourceNames"]),
+                ["votingstack-operator"],
+                "get/update only on the operator's Lease"
+            );
         }
     }
     let binding = one("RoleBinding", "votingstack-operator-leader-election");
@@ -296,7 +296,11 @@ fn deploy_kustomizations_list_files_that_exist() {
             assert!(!r.contains("://"), "{}: remote resource {r}", dir.display());
             let target = dir.join(&r);
             if target.is_dir() {
-                assert!(target.join("kustomization.yaml").is_file(), "{}: {r} has no kustomization.yaml", dir.display());
+                assert!(
+                    target.join("kustomization.yaml").is_file(),
+                    "{}: {r} has no kustomization.yaml",
+                    dir.display()
+                );
                 todo.push(target);
             } else {
                 assert!(target.is_file(), "{}/kustomization.yaml lists {r}, which does not exist", dir.display());
@@ -353,16 +357,41 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
             );
         }
         if mutating && st["Resource"].as_str() == Some("*") {
-            assert!(st["Condition"].is_object(), "{}: a mutating statement on every resource needs a condition", st["Sid"]);
+            assert!(
+                st["Condition"].is_object(),
+                "{}: a mutating statement on every resource needs a condition",
+                st["Sid"]
+            );
         }
         actions.extend(list);
     }
     for needed in [
-        "CreateVpc", "DeleteVpc", "CreateSubnet", "DeleteSubnet", "CreateInternetGateway", "DeleteInternetGateway",
-        "AttachInternetGateway", "DetachInternetGateway", "CreateRouteTable", "DeleteRouteTable", "CreateRoute",
-        "DeleteRoute", "AssociateRouteTable", "DisassociateRouteTable", "CreateSecurityGroup", "DeleteSecurityGroup",
-        "AuthorizeSecurityGroupIngress", "RevokeSecurityGroupIngress", "ModifyVpcAttribute", "ModifySubnetAttribute",
-        "ImportKeyPair", "DeleteKeyPair", "RunInstances", "StartInstances", "TerminateInstances", "CreateTags",
+        "CreateVpc",
+        "DeleteVpc",
+        "CreateSubnet",
+        "DeleteSubnet",
+        "CreateInternetGateway",
+        "DeleteInternetGateway",
+        "AttachInternetGateway",
+        "DetachInternetGateway",
+        "CreateRouteTable",
+        "DeleteRouteTable",
+        "CreateRoute",
+        "DeleteRoute",
+        "AssociateRouteTable",
+        "DisassociateRouteTable",
+        "CreateSecurityGroup",
+        "DeleteSecurityGroup",
+        "AuthorizeSecurityGroupIngress",
+        "RevokeSecurityGroupIngress",
+        "ModifyVpcAttribute",
+        "ModifySubnetAttribute",
+        "ImportKeyPair",
+        "DeleteKeyPair",
+        "RunInstances",
+        "StartInstances",
+        "TerminateInstances",
+        "CreateTags",
     ] {
         assert!(actions.contains(&format!("ec2:{needed}")), "policy lacks ec2:{needed}");
     }

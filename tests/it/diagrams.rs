@@ -19,11 +19,9 @@ fn sources() -> Vec<PathBuf> {
 }
 
 fn render_svg(src: &std::path::Path) -> Vec<u8> {
-    let out = Command::new("dot")
-        .arg("-Tsvg")
-        .arg(src)
-        .output()
-        .unwrap_or_else(|e| panic!("Graphviz `dot` is required (apt-get install graphviz; see scripts/apt-packages.txt): {e}"));
+    let out = Command::new("dot").arg("-Tsvg").arg(src).output().unwrap_or_else(|e| {
+        panic!("Graphviz `dot` is required (apt-get install graphviz; see scripts/apt-packages.txt): {e}")
+    });
     assert!(out.status.success(), "dot failed on {}: {}", src.display(), String::from_utf8_lossy(&out.stderr));
     out.stdout
 }
@@ -34,8 +32,7 @@ fn dot_source(name: &str) -> String {
 
 #[test]
 fn diagrams_both_sources_exist_with_renders() {
-    let names: Vec<String> =
-        sources().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = sources().iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     for needed in ["architecture.dot", "reconcile.dot"] {
         assert!(names.iter().any(|n| n == needed), "diagrams/{needed} is missing");
     }
@@ -121,7 +118,8 @@ fn diagrams_architecture_shows_hosts_ports_and_rules() {
 #[test]
 fn diagrams_reconcile_shows_the_engine_and_both_shells() {
     let dot = dot_source("reconcile.dot");
-    for edge in ["validate -> desired -> observe -> plan -> act -> status", "controller -> validate", "cli -> validate"] {
+    for edge in ["validate -> desired -> observe -> plan -> act -> status", "controller -> validate", "cli -> validate"]
+    {
         assert!(dot.contains(edge), "reconcile.dot lacks {edge:?}");
     }
 }

@@ -113,11 +113,23 @@ impl Stack {
             .ec2
             .describe_instances()
             .filters(Filter::builder().name("tag:votingstack.dev/stack").values(self.tag()).build())
-            .filters(Filter::builder().name("instance-state-name").values("pending").values("running").values("stopping").values("stopped").build())
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .values("pending")
+                    .values("running")
+                    .values("stopping")
+                    .values("stopped")
+                    .build(),
+            )
             .send()
             .await
             .unwrap();
-        out.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.instance_id().map(String::from)).collect()
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| i.instance_id().map(String::from))
+            .collect()
     }
 }
 
@@ -164,7 +176,13 @@ async fn within<F: FnMut() -> bool>(limit: Duration, what: &str, mut check: F) -
 }
 
 /// A minimal HTTP/1.0 request; returns (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, cookie: Option<&str>, form: Option<&str>) -> std::io::Result<(u16, String)> {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    cookie: Option<&str>,
+    form: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", addr.ip());
@@ -204,7 +222,8 @@ async fn e2e_cli_converges_counts_100_votes_and_destroys_clean() {
 
     for i in 0..100 {
         let choice = if i % 3 == 0 { "b" } else { "a" };
-        let (code, _) = http(vote, "POST", "/", Some(&format!("e2e-voter-{i}")), Some(&format!("vote={choice}"))).unwrap();
+        let (code, _) =
+            http(vote, "POST", "/", Some(&format!("e2e-voter-{i}")), Some(&format!("vote={choice}"))).unwrap();
         assert_eq!(code, 200, "vote {i}");
     }
     let count = "docker exec db psql -U postgres -tAc \"SELECT count(*) FROM votes WHERE id LIKE 'e2e-voter-%'\"";
@@ -233,7 +252,8 @@ async fn e2e_cli_converges_counts_100_votes_and_destroys_clean() {
     assert!(vpcs.vpcs().is_empty(), "VPC left in moto");
     within(Duration::from_secs(90), "the world's hosts to go", || {
         ids.iter().all(|id| {
-            let out = Command::new("docker").args(["ps", "-aq", "--filter", &format!("name=vsw-{id}")]).output().unwrap();
+            let out =
+                Command::new("docker").args(["ps", "-aq", "--filter", &format!("name=vsw-{id}")]).output().unwrap();
             out.stdout.is_empty()
         })
     })
@@ -256,7 +276,8 @@ async fn e2e_watch_repairs_containers_docker_and_instances() {
     eprintln!("vote re-created and answering after {took:?}");
 
     // A stopped Docker engine on the backend is started again.
-    let (ok, _) = stack.on_host(Tier::Backend, "sudo service docker stop >/dev/null 2>&1; ! docker info >/dev/null 2>&1");
+    let (ok, _) =
+        stack.on_host(Tier::Backend, "sudo service docker stop >/dev/null 2>&1; ! docker info >/dev/null 2>&1");
     assert!(ok, "docker did not stop");
     within(Duration::from_secs(60), "docker and redis back on the backend", || {
         stack.on_host(Tier::Backend, "docker exec redis redis-cli ping").1 == "PONG"
@@ -277,7 +298,13 @@ async fn e2e_watch_repairs_containers_docker_and_instances() {
     let (code, _) = http(vote, "POST", "/", Some("e2e-after-replace"), Some("vote=a")).unwrap();
     assert_eq!(code, 200);
     within(Duration::from_secs(30), "the vote in the new postgres", || {
-        stack.on_host(Tier::Database, "docker exec db psql -U postgres -tAc \"SELECT vote FROM votes WHERE id='e2e-after-replace'\"").1 == "a"
+        stack
+            .on_host(
+                Tier::Database,
+                "docker exec db psql -U postgres -tAc \"SELECT vote FROM votes WHERE id='e2e-after-replace'\"",
+            )
+            .1
+            == "a"
     })
     .await;
     assert_ne!(new_db, old_db);
@@ -287,7 +314,8 @@ async fn e2e_watch_repairs_containers_docker_and_instances() {
 #[tokio::test]
 async fn e2e_operator_killed_after_run_instances_creates_no_duplicate() {
     let stack = Stack::new("e2e-crash", 63);
-    let mut first = ChildGuard(stack.command(&["apply", "--wait"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let mut first =
+        ChildGuard(stack.command(&["apply", "--wait"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     // Kill it as soon as EC2 has an instance: long before its status write.
     let start = Instant::now();
     loop {
@@ -368,7 +396,9 @@ mod controller_binary {
         }
         let ready = || {
             api.get("votingstacks", "default", "e2e-ctl").is_some_and(|o| {
-                o["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                o["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
             })
         };
         within(Duration::from_secs(300), "the controller to make the stack Ready", ready).await;
@@ -384,7 +414,10 @@ mod controller_binary {
 
         let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
         stacks.delete("e2e-ctl", &DeleteParams::default()).await.unwrap();
-        within(Duration::from_secs(120), "the finalizer to finish", || api.get("votingstacks", "default", "e2e-ctl").is_none()).await;
+        within(Duration::from_secs(120), "the finalizer to finish", || {
+            api.get("votingstacks", "default", "e2e-ctl").is_none()
+        })
+        .await;
         let world = World::load();
         let left = world
             .ec2

@@ -486,8 +486,12 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     let rebuilt = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), Some(&first)).await.unwrap();
     let new_igw = rebuilt.internet_gateway_id.clone().unwrap();
     assert_ne!(new_igw, igw);
-    assert_eq!((&rebuilt.vpc_id, &rebuilt.subnet_id, &rebuilt.route_table_id), (&first.vpc_id, &first.subnet_id, &first.route_table_id));
-    let rt = w.client.describe_route_tables().route_table_ids(rebuilt.route_table_id.clone().unwrap()).send().await.unwrap();
+    assert_eq!(
+        (&rebuilt.vpc_id, &rebuilt.subnet_id, &rebuilt.route_table_id),
+        (&first.vpc_id, &first.subnet_id, &first.route_table_id)
+    );
+    let rt =
+        w.client.describe_route_tables().route_table_ids(rebuilt.route_table_id.clone().unwrap()).send().await.unwrap();
     let defaults: Vec<Option<&str>> = rt.route_tables()[0]
         .routes()
         .iter()
@@ -603,9 +607,11 @@ async fn ec2_retain_leaves_everything() {
     assert_eq!(w.engine.destroy(&s).await.unwrap(), Teardown::Retained);
     assert_eq!(w.cloud.api_calls(), before, "Retain makes no EC2 call");
     assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
-    let running = live_instances(&w.client).await.iter().filter(|i| {
-        i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running)
-    }).count();
+    let running = live_instances(&w.client)
+        .await
+        .iter()
+        .filter(|i| i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running))
+        .count();
     assert_eq!(running, 3);
 }
 
@@ -752,25 +758,27 @@ async fn ec2_throttling_and_5xx_are_retried_but_auth_errors_are_not() {
         ec2_error_body("UnauthorizedOperation", "You are not authorized to perform this operation."),
     )
     .await;
-    let (c1, c2, c3) = (
-        production_cloud(&throttled.0).await,
-        production_cloud(&broken.0).await,
-        production_cloud(&denied.0).await,
-    );
+    let (c1, c2, c3) =
+        (production_cloud(&throttled.0).await, production_cloud(&broken.0).await, production_cloud(&denied.0).await);
     let bounded = Duration::from_secs(90);
-    let (r1, r2, r3) = tokio::time::timeout(
-        bounded,
-        async { tokio::join!(c1.observe(&ident, None), c2.observe(&ident, None), c3.observe(&ident, None)) },
-    )
+    let (r1, r2, r3) = tokio::time::timeout(bounded, async {
+        tokio::join!(c1.observe(&ident, None), c2.observe(&ident, None), c3.observe(&ident, None))
+    })
     .await
     .expect("retries are bounded");
 
     let e1 = r1.unwrap_err();
-    assert!(matches!(&e1, CloudError::Api { code, kind: AwsErrorKind::Throttled, .. } if code == "RequestLimitExceeded"), "{e1:?}");
+    assert!(
+        matches!(&e1, CloudError::Api { code, kind: AwsErrorKind::Throttled, .. } if code == "RequestLimitExceeded"),
+        "{e1:?}"
+    );
     assert_eq!(throttled.1.load(Ordering::SeqCst), 5, "throttling is retried up to 5 attempts");
 
     let e2 = r2.unwrap_err();
-    assert!(matches!(&e2, CloudError::Api { code, kind: AwsErrorKind::Unavailable, .. } if code == "HTTP 500"), "{e2:?}");
+    assert!(
+        matches!(&e2, CloudError::Api { code, kind: AwsErrorKind::Unavailable, .. } if code == "HTTP 500"),
+        "{e2:?}"
+    );
     assert_eq!(broken.1.load(Ordering::SeqCst), 5, "5xx is retried up to 5 attempts");
 
     let e3 = r3.unwrap_err();

@@ -79,9 +79,14 @@ async fn engine_terminated_instance_is_replaced_and_peers_follow() {
     let (engine, cloud, hosts) = engine();
     let first = engine.reconcile(&stack(), Ok(key())).await;
     let db = instance_id(&first, Tier::Database);
-    cloud.state.lock().unwrap().instances.iter_mut().filter(|i| i.id == db).for_each(|i| {
-        i.state = votingstack::engine::observed::InstanceState::Terminated
-    });
+    cloud
+        .state
+        .lock()
+        .unwrap()
+        .instances
+        .iter_mut()
+        .filter(|i| i.id == db)
+        .for_each(|i| i.state = votingstack::engine::observed::InstanceState::Terminated);
     let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
     let new_db = instance_id(&out, Tier::Database);
     assert_ne!(new_db, db);

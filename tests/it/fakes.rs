@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use votingstack::api::{NetworkStatus, PullPolicy, Tier, VotingStackSpec};
 use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, DestroyReport, StackIdentity};
-use votingstack::engine::observed::{DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance};
+use votingstack::engine::observed::{
+    DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance,
+};
 use votingstack::engine::plan::Action;
 use votingstack::engine::{Engine, EngineSettings};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
@@ -55,15 +57,29 @@ impl Cloud for FakeCloud {
         Ok(ObservedInfra { network: s.network.clone(), instances: s.instances.clone() })
     }
 
-    async fn ensure_network(&self, _: &StackIdentity, _: &VotingStackSpec, _: &str, _: Option<&NetworkStatus>) -> Result<NetworkStatus, CloudError> {
+    async fn ensure_network(
+        &self,
+        _: &StackIdentity,
+        _: &VotingStackSpec,
+        _: &str,
+        _: Option<&NetworkStatus>,
+    ) -> Result<NetworkStatus, CloudError> {
         self.call();
         self.fail("CreateVpc")?;
-        let net = NetworkStatus { vpc_id: Some("vpc-1".into()), subnet_id: Some("subnet-1".into()), ..Default::default() };
+        let net =
+            NetworkStatus { vpc_id: Some("vpc-1".into()), subnet_id: Some("subnet-1".into()), ..Default::default() };
         self.state.lock().unwrap().network = Some(net.clone());
         Ok(net)
     }
 
-    async fn launch_instance(&self, _: &StackIdentity, spec: &VotingStackSpec, _: &NetworkStatus, tier: Tier, _: u32) -> Result<ObservedInstance, CloudError> {
+    async fn launch_instance(
+        &self,
+        _: &StackIdentity,
+        spec: &VotingStackSpec,
+        _: &NetworkStatus,
+        tier: Tier,
+        _: u32,
+    ) -> Result<ObservedInstance, CloudError> {
         self.call();
         self.fail("RunInstances")?;
         let mut s = self.state.lock().unwrap();
@@ -185,7 +201,11 @@ impl Hosts for FakeHosts {
         }
         Ok(ObservedHost {
             docker: host.docker.clone(),
-            containers: if host.docker == DockerState::Running { host.containers.values().cloned().collect() } else { vec![] },
+            containers: if host.docker == DockerState::Running {
+                host.containers.values().cloned().collect()
+            } else {
+                vec![]
+            },
             probes,
             host_key_fingerprint: host.fingerprint.clone(),
         })

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
+use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use votingstack::cloud::ec2::Ec2Cloud;
 
 /// Where scripts/setup-machine installs moto.
@@ -70,10 +70,8 @@ impl Moto {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(Some(status)) = child.try_wait() {
-                    last_problem = format!(
-                        "moto exited with {status}: {}",
-                        std::fs::read_to_string(&log).unwrap_or_default()
-                    );
+                    last_problem =
+                        format!("moto exited with {status}: {}", std::fs::read_to_string(&log).unwrap_or_default());
                     break;
                 }
                 if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {

@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::primitives::Blob;
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, InternetGateway, IpPermission, IpRange, Ipv6Range, KeyPairInfo, PrefixListId,
-    ResourceType, RouteState, RouteTable, SecurityGroup, Subnet, UserIdGroupPair, Vpc,
+    AttributeBooleanValue, InternetGateway, IpPermission, IpRange, Ipv6Range, KeyPairInfo, PrefixListId, ResourceType,
+    RouteState, RouteTable, SecurityGroup, Subnet, UserIdGroupPair, Vpc,
 };
 use tracing::{info, warn};
 
@@ -128,9 +128,9 @@ impl Inventory {
             );
             for tier in Tier::ALL {
                 let group = pick(
-                    self.groups
-                        .iter()
-                        .filter(|g| g.vpc_id() == Some(vpc_id) && tag_value(g.tags(), TIER_LABEL) == Some(tier.as_str())),
+                    self.groups.iter().filter(|g| {
+                        g.vpc_id() == Some(vpc_id) && tag_value(g.tags(), TIER_LABEL) == Some(tier.as_str())
+                    }),
                     |g| g.group_id(),
                     known.security_groups.get(&tier).map(String::as_str),
                     |g| by_id(g.group_id()),
@@ -212,7 +212,9 @@ impl Rule {
     pub fn to_permission(&self, description: Option<&str>) -> IpPermission {
         let p = IpPermission::builder().ip_protocol(&self.protocol).from_port(self.from).to_port(self.to);
         match &self.source {
-            Source::Cidr(c) => p.ip_ranges(IpRange::builder().cidr_ip(c).set_description(description.map(Into::into)).build()),
+            Source::Cidr(c) => {
+                p.ip_ranges(IpRange::builder().cidr_ip(c).set_description(description.map(Into::into)).build())
+            }
             Source::Cidr6(c) => p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).build()),
             Source::Group(g) => p.user_id_group_pairs(
                 UserIdGroupPair::builder().group_id(g).set_description(description.map(Into::into)).build(),
@@ -247,7 +249,11 @@ pub(super) fn existing_rules(group: &SecurityGroup) -> BTreeSet<Rule> {
 
 /// The ingress rules of a tier's security group. Redis and postgres are
 /// reachable only from the stack's own groups, never from a CIDR.
-pub(super) fn desired_rules(spec: &VotingStackSpec, tier: Tier, groups: &BTreeMap<Tier, String>) -> BTreeSet<(Rule, &'static str)> {
+pub(super) fn desired_rules(
+    spec: &VotingStackSpec,
+    tier: Tier,
+    groups: &BTreeMap<Tier, String>,
+) -> BTreeSet<(Rule, &'static str)> {
     let mut rules = BTreeSet::new();
     for cidr in &spec.network.ssh_ingress_cidrs {
         rules.insert((Rule::tcp(spec.ssh.port, Source::Cidr(cidr.clone())), "SSH from the operator"));
@@ -426,10 +432,10 @@ impl Ec2Cloud {
                             .send(),
                     )
                     .await?;
-                let id = out
-                    .internet_gateway
-                    .and_then(|g| g.internet_gateway_id)
-                    .ok_or(CloudError::Incomplete { operation: "CreateInternetGateway", missing: "InternetGatewayId" })?;
+                let id = out.internet_gateway.and_then(|g| g.internet_gateway_id).ok_or(CloudError::Incomplete {
+                    operation: "CreateInternetGateway",
+                    missing: "InternetGatewayId",
+                })?;
                 created("internet gateway", &id);
                 id
             }
@@ -508,7 +514,12 @@ impl Ec2Cloud {
                                 .group_name(&group_name)
                                 .description(group_description(stack, tier))
                                 .vpc_id(&vpc_id)
-                                .tag_specifications(tag_spec(ResourceType::SecurityGroup, stack, &group_name, Some(tier)))
+                                .tag_specifications(tag_spec(
+                                    ResourceType::SecurityGroup,
+                                    stack,
+                                    &group_name,
+                                    Some(tier),
+                                ))
                                 .send(),
                         )
                         .await?;
@@ -568,11 +579,8 @@ impl Ec2Cloud {
         desired: &BTreeSet<(Rule, &'static str)>,
     ) -> Result<(), CloudError> {
         let wanted: BTreeSet<&Rule> = desired.iter().map(|(r, _)| r).collect();
-        let missing: Vec<IpPermission> = desired
-            .iter()
-            .filter(|(r, _)| !existing.contains(r))
-            .map(|(r, why)| r.to_permission(Some(why)))
-            .collect();
+        let missing: Vec<IpPermission> =
+            desired.iter().filter(|(r, _)| !existing.contains(r)).map(|(r, why)| r.to_permission(Some(why))).collect();
         let extra: Vec<IpPermission> =
             existing.iter().filter(|r| !wanted.contains(r)).map(|r| r.to_permission(None)).collect();
         if !extra.is_empty() {
@@ -653,7 +661,8 @@ mod tests {
 
     #[test]
     fn private_tiers_take_ssh_from_the_frontend_group_when_the_operator_jumps() {
-        let ssh_from_front = |rules: &[Rule]| rules.iter().any(|r| r.from == 22 && r.source == Source::Group("sg-f".into()));
+        let ssh_from_front =
+            |rules: &[Rule]| rules.iter().any(|r| r.from == 22 && r.source == Source::Group("sg-f".into()));
         // The fixture connects via public IPs, so it jumps through the frontend.
         assert!(ssh_from_front(&rules(Tier::Backend)));
         assert!(ssh_from_front(&rules(Tier::Database)));

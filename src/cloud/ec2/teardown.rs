@@ -29,8 +29,7 @@ impl Ec2Cloud {
             self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", PRESENT_STATES)]).await?;
         let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
         if !ids.is_empty() {
-            self.call("TerminateInstances", c.terminate_instances().set_instance_ids(Some(ids.clone())).send())
-                .await?;
+            self.call("TerminateInstances", c.terminate_instances().set_instance_ids(Some(ids.clone())).send()).await?;
             info!(stack = %stack.tag_value(), ?ids, "terminating instances");
             self.wait_terminated(&ids).await?;
             report.deleted.extend(ids);
@@ -69,7 +68,9 @@ impl Ec2Cloud {
         for group_id in inv.groups.iter().filter_map(|g| g.group_id()) {
             let deleted = self
                 .settle(move || async move {
-                    self.call("DeleteSecurityGroup", c.delete_security_group().group_id(group_id).send()).await.map(drop)
+                    self.call("DeleteSecurityGroup", c.delete_security_group().group_id(group_id).send())
+                        .await
+                        .map(drop)
                 })
                 .await?;
             if deleted {
@@ -143,7 +144,9 @@ impl Ec2Cloud {
         // 7. VPCs (their main route table, default group and ACL go with them).
         for vpc_id in inv.vpcs.iter().filter_map(|v| v.vpc_id()) {
             let deleted = self
-                .settle(move || async move { self.call("DeleteVpc", c.delete_vpc().vpc_id(vpc_id).send()).await.map(drop) })
+                .settle(
+                    move || async move { self.call("DeleteVpc", c.delete_vpc().vpc_id(vpc_id).send()).await.map(drop) },
+                )
                 .await?;
             if deleted {
                 report.deleted.push(vpc_id.to_owned());
@@ -206,8 +209,9 @@ impl Ec2Cloud {
         let subnet_ids =
             missing(known.subnet_id.iter().collect(), inv.subnets.iter().filter_map(|s| s.subnet_id()).collect());
         if !subnet_ids.is_empty() {
-            let out =
-                self.call("DescribeSubnets", c.describe_subnets().filters(filter("subnet-id", subnet_ids)).send()).await?;
+            let out = self
+                .call("DescribeSubnets", c.describe_subnets().filters(filter("subnet-id", subnet_ids)).send())
+                .await?;
             inv.subnets.extend(out.subnets.unwrap_or_default());
         }
         let rt_ids = missing(
@@ -220,13 +224,14 @@ impl Ec2Cloud {
                 .await?;
             inv.route_tables.extend(out.route_tables.unwrap_or_default());
         }
-        let group_ids = missing(
-            known.security_groups.values().collect(),
-            inv.groups.iter().filter_map(|g| g.group_id()).collect(),
-        );
+        let group_ids =
+            missing(known.security_groups.values().collect(), inv.groups.iter().filter_map(|g| g.group_id()).collect());
         if !group_ids.is_empty() {
             let out = self
-                .call("DescribeSecurityGroups", c.describe_security_groups().filters(filter("group-id", group_ids)).send())
+                .call(
+                    "DescribeSecurityGroups",
+                    c.describe_security_groups().filters(filter("group-id", group_ids)).send(),
+                )
                 .await?;
             inv.groups.extend(out.security_groups.unwrap_or_default());
         }
