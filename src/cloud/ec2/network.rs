@@ -296,6 +296,31 @@ fn key_identity(openssh: &str) -> String {
 }
 
 impl Ec2Cloud {
+    /// Fills the stack's subnets, route tables and security groups in (by tag).
+    pub(super) async fn describe_vpc_children(
+        &self,
+        stack: &StackIdentity,
+        inv: &mut Inventory,
+    ) -> Result<(), CloudError> {
+        let c = &self.client;
+        inv.subnets = self
+            .call("DescribeSubnets", c.describe_subnets().filters(stack_filter(stack)).send())
+            .await?
+            .subnets
+            .unwrap_or_default();
+        inv.route_tables = self
+            .call("DescribeRouteTables", c.describe_route_tables().filters(stack_filter(stack)).send())
+            .await?
+            .route_tables
+            .unwrap_or_default();
+        inv.groups = self
+            .call("DescribeSecurityGroups", c.describe_security_groups().filters(stack_filter(stack)).send())
+            .await?
+            .security_groups
+            .unwrap_or_default();
+        Ok(())
+    }
+
     /// Looks up every resource with the stack's tag: one Describe call per
     /// kind (the children only when a VPC exists).
     pub(super) async fn inventory(
@@ -311,21 +336,7 @@ impl Ec2Cloud {
             .unwrap_or_default();
         let mut inv = Inventory { vpcs, ..Default::default() };
         if !inv.vpcs.is_empty() {
-            inv.subnets = self
-                .call("DescribeSubnets", c.describe_subnets().filters(stack_filter(stack)).send())
-                .await?
-                .subnets
-                .unwrap_or_default();
-            inv.route_tables = self
-                .call("DescribeRouteTables", c.describe_route_tables().filters(stack_filter(stack)).send())
-                .await?
-                .route_tables
-                .unwrap_or_default();
-            inv.groups = self
-                .call("DescribeSecurityGroups", c.describe_security_groups().filters(stack_filter(stack)).send())
-                .await?
-                .security_groups
-                .unwrap_or_default();
+            self.describe_vpc_children(stack, &mut inv).await?;
         }
         inv.gateways = self
             .call("DescribeInternetGateways", c.describe_internet_gateways().filters(stack_filter(stack)).send())

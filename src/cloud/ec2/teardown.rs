@@ -190,21 +190,7 @@ impl Ec2Cloud {
         }
         if !inv.vpcs.is_empty() && inv.subnets.is_empty() && inv.route_tables.is_empty() && inv.groups.is_empty() {
             // The children were not looked up when no VPC carried the tag.
-            inv.subnets = self
-                .call("DescribeSubnets", c.describe_subnets().filters(stack_filter(stack)).send())
-                .await?
-                .subnets
-                .unwrap_or_default();
-            inv.route_tables = self
-                .call("DescribeRouteTables", c.describe_route_tables().filters(stack_filter(stack)).send())
-                .await?
-                .route_tables
-                .unwrap_or_default();
-            inv.groups = self
-                .call("DescribeSecurityGroups", c.describe_security_groups().filters(stack_filter(stack)).send())
-                .await?
-                .security_groups
-                .unwrap_or_default();
+            self.describe_vpc_children(stack, &mut inv).await?;
         }
         let subnet_ids =
             missing(known.subnet_id.iter().collect(), inv.subnets.iter().filter_map(|s| s.subnet_id()).collect());
