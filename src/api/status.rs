@@ -144,6 +144,11 @@ pub struct TierStatus {
     /// SHA256 fingerprint of the host key pinned for `instanceId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key_fingerprint: Option<String>,
+    /// When the key was first seen (RFC 3339). During the first minutes a
+    /// new instance's address may still answer from its predecessor, so the
+    /// pin is held firmly only once this is older than two minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_pinned_at: Option<String>,
     /// How many times this tier's instance was replaced (part of the EC2 ClientToken).
     #[serde(default)]
     pub replacements: u32,

@@ -533,6 +533,7 @@ fn record_instances(status: &mut VotingStackStatus, keepers: &BTreeMap<Tier, Obs
         if entry.instance_id.as_deref() != Some(inst.id.as_str()) {
             // A new instance: a new host key will be pinned on first contact.
             entry.host_key_fingerprint = None;
+            entry.host_key_pinned_at = None;
             entry.containers.clear();
             entry.instance_id = Some(inst.id.clone());
         }
@@ -542,10 +543,29 @@ fn record_instances(status: &mut VotingStackStatus, keepers: &BTreeMap<Tier, Obs
     }
 }
 
+/// How long after first contact a pinned host key may still change: a
+/// replacement instance can get its predecessor's private IP, and for a short
+/// while that address may still answer from the old host.
+pub const PIN_SETTLE: chrono::Duration = chrono::Duration::minutes(2);
+
+/// Whether a tier's pin is still settling (see [`PIN_SETTLE`]).
+fn pin_is_settling(t: &TierStatus) -> bool {
+    let pinned_at = t.host_key_pinned_at.as_deref().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
+    pinned_at.is_some_and(|at| chrono::Utc::now().signed_duration_since(at) < PIN_SETTLE)
+}
+
 fn pin_host_key(status: &mut VotingStackStatus, tier: Tier, fingerprint: &str) {
     if let Some(t) = status.tiers.get_or_insert_with(TiersStatus::default).slot(tier).as_mut() {
-        if t.host_key_fingerprint.is_none() {
+        let first = t.host_key_fingerprint.is_none();
+        let moved = t.host_key_fingerprint.as_deref() != Some(fingerprint);
+        if first || (moved && pin_is_settling(t)) {
+            if !first {
+                warn!(%tier, fingerprint, "host key changed while its pin was settling; pinning the new key");
+            }
             t.host_key_fingerprint = Some(fingerprint.to_string());
+            if first {
+                t.host_key_pinned_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            }
         }
     }
 }
@@ -603,7 +623,7 @@ pub fn host_target(
             .tiers
             .as_ref()
             .and_then(|t| t.get(tier))
-            .filter(|t| t.instance_id.as_deref() == Some(inst.id.as_str()))
+            .filter(|t| t.instance_id.as_deref() == Some(inst.id.as_str()) && !pin_is_settling(t))
             .and_then(|t| t.host_key_fingerprint.clone()),
     };
     let make = |tier: Tier, inst: &ObservedInstance, address: Ipv4Addr, jump: Option<Box<HostTarget>>| HostTarget {

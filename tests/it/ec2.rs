@@ -250,8 +250,9 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
         let ssh = "cidr:203.0.113.0/24";
         let expected = match tier {
             Tier::Frontend => set(&[(22, ssh), (80, "cidr:0.0.0.0/0"), (81, "cidr:0.0.0.0/0")]),
-            Tier::Backend => set(&[(22, ssh), (6379, "sg:frontend"), (6379, "sg:backend")]),
-            Tier::Database => set(&[(22, ssh), (5432, "sg:backend"), (5432, "sg:frontend")]),
+            // The fixture connects via public IPs: SSH to the private tiers hops through the frontend.
+            Tier::Backend => set(&[(22, ssh), (22, "sg:frontend"), (6379, "sg:frontend"), (6379, "sg:backend")]),
+            Tier::Database => set(&[(22, ssh), (22, "sg:frontend"), (5432, "sg:backend"), (5432, "sg:frontend")]),
         };
         assert_eq!(rules, expected, "{tier} group rules");
         for (port, source) in &rules {
@@ -473,7 +474,7 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     let g = w.client.describe_security_groups().group_ids(&backend).send().await.unwrap();
     assert_eq!(
         rules_of(&g.security_groups()[0], &first),
-        set(&[(22, "cidr:203.0.113.0/24"), (6379, "sg:frontend"), (6379, "sg:backend")])
+        set(&[(22, "cidr:203.0.113.0/24"), (22, "sg:frontend"), (6379, "sg:frontend"), (6379, "sg:backend")])
     );
 
     // A gateway deleted behind the operator's back: the network is incomplete,

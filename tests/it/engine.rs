@@ -158,16 +158,43 @@ async fn engine_paused_stack_is_observed_not_changed() {
     assert_eq!(reason(&out, ConditionType::BackendReady), "False NotReady");
 }
 
+/// Ages every pin past the settle window.
+fn settled(mut status: VotingStackStatus) -> VotingStackStatus {
+    for tier in Tier::ALL {
+        if let Some(t) = status.tiers.as_mut().and_then(|t| t.slot(tier).as_mut()) {
+            t.host_key_pinned_at = Some("2020-01-01T00:00:00Z".into());
+        }
+    }
+    status
+}
+
 #[tokio::test]
 async fn engine_host_key_change_is_refused_and_terminal() {
     let (engine, _cloud, hosts) = engine();
     let first = engine.reconcile(&stack(), Ok(key())).await;
     let front = instance_id(&first, Tier::Frontend);
     hosts.with_host(&front, |h| h.fingerprint = "SHA256:someone-else".into());
-    let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    let out = engine.reconcile(&with_status(stack(), &settled(first.status)), Ok(key())).await;
     assert_eq!(reason(&out, ConditionType::FrontendReady), "False HostKeyMismatch");
     assert_eq!(reason(&out, ConditionType::Ready), "False HostKeyMismatch");
     assert_eq!(out.status.phase, Some(Phase::Failed));
+}
+
+#[tokio::test]
+async fn engine_host_key_may_change_while_the_pin_settles() {
+    // A replacement can answer from its predecessor's address for a moment.
+    let (engine, _cloud, hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    let db = instance_id(&first, Tier::Database);
+    let pinned = first.status.tiers.as_ref().unwrap().database.as_ref().unwrap().clone();
+    assert_eq!(pinned.host_key_fingerprint.as_deref(), Some(format!("SHA256:{db}").as_str()));
+    assert!(pinned.host_key_pinned_at.is_some());
+    hosts.with_host(&db, |h| h.fingerprint = "SHA256:the-real-one".into());
+    let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    assert_eq!(out.status.phase, Some(Phase::Ready));
+    let repinned = out.status.tiers.as_ref().unwrap().database.as_ref().unwrap();
+    assert_eq!(repinned.host_key_fingerprint.as_deref(), Some("SHA256:the-real-one"));
+    assert_eq!(repinned.host_key_pinned_at, pinned.host_key_pinned_at, "the settle window does not restart");
 }
 
 #[tokio::test]
