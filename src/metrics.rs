@@ -82,7 +82,7 @@ impl Metrics {
     }
 }
 
-async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn render_metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render())
 }
 
@@ -101,14 +101,10 @@ async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
 /// The router serving the three endpoints.
 pub fn router(metrics: Arc<Metrics>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_handler))
+        .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(metrics)
-}
-
-async fn metrics_handler(state: State<Arc<Metrics>>) -> impl IntoResponse {
-    metrics(state).await
 }
 
 /// Serves the endpoints on `addr` until the process ends.
