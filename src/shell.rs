@@ -73,7 +73,8 @@ pub async fn engine_for(spec: &VotingStackSpec, hosts: Arc<SshHosts>, settings: 
 pub struct DriftHub {
     hosts: Arc<SshHosts>,
     events: mpsc::Sender<DriftEvent>,
-    watchers: Mutex<HashMap<(String, Tier), (String, DriftWatcher)>>,
+    /// By stack and tier: the target a stream was started for, and the stream.
+    watchers: Mutex<HashMap<(String, Tier), (HostTarget, DriftWatcher)>>,
 }
 
 impl DriftHub {
@@ -82,15 +83,15 @@ impl DriftHub {
     }
 
     /// Makes sure a stream runs for each target (restarting one whose
-    /// instance changed). Cheap when nothing changed.
+    /// instance, address or pinned host key changed). Cheap when nothing changed.
     pub fn ensure(&self, targets: &[HostTarget], key: &SshKey) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
         for target in targets {
             let slot = (target.stack.clone(), target.tier);
-            let current = watchers.get(&slot).is_some_and(|(id, w)| *id == target.instance_id && !w.is_finished());
+            let current = watchers.get(&slot).is_some_and(|(t, w)| t == target && !w.is_finished());
             if !current {
                 let watcher = DriftWatcher::spawn(self.hosts.clone(), target.clone(), key.clone(), self.events.clone());
-                watchers.insert(slot, (target.instance_id.clone(), watcher));
+                watchers.insert(slot, (target.clone(), watcher));
             }
         }
     }
