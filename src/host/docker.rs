@@ -115,6 +115,8 @@ pub fn observe_script(stack: &str, tier: Tier) -> Script {
 
 #[derive(Deserialize)]
 struct RawObservation {
+    #[serde(default)]
+    instance: String,
     docker: String,
     #[serde(default)]
     docker_why: String,
@@ -152,11 +154,19 @@ pub enum ObserveProblem {
     Unreadable(String),
     /// Docker answered but listing the stack's containers failed.
     ListFailed(String),
+    /// Another instance answers at the address (the one named here).
+    OtherInstance(String),
 }
 
 /// Reads the observe script's output. `stack` filters containers once more
-/// (the label must match exactly).
-pub fn parse_observation(stdout: &[u8], stack: &str, fingerprint: &str) -> Result<ObservedHost, ObserveProblem> {
+/// (the label must match exactly); a host that names itself as another
+/// instance than `instance_id` is refused.
+pub fn parse_observation(
+    stdout: &[u8],
+    stack: &str,
+    instance_id: &str,
+    fingerprint: &str,
+) -> Result<ObservedHost, ObserveProblem> {
     let text = String::from_utf8_lossy(stdout);
     // login scripts may print before the script does: the document is the last line
     let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
@@ -164,6 +174,9 @@ pub fn parse_observation(stdout: &[u8], stack: &str, fingerprint: &str) -> Resul
         let shown: String = line.chars().take(200).collect();
         ObserveProblem::Unreadable(format!("{e} in {shown:?}"))
     })?;
+    if !raw.instance.is_empty() && raw.instance != instance_id {
+        return Err(ObserveProblem::OtherInstance(raw.instance));
+    }
     let docker = match raw.docker.as_str() {
         "running" => DockerState::Running,
         "missing" => DockerState::Missing,
@@ -540,7 +553,7 @@ mod tests {
         let out = br#"motd line
 {"docker":"running","docker_why":"","containers":[{"name":"/db","image":"postgres:15-alpine","image_id":"sha256:1","state":"running","exit_code":0,"labels":{"votingstack.dev/stack":"default/demo","votingstack.dev/config-hash":"abc"}},{"name":"/x","image":"i","image_id":"","state":"exited","exit_code":137,"labels":{"votingstack.dev/stack":"default/demo"}},{"name":"/other","image":"i","state":"running","exit_code":0,"labels":null}],"list_error":"","probes":[{"name":"db","ok":false,"detail":"psql: error"}]}
 "#;
-        let o = parse_observation(out, "default/demo", "SHA256:x").unwrap();
+        let o = parse_observation(out, "default/demo", "i-1", "SHA256:x").unwrap();
         assert_eq!(o.docker, DockerState::Running);
         assert_eq!(o.containers.len(), 2);
         let db = o.container("db").unwrap();
@@ -552,10 +565,20 @@ mod tests {
     }
 
     #[test]
+    fn a_host_naming_another_instance_is_refused() {
+        let doc = br#"{"instance":"i-old","docker":"running","containers":[],"list_error":"","probes":[]}"#;
+        assert!(
+            matches!(parse_observation(doc, "s", "i-new", "f"), Err(ObserveProblem::OtherInstance(i)) if i == "i-old")
+        );
+        assert!(parse_observation(doc, "s", "i-old", "f").is_ok());
+    }
+
+    #[test]
     fn docker_down_and_missing_are_told_apart() {
         let o = parse_observation(
             br#"{"docker":"down","docker_why":"Cannot connect","containers":[],"list_error":"","probes":[]}"#,
             "s",
+            "i-1",
             "f",
         )
         .unwrap();
@@ -563,13 +586,14 @@ mod tests {
         let o = parse_observation(
             br#"{"docker":"missing","docker_why":"","containers":[],"list_error":"","probes":[]}"#,
             "s",
+            "i-1",
             "f",
         )
         .unwrap();
         assert_eq!(o.docker, DockerState::Missing);
-        assert!(matches!(parse_observation(b"garbage", "s", "f"), Err(ObserveProblem::Unreadable(_))));
+        assert!(matches!(parse_observation(b"garbage", "s", "i-1", "f"), Err(ObserveProblem::Unreadable(_))));
         assert!(matches!(
-            parse_observation(br#"{"docker":"running","list_error":"permission denied"}"#, "s", "f"),
+            parse_observation(br#"{"docker":"running","list_error":"permission denied"}"#, "s", "i-1", "f"),
             Err(ObserveProblem::ListFailed(_))
         ));
     }
@@ -603,7 +627,7 @@ esac
             .env("PATH", path)
             .output()
             .unwrap();
-        let o = parse_observation(&out.stdout, "ns/a b", "fp")
+        let o = parse_observation(&out.stdout, "ns/a b", "i-1", "fp")
             .unwrap_or_else(|e| panic!("{e:?}: {}", String::from_utf8_lossy(&out.stdout)));
         assert_eq!(o.containers.len(), 2);
         assert_eq!(o.probe("redis"), Some(&Ok(())));
@@ -629,7 +653,7 @@ esac
             .env("PATH", dir.path())
             .output()
             .unwrap();
-        let o = parse_observation(&out.stdout, "ns/x", "fp").unwrap();
+        let o = parse_observation(&out.stdout, "ns/x", "i-1", "fp").unwrap();
         assert_eq!(o.docker, DockerState::Missing);
         assert!(o.probes.is_empty());
     }

@@ -2,7 +2,7 @@
 #   $1  value of the votingstack.dev/stack label
 #   $2  tier (database | backend | frontend): which readiness probes to run
 #
-# {"docker": "running|missing|down", "docker_why": "...",
+# {"instance": "i-..." (when the host can tell), "docker": "running|missing|down", "docker_why": "...",
 #  "list_error": "..." (when listing containers failed),
 #  "containers": [{"name", "image", "image_id", "state", "exit_code", "labels"}],
 #  "probes": [{"name", "ok", "detail"}]}
@@ -10,9 +10,21 @@
 vs_stack=$1
 vs_tier=$2
 
+# Which EC2 instance answers at this address, when the host can tell: a
+# hostname that is an instance id, else the Nitro DMI asset tag.
+vs_instance=$(hostname 2>/dev/null)
+case "$vs_instance" in
+  i-[0-9a-f]*) ;;
+  *) vs_instance=$(cat /sys/devices/virtual/dmi/id/board_asset_tag 2>/dev/null) ;;
+esac
+case "$vs_instance" in
+  i-[0-9a-f]*) vs_instance=$(printf '%s' "$vs_instance" | tr -cd 'a-z0-9-') ;;
+  *) vs_instance= ;;
+esac
+
 vs_find_docker
 
-printf '{"docker":"%s","docker_why":"%s","containers":[' "$DOCKER_STATE" "$DOCKER_WHY"
+printf '{"instance":"%s","docker":"%s","docker_why":"%s","containers":[' "$vs_instance" "$DOCKER_STATE" "$DOCKER_WHY"
 vs_list_error=
 if [ "$DOCKER_STATE" = running ]; then
   if vs_ids=$(vs_timeout 30 $DOCKER ps -aq --no-trunc --filter "label=votingstack.dev/stack=$vs_stack" 2>&1 </dev/null); then

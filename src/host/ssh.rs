@@ -498,8 +498,12 @@ impl SshHosts {
                 stderr: docker::tail(&out.stderr),
             });
         }
-        docker::parse_observation(&out.stdout, &target.stack, fingerprint).map_err(|p| match p {
+        docker::parse_observation(&out.stdout, &target.stack, &target.instance_id, fingerprint).map_err(|p| match p {
             ObserveProblem::Unreadable(message) => HostError::Parse { host, message },
+            ObserveProblem::OtherInstance(other) => HostError::Unreachable {
+                host,
+                message: format!("the address still answers as instance {other}; waiting for it to pass to this one"),
+            },
             ObserveProblem::ListFailed(stderr) => {
                 HostError::CommandFailed { host, step: "list the stack's containers".into(), code: 1, stderr }
             }
