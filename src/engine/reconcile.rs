@@ -18,8 +18,8 @@ use crate::host::{HostError, HostTarget, Hosts, SshKey};
 
 use super::conditions::{Finding, Findings};
 use super::desired::{desired_containers, DesiredContainer};
-use super::observed::{DockerState, InstanceState, ObservedHost, ObservedInfra, ObservedInstance};
-use super::plan::{network_sync, plan, plan_host, plan_infra, Action, HostView, Plan};
+use super::observed::{DockerState, InstanceState, ObservedHost, ObservedInstance};
+use super::plan::{network_sync, plan, plan_host, plan_infra, Action, HostView, InfraPlan, Plan};
 
 /// Timing knobs of the engine.
 #[derive(Clone, Debug)]
@@ -135,10 +135,9 @@ impl Engine {
         let ident = StackIdentity::of(stack);
 
         // observe + plan + act: EC2
-        let Some(infra) = self.converge_infra(&ident, stack, &key, run).await else { return };
+        let Some(infra_plan) = self.converge_infra(&ident, stack, &key, run).await else { return };
 
         // observe + plan + act: hosts, in tier order
-        let infra_plan = plan_infra(spec, &run.status, &infra);
         record_instances(&mut run.status, &infra_plan.keepers);
         let peers = infra_plan.peers();
         let mut changed_hosts = false;
@@ -161,18 +160,19 @@ impl Engine {
             run.findings.tiers.insert(target.tier, finding);
         }
         self.check_web(spec, &infra_plan.keepers, run).await;
-        self.smoke_test(stack, &infra_plan.keepers, &key, changed_hosts, run).await;
+        self.smoke_test(stack, &key, changed_hosts, run).await;
     }
 
     /// Observes EC2 and carries out the EC2 half of the plan. Returns the
-    /// instances as they are afterwards, or None when EC2 failed.
+    /// plan of the instances as they are afterwards (which instance serves
+    /// each tier), or None when EC2 failed.
     async fn converge_infra(
         &self,
         ident: &StackIdentity,
         stack: &VotingStack,
         key: &SshKey,
         run: &mut Run,
-    ) -> Option<ObservedInfra> {
+    ) -> Option<InfraPlan> {
         let spec = &stack.spec;
         let calls_before = self.cloud.api_calls();
         let mut infra = match self.cloud.observe(ident, run.status.network.as_ref()).await {
@@ -202,7 +202,7 @@ impl Engine {
         debug!(stack = %ident.tag_value(), calls = self.cloud.api_calls() - calls_before, "EC2 calls this reconcile");
         let after = plan_infra(spec, &run.status, &infra);
         run.findings.infrastructure = Some(infra_finding(&after.keepers, &after.drift));
-        Some(infra)
+        Some(after)
     }
 
     async fn act_infra(
@@ -309,14 +309,7 @@ impl Engine {
 
     /// Casts a vote with a unique voter id and waits for it in postgres. Runs
     /// only when something changed; a steady stack keeps its last result.
-    async fn smoke_test(
-        &self,
-        stack: &VotingStack,
-        keepers: &BTreeMap<Tier, ObservedInstance>,
-        key: &SshKey,
-        changed_hosts: bool,
-        run: &mut Run,
-    ) {
+    async fn smoke_test(&self, stack: &VotingStack, key: &SshKey, changed_hosts: bool, run: &mut Run) {
         let spec = &stack.spec;
         let all_ready = Tier::ALL.iter().all(|t| run.findings.tiers.get(t).is_some_and(|f| f.ok));
         if !all_ready {
@@ -335,10 +328,9 @@ impl Engine {
             });
             return;
         }
-        let (Some(vote_url), Some(db)) = (
-            run.status.vote_url.clone(),
-            host_target(&StackIdentity::of(stack).tag_value(), spec, &run.status, Tier::Database, keepers),
-        ) else {
+        // The database host as reached this pass, its key pinned.
+        let db = run.targets.iter().find(|t| t.tier == Tier::Database).cloned();
+        let (Some(vote_url), Some(db)) = (run.status.vote_url.clone(), db) else {
             return;
         };
         let voter = format!("votingstack-smoke-{}", chrono::Utc::now().timestamp_millis());
@@ -452,7 +444,7 @@ struct Run {
 }
 
 impl Run {
-    fn cloud_failed(&mut self, e: CloudError) -> Option<ObservedInfra> {
+    fn cloud_failed(&mut self, e: CloudError) -> Option<InfraPlan> {
         self.findings.infrastructure = Some(Finding::not(e.reason(), e.to_string()));
         self.error = Some("aws");
         None
