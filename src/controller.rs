@@ -81,13 +81,14 @@ impl Context {
         engines: Arc<dyn Engines>,
         metrics: Arc<Metrics>,
         reporter: Reporter,
+        drift: Option<Arc<DriftHub>>,
         drift_tx: mpsc::Sender<ObjectRef<VotingStack>>,
     ) -> Arc<Context> {
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             engines,
-            drift: None,
+            drift,
             metrics,
             failures: Mutex::new(HashMap::new()),
             drift_tx,
@@ -330,10 +331,8 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     let hosts = crate::shell::ssh_hosts();
     let settings = crate::engine::EngineSettings { resync: opts.resync, ..Default::default() };
     let engines = Arc::new(crate::shell::RegionalEngines::new(hosts.clone(), settings));
-    let mut ctx = Context::new(client.clone(), engines, metrics.clone(), reporter, drift_tx);
-    if let Some(c) = Arc::get_mut(&mut ctx) {
-        c.drift = Some(Arc::new(DriftHub::new(hosts, event_tx)));
-    }
+    let hub = Arc::new(DriftHub::new(hosts, event_tx));
+    let ctx = Context::new(client.clone(), engines, metrics.clone(), reporter, Some(hub), drift_tx);
     if !opts.leader_election {
         run_controller(ctx, drift_rx).await;
         return Ok(());

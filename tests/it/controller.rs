@@ -25,7 +25,7 @@ fn context() -> (Arc<Context>, Handle, fakes::FakeCloud) {
     let (engine, cloud, _hosts) = fakes::engine();
     let reporter = Reporter { controller: "votingstack-operator".into(), instance: Some("test".into()) };
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
-    (Context::new(client, Arc::new(engine), Arc::new(Metrics::default()), reporter, tx), handle, cloud)
+    (Context::new(client, Arc::new(engine), Arc::new(Metrics::default()), reporter, None, tx), handle, cloud)
 }
 
 fn respond(send: tower_test::mock::SendResponse<Response<Body>>, status: u16, body: &Value) {
@@ -232,7 +232,7 @@ mod on_the_api_double {
         hosts.state.lock().unwrap().all_down = true;
         let reporter = Reporter { controller: "votingstack-operator".into(), instance: Some("test".into()) };
         let (tx, rx) = tokio::sync::mpsc::channel(8);
-        let ctx = Context::new(client.clone(), Arc::new(engine), Arc::new(Metrics::default()), reporter, tx);
+        let ctx = Context::new(client.clone(), Arc::new(engine), Arc::new(Metrics::default()), reporter, None, tx);
         let controller = tokio::spawn(votingstack::controller::run_controller(ctx, rx));
 
         let waiting = eventually(20, "Ready=False while hosts are down", || {
