@@ -8,7 +8,8 @@
 //! medians as `key=value` lines:
 //!
 //! - `steady_reconcile_ms`: wall time of one `Engine::reconcile`
-//! - `ssh_execs_per_host_steady`: SSH commands per host during one reconcile
+//! - `api_round_trips_per_host_steady`: round trips per host (SSH execs and
+//!   Docker engine API requests) during one reconcile
 //! - `ec2_calls_steady`: EC2 API calls during one reconcile
 //!
 //! Afterwards it times the parts of a reconcile on their own (the EC2
@@ -26,7 +27,7 @@ use std::time::Instant;
 use votingstack::cli::{load_state, stack_with_state};
 use votingstack::cloud::StackIdentity;
 use votingstack::manifest::Manifest;
-use votingstack::shell;
+use votingstack::wiring;
 
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
@@ -73,7 +74,7 @@ async fn main() -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(e),
     };
-    let engine = shell::engine_for(&manifest.stack.spec, shell::ssh_hosts(), Default::default()).await;
+    let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), Default::default()).await;
 
     // Warm-up: opens and pins the SSH sessions the measured runs reuse.
     let stack = stack_with_state(&manifest, &state);
@@ -88,12 +89,12 @@ async fn main() -> ExitCode {
     let mut ec2 = Vec::with_capacity(runs);
     for i in 0..runs {
         let stack = stack_with_state(&manifest, &state);
-        let ssh_before = engine.hosts().commands_run();
+        let ssh_before = engine.hosts().round_trips();
         let ec2_before = engine.cloud().api_calls();
         let started = Instant::now();
         let outcome = engine.reconcile(&stack, Ok(key.clone())).await;
         let elapsed = started.elapsed();
-        let ssh = engine.hosts().commands_run() - ssh_before;
+        let ssh = engine.hosts().round_trips() - ssh_before;
         let calls = engine.cloud().api_calls() - ec2_before;
         if !outcome.is_ready() {
             return fail(format!("run {}: the stack left Ready (phase {:?})", i + 1, outcome.status.phase));
@@ -154,7 +155,7 @@ async fn main() -> ExitCode {
     }
 
     println!("steady_reconcile_ms={:.1}", median(millis));
-    println!("ssh_execs_per_host_steady={}", median(ssh_per_host));
+    println!("api_round_trips_per_host_steady={}", median(ssh_per_host));
     println!("ec2_calls_steady={}", median(ec2));
     ExitCode::SUCCESS
 }

@@ -13,6 +13,7 @@ use crate::api::conditions::find_condition;
 use crate::api::{ConditionType, Phase, Tier, VotingStack, VotingStackStatus};
 use crate::engine::plan::Plan;
 use crate::engine::{Engine, Outcome, Teardown};
+use crate::host::events::{DriftEvent, STREAM_LOST};
 use crate::manifest::{Manifest, ManifestError};
 
 /// Errors of the CLI, each with what to do.
@@ -28,8 +29,12 @@ pub enum CliError {
     Timeout { stack: String, seconds: u64, message: String },
     #[error("{stack} needs you: {message}")]
     Failed { stack: String, message: String },
-    #[error("cannot build the engine: {0}")]
-    Engine(String),
+    #[error("cannot render the CRD: {0}")]
+    Crd(#[from] serde_yaml::Error),
+    #[error("cannot reach the Kubernetes API (kubeconfig or in-cluster config): {0}")]
+    KubeConfig(#[from] kube::Error),
+    #[error("{0}")]
+    Controller(#[from] crate::controller::ControllerError),
 }
 
 /// What the CLI keeps between runs, next to the manifest.
@@ -281,4 +286,17 @@ pub async fn destroy(engine: &Engine, manifest: &Manifest, state_path: &Path) ->
         }
     }
     Ok(teardown)
+}
+
+/// Prints each drift event the hosts' event streams report, and wakes the
+/// apply loop (at most one wake-up waits; more would add nothing).
+pub async fn report_drift(mut events: tokio::sync::mpsc::Receiver<DriftEvent>, wake: tokio::sync::mpsc::Sender<()>) {
+    while let Some(e) = events.recv().await {
+        if e.action == STREAM_LOST {
+            println!("  ! {}: lost the event stream of the {} host; checking", e.stack, e.tier);
+        } else {
+            println!("  ! {} container {} on the {} host: {}; repairing", e.stack, e.container, e.tier, e.action);
+        }
+        let _ = wake.try_send(());
+    }
 }

@@ -24,12 +24,12 @@ use tracing::{error, info, warn};
 
 use crate::api::{VotingStack, VotingStackStatus, FINALIZER};
 use crate::cloud::CloudError;
-use crate::engine::{Outcome, Teardown};
+use crate::engine::{ErrorKind, Outcome, Teardown};
 use crate::host::events::DriftEvent;
 use crate::leader::{LeaderElector, LeaseConfig};
 use crate::manifest::key_from_secret;
 use crate::metrics::Metrics;
-use crate::shell::{DriftHub, Engines};
+use crate::wiring::{DriftHub, Engines};
 
 /// Field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "votingstack-operator";
@@ -41,8 +41,8 @@ pub enum ControllerError {
     Kube(#[from] kube::Error),
     #[error("finalizer step failed: {0}")]
     Finalizer(String),
-    #[error("{stack}: reconcile hit a {kind} problem; see status.conditions")]
-    Transient { stack: String, kind: &'static str },
+    #[error("{stack}: reconcile hit a {} problem; see status.conditions", .kind.metric_label())]
+    Transient { stack: String, kind: ErrorKind },
     #[error("{stack}: tearing down AWS resources failed: {source}")]
     Destroy { stack: String, source: CloudError },
     #[error("VotingStack {0} has no namespace")]
@@ -54,7 +54,7 @@ impl ControllerError {
         match self {
             ControllerError::Kube(_) => "kube",
             ControllerError::Finalizer(_) => "finalizer",
-            ControllerError::Transient { kind, .. } => kind,
+            ControllerError::Transient { kind, .. } => kind.metric_label(),
             ControllerError::Destroy { .. } => "destroy",
             ControllerError::NoNamespace(_) => "invalid_object",
         }
@@ -158,16 +158,16 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     let key = read_key(&ctx, &stack).await;
     let engine = ctx.engines.for_spec(&stack.spec).await;
     let ec2_before = engine.cloud().api_calls();
-    let ssh_before = engine.hosts().commands_run();
+    let ssh_before = engine.hosts().round_trips();
     let outcome = engine.reconcile(&stack, key.clone()).await;
     ctx.metrics.ec2_calls.inc_by(engine.cloud().api_calls().saturating_sub(ec2_before));
-    ctx.metrics.ssh_execs.inc_by(engine.hosts().commands_run().saturating_sub(ssh_before));
+    ctx.metrics.host_round_trips.inc_by(engine.hosts().round_trips().saturating_sub(ssh_before));
     if let (Some(hub), Ok(key)) = (&ctx.drift, &key) {
         hub.ensure(&outcome.targets, key);
     }
     write_status(&ctx.client, &stack, &outcome.status).await?;
     publish_transitions(&ctx, &stack, &outcome).await;
-    ctx.metrics.observe_reconcile(started.elapsed(), outcome.error_kind);
+    ctx.metrics.observe_reconcile(started.elapsed(), outcome.error);
     let ready_before = stack.status.as_ref().and_then(|s| s.phase) == Some(crate::api::Phase::Ready);
     match (ready_before, outcome.is_ready()) {
         (false, true) => ctx.metrics.ready_stacks.inc(),
@@ -175,8 +175,10 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
         _ => 0,
     };
     let terminal = outcome.status.phase == Some(crate::api::Phase::Failed);
-    match outcome.error_kind {
-        Some(kind) if !terminal && kind != "secret" => Err(ControllerError::Transient { stack: stack.key(), kind }),
+    match outcome.error {
+        Some(kind) if !terminal && kind != ErrorKind::Secret => {
+            Err(ControllerError::Transient { stack: stack.key(), kind })
+        }
         _ => {
             ctx.failure_count(&stack.key(), false);
             Ok(Action::requeue(outcome.requeue_after))
@@ -328,9 +330,9 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     let (drift_tx, drift_rx) = mpsc::channel(256);
     let (event_tx, event_rx) = mpsc::channel(256);
     forward_drift(event_rx, drift_tx.clone());
-    let hosts = crate::shell::ssh_hosts();
+    let hosts = crate::wiring::ssh_hosts();
     let settings = crate::engine::EngineSettings { resync: opts.resync, ..Default::default() };
-    let engines = Arc::new(crate::shell::RegionalEngines::new(hosts.clone(), settings));
+    let engines = Arc::new(crate::wiring::RegionalEngines::new(hosts.clone(), settings));
     let hub = Arc::new(DriftHub::new(hosts, event_tx));
     let ctx = Context::new(client.clone(), engines, metrics.clone(), reporter, Some(hub), drift_tx);
     if !opts.leader_election {

@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use votingstack::cli::{self, ApplyOptions, CliError};
 use votingstack::engine::{EngineSettings, Teardown};
 use votingstack::manifest::Manifest;
-use votingstack::shell;
 use votingstack::telemetry::{self, LogFormat};
+use votingstack::wiring;
 
 #[derive(Parser)]
 #[command(name = "votingstack", version, about = "Deploys the three-tier voting app on EC2 and keeps it alive")]
@@ -106,7 +106,7 @@ fn load(args: &FileArgs) -> Result<(Manifest, PathBuf), CliError> {
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
     match cli.command {
         Command::Crd => {
-            let yaml = votingstack::api::crd_yaml().map_err(|e| CliError::Engine(e.to_string()))?;
+            let yaml = votingstack::api::crd_yaml()?;
             print!("{yaml}");
             Ok(ExitCode::SUCCESS)
         }
@@ -115,7 +115,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let engine = if args.offline {
                 None
             } else {
-                Some(shell::engine_for(&manifest.stack.spec, shell::ssh_hosts(), Default::default()).await)
+                Some(wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), Default::default()).await)
             };
             let plan = cli::plan(engine.as_ref(), &manifest, &state).await?;
             print!("{}", cli::render_plan(&manifest.stack, &plan));
@@ -123,28 +123,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Apply(args) => {
             let (manifest, state) = load(&args.file)?;
-            let hosts = shell::ssh_hosts();
+            let hosts = wiring::ssh_hosts();
             let settings =
                 EngineSettings { resync: Duration::from_secs(args.resync_seconds.max(1)), ..Default::default() };
-            let engine = shell::engine_for(&manifest.stack.spec, hosts.clone(), settings).await;
+            let engine = wiring::engine_for(&manifest.stack.spec, hosts.clone(), settings).await;
             let opts =
                 ApplyOptions { wait: args.wait, watch: args.watch, timeout: Duration::from_secs(args.timeout_seconds) };
-            let (event_tx, mut event_rx) = tokio::sync::mpsc::channel(64);
-            let hub = shell::DriftHub::new(hosts, event_tx);
+            let (event_tx, event_rx) = tokio::sync::mpsc::channel(64);
+            let hub = wiring::DriftHub::new(hosts, event_tx);
             let (wake_tx, wake_rx) = tokio::sync::mpsc::channel(1);
-            tokio::spawn(async move {
-                while let Some(e) = event_rx.recv().await {
-                    if e.action == votingstack::host::events::STREAM_LOST {
-                        println!("  ! {}: lost the event stream of the {} host; checking", e.stack, e.tier);
-                    } else {
-                        println!(
-                            "  ! {} container {} on the {} host: {}; repairing",
-                            e.stack, e.container, e.tier, e.action
-                        );
-                    }
-                    let _ = wake_tx.try_send(());
-                }
-            });
+            tokio::spawn(cli::report_drift(event_rx, wake_tx));
             let mut wake_rx = Some(wake_rx);
             cli::apply(&engine, &manifest, &state, &opts, |outcome, key| {
                 if opts.watch {
@@ -157,7 +145,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Destroy(args) => {
             let (manifest, state) = load(&args)?;
-            let engine = shell::engine_for(&manifest.stack.spec, shell::ssh_hosts(), Default::default()).await;
+            let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), Default::default()).await;
             match cli::destroy(&engine, &manifest, &state).await? {
                 Teardown::Retained => println!("deletionPolicy Retain: every AWS resource was left in place"),
                 Teardown::Deleted(report) => {
@@ -170,7 +158,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Controller(args) => {
-            let client = kube::Client::try_default().await.map_err(|e| CliError::Engine(e.to_string()))?;
+            let client = kube::Client::try_default().await?;
             let opts = votingstack::controller::ControllerOptions {
                 metrics_addr: args.metrics_addr,
                 leader_election: args.leader_election,
@@ -178,7 +166,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 identity: args.identity,
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
             };
-            votingstack::controller::main(client, opts).await.map_err(|e| CliError::Engine(e.to_string()))?;
+            votingstack::controller::main(client, opts).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

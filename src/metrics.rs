@@ -17,6 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::engine::ErrorKind;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
     pub kind: String,
@@ -29,7 +31,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub errors: Family<ErrorLabels, Counter>,
     pub ec2_calls: Counter,
-    pub ssh_execs: Counter,
+    pub host_round_trips: Counter,
     pub ready_stacks: Gauge,
     /// True once the controller runs (and, with leader election, leads or waits as standby).
     pub ready: AtomicBool,
@@ -42,13 +44,17 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new(exponential_buckets(0.01, 2.0, 14));
         let errors = Family::<ErrorLabels, Counter>::default();
         let ec2_calls = Counter::default();
-        let ssh_execs = Counter::default();
+        let host_round_trips = Counter::default();
         let ready_stacks = Gauge::default();
         registry.register("reconcile", "Reconciles run", reconciles.clone());
         registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
         registry.register("reconcile_errors", "Reconciles that hit an error, by kind", errors.clone());
         registry.register("ec2_calls", "EC2 API calls made", ec2_calls.clone());
-        registry.register("ssh_execs", "SSH commands run on hosts", ssh_execs.clone());
+        registry.register(
+            "host_round_trips",
+            "Round trips to hosts: SSH execs and Docker engine API requests",
+            host_round_trips.clone(),
+        );
         registry.register("ready_stacks", "VotingStacks whose last reconcile found them Ready", ready_stacks.clone());
         Metrics {
             registry,
@@ -56,7 +62,7 @@ impl Default for Metrics {
             reconcile_duration,
             errors,
             ec2_calls,
-            ssh_execs,
+            host_round_trips,
             ready_stacks,
             ready: AtomicBool::new(false),
         }
@@ -65,11 +71,11 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Records one reconcile.
-    pub fn observe_reconcile(&self, took: Duration, error_kind: Option<&str>) {
+    pub fn observe_reconcile(&self, took: Duration, error: Option<ErrorKind>) {
         self.reconciles.inc();
         self.reconcile_duration.observe(took.as_secs_f64());
-        if let Some(kind) = error_kind {
-            self.errors.get_or_create(&ErrorLabels { kind: kind.to_string() }).inc();
+        if let Some(kind) = error {
+            self.errors.get_or_create(&ErrorLabels { kind: kind.metric_label().to_string() }).inc();
         }
     }
 
@@ -121,7 +127,7 @@ mod tests {
     fn reconciles_and_errors_are_counted() {
         let m = Metrics::default();
         m.observe_reconcile(Duration::from_millis(20), None);
-        m.observe_reconcile(Duration::from_millis(30), Some("aws"));
+        m.observe_reconcile(Duration::from_millis(30), Some(ErrorKind::Aws));
         let text = m.render();
         assert!(text.contains("votingstack_reconcile_total 2"), "{text}");
         assert!(text.contains("votingstack_reconcile_errors_total{kind=\"aws\"} 1"), "{text}");

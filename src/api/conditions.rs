@@ -99,7 +99,6 @@ pub enum Reason {
     // tiers
     ContainersRunning,
     WaitingForInfrastructure,
-    WaitingForDependency,
     SshUnreachable,
     HostKeyMismatch,
     DockerMissing,
@@ -134,7 +133,6 @@ impl Reason {
             Reason::AwsError => "AwsError",
             Reason::ContainersRunning => "ContainersRunning",
             Reason::WaitingForInfrastructure => "WaitingForInfrastructure",
-            Reason::WaitingForDependency => "WaitingForDependency",
             Reason::SshUnreachable => "SshUnreachable",
             Reason::HostKeyMismatch => "HostKeyMismatch",
             Reason::DockerMissing => "DockerMissing",

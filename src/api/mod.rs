@@ -1,7 +1,6 @@
 //! The VotingStack API: spec, status, conditions, validation, and the CRD.
 
 pub mod conditions;
-pub mod fixtures;
 pub mod spec;
 pub mod status;
 pub mod validate;

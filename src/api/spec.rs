@@ -94,11 +94,11 @@ pub enum ConnectVia {
 pub struct NetworkSpec {
     /// CIDR block of the VPC.
     #[serde(default = "default_vpc_cidr")]
-    #[schemars(length(max = 18), regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
+    #[schemars(length(max = 18), regex(pattern = CIDR_PATTERN))]
     pub vpc_cidr: String,
     /// CIDR block of the single subnet the three hosts share; inside `vpcCidr`.
     #[serde(default = "default_subnet_cidr")]
-    #[schemars(length(max = 18), regex(pattern = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3[0-2])$"))]
+    #[schemars(length(max = 18), regex(pattern = CIDR_PATTERN))]
     pub subnet_cidr: String,
     /// Availability zone of the subnet; AWS picks one when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -359,6 +359,21 @@ impl Tier {
 
     pub fn parse(s: &str) -> Option<Tier> {
         Tier::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Only the frontend faces the internet: it alone gets a public IP.
+    pub fn is_public(self) -> bool {
+        self == Tier::Frontend
+    }
+}
+
+impl VotingStackSpec {
+    /// Whether the operator reaches the private tiers through the frontend
+    /// host: when it connects over public IPs (the private tiers have none),
+    /// or when `ssh.jumpThroughFrontend` asks for it. The security groups
+    /// and the SSH side both follow this one rule.
+    pub fn jumps_through_frontend(&self) -> bool {
+        self.network.connect_via == ConnectVia::PublicIp || self.ssh.jump_through_frontend
     }
 }
 

@@ -265,7 +265,7 @@ fn check_app(p: &mut Problems, spec: &VotingStackSpec) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::fixtures::spec;
+    use crate::fixtures::spec;
 
     fn paths(errors: &[FieldError]) -> Vec<&str> {
         errors.iter().map(|e| e.path.as_str()).collect()

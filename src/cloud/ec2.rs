@@ -33,7 +33,7 @@ use tracing::debug;
 use crate::api::{
     NetworkStatus, Tier, VotingStackSpec, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
 };
-use crate::engine::observed::{ObservedInfra, ObservedInstance};
+use crate::model::{InstanceLaunch, ObservedInfra, ObservedInstance};
 
 use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, StackIdentity};
 
@@ -247,12 +247,10 @@ impl Cloud for Ec2Cloud {
     async fn launch_instance(
         &self,
         stack: &StackIdentity,
-        spec: &VotingStackSpec,
         network: &NetworkStatus,
-        tier: Tier,
-        replacement: u32,
+        launch: &InstanceLaunch,
     ) -> Result<ObservedInstance, CloudError> {
-        self.launch(stack, spec, network, tier, replacement).await
+        self.launch(stack, network, launch).await
     }
 
     async fn start_instance(&self, instance_id: &str) -> Result<(), CloudError> {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use crate::api::{NetworkStatus, Reason, Tier, VotingStack, VotingStackSpec};
-use crate::engine::observed::{ObservedInfra, ObservedInstance};
+use crate::model::{InstanceLaunch, ObservedInfra, ObservedInstance};
 
 /// Who a stack is, for tags, names and ClientTokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,10 +161,8 @@ pub trait Cloud: Send + Sync {
     async fn launch_instance(
         &self,
         stack: &StackIdentity,
-        spec: &VotingStackSpec,
         network: &NetworkStatus,
-        tier: Tier,
-        replacement: u32,
+        launch: &InstanceLaunch,
     ) -> Result<ObservedInstance, CloudError>;
 
     async fn start_instance(&self, instance_id: &str) -> Result<(), CloudError>;

@@ -1,67 +1,14 @@
 //! Desired state: from the spec (and the hosts' IPs) to the containers each
-//! host must run, each with the hash of its configuration.
+//! host must run.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
-
-use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::api::{Tier, VotingStackSpec};
-
-/// Name of the Docker network the operator creates on each host.
-pub const HOST_NETWORK: &str = "votingstack";
-/// Named volume holding postgres data on the database host.
-pub const DB_VOLUME: &str = "votingstack-db-data";
-/// Postgres login hardcoded by the upstream worker and result images.
-pub const POSTGRES_USER: &str = "postgres";
-/// Postgres password hardcoded by the upstream worker and result images. It is
-/// why 5432 is open only to the tier security groups.
-pub const POSTGRES_PASSWORD: &str = "postgres";
-
-/// A published port: host port to container port (TCP).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct PortMapping {
-    pub host: u16,
-    pub container: u16,
-}
-
-/// One container a host must run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct DesiredContainer {
-    pub name: String,
-    pub tier: Tier,
-    pub image: String,
-    pub env: BTreeMap<String, String>,
-    pub ports: Vec<PortMapping>,
-    /// `--add-host NAME:IP` entries; None while the peer's IP is not known.
-    pub extra_hosts: BTreeMap<String, Option<Ipv4Addr>>,
-    pub command: Vec<String>,
-    /// Named volume to mount path.
-    pub volumes: BTreeMap<String, String>,
-}
-
-impl DesiredContainer {
-    /// Hash of everything that requires re-creating the container when it
-    /// changes; None while a peer IP is unknown.
-    pub fn config_hash(&self) -> Option<String> {
-        if self.extra_hosts.values().any(Option::is_none) {
-            return None;
-        }
-        let json = serde_json::to_vec(self).ok()?;
-        let digest = Sha256::digest(&json);
-        Some(hex::encode(&digest[..8]))
-    }
-}
-
-/// IPs of the hosts other tiers point at.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Peers {
-    /// Where `redis` resolves: the backend host.
-    pub backend: Option<Ipv4Addr>,
-    /// Where `db` resolves: the database host.
-    pub database: Option<Ipv4Addr>,
-}
+use crate::model::desired::{
+    DB_CONTAINER, DB_VOLUME, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, REDIS_CONTAINER, REDIS_PORT,
+    RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
+};
+use crate::model::{DesiredContainer, Peers, PortMapping};
 
 /// The containers of one tier, in start order.
 pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> Vec<DesiredContainer> {
@@ -75,35 +22,38 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
         extra_hosts: BTreeMap::new(),
         command: Vec::new(),
         volumes: BTreeMap::new(),
+        health_command: None,
     };
     match tier {
         Tier::Database => {
-            let mut db = base("db", &app.images.postgres);
+            let mut db = base(DB_CONTAINER, &app.images.postgres);
             db.env.insert("POSTGRES_USER".into(), POSTGRES_USER.into());
             db.env.insert("POSTGRES_PASSWORD".into(), POSTGRES_PASSWORD.into());
-            db.ports.push(PortMapping { host: 5432, container: 5432 });
+            db.ports.push(PortMapping { host: POSTGRES_PORT, container: POSTGRES_PORT });
             db.volumes.insert(DB_VOLUME.into(), "/var/lib/postgresql/data".into());
+            db.health_command = Some(format!("psql -U {POSTGRES_USER} -tAc 'SELECT 1'"));
             vec![db]
         }
         Tier::Backend => {
-            let mut redis = base("redis", &app.images.redis);
-            redis.ports.push(PortMapping { host: 6379, container: 6379 });
-            let mut worker = base("worker", &app.images.worker);
-            worker.extra_hosts.insert("redis".into(), peers.backend);
-            worker.extra_hosts.insert("db".into(), peers.database);
+            let mut redis = base(REDIS_CONTAINER, &app.images.redis);
+            redis.ports.push(PortMapping { host: REDIS_PORT, container: REDIS_PORT });
+            redis.health_command = Some("[ \"$(redis-cli ping)\" = PONG ]".into());
+            let mut worker = base(WORKER_CONTAINER, &app.images.worker);
+            worker.extra_hosts.insert(REDIS_CONTAINER.into(), peers.backend);
+            worker.extra_hosts.insert(DB_CONTAINER.into(), peers.database);
             vec![redis, worker]
         }
         Tier::Frontend => {
-            let mut vote = base("vote", &app.images.vote);
+            let mut vote = base(VOTE_CONTAINER, &app.images.vote);
             vote.env.insert("OPTION_A".into(), app.option_a.clone());
             vote.env.insert("OPTION_B".into(), app.option_b.clone());
             vote.ports.push(PortMapping { host: app.ports.vote, container: 80 });
-            vote.extra_hosts.insert("redis".into(), peers.backend);
-            let mut result = base("result", &app.images.result);
+            vote.extra_hosts.insert(REDIS_CONTAINER.into(), peers.backend);
+            let mut result = base(RESULT_CONTAINER, &app.images.result);
             result.env.insert("OPTION_A".into(), app.option_a.clone());
             result.env.insert("OPTION_B".into(), app.option_b.clone());
             result.ports.push(PortMapping { host: app.ports.result, container: 80 });
-            result.extra_hosts.insert("db".into(), peers.database);
+            result.extra_hosts.insert(DB_CONTAINER.into(), peers.database);
             vec![vote, result]
         }
     }
@@ -112,7 +62,8 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::fixtures::spec;
+    use crate::fixtures::spec;
+    use std::net::Ipv4Addr;
 
     fn peers() -> Peers {
         Peers { backend: Some(Ipv4Addr::new(10, 42, 1, 5)), database: Some(Ipv4Addr::new(10, 42, 1, 4)) }

@@ -3,8 +3,7 @@
 
 pub mod conditions;
 pub mod desired;
-pub mod observed;
 pub mod plan;
 pub mod reconcile;
 
-pub use reconcile::{Engine, EngineSettings, Outcome, Teardown};
+pub use reconcile::{Engine, EngineSettings, ErrorKind, Outcome, Teardown};

@@ -4,148 +4,14 @@
 //! hosts in tier order database → backend → frontend.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use crate::api::{Tier, VotingStackSpec, VotingStackStatus};
+use crate::model::{
+    Action, CreateReason, DesiredContainer, DockerState, HostAction, InfraAction, InstanceLaunch, InstanceState,
+    ObservedHost, ObservedInfra, ObservedInstance, Peers, TerminateReason,
+};
 
-use super::desired::{desired_containers, DesiredContainer, Peers};
-use super::observed::{DockerState, InstanceState, ObservedHost, ObservedInfra, ObservedInstance};
-
-/// Why an instance is terminated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TerminateReason {
-    /// Another live instance already serves the tier.
-    Duplicate,
-    /// Carries the stack's tags but no known tier.
-    UnknownTier,
-    /// AMI or type differs from the spec and replacement is allowed.
-    Replaced(String),
-}
-
-impl fmt::Display for TerminateReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TerminateReason::Duplicate => f.write_str("duplicate of the tier's instance"),
-            TerminateReason::UnknownTier => f.write_str("carries the stack's tags but no tier"),
-            TerminateReason::Replaced(why) => write!(f, "replaced: {why}"),
-        }
-    }
-}
-
-/// Why a container is (re)created.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CreateReason {
-    Missing,
-    /// The running container's config hash differs (old hash, or None when unlabelled).
-    ConfigChanged(Option<String>),
-}
-
-/// One step of a plan.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// VPC, subnet, gateway, route table, security groups, key pair.
-    CreateNetwork,
-    /// Brings security group rules and the key pair in line with a changed spec.
-    UpdateNetwork,
-    LaunchInstance {
-        tier: Tier,
-        ami: String,
-        instance_type: String,
-        replacement: u32,
-    },
-    StartInstance {
-        tier: Tier,
-        instance_id: String,
-    },
-    TerminateInstance {
-        tier: Option<Tier>,
-        instance_id: String,
-        reason: TerminateReason,
-    },
-    InstallDocker {
-        tier: Tier,
-    },
-    StartDocker {
-        tier: Tier,
-    },
-    CreateContainer {
-        container: DesiredContainer,
-        reason: CreateReason,
-    },
-    StartContainer {
-        tier: Tier,
-        name: String,
-        state: String,
-    },
-    RemoveContainer {
-        tier: Tier,
-        name: String,
-    },
-}
-
-impl Action {
-    /// The host an action runs on; None for EC2 actions.
-    pub fn host_tier(&self) -> Option<Tier> {
-        match self {
-            Action::InstallDocker { tier } | Action::StartDocker { tier } => Some(*tier),
-            Action::CreateContainer { container, .. } => Some(container.tier),
-            Action::StartContainer { tier, .. } | Action::RemoveContainer { tier, .. } => Some(*tier),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Action::CreateNetwork => {
-                f.write_str("+ create network: VPC, subnet, internet gateway, route table, 3 security groups, key pair")
-            }
-            Action::UpdateNetwork => {
-                f.write_str("~ update network: security group rules and key pair from the changed spec")
-            }
-            Action::LaunchInstance { tier, ami, instance_type, replacement } => {
-                write!(f, "+ launch {tier} instance ({ami}, {instance_type})")?;
-                if *replacement > 0 {
-                    write!(f, ", replacement #{replacement}")?;
-                }
-                Ok(())
-            }
-            Action::StartInstance { tier, instance_id } => {
-                write!(f, "~ start {tier} instance {instance_id} (stopped)")
-            }
-            Action::TerminateInstance { tier, instance_id, reason } => match tier {
-                Some(t) => write!(f, "- terminate {t} instance {instance_id} ({reason})"),
-                None => write!(f, "- terminate instance {instance_id} ({reason})"),
-            },
-            Action::InstallDocker { tier } => write!(f, "+ install Docker on the {tier} host"),
-            Action::StartDocker { tier } => write!(f, "~ start Docker on the {tier} host"),
-            Action::CreateContainer { container, reason } => {
-                let hash = container.config_hash().unwrap_or_else(|| "(known after apply)".into());
-                match reason {
-                    CreateReason::Missing => write!(
-                        f,
-                        "+ create {} container {} ({}, config {hash})",
-                        container.tier, container.name, container.image
-                    ),
-                    CreateReason::ConfigChanged(old) => write!(
-                        f,
-                        "± recreate {} container {} (config {} → {hash})",
-                        container.tier,
-                        container.name,
-                        old.as_deref().unwrap_or("unlabelled")
-                    ),
-                }
-            }
-            Action::StartContainer { tier, name, state } => {
-                write!(f, "~ start {tier} container {name} ({state})")
-            }
-            Action::RemoveContainer { tier, name } => {
-                write!(f, "- remove {tier} container {name} (not part of the stack)")
-            }
-        }
-    }
-}
+use super::desired::desired_containers;
 
 /// AMI or instance type that no longer matches the spec, left in place
 /// because `instances.allowReplacement` is false.
@@ -159,7 +25,7 @@ pub struct InstanceDrift {
 /// The EC2 half of a plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InfraPlan {
-    pub actions: Vec<Action>,
+    pub actions: Vec<InfraAction>,
     pub drift: Vec<InstanceDrift>,
     /// The instance kept for each tier (none while one is to be launched).
     pub keepers: BTreeMap<Tier, ObservedInstance>,
@@ -199,14 +65,25 @@ pub fn next_replacement(status: &VotingStackStatus, tier: Tier, infra: &Observed
     }
 }
 
+/// What RunInstances gets for a tier's n-th instance.
+pub fn instance_launch(spec: &VotingStackSpec, tier: Tier, replacement: u32) -> InstanceLaunch {
+    InstanceLaunch {
+        tier,
+        ami: spec.instances.ami_for(tier).to_string(),
+        instance_type: spec.instances.instance_type_for(tier).to_string(),
+        replacement,
+        public_ip: tier.is_public(),
+    }
+}
+
 /// Plans the EC2 side.
 pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &ObservedInfra) -> InfraPlan {
     let mut plan = InfraPlan::default();
     if infra.network.is_none() {
-        plan.actions.push(Action::CreateNetwork);
+        plan.actions.push(InfraAction::CreateNetwork);
     }
     for inst in infra.instances.iter().filter(|i| i.tier.is_none() && i.state.is_alive()) {
-        plan.actions.push(Action::TerminateInstance {
+        plan.actions.push(InfraAction::TerminateInstance {
             tier: None,
             instance_id: inst.id.clone(),
             reason: TerminateReason::UnknownTier,
@@ -222,7 +99,7 @@ pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &Ob
             .or_else(|| live.first())
             .copied();
         for dup in live.iter().filter(|i| Some(&i.id) != keeper.map(|k| &k.id)) {
-            plan.actions.push(Action::TerminateInstance {
+            plan.actions.push(InfraAction::TerminateInstance {
                 tier: Some(tier),
                 instance_id: dup.id.clone(),
                 reason: TerminateReason::Duplicate,
@@ -231,8 +108,9 @@ pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &Ob
         let ami = spec.instances.ami_for(tier).to_string();
         let instance_type = spec.instances.instance_type_for(tier).to_string();
         let mut replacement = next_replacement(status, tier, infra);
+        let launch = |replacement| InfraAction::LaunchInstance(instance_launch(spec, tier, replacement));
         let Some(keeper) = keeper else {
-            plan.actions.push(Action::LaunchInstance { tier, ami, instance_type, replacement });
+            plan.actions.push(launch(replacement));
             continue;
         };
         let mut drift = Vec::new();
@@ -245,7 +123,7 @@ pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &Ob
         if !drift.is_empty() {
             let what = drift.join(", ");
             if spec.instances.allow_replacement {
-                plan.actions.push(Action::TerminateInstance {
+                plan.actions.push(InfraAction::TerminateInstance {
                     tier: Some(tier),
                     instance_id: keeper.id.clone(),
                     reason: TerminateReason::Replaced(what),
@@ -253,13 +131,13 @@ pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &Ob
                 if recorded_id.as_deref() == Some(keeper.id.as_str()) {
                     replacement += 1;
                 }
-                plan.actions.push(Action::LaunchInstance { tier, ami, instance_type, replacement });
+                plan.actions.push(launch(replacement));
                 continue;
             }
             plan.drift.push(InstanceDrift { tier, instance_id: keeper.id.clone(), what });
         }
         if keeper.state == InstanceState::Stopped {
-            plan.actions.push(Action::StartInstance { tier, instance_id: keeper.id.clone() });
+            plan.actions.push(InfraAction::StartInstance { tier, instance_id: keeper.id.clone() });
         }
         plan.keepers.insert(tier, keeper.clone());
     }
@@ -269,13 +147,13 @@ pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &Ob
 /// After a spec change (generation moved past the one status describes),
 /// the existing network is synced: ingress CIDRs, ports and the key pair may
 /// have changed.
-pub fn network_sync(status: &VotingStackStatus, generation: Option<i64>, infra: &ObservedInfra) -> Option<Action> {
+pub fn network_sync(status: &VotingStackStatus, generation: Option<i64>, infra: &ObservedInfra) -> Option<InfraAction> {
     let changed = status.observed_generation.is_some() && status.observed_generation != generation;
-    (changed && infra.network.is_some()).then_some(Action::UpdateNetwork)
+    (changed && infra.network.is_some()).then_some(InfraAction::UpdateNetwork)
 }
 
 /// Plans one host's containers.
-pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -> Vec<Action> {
+pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -> Vec<HostAction> {
     let mut actions = Vec::new();
     let observed = match view {
         HostView::Unavailable => return actions,
@@ -283,13 +161,13 @@ pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -
         HostView::Observed(host) => match &host.docker {
             DockerState::Running => Some(host),
             DockerState::Missing => {
-                actions.push(Action::InstallDocker { tier });
+                actions.push(HostAction::InstallDocker { tier });
                 None
             }
             DockerState::Down(_) => {
                 // Containers come back with the daemon (restart unless-stopped);
                 // the next observation plans the rest.
-                actions.push(Action::StartDocker { tier });
+                actions.push(HostAction::StartDocker { tier });
                 return actions;
             }
         },
@@ -297,26 +175,32 @@ pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -
     for want in desired {
         let have = observed.and_then(|h| h.container(&want.name));
         match have {
-            None => actions.push(Action::CreateContainer { container: want.clone(), reason: CreateReason::Missing }),
+            None => {
+                actions.push(HostAction::CreateContainer { container: want.clone(), reason: CreateReason::Missing })
+            }
             Some(have) => {
                 let Some(hash) = want.config_hash() else {
                     // A peer's IP is unknown: leave the container until it is.
                     continue;
                 };
                 if have.config_hash.as_deref() != Some(hash.as_str()) {
-                    actions.push(Action::CreateContainer {
+                    actions.push(HostAction::CreateContainer {
                         container: want.clone(),
                         reason: CreateReason::ConfigChanged(have.config_hash.clone()),
                     });
                 } else if !have.is_running() {
-                    actions.push(Action::StartContainer { tier, name: have.name.clone(), state: have.state.clone() });
+                    actions.push(HostAction::StartContainer {
+                        tier,
+                        name: have.name.clone(),
+                        state: have.state.clone(),
+                    });
                 }
             }
         }
     }
     if let Some(host) = observed {
         for orphan in host.containers.iter().filter(|c| !desired.iter().any(|d| d.name == c.name)) {
-            actions.push(Action::RemoveContainer { tier, name: orphan.name.clone() });
+            actions.push(HostAction::RemoveContainer { tier, name: orphan.name.clone() });
         }
     }
     actions
@@ -346,14 +230,14 @@ pub fn plan(
 ) -> Plan {
     let infra_plan = plan_infra(spec, status, infra);
     let peers = infra_plan.peers();
-    let mut actions = infra_plan.actions.clone();
+    let mut actions: Vec<Action> = infra_plan.actions.iter().cloned().map(Action::Infra).collect();
     for tier in Tier::ALL {
         let view = match (hosts.get(&tier), infra_plan.keepers.get(&tier)) {
             (Some(host), Some(_)) => HostView::Observed(host),
             (_, None) => HostView::NotCreated,
             (None, Some(_)) => HostView::Unavailable,
         };
-        actions.extend(plan_host(tier, &desired_containers(spec, tier, peers), view));
+        actions.extend(plan_host(tier, &desired_containers(spec, tier, peers), view).into_iter().map(Action::Host));
     }
     Plan { actions, drift: infra_plan.drift }
 }

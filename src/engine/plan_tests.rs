@@ -4,9 +4,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::api::fixtures::spec;
 use crate::api::{NetworkStatus, TierStatus, TiersStatus};
-use crate::engine::observed::ObservedContainer;
+use crate::fixtures::spec;
+use crate::model::ObservedContainer;
 
 fn ip(tier: Tier) -> Ipv4Addr {
     match tier {
@@ -77,11 +77,27 @@ fn lines(plan: &Plan) -> Vec<String> {
 #[test]
 fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
     let plan = plan(&spec(), &VotingStackStatus::default(), &ObservedInfra::default(), &BTreeMap::new());
-    let tiers: Vec<_> = plan.actions.iter().filter_map(Action::host_tier).collect();
-    assert_eq!(plan.actions[0], Action::CreateNetwork);
-    assert!(matches!(&plan.actions[1], Action::LaunchInstance { tier: Tier::Database, replacement: 0, .. }));
-    assert!(matches!(&plan.actions[2], Action::LaunchInstance { tier: Tier::Backend, .. }));
-    assert!(matches!(&plan.actions[3], Action::LaunchInstance { tier: Tier::Frontend, .. }));
+    let tiers: Vec<_> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Host(h) => Some(h.tier()),
+            Action::Infra(_) => None,
+        })
+        .collect();
+    assert_eq!(plan.actions[0], Action::Infra(InfraAction::CreateNetwork));
+    assert!(matches!(
+        &plan.actions[1],
+        Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Database, replacement: 0, .. }))
+    ));
+    assert!(matches!(
+        &plan.actions[2],
+        Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Backend, .. }))
+    ));
+    assert!(matches!(
+        &plan.actions[3],
+        Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Frontend, .. }))
+    ));
     assert_eq!(tiers, [Tier::Database, Tier::Backend, Tier::Backend, Tier::Frontend, Tier::Frontend]);
     let text = lines(&plan).join("\n");
     assert!(
@@ -106,7 +122,7 @@ fn missing_container_is_created() {
     let plan = plan(&spec(), &status(), &infra(), &hosts);
     assert_eq!(plan.actions.len(), 1);
     assert!(
-        matches!(&plan.actions[0], Action::CreateContainer { container, reason: CreateReason::Missing } if container.name == "worker")
+        matches!(&plan.actions[0], Action::Host(HostAction::CreateContainer { container, reason: CreateReason::Missing }) if container.name == "worker")
     );
 }
 
@@ -126,7 +142,7 @@ fn wrong_image_recreates_only_that_container() {
     let plan = plan(&s, &status(), &infra(), &hosts);
     assert_eq!(plan.actions.len(), 1);
     assert!(
-        matches!(&plan.actions[0], Action::CreateContainer { container, reason: CreateReason::ConfigChanged(Some(_)) } if container.name == "result")
+        matches!(&plan.actions[0], Action::Host(HostAction::CreateContainer { container, reason: CreateReason::ConfigChanged(Some(_)) }) if container.name == "result")
     );
 }
 
@@ -139,7 +155,7 @@ fn changed_option_recreates_vote_and_result_only() {
         .actions
         .iter()
         .map(|a| match a {
-            Action::CreateContainer { container, .. } => container.name.as_str(),
+            Action::Host(HostAction::CreateContainer { container, .. }) => container.name.as_str(),
             other => panic!("unexpected {other}"),
         })
         .collect();
@@ -172,7 +188,7 @@ fn changed_backend_ip_recreates_what_points_at_redis() {
         .actions
         .iter()
         .filter_map(|a| match a {
-            Action::CreateContainer { container, .. } => Some(container.name.as_str()),
+            Action::Host(HostAction::CreateContainer { container, .. }) => Some(container.name.as_str()),
             _ => None,
         })
         .collect();
@@ -184,7 +200,10 @@ fn terminated_instance_is_replaced_with_the_next_client_token() {
     let mut infra = infra();
     infra.instances[0].state = InstanceState::Terminated;
     let plan = plan_infra(&spec(), &status(), &infra);
-    assert!(matches!(&plan.actions[..], [Action::LaunchInstance { tier: Tier::Database, replacement: 1, .. }]));
+    assert!(matches!(
+        &plan.actions[..],
+        [InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Database, replacement: 1, .. })]
+    ));
     assert!(!plan.keepers.contains_key(&Tier::Database));
     assert_eq!(plan.peers().database, None);
 }
@@ -202,7 +221,7 @@ fn stopped_instance_is_started() {
     let mut infra = infra();
     infra.instances[2].state = InstanceState::Stopped;
     let plan = plan_infra(&spec(), &status(), &infra);
-    assert_eq!(plan.actions, [Action::StartInstance { tier: Tier::Frontend, instance_id: "i-frontend".into() }]);
+    assert_eq!(plan.actions, [InfraAction::StartInstance { tier: Tier::Frontend, instance_id: "i-frontend".into() }]);
 }
 
 #[test]
@@ -213,7 +232,7 @@ fn duplicate_instances_keep_the_recorded_one() {
     infra.instances.push(dup);
     let plan = plan_infra(&spec(), &status(), &infra);
     assert_eq!(
-        lines(&Plan { actions: plan.actions, drift: vec![] }),
+        lines(&Plan { actions: plan.actions.into_iter().map(Action::Infra).collect(), drift: vec![] }),
         ["- terminate backend instance i-0 (duplicate of the tier's instance)"]
     );
 }
@@ -227,7 +246,7 @@ fn untiered_instances_with_the_stack_tags_are_terminated() {
     let plan = plan_infra(&spec(), &status(), &infra);
     assert!(matches!(
         &plan.actions[..],
-        [Action::TerminateInstance { tier: None, reason: TerminateReason::UnknownTier, .. }]
+        [InfraAction::TerminateInstance { tier: None, reason: TerminateReason::UnknownTier, .. }]
     ));
 }
 
@@ -242,8 +261,11 @@ fn ami_drift_is_reported_unless_replacement_is_allowed() {
 
     s.instances.allow_replacement = true;
     let plan = plan_infra(&s, &status(), &infra());
-    assert!(matches!(&plan.actions[0], Action::TerminateInstance { reason: TerminateReason::Replaced(_), .. }));
-    assert!(matches!(&plan.actions[1], Action::LaunchInstance { tier: Tier::Database, replacement: 1, .. }));
+    assert!(matches!(&plan.actions[0], InfraAction::TerminateInstance { reason: TerminateReason::Replaced(_), .. }));
+    assert!(matches!(
+        &plan.actions[1],
+        InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Database, replacement: 1, .. })
+    ));
     assert_eq!(plan.actions.len(), 6);
 }
 
@@ -279,7 +301,7 @@ fn missing_network_is_created_first() {
     let mut infra = infra();
     infra.network = None;
     let plan = plan(&spec(), &status(), &infra, &converged_hosts());
-    assert_eq!(plan.actions, [Action::CreateNetwork]);
+    assert_eq!(plan.actions, [Action::Infra(InfraAction::CreateNetwork)]);
 }
 
 #[test]
@@ -287,7 +309,7 @@ fn a_spec_change_syncs_the_existing_network_once() {
     let mut st = status();
     st.observed_generation = Some(1);
     assert_eq!(network_sync(&st, Some(1), &infra()), None);
-    assert_eq!(network_sync(&st, Some(2), &infra()), Some(Action::UpdateNetwork));
+    assert_eq!(network_sync(&st, Some(2), &infra()), Some(InfraAction::UpdateNetwork));
     let mut no_net = infra();
     no_net.network = None;
     assert_eq!(network_sync(&st, Some(2), &no_net), None, "CreateNetwork covers it");

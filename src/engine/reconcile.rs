@@ -16,10 +16,11 @@ use crate::api::{
 use crate::cloud::{Cloud, CloudError, DestroyReport, StackIdentity};
 use crate::host::{HostError, HostTarget, Hosts, SshKey};
 
+use crate::model::{Action, DesiredContainer, DockerState, InfraAction, InstanceState, ObservedHost, ObservedInstance};
+
 use super::conditions::{Finding, Findings};
-use super::desired::{desired_containers, DesiredContainer};
-use super::observed::{DockerState, InstanceState, ObservedHost, ObservedInstance};
-use super::plan::{network_sync, plan, plan_host, plan_infra, Action, HostView, InfraPlan, Plan};
+use super::desired::desired_containers;
+use super::plan::{network_sync, plan, plan_host, plan_infra, HostView, InfraPlan, InstanceDrift, Plan};
 
 /// Timing knobs of the engine.
 #[derive(Clone, Debug)]
@@ -47,6 +48,32 @@ impl Default for EngineSettings {
     }
 }
 
+/// What kind of failure stopped a reconcile: it decides the backoff and
+/// labels the error metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The spec failed validation: nothing was created.
+    InvalidSpec,
+    /// The SSH key Secret is missing or unreadable.
+    Secret,
+    /// An EC2 call failed.
+    Aws,
+    /// A host could not be reached or refused a step.
+    Ssh,
+}
+
+impl ErrorKind {
+    /// Value of the `kind` label of the error metric.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidSpec => "invalid_spec",
+            ErrorKind::Secret => "secret",
+            ErrorKind::Aws => "aws",
+            ErrorKind::Ssh => "ssh",
+        }
+    }
+}
+
 /// What a reconcile did and what to write back.
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -56,9 +83,8 @@ pub struct Outcome {
     /// Actions carried out, in order.
     pub applied: Vec<Action>,
     pub requeue_after: Duration,
-    /// Set when the reconcile hit an error (for backoff and metrics): a short
-    /// kind such as `aws`, `ssh`, `invalid_spec`.
-    pub error_kind: Option<&'static str>,
+    /// Set when the reconcile hit an error (for backoff and metrics).
+    pub error: Option<ErrorKind>,
     /// The hosts reached this pass (for drift event streams).
     pub targets: Vec<HostTarget>,
 }
@@ -120,14 +146,14 @@ impl Engine {
         // validate
         run.findings.invalid = validate(name, spec);
         if !run.findings.invalid.is_empty() {
-            run.error = Some("invalid_spec");
+            run.error = Some(ErrorKind::InvalidSpec);
             return;
         }
         let key = match key {
             Ok(k) => k,
             Err(problem) => {
                 run.findings.secret_problem = Some(problem);
-                run.error = Some("secret");
+                run.error = Some(ErrorKind::Secret);
                 return;
             }
         };
@@ -192,7 +218,7 @@ impl Engine {
                 if let Err(e) = self.act_infra(ident, spec, key, action, run).await {
                     return run.cloud_failed(e);
                 }
-                run.applied.push(action.clone());
+                run.applied.push(action.clone().into());
             }
             infra = match self.cloud.observe(ident, run.status.network.as_ref()).await {
                 Ok(infra) => infra,
@@ -210,33 +236,32 @@ impl Engine {
         ident: &StackIdentity,
         spec: &VotingStackSpec,
         key: &SshKey,
-        action: &Action,
+        action: &InfraAction,
         run: &mut Run,
     ) -> Result<(), CloudError> {
         match action {
-            Action::CreateNetwork | Action::UpdateNetwork => {
+            InfraAction::CreateNetwork | InfraAction::UpdateNetwork => {
                 let net =
                     self.cloud.ensure_network(ident, spec, key.public_openssh(), run.status.network.as_ref()).await?;
                 run.status.network = Some(net);
             }
-            Action::LaunchInstance { tier, replacement, .. } => {
+            InfraAction::LaunchInstance(launch) => {
                 let network = run.status.network.clone().unwrap_or_default();
-                let inst = self.cloud.launch_instance(ident, spec, &network, *tier, *replacement).await?;
-                let slot = run.status.tiers.get_or_insert_with(TiersStatus::default).slot(*tier);
+                let inst = self.cloud.launch_instance(ident, &network, launch).await?;
+                let slot = run.status.tiers.get_or_insert_with(TiersStatus::default).slot(launch.tier);
                 *slot = Some(TierStatus {
                     instance_id: Some(inst.id.clone()),
                     instance_state: Some(inst.state.as_str().into()),
                     private_ip: inst.private_ip.map(|ip| ip.to_string()),
                     public_ip: inst.public_ip.map(|ip| ip.to_string()),
-                    replacements: *replacement,
+                    replacements: launch.replacement,
                     ..Default::default()
                 });
             }
-            Action::StartInstance { instance_id, .. } => self.cloud.start_instance(instance_id).await?,
-            Action::TerminateInstance { instance_id, .. } => {
+            InfraAction::StartInstance { instance_id, .. } => self.cloud.start_instance(instance_id).await?,
+            InfraAction::TerminateInstance { instance_id, .. } => {
                 self.cloud.terminate_instances(std::slice::from_ref(instance_id)).await?
             }
-            _ => {}
         }
         Ok(())
     }
@@ -272,7 +297,7 @@ impl Engine {
             if let Err(e) = applied {
                 return run.host_failed(e);
             }
-            run.applied.extend(actions);
+            run.applied.extend(actions.into_iter().map(Action::Host));
             observed = match self.hosts.observe(target, key).await {
                 Ok(o) => o,
                 Err(e) => return run.host_failed(e),
@@ -377,7 +402,7 @@ impl Engine {
         status.phase = Some(phase);
         // A failed EC2 step may have left a spec change half done (such as a
         // network sync): keep the old generation so the next pass redoes it.
-        if error != Some("aws") {
+        if error != Some(ErrorKind::Aws) {
             status.observed_generation = generation;
         }
         status.last_reconcile_time = Some(now);
@@ -391,9 +416,9 @@ impl Engine {
             self.settings.converge_retry
         };
         if let Some(kind) = error {
-            warn!(stack = %stack.key(), kind, reason = %ready.reason, "{}", ready.message);
+            warn!(stack = %stack.key(), kind = kind.metric_label(), reason = %ready.reason, "{}", ready.message);
         }
-        Outcome { status, transitions, applied, requeue_after, error_kind: error, targets }
+        Outcome { status, transitions, applied, requeue_after, error, targets }
     }
 
     /// What `plan` would do now: observes EC2 and the hosts, changes nothing.
@@ -417,7 +442,7 @@ impl Engine {
         }
         let mut plan = plan(spec, &status, &infra, &hosts);
         if let Some(sync) = network_sync(&status, stack.metadata.generation, &infra) {
-            plan.actions.insert(0, sync);
+            plan.actions.insert(0, sync.into());
         }
         Ok(plan)
     }
@@ -439,24 +464,24 @@ struct Run {
     status: VotingStackStatus,
     findings: Findings,
     applied: Vec<Action>,
-    error: Option<&'static str>,
+    error: Option<ErrorKind>,
     targets: Vec<HostTarget>,
 }
 
 impl Run {
     fn cloud_failed(&mut self, e: CloudError) -> Option<InfraPlan> {
         self.findings.infrastructure = Some(Finding::not(e.reason(), e.to_string()));
-        self.error = Some("aws");
+        self.error = Some(ErrorKind::Aws);
         None
     }
 
     fn host_failed(&mut self, e: HostError) -> Finding {
-        self.error = Some("ssh");
+        self.error = Some(ErrorKind::Ssh);
         Finding::not(e.reason(), e.to_string())
     }
 }
 
-fn infra_finding(keepers: &BTreeMap<Tier, ObservedInstance>, drift: &[super::plan::InstanceDrift]) -> Finding {
+fn infra_finding(keepers: &BTreeMap<Tier, ObservedInstance>, drift: &[InstanceDrift]) -> Finding {
     let not_running: Vec<String> = Tier::ALL
         .iter()
         .filter_map(|t| match keepers.get(t) {
@@ -630,10 +655,7 @@ pub fn host_target(
         connect_timeout_secs: spec.ssh.connect_timeout_seconds,
         command_timeout_secs: spec.ssh.command_timeout_seconds,
     };
-    let private_tier = tier != Tier::Frontend;
-    let via_frontend =
-        private_tier && (spec.network.connect_via == ConnectVia::PublicIp || spec.ssh.jump_through_frontend);
-    if via_frontend {
+    if !tier.is_public() && spec.jumps_through_frontend() {
         let front = keepers.get(&Tier::Frontend).filter(|i| i.state == InstanceState::Running)?;
         let jump = make(Tier::Frontend, front, connect_address(spec, front)?, None);
         return Some(make(tier, inst, inst.private_ip?, Some(Box::new(jump))));

@@ -1,26 +1,26 @@
-//! Drift events: a long-lived `docker events` stream per host, filtered by
+//! Drift events: a long-lived engine events stream per host, filtered by
 //! the stack's label, that reports every die/stop/destroy of the stack's
 //! containers so the stack is reconciled at once instead of at the next
 //! periodic requeue.
 //!
-//! The stream runs over the host's pooled SSH session. When it ends (the
-//! host rebooted, the engine restarted, the network failed) it is started
-//! again after a capped exponential backoff. Dropping the [`DriftWatcher`]
-//! stops it; the remote `docker events` ends with the channel.
+//! The stream is an engine API request on its own connection over the
+//! host's pooled SSH session. When it ends (the host rebooted, the engine
+//! restarted, the network failed) it is started again after a capped
+//! exponential backoff. Dropping the [`DriftWatcher`] stops it: its channel
+//! closes and the engine drops the subscription.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::ChannelMsg;
-use serde::Deserialize;
+use bollard::models::{EventMessage, EventMessageTypeEnum};
+use http_body_util::BodyExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::api::{Tier, STACK_LABEL, TIER_LABEL};
 
-use super::docker::events_script;
 use super::ssh::SshHosts;
 use super::{HostTarget, SshKey};
 
@@ -59,34 +59,18 @@ impl Backoff {
     }
 }
 
-#[derive(Deserialize)]
-struct RawEvent {
-    #[serde(rename = "Type", default)]
-    kind: String,
-    #[serde(rename = "Action", default)]
-    action: String,
-    #[serde(rename = "Actor", default)]
-    actor: Option<RawActor>,
-}
-
-#[derive(Deserialize)]
-struct RawActor {
-    #[serde(rename = "Attributes", default)]
-    attributes: BTreeMap<String, String>,
-}
-
-/// Reads one line of `docker events --format '{{json .}}'`.
+/// Reads one message of the engine's events stream (one JSON object a line).
 pub fn parse_event(line: &str, fallback_tier: Tier) -> Option<DriftEvent> {
-    let raw: RawEvent = serde_json::from_str(line.trim()).ok()?;
-    if !raw.kind.is_empty() && raw.kind != "container" {
+    let message: EventMessage = serde_json::from_str(line.trim()).ok()?;
+    if message.typ.is_some_and(|t| t != EventMessageTypeEnum::CONTAINER) {
         return None;
     }
-    let attrs = raw.actor?.attributes;
+    let attrs: BTreeMap<String, String> = message.actor?.attributes?.into_iter().collect();
     let stack = attrs.get(STACK_LABEL)?.clone();
     let tier = attrs.get(TIER_LABEL).and_then(|t| Tier::parse(t)).unwrap_or(fallback_tier);
     let container = attrs.get("name").cloned().unwrap_or_default();
-    // `die` may come as `die`, older engines add nothing else; keep the verb
-    let action = raw.action.split(':').next().unwrap_or_default().trim().to_string();
+    // `exec_die`-like verbs come as `verb: detail`; keep the verb
+    let action = message.action.unwrap_or_default().split(':').next().unwrap_or_default().trim().to_string();
     Some(DriftEvent { stack, tier, container, action })
 }
 
@@ -162,47 +146,42 @@ async fn run(
     backoff: Backoff,
     connected: watch::Sender<bool>,
 ) {
-    let command = events_script(&target.stack).inline_command();
     let host = target.describe();
     let mut delay = backoff.initial;
     let mut was_up = false;
     loop {
-        match hosts.stream(&target, &key, &command).await {
-            Ok(mut stream) => {
+        match hosts.events(&target, &key).await {
+            Ok(mut body) => {
+                // The engine answers once it has subscribed: from here on no event is missed.
+                debug!(%host, "drift event stream up");
+                was_up = true;
+                let _ = connected.send(true);
+                delay = backoff.initial;
                 let mut pending: Vec<u8> = Vec::new();
-                let mut stderr: Vec<u8> = Vec::new();
-                while let Some(msg) = stream.next().await {
-                    match msg {
-                        ChannelMsg::Data { data } => {
-                            pending.extend_from_slice(&data);
-                            while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
-                                let line: Vec<u8> = pending.drain(..=pos).collect();
-                                let line = String::from_utf8_lossy(&line);
-                                let line = line.trim();
-                                if line == "ready" {
-                                    debug!(%host, "drift event stream up");
-                                    was_up = true;
-                                    let _ = connected.send(true);
-                                    delay = backoff.initial;
-                                } else if let Some(ev) = parse_event(line, target.tier) {
-                                    if ev.stack == target.stack && events.send(ev).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                            if pending.len() > 1 << 20 {
-                                pending.clear();
+                let why = loop {
+                    let data = match body.frame().await {
+                        Some(Ok(frame)) => match frame.into_data() {
+                            Ok(data) => data,
+                            Err(_) => continue,
+                        },
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "the engine closed the stream".to_string(),
+                    };
+                    pending.extend_from_slice(&data);
+                    while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
+                        let line: Vec<u8> = pending.drain(..=pos).collect();
+                        let line = String::from_utf8_lossy(&line);
+                        if let Some(ev) = parse_event(&line, target.tier) {
+                            if ev.stack == target.stack && events.send(ev).await.is_err() {
+                                return;
                             }
                         }
-                        ChannelMsg::ExtendedData { data, .. } if stderr.len() < 4096 => {
-                            stderr.extend_from_slice(&data);
-                        }
-                        ChannelMsg::Close => break,
-                        _ => {}
                     }
-                }
+                    if pending.len() > 1 << 20 {
+                        pending.clear();
+                    }
+                };
                 let _ = connected.send(false);
-                let why = String::from_utf8_lossy(&stderr).trim().to_string();
                 debug!(%host, %why, "drift event stream ended");
             }
             Err(e) => {
@@ -249,7 +228,7 @@ mod tests {
                 action: "die".into()
             }
         );
-        assert_eq!(parse_event("ready", Tier::Database), None);
+        assert_eq!(parse_event("", Tier::Database), None);
         assert_eq!(
             parse_event(r#"{"Type":"network","Action":"destroy","Actor":{"Attributes":{}}}"#, Tier::Database),
             None

@@ -54,19 +54,10 @@ impl fmt::Debug for SshKey {
     }
 }
 
-/// A throwaway ed25519 key for unit tests (also in examples/votingstack.yaml).
-pub const TEST_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
-b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
-QyNTUxOQAAACB9XzLedKIc+Jt1XxEbB0umjhD6rtoIezAsI4MWwGc+hwAAAKDVVztd1Vc7
-XQAAAAtzc2gtZWQyNTUxOQAAACB9XzLedKIc+Jt1XxEbB0umjhD6rtoIezAsI4MWwGc+hw
-AAAEAECl4h6fiQdEhj5vXAFhDrHds4m7wma3U3GNgoCLKViX1fMt50ohz4m3VfERsHS6aO
-EPqu2gh7MCwjgxbAZz6HAAAAGGRlbW9Adm90aW5nc3RhY2suZXhhbXBsZQECAwQF
------END OPENSSH PRIVATE KEY-----
-";
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::TEST_KEY;
 
     #[test]
     fn public_half_and_fingerprint_come_from_the_private_key() {

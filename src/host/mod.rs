@@ -1,9 +1,20 @@
 //! The host side of the engine: what the engine asks of each host (over SSH)
 //! and of the published web pages.
 //!
-//! [`Hosts`] is implemented over SSH by `ssh::SshHosts` and by test doubles.
+//! [`Hosts`] is implemented over SSH by `ssh::SshHosts` (the Docker engine
+//! API carried over each host's SSH session, see `docker`) and by test doubles.
+//!
+//! - `ssh`: the session pool, host-key checks, the jump through the frontend;
+//! - `engine_api`: the engine API over `docker system dial-stdio`;
+//! - `docker`: observe, deploy and the smoke query through that API;
+//! - `containers`: the model as create requests and back (pure);
+//! - `bootstrap`: the one shell step, installing and starting Docker;
+//! - `events`: the drift stream; `web`: HTTP checks and the smoke vote.
 
+pub mod bootstrap;
+pub mod containers;
 pub mod docker;
+pub(crate) mod engine_api;
 pub mod events;
 pub mod keys;
 pub mod ssh;
@@ -14,8 +25,7 @@ use std::net::Ipv4Addr;
 use async_trait::async_trait;
 
 use crate::api::{PullPolicy, Reason, Tier};
-use crate::engine::observed::ObservedHost;
-use crate::engine::plan::Action;
+use crate::model::{HostAction, ObservedHost};
 
 pub use events::{DriftEvent, DriftWatcher};
 pub use keys::{KeyError, SshKey};
@@ -59,6 +69,8 @@ pub enum HostError {
     HostKeyMismatch { host: String, expected: String, presented: String },
     #[error("{host}: `{step}` exited with {code}: {stderr}")]
     CommandFailed { host: String, step: String, code: u32, stderr: String },
+    #[error("{host}: the Docker engine refused to {step}: {message}")]
+    Engine { host: String, step: String, status: Option<u16>, message: String },
     #[error("{host}: pulling {image} failed: {message}")]
     ImagePull { host: String, image: String, message: String },
     #[error("{host}: {what} timed out after {seconds} s")]
@@ -78,7 +90,9 @@ impl HostError {
             }
             HostError::HostKeyMismatch { .. } => Reason::HostKeyMismatch,
             HostError::ImagePull { .. } => Reason::ImagePullFailed,
-            HostError::CommandFailed { .. } | HostError::Parse { .. } => Reason::DeployFailed,
+            HostError::CommandFailed { .. } | HostError::Engine { .. } | HostError::Parse { .. } => {
+                Reason::DeployFailed
+            }
             HostError::Http { .. } => Reason::NotReady,
         }
     }
@@ -87,8 +101,8 @@ impl HostError {
 /// What the engine does on hosts.
 #[async_trait]
 pub trait Hosts: Send + Sync {
-    /// One round trip: Docker daemon state, the stack's containers, the
-    /// tier's readiness probes, and the host key fingerprint.
+    /// One round trip: Docker daemon state, the stack's containers with
+    /// their readiness, and the host key fingerprint.
     async fn observe(&self, target: &HostTarget, key: &SshKey) -> Result<ObservedHost, HostError>;
 
     /// Runs a tier's planned actions, batched into as few commands as possible.
@@ -96,7 +110,7 @@ pub trait Hosts: Send + Sync {
         &self,
         target: &HostTarget,
         key: &SshKey,
-        actions: &[Action],
+        actions: &[HostAction],
         pull: PullPolicy,
     ) -> Result<(), HostError>;
 
@@ -109,6 +123,7 @@ pub trait Hosts: Send + Sync {
     /// The vote postgres holds for `voter_id`, if any.
     async fn recorded_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<Option<String>, HostError>;
 
-    /// SSH commands run so far (for metrics and the steady-state budget).
-    fn commands_run(&self) -> u64;
+    /// Round trips to hosts so far: SSH execs and engine API requests (for
+    /// metrics and the steady-state budget).
+    fn round_trips(&self) -> u64;
 }

@@ -1,5 +1,9 @@
 //! [`SshHosts`]: the [`Hosts`] of real machines, over SSH.
 //!
+//! The Docker engine of each host is driven through its API, carried over
+//! the host's SSH session (`engine_api`); a shell runs only to install or
+//! start Docker and to read the host's facts (`bootstrap`).
+//!
 //! One SSH session per host is kept and reused across calls (a pool keyed
 //! by instance id, address, port and user, plus the jump host); a dead
 //! session is replaced on the next call. A semaphore per host bounds the
@@ -17,20 +21,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use russh::client::{self, Handle, Msg};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{Channel, ChannelMsg};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use crate::api::PullPolicy;
-use crate::engine::observed::ObservedHost;
-use crate::engine::plan::Action;
-
-use super::docker::{self, ObserveProblem, Script};
+use super::bootstrap::{self, Facts, Step};
+use super::engine_api::EngineApi;
 use super::web::Web;
-use super::{HostError, HostTarget, Hosts, SshKey};
+use super::{HostError, HostTarget, SshKey};
 
 /// Most bytes kept of a command's stdout or stderr.
 const OUTPUT_LIMIT: usize = 4 << 20;
@@ -82,6 +82,8 @@ impl fmt::Debug for ExecOutput {
 pub struct SshHosts {
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     commands: AtomicU64,
+    /// Requests sent to the hosts' engine APIs.
+    api_requests: Arc<AtomicU64>,
     connects: AtomicU64,
     options: SshOptions,
     web: Web,
@@ -91,21 +93,31 @@ impl fmt::Debug for SshHosts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SshHosts")
             .field("commands_run", &self.commands.load(Ordering::Relaxed))
+            .field("api_requests", &self.api_requests.load(Ordering::Relaxed))
             .field("sessions_opened", &self.connects.load(Ordering::Relaxed))
             .finish()
     }
 }
 
-/// The pool entry of one host: its session (if any) and its command bound.
+/// The pool entry of one host: its session (if any), the engine API
+/// client riding on it, and its command bound.
 struct Slot {
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    engine: tokio::sync::Mutex<Option<HostEngine>>,
     limiter: Semaphore,
+}
+
+/// The engine API of a host, bound to the session it rides on.
+#[derive(Clone)]
+pub(crate) struct HostEngine {
+    pub session: Arc<Session>,
+    pub api: Arc<EngineApi>,
 }
 
 /// One authenticated SSH session.
 pub(crate) struct Session {
     handle: Handle<Client>,
-    fingerprint: String,
+    pub(crate) fingerprint: String,
     /// The jump host's session this one tunnels through, kept alive with it.
     _via: Option<Arc<Session>>,
 }
@@ -185,29 +197,32 @@ impl Drop for OpenChannel {
     }
 }
 
-/// A long-lived command's channel and the session it runs on.
-pub(crate) struct Stream {
-    channel: OpenChannel,
-    _session: Arc<Session>,
-}
-
-impl Stream {
-    /// The next message of the channel; None when it has ended.
-    pub(crate) async fn next(&mut self) -> Option<ChannelMsg> {
-        self.channel.get()?.wait().await
-    }
-}
-
 impl SshHosts {
     pub fn new(options: SshOptions) -> SshHosts {
         let web = Web::new(options.http_timeout);
         SshHosts {
             slots: Mutex::new(HashMap::new()),
             commands: AtomicU64::new(0),
+            api_requests: Arc::new(AtomicU64::new(0)),
             connects: AtomicU64::new(0),
             options,
             web,
         }
+    }
+
+    /// The counter of engine API requests.
+    pub(crate) fn api_counter(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.api_requests
+    }
+
+    /// SSH execs plus engine API requests so far.
+    pub(crate) fn round_trips_so_far(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed) + self.api_requests.load(Ordering::Relaxed)
+    }
+
+    /// Timeout of each HTTP request (readiness, smoke test).
+    pub(crate) fn web(&self) -> &Web {
+        &self.web
     }
 
     /// SSH sessions opened so far (a steady pool opens none).
@@ -240,6 +255,7 @@ impl SshHosts {
             .or_insert_with(|| {
                 Arc::new(Slot {
                     session: tokio::sync::Mutex::new(None),
+                    engine: tokio::sync::Mutex::new(None),
                     limiter: Semaphore::new(self.options.max_commands_per_host.max(1)),
                 })
             })
@@ -390,16 +406,17 @@ impl SshHosts {
         }
     }
 
-    /// Runs `script` on the host: one exec. Returns its output whatever its
-    /// exit code; errors are connection failures and timeouts.
-    pub async fn run_script(
+    /// Runs one step of the bootstrap script: one exec. Returns its output
+    /// whatever its exit code; errors are connection failures and timeouts.
+    pub(crate) async fn run_bootstrap(
         &self,
         target: &HostTarget,
         key: &SshKey,
-        script: &Script,
+        step: Step,
+        seconds: u32,
     ) -> Result<ExecOutput, HostError> {
-        let seconds = script.timeout_secs(target.command_timeout_secs);
-        self.exec(target, key, &script.command(), Some(script.body.as_bytes()), script.what, seconds).await
+        let text = bootstrap::script_text();
+        self.exec(target, key, &bootstrap::command(step), Some(text.as_bytes()), step.describe(), seconds).await
     }
 
     /// Runs `command` on the host (with `stdin`, then end of input).
@@ -467,47 +484,60 @@ impl SshHosts {
         }
     }
 
-    /// Starts a long-lived command on the pooled session (outside the
-    /// per-host bound); its channel closes when the stream is dropped.
-    pub(crate) async fn stream(&self, target: &HostTarget, key: &SshKey, command: &str) -> Result<Stream, HostError> {
-        let (session, channel) = self.channel(target, key).await?;
-        let mut channel = OpenChannel(Some(channel));
-        let started = match channel.get() {
-            Some(ch) => ch.exec(true, command).await,
-            None => Err(russh::Error::SendError),
-        };
-        if let Err(e) = started {
-            self.discard(target, &session).await;
-            return Err(HostError::Unreachable { host: target.describe(), message: e.to_string() });
+    /// The host's engine API client, on the pooled session. A new session
+    /// first proves it reached the right instance (see [`Self::facts`]).
+    pub(crate) async fn engine(&self, target: &HostTarget, key: &SshKey) -> Result<HostEngine, HostError> {
+        let session = self.session(target, key).await?;
+        let slot = self.slot(target);
+        let mut cached = slot.engine.lock().await;
+        if let Some(engine) = cached.as_ref().filter(|e| Arc::ptr_eq(&e.session, &session)) {
+            return Ok(engine.clone());
         }
-        Ok(Stream { channel, _session: session })
+        *cached = None;
+        let facts = self.facts(target, key).await?;
+        check_instance(target, &facts)?;
+        let timeout = Duration::from_secs(u64::from(target.command_timeout_secs.max(1)));
+        let api = EngineApi::over(session.clone(), timeout, self.api_requests.clone()).map_err(|e| {
+            HostError::Unreachable {
+                host: target.describe(),
+                message: format!("cannot set up the Docker engine API client: {e}"),
+            }
+        })?;
+        let engine = HostEngine { session, api: Arc::new(api) };
+        *cached = Some(engine.clone());
+        Ok(engine)
     }
 
-    fn parse_observation(
-        &self,
-        target: &HostTarget,
-        out: &ExecOutput,
-        fingerprint: &str,
-    ) -> Result<ObservedHost, HostError> {
-        let host = target.describe();
+    /// Forgets the host's engine API client (its connection is dead, or a
+    /// request on it timed out): the next call opens a new one.
+    pub(crate) async fn forget_engine(&self, target: &HostTarget) {
+        *self.slot(target).engine.lock().await = None;
+    }
+
+    /// The host's facts: which instance answers, and whether Docker runs.
+    pub(crate) async fn facts(&self, target: &HostTarget, key: &SshKey) -> Result<Facts, HostError> {
+        let out = self.run_bootstrap(target, key, Step::Facts, target.connect_timeout_secs.max(30)).await?;
         if out.code != 0 {
             return Err(HostError::CommandFailed {
-                host,
-                step: "observe".into(),
+                host: target.describe(),
+                step: Step::Facts.describe().into(),
                 code: out.code,
-                stderr: docker::tail(&out.stderr),
+                stderr: bootstrap::tail(&out.stderr),
             });
         }
-        docker::parse_observation(&out.stdout, &target.stack, &target.instance_id, fingerprint).map_err(|p| match p {
-            ObserveProblem::Unreadable(message) => HostError::Parse { host, message },
-            ObserveProblem::OtherInstance(other) => HostError::Unreachable {
-                host,
-                message: format!("the address still answers as instance {other}; waiting for it to pass to this one"),
-            },
-            ObserveProblem::ListFailed(stderr) => {
-                HostError::CommandFailed { host, step: "list the stack's containers".into(), code: 1, stderr }
-            }
-        })
+        bootstrap::parse_facts(&out.stdout).map_err(|message| HostError::Parse { host: target.describe(), message })
+    }
+}
+
+/// Refuses a host that says it is another instance: a replacement can get
+/// its predecessor's private IP while the old host still answers there.
+fn check_instance(target: &HostTarget, facts: &Facts) -> Result<(), HostError> {
+    match &facts.instance {
+        Some(other) if *other != target.instance_id => Err(HostError::Unreachable {
+            host: target.describe(),
+            message: format!("the address still answers as instance {other}; waiting for it to pass to this one"),
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -516,64 +546,11 @@ fn append(buf: &mut Vec<u8>, data: &[u8]) {
     buf.extend_from_slice(&data[..data.len().min(room)]);
 }
 
-#[async_trait]
-impl Hosts for SshHosts {
-    async fn observe(&self, target: &HostTarget, key: &SshKey) -> Result<ObservedHost, HostError> {
-        let script = docker::observe_script(&target.stack, target.tier);
-        let out = self.run_script(target, key, &script).await?;
-        self.parse_observation(target, &out, &out.host_key)
-    }
-
-    async fn apply(
-        &self,
-        target: &HostTarget,
-        key: &SshKey,
-        actions: &[Action],
-        pull: PullPolicy,
-    ) -> Result<(), HostError> {
-        let mine: Vec<Action> = actions.iter().filter(|a| a.host_tier() == Some(target.tier)).cloned().collect();
-        if mine.is_empty() {
-            return Ok(());
-        }
-        let script = docker::apply_script(&target.stack, &mine, pull).map_err(|e| HostError::CommandFailed {
-            host: target.describe(),
-            step: "prepare the deploy script".into(),
-            code: 0,
-            stderr: e.0,
-        })?;
-        let out = self.run_script(target, key, &script).await?;
-        if out.code != 0 {
-            return Err(docker::script_failure(&target.describe(), &script, out.code, &out.stdout, &out.stderr));
-        }
-        Ok(())
-    }
-
-    async fn http_status(&self, url: &str) -> Result<u16, HostError> {
-        self.web.status(url).await
-    }
-
-    async fn cast_vote(&self, vote_url: &str, voter_id: &str, vote: &str) -> Result<(), HostError> {
-        self.web.cast_vote(vote_url, voter_id, vote).await
-    }
-
-    async fn recorded_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<Option<String>, HostError> {
-        let script = docker::recorded_vote_script(voter_id);
-        let out = self.run_script(db, key, &script).await?;
-        if out.code != 0 {
-            return Err(docker::script_failure(&db.describe(), &script, out.code, &out.stdout, &out.stderr));
-        }
-        Ok(docker::parse_recorded_vote(&out.stdout))
-    }
-
-    fn commands_run(&self) -> u64 {
-        self.commands.load(Ordering::Relaxed)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::Tier;
+    use crate::host::Hosts;
     use std::net::Ipv4Addr;
 
     fn target() -> HostTarget {
@@ -615,10 +592,10 @@ mod tests {
         let mut t = target();
         t.address = Ipv4Addr::LOCALHOST;
         t.port = port;
-        let key = SshKey::parse(super::super::keys::TEST_KEY, "s", "k").unwrap();
+        let key = crate::fixtures::test_key();
         let hosts = SshHosts::default();
         let err = hosts.observe(&t, &key).await.unwrap_err();
         assert!(matches!(err, HostError::Unreachable { .. }), "{err}");
-        assert_eq!(hosts.commands_run(), 0);
+        assert_eq!(hosts.round_trips(), 0);
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fixtures::stack;
 use http::{Request, Response};
 use k8s_openapi::api::core::v1::Secret;
 use kube::client::Body;
@@ -10,7 +11,6 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::Reporter;
 use kube::Client;
 use serde_json::{json, Value};
-use votingstack::api::fixtures::stack;
 use votingstack::api::{VotingStack, FINALIZER};
 use votingstack::controller::{reconcile, Context};
 use votingstack::metrics::Metrics;
@@ -58,7 +58,7 @@ fn secret() -> Value {
             namespace: Some("default".into()),
             ..Default::default()
         },
-        string_data: Some([("ssh-privatekey".to_string(), votingstack::host::keys::TEST_KEY.to_string())].into()),
+        string_data: Some([("ssh-privatekey".to_string(), crate::fixtures::TEST_KEY.to_string())].into()),
         ..Default::default()
     };
     serde_json::to_value(s).unwrap()

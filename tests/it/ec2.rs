@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::fixtures::{self, TEST_KEY};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
     Filter, Instance, InstanceStateName, InstanceType, ResourceType, Tag, TagSpecification, VpcAttributeName,
@@ -12,16 +13,16 @@ use aws_sdk_ec2::types::{
 use aws_sdk_ec2::Client;
 use votingstack::api::conditions::find_condition;
 use votingstack::api::{
-    fixtures, ConditionType, DeletionPolicy, NetworkStatus, PullPolicy, Tier, VotingStack, MANAGED_BY_TAG, MANAGER,
+    ConditionType, DeletionPolicy, NetworkStatus, PullPolicy, Tier, VotingStack, MANAGED_BY_TAG, MANAGER,
     NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
 };
 use votingstack::cloud::ec2::Ec2Cloud;
 use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, StackIdentity};
-use votingstack::engine::observed::ObservedHost;
-use votingstack::engine::plan::{Action, TerminateReason};
+use votingstack::engine::plan::instance_launch;
 use votingstack::engine::{Engine, EngineSettings, Outcome, Teardown};
-use votingstack::host::keys::TEST_KEY;
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
+use votingstack::model::ObservedHost;
+use votingstack::model::{Action, HostAction, InfraAction, InstanceLaunch, TerminateReason};
 
 use crate::moto::{client_for, Moto, AMI};
 
@@ -37,7 +38,7 @@ impl Hosts for NoSsh {
     async fn observe(&self, target: &HostTarget, _: &SshKey) -> Result<ObservedHost, HostError> {
         Err(unreachable(&target.describe()))
     }
-    async fn apply(&self, target: &HostTarget, _: &SshKey, _: &[Action], _: PullPolicy) -> Result<(), HostError> {
+    async fn apply(&self, target: &HostTarget, _: &SshKey, _: &[HostAction], _: PullPolicy) -> Result<(), HostError> {
         Err(unreachable(&target.describe()))
     }
     async fn http_status(&self, url: &str) -> Result<u16, HostError> {
@@ -49,7 +50,7 @@ impl Hosts for NoSsh {
     async fn recorded_vote(&self, db: &HostTarget, _: &SshKey, _: &str) -> Result<Option<String>, HostError> {
         Err(unreachable(&db.describe()))
     }
-    fn commands_run(&self) -> u64 {
+    fn round_trips(&self) -> u64 {
         0
     }
 }
@@ -131,7 +132,7 @@ fn launches(out: &Outcome) -> Vec<Tier> {
     out.applied
         .iter()
         .filter_map(|a| match a {
-            Action::LaunchInstance { tier, .. } => Some(*tier),
+            Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier, .. })) => Some(*tier),
             _ => None,
         })
         .collect()
@@ -195,7 +196,7 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
     let w = world();
     let mut s = stack();
     let out = reconcile(&w, &mut s).await;
-    assert_eq!(out.applied.first(), Some(&Action::CreateNetwork), "{:?}", out.applied);
+    assert_eq!(out.applied.first(), Some(&Action::Infra(InfraAction::CreateNetwork)), "{:?}", out.applied);
     assert_eq!(launches(&out), Tier::ALL.to_vec());
     let (status, reason, message) = infra_condition(&s);
     assert_eq!((status.as_str(), reason.as_str()), ("True", "InstancesRunning"), "{message}");
@@ -352,7 +353,8 @@ async fn ec2_stopped_instance_is_started() {
 
     let out = reconcile(&w, &mut s).await;
     assert!(
-        out.applied.contains(&Action::StartInstance { tier: Tier::Database, instance_id: id.clone() }),
+        out.applied
+            .contains(&Action::Infra(InfraAction::StartInstance { tier: Tier::Database, instance_id: id.clone() })),
         "{:?}",
         out.applied
     );
@@ -400,11 +402,11 @@ async fn ec2_duplicate_instance_is_terminated() {
 
     let out = reconcile(&w, &mut s).await;
     assert!(
-        out.applied.contains(&Action::TerminateInstance {
+        out.applied.contains(&Action::Infra(InfraAction::TerminateInstance {
             tier: Some(Tier::Backend),
             instance_id: dup.clone(),
             reason: TerminateReason::Duplicate,
-        }),
+        })),
         "{:?}",
         out.applied
     );
@@ -422,7 +424,7 @@ async fn ec2_lost_run_instances_answer_is_adopted_not_doubled() {
     // The request reached EC2, its answer did not: the operator never saw the id.
     let lost = run_tagged(&w.client, &net, Tier::Database, Some(ident.client_token(Tier::Database, 0))).await;
 
-    let adopted = w.cloud.launch_instance(&ident, &s.spec, &net, Tier::Database, 0).await.unwrap();
+    let adopted = w.cloud.launch_instance(&ident, &net, &instance_launch(&s.spec, Tier::Database, 0)).await.unwrap();
     assert_eq!(adopted.id, lost);
     assert_eq!(adopted.tier, Some(Tier::Database));
     assert_eq!(live_instances(&w.client).await.len(), 1);
@@ -430,7 +432,7 @@ async fn ec2_lost_run_instances_answer_is_adopted_not_doubled() {
     // The engine, with no status at all (as the CLI without a state file),
     // adopts the network and the instance and launches only the rest.
     let out = reconcile(&w, &mut s).await;
-    assert!(!out.applied.contains(&Action::CreateNetwork), "{:?}", out.applied);
+    assert!(!out.applied.contains(&Action::Infra(InfraAction::CreateNetwork)), "{:?}", out.applied);
     assert_eq!(launches(&out), [Tier::Backend, Tier::Frontend]);
     assert_eq!(network(&s), net);
     let live = live_instances(&w.client).await;
@@ -524,7 +526,8 @@ async fn ec2_invalid_ami_gives_a_clear_condition_and_no_instance() {
 
     // The error itself keeps the AWS code and classifies it.
     let ident = StackIdentity::of(&s);
-    let err = w.cloud.launch_instance(&ident, &s.spec, &network(&s), Tier::Database, 0).await.unwrap_err();
+    let err =
+        w.cloud.launch_instance(&ident, &network(&s), &instance_launch(&s.spec, Tier::Database, 0)).await.unwrap_err();
     match &err {
         CloudError::Api { operation, code, message, kind } => {
             assert_eq!(*operation, "RunInstances");
@@ -580,7 +583,7 @@ async fn ec2_destroy_of_a_half_deleted_or_absent_stack_succeeds() {
     let s = stack();
     let ident = StackIdentity::of(&s);
     let net = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
-    w.cloud.launch_instance(&ident, &s.spec, &net, Tier::Backend, 0).await.unwrap();
+    w.cloud.launch_instance(&ident, &net, &instance_launch(&s.spec, Tier::Backend, 0)).await.unwrap();
     // Someone removed the gateway and the key pair already.
     let igw = net.internet_gateway_id.clone().unwrap();
     let vpc = net.vpc_id.clone().unwrap();
@@ -625,12 +628,12 @@ async fn ec2_plan_only_describes() {
 
     // Nothing exists yet: everything is planned, nothing is created.
     let plan = planner.plan(&s, None).await.unwrap();
-    assert_eq!(plan.actions.first(), Some(&Action::CreateNetwork));
+    assert_eq!(plan.actions.first(), Some(&Action::Infra(InfraAction::CreateNetwork)));
     let planned: Vec<Tier> = plan
         .actions
         .iter()
         .filter_map(|a| match a {
-            Action::LaunchInstance { tier, .. } => Some(*tier),
+            Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier, .. })) => Some(*tier),
             _ => None,
         })
         .collect();
@@ -645,7 +648,10 @@ async fn ec2_plan_only_describes() {
     no_status.status = None;
     for stack in [&s, &no_status] {
         let plan = planner.plan(stack, Some(&key())).await.unwrap();
-        assert_eq!(plan.actions, [Action::StartInstance { tier: Tier::Database, instance_id: db.clone() }]);
+        assert_eq!(
+            plan.actions,
+            [Action::Infra(InfraAction::StartInstance { tier: Tier::Database, instance_id: db.clone() })]
+        );
     }
     let state = instance_of(&live_instances(&w.client).await, Tier::Database).state().and_then(|s| s.name()).cloned();
     assert_eq!(state, Some(InstanceStateName::Stopped));

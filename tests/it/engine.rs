@@ -1,11 +1,11 @@
 //! The phased reconcile end to end over in-memory EC2 and hosts.
 
+use crate::fixtures::stack;
 use votingstack::api::conditions::find_condition;
-use votingstack::api::fixtures::stack;
 use votingstack::api::{ConditionType, Phase, Tier, VotingStack, VotingStackStatus};
-use votingstack::engine::observed::DockerState;
-use votingstack::engine::plan::Action;
-use votingstack::engine::Outcome;
+use votingstack::engine::{ErrorKind, Outcome};
+use votingstack::model::DockerState;
+use votingstack::model::{Action, HostAction, InfraAction, InstanceLaunch};
 
 use crate::fakes::{engine, key};
 
@@ -32,7 +32,11 @@ async fn engine_fresh_stack_converges_to_ready_in_one_pass() {
     assert_eq!(out.status.observed_generation, Some(1));
     assert_eq!(out.status.vote_url.as_deref(), Some("http://198.51.100.3/"));
     assert_eq!(out.status.result_url.as_deref(), Some("http://198.51.100.3:81/"));
-    let launched = out.applied.iter().filter(|a| matches!(a, Action::LaunchInstance { .. })).count();
+    let launched = out
+        .applied
+        .iter()
+        .filter(|a| matches!(a, Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { .. }))))
+        .count();
     assert_eq!(launched, 3);
     assert_eq!(out.transitions.len(), 6, "every condition appears once");
     assert!(cloud.state.lock().unwrap().network.is_some());
@@ -58,7 +62,7 @@ fn cloud_calls(c: &crate::fakes::FakeCloud) -> u64 {
 
 fn hosts_calls(h: &crate::fakes::FakeHosts) -> u64 {
     use votingstack::host::Hosts;
-    h.commands_run()
+    h.round_trips()
 }
 
 #[tokio::test]
@@ -69,7 +73,11 @@ async fn engine_killed_container_is_started_and_the_smoke_test_reruns() {
     hosts.with_host(&backend, |h| h.containers.get_mut("worker").unwrap().state = "exited".into());
     let votes_before = hosts.state.lock().unwrap().votes.len();
     let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
-    assert!(matches!(&out.applied[..], [Action::StartContainer { name, .. }] if name == "worker"), "{:?}", out.applied);
+    assert!(
+        matches!(&out.applied[..], [Action::Host(HostAction::StartContainer { name, .. })] if name == "worker"),
+        "{:?}",
+        out.applied
+    );
     assert_eq!(out.status.phase, Some(Phase::Ready));
     assert_eq!(hosts.state.lock().unwrap().votes.len(), votes_before + 1);
 }
@@ -86,7 +94,7 @@ async fn engine_terminated_instance_is_replaced_and_peers_follow() {
         .instances
         .iter_mut()
         .filter(|i| i.id == db)
-        .for_each(|i| i.state = votingstack::engine::observed::InstanceState::Terminated);
+        .for_each(|i| i.state = votingstack::model::InstanceState::Terminated);
     let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
     let new_db = instance_id(&out, Tier::Database);
     assert_ne!(new_db, db);
@@ -96,7 +104,7 @@ async fn engine_terminated_instance_is_replaced_and_peers_follow() {
         .applied
         .iter()
         .filter_map(|a| match a {
-            Action::CreateContainer { container, .. } => Some(container.name.clone()),
+            Action::Host(HostAction::CreateContainer { container, .. }) => Some(container.name.clone()),
             _ => None,
         })
         .collect();
@@ -136,7 +144,7 @@ async fn engine_aws_errors_become_conditions_with_the_code() {
     assert_eq!(infra.reason, "AwsAuthFailed");
     assert!(infra.message.contains("UnauthorizedOperation"), "{}", infra.message);
     assert_eq!(out.status.phase, Some(Phase::Failed));
-    assert_eq!(out.error_kind, Some("aws"));
+    assert_eq!(out.error, Some(ErrorKind::Aws));
 
     cloud.state.lock().unwrap().fail_with = Some("RequestLimitExceeded".into());
     let out = engine.reconcile(&stack(), Ok(key())).await;
@@ -218,7 +226,11 @@ async fn engine_docker_down_is_started() {
     let backend = instance_id(&first, Tier::Backend);
     hosts.with_host(&backend, |h| h.docker = DockerState::Down("Cannot connect to the Docker daemon".into()));
     let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
-    assert!(matches!(&out.applied[..], [Action::StartDocker { tier: Tier::Backend }]), "{:?}", out.applied);
+    assert!(
+        matches!(&out.applied[..], [Action::Host(HostAction::StartDocker { tier: Tier::Backend })]),
+        "{:?}",
+        out.applied
+    );
     assert_eq!(out.status.phase, Some(Phase::Ready));
 }
 

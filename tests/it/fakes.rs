@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use votingstack::api::{NetworkStatus, PullPolicy, Tier, VotingStackSpec};
 use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, DestroyReport, StackIdentity};
-use votingstack::engine::observed::{
-    DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance,
-};
-use votingstack::engine::plan::Action;
 use votingstack::engine::{Engine, EngineSettings};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
+use votingstack::model::HostAction;
+use votingstack::model::{
+    DockerState, InstanceLaunch, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance,
+};
 
 #[derive(Default)]
 pub struct CloudState {
@@ -75,11 +75,10 @@ impl Cloud for FakeCloud {
     async fn launch_instance(
         &self,
         _: &StackIdentity,
-        spec: &VotingStackSpec,
         _: &NetworkStatus,
-        tier: Tier,
-        _: u32,
+        launch: &InstanceLaunch,
     ) -> Result<ObservedInstance, CloudError> {
+        let tier = launch.tier;
         self.call();
         self.fail("RunInstances")?;
         let mut s = self.state.lock().unwrap();
@@ -92,8 +91,8 @@ impl Cloud for FakeCloud {
             private_ip: Some(Ipv4Addr::new(10, 42, 1, 3 + n)),
             // Documentation range: nothing ever connects to it.
             public_ip: (tier == Tier::Frontend).then(|| Ipv4Addr::new(198, 51, 100, n)),
-            ami: spec.instances.ami_for(tier).into(),
-            instance_type: spec.instances.instance_type_for(tier).into(),
+            ami: launch.ami.clone(),
+            instance_type: launch.instance_type.clone(),
             launch_time: format!("2026-01-01T00:00:{n:02}Z"),
         };
         s.instances.push(inst.clone());
@@ -211,14 +210,20 @@ impl Hosts for FakeHosts {
         })
     }
 
-    async fn apply(&self, target: &HostTarget, _: &SshKey, actions: &[Action], _: PullPolicy) -> Result<(), HostError> {
+    async fn apply(
+        &self,
+        target: &HostTarget,
+        _: &SshKey,
+        actions: &[HostAction],
+        _: PullPolicy,
+    ) -> Result<(), HostError> {
         self.reach(target)?;
         let mut s = self.state.lock().unwrap();
         let host = s.hosts.get_mut(&target.instance_id).expect("reached");
         for action in actions {
             match action {
-                Action::InstallDocker { .. } | Action::StartDocker { .. } => host.docker = DockerState::Running,
-                Action::CreateContainer { container, .. } => {
+                HostAction::InstallDocker { .. } | HostAction::StartDocker { .. } => host.docker = DockerState::Running,
+                HostAction::CreateContainer { container, .. } => {
                     host.containers.insert(
                         container.name.clone(),
                         ObservedContainer {
@@ -230,15 +235,14 @@ impl Hosts for FakeHosts {
                         },
                     );
                 }
-                Action::StartContainer { name, .. } => {
+                HostAction::StartContainer { name, .. } => {
                     if let Some(c) = host.containers.get_mut(name) {
                         c.state = "running".into();
                     }
                 }
-                Action::RemoveContainer { name, .. } => {
+                HostAction::RemoveContainer { name, .. } => {
                     host.containers.remove(name);
                 }
-                other => panic!("{other} is not a host action"),
             }
         }
         Ok(())
@@ -258,7 +262,7 @@ impl Hosts for FakeHosts {
         Ok(self.state.lock().unwrap().votes.get(voter).cloned())
     }
 
-    fn commands_run(&self) -> u64 {
+    fn round_trips(&self) -> u64 {
         self.execs.load(Ordering::SeqCst)
     }
 }
@@ -272,5 +276,5 @@ pub fn engine() -> (Engine, FakeCloud, FakeHosts) {
 }
 
 pub fn key() -> SshKey {
-    SshKey::parse(votingstack::host::keys::TEST_KEY, "demo-ssh", "ssh-privatekey").expect("test key parses")
+    crate::fixtures::test_key()
 }

@@ -7,17 +7,19 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::fixtures;
 use tokio::sync::mpsc;
-use votingstack::api::fixtures;
 use votingstack::api::{ConnectVia, PullPolicy, Reason, Tier, VotingStack, VotingStackSpec};
 use votingstack::cloud::ec2::Ec2Cloud;
 use votingstack::cloud::{Cloud, StackIdentity};
-use votingstack::engine::desired::{desired_containers, DesiredContainer, Peers};
-use votingstack::engine::observed::{DockerState, ObservedHost};
-use votingstack::engine::plan::{plan_host, Action, CreateReason, HostView};
+use votingstack::engine::desired::desired_containers;
+use votingstack::engine::plan::{plan_host, HostView};
 use votingstack::engine::reconcile::{Engine, EngineSettings};
 use votingstack::host::events::Backoff;
 use votingstack::host::{DriftEvent, DriftWatcher, HostError, HostTarget, Hosts, SshHosts, SshKey};
+use votingstack::model::{Action, CreateReason, HostAction};
+use votingstack::model::{DesiredContainer, Peers};
+use votingstack::model::{DockerState, ObservedHost};
 
 use crate::world::{ec2_client, observe_until, wait_docker, World};
 
@@ -30,23 +32,35 @@ fn converged(o: &ObservedHost, desired: &[DesiredContainer]) -> bool {
         && o.probes.iter().all(|(_, r)| r.is_ok())
 }
 
-fn names(actions: &[Action]) -> Vec<String> {
+fn names(actions: &[HostAction]) -> Vec<String> {
+    actions.iter().map(name).collect()
+}
+
+/// Host actions as [`name`] says them, EC2 actions as `plan` prints them.
+fn all_names(actions: &[Action]) -> Vec<String> {
     actions
         .iter()
         .map(|a| match a {
-            Action::CreateContainer { container, reason: CreateReason::Missing } => {
-                format!("create {}", container.name)
-            }
-            Action::CreateContainer { container, .. } => format!("recreate {}", container.name),
-            Action::StartContainer { name, .. } => format!("start {name}"),
-            Action::RemoveContainer { name, .. } => format!("remove {name}"),
-            other => other.to_string(),
+            Action::Host(h) => name(h),
+            Action::Infra(i) => i.to_string(),
         })
         .collect()
 }
 
+fn name(action: &HostAction) -> String {
+    match action {
+        HostAction::CreateContainer { container, reason: CreateReason::Missing } => {
+            format!("create {}", container.name)
+        }
+        HostAction::CreateContainer { container, .. } => format!("recreate {}", container.name),
+        HostAction::StartContainer { name, .. } => format!("start {name}"),
+        HostAction::RemoveContainer { name, .. } => format!("remove {name}"),
+        other => other.to_string(),
+    }
+}
+
 /// Observe, plan, apply one host; returns what was planned.
-async fn converge(hosts: &SshHosts, key: &SshKey, t: &HostTarget, desired: &[DesiredContainer]) -> Vec<Action> {
+async fn converge(hosts: &SshHosts, key: &SshKey, t: &HostTarget, desired: &[DesiredContainer]) -> Vec<HostAction> {
     let observed = hosts.observe(t, key).await.unwrap_or_else(|e| panic!("observe: {e}"));
     let actions = plan_host(t.tier, desired, HostView::Observed(&observed));
     if !actions.is_empty() {
@@ -59,7 +73,7 @@ async fn converge(hosts: &SshHosts, key: &SshKey, t: &HostTarget, desired: &[Des
     actions
 }
 
-async fn plan_now(hosts: &SshHosts, key: &SshKey, t: &HostTarget, desired: &[DesiredContainer]) -> Vec<Action> {
+async fn plan_now(hosts: &SshHosts, key: &SshKey, t: &HostTarget, desired: &[DesiredContainer]) -> Vec<HostAction> {
     let observed = hosts.observe(t, key).await.unwrap_or_else(|e| panic!("observe: {e}"));
     plan_host(t.tier, desired, HostView::Observed(&observed))
 }
@@ -128,12 +142,12 @@ async fn host_three_tiers_deploy_converge_and_repair() {
     wait_http_200(&hosts, &result_url).await;
 
     // steady state: nothing to do, one exec per host, no new session
-    let (c0, s0) = (hosts.commands_run(), hosts.sessions_opened());
+    let (c0, s0) = (hosts.round_trips(), hosts.sessions_opened());
     for t in [&db, &be, &fe] {
         let actions = plan_now(&hosts, key, t, &desired(&spec, t.tier, peers)).await;
         assert!(actions.is_empty(), "{}: {actions:?}", t.describe());
     }
-    assert_eq!(hosts.commands_run() - c0, 3, "one exec per host");
+    assert_eq!(hosts.round_trips() - c0, 3, "one exec per host");
     assert_eq!(hosts.sessions_opened(), s0, "pooled sessions are reused");
 
     // smoke test path: a vote through the vote page reaches postgres
@@ -244,14 +258,14 @@ async fn host_key_change_is_refused() {
     let fresh = SshHosts::default();
     let err = fresh.observe(&wrong, key).await.unwrap_err();
     assert!(matches!(&err, HostError::HostKeyMismatch { presented, .. } if *presented == pinned), "{err}");
-    assert_eq!(fresh.commands_run(), 0, "nothing ran on a host with the wrong key");
+    assert_eq!(fresh.round_trips(), 0, "nothing ran on a host with the wrong key");
 
     let mut right = t.clone();
     right.expected_host_key = Some(pinned.clone());
     assert_eq!(fresh.observe(&right, key).await.unwrap().host_key_fingerprint, pinned);
 
     // a wrong login key is refused as such
-    let other = SshKey::parse(votingstack::host::keys::TEST_KEY, "s", "k").unwrap();
+    let other = SshKey::parse(crate::fixtures::TEST_KEY, "s", "k").unwrap();
     let err = SshHosts::default().observe(&right, &other).await.unwrap_err();
     assert!(matches!(err, HostError::AuthRefused { .. }), "{err}");
 
@@ -350,15 +364,16 @@ async fn host_docker_missing_is_reported_and_a_stopped_engine_started() {
     let DockerState::Down(why) = &o.docker else { unreachable!() };
     assert!(!why.is_empty());
     let actions = plan_host(Tier::Database, &want, HostView::Observed(&o));
-    assert_eq!(actions, [Action::StartDocker { tier: Tier::Database }]);
+    assert_eq!(actions, [HostAction::StartDocker { tier: Tier::Database }]);
     hosts.apply(&t, key, &actions, PullPolicy::IfNotPresent).await.unwrap_or_else(|e| panic!("start Docker: {e}"));
     let o = hosts.observe(&t, key).await.unwrap();
     assert_eq!(o.docker, DockerState::Running);
 
-    // no docker command: observed as missing; installing needs a package
-    // mirror, which the world's hosts have none of (no sources): a clear error
+    // no Docker at all (no docker command, no engine): observed as missing;
+    // installing needs a package mirror, which the world's hosts have none
+    // of (no sources): a clear error
     let (code, out) = host.sh(
-        "mv /usr/bin/docker /usr/bin/docker.hidden && : > /etc/apt/sources.list && rm -f /etc/apt/sources.list.d/*",
+        "service docker stop && mv /usr/bin/docker /usr/bin/docker.hidden && : > /etc/apt/sources.list && rm -f /etc/apt/sources.list.d/*",
     );
     assert_eq!(code, 0, "{out}");
     let o = hosts.observe(&t, key).await.unwrap();
@@ -375,9 +390,12 @@ async fn host_docker_missing_is_reported_and_a_stopped_engine_started() {
     }
     eprintln!("install without a mirror: {err}");
 
-    let (code, out) = host.sh("mv /usr/bin/docker.hidden /usr/bin/docker");
+    let (code, out) = host.sh("mv /usr/bin/docker.hidden /usr/bin/docker && service docker start");
     assert_eq!(code, 0, "{out}");
-    assert_eq!(hosts.observe(&t, key).await.unwrap().docker, DockerState::Running);
+    let o =
+        observe_until(&hosts, &t, key, Duration::from_secs(60), "Docker back", |o| o.docker == DockerState::Running)
+            .await;
+    assert_eq!(o.docker, DockerState::Running);
 
     fleet.cleanup().await;
 }
@@ -471,7 +489,7 @@ async fn host_engine_reconcile_over_ec2_through_the_frontend() {
     }
 
     let applied = until_ready(&engine, &mut stack, &world.key, &shared).await;
-    let creates = applied.iter().filter(|a| matches!(a, Action::CreateContainer { .. })).count();
+    let creates = applied.iter().filter(|a| matches!(a, Action::Host(HostAction::CreateContainer { .. }))).count();
     assert_eq!(creates, 5, "{applied:#?}");
     let status = stack.status.clone().unwrap();
     let tiers = status.tiers.clone().unwrap();
@@ -483,11 +501,11 @@ async fn host_engine_reconcile_over_ec2_through_the_frontend() {
     assert!(status.vote_url.as_deref().is_some_and(|u| u.starts_with("http://10.222.1.")), "{:?}", status.vote_url);
 
     // steady state: nothing applied, one exec per host, pooled sessions reused
-    let (c0, s0) = (hosts.commands_run(), hosts.sessions_opened());
+    let (c0, s0) = (hosts.round_trips(), hosts.sessions_opened());
     let outcome = engine.reconcile(&stack, Ok(world.key.clone())).await;
     assert!(outcome.is_ready());
     assert!(outcome.applied.is_empty(), "{:?}", outcome.applied);
-    assert_eq!(hosts.commands_run() - c0, 3, "one exec per host in a steady reconcile");
+    assert_eq!(hosts.round_trips() - c0, 3, "one exec per host in a steady reconcile");
     assert_eq!(hosts.sessions_opened(), s0);
     stack.status = Some(outcome.status);
 
@@ -496,8 +514,8 @@ async fn host_engine_reconcile_over_ec2_through_the_frontend() {
     stack.spec.app.option_a = "Tea".into();
     stack.metadata.generation = Some(2);
     let applied = until_ready(&engine, &mut stack, &world.key, &shared).await;
-    assert_eq!(names(&applied)[1..], ["recreate vote", "recreate result"]);
-    assert!(names(&applied)[0].starts_with("~ update network"), "{:?}", names(&applied));
+    assert_eq!(all_names(&applied)[1..], ["recreate vote", "recreate result"]);
+    assert!(all_names(&applied)[0].starts_with("~ update network"), "{:?}", all_names(&applied));
 
     let report = engine.destroy(&stack).await.unwrap_or_else(|e| panic!("destroy: {e}"));
     eprintln!("destroyed: {report:?}");

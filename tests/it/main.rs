@@ -11,6 +11,7 @@ mod e2e;
 mod ec2;
 mod engine;
 mod fakes;
+mod fixtures;
 mod host;
 mod moto;
 mod world;

@@ -17,8 +17,8 @@ use aws_sdk_ec2::primitives::Blob;
 use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 use votingstack::api::{Images, Tier};
-use votingstack::engine::observed::{DockerState, ObservedHost};
 use votingstack::host::{HostTarget, Hosts, SshKey};
+use votingstack::model::{DockerState, ObservedHost};
 
 /// The running world, from `.world/env`.
 pub struct World {

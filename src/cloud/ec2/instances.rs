@@ -7,9 +7,9 @@ use aws_sdk_ec2::primitives::DateTimeFormat;
 use aws_sdk_ec2::types::{Filter, Instance, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType};
 use tracing::info;
 
-use crate::api::{NetworkStatus, Tier, VotingStackSpec, TIER_LABEL};
+use crate::api::{NetworkStatus, Tier, TIER_LABEL};
 use crate::cloud::{CloudError, StackIdentity};
-use crate::engine::observed::{InstanceState, ObservedInstance};
+use crate::model::{InstanceLaunch, InstanceState, ObservedInstance};
 
 use super::{filter, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
 
@@ -83,11 +83,10 @@ impl Ec2Cloud {
     pub(super) async fn launch(
         &self,
         stack: &StackIdentity,
-        spec: &VotingStackSpec,
         network: &NetworkStatus,
-        tier: Tier,
-        replacement: u32,
+        launch: &InstanceLaunch,
     ) -> Result<ObservedInstance, CloudError> {
+        let tier = launch.tier;
         let existing = self
             .describe_instances(vec![
                 stack_filter(stack),
@@ -116,7 +115,7 @@ impl Ec2Cloud {
             .device_index(0)
             .subnet_id(subnet_id)
             .groups(group_id)
-            .associate_public_ip_address(tier == Tier::Frontend)
+            .associate_public_ip_address(launch.public_ip)
             .delete_on_termination(true)
             .build();
         let out = self
@@ -124,12 +123,12 @@ impl Ec2Cloud {
                 "RunInstances",
                 self.client
                     .run_instances()
-                    .image_id(spec.instances.ami_for(tier))
-                    .instance_type(InstanceType::from(spec.instances.instance_type_for(tier)))
+                    .image_id(&launch.ami)
+                    .instance_type(InstanceType::from(launch.instance_type.as_str()))
                     .min_count(1)
                     .max_count(1)
                     .key_name(key_name)
-                    .client_token(stack.client_token(tier, replacement))
+                    .client_token(stack.client_token(tier, launch.replacement))
                     .network_interfaces(nic)
                     .tag_specifications(tag_spec(ResourceType::Instance, stack, &name, Some(tier)))
                     .tag_specifications(tag_spec(ResourceType::Volume, stack, &name, Some(tier)))

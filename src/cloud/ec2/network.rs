@@ -11,7 +11,8 @@ use tracing::{info, warn};
 
 use crate::api::{NetworkStatus, Tier, VotingStackSpec, TIER_LABEL};
 use crate::cloud::{CloudError, StackIdentity};
-use crate::engine::observed::ObservedInstance;
+use crate::model::desired::{POSTGRES_PORT, REDIS_PORT};
+use crate::model::ObservedInstance;
 
 use super::instances::Placement;
 use super::{filter, stack_filter, tag_spec, tag_value, Ec2Cloud};
@@ -259,9 +260,7 @@ pub(super) fn desired_rules(
         rules.insert((Rule::tcp(spec.ssh.port, Source::Cidr(cidr.clone())), "SSH from the operator"));
     }
     let group = |t: Tier| groups.get(&t).map(|id| Source::Group(id.clone()));
-    // The operator reaches the private tiers through the frontend host.
-    let jumps = spec.network.connect_via == crate::api::ConnectVia::PublicIp || spec.ssh.jump_through_frontend;
-    if jumps && tier != Tier::Frontend {
+    if spec.jumps_through_frontend() && !tier.is_public() {
         if let Some(front) = group(Tier::Frontend) {
             rules.insert((Rule::tcp(spec.ssh.port, front), "SSH through the frontend host"));
         }
@@ -286,9 +285,6 @@ pub(super) fn desired_rules(
     }
     rules
 }
-
-pub(super) const REDIS_PORT: u16 = 6379;
-pub(super) const POSTGRES_PORT: u16 = 5432;
 
 /// `type base64` of an OpenSSH public key, without its comment.
 fn key_identity(openssh: &str) -> String {
@@ -629,7 +625,7 @@ fn group_description(stack: &StackIdentity, tier: Tier) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::fixtures;
+    use crate::fixtures;
 
     fn groups() -> BTreeMap<Tier, String> {
         [(Tier::Frontend, "sg-f"), (Tier::Backend, "sg-b"), (Tier::Database, "sg-d")]

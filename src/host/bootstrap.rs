@@ -1,0 +1,200 @@
+//! The one shell script the operator still runs on a host (`bootstrap.sh`):
+//! what has to happen before there is a Docker engine to talk to (install
+//! it, start it), and the host's facts (which instance it is, whether the
+//! engine answers). Everything else goes through the engine's API
+//! (`engine_api`).
+//!
+//! The script travels on the exec's stdin into a mode 0600 temporary file,
+//! so nothing it carries shows in process arguments. Its text is wrapped
+//! in a function called on the last line: an upload cut short is a syntax
+//! error, not half a script.
+
+use serde::Deserialize;
+
+use crate::model::DockerState;
+
+const BOOTSTRAP: &str = include_str!("bootstrap.sh");
+
+/// What the script is asked to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Print the host's facts as one JSON line.
+    Facts,
+    /// Install Docker from the distribution's packages, then start it.
+    Install,
+    /// Start Docker and wait until the engine answers.
+    Start,
+}
+
+impl Step {
+    fn arg(self) -> &'static str {
+        match self {
+            Step::Facts => "facts",
+            Step::Install => "install",
+            Step::Start => "start",
+        }
+    }
+
+    /// What the step does, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Facts => "read the host's facts",
+            Step::Install => "install Docker (apt-get install docker.io)",
+            Step::Start => "start Docker",
+        }
+    }
+}
+
+/// The text sent on stdin: the script inside a function, called last.
+pub fn script_text() -> String {
+    format!("vs_main() {{\n{BOOTSTRAP}\n}}\nvs_main \"$@\"\n")
+}
+
+/// The exec's command line: reads the script from stdin into a private
+/// temporary file, runs it with `step`, removes it.
+pub fn command(step: Step) -> String {
+    format!(
+        "sh -c 'umask 077; f=$(mktemp \"${{TMPDIR:-/tmp}}/votingstack.XXXXXX\") || exit 125; \
+         if ! cat >\"$f\"; then rm -f \"$f\"; exit 125; fi; \
+         sh \"$f\" \"$@\" </dev/null; rc=$?; rm -f \"$f\"; exit $rc' votingstack {}",
+        step.arg()
+    )
+}
+
+/// A host's facts, as the `facts` step prints them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// The instance id the host reports, when it can tell.
+    pub instance: Option<String>,
+    pub docker: DockerState,
+}
+
+#[derive(Deserialize)]
+struct RawFacts {
+    #[serde(default)]
+    instance: String,
+    docker: String,
+    #[serde(default)]
+    why: String,
+}
+
+/// Reads the `facts` output (login scripts may print before it: the
+/// document is the last non-empty line).
+pub fn parse_facts(stdout: &[u8]) -> Result<Facts, String> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let raw: RawFacts = serde_json::from_str(line).map_err(|e| {
+        let shown: String = line.chars().take(200).collect();
+        format!("{e} in {shown:?}")
+    })?;
+    let docker = match raw.docker.as_str() {
+        "running" => DockerState::Running,
+        "missing" => DockerState::Missing,
+        "down" if raw.why.is_empty() => DockerState::Down("the Docker engine does not answer".into()),
+        "down" => DockerState::Down(raw.why),
+        other => return Err(format!("unknown docker state {other:?}")),
+    };
+    Ok(Facts { instance: Some(raw.instance).filter(|i| !i.is_empty()), docker })
+}
+
+/// The end of a command's stderr, for messages.
+pub fn tail(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    let start = lines.len().saturating_sub(8);
+    let mut t = lines[start..].join("\n");
+    if t.len() > 1500 {
+        let mut cut = t.len() - 1500;
+        while !t.is_char_boundary(cut) {
+            cut += 1;
+        }
+        t = format!("…{}", &t[cut..]);
+    }
+    if t.is_empty() {
+        "(no output)".to_string()
+    } else {
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    /// Runs the launcher of `step` with `text` on stdin, PATH set to `path`.
+    fn launch(step: Step, text: &str, path: &str) -> std::process::Output {
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command(step))
+            .env("PATH", path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// A PATH with the basic tools and, when given, a fake `docker`.
+    fn tools(fake_docker: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for t in ["sh", "tr", "cut", "grep", "tail", "id", "timeout", "printf", "cat", "mktemp", "rm", "hostname"] {
+            for d in ["/usr/bin", "/bin"] {
+                let p = std::path::Path::new(d).join(t);
+                if p.exists() {
+                    let _ = std::os::unix::fs::symlink(&p, dir.path().join(t));
+                    break;
+                }
+            }
+        }
+        if let Some(body) = fake_docker {
+            let fake = dir.path().join("docker");
+            std::fs::write(&fake, body).unwrap();
+            Command::new("chmod").arg("+x").arg(&fake).status().unwrap();
+        }
+        dir
+    }
+
+    #[test]
+    fn facts_tell_running_down_and_missing_apart() {
+        let up = tools(Some("#!/bin/sh\necho 24.0.0\n"));
+        let out = launch(Step::Facts, &script_text(), &up.path().display().to_string());
+        assert_eq!(parse_facts(&out.stdout).unwrap().docker, DockerState::Running);
+
+        let down = tools(Some("#!/bin/sh\necho 'Cannot connect to the Docker daemon' >&2\nexit 1\n"));
+        let out = launch(Step::Facts, &script_text(), &down.path().display().to_string());
+        let facts = parse_facts(&out.stdout).unwrap();
+        assert!(matches!(&facts.docker, DockerState::Down(why) if why.contains("Cannot connect")), "{facts:?}");
+
+        let none = tools(None);
+        let out = launch(Step::Facts, &script_text(), &none.path().display().to_string());
+        assert_eq!(parse_facts(&out.stdout).unwrap().docker, DockerState::Missing);
+    }
+
+    #[test]
+    fn a_cut_off_upload_runs_nothing() {
+        let dir = tools(Some("#!/bin/sh\necho 24.0.0\n"));
+        let text = script_text();
+        let cut = &text[..text.len() / 2];
+        let out = launch(Step::Facts, cut, &dir.path().display().to_string());
+        assert_ne!(out.status.code(), Some(0));
+        assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+
+    #[test]
+    fn facts_are_read_from_the_last_line() {
+        let f = parse_facts(b"motd\n{\"instance\":\"i-0abc\",\"docker\":\"down\",\"why\":\"\"}\n").unwrap();
+        assert_eq!(f.instance.as_deref(), Some("i-0abc"));
+        assert_eq!(f.docker, DockerState::Down("the Docker engine does not answer".into()));
+        assert!(parse_facts(b"garbage").is_err());
+    }
+
+    #[test]
+    fn the_script_parses_as_posix_sh() {
+        let out = Command::new("sh").arg("-n").arg("-c").arg(script_text()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}

@@ -1,0 +1,174 @@
+# What the operator runs on a host in a shell: only what must happen before
+# there is a Docker engine to talk to. Everything else goes through the
+# engine's API. POSIX sh; the launcher wraps this text in a function that is
+# called on its last line, so a cut-off upload runs nothing.
+#
+#   $1 = facts    prints one line of JSON:
+#                 {"instance": "i-..." (when the host can tell), "docker": "running|missing|down", "why": "..."}
+#   $1 = install  installs Docker from the distribution's packages, then starts it
+#   $1 = start    starts Docker and waits until the engine answers
+
+# One line of diagnostic text, safe inside a JSON string.
+vs_clean() {
+  printf '%s' "$1" | tr '\n\t\r"\\' "   ''" | tr -d '\000-\037' | cut -c1-400
+}
+
+# vs_timeout SECONDS COMMAND...: COMMAND, killed after SECONDS when
+# coreutils' timeout is there.
+vs_timeout() {
+  if command -v timeout >/dev/null 2>&1; then
+    timeout "$@"
+  else
+    shift
+    "$@"
+  fi
+}
+
+# vs_root COMMAND...: COMMAND as root (sudo -n unless already root).
+vs_root() {
+  if [ "$(id -u)" = 0 ]; then
+    "$@"
+  else
+    sudo -n "$@"
+  fi
+}
+
+# Sets DOCKER_STATE (running | missing | down) and DOCKER_WHY.
+vs_docker_state() {
+  DOCKER_WHY=
+  if ! command -v docker >/dev/null 2>&1; then
+    DOCKER_STATE=missing
+    return 0
+  fi
+  if vs_out=$(vs_timeout 20 docker version --format '{{.Server.Version}}' 2>&1 </dev/null); then
+    DOCKER_STATE=running
+    return 0
+  fi
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 \
+    && vs_out=$(vs_timeout 20 sudo -n docker version --format '{{.Server.Version}}' 2>&1 </dev/null); then
+    DOCKER_STATE=running
+    return 0
+  fi
+  DOCKER_STATE=down
+  DOCKER_WHY=$(vs_clean "$(printf '%s\n' "$vs_out" | grep -v '^[[:space:]]*$' | tail -n 2)")
+}
+
+# Which EC2 instance this is, when the host can tell: a hostname that is an
+# instance id (cut at the first dot), else the Nitro DMI asset tag.
+vs_instance() {
+  vs_id=$(hostname 2>/dev/null | cut -d. -f1)
+  case "$vs_id" in
+    i-[0-9a-f]*) ;;
+    *) vs_id=$(cat /sys/devices/virtual/dmi/id/board_asset_tag 2>/dev/null) ;;
+  esac
+  case "$vs_id" in
+    i-[0-9a-f]*) printf '%s' "$vs_id" | tr -cd 'a-z0-9-' ;;
+  esac
+}
+
+# vs_logged COMMAND...: runs COMMAND with its output in a private file (a
+# daemon it starts must not hold the exec's pipes open); shows the end of
+# that output on stderr when COMMAND fails.
+vs_logged() {
+  vs_log=$(mktemp "${TMPDIR:-/tmp}/votingstack.XXXXXX") || return 1
+  "$@" >"$vs_log" 2>&1 </dev/null
+  vs_rc=$?
+  if [ "$vs_rc" != 0 ]; then
+    tail -n 15 "$vs_log" >&2
+    echo "($* exited with $vs_rc)" >&2
+  fi
+  rm -f "$vs_log"
+  return "$vs_rc"
+}
+
+# Waits up to 300 s for first-boot work (cloud-init, unattended upgrades)
+# to let go of the package manager.
+vs_wait_for_apt() {
+  if command -v cloud-init >/dev/null 2>&1; then
+    vs_timeout 300 cloud-init status --wait >/dev/null 2>&1 || true
+  fi
+}
+
+vs_install_docker() {
+  if command -v docker >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "Docker is not installed and this host has no apt-get: only Debian and Ubuntu hosts can be provisioned" >&2
+    return 1
+  fi
+  vs_wait_for_apt
+  vs_apt="env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
+  # shellcheck disable=SC2086
+  vs_logged vs_root $vs_apt update -q || return 1
+  # shellcheck disable=SC2086
+  vs_logged vs_root $vs_apt install -y -q docker.io || return 1
+  if ! command -v docker >/dev/null 2>&1; then
+    echo "apt-get install docker.io succeeded but there is still no docker command" >&2
+    return 1
+  fi
+}
+
+vs_start_docker_once() {
+  if [ -d /run/systemd/system ]; then
+    # Ubuntu 24.04 can leave docker.socket failed after the package's
+    # first start; clear that state and restart the socket with the service
+    vs_root systemctl reset-failed docker.socket docker.service >/dev/null 2>&1 || true
+    if systemctl cat containerd.service >/dev/null 2>&1; then
+      vs_logged vs_root systemctl enable containerd.service || return 1
+      vs_logged vs_root systemctl start containerd.service || return 1
+    fi
+    vs_logged vs_root systemctl enable docker.service || return 1
+    if systemctl cat docker.socket >/dev/null 2>&1; then
+      vs_logged vs_root systemctl enable docker.socket || return 1
+      vs_logged vs_root systemctl restart docker.socket docker.service || return 1
+    else
+      vs_logged vs_root systemctl restart docker.service || return 1
+    fi
+  elif command -v service >/dev/null 2>&1; then
+    vs_logged vs_root service docker start || return 1
+  elif command -v systemctl >/dev/null 2>&1; then
+    vs_logged vs_root systemctl start docker || return 1
+  else
+    echo "this host has neither systemd nor service(8): cannot start Docker" >&2
+    return 1
+  fi
+}
+
+# Starts Docker and waits for the engine. A start issued while an engine is
+# still shutting down is a no-op for init scripts, so it is repeated every
+# 5 s until the engine answers.
+vs_start_docker() {
+  vs_i=0
+  while [ "$vs_i" -lt 60 ]; do
+    if [ $((vs_i % 5)) = 0 ]; then
+      vs_start_docker_once || return 1
+    fi
+    vs_docker_state
+    if [ "$DOCKER_STATE" = running ]; then
+      return 0
+    fi
+    sleep 1
+    vs_i=$((vs_i + 1))
+  done
+  echo "Docker did not answer within 60 s of being started: $DOCKER_WHY" >&2
+  return 1
+}
+
+case "$1" in
+  facts)
+    vs_docker_state
+    printf '{"instance":"%s","docker":"%s","why":"%s"}\n' "$(vs_instance)" "$DOCKER_STATE" "$DOCKER_WHY"
+    ;;
+  install)
+    vs_install_docker || exit 1
+    vs_start_docker || exit 1
+    ;;
+  start)
+    vs_start_docker || exit 1
+    ;;
+  *)
+    echo "unknown step $1" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,180 @@
+//! The steps a plan holds: [`InfraAction`]s for EC2 and [`HostAction`]s for
+//! one host each. Every action carries what its executor needs; no executor
+//! reads the spec again.
+
+use std::fmt;
+
+use crate::api::Tier;
+
+use super::desired::DesiredContainer;
+
+/// Why an instance is terminated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TerminateReason {
+    /// Another live instance already serves the tier.
+    Duplicate,
+    /// Carries the stack's tags but no known tier.
+    UnknownTier,
+    /// AMI or type differs from the spec and replacement is allowed.
+    Replaced(String),
+}
+
+impl fmt::Display for TerminateReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TerminateReason::Duplicate => f.write_str("duplicate of the tier's instance"),
+            TerminateReason::UnknownTier => f.write_str("carries the stack's tags but no tier"),
+            TerminateReason::Replaced(why) => write!(f, "replaced: {why}"),
+        }
+    }
+}
+
+/// Why a container is (re)created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CreateReason {
+    Missing,
+    /// The running container's config hash differs (old hash, or None when unlabelled).
+    ConfigChanged(Option<String>),
+}
+
+/// Everything RunInstances needs for one tier's instance, as the plan decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstanceLaunch {
+    pub tier: Tier,
+    pub ami: String,
+    pub instance_type: String,
+    /// How many instances of the tier came before: part of the ClientToken.
+    pub replacement: u32,
+    /// Whether the instance gets a public IPv4 address.
+    pub public_ip: bool,
+}
+
+/// One EC2 step of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InfraAction {
+    /// VPC, subnet, gateway, route table, security groups, key pair.
+    CreateNetwork,
+    /// Brings security group rules and the key pair in line with a changed spec.
+    UpdateNetwork,
+    LaunchInstance(InstanceLaunch),
+    StartInstance {
+        tier: Tier,
+        instance_id: String,
+    },
+    TerminateInstance {
+        tier: Option<Tier>,
+        instance_id: String,
+        reason: TerminateReason,
+    },
+}
+
+/// One step on a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostAction {
+    InstallDocker { tier: Tier },
+    StartDocker { tier: Tier },
+    CreateContainer { container: DesiredContainer, reason: CreateReason },
+    StartContainer { tier: Tier, name: String, state: String },
+    RemoveContainer { tier: Tier, name: String },
+}
+
+impl HostAction {
+    /// The host the action runs on.
+    pub fn tier(&self) -> Tier {
+        match self {
+            HostAction::InstallDocker { tier } | HostAction::StartDocker { tier } => *tier,
+            HostAction::CreateContainer { container, .. } => container.tier,
+            HostAction::StartContainer { tier, .. } | HostAction::RemoveContainer { tier, .. } => *tier,
+        }
+    }
+}
+
+/// A step of a whole plan, as `votingstack plan` lists it and as a
+/// reconcile reports what it did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Infra(InfraAction),
+    Host(HostAction),
+}
+
+impl From<InfraAction> for Action {
+    fn from(a: InfraAction) -> Action {
+        Action::Infra(a)
+    }
+}
+
+impl From<HostAction> for Action {
+    fn from(a: HostAction) -> Action {
+        Action::Host(a)
+    }
+}
+
+impl fmt::Display for InfraAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InfraAction::CreateNetwork => {
+                f.write_str("+ create network: VPC, subnet, internet gateway, route table, 3 security groups, key pair")
+            }
+            InfraAction::UpdateNetwork => {
+                f.write_str("~ update network: security group rules and key pair from the changed spec")
+            }
+            InfraAction::LaunchInstance(InstanceLaunch { tier, ami, instance_type, replacement, public_ip }) => {
+                write!(f, "+ launch {tier} instance ({ami}, {instance_type}")?;
+                if *public_ip {
+                    f.write_str(", public IP")?;
+                }
+                f.write_str(")")?;
+                if *replacement > 0 {
+                    write!(f, ", replacement #{replacement}")?;
+                }
+                Ok(())
+            }
+            InfraAction::StartInstance { tier, instance_id } => {
+                write!(f, "~ start {tier} instance {instance_id} (stopped)")
+            }
+            InfraAction::TerminateInstance { tier, instance_id, reason } => match tier {
+                Some(t) => write!(f, "- terminate {t} instance {instance_id} ({reason})"),
+                None => write!(f, "- terminate instance {instance_id} ({reason})"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for HostAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostAction::InstallDocker { tier } => write!(f, "+ install Docker on the {tier} host"),
+            HostAction::StartDocker { tier } => write!(f, "~ start Docker on the {tier} host"),
+            HostAction::CreateContainer { container, reason } => {
+                let hash = container.config_hash().unwrap_or_else(|| "(known after apply)".into());
+                match reason {
+                    CreateReason::Missing => write!(
+                        f,
+                        "+ create {} container {} ({}, config {hash})",
+                        container.tier, container.name, container.image
+                    ),
+                    CreateReason::ConfigChanged(old) => write!(
+                        f,
+                        "± recreate {} container {} (config {} → {hash})",
+                        container.tier,
+                        container.name,
+                        old.as_deref().unwrap_or("unlabelled")
+                    ),
+                }
+            }
+            HostAction::StartContainer { tier, name, state } => write!(f, "~ start {tier} container {name} ({state})"),
+            HostAction::RemoveContainer { tier, name } => {
+                write!(f, "- remove {tier} container {name} (not part of the stack)")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Infra(a) => a.fmt(f),
+            Action::Host(a) => a.fmt(f),
+        }
+    }
+}

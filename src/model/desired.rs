@@ -1,0 +1,80 @@
+//! What a host must run: containers with the hash of their configuration,
+//! and the fixed facts of the workload that both the plan and the adapters
+//! need (ports, network and volume names, the postgres login).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::api::Tier;
+
+/// Name of the Docker network the operator creates on each host.
+pub const HOST_NETWORK: &str = "votingstack";
+/// Named volume holding postgres data on the database host.
+pub const DB_VOLUME: &str = "votingstack-db-data";
+/// Postgres login hardcoded by the upstream worker and result images.
+pub const POSTGRES_USER: &str = "postgres";
+/// Postgres password hardcoded by the upstream worker and result images. It is
+/// why 5432 is open only to the tier security groups.
+pub const POSTGRES_PASSWORD: &str = "postgres";
+/// Port redis listens on (published on the backend host).
+pub const REDIS_PORT: u16 = 6379;
+/// Port postgres listens on (published on the database host).
+pub const POSTGRES_PORT: u16 = 5432;
+/// Container names: the upstream images reach their peers by these host names
+/// (`redis`, `db`), so they are part of the contract, not a choice.
+pub const DB_CONTAINER: &str = "db";
+pub const REDIS_CONTAINER: &str = "redis";
+pub const WORKER_CONTAINER: &str = "worker";
+pub const VOTE_CONTAINER: &str = "vote";
+pub const RESULT_CONTAINER: &str = "result";
+
+/// A published port: host port to container port (TCP).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PortMapping {
+    pub host: u16,
+    pub container: u16,
+}
+
+/// One container a host must run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DesiredContainer {
+    pub name: String,
+    pub tier: Tier,
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<PortMapping>,
+    /// `--add-host NAME:IP` entries; None while the peer's IP is not known.
+    pub extra_hosts: BTreeMap<String, Option<Ipv4Addr>>,
+    pub command: Vec<String>,
+    /// Named volume to mount path.
+    pub volumes: BTreeMap<String, String>,
+    /// Readiness check run inside the container by its engine (a shell
+    /// command that exits 0 when the service answers); its result is read
+    /// back with every observation at no extra cost.
+    pub health_command: Option<String>,
+}
+
+impl DesiredContainer {
+    /// Hash of everything that requires re-creating the container when it
+    /// changes; None while a peer IP is unknown.
+    pub fn config_hash(&self) -> Option<String> {
+        if self.extra_hosts.values().any(Option::is_none) {
+            return None;
+        }
+        let json = serde_json::to_vec(self).ok()?;
+        let digest = Sha256::digest(&json);
+        Some(hex::encode(&digest[..8]))
+    }
+}
+
+/// IPs of the hosts other tiers point at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peers {
+    /// Where `redis` resolves: the backend host.
+    pub backend: Option<Ipv4Addr>,
+    /// Where `db` resolves: the database host.
+    pub database: Option<Ipv4Addr>,
+}

@@ -1,0 +1,14 @@
+//! The vocabulary the engine and its two adapters share: what observation
+//! found ([`observed`]), what a host must run ([`desired`]), and the steps a
+//! plan holds ([`actions`]).
+//!
+//! This module depends on [`crate::api`] only. `cloud` and `host` speak it,
+//! `engine` decides with it; nothing here calls out.
+
+pub mod actions;
+pub mod desired;
+pub mod observed;
+
+pub use actions::{Action, CreateReason, HostAction, InfraAction, InstanceLaunch, TerminateReason};
+pub use desired::{DesiredContainer, Peers, PortMapping};
+pub use observed::{DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance};

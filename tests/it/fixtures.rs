@@ -1,0 +1,44 @@
+//! Ready-made stacks and a throwaway SSH key for tests. The library's unit
+//! tests include this file too (as `crate::fixtures`), so both see one copy.
+#![allow(dead_code)]
+
+use votingstack::api::{VotingStack, VotingStackSpec};
+use votingstack::host::SshKey;
+
+/// A complete, valid spec like `examples/votingstack.yaml`.
+pub fn spec() -> VotingStackSpec {
+    let yaml = r#"
+instances:
+  ami: ami-0abcdef1234567890
+network:
+  sshIngressCidrs: ["203.0.113.0/24"]
+ssh:
+  privateKeySecretRef:
+    name: demo-ssh
+"#;
+    serde_yaml::from_str(yaml).expect("fixture spec parses")
+}
+
+/// A VotingStack named `demo` in `default` with [`spec`].
+pub fn stack() -> VotingStack {
+    let mut vs = VotingStack::new("demo", spec());
+    vs.metadata.namespace = Some("default".into());
+    vs.metadata.uid = Some("0b0e7ad4-5c1e-4d5b-9d35-1c2f3e4a5b6c".into());
+    vs.metadata.generation = Some(1);
+    vs
+}
+
+/// A throwaway ed25519 key (also in examples/votingstack.yaml).
+pub const TEST_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+QyNTUxOQAAACB9XzLedKIc+Jt1XxEbB0umjhD6rtoIezAsI4MWwGc+hwAAAKDVVztd1Vc7
+XQAAAAtzc2gtZWQyNTUxOQAAACB9XzLedKIc+Jt1XxEbB0umjhD6rtoIezAsI4MWwGc+hw
+AAAEAECl4h6fiQdEhj5vXAFhDrHds4m7wma3U3GNgoCLKViX1fMt50ohz4m3VfERsHS6aO
+EPqu2gh7MCwjgxbAZz6HAAAAGGRlbW9Adm90aW5nc3RhY2suZXhhbXBsZQECAwQF
+-----END OPENSSH PRIVATE KEY-----
+";
+
+/// [`TEST_KEY`] as the operator holds it, read from Secret `demo-ssh`.
+pub fn test_key() -> SshKey {
+    SshKey::parse(TEST_KEY, "demo-ssh", "ssh-privatekey").expect("test key parses")
+}
