@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::api::{Tier, VotingStackSpec};
 use crate::model::desired::{
     DB_CONTAINER, DB_VOLUME, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, REDIS_CONTAINER, REDIS_PORT,
-    RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
+    REDIS_VOLUME, RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
 };
 use crate::model::{DesiredContainer, Peers, PortMapping};
 
@@ -38,6 +38,9 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
             let mut redis = base(REDIS_CONTAINER, &app.images.redis);
             redis.ports.push(PortMapping { host: REDIS_PORT, container: REDIS_PORT });
             redis.health_command = Some("[ \"$(redis-cli ping)\" = PONG ]".into());
+            // Queued votes survive a re-created or restarted redis.
+            redis.command = ["--appendonly", "yes"].map(String::from).to_vec();
+            redis.volumes.insert(REDIS_VOLUME.into(), "/data".into());
             let mut worker = base(WORKER_CONTAINER, &app.images.worker);
             worker.extra_hosts.insert(REDIS_CONTAINER.into(), peers.backend);
             worker.extra_hosts.insert(DB_CONTAINER.into(), peers.database);

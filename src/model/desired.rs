@@ -14,6 +14,8 @@ use crate::api::Tier;
 pub const HOST_NETWORK: &str = "votingstack";
 /// Named volume holding postgres data on the database host.
 pub const DB_VOLUME: &str = "votingstack-db-data";
+/// Named volume holding redis's append-only file on the backend host.
+pub const REDIS_VOLUME: &str = "votingstack-redis-data";
 /// Postgres login hardcoded by the upstream worker and result images.
 pub const POSTGRES_USER: &str = "postgres";
 /// Postgres password hardcoded by the upstream worker and result images. It is
