@@ -273,6 +273,26 @@ impl SshHosts {
         }
     }
 
+    /// Runs one SQL statement in the postgres container; None while the
+    /// worker has not created the votes table yet.
+    async fn psql(&self, db: &HostTarget, key: &SshKey, sql: &str, what: &str) -> Result<Option<String>, HostError> {
+        let engine = self.engine(db, key).await?;
+        let cmd = ["psql", "-U", POSTGRES_USER, "-tAc", sql].map(String::from).to_vec();
+        let (code, stdout, stderr) = self.exec_in(db, &engine.api.docker, DB_CONTAINER, cmd, what).await?;
+        if code == 0 {
+            return Ok(Some(stdout));
+        }
+        if stderr.contains("relation \"votes\" does not exist") {
+            return Ok(None);
+        }
+        Err(HostError::Engine {
+            host: db.describe(),
+            step: what.into(),
+            status: None,
+            message: format!("psql exited with {code}: {}", bootstrap::tail(stderr.as_bytes())),
+        })
+    }
+
     /// Runs `cmd` in container `name` and returns its exit code, stdout and stderr.
     async fn exec_in(
         &self,
@@ -305,6 +325,11 @@ impl SshHosts {
         };
         self.bounded(target, what, Self::command_limit(target), run).await
     }
+}
+
+/// `s` as an SQL string literal.
+fn sql_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 fn engine_failure(target: &HostTarget, what: &str, e: ApiError) -> HostError {
@@ -436,23 +461,14 @@ impl Hosts for SshHosts {
     }
 
     async fn recorded_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<Option<String>, HostError> {
-        let engine = self.engine(db, key).await?;
-        let sql = format!("SELECT vote FROM votes WHERE id = '{}'", voter_id.replace('\'', "''"));
-        let cmd = ["psql", "-U", POSTGRES_USER, "-tAc", &sql].map(String::from).to_vec();
-        let what = "read the smoke test's vote from postgres";
-        let (code, stdout, stderr) = self.exec_in(db, &engine.api.docker, DB_CONTAINER, cmd, what).await?;
-        if code != 0 {
-            if stderr.contains("relation \"votes\" does not exist") {
-                return Ok(None);
-            }
-            return Err(HostError::Engine {
-                host: db.describe(),
-                step: what.into(),
-                status: None,
-                message: format!("psql exited with {code}: {}", bootstrap::tail(stderr.as_bytes())),
-            });
-        }
-        Ok(stdout.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string))
+        let sql = format!("SELECT vote FROM votes WHERE id = {}", sql_literal(voter_id));
+        let out = self.psql(db, key, &sql, "read the smoke test's vote from postgres").await?;
+        Ok(out.and_then(|o| o.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)))
+    }
+
+    async fn delete_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<(), HostError> {
+        let sql = format!("DELETE FROM votes WHERE id = {}", sql_literal(voter_id));
+        self.psql(db, key, &sql, "remove the smoke test's vote from postgres").await.map(drop)
     }
 
     fn round_trips(&self) -> u64 {
@@ -478,6 +494,11 @@ mod tests {
         assert_eq!(pull_reference("10.42.0.1:5000/vote:local"), ("10.42.0.1:5000/vote", "local"));
         assert_eq!(pull_reference("10.42.0.1:5000/vote"), ("10.42.0.1:5000/vote", "latest"));
         assert_eq!(pull_reference("postgres@sha256:abc"), ("postgres@sha256:abc", ""));
+    }
+
+    #[test]
+    fn voter_ids_are_quoted_as_sql_literals() {
+        assert_eq!(sql_literal("x' OR '1'='1"), "'x'' OR ''1''=''1'");
     }
 
     #[test]

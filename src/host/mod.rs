@@ -123,6 +123,9 @@ pub trait Hosts: Send + Sync {
     /// The vote postgres holds for `voter_id`, if any.
     async fn recorded_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<Option<String>, HostError>;
 
+    /// Deletes `voter_id`'s vote from postgres (the smoke test's, once counted).
+    async fn delete_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<(), HostError>;
+
     /// Round trips to hosts so far: SSH execs and engine API requests (for
     /// metrics and the steady-state budget).
     fn round_trips(&self) -> u64;

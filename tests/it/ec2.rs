@@ -50,6 +50,9 @@ impl Hosts for NoSsh {
     async fn recorded_vote(&self, db: &HostTarget, _: &SshKey, _: &str) -> Result<Option<String>, HostError> {
         Err(unreachable(&db.describe()))
     }
+    async fn delete_vote(&self, db: &HostTarget, _: &SshKey, _: &str) -> Result<(), HostError> {
+        Err(unreachable(&db.describe()))
+    }
     fn round_trips(&self) -> u64 {
         0
     }

@@ -71,7 +71,7 @@ async fn engine_killed_container_is_started_and_the_smoke_test_reruns() {
     let first = engine.reconcile(&stack(), Ok(key())).await;
     let backend = instance_id(&first, Tier::Backend);
     hosts.with_host(&backend, |h| h.containers.get_mut("worker").unwrap().state = "exited".into());
-    let votes_before = hosts.state.lock().unwrap().votes.len();
+    let cast_before = hosts.state.lock().unwrap().cast.len();
     let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
     assert!(
         matches!(&out.applied[..], [Action::Host(HostAction::StartContainer { name, .. })] if name == "worker"),
@@ -79,7 +79,8 @@ async fn engine_killed_container_is_started_and_the_smoke_test_reruns() {
         out.applied
     );
     assert_eq!(out.status.phase, Some(Phase::Ready));
-    assert_eq!(hosts.state.lock().unwrap().votes.len(), votes_before + 1);
+    assert_eq!(hosts.state.lock().unwrap().cast.len(), cast_before + 1, "a second smoke vote");
+    assert!(hosts.state.lock().unwrap().votes.is_empty(), "the smoke test leaves no vote behind");
 }
 
 #[tokio::test]

@@ -145,7 +145,10 @@ pub struct HostsState {
     pub unreachable: Vec<String>,
     /// Every host's SSH is down.
     pub all_down: bool,
+    /// The votes table: voter id to vote.
     pub votes: BTreeMap<String, String>,
+    /// Every vote cast through the vote page, in order.
+    pub cast: Vec<String>,
 }
 
 #[derive(Default, Clone)]
@@ -253,13 +256,21 @@ impl Hosts for FakeHosts {
     }
 
     async fn cast_vote(&self, _: &str, voter: &str, vote: &str) -> Result<(), HostError> {
-        self.state.lock().unwrap().votes.insert(voter.into(), vote.into());
+        let mut s = self.state.lock().unwrap();
+        s.votes.insert(voter.into(), vote.into());
+        s.cast.push(voter.into());
         Ok(())
     }
 
     async fn recorded_vote(&self, db: &HostTarget, _: &SshKey, voter: &str) -> Result<Option<String>, HostError> {
         self.reach(db)?;
         Ok(self.state.lock().unwrap().votes.get(voter).cloned())
+    }
+
+    async fn delete_vote(&self, db: &HostTarget, _: &SshKey, voter: &str) -> Result<(), HostError> {
+        self.reach(db)?;
+        self.state.lock().unwrap().votes.remove(voter);
+        Ok(())
     }
 
     fn round_trips(&self) -> u64 {
