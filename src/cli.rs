@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -92,8 +94,13 @@ pub fn save_state(path: &Path, state: &State) -> Result<(), CliError> {
     }
     let text = serde_json::to_string_pretty(state)
         .map_err(|e| CliError::State { path: path.into(), message: e.to_string() })?;
+    // The state names instances and pinned host keys: readable by its owner only.
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).map_err(err)?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    file.write_all(text.as_bytes()).map_err(err)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    drop(file);
     std::fs::rename(&tmp, path).map_err(err)
 }
 
@@ -298,5 +305,22 @@ pub async fn report_drift(mut events: tokio::sync::mpsc::Receiver<DriftEvent>, w
             println!("  ! {} container {} on the {} host: {}; repairing", e.stack, e.container, e.tier, e.action);
         }
         let _ = wake.try_send(());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_file_is_private_to_its_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(".votingstack").join("default.demo.json");
+        let state = State { uid: "u".into(), ..Default::default() };
+        save_state(&path, &state).unwrap();
+        save_state(&path, &state).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(load_state(&path).unwrap().map(|s| s.uid), Some("u".into()));
     }
 }

@@ -102,6 +102,19 @@ impl Manifest {
             stack.metadata.namespace = Some("default".into());
         }
         let name = stack.metadata.name.clone().unwrap_or_default();
+        let namespace = stack.metadata.namespace.clone().unwrap_or_default();
+        if !is_dns_label(&namespace) {
+            // It names the state file: nothing may escape the state directory.
+            errors.push(ManifestError::Field {
+                file: file_buf.clone(),
+                doc,
+                kind: "VotingStack".into(),
+                path: "metadata.namespace".into(),
+                message: format!(
+                    "{namespace:?} must be 1-63 lowercase letters, digits or '-' (a Kubernetes namespace)"
+                ),
+            });
+        }
         for problem in validate(&name, &stack.spec) {
             errors.push(ManifestError::Field {
                 file: file_buf.clone(),
@@ -145,6 +158,15 @@ pub fn key_from_secret(secret: &Secret, key: &str) -> Result<SshKey, KeyError> {
         None => secret.string_data.as_ref().and_then(|d| d.get(key)).cloned().ok_or_else(missing)?,
     };
     SshKey::parse(&text, &name, key)
+}
+
+/// A Kubernetes namespace name (RFC 1123 label).
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 #[cfg(test)]
@@ -199,6 +221,14 @@ mod tests {
         let text = GOOD.split("\n---\n").next().unwrap_or_default().to_string();
         let e = errors(&text);
         assert_eq!(e, ["f.yaml: Secret demo-ssh was not found in namespace default"]);
+    }
+
+    #[test]
+    fn a_namespace_that_would_escape_the_state_directory_is_refused() {
+        let text = GOOD.replacen("namespace: default", "namespace: ../../etc", 1);
+        assert_ne!(text, GOOD, "the example names its namespace");
+        let e = errors(&text);
+        assert!(e.iter().any(|l| l.contains("metadata.namespace: \"../../etc\" must be")), "{e:?}");
     }
 
     #[test]
