@@ -216,6 +216,9 @@ async fn e2e_cli_converges_counts_100_votes_and_destroys_clean() {
     assert!(out.contains("Vote URL"), "{out}");
     let status = stack.status();
     assert_eq!(status["phase"], "Ready");
+    // plan after apply: nothing left to do (exit 0, not 2)
+    let plan = stack.run(&["plan", "--detailed-exitcode"]);
+    assert!(plan.contains("no changes"), "{plan}");
     let (_, front) = stack.tier(Tier::Frontend);
     let vote = SocketAddr::from((front, 80));
     let result = SocketAddr::from((front, 81));
