@@ -8,6 +8,9 @@ Polls the EC2 stand-in (moto) and mirrors its instances into host containers:
   that network at the instance's private IP, running sshd (user ``admin``,
   authorised key = the public key of the instance's key pair) and its own
   Docker engine;
+* like cloud-init, it reads the instance's user data: a ``#cloud-config``
+  with ``ssh_keys`` (``ed25519_private``/``ed25519_public``) becomes the host's
+  only SSH host key, so the key is the one its launcher chose;
 * stopped instances stop their container, started ones start it again (and
   its engine), terminated or vanished ones lose it.
 
@@ -22,6 +25,7 @@ Run ``fleet.py --cleanup-firewall`` to drop those rules.
 """
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -179,6 +183,41 @@ class Fleet:
         self.key_cache[key_name] = key
         return key
 
+    def user_data(self, iid):
+        """The instance's user data as text ('' when it has none)."""
+        try:
+            resp = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
+        except Exception as exc:
+            log("instance %s: user data unreadable: %s" % (iid, exc), key="ud" + iid)
+            return ""
+        value = (resp.get("UserData") or {}).get("Value") or ""
+        text = base64.b64decode(value).decode("utf-8", "replace") if value else ""
+        if text and not text.startswith("#cloud-config"):
+            # user data sent already encoded (boto3 encodes it once more)
+            try:
+                text = base64.b64decode(text).decode("utf-8", "replace")
+            except ValueError:
+                pass
+        return text
+
+    def host_key(self, iid):
+        """(private, public) ed25519 host key from the instance's
+        #cloud-config ssh_keys, or None."""
+        text = self.user_data(iid)
+        if not text.startswith("#cloud-config"):
+            return None
+        import yaml
+        try:
+            cfg = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            log("instance %s: user data is not valid YAML: %s" % (iid, exc), key="udy" + iid)
+            return None
+        keys = cfg.get("ssh_keys") or {}
+        private, public = keys.get("ed25519_private"), keys.get("ed25519_public")
+        if not private or not public:
+            return None
+        return private.strip(), public.strip()
+
     # --- Docker side
 
     def containers(self):
@@ -238,6 +277,11 @@ class Fleet:
         if inst.get("KeyName"):
             keys = self.public_key(inst["KeyName"])
         vol = name + "-docker"
+        host_key = self.host_key(iid)
+        key_env = []
+        if host_key is not None:
+            key_env = ["-e", "VS_HOST_KEY_ED25519=" + host_key[0],
+                       "-e", "VS_HOST_KEY_ED25519_PUB=" + host_key[1]]
         docker("volume", "create", "--label", "%s=1" % lab,
                "--label", "%s.instance=%s" % (lab, iid), vol)
         docker("run", "-d", "--name", name, "--hostname", iid,
@@ -251,9 +295,11 @@ class Fleet:
                # the instance's disk: kept across stop/start like an EBS volume
                "-v", "%s:/var/lib/docker" % vol,
                "-e", "VS_AUTHORIZED_KEYS=" + keys,
+               *key_env,
                self.image)
         self.start_engine(name)
-        log("host %s up at %s (key pair %s)" % (iid, ip, inst.get("KeyName") or "-"))
+        log("host %s up at %s (key pair %s, host key %s)"
+            % (iid, ip, inst.get("KeyName") or "-", "from user data" if host_key else "generated"))
 
     def remove_host(self, iid, c):
         docker("rm", "-f", "-v", c["name"], check=False)

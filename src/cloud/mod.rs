@@ -10,6 +10,10 @@ use sha2::{Digest, Sha256};
 use crate::api::{NetworkStatus, Reason, Tier, VotingStack, VotingStackSpec};
 use crate::model::{InstanceLaunch, ObservedInfra, ObservedInstance};
 
+/// How every ClientToken the operator sends begins: an instance launched
+/// with one got its SSH host key from the operator (see `SshKey::host_key_for`).
+pub const CLIENT_TOKEN_PREFIX: &str = "vs-";
+
 /// Who a stack is, for tags, names and ClientTokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StackIdentity {
@@ -42,7 +46,7 @@ impl StackIdentity {
     /// Deterministic RunInstances ClientToken for a tier's n-th instance.
     pub fn client_token(&self, tier: Tier, replacement: u32) -> String {
         let digest = Sha256::digest(format!("{}/{}/{}/{tier}/{replacement}", self.uid, self.namespace, self.name));
-        format!("vs-{}", hex::encode(&digest[..16]))
+        format!("{CLIENT_TOKEN_PREFIX}{}", hex::encode(&digest[..16]))
     }
 }
 

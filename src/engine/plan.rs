@@ -73,6 +73,7 @@ pub fn instance_launch(spec: &VotingStackSpec, tier: Tier, replacement: u32) -> 
         instance_type: spec.instances.instance_type_for(tier).to_string(),
         replacement,
         public_ip: tier.is_public(),
+        user_data: None,
     }
 }
 

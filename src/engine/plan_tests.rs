@@ -26,6 +26,7 @@ fn instance(tier: Tier, id: &str, state: InstanceState) -> ObservedInstance {
         ami: spec().instances.ami,
         instance_type: spec().instances.instance_type,
         launch_time: format!("2026-01-01T00:00:0{}Z", id.len()),
+        client_token: None,
     }
 }
 

@@ -13,10 +13,12 @@ use crate::api::{
     validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, HostKeyPolicy, Phase, Reason, Tier,
     TierStatus, TiersStatus, VotingStack, VotingStackSpec, VotingStackStatus,
 };
-use crate::cloud::{Cloud, CloudError, DestroyReport, StackIdentity};
+use crate::cloud::{Cloud, CloudError, DestroyReport, StackIdentity, CLIENT_TOKEN_PREFIX};
 use crate::host::{HostError, HostTarget, Hosts, SshKey};
 
-use crate::model::{Action, DesiredContainer, DockerState, InfraAction, InstanceState, ObservedHost, ObservedInstance};
+use crate::model::{
+    Action, DesiredContainer, DockerState, InfraAction, InstanceState, ObservedHost, ObservedInstance, UserData,
+};
 
 use super::conditions::{Finding, Findings};
 use super::desired::desired_containers;
@@ -134,6 +136,7 @@ impl Engine {
             applied: Vec::new(),
             error: None,
             targets: Vec::new(),
+            retry_soon: false,
         };
         self.reconcile_into(stack, key, &mut run).await;
         self.finish(stack, previous, run, started)
@@ -171,7 +174,7 @@ impl Engine {
         let mut targets = Vec::new();
         for tier in Tier::ALL {
             let Some(keeper) = infra_plan.keepers.get(&tier) else { continue };
-            match host_target(&ident.tag_value(), spec, &run.status, tier, &infra_plan.keepers) {
+            match host_target(&ident.tag_value(), spec, &run.status, tier, &infra_plan.keepers, &key) {
                 Some(target) => targets.push(target),
                 None => {
                     let why = format!("instance {} is {}", keeper.id, keeper.state.as_str());
@@ -183,6 +186,9 @@ impl Engine {
         for (target, observed) in targets.iter().zip(observations) {
             let desired = desired_containers(spec, target.tier, peers);
             let finding = self.converge_host(spec, target, &key, observed, &desired, run, &mut changed_hosts).await;
+            if finding.reason == Reason::HostKeyMismatch && infra_plan.keepers.get(&target.tier).is_some_and(is_young) {
+                run.retry_soon = true;
+            }
             run.findings.tiers.insert(target.tier, finding);
         }
         self.check_web(spec, &infra_plan.keepers, run).await;
@@ -247,6 +253,14 @@ impl Engine {
             }
             InfraAction::LaunchInstance(launch) => {
                 let network = run.status.network.clone().unwrap_or_default();
+                // The instance's SSH host key, known before it boots.
+                let token = ident.client_token(launch.tier, launch.replacement);
+                let mut launch = launch.clone();
+                match key.host_key_for(&token) {
+                    Ok(host_key) => launch.user_data = Some(UserData(host_key.user_data())),
+                    Err(e) => warn!(tier = %launch.tier, "launching without a host key: {e}"),
+                }
+                let launch = &launch;
                 let inst = self.cloud.launch_instance(ident, &network, launch).await?;
                 let slot = run.status.tiers.get_or_insert_with(TiersStatus::default).slot(launch.tier);
                 *slot = Some(TierStatus {
@@ -393,7 +407,7 @@ impl Engine {
     }
 
     fn finish(&self, stack: &VotingStack, previous: VotingStackStatus, run: Run, started: Instant) -> Outcome {
-        let Run { mut status, findings, applied, error, targets } = run;
+        let Run { mut status, findings, applied, error, targets, retry_soon } = run;
         let generation = stack.metadata.generation;
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut transitions = Vec::new();
@@ -414,7 +428,7 @@ impl Engine {
         let ready = findings.ready();
         let requeue_after = if ready.ok {
             self.settings.resync
-        } else if ready.reason.is_terminal() || phase == Phase::Paused {
+        } else if (ready.reason.is_terminal() && !retry_soon) || phase == Phase::Paused {
             self.settings.terminal_retry
         } else {
             self.settings.converge_retry
@@ -435,7 +449,9 @@ impl Engine {
         let mut hosts = BTreeMap::new();
         if let Some(key) = key {
             for tier in Tier::ALL {
-                let Some(target) = host_target(&ident.tag_value(), spec, &status, tier, &keepers) else { continue };
+                let Some(target) = host_target(&ident.tag_value(), spec, &status, tier, &keepers, key) else {
+                    continue;
+                };
                 match self.hosts.observe(&target, key).await {
                     Ok(o) => {
                         hosts.insert(tier, o);
@@ -470,6 +486,8 @@ struct Run {
     applied: Vec<Action>,
     error: Option<ErrorKind>,
     targets: Vec<HostTarget>,
+    /// A terminal-looking finding that may pass by itself within seconds.
+    retry_soon: bool,
 }
 
 impl Run {
@@ -564,29 +582,53 @@ fn record_instances(status: &mut VotingStackStatus, keepers: &BTreeMap<Tier, Obs
     }
 }
 
-/// How long after first contact a pinned host key may still change: a
-/// replacement instance can get its predecessor's private IP, and for a short
-/// while that address may still answer from the old host.
-pub const PIN_SETTLE: chrono::Duration = chrono::Duration::minutes(2);
+/// How long after launch a host that presents another key than expected
+/// is retried soon rather than after the long wait of a terminal reason: a
+/// replacement can get its predecessor's private IP, and for a moment the
+/// old host may still answer there. The other key is refused either way.
+pub const YOUNG_INSTANCE: chrono::Duration = chrono::Duration::minutes(2);
 
-/// Whether a tier's pin is still settling (see [`PIN_SETTLE`]).
-fn pin_is_settling(t: &TierStatus) -> bool {
-    let pinned_at = t.host_key_pinned_at.as_deref().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok());
-    pinned_at.is_some_and(|at| chrono::Utc::now().signed_duration_since(at) < PIN_SETTLE)
+/// The host key an instance must present:
+/// - the key pinned for this very instance, once it has been reached (a pin
+///   is never replaced while the instance id stays);
+/// - before the first connection, for an instance the operator launched (its
+///   ClientToken is one of ours): the key the operator derived for that
+///   token and gave it in its user data;
+/// - otherwise (an adopted instance, first contact): none, and the first
+///   key seen is pinned.
+fn expected_host_key(status: &VotingStackStatus, tier: Tier, inst: &ObservedInstance, key: &SshKey) -> Option<String> {
+    let pinned = status
+        .tiers
+        .as_ref()
+        .and_then(|t| t.get(tier))
+        .filter(|t| t.instance_id.as_deref() == Some(inst.id.as_str()))
+        .and_then(|t| t.host_key_fingerprint.clone());
+    if pinned.is_some() {
+        return pinned;
+    }
+    let token = inst.client_token.as_deref().filter(|t| t.starts_with(CLIENT_TOKEN_PREFIX))?;
+    match key.host_key_for(token) {
+        Ok(host_key) => Some(host_key.fingerprint),
+        Err(e) => {
+            warn!(%tier, instance = %inst.id, "cannot derive the host key: {e}");
+            None
+        }
+    }
 }
 
+fn is_young(inst: &ObservedInstance) -> bool {
+    chrono::DateTime::parse_from_rfc3339(&inst.launch_time)
+        .is_ok_and(|at| chrono::Utc::now().signed_duration_since(at) < YOUNG_INSTANCE)
+}
+
+/// Records the key a host presented. The connection already checked it
+/// against the expected key; an instance's first key is pinned and never
+/// replaced (a new instance id clears the pin, see `record_instances`).
 fn pin_host_key(status: &mut VotingStackStatus, tier: Tier, fingerprint: &str) {
     if let Some(t) = status.tiers.get_or_insert_with(TiersStatus::default).slot(tier).as_mut() {
-        let first = t.host_key_fingerprint.is_none();
-        let moved = t.host_key_fingerprint.as_deref() != Some(fingerprint);
-        if first || (moved && pin_is_settling(t)) {
-            if !first {
-                warn!(%tier, fingerprint, "host key changed while its pin was settling; pinning the new key");
-            }
+        if t.host_key_fingerprint.is_none() {
             t.host_key_fingerprint = Some(fingerprint.to_string());
-            if first {
-                t.host_key_pinned_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            }
+            t.host_key_pinned_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         }
     }
 }
@@ -636,16 +678,12 @@ pub fn host_target(
     status: &VotingStackStatus,
     tier: Tier,
     keepers: &BTreeMap<Tier, ObservedInstance>,
+    key: &SshKey,
 ) -> Option<HostTarget> {
     let inst = keepers.get(&tier).filter(|i| i.state == InstanceState::Running)?;
     let expected = |tier: Tier, inst: &ObservedInstance| match spec.ssh.host_key_policy {
         HostKeyPolicy::Pinned => spec.ssh.pinned_host_keys.as_ref().and_then(|m| m.get(tier.as_str()).cloned()),
-        HostKeyPolicy::PinOnFirstUse => status
-            .tiers
-            .as_ref()
-            .and_then(|t| t.get(tier))
-            .filter(|t| t.instance_id.as_deref() == Some(inst.id.as_str()) && !pin_is_settling(t))
-            .and_then(|t| t.host_key_fingerprint.clone()),
+        HostKeyPolicy::PinOnFirstUse => expected_host_key(status, tier, inst, key),
     };
     let make = |tier: Tier, inst: &ObservedInstance, address: Ipv4Addr, jump: Option<Box<HostTarget>>| HostTarget {
         stack: stack_label.to_string(),

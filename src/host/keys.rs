@@ -1,9 +1,13 @@
-//! The SSH private key from the stack's Secret.
+//! The SSH private key from the stack's Secret, and the host keys the
+//! operator gives the instances it launches.
 
 use std::fmt;
 use std::sync::Arc;
 
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::ssh_key::LineEnding;
 use russh::keys::{HashAlg, PrivateKey};
+use sha2::{Digest, Sha256};
 
 /// Why a Secret's key cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +50,59 @@ impl SshKey {
     pub fn private(&self) -> Arc<PrivateKey> {
         self.key.clone()
     }
+
+    /// The SSH host key of the instance launched with `client_token`.
+    ///
+    /// Derived, not stored: an ed25519 key whose seed is a hash of this
+    /// private key and the token. Only the holder of the stack's key can
+    /// compute it, the same token always gives the same key (a retried
+    /// launch, a restarted operator), and a replacement instance (a new
+    /// token) gets a new one. Its public half is pinned before the first
+    /// connection; the private half goes only into the instance's user data.
+    pub fn host_key_for(&self, client_token: &str) -> Result<HostKey, KeyError> {
+        let failed =
+            |detail: String| KeyError::Unparsable { secret: "(host key)".into(), key: client_token.into(), detail };
+        let material = self.key.to_bytes().map_err(|e| failed(e.to_string()))?;
+        let mut hash = Sha256::new();
+        hash.update(b"votingstack host key v1\0");
+        hash.update(material.as_slice());
+        hash.update(client_token.as_bytes());
+        let seed: [u8; 32] = hash.finalize().into();
+        let private = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+        let private_openssh = private.to_openssh(LineEnding::LF).map_err(|e| failed(e.to_string()))?.to_string();
+        let public_openssh = private.public_key().to_openssh().map_err(|e| failed(e.to_string()))?;
+        let fingerprint = private.public_key().fingerprint(HashAlg::Sha256).to_string();
+        Ok(HostKey { private_openssh, public_openssh, fingerprint })
+    }
+}
+
+/// An SSH host key the operator gives an instance. Its Debug output shows
+/// the fingerprint only.
+#[derive(Clone)]
+pub struct HostKey {
+    private_openssh: String,
+    pub public_openssh: String,
+    /// SHA256 fingerprint, as pinned in status.
+    pub fingerprint: String,
+}
+
+impl HostKey {
+    /// cloud-init user data that installs this key as the instance's only
+    /// SSH host key (`ssh_keys`, no generated keys, old keys deleted).
+    pub fn user_data(&self) -> String {
+        let indent = |text: &str| text.trim_end().lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+        format!(
+            "#cloud-config\nssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n{}\n  ed25519_public: {}\n",
+            indent(&self.private_openssh),
+            self.public_openssh.trim()
+        )
+    }
+}
+
+impl fmt::Debug for HostKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HostKey({})", self.fingerprint)
+    }
 }
 
 impl fmt::Debug for SshKey {
@@ -65,6 +122,24 @@ mod tests {
         assert!(key.public_openssh().starts_with("ssh-ed25519 AAAA"));
         assert!(key.fingerprint().starts_with("SHA256:"));
         assert_eq!(format!("{key:?}"), format!("SshKey({})", key.fingerprint()));
+    }
+
+    #[test]
+    fn host_keys_are_derived_per_launch_and_never_shown() {
+        let key = SshKey::parse(TEST_KEY, "demo-ssh", "ssh-privatekey").unwrap();
+        let a = key.host_key_for("vs-token-a").unwrap();
+        assert_eq!(a.fingerprint, key.host_key_for("vs-token-a").unwrap().fingerprint, "same token, same key");
+        assert_ne!(a.fingerprint, key.host_key_for("vs-token-b").unwrap().fingerprint);
+        assert_ne!(a.fingerprint, key.fingerprint());
+        assert!(a.public_openssh.starts_with("ssh-ed25519 "));
+        assert_eq!(format!("{a:?}"), format!("HostKey({})", a.fingerprint));
+        let data = a.user_data();
+        assert!(data.starts_with("#cloud-config\n"));
+        assert!(data.contains("  ed25519_private: |\n    -----BEGIN OPENSSH PRIVATE KEY-----\n"), "{data}");
+        let parsed: serde_yaml::Value = serde_yaml::from_str(&data).unwrap();
+        let back = parsed["ssh_keys"]["ed25519_private"].as_str().unwrap();
+        let reread = russh::keys::decode_secret_key(back, None).unwrap();
+        assert_eq!(reread.public_key().fingerprint(HashAlg::Sha256).to_string(), a.fingerprint);
     }
 
     #[test]

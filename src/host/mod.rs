@@ -28,7 +28,7 @@ use crate::api::{PullPolicy, Reason, Tier};
 use crate::model::{HostAction, ObservedHost};
 
 pub use events::{DriftEvent, DriftWatcher};
-pub use keys::{KeyError, SshKey};
+pub use keys::{HostKey, KeyError, SshKey};
 pub use ssh::{SshHosts, SshOptions};
 
 /// How to reach one host.

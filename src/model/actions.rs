@@ -47,6 +47,19 @@ pub struct InstanceLaunch {
     pub replacement: u32,
     /// Whether the instance gets a public IPv4 address.
     pub public_ip: bool,
+    /// Set by the engine just before it launches (the plan never holds it):
+    /// the user data carrying the instance's SSH host key.
+    pub user_data: Option<UserData>,
+}
+
+/// EC2 user data. It holds key material: Debug shows its size only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserData(pub String);
+
+impl fmt::Debug for UserData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserData({} bytes)", self.0.len())
+    }
 }
 
 /// One EC2 step of a plan.
@@ -118,7 +131,9 @@ impl fmt::Display for InfraAction {
             InfraAction::UpdateNetwork => {
                 f.write_str("~ update network: security group rules and key pair from the changed spec")
             }
-            InfraAction::LaunchInstance(InstanceLaunch { tier, ami, instance_type, replacement, public_ip }) => {
+            InfraAction::LaunchInstance(InstanceLaunch {
+                tier, ami, instance_type, replacement, public_ip, ..
+            }) => {
                 write!(f, "+ launch {tier} instance ({ami}, {instance_type}")?;
                 if *public_ip {
                     f.write_str(", public IP")?;

@@ -9,6 +9,6 @@ pub mod actions;
 pub mod desired;
 pub mod observed;
 
-pub use actions::{Action, CreateReason, HostAction, InfraAction, InstanceLaunch, TerminateReason};
+pub use actions::{Action, CreateReason, HostAction, InfraAction, InstanceLaunch, TerminateReason, UserData};
 pub use desired::{DesiredContainer, Peers, PortMapping};
 pub use observed::{DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance};

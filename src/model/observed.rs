@@ -58,6 +58,8 @@ pub struct ObservedInstance {
     pub instance_type: String,
     /// RFC 3339 launch time; the oldest of duplicates is kept.
     pub launch_time: String,
+    /// The RunInstances ClientToken it was launched with, if any.
+    pub client_token: Option<String>,
 }
 
 /// The EC2 side of the stack.

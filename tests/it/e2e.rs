@@ -264,6 +264,58 @@ async fn e2e_cli_converges_counts_100_votes_and_destroys_clean() {
 }
 
 #[tokio::test]
+async fn e2e_host_keys_are_known_before_first_contact_and_a_changed_one_is_refused() {
+    let stack = Stack::new("e2e-hostkey", 64);
+    stack.apply_wait();
+    let pinned = |s: &Stack| s.status()["tiers"]["frontend"]["hostKeyFingerprint"].as_str().unwrap_or("").to_string();
+    let before = pinned(&stack);
+    // The key pinned is the one the operator put in the user data: the host
+    // has that key and no other.
+    let (ok, served) =
+        stack.on_host(Tier::Frontend, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2");
+    assert!(ok, "{served}");
+    assert_eq!(served, before);
+    let (_, keys) = stack.on_host(Tier::Frontend, "ls /etc/ssh/ssh_host_*_key | wc -l");
+    assert_eq!(keys, "1");
+    let containers = "docker ps -aq --no-trunc | sort";
+    let (_, ids_before) = stack.on_host(Tier::Frontend, containers);
+
+    // Right after first contact, the host's key is replaced (sshd re-reads it on HUP).
+    let (ok, out) = stack.on_host(
+        Tier::Frontend,
+        "rm -f /etc/ssh/ssh_host_ed25519_key* && ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key \
+         && kill -HUP 1",
+    );
+    assert!(ok, "{out}");
+    let (_, new_key) =
+        stack.on_host(Tier::Frontend, "ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub | cut -d' ' -f2");
+    assert_ne!(new_key, before);
+    within(Duration::from_secs(30), "sshd to serve the new key", || {
+        let (_, scanned) = stack
+            .on_host(Tier::Frontend, "ssh-keyscan -t ed25519 127.0.0.1 2>/dev/null | ssh-keygen -lf - | cut -d' ' -f2");
+        scanned == new_key
+    })
+    .await;
+
+    let out = stack.command(&["apply"]).output().expect("votingstack runs");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let status = stack.status();
+    let frontend = status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "FrontendReady"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (frontend["status"].as_str(), frontend["reason"].as_str()),
+        (Some("False"), Some("HostKeyMismatch")),
+        "{text}"
+    );
+    assert_eq!(pinned(&stack), before, "the pin is not replaced");
+    let (_, ids_after) = stack.on_host(Tier::Frontend, containers);
+    assert_eq!(ids_after, ids_before, "nothing was touched on the host");
+}
+
+#[tokio::test]
 async fn e2e_watch_repairs_containers_docker_and_instances() {
     let stack = Stack::new("e2e-drift", 62);
     stack.apply_wait();

@@ -190,20 +190,20 @@ async fn engine_host_key_change_is_refused_and_terminal() {
 }
 
 #[tokio::test]
-async fn engine_host_key_may_change_while_the_pin_settles() {
-    // A replacement can answer from its predecessor's address for a moment.
+async fn engine_host_key_change_right_after_first_contact_is_refused_and_not_repinned() {
+    // No settle window: an instance's first key is its key.
     let (engine, _cloud, hosts) = engine();
     let first = engine.reconcile(&stack(), Ok(key())).await;
     let db = instance_id(&first, Tier::Database);
     let pinned = first.status.tiers.as_ref().unwrap().database.as_ref().unwrap().clone();
     assert_eq!(pinned.host_key_fingerprint.as_deref(), Some(format!("SHA256:{db}").as_str()));
     assert!(pinned.host_key_pinned_at.is_some());
-    hosts.with_host(&db, |h| h.fingerprint = "SHA256:the-real-one".into());
+    hosts.with_host(&db, |h| h.fingerprint = "SHA256:someone-else".into());
     let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
-    assert_eq!(out.status.phase, Some(Phase::Ready));
-    let repinned = out.status.tiers.as_ref().unwrap().database.as_ref().unwrap();
-    assert_eq!(repinned.host_key_fingerprint.as_deref(), Some("SHA256:the-real-one"));
-    assert_eq!(repinned.host_key_pinned_at, pinned.host_key_pinned_at, "the settle window does not restart");
+    assert_eq!(reason(&out, ConditionType::DatabaseReady), "False HostKeyMismatch");
+    let still = out.status.tiers.as_ref().unwrap().database.as_ref().unwrap();
+    assert_eq!(still.host_key_fingerprint, pinned.host_key_fingerprint, "not re-pinned");
+    assert!(out.applied.is_empty(), "nothing was done: {:?}", out.applied);
 }
 
 #[tokio::test]

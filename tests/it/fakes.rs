@@ -94,6 +94,7 @@ impl Cloud for FakeCloud {
             ami: launch.ami.clone(),
             instance_type: launch.instance_type.clone(),
             launch_time: format!("2026-01-01T00:00:{n:02}Z"),
+            client_token: None,
         };
         s.instances.push(inst.clone());
         Ok(inst)

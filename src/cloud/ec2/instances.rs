@@ -38,6 +38,7 @@ pub(super) fn observed(inst: &Instance) -> Option<(ObservedInstance, Placement)>
         ami: inst.image_id().unwrap_or_default().to_owned(),
         instance_type: inst.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
         launch_time: inst.launch_time().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()).unwrap_or_default(),
+        client_token: inst.client_token().filter(|t| !t.is_empty()).map(str::to_owned),
     };
     Some((observed, Placement { subnet_id: inst.subnet_id().map(str::to_owned) }))
 }
@@ -129,6 +130,7 @@ impl Ec2Cloud {
                     .max_count(1)
                     .key_name(key_name)
                     .client_token(stack.client_token(tier, launch.replacement))
+                    .set_user_data(launch.user_data.as_ref().map(|u| base64_encode(u.0.as_bytes())))
                     .network_interfaces(nic)
                     .tag_specifications(tag_spec(ResourceType::Instance, stack, &name, Some(tier)))
                     .tag_specifications(tag_spec(ResourceType::Volume, stack, &name, Some(tier)))
@@ -143,4 +145,10 @@ impl Ec2Cloud {
         info!(stack = %stack.tag_value(), %tier, instance = %inst.id, "launched instance");
         Ok(inst)
     }
+}
+
+/// Standard base64 with padding, as RunInstances wants user data.
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
