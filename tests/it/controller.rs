@@ -141,6 +141,11 @@ async fn controller_deletion_tears_down_then_drops_the_finalizer() {
     doomed.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
     let server = tokio::spawn(async move {
+        let (method, uri, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert!(uri.contains("/votingstacks/demo/status?"), "{uri}");
+        assert_eq!(body["status"]["phase"], "Deleting");
+        respond(send, 200, &serde_json::to_value(with_finalizer(stack())).unwrap());
         let (method, _, body, send) = next(&mut handle).await;
         assert_eq!(method, http::Method::POST);
         assert_eq!(body["reason"], "Deleted");
