@@ -88,6 +88,19 @@ struct Failures {
     bumped: Instant,
 }
 
+impl Failures {
+    /// The failures after one more of `cause` at `now`: another cause starts
+    /// over, and a failure within the current backoff window (a burst of
+    /// triggers) does not count again.
+    fn after(previous: Option<Failures>, cause: &'static str, now: Instant) -> Failures {
+        match previous {
+            Some(p) if p.cause == cause && now.duration_since(p.bumped) < backoff_for(cause, p.count) => p,
+            Some(p) if p.cause == cause => Failures { cause, count: p.count.saturating_add(1), bumped: now },
+            _ => Failures { cause, count: 1, bumped: now },
+        }
+    }
+}
+
 /// Shared state of the reconcilers.
 pub struct Context {
     pub client: Client,
@@ -145,17 +158,9 @@ impl Context {
     /// so a burst never stalls a stack for minutes.
     fn record_failure(&self, key: &str, cause: &'static str) -> Duration {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let entry = map.entry(key.to_string()).or_insert(Failures { cause, count: 0, bumped: now });
-        if entry.cause != cause {
-            *entry = Failures { cause, count: 0, bumped: now };
-        }
-        let window = backoff_for(cause, entry.count);
-        if entry.count == 0 || now.duration_since(entry.bumped) >= window {
-            entry.count += 1;
-            entry.bumped = now;
-        }
-        backoff_for(cause, entry.count)
+        let next = Failures::after(map.get(key).copied(), cause, Instant::now());
+        map.insert(key.to_string(), next);
+        backoff_for(cause, next.count)
     }
 
     /// The stack made progress: its backoff starts over.
@@ -633,6 +638,47 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
         lost = campaign => {
             error!(?lost, "lost the leader lease; exiting so a new leader takes over alone");
             std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_failures_counts_once() {
+        let t0 = Instant::now();
+        let mut f = Failures::after(None, "aws", t0);
+        for ms in [1, 5, 50, 200] {
+            f = Failures::after(Some(f), "aws", t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(f.count, 1, "fifty failures within 200 ms are one");
+        assert_eq!(backoff_for(f.cause, f.count), Duration::from_secs(2));
+        let later = Failures::after(Some(f), "aws", t0 + Duration::from_secs(2));
+        assert_eq!(later.count, 2, "a failure after the backoff counts");
+    }
+
+    #[test]
+    fn another_cause_starts_over() {
+        let t0 = Instant::now();
+        let mut f = Failures::after(None, "aws", t0);
+        for s in 1..6 {
+            f = Failures::after(Some(f), "aws", t0 + Duration::from_secs(100 * s));
+        }
+        assert_eq!(f.count, 6);
+        let ssh = Failures::after(Some(f), "ssh", t0 + Duration::from_secs(601));
+        assert_eq!((ssh.cause, ssh.count), ("ssh", 1));
+        assert_eq!(backoff_for(ssh.cause, ssh.count), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_only_lengthens_and_stays_bounded() {
+        let base = Duration::from_secs(10);
+        assert_eq!(jitter(base, 0.0), base);
+        for _ in 0..100 {
+            let j = jitter(base, 0.1);
+            assert!(j >= base && j <= Duration::from_secs(11), "{j:?}");
         }
     }
 }

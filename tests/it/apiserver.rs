@@ -104,6 +104,40 @@ fn query_param(uri: &Uri, key: &str) -> Option<String> {
     })
 }
 
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether an object's labels match a selector of `key=value` and `key` terms.
+fn selects(selector: Option<&str>, object: &Value) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else { return true };
+    let labels = &object["metadata"]["labels"];
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some((k, v)) => labels[k.trim_end_matches('=')] == v.trim_start_matches('='),
+        None => !labels[term].is_null(),
+    })
+}
+
 fn merge(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
 }
@@ -252,7 +286,13 @@ impl ApiServer {
 
     fn handle_parts(&self, parts: axum::http::request::Parts, bytes: Bytes) -> Response<Body> {
         let watching = matches!(query_param(&parts.uri, "watch").as_deref(), Some("true") | Some("1"));
-        let marker = if watching { " (watch)" } else { "" };
+        let selector = query_param(&parts.uri, "labelSelector").map(|s| percent_decode(&s));
+        let marker = match (&selector, watching) {
+            (Some(sel), true) => format!(" [{sel}] (watch)"),
+            (Some(sel), false) => format!(" [{sel}]"),
+            (None, true) => " (watch)".to_string(),
+            (None, false) => String::new(),
+        };
         self.state.lock().unwrap().requests.push(format!("{} {}{marker}", parts.method, parts.uri.path()));
         let Some(path) = parse_path(parts.uri.path()) else {
             return status_error(404, "NotFound", format!("no route {}", parts.uri.path()));
@@ -280,9 +320,9 @@ impl ApiServer {
             (&Method::GET, None) => {
                 let watch = matches!(query_param(&parts.uri, "watch").as_deref(), Some("true") | Some("1"));
                 if watch {
-                    self.watch(path, &parts.uri)
+                    self.watch(path, &parts.uri, selector)
                 } else {
-                    self.list(&path)
+                    self.list(&path, selector.as_deref())
                 }
             }
             (&Method::POST, None) => self.create(&path, body),
@@ -303,12 +343,13 @@ impl ApiServer {
         }
     }
 
-    fn list(&self, path: &Path) -> Response<Body> {
+    fn list(&self, path: &Path, selector: Option<&str>) -> Response<Body> {
         let state = self.state.lock().unwrap();
         let items: Vec<Value> = state
             .objects
             .iter()
             .filter(|((p, ns, _), _)| *p == path.plural && path.namespace.as_ref().is_none_or(|want| want == ns))
+            .filter(|(_, o)| selects(selector, o))
             .map(|(_, o)| o.clone())
             .collect();
         ok(
@@ -317,12 +358,17 @@ impl ApiServer {
         )
     }
 
-    fn watch(&self, path: Path, uri: &Uri) -> Response<Body> {
+    fn watch(&self, path: Path, uri: &Uri, selector: Option<String>) -> Response<Body> {
         let since: u64 = query_param(uri, "resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
         let rx = self.changes.subscribe();
         let (backlog, gone): (Vec<Change>, bool) = {
             let state = self.state.lock().unwrap();
-            let backlog = state.log.iter().filter(|c| c.rv > since && c.plural == path.plural).cloned().collect();
+            let backlog = state
+                .log
+                .iter()
+                .filter(|c| c.rv > since && c.plural == path.plural && selects(selector.as_deref(), &c.object))
+                .cloned()
+                .collect();
             (backlog, since < state.compacted)
         };
         if gone {
@@ -344,6 +390,7 @@ impl ApiServer {
         let live = futures::stream::unfold((rx, last_sent), move |(mut rx, last)| {
             let ns = ns.clone();
             let plural = plural.clone();
+            let selector = selector.clone();
             async move {
                 loop {
                     let change = rx.recv().await.ok()?;
@@ -351,7 +398,8 @@ impl ApiServer {
                         return None;
                     }
                     let same_ns = ns.as_ref().is_none_or(|n| change.object["metadata"]["namespace"] == *n);
-                    if change.rv > last && change.plural == plural && same_ns {
+                    let selected = selects(selector.as_deref(), &change.object);
+                    if change.rv > last && change.plural == plural && same_ns && selected {
                         let rv = change.rv;
                         let bytes = Bytes::from(format!("{}\n", json!({"type": change.kind, "object": change.object})));
                         return Some((Ok::<_, Infallible>(bytes), (rx, rv)));

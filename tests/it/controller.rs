@@ -535,6 +535,70 @@ mod on_the_api_double {
         let _ = controller.await;
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn controller_labelled_secret_change_reconciles_at_once() {
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "default", "demo").await;
+        // Another namespace whose Secret lacks the label: read on demand, never watched.
+        seed(&client, "quiet", "demo").await;
+        let unlabel = json!({"metadata": {"labels": null}});
+        let quiet: Api<Secret> = Api::namespaced(client.clone(), "quiet");
+        quiet.patch("demo-ssh", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&unlabel)).await.unwrap();
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(600));
+        let (controller, _metrics) = start(&api, engine, RunOptions::default());
+        ready_within(&api, "default", "demo", 60).await;
+        ready_within(&api, "quiet", "demo", 60).await;
+
+        let (loud_before, quiet_before) = (reconciles(&api, "default"), reconciles(&api, "quiet"));
+        let touch = json!({"metadata": {"annotations": {"rotated": "1"}}});
+        let loud: Api<Secret> = Api::namespaced(client.clone(), "default");
+        loud.patch("demo-ssh", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&touch)).await.unwrap();
+        quiet.patch("demo-ssh", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&touch)).await.unwrap();
+        eventually(5, "a reconcile after the labelled Secret changed", || {
+            (reconciles(&api, "default") > loud_before).then_some(())
+        })
+        .await;
+        assert_eq!(reconciles(&api, "quiet"), quiet_before, "an unlabelled Secret waits for the resync");
+        let secret_lists: Vec<String> =
+            api.requests().into_iter().filter(|r| r.starts_with("GET /api/v1/secrets")).collect();
+        assert!(!secret_lists.is_empty());
+        assert!(
+            secret_lists.iter().all(|r| r.contains("[votingstack.dev/ssh-key=true]")),
+            "every Secret list and watch is label-selected: {secret_lists:?}"
+        );
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test]
+    async fn controller_stack_that_created_nothing_is_deleted_without_aws() {
+        let api = ApiServer::new();
+        let client = api.client();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+        secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+        let mut s = stack();
+        s.metadata.uid = None;
+        s.metadata.generation = None;
+        s.spec.network.subnet_cidr = "192.168.0.0/24".into();
+        stacks.create(&PostParams::default(), &s).await.unwrap();
+        let (engine, cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, _metrics) = start(&api, engine, RunOptions::default());
+        let failed = eventually(30, "phase Failed", || {
+            let obj = api.get("votingstacks", "default", "demo")?;
+            (obj["status"]["phase"] == "Failed").then_some(obj)
+        })
+        .await;
+        assert_eq!(failed["status"]["observedGeneration"], 1);
+        // The credentials are gone too: teardown cannot run, and need not.
+        cloud.state.lock().unwrap().fail_with = Some("AuthFailure".into());
+        stacks.delete("demo", &DeleteParams::default()).await.unwrap();
+        eventually(30, "the object to go", || api.get("votingstacks", "default", "demo").is_none().then_some(())).await;
+        controller.abort();
+        let _ = controller.await;
+    }
+
     async fn seed_stack_only(client: &kube::Client, name: &str) {
         let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
         let mut s = stack();
