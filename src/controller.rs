@@ -258,9 +258,12 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     if let (Some(hub), Ok(key)) = (&ctx.drift, &key) {
         hub.ensure(&outcome.targets, key);
     }
-    write_status_if_changed(&ctx.client, &stack, &outcome.status).await?;
+    let written = write_status_if_changed(&ctx.client, &stack, &outcome.status).await;
+    // One error per reconcile: a failed status write is counted (as `kube`)
+    // by the error policy instead of what the engine found.
+    ctx.metrics.observe_reconcile(started.elapsed(), if written.is_ok() { outcome.error } else { None });
+    written?;
     publish_transitions(&ctx, &stack, &outcome).await;
-    ctx.metrics.observe_reconcile(started.elapsed(), outcome.error);
     if !outcome.applied.is_empty() {
         // Something was created or repaired: whatever failed before, this
         // stack is moving again.
@@ -450,7 +453,12 @@ pub fn describe_watch_error(watch: &str, e: &watcher::Error) -> String {
         Some(403) => format!(": the operator may not list/watch {watch} (check its Role or ClusterRole)"),
         Some(404) => format!(": {watch} are not served (is the CRD installed?)"),
         Some(410) => ": the watch expired; listing again".to_string(),
-        _ if matches!(e, watcher::Error::InitialListFailed(kube::Error::SerdeError(_))) => {
+        _ if matches!(
+            e,
+            watcher::Error::InitialListFailed(kube::Error::SerdeError(_))
+                | watcher::Error::WatchFailed(kube::Error::SerdeError(_))
+        ) =>
+        {
             format!(": an object of {watch} could not be decoded")
         }
         _ => String::new(),

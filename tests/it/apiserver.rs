@@ -37,6 +37,8 @@ struct State {
     compacted: u64,
     /// Resources every request about answers 403.
     forbidden: Vec<String>,
+    /// Resources not served at all (a CRD that is not installed): 404.
+    unserved: Vec<String>,
     /// When set, requests across all namespaces answer 403 (the caller has Roles only).
     namespaced_only: bool,
     /// What each field manager last applied, by (plural, namespace, name, manager, subresource).
@@ -217,6 +219,11 @@ impl ApiServer {
         self.state.lock().unwrap().forbidden.push(plural.to_string());
     }
 
+    /// Every later request about `plural` answers 404, as for a CRD that is not installed.
+    pub fn unserve(&self, plural: &str) {
+        self.state.lock().unwrap().unserved.push(plural.to_string());
+    }
+
     /// Requests across all namespaces answer 403 (a caller bound by Roles only).
     pub fn namespaced_only(&self) {
         self.state.lock().unwrap().namespaced_only = true;
@@ -299,6 +306,9 @@ impl ApiServer {
         };
         {
             let state = self.state.lock().unwrap();
+            if state.unserved.contains(&path.plural) {
+                return status_error(404, "NotFound", "the server could not find the requested resource".into());
+            }
             if state.forbidden.contains(&path.plural) || (state.namespaced_only && path.namespace.is_none()) {
                 let scope = path
                     .namespace

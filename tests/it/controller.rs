@@ -498,6 +498,35 @@ mod on_the_api_double {
     }
 
     #[tokio::test]
+    async fn controller_missing_crd_and_undecodable_objects_show_in_readyz() {
+        let api = ApiServer::new();
+        api.unserve("votingstacks");
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, metrics) = start(&api, engine, RunOptions::default());
+        let why = eventually(30, "/readyz to name the missing CRD", || {
+            metrics.readiness().err().filter(|w| w.contains("is the CRD installed?"))
+        })
+        .await;
+        assert!(why.contains("watch of votingstacks fails"), "{why}");
+        controller.abort();
+        let _ = controller.await;
+
+        let api = ApiServer::new();
+        let mut raw = serde_json::to_value(stack()).unwrap();
+        raw["metadata"] = json!({"name": "broken"});
+        raw["spec"]["ssh"]["port"] = json!("twenty-two");
+        api.create_raw("votingstacks", "default", raw);
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, metrics) = start(&api, engine, RunOptions::default());
+        eventually(30, "/readyz to name the undecodable object", || {
+            metrics.readiness().err().filter(|w| w.contains("could not be decoded"))
+        })
+        .await;
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test]
     async fn controller_deletion_reports_deleting_and_orphan_skips_teardown() {
         let api = ApiServer::new();
         let client = api.client();
