@@ -6,24 +6,26 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{predicates, watcher, Controller, Predicate, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::api::{VotingStack, VotingStackStatus, FINALIZER};
-use crate::cloud::CloudError;
+use crate::api::{ConditionType, VotingStack, VotingStackStatus, FINALIZER};
+use crate::cloud::{AwsErrorKind, CloudError};
+use crate::engine::reconcile::{deleting_status, status_content};
 use crate::engine::{ErrorKind, Outcome, Teardown};
 use crate::host::events::DriftEvent;
 use crate::leader::{LeaderElector, LeaseConfig};
@@ -33,6 +35,20 @@ use crate::wiring::{DriftHub, Engines};
 
 /// Field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "votingstack-operator";
+
+/// Label that makes a Secret watched: a change to a Secret carrying
+/// `votingstack.dev/ssh-key: "true"` reconciles the stacks that use it at
+/// once. Unlabelled Secrets still work (they are read when a stack
+/// reconciles); their changes are picked up at the next resync.
+pub const SECRET_LABEL: &str = "votingstack.dev/ssh-key";
+
+/// Annotation that deletes a VotingStack without tearing anything down in
+/// AWS (`"true"`): for stacks whose credentials are gone, or whose resources
+/// were adopted elsewhere.
+pub const ORPHAN_ANNOTATION: &str = "votingstack.dev/orphan-on-delete";
+
+/// Longest Event note, in bytes (the API server's limit is 1 KiB).
+pub const EVENT_NOTE_LIMIT: usize = 1024;
 
 /// Errors of the Kubernetes shell.
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +68,35 @@ pub enum ControllerError {
 impl ControllerError {
     pub fn kind(&self) -> &'static str {
         match self {
+            ControllerError::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
             ControllerError::Kube(_) => "kube",
             ControllerError::Finalizer(_) => "finalizer",
             ControllerError::Transient { kind, .. } => kind.metric_label(),
             ControllerError::Destroy { .. } => "destroy",
             ControllerError::NoNamespace(_) => "invalid_object",
+        }
+    }
+}
+
+/// The failures of one stack since its last progress.
+#[derive(Clone, Copy, Debug)]
+struct Failures {
+    /// What failed ([`ControllerError::kind`]); another cause starts over.
+    cause: &'static str,
+    count: u32,
+    /// When `count` last grew.
+    bumped: Instant,
+}
+
+impl Failures {
+    /// The failures after one more of `cause` at `now`: another cause starts
+    /// over, and a failure within the current backoff window (a burst of
+    /// triggers) does not count again.
+    fn after(previous: Option<Failures>, cause: &'static str, now: Instant) -> Failures {
+        match previous {
+            Some(p) if p.cause == cause && now.duration_since(p.bumped) < backoff_for(cause, p.count) => p,
+            Some(p) if p.cause == cause => Failures { cause, count: p.count.saturating_add(1), bumped: now },
+            _ => Failures { cause, count: 1, bumped: now },
         }
     }
 }
@@ -69,13 +109,17 @@ pub struct Context {
     pub drift: Option<Arc<DriftHub>>,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
-    /// Consecutive failures per stack, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    /// Failures per stack, for backoff.
+    failures: Mutex<HashMap<String, Failures>>,
     /// Host drift events send the stack to reconcile here.
     pub drift_tx: mpsc::Sender<ObjectRef<VotingStack>>,
+    /// Each requeue waits up to this fraction longer, so stacks that became
+    /// Ready together do not reconcile in lockstep forever.
+    requeue_jitter: f64,
 }
 
 impl Context {
+    /// A context whose requeues are exact (tests).
     pub fn new(
         client: Client,
         engines: Arc<dyn Engines>,
@@ -83,6 +127,19 @@ impl Context {
         reporter: Reporter,
         drift: Option<Arc<DriftHub>>,
         drift_tx: mpsc::Sender<ObjectRef<VotingStack>>,
+    ) -> Arc<Context> {
+        Context::with_jitter(client, engines, metrics, reporter, drift, drift_tx, 0.0)
+    }
+
+    /// A context whose requeues wait up to `jitter` (a fraction) longer.
+    pub fn with_jitter(
+        client: Client,
+        engines: Arc<dyn Engines>,
+        metrics: Arc<Metrics>,
+        reporter: Reporter,
+        drift: Option<Arc<DriftHub>>,
+        drift_tx: mpsc::Sender<ObjectRef<VotingStack>>,
+        jitter: f64,
     ) -> Arc<Context> {
         Arc::new(Context {
             recorder: Recorder::new(client.clone(), reporter),
@@ -92,26 +149,57 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             drift_tx,
+            requeue_jitter: jitter.clamp(0.0, 1.0),
         })
     }
 
-    fn failure_count(&self, key: &str, bump: bool) -> u32 {
+    /// Counts a failure of `key` and returns how long to wait. Failures of
+    /// one cause within one backoff window (a burst of triggers) count once,
+    /// so a burst never stalls a stack for minutes.
+    fn record_failure(&self, key: &str, cause: &'static str) -> Duration {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if bump {
-            let n = map.entry(key.to_string()).or_insert(0);
-            *n += 1;
-            *n
-        } else {
-            map.remove(key);
-            0
-        }
+        let next = Failures::after(map.get(key).copied(), cause, Instant::now());
+        map.insert(key.to_string(), next);
+        backoff_for(cause, next.count)
     }
+
+    /// The stack made progress: its backoff starts over.
+    fn clear_failures(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    fn jittered(&self, wait: Duration) -> Duration {
+        jitter(wait, self.requeue_jitter)
+    }
+}
+
+/// `wait` plus a random part of up to `fraction` of it.
+pub fn jitter(wait: Duration, fraction: f64) -> Duration {
+    if fraction <= 0.0 {
+        return wait;
+    }
+    wait.mul_f64(1.0 + rand::random::<f64>() * fraction)
 }
 
 /// Exponential backoff per object: 2 s, 4 s, ... capped at 5 minutes.
 pub fn backoff(failures: u32) -> Duration {
     let secs = 2u64.saturating_pow(failures.clamp(1, 16)).min(300);
     Duration::from_secs(secs)
+}
+
+/// Backoff for a cause of failure ([`ControllerError::kind`]). Hosts that
+/// refuse SSH are usually still booting and the Kubernetes API recovers
+/// quickly: those retry within seconds (1 s doubling to 10 s, or 30 s for
+/// the API). EC2 and teardown failures use [`backoff`].
+pub fn backoff_for(cause: &str, failures: u32) -> Duration {
+    let exp = |base: u64, cap: u64| {
+        Duration::from_secs(base.saturating_mul(2u64.saturating_pow(failures.saturating_sub(1).min(16))).min(cap))
+    };
+    match cause {
+        "ssh" => exp(1, 10),
+        "kube" | "conflict" | "finalizer" => exp(1, 30),
+        _ => backoff(failures),
+    }
 }
 
 /// The reconcile the Controller runs for each VotingStack.
@@ -129,16 +217,21 @@ pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Act
         kube::runtime::finalizer::Error::ApplyFailed(inner) | kube::runtime::finalizer::Error::CleanupFailed(inner) => {
             inner
         }
+        kube::runtime::finalizer::Error::AddFinalizer(e) | kube::runtime::finalizer::Error::RemoveFinalizer(e) => {
+            ControllerError::Kube(e)
+        }
         other => ControllerError::Finalizer(other.to_string()),
     })
 }
 
-/// Requeue after an error, with per-object exponential backoff.
+/// Requeue after an error, with backoff per stack and cause.
 pub fn error_policy(stack: Arc<VotingStack>, err: &ControllerError, ctx: Arc<Context>) -> Action {
-    let n = ctx.failure_count(&stack.key(), true);
-    let wait = backoff(n);
-    warn!(stack = %stack.key(), error = %err, retry_in_s = wait.as_secs(), "reconcile failed");
-    ctx.metrics.errors.get_or_create(&crate::metrics::ErrorLabels { kind: err.kind().into() }).inc();
+    let wait = ctx.jittered(ctx.record_failure(&stack.key(), err.kind()));
+    warn!(stack = %stack.key(), error = %err, cause = err.kind(), retry_in_ms = wait.as_millis() as u64, "reconcile failed");
+    // Engine failures were counted with their reconcile; count the rest here.
+    if !matches!(err, ControllerError::Transient { .. }) {
+        ctx.metrics.errors.get_or_create(&crate::metrics::ErrorLabels { kind: err.kind().into() }).inc();
+    }
     Action::requeue(wait)
 }
 
@@ -154,7 +247,7 @@ async fn read_key(ctx: &Context, stack: &VotingStack) -> Result<crate::host::Ssh
 }
 
 async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     let key = read_key(&ctx, &stack).await;
     let engine = ctx.engines.for_spec(&stack.spec).await;
     let ec2_before = engine.cloud().api_calls();
@@ -165,30 +258,61 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     if let (Some(hub), Ok(key)) = (&ctx.drift, &key) {
         hub.ensure(&outcome.targets, key);
     }
-    write_status(&ctx.client, &stack, &outcome.status).await?;
+    let written = write_status_if_changed(&ctx.client, &stack, &outcome.status).await;
+    // One error per reconcile: a failed status write is counted (as `kube`)
+    // by the error policy instead of what the engine found.
+    ctx.metrics.observe_reconcile(started.elapsed(), if written.is_ok() { outcome.error } else { None });
+    written?;
     publish_transitions(&ctx, &stack, &outcome).await;
-    ctx.metrics.observe_reconcile(started.elapsed(), outcome.error);
-    let ready_before = stack.status.as_ref().and_then(|s| s.phase) == Some(crate::api::Phase::Ready);
-    match (ready_before, outcome.is_ready()) {
-        (false, true) => ctx.metrics.ready_stacks.inc(),
-        (true, false) => ctx.metrics.ready_stacks.dec(),
-        _ => 0,
-    };
+    if !outcome.applied.is_empty() {
+        // Something was created or repaired: whatever failed before, this
+        // stack is moving again.
+        ctx.clear_failures(&stack.key());
+    }
     let terminal = outcome.status.phase == Some(crate::api::Phase::Failed);
     match outcome.error {
         Some(kind) if !terminal && kind != ErrorKind::Secret => {
             Err(ControllerError::Transient { stack: stack.key(), kind })
         }
         _ => {
-            ctx.failure_count(&stack.key(), false);
-            Ok(Action::requeue(outcome.requeue_after))
+            ctx.clear_failures(&stack.key());
+            Ok(Action::requeue(ctx.jittered(outcome.requeue_after)))
         }
     }
+}
+
+/// Whether the operator never recorded an AWS resource for the stack.
+fn nothing_recorded(stack: &VotingStack) -> bool {
+    let Some(status) = &stack.status else { return true };
+    let network = status.network.as_ref().is_some_and(|n| n.vpc_id.is_some() || n.subnet_id.is_some());
+    let instances = status.tiers.as_ref().is_some_and(|t| {
+        crate::api::Tier::ALL.iter().any(|tier| t.get(*tier).is_some_and(|s| s.instance_id.is_some()))
+    });
+    !network && !instances
+}
+
+/// A teardown failure that cannot be retried away for a stack that never
+/// recorded anything: its spec is invalid (so it never reached AWS under
+/// this spec) or the credentials are refused or gone.
+fn nothing_to_tear_down(stack: &VotingStack, e: &CloudError) -> bool {
+    let hopeless = e.kind() == AwsErrorKind::Auth
+        || matches!(e, CloudError::Transport { message, .. } if message.to_lowercase().contains("credential"))
+        || !crate::api::validate(stack.metadata.name.as_deref().unwrap_or_default(), &stack.spec).is_empty();
+    hopeless && nothing_recorded(stack)
 }
 
 async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     if let Some(hub) = &ctx.drift {
         hub.forget(&crate::cloud::StackIdentity::of(&stack).tag_value());
+    }
+    let (status, _) = deleting_status(&stack, None);
+    write_status_if_changed(&ctx.client, &stack, &status).await?;
+    let orphan = stack.annotations().get(ORPHAN_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    if orphan {
+        let note = format!("{ORPHAN_ANNOTATION} is true: AWS resources left in place, teardown skipped");
+        publish(&ctx, &stack, EventType::Warning, "Orphaned", &note).await;
+        info!(stack = %stack.key(), "deleted without teardown ({ORPHAN_ANNOTATION})");
+        return Ok(Action::await_change());
     }
     let engine = ctx.engines.for_spec(&stack.spec).await;
     match engine.destroy(&stack).await {
@@ -203,11 +327,37 @@ async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, C
             info!(stack = %stack.key(), deleted = ?report.deleted, "stack torn down");
             Ok(Action::await_change())
         }
+        Err(source) if nothing_to_tear_down(&stack, &source) => {
+            let note =
+                format!("nothing was recorded as created and teardown cannot run ({source}); deleting without it");
+            publish(&ctx, &stack, EventType::Warning, "DeleteSkipped", &note).await;
+            warn!(stack = %stack.key(), error = %source, "deleted without teardown: nothing recorded");
+            Ok(Action::await_change())
+        }
         Err(source) => {
+            let (status, _) = deleting_status(&stack, Some(&format!("teardown failed: {source}")));
+            if let Err(e) = write_status_if_changed(&ctx.client, &stack, &status).await {
+                warn!(stack = %stack.key(), error = %e, "could not record the failed teardown in status");
+            }
             publish(&ctx, &stack, EventType::Warning, "DeleteFailed", &source.to_string()).await;
             Err(ControllerError::Destroy { stack: stack.key(), source })
         }
     }
+}
+
+/// Writes `status` unless it says what the stored status says (timestamps
+/// aside): a steady stack costs no write, and so wakes no watcher.
+pub async fn write_status_if_changed(
+    client: &Client,
+    stack: &VotingStack,
+    status: &VotingStackStatus,
+) -> Result<bool, kube::Error> {
+    let stored = stack.status.as_ref().map(status_content);
+    if stored.as_ref() == Some(&status_content(status)) {
+        return Ok(false);
+    }
+    write_status(client, stack, status).await?;
+    Ok(true)
 }
 
 /// Writes status through the status subresource by server-side apply.
@@ -227,7 +377,7 @@ async fn publish_transitions(ctx: &Context, stack: &VotingStack, outcome: &Outco
     for t in &outcome.transitions {
         // A condition turning False is worth a warning when it needs a
         // person: a terminal reason, or the stack as a whole not Ready.
-        let needs_attention = !t.status && (t.reason.is_terminal() || t.type_ == crate::api::ConditionType::Ready);
+        let needs_attention = !t.status && (t.reason.is_terminal() || t.type_ == ConditionType::Ready);
         let type_ = if needs_attention { EventType::Warning } else { EventType::Normal };
         let note = format!("{} is {}: {}", t.type_, if t.status { "True" } else { "False" }, t.message);
         // The action names the condition, so the Recorder keeps one event
@@ -240,11 +390,23 @@ async fn publish(ctx: &Context, stack: &VotingStack, type_: EventType, reason: &
     publish_as(ctx, stack, type_, reason, "Delete", note).await
 }
 
+/// `note` cut to at most `limit` bytes, on a character boundary.
+pub fn cut_note(note: &str, limit: usize) -> &str {
+    if note.len() <= limit {
+        return note;
+    }
+    let mut end = limit;
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    &note[..end]
+}
+
 async fn publish_as(ctx: &Context, stack: &VotingStack, type_: EventType, reason: &str, action: &str, note: &str) {
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(cut_note(note, EVENT_NOTE_LIMIT).to_string()),
         action: action.into(),
         secondary: None,
     };
@@ -254,7 +416,7 @@ async fn publish_as(ctx: &Context, stack: &VotingStack, type_: EventType, reason
 }
 
 /// The stacks whose spec names a Secret.
-fn stacks_using(store: &kube::runtime::reflector::Store<VotingStack>, secret: &Secret) -> Vec<ObjectRef<VotingStack>> {
+fn stacks_using(store: &Store<VotingStack>, secret: &Secret) -> Vec<ObjectRef<VotingStack>> {
     let (name, ns) = (secret.name_any(), secret.namespace());
     store
         .state()
@@ -264,18 +426,131 @@ fn stacks_using(store: &kube::runtime::reflector::Store<VotingStack>, secret: &S
         .collect()
 }
 
-/// Runs the Controller until shutdown. `drift_rx` carries stacks that host
-/// event streams want reconciled at once.
+/// Hash of whether deletion started (the deletion mark may leave generation alone).
+fn deletion_started(stack: &VotingStack) -> Option<u64> {
+    Some(u64::from(stack.metadata.deletion_timestamp.is_some()))
+}
+
+/// Whether a stack's Ready condition is True.
+fn is_ready(stack: &VotingStack) -> bool {
+    stack
+        .status
+        .as_ref()
+        .and_then(|s| crate::api::conditions::find_condition(&s.conditions, ConditionType::Ready))
+        .is_some_and(|c| c.status == "True")
+}
+
+/// Names a watcher error's likely cause for the log and /readyz.
+pub fn describe_watch_error(watch: &str, e: &watcher::Error) -> String {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
+        watcher::Error::WatchError(s) => Some(s.code),
+        _ => None,
+    };
+    let hint = match code {
+        Some(403) => format!(": the operator may not list/watch {watch} (check its Role or ClusterRole)"),
+        Some(404) => format!(": {watch} are not served (is the CRD installed?)"),
+        Some(410) => ": the watch expired; listing again".to_string(),
+        _ if matches!(
+            e,
+            watcher::Error::InitialListFailed(kube::Error::SerdeError(_))
+                | watcher::Error::WatchFailed(kube::Error::SerdeError(_))
+        ) =>
+        {
+            format!(": an object of {watch} could not be decoded")
+        }
+        _ => String::new(),
+    };
+    format!("{e}{hint}")
+}
+
+/// Keeps the watch's health in the metrics (and so in /readyz) and logs its failures.
+fn track_watch<K>(
+    metrics: Arc<Metrics>,
+    watch: &'static str,
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) {
+    metrics.watch_started(watch);
+    move |event| match event {
+        Ok(watcher::Event::InitDone) => {
+            metrics.watch_synced(watch);
+            info!(watch, "cache synced");
+        }
+        Ok(_) => metrics.watch_ok(watch),
+        Err(e) => {
+            let why = describe_watch_error(watch, e);
+            let gone = matches!(e, watcher::Error::WatchError(s) if s.code == 410);
+            if gone {
+                warn!(watch, reason = %why, "watch failed; retrying");
+            } else {
+                error!(watch, reason = %why, "watch failed; retrying with backoff");
+            }
+            metrics.watch_failed(watch, why);
+        }
+    }
+}
+
+/// Where and how the Controller runs.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Watch one namespace (Roles suffice) instead of the whole cluster.
+    pub namespace: Option<String>,
+    /// Stacks reconciled at once.
+    pub concurrency: u16,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { namespace: None, concurrency: 4 }
+    }
+}
+
+/// Runs the Controller over every namespace until shutdown. `drift_rx`
+/// carries stacks that host event streams want reconciled at once.
 pub async fn run_controller(ctx: Arc<Context>, drift_rx: mpsc::Receiver<ObjectRef<VotingStack>>) {
+    run_controller_with(ctx, drift_rx, RunOptions::default()).await
+}
+
+/// Runs the Controller until shutdown. A stack reconciles when its
+/// generation, finalizers, annotations or deletion mark change (not on the
+/// operator's own status writes), when a labelled Secret it uses changes,
+/// when a host reports drift, and at its requeue.
+pub async fn run_controller_with(
+    ctx: Arc<Context>,
+    drift_rx: mpsc::Receiver<ObjectRef<VotingStack>>,
+    opts: RunOptions,
+) {
     let client = ctx.client.clone();
-    let stacks: Api<VotingStack> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::all(client);
-    let controller = Controller::new(stacks, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let (stacks, secrets): (Api<VotingStack>, Api<Secret>) = match &opts.namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
+        None => (Api::all(client.clone()), Api::all(client)),
+    };
+    let (store, writer) = reflector::store();
+    let trigger = predicates::generation
+        .combine(predicates::finalizers)
+        .combine(predicates::annotations)
+        .combine(deletion_started);
+    let stack_events = watcher(stacks, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .inspect(track_watch(ctx.metrics.clone(), "votingstacks"))
+        .reflect(writer)
+        .touched_objects()
+        .predicate_filter(trigger, Default::default());
+    let secret_config = watcher::Config::default().labels(&format!("{SECRET_LABEL}=true")).any_semantic();
+    let secret_events = watcher(secrets, secret_config)
+        .default_backoff()
+        .inspect(track_watch(ctx.metrics.clone(), "secrets"))
+        .touched_objects()
+        .predicate_filter(predicates::resource_version, Default::default());
+    let ready_store = store.clone();
+    ctx.metrics.count_ready_with(move || ready_store.state().iter().filter(|s| is_ready(s)).count() as i64);
     let drift = tokio_stream_from(drift_rx);
     ctx.metrics.ready.store(true, Ordering::Relaxed);
-    controller
-        .watches(secrets, watcher::Config::default().any_semantic(), move |secret| stacks_using(&store, &secret))
+    let mapper_store = store.clone();
+    Controller::for_stream(stack_events, store)
+        .with_config(controller::Config::default().concurrency(opts.concurrency.max(1)))
+        .watches_stream(secret_events, move |secret| stacks_using(&mapper_store, &secret))
         .reconcile_on(drift)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
@@ -301,6 +576,10 @@ pub struct ControllerOptions {
     pub identity: String,
     /// Requeue of a Ready stack.
     pub resync: Duration,
+    /// Watch only this namespace (the operator then needs Roles, not ClusterRoles).
+    pub watch_namespace: Option<String>,
+    /// Stacks reconciled at once.
+    pub concurrency: u16,
 }
 
 /// Turns host drift events into reconcile requests for their stacks.
@@ -334,9 +613,13 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     let settings = crate::engine::EngineSettings { resync: opts.resync, ..Default::default() };
     let engines = Arc::new(crate::wiring::RegionalEngines::new(hosts.clone(), settings));
     let hub = Arc::new(DriftHub::new(hosts, event_tx));
-    let ctx = Context::new(client.clone(), engines, metrics.clone(), reporter, Some(hub), drift_tx);
+    let ctx = Context::with_jitter(client.clone(), engines, metrics.clone(), reporter, Some(hub), drift_tx, 0.1);
+    let run = RunOptions { namespace: opts.watch_namespace.clone(), concurrency: opts.concurrency };
+    if let Some(ns) = &run.namespace {
+        info!(namespace = %ns, "watching one namespace");
+    }
     if !opts.leader_election {
-        run_controller(ctx, drift_rx).await;
+        run_controller_with(ctx, drift_rx, run).await;
         return Ok(());
     }
     let elector = LeaderElector::new(
@@ -359,10 +642,51 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
         }
     }
     tokio::select! {
-        _ = run_controller(ctx, drift_rx) => Ok(()),
+        _ = run_controller_with(ctx, drift_rx, run) => Ok(()),
         lost = campaign => {
             error!(?lost, "lost the leader lease; exiting so a new leader takes over alone");
             std::process::exit(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_failures_counts_once() {
+        let t0 = Instant::now();
+        let mut f = Failures::after(None, "aws", t0);
+        for ms in [1, 5, 50, 200] {
+            f = Failures::after(Some(f), "aws", t0 + Duration::from_millis(ms));
+        }
+        assert_eq!(f.count, 1, "fifty failures within 200 ms are one");
+        assert_eq!(backoff_for(f.cause, f.count), Duration::from_secs(2));
+        let later = Failures::after(Some(f), "aws", t0 + Duration::from_secs(2));
+        assert_eq!(later.count, 2, "a failure after the backoff counts");
+    }
+
+    #[test]
+    fn another_cause_starts_over() {
+        let t0 = Instant::now();
+        let mut f = Failures::after(None, "aws", t0);
+        for s in 1..6 {
+            f = Failures::after(Some(f), "aws", t0 + Duration::from_secs(100 * s));
+        }
+        assert_eq!(f.count, 6);
+        let ssh = Failures::after(Some(f), "ssh", t0 + Duration::from_secs(601));
+        assert_eq!((ssh.cause, ssh.count), ("ssh", 1));
+        assert_eq!(backoff_for(ssh.cause, ssh.count), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_only_lengthens_and_stays_bounded() {
+        let base = Duration::from_secs(10);
+        assert_eq!(jitter(base, 0.0), base);
+        for _ in 0..100 {
+            let j = jitter(base, 0.1);
+            assert!(j >= base && j <= Duration::from_secs(11), "{j:?}");
         }
     }
 }

@@ -95,6 +95,13 @@ struct ControllerArgs {
     /// Seconds between reconciles of a Ready stack (container drift wakes one at once).
     #[arg(long, default_value_t = 60)]
     resync_seconds: u64,
+    /// Watch VotingStacks and Secrets in this namespace only (Roles suffice);
+    /// every namespace when unset.
+    #[arg(long, env = "VOTINGSTACK_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Stacks reconciled at once.
+    #[arg(long, default_value_t = 4, env = "VOTINGSTACK_CONCURRENCY")]
+    concurrency: u16,
 }
 
 fn load(args: &FileArgs) -> Result<(Manifest, PathBuf), CliError> {
@@ -165,6 +172,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 lease_namespace: args.lease_namespace,
                 identity: args.identity,
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
+                watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
+                concurrency: args.concurrency.max(1),
             };
             votingstack::controller::main(client, opts).await?;
             Ok(ExitCode::SUCCESS)

@@ -68,8 +68,19 @@ impl Manifest {
                 message,
             };
             match kind.as_str() {
-                "VotingStack" => match serde_path_to_error::deserialize::<_, VotingStack>(value) {
-                    Ok(stack) => stacks.push((n, stack)),
+                "VotingStack" => match serde_path_to_error::deserialize::<_, VotingStack>(value.clone()) {
+                    Ok(stack) => {
+                        // The API types accept unknown fields (the controller
+                        // must read objects a newer CRD wrote); a file is
+                        // checked strictly here.
+                        let unknown = unknown_spec_fields(&value, &stack);
+                        if unknown.is_empty() {
+                            stacks.push((n, stack));
+                        }
+                        for (path, name) in unknown {
+                            errors.push(field(path, format!("unknown field `{name}`")));
+                        }
+                    }
                     Err(e) => {
                         let path = e.path().to_string();
                         errors.push(field(
@@ -142,6 +153,39 @@ impl Manifest {
         let secret =
             self.secrets.get(&r.name).ok_or_else(|| KeyError::MissingSecret { secret: r.name.clone(), namespace })?;
         key_from_secret(secret, &r.key)
+    }
+}
+
+/// Fields of the document's `spec` that the VotingStack type does not know,
+/// as (path, name): whatever deserialized but does not serialize back.
+fn unknown_spec_fields(document: &serde_yaml::Value, stack: &VotingStack) -> Vec<(String, String)> {
+    let (Ok(given), Ok(known)) = (serde_json::to_value(document), serde_json::to_value(&stack.spec)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    unknown_fields("spec", &given["spec"], &known, &mut out);
+    out
+}
+
+fn unknown_fields(path: &str, given: &serde_json::Value, known: &serde_json::Value, out: &mut Vec<(String, String)>) {
+    use serde_json::Value;
+    match (given, known) {
+        (Value::Object(given), Value::Object(known)) => {
+            for (name, value) in given {
+                let here = format!("{path}.{name}");
+                match known.get(name) {
+                    Some(k) => unknown_fields(&here, value, k, out),
+                    None if value.is_null() => {}
+                    None => out.push((here, name.clone())),
+                }
+            }
+        }
+        (Value::Array(given), Value::Array(known)) => {
+            for (i, (g, k)) in given.iter().zip(known).enumerate() {
+                unknown_fields(&format!("{path}[{i}]"), g, k, out);
+            }
+        }
+        _ => {}
     }
 }
 

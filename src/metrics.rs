@@ -1,8 +1,9 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -35,6 +36,21 @@ pub struct Metrics {
     pub ready_stacks: Gauge,
     /// True once the controller runs (and, with leader election, leads or waits as standby).
     pub ready: AtomicBool,
+    /// The state of each watch the controller runs; /readyz needs every one synced and healthy.
+    watches: Mutex<BTreeMap<&'static str, WatchHealth>>,
+    /// Counts the Ready stacks when the metrics are rendered.
+    ready_source: Mutex<Option<ReadySource>>,
+}
+
+type ReadySource = Box<dyn Fn() -> i64 + Send + Sync>;
+
+/// How one watch is doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct WatchHealth {
+    /// The first full list arrived: the cache holds the cluster's state.
+    synced: bool,
+    /// Why the watch fails right now, if it does.
+    failing: Option<String>,
 }
 
 impl Default for Metrics {
@@ -65,6 +81,8 @@ impl Default for Metrics {
             host_round_trips,
             ready_stacks,
             ready: AtomicBool::new(false),
+            watches: Mutex::new(BTreeMap::new()),
+            ready_source: Mutex::new(None),
         }
     }
 }
@@ -79,8 +97,63 @@ impl Metrics {
         }
     }
 
+    /// Counts Ready stacks with `count` (over the controller's cache) each
+    /// time the metrics are rendered, instead of keeping deltas.
+    pub fn count_ready_with(&self, count: impl Fn() -> i64 + Send + Sync + 'static) {
+        *self.ready_source.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(count));
+    }
+
+    /// A watch starts: not synced until its first list arrives.
+    pub fn watch_started(&self, watch: &'static str) {
+        self.watches.lock().unwrap_or_else(|p| p.into_inner()).insert(watch, WatchHealth::default());
+    }
+
+    /// A watch delivered its first full list (again, after a relist).
+    pub fn watch_synced(&self, watch: &'static str) {
+        let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let w = watches.entry(watch).or_default();
+        w.synced = true;
+        w.failing = None;
+    }
+
+    /// A watch delivered an event: whatever failed before works again.
+    pub fn watch_ok(&self, watch: &'static str) {
+        if let Some(w) = self.watches.lock().unwrap_or_else(|p| p.into_inner()).get_mut(watch) {
+            w.failing = None;
+        }
+    }
+
+    /// A watch failed; it is retried with backoff.
+    pub fn watch_failed(&self, watch: &'static str, why: String) {
+        self.watches.lock().unwrap_or_else(|p| p.into_inner()).entry(watch).or_default().failing = Some(why);
+    }
+
+    /// Ok when the process may take traffic: started, every watch synced and none failing.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Relaxed) {
+            return Err("starting".into());
+        }
+        let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let problems: Vec<String> = watches
+            .iter()
+            .filter_map(|(name, w)| match (&w.failing, w.synced) {
+                (Some(why), _) => Some(format!("watch of {name} fails: {why}")),
+                (None, false) => Some(format!("watch of {name} has not synced yet")),
+                (None, true) => None,
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("; "))
+        }
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
+        if let Some(count) = self.ready_source.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            self.ready_stacks.set(count());
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
@@ -97,10 +170,9 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
-    if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    match m.readiness() {
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 
@@ -132,5 +204,28 @@ mod tests {
         assert!(text.contains("votingstack_reconcile_total 2"), "{text}");
         assert!(text.contains("votingstack_reconcile_errors_total{kind=\"aws\"} 1"), "{text}");
         assert!(text.contains("votingstack_reconcile_duration_seconds_count 2"), "{text}");
+    }
+
+    #[test]
+    fn readiness_needs_every_watch_synced_and_healthy() {
+        let m = Metrics::default();
+        assert_eq!(m.readiness(), Err("starting".into()));
+        m.ready.store(true, Ordering::Relaxed);
+        assert_eq!(m.readiness(), Ok(()), "a standby runs no watch");
+        m.watch_started("votingstacks");
+        assert!(m.readiness().is_err_and(|e| e.contains("not synced")));
+        m.watch_synced("votingstacks");
+        assert_eq!(m.readiness(), Ok(()));
+        m.watch_failed("votingstacks", "403 Forbidden".into());
+        assert!(m.readiness().is_err_and(|e| e.contains("votingstacks fails: 403 Forbidden")));
+        m.watch_ok("votingstacks");
+        assert_eq!(m.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn ready_stacks_are_counted_when_rendered() {
+        let m = Metrics::default();
+        m.count_ready_with(|| 3);
+        assert!(m.render().contains("votingstack_ready_stacks 3"), "{}", m.render());
     }
 }

@@ -34,7 +34,7 @@ pub const CIDR_PATTERN: &str = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3
     printcolumn = r#"{"name":"Vote URL","type":"string","jsonPath":".status.voteUrl"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct VotingStackSpec {
     /// Where the stack lives in AWS.
     #[serde(default)]
@@ -58,7 +58,7 @@ pub struct VotingStackSpec {
 
 /// AWS location of the stack.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AwsSpec {
     /// AWS region, for example `eu-west-1`.
     #[serde(default = "default_region")]
@@ -89,7 +89,7 @@ pub enum ConnectVia {
 
 /// The stack's network.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!isCIDR(self.vpcCidr) || !isCIDR(self.subnetCidr) || cidr(self.vpcCidr).containsCIDR(self.subnetCidr)").message("subnetCidr must lie inside vpcCidr"))]
 pub struct NetworkSpec {
     /// CIDR block of the VPC.
@@ -119,7 +119,7 @@ pub struct NetworkSpec {
 
 /// The three EC2 instances.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InstancesSpec {
     /// AMI for every tier (a Debian or Ubuntu image; Docker is installed when missing).
     #[schemars(regex(pattern = r"^ami-[0-9a-f]{8,17}$"))]
@@ -145,7 +145,7 @@ pub struct InstancesSpec {
 
 /// Per-tier instance settings that win over the stack-wide ones.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct InstanceOverride {
     /// AMI for this tier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,7 +169,7 @@ pub enum HostKeyPolicy {
 
 /// SSH access to the hosts.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.hostKeyPolicy != 'Pinned' || (has(self.pinnedHostKeys) && size(self.pinnedHostKeys) > 0)").message("hostKeyPolicy Pinned needs pinnedHostKeys"))]
 pub struct SshSpec {
     /// Login user on the AMI (`ubuntu` on Ubuntu, `admin` on Debian).
@@ -206,7 +206,7 @@ pub struct SshSpec {
 
 /// A key inside a Secret in the VotingStack's namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
     #[schemars(length(min = 1))]
@@ -218,7 +218,7 @@ pub struct SecretKeyRef {
 
 /// The voting app.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.optionA != self.optionB").message("optionA and optionB must differ"))]
 pub struct AppSpec {
     /// Label of the first option.
@@ -254,7 +254,7 @@ impl Default for AppSpec {
 
 /// Images of the five services.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Images {
     /// The vote web app (frontend host).
     #[serde(default = "default_vote_image")]
@@ -304,7 +304,7 @@ pub enum PullPolicy {
 
 /// Published ports on the frontend host.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.vote != self.result").message("vote and result ports must differ"))]
 pub struct Ports {
     /// Host port of the vote page.

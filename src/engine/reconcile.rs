@@ -372,7 +372,7 @@ impl Engine {
         let (Some(vote_url), Some(db)) = (run.status.vote_url.clone(), db) else {
             return;
         };
-        let voter = format!("votingstack-smoke-{}", chrono::Utc::now().timestamp_millis());
+        let voter = smoke_voter_id();
         run.findings.smoke = Some(self.cast_and_find(&vote_url, &db, key, &voter).await);
     }
 
@@ -418,14 +418,17 @@ impl Engine {
         }
         let phase = findings.phase(previous.phase);
         status.phase = Some(phase);
+        let ready = findings.ready();
         // A failed EC2 step may have left a spec change half done (such as a
         // network sync): keep the old generation so the next pass redoes it.
-        if error != Some(ErrorKind::Aws) {
+        // A terminal failure (auth, quota, invalid parameter) is the answer
+        // for this generation, though: record it, so tools that compare
+        // generations (Argo CD) see a failed stack, not one still progressing.
+        if error != Some(ErrorKind::Aws) || ready.reason.is_terminal() {
             status.observed_generation = generation;
         }
         status.last_reconcile_time = Some(now);
         status.last_reconcile_duration_ms = Some(started.elapsed().as_millis() as u64);
-        let ready = findings.ready();
         let requeue_after = if ready.ok {
             self.settings.resync
         } else if (ready.reason.is_terminal() && !retry_soon) || phase == Phase::Paused {
@@ -477,6 +480,41 @@ impl Engine {
         let report = self.cloud.destroy(&StackIdentity::of(stack), status.network.as_ref()).await?;
         Ok(Teardown::Deleted(report))
     }
+}
+
+/// The status of a stack being deleted: Ready=False reason Deleting, phase
+/// Deleting; `problem` (a failed teardown) goes into the message. The other
+/// conditions keep what they last said.
+pub fn deleting_status(stack: &VotingStack, problem: Option<&str>) -> (VotingStackStatus, Vec<ConditionUpdate>) {
+    let mut status = stack.status.clone().unwrap_or_default();
+    let findings = Findings { deleting: true, ..Default::default() };
+    let mut ready = findings.ready();
+    if let Some(problem) = problem {
+        ready.message = format!("{}: {problem}", ready.message);
+    }
+    let update = ConditionUpdate::new(ConditionType::Ready, ready.ok, ready.reason, ready.message);
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let flipped = set_condition(&mut status.conditions, &update, stack.metadata.generation, &now);
+    status.phase = Some(findings.phase(status.phase));
+    status.observed_generation = stack.metadata.generation;
+    (status, if flipped { vec![update] } else { Vec::new() })
+}
+
+/// Status without the fields every pass rewrites (when and how long): two
+/// statuses equal under this say the same thing about the stack.
+pub fn status_content(status: &VotingStackStatus) -> VotingStackStatus {
+    VotingStackStatus { last_reconcile_time: None, last_reconcile_duration_ms: None, ..status.clone() }
+}
+
+/// A voter id no other smoke test of this process has used, whatever the
+/// clock says: the time plus a process-wide sequence and a random suffix
+/// (another operator process may test the same stack).
+pub fn smoke_voter_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let salt: u32 = rand::random();
+    format!("votingstack-smoke-{}-{n}-{salt:08x}", chrono::Utc::now().timestamp_millis())
 }
 
 /// Mutable state of one reconcile.

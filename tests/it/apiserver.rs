@@ -1,6 +1,11 @@
 //! A small stateful in-memory Kubernetes API for controller tests: list and
-//! watch with resourceVersion, the status subresource, generation, and
-//! finalizers with deletionTimestamp. Served in-process as a tower service.
+//! watch with resourceVersion (410 Gone once compacted), the status
+//! subresource (every write that changes something is a watch event),
+//! generation, finalizers with deletionTimestamp, replace with optimistic
+//! concurrency (409 on a stale resourceVersion), server-side apply that drops
+//! the fields a manager stopped sending, Secret stringData stored as data,
+//! and 403 for resources or scopes the caller may not use. Served in-process
+//! as a tower service.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -28,6 +33,16 @@ struct State {
     log: Vec<Change>,
     /// Every request as "METHOD path", for assertions.
     requests: Vec<String>,
+    /// Watches from a resourceVersion below this answer 410 Gone.
+    compacted: u64,
+    /// Resources every request about answers 403.
+    forbidden: Vec<String>,
+    /// Resources not served at all (a CRD that is not installed): 404.
+    unserved: Vec<String>,
+    /// When set, requests across all namespaces answer 403 (the caller has Roles only).
+    namespaced_only: bool,
+    /// What each field manager last applied, by (plural, namespace, name, manager, subresource).
+    applied: BTreeMap<(String, String, String, String, bool), Value>,
 }
 
 /// The API double; clone it freely.
@@ -91,8 +106,91 @@ fn query_param(uri: &Uri, key: &str) -> Option<String> {
     })
 }
 
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether an object's labels match a selector of `key=value` and `key` terms.
+fn selects(selector: Option<&str>, object: &Value) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else { return true };
+    let labels = &object["metadata"]["labels"];
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some((k, v)) => labels[k.trim_end_matches('=')] == v.trim_start_matches('='),
+        None => !labels[term].is_null(),
+    })
+}
+
 fn merge(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
+}
+
+/// Removes from `target` what `before` set and `now` no longer sends, like
+/// server-side apply does for a manager's own fields.
+fn prune(target: &mut Value, before: &Value, now: &Value) {
+    let (Some(before), Some(target)) = (before.as_object(), target.as_object_mut()) else { return };
+    for (key, old) in before {
+        match now.get(key) {
+            None | Some(Value::Null) => {
+                target.remove(key);
+            }
+            Some(new) => {
+                if let Some(t) = target.get_mut(key) {
+                    prune(t, old, new);
+                }
+            }
+        }
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Secrets keep `stringData` as base64 `data`, as the API server does.
+fn store_string_data(plural: &str, object: &mut Value) {
+    if plural != "secrets" {
+        return;
+    }
+    let Some(Value::Object(strings)) = object.as_object_mut().and_then(|o| o.remove("stringData")) else { return };
+    if !object["data"].is_object() {
+        object["data"] = json!({});
+    }
+    for (k, v) in strings {
+        object["data"][k] = json!(base64(v.as_str().unwrap_or_default().as_bytes()));
+    }
 }
 
 impl ApiServer {
@@ -111,9 +209,48 @@ impl ApiServer {
         kube::Client::new(service, "default")
     }
 
-    /// Requests seen so far, as "METHOD /path".
+    /// Requests seen so far, as "METHOD /path", watches marked " (watch)".
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Every later request about `plural` answers 403 Forbidden.
+    pub fn forbid(&self, plural: &str) {
+        self.state.lock().unwrap().forbidden.push(plural.to_string());
+    }
+
+    /// Every later request about `plural` answers 404, as for a CRD that is not installed.
+    pub fn unserve(&self, plural: &str) {
+        self.state.lock().unwrap().unserved.push(plural.to_string());
+    }
+
+    /// Requests across all namespaces answer 403 (a caller bound by Roles only).
+    pub fn namespaced_only(&self) {
+        self.state.lock().unwrap().namespaced_only = true;
+    }
+
+    /// Compacts the history: open watches end, and a watch from an older
+    /// resourceVersion answers 410 Gone, so watchers must list again.
+    pub fn compact(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.rv += 1;
+        state.compacted = state.rv;
+        let _ =
+            self.changes.send(Change { rv: state.rv, plural: String::new(), kind: "COMPACTED", object: Value::Null });
+    }
+
+    /// Stores an object as given (it may carry fields no Rust type knows).
+    pub fn create_raw(&self, plural: &str, namespace: &str, object: Value) -> Value {
+        let path = Path { plural: plural.into(), namespace: Some(namespace.into()), name: None, status: false };
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let _ = self.create(&path, object);
+        self.get(plural, namespace, &name).unwrap_or(Value::Null)
+    }
+
+    /// How many requests matched `method` and a path ending with `suffix`.
+    pub fn count(&self, method: &str, suffix: &str) -> usize {
+        let want = format!("{method} ");
+        self.requests().iter().filter(|r| r.starts_with(&want) && r.ends_with(suffix)).count()
     }
 
     /// The stored object, if any.
@@ -155,19 +292,47 @@ impl ApiServer {
     }
 
     fn handle_parts(&self, parts: axum::http::request::Parts, bytes: Bytes) -> Response<Body> {
-        self.state.lock().unwrap().requests.push(format!("{} {}", parts.method, parts.uri.path()));
+        let watching = matches!(query_param(&parts.uri, "watch").as_deref(), Some("true") | Some("1"));
+        let selector = query_param(&parts.uri, "labelSelector").map(|s| percent_decode(&s));
+        let marker = match (&selector, watching) {
+            (Some(sel), true) => format!(" [{sel}] (watch)"),
+            (Some(sel), false) => format!(" [{sel}]"),
+            (None, true) => " (watch)".to_string(),
+            (None, false) => String::new(),
+        };
+        self.state.lock().unwrap().requests.push(format!("{} {}{marker}", parts.method, parts.uri.path()));
         let Some(path) = parse_path(parts.uri.path()) else {
             return status_error(404, "NotFound", format!("no route {}", parts.uri.path()));
         };
+        {
+            let state = self.state.lock().unwrap();
+            if state.unserved.contains(&path.plural) {
+                return status_error(404, "NotFound", "the server could not find the requested resource".into());
+            }
+            if state.forbidden.contains(&path.plural) || (state.namespaced_only && path.namespace.is_none()) {
+                let scope = path
+                    .namespace
+                    .as_deref()
+                    .map_or("at the cluster scope".to_string(), |ns| format!("in the namespace \"{ns}\""));
+                return status_error(
+                    403,
+                    "Forbidden",
+                    format!(
+                        "{} is forbidden: cannot {} resource \"{}\" {scope}",
+                        path.plural, parts.method, path.plural
+                    ),
+                );
+            }
+        }
         let body: Value =
             if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         match (&parts.method, &path.name) {
             (&Method::GET, None) => {
                 let watch = matches!(query_param(&parts.uri, "watch").as_deref(), Some("true") | Some("1"));
                 if watch {
-                    self.watch(path, &parts.uri)
+                    self.watch(path, &parts.uri, selector)
                 } else {
-                    self.list(&path)
+                    self.list(&path, selector.as_deref())
                 }
             }
             (&Method::POST, None) => self.create(&path, body),
@@ -178,19 +343,23 @@ impl ApiServer {
                     None => status_error(404, "NotFound", format!("{} \"{name}\" not found", path.plural)),
                 }
             }
-            (&Method::PATCH, Some(_)) => self.patch(&path, &parts.headers, body),
-            (&Method::PUT, Some(_)) => self.patch(&path, &HeaderMap::new(), body),
+            (&Method::PATCH, Some(_)) => {
+                let manager = query_param(&parts.uri, "fieldManager").unwrap_or_default();
+                self.patch(&path, &parts.headers, &manager, body)
+            }
+            (&Method::PUT, Some(_)) => self.replace(&path, body),
             (&Method::DELETE, Some(_)) => self.delete(&path),
             _ => status_error(405, "MethodNotAllowed", format!("{} {}", parts.method, parts.uri.path())),
         }
     }
 
-    fn list(&self, path: &Path) -> Response<Body> {
+    fn list(&self, path: &Path, selector: Option<&str>) -> Response<Body> {
         let state = self.state.lock().unwrap();
         let items: Vec<Value> = state
             .objects
             .iter()
             .filter(|((p, ns, _), _)| *p == path.plural && path.namespace.as_ref().is_none_or(|want| want == ns))
+            .filter(|(_, o)| selects(selector, o))
             .map(|(_, o)| o.clone())
             .collect();
         ok(
@@ -199,13 +368,29 @@ impl ApiServer {
         )
     }
 
-    fn watch(&self, path: Path, uri: &Uri) -> Response<Body> {
+    fn watch(&self, path: Path, uri: &Uri, selector: Option<String>) -> Response<Body> {
         let since: u64 = query_param(uri, "resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
         let rx = self.changes.subscribe();
-        let backlog: Vec<Change> = {
+        let (backlog, gone): (Vec<Change>, bool) = {
             let state = self.state.lock().unwrap();
-            state.log.iter().filter(|c| c.rv > since && c.plural == path.plural).cloned().collect()
+            let backlog = state
+                .log
+                .iter()
+                .filter(|c| c.rv > since && c.plural == path.plural && selects(selector.as_deref(), &c.object))
+                .cloned()
+                .collect();
+            (backlog, since < state.compacted)
         };
+        if gone {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410,
+                "message": format!("too old resource version: {since}")});
+            let line = format!("{}\n", json!({"type": "ERROR", "object": status}));
+            return Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from(line))
+                .unwrap_or_default();
+        }
         let last_sent = backlog.last().map_or(since, |c| c.rv);
         let ns = path.namespace.clone();
         let plural = path.plural.clone();
@@ -215,11 +400,16 @@ impl ApiServer {
         let live = futures::stream::unfold((rx, last_sent), move |(mut rx, last)| {
             let ns = ns.clone();
             let plural = plural.clone();
+            let selector = selector.clone();
             async move {
                 loop {
                     let change = rx.recv().await.ok()?;
+                    if change.kind == "COMPACTED" {
+                        return None;
+                    }
                     let same_ns = ns.as_ref().is_none_or(|n| change.object["metadata"]["namespace"] == *n);
-                    if change.rv > last && change.plural == plural && same_ns {
+                    let selected = selects(selector.as_deref(), &change.object);
+                    if change.rv > last && change.plural == plural && same_ns && selected {
                         let rv = change.rv;
                         let bytes = Bytes::from(format!("{}\n", json!({"type": change.kind, "object": change.object})));
                         return Some((Ok::<_, Infallible>(bytes), (rx, rv)));
@@ -244,6 +434,7 @@ impl ApiServer {
         if state.objects.contains_key(&key) {
             return status_error(409, "AlreadyExists", format!("{} \"{name}\" already exists", path.plural));
         }
+        store_string_data(&path.plural, &mut object);
         state.rv += 1;
         let meta = &mut object["metadata"];
         if !ns.is_empty() {
@@ -258,7 +449,7 @@ impl ApiServer {
         ok(201, &object)
     }
 
-    fn patch(&self, path: &Path, headers: &HeaderMap, body: Value) -> Response<Body> {
+    fn patch(&self, path: &Path, headers: &HeaderMap, manager: &str, body: Value) -> Response<Body> {
         let mut state = self.state.lock().unwrap();
         let name = path.name.clone().unwrap_or_default();
         let key = (path.plural.clone(), path.namespace.clone().unwrap_or_default(), name.clone());
@@ -289,13 +480,88 @@ impl ApiServer {
             if next["status"].is_null() {
                 next["status"] = json!({});
             }
+            if content_type.contains("apply-patch") {
+                let slot = (key.0.clone(), key.1.clone(), key.2.clone(), manager.to_string(), true);
+                if let Some(before) = state.applied.get(&slot) {
+                    prune(&mut next["status"], before, &body["status"]);
+                }
+                state.applied.insert(slot, body["status"].clone());
+            }
             merge(&mut next["status"], &body["status"]);
             if body["status"]["conditions"].is_array() {
                 next["status"]["conditions"] = body["status"]["conditions"].clone();
             }
         } else {
+            if content_type.contains("apply-patch") {
+                let slot = (key.0.clone(), key.1.clone(), key.2.clone(), manager.to_string(), false);
+                let mut sent = body.clone();
+                if let Some(o) = sent.as_object_mut() {
+                    for meta in ["apiVersion", "kind", "metadata", "status"] {
+                        o.remove(meta);
+                    }
+                }
+                if let Some(before) = state.applied.get(&slot) {
+                    prune(&mut next, before, &sent);
+                }
+                state.applied.insert(slot, sent);
+            }
             merge(&mut next, &body);
+            store_string_data(&path.plural, &mut next);
         }
+        self.commit(&mut state, path, key, current, next)
+    }
+
+    /// PUT: the whole object (or its status), only from the resourceVersion it was read at.
+    fn replace(&self, path: &Path, body: Value) -> Response<Body> {
+        let mut state = self.state.lock().unwrap();
+        let name = path.name.clone().unwrap_or_default();
+        let key = (path.plural.clone(), path.namespace.clone().unwrap_or_default(), name.clone());
+        let Some(current) = state.objects.get(&key).cloned() else {
+            return status_error(404, "NotFound", format!("{} \"{name}\" not found", path.plural));
+        };
+        let given_rv = body["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        if !given_rv.is_empty() && given_rv != current["metadata"]["resourceVersion"].as_str().unwrap_or_default() {
+            return status_error(
+                409,
+                "Conflict",
+                format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
+                    path.plural
+                ),
+            );
+        }
+        let mut next = if path.status {
+            let mut next = current.clone();
+            next["status"] = body["status"].clone();
+            next
+        } else {
+            let mut next = body;
+            store_string_data(&path.plural, &mut next);
+            // Server-owned metadata stays.
+            for field in ["uid", "creationTimestamp", "generation", "deletionTimestamp"] {
+                next["metadata"][field] = current["metadata"][field].clone();
+            }
+            next
+        };
+        if next["metadata"]["deletionTimestamp"].is_null() {
+            if let Some(meta) = next["metadata"].as_object_mut() {
+                meta.remove("deletionTimestamp");
+            }
+        }
+        next["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+        self.commit(&mut state, path, key, current, next)
+    }
+
+    /// Stores a changed object: the main resource never changes status, a
+    /// spec change bumps generation, and every change is a watch event.
+    fn commit(
+        &self,
+        state: &mut State,
+        path: &Path,
+        key: (String, String, String),
+        current: Value,
+        mut next: Value,
+    ) -> Response<Body> {
         if !path.status {
             // The main resource never changes status.
             next["status"] = current["status"].clone();
@@ -312,10 +578,10 @@ impl ApiServer {
         let finalizers_gone = next["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
         if !next["metadata"]["deletionTimestamp"].is_null() && finalizers_gone {
             state.objects.remove(&key);
-            self.record(&mut state, &path.plural, "DELETED", next.clone());
+            self.record(state, &path.plural, "DELETED", next.clone());
         } else {
             state.objects.insert(key, next.clone());
-            self.record(&mut state, &path.plural, "MODIFIED", next.clone());
+            self.record(state, &path.plural, "MODIFIED", next.clone());
         }
         ok(200, &next)
     }

@@ -141,6 +141,11 @@ async fn controller_deletion_tears_down_then_drops_the_finalizer() {
     doomed.metadata.deletion_timestamp =
         Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
     let server = tokio::spawn(async move {
+        let (method, uri, body, send) = next(&mut handle).await;
+        assert_eq!(method, http::Method::PATCH);
+        assert!(uri.contains("/votingstacks/demo/status?"), "{uri}");
+        assert_eq!(body["status"]["phase"], "Deleting");
+        respond(send, 200, &serde_json::to_value(with_finalizer(stack())).unwrap());
         let (method, _, body, send) = next(&mut handle).await;
         assert_eq!(method, http::Method::POST);
         assert_eq!(body["reason"], "Deleted");
@@ -275,4 +280,415 @@ mod on_the_api_double {
         controller.abort();
         let _ = controller.await;
     }
+
+    use votingstack::controller::{run_controller_with, ControllerError, RunOptions};
+    use votingstack::engine::{Engine, EngineSettings};
+
+    /// An engine over fresh fakes that requeues a Ready stack every `resync`.
+    fn engine_with(resync: Duration) -> (Engine, fakes::FakeCloud, fakes::FakeHosts) {
+        let cloud = fakes::FakeCloud::default();
+        let hosts = fakes::FakeHosts::default();
+        let settings = EngineSettings { resync, smoke_timeout: Duration::from_secs(2), ..Default::default() };
+        (Engine::new(Arc::new(cloud.clone()), Arc::new(hosts.clone()), settings), cloud, hosts)
+    }
+
+    /// The key Secret (labelled for the watch) and stack `name` in `ns`.
+    async fn seed(client: &kube::Client, ns: &str, name: &str) {
+        let mut key: Secret = serde_json::from_value(secret()).unwrap();
+        key.metadata.namespace = Some(ns.into());
+        key.metadata.labels = Some([(votingstack::controller::SECRET_LABEL.to_string(), "true".to_string())].into());
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        secrets.create(&PostParams::default(), &key).await.unwrap();
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), ns);
+        let mut s = stack();
+        s.metadata.name = Some(name.into());
+        s.metadata.namespace = Some(ns.into());
+        s.metadata.uid = None;
+        s.metadata.generation = None;
+        stacks.create(&PostParams::default(), &s).await.unwrap();
+    }
+
+    /// Runs the Controller on the double with jittered requeues, as in production.
+    fn start(api: &ApiServer, engine: Engine, opts: RunOptions) -> (tokio::task::JoinHandle<()>, Arc<Metrics>) {
+        let reporter = Reporter { controller: "votingstack-operator".into(), instance: Some("test".into()) };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Context::with_jitter(api.client(), Arc::new(engine), metrics.clone(), reporter, None, tx, 0.1);
+        (tokio::spawn(run_controller_with(ctx, rx, opts)), metrics)
+    }
+
+    async fn ready_within(api: &ApiServer, ns: &str, name: &str, secs: u64) -> Value {
+        eventually(secs, "Ready=True", || {
+            let obj = api.get("votingstacks", ns, name)?;
+            (ready_of(&obj)?.0 == "True").then_some(obj)
+        })
+        .await
+    }
+
+    /// Reconciles of stack `demo` so far: each reads its key Secret once.
+    fn reconciles(api: &ApiServer, ns: &str) -> usize {
+        api.count("GET", &format!("/namespaces/{ns}/secrets/demo-ssh"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn controller_steady_state_is_quiet() {
+        let api = ApiServer::new();
+        seed(&api.client(), "default", "demo").await;
+        let resync = Duration::from_secs(10);
+        let (engine, _cloud, _hosts) = engine_with(resync);
+        let (controller, metrics) = start(&api, engine, RunOptions::default());
+        ready_within(&api, "default", "demo", 60).await;
+
+        let writes_before = api.count("PATCH", "/votingstacks/demo/status");
+        let reconciles_before = reconciles(&api, "default");
+        let window = Duration::from_secs(30);
+        let end = tokio::time::Instant::now() + window;
+        // Watch the whole window, failing as soon as a bound is crossed.
+        let max_reconciles = window.as_secs().div_ceil(resync.as_secs()) as usize + 1;
+        while tokio::time::Instant::now() < end {
+            let writes = api.count("PATCH", "/votingstacks/demo/status") - writes_before;
+            let runs = reconciles(&api, "default") - reconciles_before;
+            assert!(writes <= 1, "{writes} status writes in steady state");
+            assert!(runs <= max_reconciles, "{runs} reconciles within {window:?} at a {resync:?} resync");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let runs = reconciles(&api, "default") - reconciles_before;
+        assert!(runs >= 2, "the resync still runs ({runs} reconciles)");
+        assert!(metrics.render().contains("votingstack_ready_stacks 1"), "{}", metrics.render());
+        assert_eq!(metrics.readiness(), Ok(()));
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn controller_transient_ssh_failure_converges_without_a_long_backoff() {
+        let api = ApiServer::new();
+        seed(&api.client(), "default", "demo").await;
+        let (engine, _cloud, hosts) = engine_with(Duration::from_secs(60));
+        hosts.state.lock().unwrap().all_down = true;
+        let (controller, _metrics) = start(&api, engine, RunOptions::default());
+        // Let the failures pile up, as while a host boots for a minute.
+        eventually(120, "eight failed reconciles", || (reconciles(&api, "default") >= 8).then_some(())).await;
+        let obj = api.get("votingstacks", "default", "demo").unwrap();
+        assert_eq!(obj["status"]["phase"], "Deploying");
+
+        hosts.state.lock().unwrap().all_down = false;
+        let up = tokio::time::Instant::now();
+        ready_within(&api, "default", "demo", 60).await;
+        assert!(up.elapsed() < Duration::from_secs(15), "Ready {:?} after the hosts came up", up.elapsed());
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test]
+    async fn controller_relists_after_410_gone() {
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "default", "demo").await;
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, metrics) = start(&api, engine, RunOptions::default());
+        ready_within(&api, "default", "demo", 30).await;
+        let lists = || api.count("GET", "/apis/votingstack.dev/v1alpha1/votingstacks");
+        let before = lists();
+
+        api.compact();
+        eventually(30, "a relist after 410 Gone", || (lists() > before).then_some(())).await;
+        // The watch works again: a spec change still reaches the reconciler.
+        let stacks: Api<VotingStack> = Api::namespaced(client, "default");
+        let patch = json!({"spec": {"app": {"optionB": "Birds"}}});
+        stacks.patch("demo", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+        eventually(30, "observedGeneration 2", || {
+            let obj = api.get("votingstacks", "default", "demo")?;
+            (obj["status"]["observedGeneration"] == 2).then_some(())
+        })
+        .await;
+        eventually(30, "/readyz ready again", || metrics.readiness().ok()).await;
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test]
+    async fn controller_conflict_on_replace_is_surfaced_as_409() {
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "default", "demo").await;
+        let stacks: Api<VotingStack> = Api::namespaced(client, "default");
+        let stale = stacks.get("demo").await.unwrap();
+        let patch = json!({"spec": {"paused": true}});
+        stacks.patch("demo", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+        let err = stacks.replace("demo", &PostParams::default(), &stale).await.expect_err("a stale replace");
+        let kube::Error::Api(status) = &err else { panic!("not an API error: {err}") };
+        assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
+        let err = ControllerError::from(err);
+        assert_eq!(err.kind(), "conflict");
+        assert!(votingstack::controller::backoff_for(err.kind(), 1) <= Duration::from_secs(1));
+        // Read fresh, the same replace goes through.
+        let mut fresh = stacks.get("demo").await.unwrap();
+        fresh.spec.paused = false;
+        let replaced = stacks.replace("demo", &PostParams::default(), &fresh).await.unwrap();
+        assert_eq!(replaced.metadata.generation, Some(3));
+    }
+
+    #[tokio::test]
+    async fn controller_reconciles_an_object_with_an_unknown_spec_field() {
+        let api = ApiServer::new();
+        let client = api.client();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+        secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
+        let mut raw = serde_json::to_value(stack()).unwrap();
+        raw["metadata"] = json!({"name": "demo"});
+        raw["spec"]["fieldFromANewerCrd"] = json!({"enabled": true});
+        raw["spec"]["app"]["optionC"] = json!("Birds");
+        api.create_raw("votingstacks", "default", raw);
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, metrics) = start(&api, engine, RunOptions::default());
+        ready_within(&api, "default", "demo", 30).await;
+        assert_eq!(metrics.readiness(), Ok(()));
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test]
+    async fn controller_watches_one_namespace_with_roles_only() {
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "team-a", "demo").await;
+        seed(&client, "team-b", "demo").await;
+        api.namespaced_only();
+        let seeded = api.requests().len();
+        let (engine, cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let opts = RunOptions { namespace: Some("team-a".into()), ..Default::default() };
+        let (controller, metrics) = start(&api, engine, opts);
+        ready_within(&api, "team-a", "demo", 30).await;
+        eventually(10, "/readyz ready", || metrics.readiness().ok()).await;
+        let other = api.get("votingstacks", "team-b", "demo").unwrap();
+        assert!(other["metadata"]["finalizers"].is_null() && other["status"].is_null(), "{other}");
+        assert_eq!(cloud.state.lock().unwrap().instances.len(), 3, "one stack's instances");
+        let outside: Vec<String> =
+            api.requests().into_iter().skip(seeded).filter(|r| !r.contains("/namespaces/team-a/")).collect();
+        assert!(outside.is_empty(), "requests outside team-a: {outside:?}");
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test]
+    async fn controller_forbidden_watch_makes_readyz_fail_with_the_reason() {
+        let api = ApiServer::new();
+        seed(&api.client(), "default", "demo").await;
+        api.forbid("secrets");
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, metrics) = start(&api, engine, RunOptions::default());
+        let why = eventually(30, "/readyz to name the forbidden watch", || metrics.readiness().err()).await;
+        let why = eventually(30, "the 403 reason", || {
+            let w = metrics.readiness().err().unwrap_or(why.clone());
+            (w.contains("secrets") && w.contains("403")).then_some(w)
+        })
+        .await;
+        assert!(why.contains("Role"), "{why}");
+        let router = votingstack::metrics::router(metrics.clone());
+        let response = tower::ServiceExt::oneshot(
+            router,
+            axum::http::Request::builder().uri("/readyz").body(axum::body::Body::empty()).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(response.status(), 503);
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test]
+    async fn controller_missing_crd_and_undecodable_objects_show_in_readyz() {
+        let api = ApiServer::new();
+        api.unserve("votingstacks");
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, metrics) = start(&api, engine, RunOptions::default());
+        let why = eventually(30, "/readyz to name the missing CRD", || {
+            metrics.readiness().err().filter(|w| w.contains("is the CRD installed?"))
+        })
+        .await;
+        assert!(why.contains("watch of votingstacks fails"), "{why}");
+        controller.abort();
+        let _ = controller.await;
+
+        let api = ApiServer::new();
+        let mut raw = serde_json::to_value(stack()).unwrap();
+        raw["metadata"] = json!({"name": "broken"});
+        raw["spec"]["ssh"]["port"] = json!("twenty-two");
+        api.create_raw("votingstacks", "default", raw);
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, metrics) = start(&api, engine, RunOptions::default());
+        eventually(30, "/readyz to name the undecodable object", || {
+            metrics.readiness().err().filter(|w| w.contains("could not be decoded"))
+        })
+        .await;
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test]
+    async fn controller_deletion_reports_deleting_and_orphan_skips_teardown() {
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "default", "demo").await;
+        let (engine, cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, _metrics) = start(&api, engine, RunOptions::default());
+        ready_within(&api, "default", "demo", 30).await;
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+
+        // The first teardown fails: the stack says it is being deleted, and why it is still here.
+        cloud.state.lock().unwrap().fail_with = Some("DependencyViolation".into());
+        stacks.delete("demo", &DeleteParams::default()).await.unwrap();
+        let deleting = eventually(30, "phase Deleting", || {
+            let obj = api.get("votingstacks", "default", "demo")?;
+            (obj["status"]["phase"] == "Deleting").then_some(obj)
+        })
+        .await;
+        assert_eq!(ready_of(&deleting), Some(("False".into(), "Deleting".into())));
+        eventually(30, "the object to go", || api.get("votingstacks", "default", "demo").is_none().then_some(())).await;
+        assert!(cloud.state.lock().unwrap().instances.is_empty(), "torn down on retry");
+
+        // A stack annotated orphan-on-delete goes without teardown.
+        seed_stack_only(&client, "kept").await;
+        ready_within(&api, "default", "kept", 30).await;
+        let patch = json!({"metadata": {"annotations": {votingstack::controller::ORPHAN_ANNOTATION: "true"}}});
+        stacks.patch("kept", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+        stacks.delete("kept", &DeleteParams::default()).await.unwrap();
+        eventually(30, "the orphaned object to go", || {
+            api.get("votingstacks", "default", "kept").is_none().then_some(())
+        })
+        .await;
+        assert_eq!(cloud.state.lock().unwrap().instances.len(), 3, "AWS left alone");
+        assert!(api.requests().iter().any(|r| r.starts_with("POST /apis/events.k8s.io/v1/")));
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn controller_labelled_secret_change_reconciles_at_once() {
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "default", "demo").await;
+        // Another namespace whose Secret lacks the label: read on demand, never watched.
+        seed(&client, "quiet", "demo").await;
+        let unlabel = json!({"metadata": {"labels": null}});
+        let quiet: Api<Secret> = Api::namespaced(client.clone(), "quiet");
+        quiet.patch("demo-ssh", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&unlabel)).await.unwrap();
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(600));
+        let (controller, _metrics) = start(&api, engine, RunOptions::default());
+        ready_within(&api, "default", "demo", 60).await;
+        ready_within(&api, "quiet", "demo", 60).await;
+
+        let (loud_before, quiet_before) = (reconciles(&api, "default"), reconciles(&api, "quiet"));
+        let touch = json!({"metadata": {"annotations": {"rotated": "1"}}});
+        let loud: Api<Secret> = Api::namespaced(client.clone(), "default");
+        loud.patch("demo-ssh", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&touch)).await.unwrap();
+        quiet.patch("demo-ssh", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&touch)).await.unwrap();
+        eventually(5, "a reconcile after the labelled Secret changed", || {
+            (reconciles(&api, "default") > loud_before).then_some(())
+        })
+        .await;
+        assert_eq!(reconciles(&api, "quiet"), quiet_before, "an unlabelled Secret waits for the resync");
+        let secret_lists: Vec<String> =
+            api.requests().into_iter().filter(|r| r.starts_with("GET /api/v1/secrets")).collect();
+        assert!(!secret_lists.is_empty());
+        assert!(
+            secret_lists.iter().all(|r| r.contains("[votingstack.dev/ssh-key=true]")),
+            "every Secret list and watch is label-selected: {secret_lists:?}"
+        );
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    #[tokio::test]
+    async fn controller_stack_that_created_nothing_is_deleted_without_aws() {
+        let api = ApiServer::new();
+        let client = api.client();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+        secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+        let mut s = stack();
+        s.metadata.uid = None;
+        s.metadata.generation = None;
+        s.spec.network.subnet_cidr = "192.168.0.0/24".into();
+        stacks.create(&PostParams::default(), &s).await.unwrap();
+        let (engine, cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let (controller, _metrics) = start(&api, engine, RunOptions::default());
+        let failed = eventually(30, "phase Failed", || {
+            let obj = api.get("votingstacks", "default", "demo")?;
+            (obj["status"]["phase"] == "Failed").then_some(obj)
+        })
+        .await;
+        assert_eq!(failed["status"]["observedGeneration"], 1);
+        // The credentials are gone too: teardown cannot run, and need not.
+        cloud.state.lock().unwrap().fail_with = Some("AuthFailure".into());
+        stacks.delete("demo", &DeleteParams::default()).await.unwrap();
+        eventually(30, "the object to go", || api.get("votingstacks", "default", "demo").is_none().then_some(())).await;
+        controller.abort();
+        let _ = controller.await;
+    }
+
+    async fn seed_stack_only(client: &kube::Client, name: &str) {
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+        let mut s = stack();
+        s.metadata.name = Some(name.into());
+        s.metadata.uid = None;
+        s.metadata.generation = None;
+        stacks.create(&PostParams::default(), &s).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn controller_status_apply_drops_fields_no_longer_sent() {
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "default", "demo").await;
+        let stored: VotingStack = Api::namespaced(client.clone(), "default").get("demo").await.unwrap();
+        let mut status = votingstack::api::VotingStackStatus {
+            vote_url: Some("http://10.42.1.6/".into()),
+            phase: Some(votingstack::api::Phase::Ready),
+            ..Default::default()
+        };
+        votingstack::controller::write_status(&client, &stored, &status).await.unwrap();
+        assert_eq!(api.get("votingstacks", "default", "demo").unwrap()["status"]["voteUrl"], "http://10.42.1.6/");
+        status.vote_url = None;
+        votingstack::controller::write_status(&client, &stored, &status).await.unwrap();
+        let obj = api.get("votingstacks", "default", "demo").unwrap();
+        assert!(obj["status"].get("voteUrl").is_none(), "{obj}");
+        assert_eq!(obj["status"]["phase"], "Ready");
+        // The same content again is not written at all.
+        let fresh: VotingStack = Api::namespaced(client.clone(), "default").get("demo").await.unwrap();
+        let written = votingstack::controller::write_status_if_changed(&client, &fresh, &status).await.unwrap();
+        assert!(!written);
+    }
+
+    #[tokio::test]
+    async fn controller_secret_string_data_is_stored_as_data() {
+        let api = ApiServer::new();
+        let secrets: Api<Secret> = Api::namespaced(api.client(), "default");
+        secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
+        let raw = api.get("secrets", "default", "demo-ssh").unwrap();
+        assert!(raw.get("stringData").is_none(), "{raw}");
+        let read = secrets.get("demo-ssh").await.unwrap();
+        let key = votingstack::manifest::key_from_secret(&read, "ssh-privatekey");
+        assert!(key.is_ok(), "the key reads back from data");
+    }
+}
+
+#[test]
+fn controller_event_notes_are_cut_on_a_character_boundary() {
+    use votingstack::controller::{cut_note, EVENT_NOTE_LIMIT};
+    let long = "é".repeat(EVENT_NOTE_LIMIT);
+    let cut = cut_note(&long, EVENT_NOTE_LIMIT);
+    assert!(cut.len() <= EVENT_NOTE_LIMIT && cut.len() >= EVENT_NOTE_LIMIT - 1, "{}", cut.len());
+    assert!(cut.chars().all(|c| c == 'é'));
+    assert_eq!(cut_note("short", EVENT_NOTE_LIMIT), "short");
+}
+
+#[test]
+fn controller_backoff_per_cause_stays_short_for_ssh() {
+    use votingstack::controller::backoff_for;
+    assert_eq!(backoff_for("ssh", 1), Duration::from_secs(1));
+    assert_eq!(backoff_for("ssh", 30), Duration::from_secs(10));
+    assert_eq!(backoff_for("kube", 30), Duration::from_secs(30));
+    assert_eq!(backoff_for("aws", 20), Duration::from_secs(300));
 }

@@ -247,3 +247,27 @@ async fn engine_destroy_honours_retain() {
     assert!(matches!(engine.destroy(&s).await.unwrap(), votingstack::engine::Teardown::Deleted(_)));
     assert!(cloud.state.lock().unwrap().instances.is_empty());
 }
+
+#[test]
+fn engine_smoke_voter_ids_are_unique_and_recognisable() {
+    let ids: std::collections::HashSet<String> =
+        (0..1000).map(|_| votingstack::engine::reconcile::smoke_voter_id()).collect();
+    assert_eq!(ids.len(), 1000, "every id is new, even within one millisecond");
+    assert!(ids.iter().all(|id| id.starts_with("votingstack-smoke-")), "{ids:?}");
+}
+
+#[tokio::test]
+async fn engine_terminal_aws_error_still_records_the_generation() {
+    let (engine, cloud, _) = engine();
+    cloud.state.lock().unwrap().fail_with = Some("UnauthorizedOperation".into());
+    let mut s = stack();
+    s.metadata.generation = Some(3);
+    let out = engine.reconcile(&s, Ok(key())).await;
+    assert_eq!(out.status.phase, Some(Phase::Failed));
+    assert_eq!(out.status.observed_generation, Some(3), "a terminal answer is the answer for this generation");
+
+    cloud.state.lock().unwrap().fail_with = Some("RequestLimitExceeded".into());
+    s.metadata.generation = Some(4);
+    let out = engine.reconcile(&with_status(s, &out.status), Ok(key())).await;
+    assert_eq!(out.status.observed_generation, Some(3), "a retried EC2 failure redoes the generation");
+}

@@ -118,6 +118,7 @@ impl Cloud for FakeCloud {
 
     async fn destroy(&self, _: &StackIdentity, _: Option<&NetworkStatus>) -> Result<DestroyReport, CloudError> {
         self.call();
+        self.fail("DeleteVpc")?;
         let mut s = self.state.lock().unwrap();
         let mut deleted: Vec<String> = s.instances.drain(..).map(|i| i.id).collect();
         if let Some(net) = s.network.take() {
