@@ -184,12 +184,10 @@ class Fleet:
         return key
 
     def user_data(self, iid):
-        """The instance's user data as text ('' when it has none)."""
-        try:
-            resp = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
-        except Exception as exc:
-            log("instance %s: user data unreadable: %s" % (iid, exc), key="ud" + iid)
-            return ""
+        """The instance's user data as text ('' when it has none). A failed
+        read raises: the host is not booted without its user data (the
+        next pass tries again), as cloud-init would not skip it."""
+        resp = self.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
         value = (resp.get("UserData") or {}).get("Value") or ""
         text = base64.b64decode(value).decode("utf-8", "replace") if value else ""
         if text and not text.startswith("#cloud-config"):

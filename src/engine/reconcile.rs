@@ -136,7 +136,6 @@ impl Engine {
             applied: Vec::new(),
             error: None,
             targets: Vec::new(),
-            retry_soon: false,
         };
         self.reconcile_into(stack, key, &mut run).await;
         self.finish(stack, previous, run, started)
@@ -186,9 +185,12 @@ impl Engine {
         for (target, observed) in targets.iter().zip(observations) {
             let desired = desired_containers(spec, target.tier, peers);
             let finding = self.converge_host(spec, target, &key, observed, &desired, run, &mut changed_hosts).await;
-            if finding.reason == Reason::HostKeyMismatch && infra_plan.keepers.get(&target.tier).is_some_and(is_young) {
-                run.retry_soon = true;
-            }
+            let finding = match infra_plan.keepers.get(&target.tier) {
+                Some(inst) if finding.reason == Reason::HostKeyMismatch => {
+                    not_yet_this_host(&run.status, inst, finding)
+                }
+                _ => finding,
+            };
             run.findings.tiers.insert(target.tier, finding);
         }
         self.check_web(spec, &infra_plan.keepers, run).await;
@@ -407,7 +409,7 @@ impl Engine {
     }
 
     fn finish(&self, stack: &VotingStack, previous: VotingStackStatus, run: Run, started: Instant) -> Outcome {
-        let Run { mut status, findings, applied, error, targets, retry_soon } = run;
+        let Run { mut status, findings, applied, error, targets } = run;
         let generation = stack.metadata.generation;
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut transitions = Vec::new();
@@ -431,7 +433,7 @@ impl Engine {
         status.last_reconcile_duration_ms = Some(started.elapsed().as_millis() as u64);
         let requeue_after = if ready.ok {
             self.settings.resync
-        } else if (ready.reason.is_terminal() && !retry_soon) || phase == Phase::Paused {
+        } else if ready.reason.is_terminal() || phase == Phase::Paused {
             self.settings.terminal_retry
         } else {
             self.settings.converge_retry
@@ -524,8 +526,6 @@ struct Run {
     applied: Vec<Action>,
     error: Option<ErrorKind>,
     targets: Vec<HostTarget>,
-    /// A terminal-looking finding that may pass by itself within seconds.
-    retry_soon: bool,
 }
 
 impl Run {
@@ -620,11 +620,34 @@ fn record_instances(status: &mut VotingStackStatus, keepers: &BTreeMap<Tier, Obs
     }
 }
 
-/// How long after launch a host that presents another key than expected
-/// is retried soon rather than after the long wait of a terminal reason: a
-/// replacement can get its predecessor's private IP, and for a moment the
-/// old host may still answer there. The other key is refused either way.
+/// How long after launch an instance that was never reached may present
+/// another key than the one it was launched with and count as not up yet
+/// rather than as a host-key mismatch: a replacement can get its
+/// predecessor's private IP, and for a moment the old host may still answer
+/// there. The other key is refused either way.
 pub const YOUNG_INSTANCE: chrono::Duration = chrono::Duration::minutes(2);
+
+/// A host-key mismatch of a young instance never reached before is most
+/// likely the previous holder of its address: refused, but transient. Once
+/// an instance has been reached (its key pinned), or after
+/// [`YOUNG_INSTANCE`], a mismatch stays a mismatch.
+fn not_yet_this_host(status: &VotingStackStatus, inst: &ObservedInstance, mismatch: Finding) -> Finding {
+    let reached = status
+        .tiers
+        .as_ref()
+        .and_then(|t| inst.tier.and_then(|tier| t.get(tier)))
+        .is_some_and(|t| t.instance_id.as_deref() == Some(inst.id.as_str()) && t.host_key_fingerprint.is_some());
+    if reached || !is_young(inst) {
+        return mismatch;
+    }
+    Finding::not(
+        Reason::SshUnreachable,
+        format!(
+            "instance {} is not reachable yet: {} (refused; the address may still belong to its predecessor)",
+            inst.id, mismatch.message
+        ),
+    )
+}
 
 /// The host key an instance must present:
 /// - the key pinned for this very instance, once it has been reached (a pin

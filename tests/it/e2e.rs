@@ -265,7 +265,7 @@ async fn e2e_cli_converges_counts_100_votes_and_destroys_clean() {
 
 #[tokio::test]
 async fn e2e_host_keys_are_known_before_first_contact_and_a_changed_one_is_refused() {
-    let stack = Stack::new("e2e-hostkey", 64);
+    let stack = Stack::new("e2e-hostkey", 65);
     stack.apply_wait();
     let pinned = |s: &Stack| s.status()["tiers"]["frontend"]["hostKeyFingerprint"].as_str().unwrap_or("").to_string();
     let before = pinned(&stack);
