@@ -21,11 +21,11 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{HealthStatusEnum, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
 use crate::model::desired::{DB_CONTAINER, HOST_NETWORK, POSTGRES_USER};
@@ -41,6 +41,8 @@ use super::{HostError, HostTarget, Hosts, SshKey};
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Seconds a container gets to stop on SIGTERM before it is killed.
 pub const STOP_GRACE_SECONDS: i32 = 10;
+/// Suffix of a replaced container kept aside until its successor runs.
+const PREVIOUS_SUFFIX: &str = "-previous";
 /// How long `apply` waits for new containers' health checks to settle.
 const HEALTH_WAIT: Duration = Duration::from_secs(30);
 const HEALTH_POLL: Duration = Duration::from_millis(300);
@@ -135,17 +137,8 @@ impl SshHosts {
     /// Stops a container (SIGTERM, then SIGKILL after the grace period) and
     /// removes it; one that is already gone is fine.
     async fn remove_container(&self, target: &HostTarget, docker: &Docker, name: &str) -> Result<(), HostError> {
+        self.stop_container(target, docker, name).await?;
         let limit = Self::command_limit(target);
-        let stop = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECONDS).build();
-        match self
-            .bounded(target, &format!("stop container {name}"), limit, docker.stop_container(name, Some(stop)))
-            .await
-        {
-            Ok(()) => {}
-            // 304: already stopped; 404: not there
-            Err(HostError::Engine { status: Some(304 | 404), .. }) => {}
-            Err(e) => return Err(e),
-        }
         let remove = RemoveContainerOptionsBuilder::default().force(true).build();
         match self
             .bounded(target, &format!("remove container {name}"), limit, docker.remove_container(name, Some(remove)))
@@ -154,6 +147,34 @@ impl SshHosts {
             Ok(()) | Err(HostError::Engine { status: Some(404), .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Stops a container (SIGTERM, then SIGKILL after the grace period).
+    /// Returns whether there was one.
+    async fn stop_container(&self, target: &HostTarget, docker: &Docker, name: &str) -> Result<bool, HostError> {
+        let limit = Self::command_limit(target);
+        let stop = StopContainerOptionsBuilder::default().t(STOP_GRACE_SECONDS).build();
+        match self
+            .bounded(target, &format!("stop container {name}"), limit, docker.stop_container(name, Some(stop)))
+            .await
+        {
+            // 304: already stopped
+            Ok(()) | Err(HostError::Engine { status: Some(304), .. }) => Ok(true),
+            Err(HostError::Engine { status: Some(404), .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn rename_container(
+        &self,
+        target: &HostTarget,
+        docker: &Docker,
+        from: &str,
+        to: &str,
+    ) -> Result<(), HostError> {
+        let options = RenameContainerOptionsBuilder::default().name(to).build();
+        let what = format!("rename container {from} to {to}");
+        self.bounded(target, &what, Self::command_limit(target), docker.rename_container(from, options)).await
     }
 
     /// Creates the stack's network on the host unless it is there (the
@@ -224,16 +245,59 @@ impl SshHosts {
         docker: &Docker,
         c: &DesiredContainer,
     ) -> Result<(), HostError> {
-        self.remove_container(target, docker, &c.name).await?;
+        // The container it replaces is stopped and kept aside until the new
+        // one runs; if the new one cannot start, the old one comes back.
+        let previous = format!("{}{PREVIOUS_SUFFIX}", c.name);
+        self.remove_container(target, docker, &previous).await?;
+        let kept = self.stop_container(target, docker, &c.name).await?;
+        if kept {
+            self.rename_container(target, docker, &c.name, &previous).await?;
+        }
+        match self.create_and_start(target, docker, c).await {
+            Ok(()) => {
+                if kept {
+                    self.remove_container(target, docker, &previous).await?;
+                }
+                info!(host = %target.describe(), container = %c.name, image = %c.image, "container started");
+                Ok(())
+            }
+            Err(e) if kept => {
+                let restored = async {
+                    self.remove_container(target, docker, &c.name).await?;
+                    self.rename_container(target, docker, &previous, &c.name).await?;
+                    let what = format!("start the previous {}", c.name);
+                    self.bounded(target, &what, Self::command_limit(target), docker.start_container(&c.name, None))
+                        .await
+                };
+                let outcome = match restored.await {
+                    Ok(()) => "the previous configuration runs again".to_string(),
+                    Err(again) => format!("restoring the previous configuration failed too: {again}"),
+                };
+                warn!(host = %target.describe(), container = %c.name, "new configuration failed: {e}; {outcome}");
+                Err(HostError::Engine {
+                    host: target.describe(),
+                    step: format!("replace container {}", c.name),
+                    status: None,
+                    message: format!("{e}; {outcome}"),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn create_and_start(
+        &self,
+        target: &HostTarget,
+        docker: &Docker,
+        c: &DesiredContainer,
+    ) -> Result<(), HostError> {
         let limit = Self::command_limit(target);
         let options = CreateContainerOptionsBuilder::default().name(&c.name).build();
         let body = containers::create_body(&target.stack, c);
         let what = format!("create container {}", c.name);
         self.bounded(target, &what, limit, docker.create_container(Some(options), body)).await?;
         let what = format!("start container {}", c.name);
-        self.bounded(target, &what, limit, docker.start_container(&c.name, None)).await?;
-        info!(host = %target.describe(), container = %c.name, image = %c.image, "container started");
-        Ok(())
+        self.bounded(target, &what, limit, docker.start_container(&c.name, None)).await
     }
 
     /// Waits (bounded) until the health checks of new containers have a

@@ -521,3 +521,44 @@ async fn host_engine_reconcile_over_ec2_through_the_frontend() {
     eprintln!("destroyed: {report:?}");
     guard.done = true;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_a_replacement_that_cannot_start_brings_the_previous_container_back() {
+    let world = World::load();
+    let fleet = world.fleet("rollback", 226, 1).await;
+    let key = &world.key;
+    let hosts = SshHosts::default();
+    let t = fleet.target(0, "host-it/rollback", Tier::Database, &world.user);
+    let host = &fleet.hosts[0];
+    wait_docker(&hosts, &t, key).await;
+    let mut spec = fixtures::spec();
+    spec.app.images = world.images();
+    let want = desired_containers(&spec, Tier::Database, Peers::default());
+    converge(&hosts, key, &t, &want).await;
+    let running_id = "docker inspect --format '{{.Id}} {{.State.Status}}' db";
+    let (_, before) = host.sh(running_id);
+
+    // Another program holds the port the new configuration publishes.
+    let (code, out) = host.sh(&format!(
+        "docker run -d --name port-holder -p 15432:5432 --entrypoint sleep {} 600",
+        spec.app.images.postgres
+    ));
+    assert_eq!(code, 0, "{out}");
+    let mut moved = want.clone();
+    moved[0].ports[0].host = 15432;
+    let actions = plan_now(&hosts, key, &t, &moved).await;
+    assert_eq!(names(&actions), ["recreate db"]);
+    let err = hosts.apply(&t, key, &actions, PullPolicy::IfNotPresent).await.unwrap_err();
+    assert!(err.to_string().contains("the previous configuration runs again"), "{err}");
+
+    // The old container runs again, as it was, and nothing is left aside.
+    let (_, after) = host.sh(running_id);
+    assert_eq!(after.trim(), before.trim());
+    assert!(before.trim().ends_with("running"), "{before}");
+    let o = hosts.observe(&t, key).await.unwrap();
+    let names_now: Vec<&str> = o.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names_now, ["db"]);
+    assert!(plan_now(&hosts, key, &t, &want).await.is_empty());
+    host.sh("docker rm -f port-holder");
+    fleet.cleanup().await;
+}
