@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod desired;
+pub mod network;
 pub mod plan;
 pub mod reconcile;
 
