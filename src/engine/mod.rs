@@ -7,4 +7,4 @@ pub mod network;
 pub mod plan;
 pub mod reconcile;
 
-pub use reconcile::{Engine, EngineSettings, ErrorKind, Outcome, Teardown};
+pub use reconcile::{converge_network, tear_down, Engine, EngineSettings, ErrorKind, Outcome, Teardown};

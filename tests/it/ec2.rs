@@ -17,12 +17,12 @@ use votingstack::api::{
     NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
 };
 use votingstack::cloud::ec2::Ec2Cloud;
-use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, StackIdentity};
+use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, NetworkLookup, StackIdentity};
 use votingstack::engine::plan::instance_launch;
-use votingstack::engine::{Engine, EngineSettings, Outcome, Teardown};
+use votingstack::engine::{converge_network, tear_down, Engine, EngineSettings, Outcome, Teardown};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
 use votingstack::model::ObservedHost;
-use votingstack::model::{Action, HostAction, InfraAction, InstanceLaunch, TerminateReason};
+use votingstack::model::{Action, HostAction, InfraAction, InstanceLaunch, NetworkStep, TerminateReason};
 
 use crate::moto::{client_for, Moto, AMI};
 
@@ -128,6 +128,10 @@ fn network(stack: &VotingStack) -> NetworkStatus {
     stack.status.as_ref().and_then(|s| s.network.clone()).expect("network in status")
 }
 
+fn create_vpc() -> Action {
+    Action::Infra(InfraAction::Network(NetworkStep::CreateVpc { cidr: "10.42.0.0/16".into() }))
+}
+
 fn launches(out: &Outcome) -> Vec<Tier> {
     out.applied
         .iter()
@@ -196,7 +200,7 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
     let w = world();
     let mut s = stack();
     let out = reconcile(&w, &mut s).await;
-    assert_eq!(out.applied.first(), Some(&Action::Infra(InfraAction::CreateNetwork)), "{:?}", out.applied);
+    assert_eq!(out.applied.first(), Some(&create_vpc()), "{:?}", out.applied);
     assert_eq!(launches(&out), Tier::ALL.to_vec());
     let (status, reason, message) = infra_condition(&s);
     assert_eq!((status.as_str(), reason.as_str()), ("True", "InstancesRunning"), "{message}");
@@ -420,7 +424,7 @@ async fn ec2_lost_run_instances_answer_is_adopted_not_doubled() {
     let w = world();
     let mut s = stack();
     let ident = StackIdentity::of(&s);
-    let net = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    let net = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
     // The request reached EC2, its answer did not: the operator never saw the id.
     let lost = run_tagged(&w.client, &net, Tier::Database, Some(ident.client_token(Tier::Database, 0))).await;
 
@@ -432,7 +436,7 @@ async fn ec2_lost_run_instances_answer_is_adopted_not_doubled() {
     // The engine, with no status at all (as the CLI without a state file),
     // adopts the network and the instance and launches only the rest.
     let out = reconcile(&w, &mut s).await;
-    assert!(!out.applied.contains(&Action::Infra(InfraAction::CreateNetwork)), "{:?}", out.applied);
+    assert!(!out.applied.iter().any(|a| matches!(a, Action::Infra(InfraAction::Network(_)))), "{:?}", out.applied);
     assert_eq!(launches(&out), [Tier::Backend, Tier::Frontend]);
     assert_eq!(network(&s), net);
     let live = live_instances(&w.client).await;
@@ -446,13 +450,13 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     let w = world();
     let s = stack();
     let ident = StackIdentity::of(&s);
-    let first = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
-    let again = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    let first = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
+    let again = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 0]);
     // Without stored ids (the CLI) observe finds the same network by tag.
-    let seen = w.cloud.observe(&ident, None).await.unwrap();
-    assert_eq!(seen.network, Some(first.clone()));
+    let seen = w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap();
+    assert_eq!(seen.network.complete_ids(), Some(first.clone()));
     assert!(seen.instances.is_empty());
 
     // A rule opening redis to the world is taken away again; a missing one is put back.
@@ -471,7 +475,7 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
         .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("203.0.113.0/24").build())
         .build();
     w.client.revoke_security_group_ingress().group_id(&backend).ip_permissions(ssh).send().await.unwrap();
-    let repaired = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), Some(&first)).await.unwrap();
+    let repaired = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), Some(&first)).await.unwrap();
     assert_eq!(repaired, first);
     let g = w.client.describe_security_groups().group_ids(&backend).send().await.unwrap();
     assert_eq!(
@@ -485,8 +489,8 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     let vpc = first.vpc_id.clone().unwrap();
     w.client.detach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
     w.client.delete_internet_gateway().internet_gateway_id(&igw).send().await.unwrap();
-    assert_eq!(w.cloud.observe(&ident, None).await.unwrap().network, None);
-    let rebuilt = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), Some(&first)).await.unwrap();
+    assert_eq!(w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap().network.complete_ids(), None);
+    let rebuilt = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), Some(&first)).await.unwrap();
     let new_igw = rebuilt.internet_gateway_id.clone().unwrap();
     assert_ne!(new_igw, igw);
     assert_eq!(
@@ -502,7 +506,10 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
         .map(|r| r.gateway_id())
         .collect();
     assert_eq!(defaults, [Some(new_igw.as_str())]);
-    assert_eq!(w.cloud.observe(&ident, None).await.unwrap().network, Some(rebuilt));
+    assert_eq!(
+        w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap().network.complete_ids(),
+        Some(rebuilt)
+    );
 }
 
 #[tokio::test]
@@ -582,7 +589,7 @@ async fn ec2_destroy_of_a_half_deleted_or_absent_stack_succeeds() {
     let w = world();
     let s = stack();
     let ident = StackIdentity::of(&s);
-    let net = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    let net = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
     w.cloud.launch_instance(&ident, &net, &instance_launch(&s.spec, Tier::Backend, 0)).await.unwrap();
     // Someone removed the gateway and the key pair already.
     let igw = net.internet_gateway_id.clone().unwrap();
@@ -591,14 +598,14 @@ async fn ec2_destroy_of_a_half_deleted_or_absent_stack_succeeds() {
     w.client.delete_internet_gateway().internet_gateway_id(&igw).send().await.unwrap();
     w.client.delete_key_pair().key_name("votingstack-default-demo").send().await.unwrap();
 
-    let report = w.cloud.destroy(&ident, Some(&net)).await.unwrap();
+    let report = tear_down(w.cloud.as_ref(), &ident, Some(&net)).await.unwrap();
     assert!(!report.deleted.contains(&igw));
     assert_eq!(report.deleted.len(), 1 + 3 + 1 + 1 + 1, "{:?}", report.deleted);
     assert_eq!(tagged_counts(&w.client).await, [0; 7]);
 
     // A stack that never existed.
     let other = StackIdentity { name: "ghost".into(), namespace: "default".into(), uid: "x".into() };
-    assert!(w.cloud.destroy(&other, None).await.unwrap().deleted.is_empty());
+    assert!(tear_down(w.cloud.as_ref(), &other, None).await.unwrap().deleted.is_empty());
 }
 
 #[tokio::test]
@@ -628,7 +635,7 @@ async fn ec2_plan_only_describes() {
 
     // Nothing exists yet: everything is planned, nothing is created.
     let plan = planner.plan(&s, None).await.unwrap();
-    assert_eq!(plan.actions.first(), Some(&Action::Infra(InfraAction::CreateNetwork)));
+    assert_eq!(plan.actions.first(), Some(&create_vpc()));
     let planned: Vec<Tier> = plan
         .actions
         .iter()
@@ -667,7 +674,7 @@ async fn ec2_unreachable_endpoint_is_a_transport_error_with_its_cause() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cloud = Ec2Cloud::from_client(client_for(&format!("http://127.0.0.1:{port}")));
     let ident = StackIdentity::of(&stack());
-    let err = tokio::time::timeout(Duration::from_secs(60), cloud.observe(&ident, None))
+    let err = tokio::time::timeout(Duration::from_secs(60), cloud.observe(&ident, None, NetworkLookup::TrustStatus))
         .await
         .expect("bounded by the retry policy")
         .unwrap_err();
@@ -769,7 +776,11 @@ async fn ec2_throttling_and_5xx_are_retried_but_auth_errors_are_not() {
         (production_cloud(&throttled.0).await, production_cloud(&broken.0).await, production_cloud(&denied.0).await);
     let bounded = Duration::from_secs(90);
     let (r1, r2, r3) = tokio::time::timeout(bounded, async {
-        tokio::join!(c1.observe(&ident, None), c2.observe(&ident, None), c3.observe(&ident, None))
+        tokio::join!(
+            c1.observe(&ident, None, NetworkLookup::TrustStatus),
+            c2.observe(&ident, None, NetworkLookup::TrustStatus),
+            c3.observe(&ident, None, NetworkLookup::TrustStatus)
+        )
     })
     .await
     .expect("retries are bounded");
