@@ -809,3 +809,66 @@ async fn ec2_throttling_and_5xx_are_retried_but_auth_errors_are_not() {
     // Each was one call for the operator, however many attempts the SDK made.
     assert_eq!((c1.api_calls(), c2.api_calls(), c3.api_calls()), (1, 1, 1));
 }
+
+/// Network steps a reconcile carried out, as their plan lines.
+fn network_lines(actions: &[Action]) -> Vec<String> {
+    actions.iter().filter(|a| matches!(a, Action::Infra(InfraAction::Network(_)))).map(ToString::to_string).collect()
+}
+
+#[tokio::test]
+async fn ec2_spec_change_inventories_the_network_and_applies_its_steps() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let net = network(&s);
+
+    // A new SSH CIDR: every group allows the new one and revokes the old one.
+    s.spec.network.ssh_ingress_cidrs = vec!["198.51.100.0/24".into()];
+    s.metadata.generation = Some(2);
+    let mut expected = Vec::new();
+    for tier in Tier::ALL {
+        expected.push(format!("- revoke tcp/22 into {tier} from 203.0.113.0/24"));
+        expected.push(format!("+ allow tcp/22 into {tier} from 198.51.100.0/24"));
+    }
+    let plan = w.engine.plan(&s, Some(&key())).await.unwrap();
+    assert_eq!(network_lines(&plan.actions), expected);
+    let out = reconcile(&w, &mut s).await;
+    assert_eq!(network_lines(&out.applied), expected);
+    assert!(launches(&out).is_empty());
+    assert_eq!(network(&s), net, "the same network, changed in place");
+    let sgs = w.client.describe_security_groups().filters(stack_filter()).send().await.unwrap();
+    for g in sgs.security_groups() {
+        let rules = rules_of(g, &net);
+        assert!(rules.contains(&(22, "cidr:198.51.100.0/24".into())), "{rules:?}");
+        assert!(!rules.contains(&(22, "cidr:203.0.113.0/24".into())), "{rules:?}");
+    }
+
+    // Steady again: one DescribeInstances, nothing planned.
+    let before = w.cloud.calls_by_operation();
+    let out = reconcile(&w, &mut s).await;
+    assert!(out.applied.is_empty(), "{:?}", out.applied);
+    let after = w.cloud.calls_by_operation();
+    let made: Vec<(&str, u64)> =
+        after.iter().map(|(op, n)| (*op, n - before.get(op).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect();
+    assert_eq!(made, [("DescribeInstances", 1)]);
+
+    // The key pair replaced by hand with another public key: re-imported
+    // after the next spec change.
+    let name = "votingstack-default-demo";
+    w.client.delete_key_pair().key_name(name).send().await.unwrap();
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGCSIWDsDojvjBmigBgGL0tXq6DEu9jtTCpbqitTT16F other";
+    w.client
+        .import_key_pair()
+        .key_name(name)
+        .public_key_material(aws_sdk_ec2::primitives::Blob::new(other))
+        .send()
+        .await
+        .unwrap();
+    s.metadata.generation = Some(3);
+    let out = reconcile(&w, &mut s).await;
+    assert_eq!(network_lines(&out.applied), [format!("~ re-import key pair {name} (it holds another public key)")]);
+    let keys = w.client.describe_key_pairs().key_names(name).include_public_key(true).send().await.unwrap();
+    let held = keys.key_pairs()[0].public_key().unwrap_or_default().to_string();
+    let ours = key().public_openssh().split_whitespace().nth(1).unwrap_or_default().to_string();
+    assert!(held.contains(&ours), "{held}");
+}
