@@ -148,15 +148,37 @@ fn a_key_pair_with_another_public_key_is_reimported() {
     assert_eq!(network_steps(&net, &spec(), &unknown), []);
 }
 
+fn rules(tier: Tier) -> Vec<Rule> {
+    security_policy(&spec(), tier).into_iter().map(|(r, _)| r).collect()
+}
+
 #[test]
 fn redis_and_postgres_are_open_only_to_the_stack_groups() {
+    let backend = rules(Tier::Backend);
+    let redis: Vec<&Source> = backend.iter().filter(|r| r.from == 6379).map(|r| &r.source).collect();
+    assert_eq!(redis, [&Source::TierGroup(Tier::Backend), &Source::TierGroup(Tier::Frontend)]);
+    let database = rules(Tier::Database);
+    let pg: Vec<&Source> = database.iter().filter(|r| r.from == 5432).map(|r| &r.source).collect();
+    assert_eq!(pg, [&Source::TierGroup(Tier::Backend), &Source::TierGroup(Tier::Frontend)]);
     for tier in Tier::ALL {
-        for (rule, _) in security_policy(&spec(), tier) {
+        for rule in rules(tier) {
             if rule.from == i32::from(REDIS_PORT) || rule.from == i32::from(POSTGRES_PORT) {
                 assert!(matches!(rule.source, Source::TierGroup(_)), "{tier}: {rule:?}");
             }
         }
     }
+}
+
+#[test]
+fn frontend_opens_the_web_ports_to_the_web_cidrs_and_ssh_to_the_ssh_cidrs() {
+    assert_eq!(
+        rules(Tier::Frontend),
+        vec![
+            Rule::tcp(22, Source::Cidr("203.0.113.0/24".into())),
+            Rule::tcp(80, Source::Cidr("0.0.0.0/0".into())),
+            Rule::tcp(81, Source::Cidr("0.0.0.0/0".into())),
+        ]
+    );
 }
 
 #[test]

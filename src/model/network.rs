@@ -352,3 +352,26 @@ impl fmt::Display for TeardownStep {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_identity_ignores_the_comment() {
+        assert_eq!(key_identity("ssh-ed25519 AAAA demo@x\n"), key_identity("ssh-ed25519 AAAA"));
+        assert_ne!(key_identity("ssh-ed25519 AAAA"), key_identity("ssh-ed25519 BBBB"));
+    }
+
+    #[test]
+    fn plan_lines_name_the_rule_and_its_source() {
+        let rule = Rule::tcp(5432, Source::TierGroup(Tier::Backend));
+        let step = NetworkStep::Authorize { tier: Tier::Database, rule, description: "postgres" };
+        assert_eq!(step.to_string(), "+ allow tcp/5432 into database from the backend group");
+        let all = Rule { protocol: "-1".into(), from: -1, to: -1, source: Source::Group("sg-x".into()) };
+        let step = NetworkStep::Revoke { tier: Tier::Frontend, rule: all };
+        assert_eq!(step.to_string(), "- revoke all traffic into frontend from group sg-x");
+        let range = Rule { protocol: "udp".into(), from: 60000, to: 61000, source: Source::Cidr("0.0.0.0/0".into()) };
+        assert_eq!(range.to_string(), "udp/60000-61000");
+    }
+}
