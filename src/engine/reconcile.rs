@@ -213,6 +213,12 @@ impl Engine {
         if let Some(net) = infra.network.complete_ids() {
             run.status.network = Some(net);
         }
+        if let NetworkObservation::Inventory(found) = &infra.network {
+            if let Some(vpc) = found.vpc.as_ref().filter(|v| v.cidr != spec.network.vpc_cidr) {
+                // A VPC is never replaced: its instances and groups live in it.
+                warn!(stack = %ident.tag_value(), "adopted VPC {} has CIDR {}, not {}", vpc.id, vpc.cidr, spec.network.vpc_cidr);
+            }
+        }
         let key_pair = desired_key_pair(ident, Some(key));
         let actions = plan_infra(spec, &run.status, &infra, &key_pair).actions;
         if !spec.paused && !actions.is_empty() {
