@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use votingstack::cli::{load_state, stack_with_state};
-use votingstack::cloud::StackIdentity;
+use votingstack::cloud::{NetworkLookup, StackIdentity};
 use votingstack::manifest::Manifest;
 use votingstack::wiring;
 
@@ -122,7 +122,8 @@ async fn main() -> ExitCode {
     let mut ec2_observe = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
-        if let Err(e) = engine.cloud().observe(&ident, state.status.network.as_ref()).await {
+        if let Err(e) = engine.cloud().observe(&ident, state.status.network.as_ref(), NetworkLookup::TrustStatus).await
+        {
             return fail(format!("EC2 observe: {e}"));
         }
         ec2_observe.push(started.elapsed().as_secs_f64() * 1000.0);

@@ -276,7 +276,12 @@ pub async fn plan(engine: Option<&Engine>, manifest: &Manifest, state_path: &Pat
             let key = manifest.ssh_key().ok();
             Ok(engine.plan(&stack, key.as_ref()).await?)
         }
-        None => Ok(crate::engine::plan::plan(&stack.spec, &state.status, &Default::default(), &BTreeMap::new())),
+        None => {
+            // Nothing observed: the whole network is planned from scratch.
+            let ident = crate::cloud::StackIdentity::of(&stack);
+            let key = crate::engine::reconcile::desired_key_pair(&ident, manifest.ssh_key().ok().as_ref());
+            Ok(crate::engine::plan::plan(&stack.spec, &state.status, &Default::default(), &BTreeMap::new(), &key))
+        }
     }
 }
 

@@ -1,10 +1,10 @@
 //! [`Ec2Cloud`]: the [`Cloud`] trait over aws-sdk-ec2.
 //!
 //! - `network`: looks the VPC, subnet, gateway, route table, security groups
-//!   and key pair up by tag, and creates or repairs what is missing.
+//!   and key pair up by tag, and carries out the engine's network steps.
 //! - `instances`: DescribeInstances by tag, RunInstances with a ClientToken
 //!   after a look-up by tag.
-//! - `teardown`: terminates, waits, and deletes in the order AWS requires.
+//! - `teardown`: finds what a teardown deletes and carries out its steps.
 //!
 //! Every EC2 request goes through [`Ec2Cloud::call`], which counts it, logs
 //! its operation name at debug level, and turns an SDK error into a
@@ -30,12 +30,12 @@ use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 use tracing::debug;
 
-use crate::api::{
-    NetworkStatus, Tier, VotingStackSpec, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
+use crate::api::{NetworkStatus, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
+use crate::model::{
+    InstanceLaunch, NetworkObservation, NetworkStep, ObservedInfra, ObservedInstance, TeardownInventory, TeardownStep,
 };
-use crate::model::{InstanceLaunch, ObservedInfra, ObservedInstance};
 
-use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, StackIdentity};
+use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
 
 /// Attempts per request (first try included) for throttling, 5xx and
 /// transport errors, with the SDK's exponential backoff and jitter.
@@ -220,28 +220,39 @@ fn tag_value<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
 
 #[async_trait]
 impl Cloud for Ec2Cloud {
-    async fn observe(&self, stack: &StackIdentity, known: Option<&NetworkStatus>) -> Result<ObservedInfra, CloudError> {
+    async fn observe(
+        &self,
+        stack: &StackIdentity,
+        known: Option<&NetworkStatus>,
+        lookup: NetworkLookup,
+    ) -> Result<ObservedInfra, CloudError> {
         let instances = self.stack_instances(stack).await?;
-        let network = match known.filter(|k| network::is_complete(k)) {
-            // A converged stack: every tier has a live instance in the known
-            // subnet. The ids are trusted and no further call is made.
-            Some(k) if network::serves_every_tier(k, &instances) => Some(k.clone()),
-            // Something is about to be created: check the network first, so a
-            // network deleted behind the operator's back is rebuilt.
-            _ => self.inventory(stack, known).await?.complete_network(stack, known),
+        // A converged stack: every tier has a live instance in the known
+        // subnet. The ids are trusted and no further call is made.
+        let trusted = match lookup {
+            NetworkLookup::TrustStatus => {
+                known.filter(|k| network::is_complete(k) && network::serves_every_tier(k, &instances))
+            }
+            NetworkLookup::Inventory => None,
+        };
+        let network = match trusted {
+            Some(k) => NetworkObservation::Trusted(k.clone()),
+            // Something is about to be created, or the spec changed: look the
+            // network up, so a part deleted or changed behind the operator's
+            // back is planned back.
+            None => NetworkObservation::Inventory(self.inventory(stack, known).await?.observe(stack, known)),
         };
         let instances = instances.into_iter().map(|(inst, _)| inst).collect();
         Ok(ObservedInfra { network, instances })
     }
 
-    async fn ensure_network(
+    async fn apply_network_step(
         &self,
         stack: &StackIdentity,
-        spec: &VotingStackSpec,
-        public_key: &str,
-        known: Option<&NetworkStatus>,
-    ) -> Result<NetworkStatus, CloudError> {
-        self.ensure(stack, spec, public_key, known).await
+        step: &NetworkStep,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        self.apply_step(stack, step, ids).await
     }
 
     async fn launch_instance(
@@ -270,8 +281,16 @@ impl Cloud for Ec2Cloud {
         Ok(())
     }
 
-    async fn destroy(&self, stack: &StackIdentity, known: Option<&NetworkStatus>) -> Result<DestroyReport, CloudError> {
-        self.teardown(stack, known).await
+    async fn teardown_inventory(
+        &self,
+        stack: &StackIdentity,
+        known: Option<&NetworkStatus>,
+    ) -> Result<TeardownInventory, CloudError> {
+        self.teardown_inventory(stack, known).await
+    }
+
+    async fn destroy(&self, stack: &StackIdentity, steps: &[TeardownStep]) -> Result<DestroyReport, CloudError> {
+        self.teardown(stack, steps).await
     }
 
     fn api_calls(&self) -> u64 {

@@ -7,8 +7,8 @@ pub mod ec2;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::api::{NetworkStatus, Reason, Tier, VotingStack, VotingStackSpec};
-use crate::model::{InstanceLaunch, ObservedInfra, ObservedInstance};
+use crate::api::{NetworkStatus, Reason, Tier, VotingStack};
+use crate::model::{InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, TeardownInventory, TeardownStep};
 
 /// How every ClientToken the operator sends begins: an instance launched
 /// with one got its SSH host key from the operator (see `SshKey::host_key_for`).
@@ -143,25 +143,38 @@ pub struct DestroyReport {
     pub deleted: Vec<String>,
 }
 
+/// How much of the network [`Cloud::observe`] looks up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkLookup {
+    /// Trusts the ids in status while they are complete and every tier has
+    /// a live instance in the recorded subnet (no call beyond
+    /// DescribeInstances); looks everything up by tag otherwise.
+    TrustStatus,
+    /// Looks everything up by tag (after a spec change).
+    Inventory,
+}
+
 /// The EC2 operations the engine needs.
 #[async_trait]
 pub trait Cloud: Send + Sync {
     /// Every instance with the stack's tags (one DescribeInstances), and the
-    /// network: trusted from `known` when complete, else looked up by tag.
-    async fn observe(&self, stack: &StackIdentity, known: Option<&NetworkStatus>) -> Result<ObservedInfra, CloudError>;
-
-    /// Creates whatever part of the network is missing, adopting what exists
-    /// by tag, and imports the key pair from `public_key` (OpenSSH format).
-    async fn ensure_network(
+    /// network: trusted from `known` or inventoried by tag, per `lookup`.
+    async fn observe(
         &self,
         stack: &StackIdentity,
-        spec: &VotingStackSpec,
-        public_key: &str,
         known: Option<&NetworkStatus>,
-    ) -> Result<NetworkStatus, CloudError>;
+        lookup: NetworkLookup,
+    ) -> Result<ObservedInfra, CloudError>;
 
-    /// Launches a tier's instance with a deterministic ClientToken, after
-    /// looking it up by tag (and adopting it) so a lost answer never doubles it.
+    /// Carries out one planned network step. Reads the ids it needs from
+    /// `ids` and records the ids it creates there.
+    async fn apply_network_step(
+        &self,
+        stack: &StackIdentity,
+        step: &NetworkStep,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError>;
+
     async fn launch_instance(
         &self,
         stack: &StackIdentity,
@@ -173,9 +186,17 @@ pub trait Cloud: Send + Sync {
 
     async fn terminate_instances(&self, instance_ids: &[String]) -> Result<(), CloudError>;
 
-    /// Terminates the stack's instances, waits, then deletes the network and
-    /// key pair in the order AWS requires.
-    async fn destroy(&self, stack: &StackIdentity, known: Option<&NetworkStatus>) -> Result<DestroyReport, CloudError>;
+    /// What deleting the stack has to remove: its instances and network,
+    /// found by tag and by the ids in `known`.
+    async fn teardown_inventory(
+        &self,
+        stack: &StackIdentity,
+        known: Option<&NetworkStatus>,
+    ) -> Result<TeardownInventory, CloudError>;
+
+    /// Carries out teardown steps in order: skips what is already gone,
+    /// waits out dependencies that are letting go, reports what it deleted.
+    async fn destroy(&self, stack: &StackIdentity, steps: &[TeardownStep]) -> Result<DestroyReport, CloudError>;
 
     /// EC2 API calls made so far (for metrics and the steady-state budget).
     fn api_calls(&self) -> u64;

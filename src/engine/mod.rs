@@ -3,7 +3,8 @@
 
 pub mod conditions;
 pub mod desired;
+pub mod network;
 pub mod plan;
 pub mod reconcile;
 
-pub use reconcile::{Engine, EngineSettings, ErrorKind, Outcome, Teardown};
+pub use reconcile::{converge_network, tear_down, Engine, EngineSettings, ErrorKind, Outcome, Teardown};

@@ -1,17 +1,19 @@
 //! The plan step: desired + observed → ordered actions. Pure: no I/O, no clock.
 //!
-//! Infrastructure comes first (network, then one instance per tier), then the
-//! hosts in tier order database → backend → frontend.
+//! Infrastructure comes first (the network steps, then one instance per
+//! tier), then the hosts in tier order database → backend → frontend.
 
 use std::collections::BTreeMap;
 
 use crate::api::{Tier, VotingStackSpec, VotingStackStatus};
+use crate::cloud::NetworkLookup;
 use crate::model::{
-    Action, CreateReason, DesiredContainer, DockerState, HostAction, InfraAction, InstanceLaunch, InstanceState,
-    ObservedHost, ObservedInfra, ObservedInstance, Peers, TerminateReason,
+    Action, CreateReason, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceLaunch,
+    InstanceState, NetworkObservation, ObservedHost, ObservedInfra, ObservedInstance, Peers, TerminateReason,
 };
 
 use super::desired::desired_containers;
+use super::network::network_steps;
 
 /// AMI or instance type that no longer matches the spec, left in place
 /// because `instances.allowReplacement` is false.
@@ -77,11 +79,17 @@ pub fn instance_launch(spec: &VotingStackSpec, tier: Tier, replacement: u32) -> 
     }
 }
 
-/// Plans the EC2 side.
-pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &ObservedInfra) -> InfraPlan {
+/// Plans the EC2 side: the network steps when the network was inventoried
+/// (a trusted network needs none), then the instances.
+pub fn plan_infra(
+    spec: &VotingStackSpec,
+    status: &VotingStackStatus,
+    infra: &ObservedInfra,
+    key: &DesiredKeyPair,
+) -> InfraPlan {
     let mut plan = InfraPlan::default();
-    if infra.network.is_none() {
-        plan.actions.push(InfraAction::CreateNetwork);
+    if let NetworkObservation::Inventory(found) = &infra.network {
+        plan.actions.extend(network_steps(found, spec, key).into_iter().map(InfraAction::Network));
     }
     for inst in infra.instances.iter().filter(|i| i.tier.is_none() && i.state.is_alive()) {
         plan.actions.push(InfraAction::TerminateInstance {
@@ -145,12 +153,16 @@ pub fn plan_infra(spec: &VotingStackSpec, status: &VotingStackStatus, infra: &Ob
     plan
 }
 
-/// After a spec change (generation moved past the one status describes),
-/// the existing network is synced: ingress CIDRs, ports and the key pair may
-/// have changed.
-pub fn network_sync(status: &VotingStackStatus, generation: Option<i64>, infra: &ObservedInfra) -> Option<InfraAction> {
+/// How much of the network to look up: everything after a spec change
+/// (generation moved past the one status describes: ingress CIDRs, ports
+/// and the key pair may have changed), else only what is not trusted.
+pub fn network_lookup(status: &VotingStackStatus, generation: Option<i64>) -> NetworkLookup {
     let changed = status.observed_generation.is_some() && status.observed_generation != generation;
-    (changed && infra.network.is_some()).then_some(InfraAction::UpdateNetwork)
+    if changed {
+        NetworkLookup::Inventory
+    } else {
+        NetworkLookup::TrustStatus
+    }
 }
 
 /// Plans one host's containers.
@@ -228,8 +240,9 @@ pub fn plan(
     status: &VotingStackStatus,
     infra: &ObservedInfra,
     hosts: &BTreeMap<Tier, ObservedHost>,
+    key: &DesiredKeyPair,
 ) -> Plan {
-    let infra_plan = plan_infra(spec, status, infra);
+    let infra_plan = plan_infra(spec, status, infra, key);
     let peers = infra_plan.peers();
     let mut actions: Vec<Action> = infra_plan.actions.iter().cloned().map(Action::Infra).collect();
     for tier in Tier::ALL {

@@ -6,7 +6,11 @@ use std::net::Ipv4Addr;
 use super::*;
 use crate::api::{NetworkStatus, TierStatus, TiersStatus};
 use crate::fixtures::spec;
-use crate::model::ObservedContainer;
+use crate::model::{NetworkStep, ObservedContainer, ObservedNetwork};
+
+fn key() -> DesiredKeyPair {
+    DesiredKeyPair { name: "votingstack-default-demo".into(), public_key: Some("ssh-ed25519 AAAAkey".into()) }
+}
 
 fn ip(tier: Tier) -> Ipv4Addr {
     match tier {
@@ -32,7 +36,7 @@ fn instance(tier: Tier, id: &str, state: InstanceState) -> ObservedInstance {
 
 fn infra() -> ObservedInfra {
     ObservedInfra {
-        network: Some(NetworkStatus::default()),
+        network: NetworkObservation::Trusted(NetworkStatus::default()),
         instances: Tier::ALL.iter().map(|t| instance(*t, &format!("i-{t}"), InstanceState::Running)).collect(),
     }
 }
@@ -77,7 +81,7 @@ fn lines(plan: &Plan) -> Vec<String> {
 
 #[test]
 fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
-    let plan = plan(&spec(), &VotingStackStatus::default(), &ObservedInfra::default(), &BTreeMap::new());
+    let plan = plan(&spec(), &VotingStackStatus::default(), &ObservedInfra::default(), &BTreeMap::new(), &key());
     let tiers: Vec<_> = plan
         .actions
         .iter()
@@ -86,17 +90,23 @@ fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
             Action::Infra(_) => None,
         })
         .collect();
-    assert_eq!(plan.actions[0], Action::Infra(InfraAction::CreateNetwork));
+    let network = plan.actions.iter().take_while(|a| matches!(a, Action::Infra(InfraAction::Network(_)))).count();
+    assert_eq!(network, 23, "every network step: {:?}", lines(&plan));
+    assert_eq!(
+        plan.actions[0],
+        Action::Infra(InfraAction::Network(NetworkStep::CreateVpc { cidr: "10.42.0.0/16".into() }))
+    );
+    assert_eq!(lines(&plan)[22], "+ import key pair votingstack-default-demo");
     assert!(matches!(
-        &plan.actions[1],
+        &plan.actions[network],
         Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Database, replacement: 0, .. }))
     ));
     assert!(matches!(
-        &plan.actions[2],
+        &plan.actions[network + 1],
         Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Backend, .. }))
     ));
     assert!(matches!(
-        &plan.actions[3],
+        &plan.actions[network + 2],
         Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Frontend, .. }))
     ));
     assert_eq!(tiers, [Tier::Database, Tier::Backend, Tier::Backend, Tier::Frontend, Tier::Frontend]);
@@ -111,7 +121,7 @@ fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
 
 #[test]
 fn converged_stack_plans_nothing() {
-    let plan = plan(&spec(), &status(), &infra(), &converged_hosts());
+    let plan = plan(&spec(), &status(), &infra(), &converged_hosts(), &key());
     assert_eq!(lines(&plan), Vec::<String>::new());
     assert!(plan.drift.is_empty());
 }
@@ -120,7 +130,7 @@ fn converged_stack_plans_nothing() {
 fn missing_container_is_created() {
     let mut hosts = converged_hosts();
     hosts.get_mut(&Tier::Backend).unwrap().containers.retain(|c| c.name != "worker");
-    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
     assert_eq!(plan.actions.len(), 1);
     assert!(
         matches!(&plan.actions[0], Action::Host(HostAction::CreateContainer { container, reason: CreateReason::Missing }) if container.name == "worker")
@@ -131,7 +141,7 @@ fn missing_container_is_created() {
 fn stopped_container_is_started_not_recreated() {
     let mut hosts = converged_hosts();
     hosts.get_mut(&Tier::Database).unwrap().containers[0].state = "exited".into();
-    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
     assert_eq!(lines(&plan), ["~ start database container db (exited)"]);
 }
 
@@ -140,7 +150,7 @@ fn wrong_image_recreates_only_that_container() {
     let hosts = converged_hosts();
     let mut s = spec();
     s.app.images.result = "registry.example/result:2".into();
-    let plan = plan(&s, &status(), &infra(), &hosts);
+    let plan = plan(&s, &status(), &infra(), &hosts, &key());
     assert_eq!(plan.actions.len(), 1);
     assert!(
         matches!(&plan.actions[0], Action::Host(HostAction::CreateContainer { container, reason: CreateReason::ConfigChanged(Some(_)) }) if container.name == "result")
@@ -151,7 +161,7 @@ fn wrong_image_recreates_only_that_container() {
 fn changed_option_recreates_vote_and_result_only() {
     let mut s = spec();
     s.app.option_b = "Birds".into();
-    let plan = plan(&s, &status(), &infra(), &converged_hosts());
+    let plan = plan(&s, &status(), &infra(), &converged_hosts(), &key());
     let names: Vec<_> = plan
         .actions
         .iter()
@@ -174,7 +184,7 @@ fn orphan_container_is_removed() {
         exit_code: None,
     };
     hosts.get_mut(&Tier::Backend).unwrap().containers.push(extra);
-    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
     assert_eq!(lines(&plan), ["- remove backend container old-worker (not part of the stack)"]);
 }
 
@@ -184,7 +194,7 @@ fn changed_backend_ip_recreates_what_points_at_redis() {
     for i in infra.instances.iter_mut().filter(|i| i.tier == Some(Tier::Backend)) {
         i.private_ip = Some(Ipv4Addr::new(10, 42, 1, 9));
     }
-    let plan = plan(&spec(), &status(), &infra, &converged_hosts());
+    let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key());
     let names: Vec<_> = plan
         .actions
         .iter()
@@ -200,7 +210,7 @@ fn changed_backend_ip_recreates_what_points_at_redis() {
 fn terminated_instance_is_replaced_with_the_next_client_token() {
     let mut infra = infra();
     infra.instances[0].state = InstanceState::Terminated;
-    let plan = plan_infra(&spec(), &status(), &infra);
+    let plan = plan_infra(&spec(), &status(), &infra, &key());
     assert!(matches!(
         &plan.actions[..],
         [InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Database, replacement: 1, .. })]
@@ -212,7 +222,7 @@ fn terminated_instance_is_replaced_with_the_next_client_token() {
 #[test]
 fn instance_found_by_tag_is_adopted_not_launched_again() {
     // RunInstances answered but the status write was lost: status knows nothing.
-    let plan = plan_infra(&spec(), &VotingStackStatus::default(), &infra());
+    let plan = plan_infra(&spec(), &VotingStackStatus::default(), &infra(), &key());
     assert_eq!(plan.actions, []);
     assert_eq!(plan.keepers.len(), 3);
 }
@@ -221,7 +231,7 @@ fn instance_found_by_tag_is_adopted_not_launched_again() {
 fn stopped_instance_is_started() {
     let mut infra = infra();
     infra.instances[2].state = InstanceState::Stopped;
-    let plan = plan_infra(&spec(), &status(), &infra);
+    let plan = plan_infra(&spec(), &status(), &infra, &key());
     assert_eq!(plan.actions, [InfraAction::StartInstance { tier: Tier::Frontend, instance_id: "i-frontend".into() }]);
 }
 
@@ -231,7 +241,7 @@ fn duplicate_instances_keep_the_recorded_one() {
     let mut dup = instance(Tier::Backend, "i-0", InstanceState::Running);
     dup.launch_time = "2025-01-01T00:00:00Z".into();
     infra.instances.push(dup);
-    let plan = plan_infra(&spec(), &status(), &infra);
+    let plan = plan_infra(&spec(), &status(), &infra, &key());
     assert_eq!(
         lines(&Plan { actions: plan.actions.into_iter().map(Action::Infra).collect(), drift: vec![] }),
         ["- terminate backend instance i-0 (duplicate of the tier's instance)"]
@@ -244,7 +254,7 @@ fn untiered_instances_with_the_stack_tags_are_terminated() {
     let mut stray = instance(Tier::Backend, "i-stray", InstanceState::Running);
     stray.tier = None;
     infra.instances.push(stray);
-    let plan = plan_infra(&spec(), &status(), &infra);
+    let plan = plan_infra(&spec(), &status(), &infra, &key());
     assert!(matches!(
         &plan.actions[..],
         [InfraAction::TerminateInstance { tier: None, reason: TerminateReason::UnknownTier, .. }]
@@ -255,13 +265,13 @@ fn untiered_instances_with_the_stack_tags_are_terminated() {
 fn ami_drift_is_reported_unless_replacement_is_allowed() {
     let mut s = spec();
     s.instances.ami = "ami-0fedcba9876543210".into();
-    let plan = plan_infra(&s, &status(), &infra());
+    let plan = plan_infra(&s, &status(), &infra(), &key());
     assert!(plan.actions.is_empty());
     assert_eq!(plan.drift.len(), 3);
     assert!(plan.drift[0].what.starts_with("AMI ami-0abcdef1234567890 → ami-0fedcba9876543210"));
 
     s.instances.allow_replacement = true;
-    let plan = plan_infra(&s, &status(), &infra());
+    let plan = plan_infra(&s, &status(), &infra(), &key());
     assert!(matches!(&plan.actions[0], InfraAction::TerminateInstance { reason: TerminateReason::Replaced(_), .. }));
     assert!(matches!(
         &plan.actions[1],
@@ -275,7 +285,7 @@ fn docker_missing_installs_then_deploys_docker_down_only_starts_it() {
     let mut hosts = converged_hosts();
     hosts.get_mut(&Tier::Database).unwrap().docker = DockerState::Missing;
     hosts.get_mut(&Tier::Backend).unwrap().docker = DockerState::Down("socket closed".into());
-    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
     assert_eq!(
         lines(&plan)[..],
         [
@@ -293,26 +303,38 @@ fn docker_missing_installs_then_deploys_docker_down_only_starts_it() {
 fn unreachable_host_gets_no_actions() {
     let mut hosts = converged_hosts();
     hosts.remove(&Tier::Frontend);
-    let plan = plan(&spec(), &status(), &infra(), &hosts);
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
     assert!(plan.is_empty());
 }
 
 #[test]
 fn missing_network_is_created_first() {
     let mut infra = infra();
-    infra.network = None;
-    let plan = plan(&spec(), &status(), &infra, &converged_hosts());
-    assert_eq!(plan.actions, [Action::Infra(InfraAction::CreateNetwork)]);
+    infra.network = NetworkObservation::Inventory(ObservedNetwork::default());
+    let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key());
+    let steps = network_steps(&ObservedNetwork::default(), &spec(), &key());
+    assert_eq!(plan.actions, steps.into_iter().map(|s| Action::Infra(InfraAction::Network(s))).collect::<Vec<_>>());
 }
 
 #[test]
-fn a_spec_change_syncs_the_existing_network_once() {
+fn a_spec_change_inventories_the_network_once() {
     let mut st = status();
     st.observed_generation = Some(1);
-    assert_eq!(network_sync(&st, Some(1), &infra()), None);
-    assert_eq!(network_sync(&st, Some(2), &infra()), Some(InfraAction::UpdateNetwork));
-    let mut no_net = infra();
-    no_net.network = None;
-    assert_eq!(network_sync(&st, Some(2), &no_net), None, "CreateNetwork covers it");
-    assert_eq!(network_sync(&VotingStackStatus::default(), Some(1), &infra()), None, "first reconcile");
+    assert_eq!(network_lookup(&st, Some(1)), NetworkLookup::TrustStatus);
+    assert_eq!(network_lookup(&st, Some(2)), NetworkLookup::Inventory);
+    assert_eq!(network_lookup(&VotingStackStatus::default(), Some(1)), NetworkLookup::TrustStatus, "first reconcile");
+}
+
+#[test]
+fn an_inventoried_network_that_matches_plans_only_what_differs() {
+    let mut infra = infra();
+    let found = ObservedNetwork {
+        vpc: Some(crate::model::network::ObservedVpc { id: "vpc-1".into(), cidr: "10.42.0.0/16".into() }),
+        ..Default::default()
+    };
+    infra.network = NetworkObservation::Inventory(found);
+    let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key());
+    assert!(plan.actions.iter().all(|a| matches!(a, Action::Infra(InfraAction::Network(_)))));
+    assert!(!lines(&plan).iter().any(|l| l.starts_with("+ create VPC")), "{:?}", lines(&plan));
+    assert!(lines(&plan).contains(&"+ create subnet 10.42.1.0/24".to_string()));
 }

@@ -10,19 +10,21 @@ use tracing::{debug, info, warn};
 
 use crate::api::conditions::{find_condition, set_condition};
 use crate::api::{
-    validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, HostKeyPolicy, Phase, Reason, Tier,
-    TierStatus, TiersStatus, VotingStack, VotingStackSpec, VotingStackStatus,
+    validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, HostKeyPolicy, NetworkStatus, Phase, Reason,
+    Tier, TierStatus, TiersStatus, VotingStack, VotingStackSpec, VotingStackStatus,
 };
-use crate::cloud::{Cloud, CloudError, DestroyReport, StackIdentity, CLIENT_TOKEN_PREFIX};
+use crate::cloud::{Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity, CLIENT_TOKEN_PREFIX};
 use crate::host::{HostError, HostTarget, Hosts, SshKey};
 
 use crate::model::{
-    Action, DesiredContainer, DockerState, InfraAction, InstanceState, ObservedHost, ObservedInstance, UserData,
+    Action, DesiredContainer, DesiredKeyPair, DockerState, InfraAction, InstanceState, NetworkObservation,
+    ObservedHost, ObservedInstance, UserData,
 };
 
 use super::conditions::{Finding, Findings};
 use super::desired::desired_containers;
-use super::plan::{network_sync, plan, plan_host, plan_infra, HostView, InfraPlan, InstanceDrift, Plan};
+use super::network::{network_steps, teardown_steps};
+use super::plan::{network_lookup, plan, plan_host, plan_infra, HostView, InfraPlan, InstanceDrift, Plan};
 
 /// Timing knobs of the engine.
 #[derive(Clone, Debug)]
@@ -209,32 +211,42 @@ impl Engine {
     ) -> Option<InfraPlan> {
         let spec = &stack.spec;
         let calls_before = self.cloud.api_calls();
-        let mut infra = match self.cloud.observe(ident, run.status.network.as_ref()).await {
+        let lookup = network_lookup(&run.status, stack.metadata.generation);
+        let mut infra = match self.cloud.observe(ident, run.status.network.as_ref(), lookup).await {
             Ok(infra) => infra,
             Err(e) => return run.cloud_failed(e),
         };
-        if let Some(net) = &infra.network {
-            run.status.network = Some(net.clone());
+        if let Some(net) = infra.network.complete_ids() {
+            run.status.network = Some(net);
         }
-        let mut actions = plan_infra(spec, &run.status, &infra).actions;
-        if let Some(sync) = network_sync(&run.status, stack.metadata.generation, &infra) {
-            actions.insert(0, sync);
+        if let NetworkObservation::Inventory(found) = &infra.network {
+            if let Some(vpc) = found.vpc.as_ref().filter(|v| v.cidr != spec.network.vpc_cidr) {
+                // A VPC is never replaced: its instances and groups live in it.
+                warn!(stack = %ident.tag_value(), "adopted VPC {} has CIDR {}, not {}", vpc.id, vpc.cidr, spec.network.vpc_cidr);
+            }
         }
+        let key_pair = desired_key_pair(ident, Some(key));
+        let actions = plan_infra(spec, &run.status, &infra, &key_pair).actions;
         if !spec.paused && !actions.is_empty() {
+            // The network steps start from the ids of what was found.
+            let mut ids = match &infra.network {
+                NetworkObservation::Trusted(ids) => ids.clone(),
+                NetworkObservation::Inventory(found) => found.ids(),
+            };
             for action in &actions {
                 info!(stack = %ident.tag_value(), "{action}");
-                if let Err(e) = self.act_infra(ident, spec, key, action, run).await {
+                if let Err(e) = self.act_infra(ident, key, action, &mut ids, run).await {
                     return run.cloud_failed(e);
                 }
                 run.applied.push(action.clone().into());
             }
-            infra = match self.cloud.observe(ident, run.status.network.as_ref()).await {
+            infra = match self.cloud.observe(ident, run.status.network.as_ref(), NetworkLookup::TrustStatus).await {
                 Ok(infra) => infra,
                 Err(e) => return run.cloud_failed(e),
             };
         }
         debug!(stack = %ident.tag_value(), calls = self.cloud.api_calls() - calls_before, "EC2 calls this reconcile");
-        let after = plan_infra(spec, &run.status, &infra);
+        let after = plan_infra(spec, &run.status, &infra, &key_pair);
         run.findings.infrastructure = Some(infra_finding(&after.keepers, &after.drift));
         Some(after)
     }
@@ -242,16 +254,17 @@ impl Engine {
     async fn act_infra(
         &self,
         ident: &StackIdentity,
-        spec: &VotingStackSpec,
         key: &SshKey,
         action: &InfraAction,
+        ids: &mut NetworkStatus,
         run: &mut Run,
     ) -> Result<(), CloudError> {
         match action {
-            InfraAction::CreateNetwork | InfraAction::UpdateNetwork => {
-                let net =
-                    self.cloud.ensure_network(ident, spec, key.public_openssh(), run.status.network.as_ref()).await?;
-                run.status.network = Some(net);
+            InfraAction::Network(step) => {
+                let applied = self.cloud.apply_network_step(ident, step, ids).await;
+                // Whatever was created is recorded, even when a later step fails.
+                run.status.network = Some(ids.clone());
+                applied?;
             }
             InfraAction::LaunchInstance(launch) => {
                 let network = run.status.network.clone().unwrap_or_default();
@@ -449,8 +462,10 @@ impl Engine {
         let spec = &stack.spec;
         let status = stack.status.clone().unwrap_or_default();
         let ident = StackIdentity::of(stack);
-        let infra = self.cloud.observe(&ident, status.network.as_ref()).await?;
-        let keepers = plan_infra(spec, &status, &infra).keepers;
+        let lookup = network_lookup(&status, stack.metadata.generation);
+        let infra = self.cloud.observe(&ident, status.network.as_ref(), lookup).await?;
+        let key_pair = desired_key_pair(&ident, key);
+        let keepers = plan_infra(spec, &status, &infra, &key_pair).keepers;
         let mut hosts = BTreeMap::new();
         if let Some(key) = key {
             for tier in Tier::ALL {
@@ -465,11 +480,7 @@ impl Engine {
                 }
             }
         }
-        let mut plan = plan(spec, &status, &infra, &hosts);
-        if let Some(sync) = network_sync(&status, stack.metadata.generation, &infra) {
-            plan.actions.insert(0, sync.into());
-        }
-        Ok(plan)
+        Ok(plan(spec, &status, &infra, &hosts, &key_pair))
     }
 
     /// Tears the stack down per its deletion policy.
@@ -479,7 +490,7 @@ impl Engine {
             return Ok(Teardown::Retained);
         }
         let status = stack.status.clone().unwrap_or_default();
-        let report = self.cloud.destroy(&StackIdentity::of(stack), status.network.as_ref()).await?;
+        let report = tear_down(self.cloud.as_ref(), &StackIdentity::of(stack), status.network.as_ref()).await?;
         Ok(Teardown::Deleted(report))
     }
 }
@@ -517,6 +528,47 @@ pub fn smoke_voter_id() -> String {
     let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let salt: u32 = rand::random();
     format!("votingstack-smoke-{}-{n}-{salt:08x}", chrono::Utc::now().timestamp_millis())
+}
+
+/// The stack's key pair as the plan wants it (the public key when known).
+pub fn desired_key_pair(ident: &StackIdentity, key: Option<&SshKey>) -> DesiredKeyPair {
+    DesiredKeyPair { name: ident.resource_name(), public_key: key.map(|k| k.public_openssh().to_owned()) }
+}
+
+/// Deletes the stack's instances and network: finds what is there, orders
+/// the teardown steps, and has the cloud carry them out.
+pub async fn tear_down(
+    cloud: &dyn Cloud,
+    stack: &StackIdentity,
+    known: Option<&NetworkStatus>,
+) -> Result<DestroyReport, CloudError> {
+    let found = cloud.teardown_inventory(stack, known).await?;
+    let steps = teardown_steps(&found);
+    for step in &steps {
+        info!(stack = %stack.tag_value(), "{step}");
+    }
+    cloud.destroy(stack, &steps).await
+}
+
+/// Brings the network alone in line with the spec: inventories it, plans
+/// its steps and carries them out. Returns the network's ids.
+pub async fn converge_network(
+    cloud: &dyn Cloud,
+    stack: &StackIdentity,
+    spec: &VotingStackSpec,
+    key: &SshKey,
+    known: Option<&NetworkStatus>,
+) -> Result<NetworkStatus, CloudError> {
+    let found = match cloud.observe(stack, known, NetworkLookup::Inventory).await?.network {
+        NetworkObservation::Inventory(found) => found,
+        NetworkObservation::Trusted(ids) => return Ok(ids),
+    };
+    let mut ids = found.ids();
+    for step in network_steps(&found, spec, &desired_key_pair(stack, Some(key))) {
+        info!(stack = %stack.tag_value(), "{step}");
+        cloud.apply_network_step(stack, &step, &mut ids).await?;
+    }
+    Ok(ids)
 }
 
 /// Mutable state of one reconcile.

@@ -7,6 +7,7 @@ use std::fmt;
 use crate::api::Tier;
 
 use super::desired::DesiredContainer;
+use super::network::NetworkStep;
 
 /// Why an instance is terminated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,10 +66,8 @@ impl fmt::Debug for UserData {
 /// One EC2 step of a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum InfraAction {
-    /// VPC, subnet, gateway, route table, security groups, key pair.
-    CreateNetwork,
-    /// Brings security group rules and the key pair in line with a changed spec.
-    UpdateNetwork,
+    /// One change to the VPC, subnet, gateway, route table, security groups or key pair.
+    Network(NetworkStep),
     LaunchInstance(InstanceLaunch),
     StartInstance {
         tier: Tier,
@@ -125,12 +124,7 @@ impl From<HostAction> for Action {
 impl fmt::Display for InfraAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            InfraAction::CreateNetwork => {
-                f.write_str("+ create network: VPC, subnet, internet gateway, route table, 3 security groups, key pair")
-            }
-            InfraAction::UpdateNetwork => {
-                f.write_str("~ update network: security group rules and key pair from the changed spec")
-            }
+            InfraAction::Network(step) => step.fmt(f),
             InfraAction::LaunchInstance(InstanceLaunch {
                 tier, ami, instance_type, replacement, public_ip, ..
             }) => {

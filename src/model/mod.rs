@@ -1,14 +1,18 @@
 //! The vocabulary the engine and its two adapters share: what observation
-//! found ([`observed`]), what a host must run ([`desired`]), and the steps a
-//! plan holds ([`actions`]).
+//! found ([`observed`]), what a host must run ([`desired`]), the network and
+//! its steps ([`network`]), and the steps a plan holds ([`actions`]).
 //!
 //! This module depends on [`crate::api`] only. `cloud` and `host` speak it,
 //! `engine` decides with it; nothing here calls out.
 
 pub mod actions;
 pub mod desired;
+pub mod network;
 pub mod observed;
 
 pub use actions::{Action, CreateReason, HostAction, InfraAction, InstanceLaunch, TerminateReason, UserData};
 pub use desired::{DesiredContainer, Peers, PortMapping};
+pub use network::{
+    DesiredKeyPair, NetworkObservation, NetworkStep, ObservedNetwork, Rule, Source, TeardownInventory, TeardownStep,
+};
 pub use observed::{DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance};

@@ -2,7 +2,9 @@
 
 use std::net::Ipv4Addr;
 
-use crate::api::{NetworkStatus, Tier};
+use crate::api::Tier;
+
+use super::network::NetworkObservation;
 
 /// EC2 instance states the engine tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,8 +67,8 @@ pub struct ObservedInstance {
 /// The EC2 side of the stack.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObservedInfra {
-    /// The network's ids when every part of it exists, None when something is missing.
-    pub network: Option<NetworkStatus>,
+    /// The network: trusted from status, or looked up by tag.
+    pub network: NetworkObservation,
     pub instances: Vec<ObservedInstance>,
 }
 

@@ -38,10 +38,32 @@ fn cli_offline_plan_of_a_new_stack_lists_everything_and_exits_2_on_request() {
     let out = votingstack(&["plan", "--offline", "-f", EXAMPLE, "--state", state, "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let plan = text(&out.stdout);
-    assert!(plan.contains("+ create network"), "{plan}");
+    // The network, one step a line, before the instances.
+    let lines: Vec<&str> = plan.lines().map(str::trim).collect();
+    let at = |line: &str| lines.iter().position(|l| *l == line).unwrap_or_else(|| panic!("{line} in {plan}"));
+    let network = [
+        "+ create VPC 10.42.0.0/16",
+        "+ create subnet 10.42.1.0/24",
+        "+ create internet gateway",
+        "~ attach internet gateway to the VPC",
+        "+ create route table",
+        "+ route 0.0.0.0/0 to the internet gateway",
+        "~ associate route table with the subnet",
+        "+ create database security group",
+        "+ create backend security group",
+        "+ create frontend security group",
+        "+ allow tcp/5432 into database from the backend group",
+        "+ allow tcp/6379 into backend from the frontend group",
+        "+ allow tcp/80 into frontend from 0.0.0.0/0",
+        "+ import key pair votingstack-default-demo",
+    ];
+    let positions: Vec<usize> = network.iter().map(|l| at(l)).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "network steps in order: {plan}");
+    assert!(positions.last() < Some(&at("+ launch database instance (ami-0e86e20dae9224db8, t3.small)")), "{plan}");
     assert!(plan.contains("+ launch database instance (ami-0e86e20dae9224db8, t3.small)"), "{plan}");
     assert!(plan.contains("+ create frontend container result"), "{plan}");
-    assert!(plan.trim_end().ends_with("9 to change."), "{plan}");
+    // 23 network steps, 3 instances, 5 containers.
+    assert!(plan.trim_end().ends_with("31 to change."), "{plan}");
     let out = votingstack(&["plan", "--offline", "-f", EXAMPLE, "--state", state]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!std::path::Path::new(state).exists(), "plan wrote state");

@@ -17,12 +17,12 @@ use votingstack::api::{
     NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
 };
 use votingstack::cloud::ec2::Ec2Cloud;
-use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, StackIdentity};
+use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, NetworkLookup, StackIdentity};
 use votingstack::engine::plan::instance_launch;
-use votingstack::engine::{Engine, EngineSettings, Outcome, Teardown};
+use votingstack::engine::{converge_network, tear_down, Engine, EngineSettings, Outcome, Teardown};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
 use votingstack::model::ObservedHost;
-use votingstack::model::{Action, HostAction, InfraAction, InstanceLaunch, TerminateReason};
+use votingstack::model::{Action, HostAction, InfraAction, InstanceLaunch, NetworkStep, TerminateReason};
 
 use crate::moto::{client_for, Moto, AMI};
 
@@ -131,6 +131,10 @@ fn network(stack: &VotingStack) -> NetworkStatus {
     stack.status.as_ref().and_then(|s| s.network.clone()).expect("network in status")
 }
 
+fn create_vpc() -> Action {
+    Action::Infra(InfraAction::Network(NetworkStep::CreateVpc { cidr: "10.42.0.0/16".into() }))
+}
+
 fn launches(out: &Outcome) -> Vec<Tier> {
     out.applied
         .iter()
@@ -199,7 +203,7 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
     let w = world();
     let mut s = stack();
     let out = reconcile(&w, &mut s).await;
-    assert_eq!(out.applied.first(), Some(&Action::Infra(InfraAction::CreateNetwork)), "{:?}", out.applied);
+    assert_eq!(out.applied.first(), Some(&create_vpc()), "{:?}", out.applied);
     assert_eq!(launches(&out), Tier::ALL.to_vec());
     let (status, reason, message) = infra_condition(&s);
     assert_eq!((status.as_str(), reason.as_str()), ("True", "InstancesRunning"), "{message}");
@@ -423,7 +427,7 @@ async fn ec2_lost_run_instances_answer_is_adopted_not_doubled() {
     let w = world();
     let mut s = stack();
     let ident = StackIdentity::of(&s);
-    let net = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    let net = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
     // The request reached EC2, its answer did not: the operator never saw the id.
     let lost = run_tagged(&w.client, &net, Tier::Database, Some(ident.client_token(Tier::Database, 0))).await;
 
@@ -435,7 +439,7 @@ async fn ec2_lost_run_instances_answer_is_adopted_not_doubled() {
     // The engine, with no status at all (as the CLI without a state file),
     // adopts the network and the instance and launches only the rest.
     let out = reconcile(&w, &mut s).await;
-    assert!(!out.applied.contains(&Action::Infra(InfraAction::CreateNetwork)), "{:?}", out.applied);
+    assert!(!out.applied.iter().any(|a| matches!(a, Action::Infra(InfraAction::Network(_)))), "{:?}", out.applied);
     assert_eq!(launches(&out), [Tier::Backend, Tier::Frontend]);
     assert_eq!(network(&s), net);
     let live = live_instances(&w.client).await;
@@ -449,13 +453,13 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     let w = world();
     let s = stack();
     let ident = StackIdentity::of(&s);
-    let first = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
-    let again = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    let first = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
+    let again = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
     assert_eq!(first, again);
     assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 0]);
     // Without stored ids (the CLI) observe finds the same network by tag.
-    let seen = w.cloud.observe(&ident, None).await.unwrap();
-    assert_eq!(seen.network, Some(first.clone()));
+    let seen = w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap();
+    assert_eq!(seen.network.complete_ids(), Some(first.clone()));
     assert!(seen.instances.is_empty());
 
     // A rule opening redis to the world is taken away again; a missing one is put back.
@@ -474,7 +478,7 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
         .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("203.0.113.0/24").build())
         .build();
     w.client.revoke_security_group_ingress().group_id(&backend).ip_permissions(ssh).send().await.unwrap();
-    let repaired = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), Some(&first)).await.unwrap();
+    let repaired = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), Some(&first)).await.unwrap();
     assert_eq!(repaired, first);
     let g = w.client.describe_security_groups().group_ids(&backend).send().await.unwrap();
     assert_eq!(
@@ -488,8 +492,8 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     let vpc = first.vpc_id.clone().unwrap();
     w.client.detach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
     w.client.delete_internet_gateway().internet_gateway_id(&igw).send().await.unwrap();
-    assert_eq!(w.cloud.observe(&ident, None).await.unwrap().network, None);
-    let rebuilt = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), Some(&first)).await.unwrap();
+    assert_eq!(w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap().network.complete_ids(), None);
+    let rebuilt = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), Some(&first)).await.unwrap();
     let new_igw = rebuilt.internet_gateway_id.clone().unwrap();
     assert_ne!(new_igw, igw);
     assert_eq!(
@@ -505,7 +509,10 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
         .map(|r| r.gateway_id())
         .collect();
     assert_eq!(defaults, [Some(new_igw.as_str())]);
-    assert_eq!(w.cloud.observe(&ident, None).await.unwrap().network, Some(rebuilt));
+    assert_eq!(
+        w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap().network.complete_ids(),
+        Some(rebuilt)
+    );
 }
 
 #[tokio::test]
@@ -585,7 +592,7 @@ async fn ec2_destroy_of_a_half_deleted_or_absent_stack_succeeds() {
     let w = world();
     let s = stack();
     let ident = StackIdentity::of(&s);
-    let net = w.cloud.ensure_network(&ident, &s.spec, key().public_openssh(), None).await.unwrap();
+    let net = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
     w.cloud.launch_instance(&ident, &net, &instance_launch(&s.spec, Tier::Backend, 0)).await.unwrap();
     // Someone removed the gateway and the key pair already.
     let igw = net.internet_gateway_id.clone().unwrap();
@@ -594,14 +601,14 @@ async fn ec2_destroy_of_a_half_deleted_or_absent_stack_succeeds() {
     w.client.delete_internet_gateway().internet_gateway_id(&igw).send().await.unwrap();
     w.client.delete_key_pair().key_name("votingstack-default-demo").send().await.unwrap();
 
-    let report = w.cloud.destroy(&ident, Some(&net)).await.unwrap();
+    let report = tear_down(w.cloud.as_ref(), &ident, Some(&net)).await.unwrap();
     assert!(!report.deleted.contains(&igw));
     assert_eq!(report.deleted.len(), 1 + 3 + 1 + 1 + 1, "{:?}", report.deleted);
     assert_eq!(tagged_counts(&w.client).await, [0; 7]);
 
     // A stack that never existed.
     let other = StackIdentity { name: "ghost".into(), namespace: "default".into(), uid: "x".into() };
-    assert!(w.cloud.destroy(&other, None).await.unwrap().deleted.is_empty());
+    assert!(tear_down(w.cloud.as_ref(), &other, None).await.unwrap().deleted.is_empty());
 }
 
 #[tokio::test]
@@ -631,7 +638,7 @@ async fn ec2_plan_only_describes() {
 
     // Nothing exists yet: everything is planned, nothing is created.
     let plan = planner.plan(&s, None).await.unwrap();
-    assert_eq!(plan.actions.first(), Some(&Action::Infra(InfraAction::CreateNetwork)));
+    assert_eq!(plan.actions.first(), Some(&create_vpc()));
     let planned: Vec<Tier> = plan
         .actions
         .iter()
@@ -670,7 +677,7 @@ async fn ec2_unreachable_endpoint_is_a_transport_error_with_its_cause() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cloud = Ec2Cloud::from_client(client_for(&format!("http://127.0.0.1:{port}")));
     let ident = StackIdentity::of(&stack());
-    let err = tokio::time::timeout(Duration::from_secs(60), cloud.observe(&ident, None))
+    let err = tokio::time::timeout(Duration::from_secs(60), cloud.observe(&ident, None, NetworkLookup::TrustStatus))
         .await
         .expect("bounded by the retry policy")
         .unwrap_err();
@@ -772,7 +779,11 @@ async fn ec2_throttling_and_5xx_are_retried_but_auth_errors_are_not() {
         (production_cloud(&throttled.0).await, production_cloud(&broken.0).await, production_cloud(&denied.0).await);
     let bounded = Duration::from_secs(90);
     let (r1, r2, r3) = tokio::time::timeout(bounded, async {
-        tokio::join!(c1.observe(&ident, None), c2.observe(&ident, None), c3.observe(&ident, None))
+        tokio::join!(
+            c1.observe(&ident, None, NetworkLookup::TrustStatus),
+            c2.observe(&ident, None, NetworkLookup::TrustStatus),
+            c3.observe(&ident, None, NetworkLookup::TrustStatus)
+        )
     })
     .await
     .expect("retries are bounded");
@@ -800,4 +811,67 @@ async fn ec2_throttling_and_5xx_are_retried_but_auth_errors_are_not() {
     assert_eq!(denied.1.load(Ordering::SeqCst), 1, "auth errors are not retried");
     // Each was one call for the operator, however many attempts the SDK made.
     assert_eq!((c1.api_calls(), c2.api_calls(), c3.api_calls()), (1, 1, 1));
+}
+
+/// Network steps a reconcile carried out, as their plan lines.
+fn network_lines(actions: &[Action]) -> Vec<String> {
+    actions.iter().filter(|a| matches!(a, Action::Infra(InfraAction::Network(_)))).map(ToString::to_string).collect()
+}
+
+#[tokio::test]
+async fn ec2_spec_change_inventories_the_network_and_applies_its_steps() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let net = network(&s);
+
+    // A new SSH CIDR: every group allows the new one and revokes the old one.
+    s.spec.network.ssh_ingress_cidrs = vec!["198.51.100.0/24".into()];
+    s.metadata.generation = Some(2);
+    let mut expected = Vec::new();
+    for tier in Tier::ALL {
+        expected.push(format!("- revoke tcp/22 into {tier} from 203.0.113.0/24"));
+        expected.push(format!("+ allow tcp/22 into {tier} from 198.51.100.0/24"));
+    }
+    let plan = w.engine.plan(&s, Some(&key())).await.unwrap();
+    assert_eq!(network_lines(&plan.actions), expected);
+    let out = reconcile(&w, &mut s).await;
+    assert_eq!(network_lines(&out.applied), expected);
+    assert!(launches(&out).is_empty());
+    assert_eq!(network(&s), net, "the same network, changed in place");
+    let sgs = w.client.describe_security_groups().filters(stack_filter()).send().await.unwrap();
+    for g in sgs.security_groups() {
+        let rules = rules_of(g, &net);
+        assert!(rules.contains(&(22, "cidr:198.51.100.0/24".into())), "{rules:?}");
+        assert!(!rules.contains(&(22, "cidr:203.0.113.0/24".into())), "{rules:?}");
+    }
+
+    // Steady again: one DescribeInstances, nothing planned.
+    let before = w.cloud.calls_by_operation();
+    let out = reconcile(&w, &mut s).await;
+    assert!(out.applied.is_empty(), "{:?}", out.applied);
+    let after = w.cloud.calls_by_operation();
+    let made: Vec<(&str, u64)> =
+        after.iter().map(|(op, n)| (*op, n - before.get(op).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect();
+    assert_eq!(made, [("DescribeInstances", 1)]);
+
+    // The key pair replaced by hand with another public key: re-imported
+    // after the next spec change.
+    let name = "votingstack-default-demo";
+    w.client.delete_key_pair().key_name(name).send().await.unwrap();
+    let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGCSIWDsDojvjBmigBgGL0tXq6DEu9jtTCpbqitTT16F other";
+    w.client
+        .import_key_pair()
+        .key_name(name)
+        .public_key_material(aws_sdk_ec2::primitives::Blob::new(other))
+        .send()
+        .await
+        .unwrap();
+    s.metadata.generation = Some(3);
+    let out = reconcile(&w, &mut s).await;
+    assert_eq!(network_lines(&out.applied), [format!("~ re-import key pair {name} (it holds another public key)")]);
+    let keys = w.client.describe_key_pairs().key_names(name).include_public_key(true).send().await.unwrap();
+    let held = keys.key_pairs()[0].public_key().unwrap_or_default().to_string();
+    let ours = key().public_openssh().split_whitespace().nth(1).unwrap_or_default().to_string();
+    assert!(held.contains(&ours), "{held}");
 }

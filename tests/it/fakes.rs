@@ -1,28 +1,69 @@
 //! In-memory stand-ins for EC2 and the hosts, for engine and controller tests
 //! that need no moto or SSH.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use votingstack::api::{NetworkStatus, PullPolicy, Tier, VotingStackSpec};
-use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, DestroyReport, StackIdentity};
+use votingstack::api::{NetworkStatus, PullPolicy, Tier};
+use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
 use votingstack::engine::{Engine, EngineSettings};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
+use votingstack::model::network::{
+    key_identity, ObservedGateway, ObservedGroup, ObservedKeyPair, ObservedRouteTable, ObservedSubnet, ObservedVpc,
+};
 use votingstack::model::HostAction;
 use votingstack::model::{
-    DockerState, InstanceLaunch, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance,
+    DockerState, InstanceLaunch, InstanceState, NetworkObservation, NetworkStep, ObservedContainer, ObservedHost,
+    ObservedInfra, ObservedInstance, ObservedNetwork, Rule, TeardownInventory, TeardownStep,
 };
 
 #[derive(Default)]
 pub struct CloudState {
     pub network: Option<NetworkStatus>,
+    /// Ingress rules of each tier's group, as the network steps left them.
+    pub rules: BTreeMap<Tier, BTreeSet<Rule>>,
+    /// Identity of the imported public key.
+    pub key_identity: Option<String>,
     pub instances: Vec<ObservedInstance>,
     pub next_ip: u8,
     /// The next mutating call fails with this AWS code.
     pub fail_with: Option<String>,
+}
+
+impl CloudState {
+    /// The network as an inventory by tag would find it.
+    fn inventory(&self) -> ObservedNetwork {
+        let Some(ids) = &self.network else { return ObservedNetwork::default() };
+        let gateway = ids.internet_gateway_id.clone();
+        ObservedNetwork {
+            vpc: ids.vpc_id.clone().map(|id| ObservedVpc { id, cidr: "10.42.0.0/16".into() }),
+            subnet: ids.subnet_id.clone().map(|id| ObservedSubnet {
+                id,
+                cidr: "10.42.1.0/24".into(),
+                availability_zone: None,
+            }),
+            gateway: gateway.clone().map(|id| ObservedGateway { id, attached: true }),
+            route_table: ids.route_table_id.clone().map(|id| ObservedRouteTable {
+                id,
+                default_route: gateway.clone(),
+                associated: true,
+            }),
+            groups: ids
+                .security_groups
+                .iter()
+                .map(|(t, id)| {
+                    (*t, ObservedGroup { id: id.clone(), rules: self.rules.get(t).cloned().unwrap_or_default() })
+                })
+                .collect(),
+            key_pair: ids
+                .key_pair_name
+                .clone()
+                .map(|name| ObservedKeyPair { name, identity: self.key_identity.clone() }),
+        }
+    }
 }
 
 #[derive(Default, Clone)]
@@ -51,25 +92,55 @@ impl FakeCloud {
 
 #[async_trait]
 impl Cloud for FakeCloud {
-    async fn observe(&self, _: &StackIdentity, _: Option<&NetworkStatus>) -> Result<ObservedInfra, CloudError> {
-        self.call();
-        let s = self.state.lock().unwrap();
-        Ok(ObservedInfra { network: s.network.clone(), instances: s.instances.clone() })
-    }
-
-    async fn ensure_network(
+    async fn observe(
         &self,
         _: &StackIdentity,
-        _: &VotingStackSpec,
-        _: &str,
         _: Option<&NetworkStatus>,
-    ) -> Result<NetworkStatus, CloudError> {
+        lookup: NetworkLookup,
+    ) -> Result<ObservedInfra, CloudError> {
+        self.call();
+        let s = self.state.lock().unwrap();
+        let network = match (&s.network, lookup) {
+            (Some(ids), NetworkLookup::TrustStatus) => NetworkObservation::Trusted(ids.clone()),
+            _ => NetworkObservation::Inventory(s.inventory()),
+        };
+        Ok(ObservedInfra { network, instances: s.instances.clone() })
+    }
+
+    async fn apply_network_step(
+        &self,
+        _: &StackIdentity,
+        step: &NetworkStep,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
         self.call();
         self.fail("CreateVpc")?;
-        let net =
-            NetworkStatus { vpc_id: Some("vpc-1".into()), subnet_id: Some("subnet-1".into()), ..Default::default() };
-        self.state.lock().unwrap().network = Some(net.clone());
-        Ok(net)
+        let mut s = self.state.lock().unwrap();
+        match step {
+            NetworkStep::CreateVpc { .. } => ids.vpc_id = Some("vpc-1".into()),
+            NetworkStep::CreateSubnet { .. } => ids.subnet_id = Some("subnet-1".into()),
+            NetworkStep::CreateInternetGateway => ids.internet_gateway_id = Some("igw-1".into()),
+            NetworkStep::CreateRouteTable => ids.route_table_id = Some("rtb-1".into()),
+            NetworkStep::CreateSecurityGroup { tier } => {
+                ids.security_groups.insert(*tier, format!("sg-{tier}"));
+            }
+            NetworkStep::Authorize { tier, rule, .. } => {
+                s.rules.entry(*tier).or_default().insert(rule.clone());
+            }
+            NetworkStep::Revoke { tier, rule } => {
+                s.rules.entry(*tier).or_default().remove(rule);
+            }
+            NetworkStep::ImportKeyPair { key } | NetworkStep::ReimportKeyPair { key } => {
+                ids.key_pair_name = Some(key.name.clone());
+                s.key_identity = key.public_key.as_deref().map(key_identity);
+            }
+            NetworkStep::EnableVpcDns
+            | NetworkStep::AttachInternetGateway
+            | NetworkStep::RouteToGateway { .. }
+            | NetworkStep::AssociateRouteTable => {}
+        }
+        s.network = Some(ids.clone());
+        Ok(())
     }
 
     async fn launch_instance(
@@ -116,15 +187,42 @@ impl Cloud for FakeCloud {
         Ok(())
     }
 
-    async fn destroy(&self, _: &StackIdentity, _: Option<&NetworkStatus>) -> Result<DestroyReport, CloudError> {
+    async fn teardown_inventory(
+        &self,
+        _: &StackIdentity,
+        _: Option<&NetworkStatus>,
+    ) -> Result<TeardownInventory, CloudError> {
+        self.call();
+        let s = self.state.lock().unwrap();
+        let net = s.network.clone().unwrap_or_default();
+        Ok(TeardownInventory {
+            instances: s.instances.iter().filter(|i| i.state.is_alive()).map(|i| i.id.clone()).collect(),
+            subnets: net.subnet_id.into_iter().collect(),
+            vpcs: net.vpc_id.into_iter().collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn destroy(&self, _: &StackIdentity, steps: &[TeardownStep]) -> Result<DestroyReport, CloudError> {
         self.call();
         self.fail("DeleteVpc")?;
         let mut s = self.state.lock().unwrap();
-        let mut deleted: Vec<String> = s.instances.drain(..).map(|i| i.id).collect();
-        if let Some(net) = s.network.take() {
-            deleted.extend(net.subnet_id);
-            deleted.extend(net.vpc_id);
+        let mut deleted = Vec::new();
+        for step in steps {
+            match step {
+                TeardownStep::TerminateInstances { ids } => {
+                    s.instances.retain(|i| !ids.contains(&i.id));
+                    deleted.extend(ids.iter().cloned());
+                }
+                TeardownStep::DeleteSubnet { id } | TeardownStep::DeleteVpc { id } => deleted.push(id.clone()),
+                _ => {}
+            }
         }
+        // Instances already terminated go with the stack.
+        s.instances.clear();
+        s.network = None;
+        s.rules.clear();
+        s.key_identity = None;
         Ok(DestroyReport { deleted })
     }
 

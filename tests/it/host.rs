@@ -11,10 +11,11 @@ use crate::fixtures;
 use tokio::sync::mpsc;
 use votingstack::api::{ConnectVia, PullPolicy, Reason, Tier, VotingStack, VotingStackSpec};
 use votingstack::cloud::ec2::Ec2Cloud;
-use votingstack::cloud::{Cloud, StackIdentity};
+use votingstack::cloud::StackIdentity;
 use votingstack::engine::desired::desired_containers;
 use votingstack::engine::plan::{plan_host, HostView};
 use votingstack::engine::reconcile::{Engine, EngineSettings};
+use votingstack::engine::tear_down;
 use votingstack::host::events::Backoff;
 use votingstack::host::{DriftEvent, DriftWatcher, HostError, HostTarget, Hosts, SshHosts, SshKey};
 use votingstack::model::{Action, CreateReason, HostAction};
@@ -423,7 +424,7 @@ impl Drop for StackGuard {
                 let cloud = Ec2Cloud::from_client(ec2_client(&endpoint))
                     .with_waits(Duration::from_millis(500), Duration::from_secs(60));
                 let network = stack.status.as_ref().and_then(|s| s.network.clone());
-                let _ = cloud.destroy(&StackIdentity::of(&stack), network.as_ref()).await;
+                let _ = tear_down(&cloud, &StackIdentity::of(&stack), network.as_ref()).await;
             });
         })
         .join();

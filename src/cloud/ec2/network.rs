@@ -1,4 +1,4 @@
-//! The stack's network: found by tag, created or repaired in place.
+//! The stack's network: found by tag, and changed one planned step at a time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,16 +9,16 @@ use aws_sdk_ec2::types::{
 };
 use tracing::{info, warn};
 
-use crate::api::{NetworkStatus, Tier, VotingStackSpec, TIER_LABEL};
+use crate::api::{NetworkStatus, Tier, TIER_LABEL};
 use crate::cloud::{CloudError, StackIdentity};
-use crate::model::desired::{POSTGRES_PORT, REDIS_PORT};
-use crate::model::ObservedInstance;
+use crate::model::network::{
+    key_identity, ObservedGateway, ObservedGroup, ObservedKeyPair, ObservedRouteTable, ObservedSubnet, ObservedVpc,
+    DEFAULT_ROUTE,
+};
+use crate::model::{DesiredKeyPair, NetworkStep, ObservedInstance, ObservedNetwork, Rule, Source};
 
 use super::instances::Placement;
 use super::{filter, stack_filter, tag_spec, tag_value, Ec2Cloud};
-
-/// Destination of the route to the internet.
-pub(super) const DEFAULT_ROUTE: &str = "0.0.0.0/0";
 
 /// Every resource carrying the stack's tag (and the key pair by name).
 #[derive(Debug, Default)]
@@ -80,14 +80,6 @@ fn pick<'a, T, K: Ord>(
         }
     }
     all.into_iter().min_by_key(|c| key(c))
-}
-
-fn has_default_route_to(rt: &RouteTable, gateway_id: &str) -> bool {
-    rt.routes().iter().any(|r| {
-        r.destination_cidr_block() == Some(DEFAULT_ROUTE)
-            && r.gateway_id() == Some(gateway_id)
-            && r.state() != Some(&RouteState::Blackhole)
-    })
 }
 
 fn is_associated_with(rt: &RouteTable, subnet_id: &str) -> bool {
@@ -160,74 +152,96 @@ impl Inventory {
         chosen
     }
 
-    /// The network's ids when every part exists and is wired up (gateway
-    /// attached, default route, subnet association); None otherwise.
-    pub fn complete_network(&self, stack: &StackIdentity, known: Option<&NetworkStatus>) -> Option<NetworkStatus> {
+    /// What the engine needs of the chosen resources. Rules naming one of
+    /// the chosen groups name it by tier.
+    pub fn observe(&self, stack: &StackIdentity, known: Option<&NetworkStatus>) -> ObservedNetwork {
         let c = self.choose(stack, known);
-        let vpc_id = c.vpc?.vpc_id()?;
-        let subnet_id = c.subnet?.subnet_id()?;
-        let gw = c.gateway?;
-        let gw_id = gw.internet_gateway_id()?;
-        let rt = c.route_table?;
-        if !attached_to(gw, vpc_id) || !has_default_route_to(rt, gw_id) || !is_associated_with(rt, subnet_id) {
-            return None;
+        let vpc_id = c.vpc.and_then(|v| v.vpc_id());
+        let subnet_id = c.subnet.and_then(|s| s.subnet_id());
+        let tier_ids: BTreeMap<Tier, String> =
+            c.groups.iter().filter_map(|(t, g)| Some((*t, g.group_id()?.to_owned()))).collect();
+        ObservedNetwork {
+            vpc: c.vpc.and_then(|v| {
+                Some(ObservedVpc { id: v.vpc_id()?.to_owned(), cidr: v.cidr_block().unwrap_or_default().to_owned() })
+            }),
+            subnet: c.subnet.and_then(|s| {
+                Some(ObservedSubnet {
+                    id: s.subnet_id()?.to_owned(),
+                    cidr: s.cidr_block().unwrap_or_default().to_owned(),
+                    availability_zone: s.availability_zone().map(str::to_owned),
+                })
+            }),
+            gateway: c.gateway.and_then(|g| {
+                Some(ObservedGateway {
+                    id: g.internet_gateway_id()?.to_owned(),
+                    attached: vpc_id.is_some_and(|v| attached_to(g, v)),
+                })
+            }),
+            route_table: c.route_table.and_then(|r| {
+                Some(ObservedRouteTable {
+                    id: r.route_table_id()?.to_owned(),
+                    default_route: default_route_target(r),
+                    associated: subnet_id.is_some_and(|s| is_associated_with(r, s)),
+                })
+            }),
+            groups: c
+                .groups
+                .iter()
+                .filter_map(|(t, g)| {
+                    Some((*t, ObservedGroup { id: g.group_id()?.to_owned(), rules: existing_rules(g, &tier_ids) }))
+                })
+                .collect(),
+            key_pair: c.key_pair.and_then(|k| {
+                Some(ObservedKeyPair { name: k.key_name()?.to_owned(), identity: k.public_key().map(key_identity) })
+            }),
         }
-        let mut groups = BTreeMap::new();
-        for tier in Tier::ALL {
-            groups.insert(tier, c.groups.get(&tier)?.group_id()?.to_owned());
-        }
-        Some(NetworkStatus {
-            vpc_id: Some(vpc_id.to_owned()),
-            subnet_id: Some(subnet_id.to_owned()),
-            internet_gateway_id: Some(gw_id.to_owned()),
-            route_table_id: Some(rt.route_table_id()?.to_owned()),
-            security_groups: groups,
-            key_pair_name: Some(c.key_pair?.key_name()?.to_owned()),
-        })
     }
 }
 
-/// Where a security group rule lets traffic come from.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Source {
-    Cidr(String),
-    Cidr6(String),
-    Group(String),
-    PrefixList(String),
-}
-
-/// One ingress rule, flattened to a single source.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Rule {
-    pub protocol: String,
-    pub from: i32,
-    pub to: i32,
-    pub source: Source,
-}
-
-impl Rule {
-    fn tcp(port: u16, source: Source) -> Rule {
-        Rule { protocol: "tcp".into(), from: i32::from(port), to: i32::from(port), source }
+/// Target of a route table's default route: the gateway (or other target)
+/// id, `blackhole` when the target is gone.
+fn default_route_target(rt: &RouteTable) -> Option<String> {
+    let route = rt.routes().iter().find(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE))?;
+    if route.state() == Some(&RouteState::Blackhole) {
+        return Some("blackhole".into());
     }
+    let target = route
+        .gateway_id()
+        .or(route.nat_gateway_id())
+        .or(route.network_interface_id())
+        .or(route.instance_id())
+        .unwrap_or("another target");
+    Some(target.to_owned())
+}
 
-    pub fn to_permission(&self, description: Option<&str>) -> IpPermission {
-        let p = IpPermission::builder().ip_protocol(&self.protocol).from_port(self.from).to_port(self.to);
-        match &self.source {
-            Source::Cidr(c) => {
-                p.ip_ranges(IpRange::builder().cidr_ip(c).set_description(description.map(Into::into)).build())
-            }
-            Source::Cidr6(c) => p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).build()),
-            Source::Group(g) => p.user_id_group_pairs(
-                UserIdGroupPair::builder().group_id(g).set_description(description.map(Into::into)).build(),
-            ),
-            Source::PrefixList(id) => p.prefix_list_ids(PrefixListId::builder().prefix_list_id(id).build()),
+/// An ingress rule as EC2 takes it; a tier's group is resolved through `groups`.
+pub(super) fn permission(
+    operation: &'static str,
+    rule: &Rule,
+    groups: &BTreeMap<Tier, String>,
+    description: Option<&str>,
+) -> Result<IpPermission, CloudError> {
+    let p = IpPermission::builder().ip_protocol(&rule.protocol).from_port(rule.from).to_port(rule.to);
+    let group = |id: &str| UserIdGroupPair::builder().group_id(id).set_description(description.map(Into::into)).build();
+    Ok(match &rule.source {
+        Source::Cidr(c) => {
+            p.ip_ranges(IpRange::builder().cidr_ip(c).set_description(description.map(Into::into)).build())
         }
-        .build()
+        Source::Cidr6(c) => p.ipv6_ranges(Ipv6Range::builder().cidr_ipv6(c).build()),
+        Source::TierGroup(t) => {
+            let id =
+                groups.get(t).ok_or(CloudError::Incomplete { operation, missing: "security group of the tier" })?;
+            p.user_id_group_pairs(group(id))
+        }
+        Source::Group(g) => p.user_id_group_pairs(group(g)),
+        Source::PrefixList(id) => p.prefix_list_ids(PrefixListId::builder().prefix_list_id(id).build()),
     }
+    .build())
 }
 
-/// The ingress rules a security group holds, one per source.
-pub(super) fn existing_rules(group: &SecurityGroup) -> BTreeSet<Rule> {
+/// The ingress rules a security group holds, one per source; a source that
+/// is one of `tier_groups` is named by its tier.
+pub(super) fn existing_rules(group: &SecurityGroup, tier_groups: &BTreeMap<Tier, String>) -> BTreeSet<Rule> {
     let mut rules = BTreeSet::new();
     for p in group.ip_permissions() {
         let protocol = match p.ip_protocol().unwrap_or("-1") {
@@ -240,55 +254,16 @@ pub(super) fn existing_rules(group: &SecurityGroup) -> BTreeSet<Rule> {
         let mut add = |source| {
             rules.insert(Rule { protocol: protocol.clone(), from, to, source });
         };
+        let group_source = |id: &str| match tier_groups.iter().find(|(_, g)| g.as_str() == id) {
+            Some((t, _)) => Source::TierGroup(*t),
+            None => Source::Group(id.into()),
+        };
         p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).for_each(|c| add(Source::Cidr(c.into())));
         p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6()).for_each(|c| add(Source::Cidr6(c.into())));
-        p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).for_each(|g| add(Source::Group(g.into())));
+        p.user_id_group_pairs().iter().filter_map(|g| g.group_id()).for_each(|g| add(group_source(g)));
         p.prefix_list_ids().iter().filter_map(|l| l.prefix_list_id()).for_each(|l| add(Source::PrefixList(l.into())));
     }
     rules
-}
-
-/// The ingress rules of a tier's security group. Redis and postgres are
-/// reachable only from the stack's own groups, never from a CIDR.
-pub(super) fn desired_rules(
-    spec: &VotingStackSpec,
-    tier: Tier,
-    groups: &BTreeMap<Tier, String>,
-) -> BTreeSet<(Rule, &'static str)> {
-    let mut rules = BTreeSet::new();
-    for cidr in &spec.network.ssh_ingress_cidrs {
-        rules.insert((Rule::tcp(spec.ssh.port, Source::Cidr(cidr.clone())), "SSH from the operator"));
-    }
-    let group = |t: Tier| groups.get(&t).map(|id| Source::Group(id.clone()));
-    if spec.jumps_through_frontend() && !tier.is_public() {
-        if let Some(front) = group(Tier::Frontend) {
-            rules.insert((Rule::tcp(spec.ssh.port, front), "SSH through the frontend host"));
-        }
-    }
-    match tier {
-        Tier::Frontend => {
-            for cidr in &spec.network.web_ingress_cidrs {
-                rules.insert((Rule::tcp(spec.app.ports.vote, Source::Cidr(cidr.clone())), "vote page"));
-                rules.insert((Rule::tcp(spec.app.ports.result, Source::Cidr(cidr.clone())), "result page"));
-            }
-        }
-        Tier::Backend => {
-            for from in [Tier::Frontend, Tier::Backend].into_iter().filter_map(group) {
-                rules.insert((Rule::tcp(REDIS_PORT, from), "redis for vote and worker"));
-            }
-        }
-        Tier::Database => {
-            for from in [Tier::Backend, Tier::Frontend].into_iter().filter_map(group) {
-                rules.insert((Rule::tcp(POSTGRES_PORT, from), "postgres for worker and result"));
-            }
-        }
-    }
-    rules
-}
-
-/// `type base64` of an OpenSSH public key, without its comment.
-fn key_identity(openssh: &str) -> String {
-    openssh.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
 impl Ec2Cloud {
@@ -356,30 +331,26 @@ impl Ec2Cloud {
         Ok(inv)
     }
 
-    /// Creates whatever part of the network is missing and repairs what is
-    /// mis-wired, adopting every resource found by tag.
-    pub(super) async fn ensure(
+    /// Carries out one network step, filling the ids it creates into `ids`.
+    pub(super) async fn apply_step(
         &self,
         stack: &StackIdentity,
-        spec: &VotingStackSpec,
-        public_key: &str,
-        known: Option<&NetworkStatus>,
-    ) -> Result<NetworkStatus, CloudError> {
-        let inv = self.inventory(stack, known).await?;
-        let chosen = inv.choose(stack, known);
-        let name = stack.resource_name();
+        step: &NetworkStep,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
         let c = &self.client;
+        let name = stack.resource_name();
         let created = |what: &str, id: &str| info!(stack = %stack.tag_value(), "created {what} {id}");
-
-        // VPC, with DNS support and host names on.
-        let vpc_id = match chosen.vpc.and_then(|v| v.vpc_id()) {
-            Some(id) => id.to_owned(),
-            None => {
+        let need = |id: &Option<String>, operation: &'static str, missing: &'static str| {
+            id.clone().ok_or(CloudError::Incomplete { operation, missing })
+        };
+        match step {
+            NetworkStep::CreateVpc { cidr } => {
                 let out = self
                     .call(
                         "CreateVpc",
                         c.create_vpc()
-                            .cidr_block(&spec.network.vpc_cidr)
+                            .cidr_block(cidr)
                             .tag_specifications(tag_spec(ResourceType::Vpc, stack, &name, None))
                             .send(),
                     )
@@ -389,31 +360,31 @@ impl Ec2Cloud {
                     .and_then(|v| v.vpc_id)
                     .ok_or(CloudError::Incomplete { operation: "CreateVpc", missing: "VpcId" })?;
                 created("VPC", &id);
-                id
+                ids.vpc_id = Some(id);
             }
-        };
-        if let Some(v) = chosen.vpc.and_then(|v| v.cidr_block()) {
-            if v != spec.network.vpc_cidr {
-                warn!(stack = %stack.tag_value(), "adopted VPC {vpc_id} has CIDR {v}, not {}", spec.network.vpc_cidr);
+            NetworkStep::EnableVpcDns => {
+                let vpc_id = need(&ids.vpc_id, "ModifyVpcAttribute", "VPC id")?;
+                let on = || AttributeBooleanValue::builder().value(true).build();
+                self.call(
+                    "ModifyVpcAttribute",
+                    c.modify_vpc_attribute().vpc_id(&vpc_id).enable_dns_support(on()).send(),
+                )
+                .await?;
+                self.call(
+                    "ModifyVpcAttribute",
+                    c.modify_vpc_attribute().vpc_id(&vpc_id).enable_dns_hostnames(on()).send(),
+                )
+                .await?;
             }
-        }
-        let on = || AttributeBooleanValue::builder().value(true).build();
-        self.call("ModifyVpcAttribute", c.modify_vpc_attribute().vpc_id(&vpc_id).enable_dns_support(on()).send())
-            .await?;
-        self.call("ModifyVpcAttribute", c.modify_vpc_attribute().vpc_id(&vpc_id).enable_dns_hostnames(on()).send())
-            .await?;
-
-        // Subnet.
-        let subnet_id = match chosen.subnet.and_then(|s| s.subnet_id()) {
-            Some(id) => id.to_owned(),
-            None => {
+            NetworkStep::CreateSubnet { cidr, availability_zone } => {
+                let vpc_id = need(&ids.vpc_id, "CreateSubnet", "VPC id")?;
                 let out = self
                     .call(
                         "CreateSubnet",
                         c.create_subnet()
                             .vpc_id(&vpc_id)
-                            .cidr_block(&spec.network.subnet_cidr)
-                            .set_availability_zone(spec.network.availability_zone.clone())
+                            .cidr_block(cidr)
+                            .set_availability_zone(availability_zone.clone())
                             .tag_specifications(tag_spec(ResourceType::Subnet, stack, &name, None))
                             .send(),
                     )
@@ -423,14 +394,9 @@ impl Ec2Cloud {
                     .and_then(|s| s.subnet_id)
                     .ok_or(CloudError::Incomplete { operation: "CreateSubnet", missing: "SubnetId" })?;
                 created("subnet", &id);
-                id
+                ids.subnet_id = Some(id);
             }
-        };
-
-        // Internet gateway, attached.
-        let gateway_id = match chosen.gateway.and_then(|g| g.internet_gateway_id()) {
-            Some(id) => id.to_owned(),
-            None => {
+            NetworkStep::CreateInternetGateway => {
                 let out = self
                     .call(
                         "CreateInternetGateway",
@@ -444,21 +410,19 @@ impl Ec2Cloud {
                     missing: "InternetGatewayId",
                 })?;
                 created("internet gateway", &id);
-                id
+                ids.internet_gateway_id = Some(id);
             }
-        };
-        if !chosen.gateway.is_some_and(|g| attached_to(g, &vpc_id)) {
-            self.call(
-                "AttachInternetGateway",
-                c.attach_internet_gateway().internet_gateway_id(&gateway_id).vpc_id(&vpc_id).send(),
-            )
-            .await?;
-        }
-
-        // Route table: default route to the gateway, associated with the subnet.
-        let route_table_id = match chosen.route_table.and_then(|r| r.route_table_id()) {
-            Some(id) => id.to_owned(),
-            None => {
+            NetworkStep::AttachInternetGateway => {
+                let vpc_id = need(&ids.vpc_id, "AttachInternetGateway", "VPC id")?;
+                let gw_id = need(&ids.internet_gateway_id, "AttachInternetGateway", "internet gateway id")?;
+                self.call(
+                    "AttachInternetGateway",
+                    c.attach_internet_gateway().internet_gateway_id(&gw_id).vpc_id(&vpc_id).send(),
+                )
+                .await?;
+            }
+            NetworkStep::CreateRouteTable => {
+                let vpc_id = need(&ids.vpc_id, "CreateRouteTable", "VPC id")?;
                 let out = self
                     .call(
                         "CreateRouteTable",
@@ -473,142 +437,106 @@ impl Ec2Cloud {
                     .and_then(|r| r.route_table_id)
                     .ok_or(CloudError::Incomplete { operation: "CreateRouteTable", missing: "RouteTableId" })?;
                 created("route table", &id);
-                id
+                ids.route_table_id = Some(id);
             }
-        };
-        let rt = chosen.route_table;
-        if !rt.is_some_and(|r| has_default_route_to(r, &gateway_id)) {
-            let has_other_default =
-                rt.is_some_and(|r| r.routes().iter().any(|r| r.destination_cidr_block() == Some(DEFAULT_ROUTE)));
-            if has_other_default {
-                // A stale default route (to a deleted gateway): replace it.
+            NetworkStep::RouteToGateway { replaces } => {
+                let rt_id = need(&ids.route_table_id, "CreateRoute", "route table id")?;
+                let gw_id = need(&ids.internet_gateway_id, "CreateRoute", "internet gateway id")?;
+                if let Some(old) = replaces {
+                    warn!(stack = %stack.tag_value(), "replacing the default route to {old}");
+                    self.call(
+                        "DeleteRoute",
+                        c.delete_route().route_table_id(&rt_id).destination_cidr_block(DEFAULT_ROUTE).send(),
+                    )
+                    .await?;
+                }
                 self.call(
-                    "DeleteRoute",
-                    c.delete_route().route_table_id(&route_table_id).destination_cidr_block(DEFAULT_ROUTE).send(),
+                    "CreateRoute",
+                    c.create_route()
+                        .route_table_id(&rt_id)
+                        .destination_cidr_block(DEFAULT_ROUTE)
+                        .gateway_id(&gw_id)
+                        .send(),
                 )
                 .await?;
             }
-            self.call(
-                "CreateRoute",
-                c.create_route()
-                    .route_table_id(&route_table_id)
-                    .destination_cidr_block(DEFAULT_ROUTE)
-                    .gateway_id(&gateway_id)
-                    .send(),
-            )
-            .await?;
+            NetworkStep::AssociateRouteTable => {
+                let rt_id = need(&ids.route_table_id, "AssociateRouteTable", "route table id")?;
+                let subnet_id = need(&ids.subnet_id, "AssociateRouteTable", "subnet id")?;
+                self.call(
+                    "AssociateRouteTable",
+                    c.associate_route_table().route_table_id(&rt_id).subnet_id(&subnet_id).send(),
+                )
+                .await?;
+            }
+            NetworkStep::CreateSecurityGroup { tier } => {
+                let vpc_id = need(&ids.vpc_id, "CreateSecurityGroup", "VPC id")?;
+                let group_name = format!("{name}-{tier}");
+                let out = self
+                    .call(
+                        "CreateSecurityGroup",
+                        c.create_security_group()
+                            .group_name(&group_name)
+                            .description(group_description(stack, *tier))
+                            .vpc_id(&vpc_id)
+                            .tag_specifications(tag_spec(ResourceType::SecurityGroup, stack, &group_name, Some(*tier)))
+                            .send(),
+                    )
+                    .await?;
+                let id = out
+                    .group_id
+                    .ok_or(CloudError::Incomplete { operation: "CreateSecurityGroup", missing: "GroupId" })?;
+                created(&format!("{tier} security group"), &id);
+                ids.security_groups.insert(*tier, id);
+            }
+            NetworkStep::Authorize { tier, rule, description } => {
+                let operation = "AuthorizeSecurityGroupIngress";
+                let group_id = need(&ids.security_groups.get(tier).cloned(), operation, "security group of the tier")?;
+                let perm = permission(operation, rule, &ids.security_groups, Some(description))?;
+                self.call(
+                    operation,
+                    c.authorize_security_group_ingress().group_id(&group_id).ip_permissions(perm).send(),
+                )
+                .await?;
+            }
+            NetworkStep::Revoke { tier, rule } => {
+                let operation = "RevokeSecurityGroupIngress";
+                let group_id = need(&ids.security_groups.get(tier).cloned(), operation, "security group of the tier")?;
+                let perm = permission(operation, rule, &ids.security_groups, None)?;
+                info!(stack = %stack.tag_value(), %tier, "revoking an ingress rule the spec does not ask for: {rule} from {}", rule.source);
+                self.call(operation, c.revoke_security_group_ingress().group_id(&group_id).ip_permissions(perm).send())
+                    .await?;
+            }
+            NetworkStep::ImportKeyPair { key } => {
+                self.import_key_pair(stack, key).await?;
+                ids.key_pair_name = Some(key.name.clone());
+            }
+            NetworkStep::ReimportKeyPair { key } => {
+                warn!(stack = %stack.tag_value(), "key pair {} holds another public key; importing the current one", key.name);
+                self.call("DeleteKeyPair", c.delete_key_pair().key_name(&key.name).send()).await?;
+                self.import_key_pair(stack, key).await?;
+                ids.key_pair_name = Some(key.name.clone());
+            }
         }
-        if !rt.is_some_and(|r| is_associated_with(r, &subnet_id)) {
-            self.call(
-                "AssociateRouteTable",
-                c.associate_route_table().route_table_id(&route_table_id).subnet_id(&subnet_id).send(),
-            )
-            .await?;
-        }
-
-        // Security groups: first all three exist, then their rules (which
-        // refer to each other).
-        let mut group_ids = BTreeMap::new();
-        for tier in Tier::ALL {
-            let id = match chosen.groups.get(&tier).and_then(|g| g.group_id()) {
-                Some(id) => id.to_owned(),
-                None => {
-                    let group_name = format!("{name}-{tier}");
-                    let out = self
-                        .call(
-                            "CreateSecurityGroup",
-                            c.create_security_group()
-                                .group_name(&group_name)
-                                .description(group_description(stack, tier))
-                                .vpc_id(&vpc_id)
-                                .tag_specifications(tag_spec(
-                                    ResourceType::SecurityGroup,
-                                    stack,
-                                    &group_name,
-                                    Some(tier),
-                                ))
-                                .send(),
-                        )
-                        .await?;
-                    let id = out
-                        .group_id
-                        .ok_or(CloudError::Incomplete { operation: "CreateSecurityGroup", missing: "GroupId" })?;
-                    created(&format!("{tier} security group"), &id);
-                    id
-                }
-            };
-            group_ids.insert(tier, id);
-        }
-        for tier in Tier::ALL {
-            let Some(group_id) = group_ids.get(&tier) else { continue };
-            let existing = chosen.groups.get(&tier).map(|g| existing_rules(g)).unwrap_or_default();
-            self.sync_rules(group_id, &existing, &desired_rules(spec, tier, &group_ids)).await?;
-        }
-
-        // Key pair.
-        let key_name = name.clone();
-        let stale = chosen
-            .key_pair
-            .and_then(|k| k.public_key())
-            .is_some_and(|present| key_identity(present) != key_identity(public_key));
-        if stale {
-            warn!(stack = %stack.tag_value(), "key pair {key_name} holds another public key; importing the current one");
-            self.call("DeleteKeyPair", c.delete_key_pair().key_name(&key_name).send()).await?;
-        }
-        if chosen.key_pair.is_none() || stale {
-            self.call(
-                "ImportKeyPair",
-                c.import_key_pair()
-                    .key_name(&key_name)
-                    .public_key_material(Blob::new(public_key.trim().as_bytes()))
-                    .tag_specifications(tag_spec(ResourceType::KeyPair, stack, &key_name, None))
-                    .send(),
-            )
-            .await?;
-            created("key pair", &key_name);
-        }
-
-        Ok(NetworkStatus {
-            vpc_id: Some(vpc_id),
-            subnet_id: Some(subnet_id),
-            internet_gateway_id: Some(gateway_id),
-            route_table_id: Some(route_table_id),
-            security_groups: group_ids,
-            key_pair_name: Some(key_name),
-        })
+        Ok(())
     }
 
-    /// Authorizes missing ingress rules and revokes those the spec no longer asks for.
-    async fn sync_rules(
-        &self,
-        group_id: &str,
-        existing: &BTreeSet<Rule>,
-        desired: &BTreeSet<(Rule, &'static str)>,
-    ) -> Result<(), CloudError> {
-        let wanted: BTreeSet<&Rule> = desired.iter().map(|(r, _)| r).collect();
-        let missing: Vec<IpPermission> =
-            desired.iter().filter(|(r, _)| !existing.contains(r)).map(|(r, why)| r.to_permission(Some(why))).collect();
-        let extra: Vec<IpPermission> =
-            existing.iter().filter(|r| !wanted.contains(r)).map(|r| r.to_permission(None)).collect();
-        if !extra.is_empty() {
-            info!(group_id, rules = extra.len(), "revoking ingress rules the spec does not ask for");
-            self.call(
-                "RevokeSecurityGroupIngress",
-                self.client.revoke_security_group_ingress().group_id(group_id).set_ip_permissions(Some(extra)).send(),
-            )
-            .await?;
-        }
-        if !missing.is_empty() {
-            self.call(
-                "AuthorizeSecurityGroupIngress",
-                self.client
-                    .authorize_security_group_ingress()
-                    .group_id(group_id)
-                    .set_ip_permissions(Some(missing))
-                    .send(),
-            )
-            .await?;
-        }
+    async fn import_key_pair(&self, stack: &StackIdentity, key: &DesiredKeyPair) -> Result<(), CloudError> {
+        let public_key = key
+            .public_key
+            .as_deref()
+            .ok_or(CloudError::Incomplete { operation: "ImportKeyPair", missing: "public key to import" })?;
+        self.call(
+            "ImportKeyPair",
+            self.client
+                .import_key_pair()
+                .key_name(&key.name)
+                .public_key_material(Blob::new(public_key.trim().as_bytes()))
+                .tag_specifications(tag_spec(ResourceType::KeyPair, stack, &key.name, None))
+                .send(),
+        )
+        .await?;
+        info!(stack = %stack.tag_value(), "imported key pair {}", key.name);
         Ok(())
     }
 }
@@ -625,7 +553,6 @@ fn group_description(stack: &StackIdentity, tier: Tier) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures;
 
     fn groups() -> BTreeMap<Tier, String> {
         [(Tier::Frontend, "sg-f"), (Tier::Backend, "sg-b"), (Tier::Database, "sg-d")]
@@ -634,51 +561,37 @@ mod tests {
             .collect()
     }
 
-    fn rules(tier: Tier) -> Vec<Rule> {
-        desired_rules(&fixtures::spec(), tier, &groups()).into_iter().map(|(r, _)| r).collect()
+    #[test]
+    fn rules_naming_the_stack_groups_round_trip_through_their_tier() {
+        let rule = Rule::tcp(6379, Source::TierGroup(Tier::Frontend));
+        let perm = permission("AuthorizeSecurityGroupIngress", &rule, &groups(), Some("redis")).unwrap();
+        assert_eq!(perm.user_id_group_pairs()[0].group_id(), Some("sg-f"));
+        let foreign = IpPermission::builder()
+            .ip_protocol("tcp")
+            .from_port(22)
+            .to_port(22)
+            .user_id_group_pairs(UserIdGroupPair::builder().group_id("sg-other").build())
+            .build();
+        let group = SecurityGroup::builder().ip_permissions(perm).ip_permissions(foreign).build();
+        let rules = existing_rules(&group, &groups());
+        assert!(rules.contains(&rule));
+        assert!(rules.contains(&Rule::tcp(22, Source::Group("sg-other".into()))));
+        assert!(permission("X", &Rule::tcp(1, Source::TierGroup(Tier::Backend)), &BTreeMap::new(), None).is_err());
     }
 
     #[test]
-    fn redis_and_postgres_are_open_only_to_the_stack_groups() {
-        let backend = rules(Tier::Backend);
-        let redis: Vec<&Source> = backend.iter().filter(|r| r.from == 6379).map(|r| &r.source).collect();
-        assert_eq!(redis, [&Source::Group("sg-b".into()), &Source::Group("sg-f".into())]);
-        let database = rules(Tier::Database);
-        let pg: Vec<&Source> = database.iter().filter(|r| r.from == 5432).map(|r| &r.source).collect();
-        assert_eq!(pg, [&Source::Group("sg-b".into()), &Source::Group("sg-f".into())]);
-        for r in backend.iter().chain(&database).chain(&rules(Tier::Frontend)) {
-            if matches!(r.source, Source::Cidr(_)) {
-                assert!(r.from != 6379 && r.from != 5432, "{r:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn frontend_opens_the_web_ports_to_the_web_cidrs_and_ssh_to_the_ssh_cidrs() {
-        let front = rules(Tier::Frontend);
-        assert_eq!(
-            front,
-            vec![
-                Rule::tcp(22, Source::Cidr("203.0.113.0/24".into())),
-                Rule::tcp(80, Source::Cidr("0.0.0.0/0".into())),
-                Rule::tcp(81, Source::Cidr("0.0.0.0/0".into())),
-            ]
-        );
-    }
-
-    #[test]
-    fn private_tiers_take_ssh_from_the_frontend_group_when_the_operator_jumps() {
-        let ssh_from_front =
-            |rules: &[Rule]| rules.iter().any(|r| r.from == 22 && r.source == Source::Group("sg-f".into()));
-        // The fixture connects via public IPs, so it jumps through the frontend.
-        assert!(ssh_from_front(&rules(Tier::Backend)));
-        assert!(ssh_from_front(&rules(Tier::Database)));
-        assert!(!ssh_from_front(&rules(Tier::Frontend)));
-    }
-
-    #[test]
-    fn key_identity_ignores_the_comment() {
-        assert_eq!(key_identity("ssh-ed25519 AAAA demo@x\n"), key_identity("ssh-ed25519 AAAA"));
-        assert_ne!(key_identity("ssh-ed25519 AAAA"), key_identity("ssh-ed25519 BBBB"));
+    fn a_blackhole_default_route_is_told_from_a_live_one() {
+        let route = |gw: &str, state| {
+            aws_sdk_ec2::types::Route::builder()
+                .destination_cidr_block(DEFAULT_ROUTE)
+                .gateway_id(gw)
+                .state(state)
+                .build()
+        };
+        let rt = RouteTable::builder().routes(route("igw-1", RouteState::Active)).build();
+        assert_eq!(default_route_target(&rt).as_deref(), Some("igw-1"));
+        let rt = RouteTable::builder().routes(route("igw-1", RouteState::Blackhole)).build();
+        assert_eq!(default_route_target(&rt).as_deref(), Some("blackhole"));
+        assert_eq!(default_route_target(&RouteTable::builder().build()), None);
     }
 }

@@ -1,170 +1,185 @@
-//! Deleting a stack: instances first, then the network from the leaves up,
-//! in the order AWS requires. Whatever is already gone is skipped, so a
-//! half-deleted or absent stack tears down cleanly.
+//! Deleting a stack: what is there to delete (found by tag and by the ids
+//! in status), and the executor of the teardown steps the engine orders.
+//! Whatever is already gone is skipped, so a half-deleted or absent stack
+//! tears down cleanly.
 
 use std::future::Future;
 use std::time::Instant;
 
-use aws_sdk_ec2::types::IpPermission;
-use tracing::info;
+use std::collections::BTreeMap;
+
+use tracing::{debug, info};
 
 use crate::api::NetworkStatus;
 use crate::cloud::{CloudError, DestroyReport, StackIdentity};
+use crate::model::network::FoundRouteTable;
+use crate::model::{Source, TeardownInventory, TeardownStep};
 
 use super::instances::PRESENT_STATES;
-use super::network::{existing_rules, Inventory, Source};
+use super::network::{existing_rules, permission, Inventory};
 use super::{filter, is_dependency, is_not_found, stack_filter, Ec2Cloud};
 
 impl Ec2Cloud {
-    pub(super) async fn teardown(
+    /// What a teardown has to delete: the stack's instances and network.
+    pub(super) async fn teardown_inventory(
         &self,
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
+    ) -> Result<TeardownInventory, CloudError> {
+        let instances =
+            self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", PRESENT_STATES)]).await?;
+        let inv = self.full_inventory(stack, known).await?;
+        let no_tiers = BTreeMap::new();
+        let owned = |ids: Vec<Option<&str>>| ids.into_iter().flatten().map(str::to_owned).collect::<Vec<_>>();
+        Ok(TeardownInventory {
+            instances: owned(instances.iter().map(|i| i.instance_id()).collect()),
+            groups: inv
+                .groups
+                .iter()
+                .filter_map(|g| {
+                    let referring = existing_rules(g, &no_tiers)
+                        .into_iter()
+                        .filter(|r| matches!(r.source, Source::Group(_)))
+                        .collect();
+                    Some((g.group_id()?.to_owned(), referring))
+                })
+                .collect(),
+            route_tables: inv
+                .route_tables
+                .iter()
+                .filter_map(|rt| {
+                    Some(FoundRouteTable {
+                        id: rt.route_table_id()?.to_owned(),
+                        main: rt.associations().iter().any(|a| a.main() == Some(true)),
+                        association_ids: owned(
+                            rt.associations().iter().map(|a| a.route_table_association_id()).collect(),
+                        ),
+                    })
+                })
+                .collect(),
+            gateways: inv
+                .gateways
+                .iter()
+                .filter_map(|g| {
+                    Some((
+                        g.internet_gateway_id()?.to_owned(),
+                        owned(g.attachments().iter().map(|a| a.vpc_id()).collect()),
+                    ))
+                })
+                .collect(),
+            subnets: owned(inv.subnets.iter().map(|s| s.subnet_id()).collect()),
+            vpcs: owned(inv.vpcs.iter().map(|v| v.vpc_id()).collect()),
+            key_pairs: owned(inv.key_pairs.iter().map(|k| k.key_name()).collect()),
+        })
+    }
+
+    /// Carries out teardown steps in order. A deletion of something already
+    /// gone is skipped; one that AWS refuses while a dependency lets go is
+    /// retried. The report lists what was deleted.
+    pub(super) async fn teardown(
+        &self,
+        stack: &StackIdentity,
+        steps: &[TeardownStep],
     ) -> Result<DestroyReport, CloudError> {
         let mut report = DestroyReport::default();
         let c = &self.client;
-
-        // 1. Instances: terminate and wait, so nothing holds the network.
-        let instances =
-            self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", PRESENT_STATES)]).await?;
-        let ids: Vec<String> = instances.iter().filter_map(|i| i.instance_id().map(str::to_owned)).collect();
-        if !ids.is_empty() {
-            self.call("TerminateInstances", c.terminate_instances().set_instance_ids(Some(ids.clone())).send()).await?;
-            info!(stack = %stack.tag_value(), ?ids, "terminating instances");
-            self.wait_terminated(&ids).await?;
-            report.deleted.extend(ids);
-        }
-
-        let inv = self.full_inventory(stack, known).await?;
-
-        // 2. Rules that refer to another group: a group cannot be deleted
-        //    while another group's rule names it.
-        for group in &inv.groups {
-            let Some(group_id) = group.group_id() else { continue };
-            let referring: Vec<IpPermission> = existing_rules(group)
-                .into_iter()
-                .filter(|r| matches!(r.source, Source::Group(_)))
-                .map(|r| r.to_permission(None))
-                .collect();
-            if referring.is_empty() {
-                continue;
-            }
-            let perms = referring.clone();
-            self.settle(move || {
-                let perms = perms.clone();
-                async move {
-                    self.call(
-                        "RevokeSecurityGroupIngress",
-                        c.revoke_security_group_ingress().group_id(group_id).set_ip_permissions(Some(perms)).send(),
-                    )
-                    .await
-                    .map(drop)
+        for step in steps {
+            debug!(stack = %stack.tag_value(), "{step}");
+            let deleted = match step {
+                TeardownStep::TerminateInstances { ids } => {
+                    self.call("TerminateInstances", c.terminate_instances().set_instance_ids(Some(ids.clone())).send())
+                        .await?;
+                    info!(stack = %stack.tag_value(), ?ids, "terminating instances");
+                    self.wait_terminated(ids).await?;
+                    report.deleted.extend(ids.iter().cloned());
+                    None
                 }
-            })
-            .await?;
-        }
-
-        // 3. Security groups.
-        for group_id in inv.groups.iter().filter_map(|g| g.group_id()) {
-            let deleted = self
-                .settle(move || async move {
-                    self.call("DeleteSecurityGroup", c.delete_security_group().group_id(group_id).send())
+                TeardownStep::RevokeGroupReferences { group_id, rules } => {
+                    let operation = "RevokeSecurityGroupIngress";
+                    let perms = rules
+                        .iter()
+                        .map(|r| permission(operation, r, &BTreeMap::new(), None))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.settle(|| {
+                        let perms = perms.clone();
+                        async move {
+                            self.call(
+                                operation,
+                                c.revoke_security_group_ingress()
+                                    .group_id(group_id)
+                                    .set_ip_permissions(Some(perms))
+                                    .send(),
+                            )
+                            .await
+                            .map(drop)
+                        }
+                    })
+                    .await?;
+                    None
+                }
+                TeardownStep::DeleteSecurityGroup { id } => self
+                    .settle(|| async {
+                        self.call("DeleteSecurityGroup", c.delete_security_group().group_id(id).send()).await.map(drop)
+                    })
+                    .await?
+                    .then_some(id),
+                TeardownStep::DisassociateRouteTable { association_id } => {
+                    self.settle(|| async {
+                        self.call(
+                            "DisassociateRouteTable",
+                            c.disassociate_route_table().association_id(association_id).send(),
+                        )
                         .await
                         .map(drop)
-                })
-                .await?;
-            if deleted {
-                report.deleted.push(group_id.to_owned());
-            }
-        }
-
-        // 4. Route tables: disassociate from the subnets, then delete.
-        for rt in &inv.route_tables {
-            let Some(rt_id) = rt.route_table_id() else { continue };
-            if rt.associations().iter().any(|a| a.main() == Some(true)) {
-                // The VPC's main table goes with the VPC.
-                continue;
-            }
-            for assoc in rt.associations().iter().filter_map(|a| a.route_table_association_id()) {
-                self.settle(move || async move {
-                    self.call("DisassociateRouteTable", c.disassociate_route_table().association_id(assoc).send())
+                    })
+                    .await?;
+                    None
+                }
+                TeardownStep::DeleteRouteTable { id } => self
+                    .settle(|| async {
+                        self.call("DeleteRouteTable", c.delete_route_table().route_table_id(id).send()).await.map(drop)
+                    })
+                    .await?
+                    .then_some(id),
+                TeardownStep::DetachInternetGateway { id, vpc_id } => {
+                    self.settle(|| async {
+                        self.call(
+                            "DetachInternetGateway",
+                            c.detach_internet_gateway().internet_gateway_id(id).vpc_id(vpc_id).send(),
+                        )
                         .await
                         .map(drop)
-                })
-                .await?;
-            }
-            let deleted = self
-                .settle(move || async move {
-                    self.call("DeleteRouteTable", c.delete_route_table().route_table_id(rt_id).send()).await.map(drop)
-                })
-                .await?;
-            if deleted {
-                report.deleted.push(rt_id.to_owned());
-            }
+                    })
+                    .await?;
+                    None
+                }
+                TeardownStep::DeleteInternetGateway { id } => self
+                    .settle(|| async {
+                        self.call("DeleteInternetGateway", c.delete_internet_gateway().internet_gateway_id(id).send())
+                            .await
+                            .map(drop)
+                    })
+                    .await?
+                    .then_some(id),
+                TeardownStep::DeleteSubnet { id } => self
+                    .settle(|| async {
+                        self.call("DeleteSubnet", c.delete_subnet().subnet_id(id).send()).await.map(drop)
+                    })
+                    .await?
+                    .then_some(id),
+                TeardownStep::DeleteVpc { id } => self
+                    .settle(|| async { self.call("DeleteVpc", c.delete_vpc().vpc_id(id).send()).await.map(drop) })
+                    .await?
+                    .then_some(id),
+                TeardownStep::DeleteKeyPair { name } => self
+                    .settle(|| async {
+                        self.call("DeleteKeyPair", c.delete_key_pair().key_name(name).send()).await.map(drop)
+                    })
+                    .await?
+                    .then_some(name),
+            };
+            report.deleted.extend(deleted.cloned());
         }
-
-        // 5. Internet gateways: detach, then delete.
-        for gw in &inv.gateways {
-            let Some(gw_id) = gw.internet_gateway_id() else { continue };
-            for vpc_id in gw.attachments().iter().filter_map(|a| a.vpc_id()) {
-                self.settle(move || async move {
-                    self.call(
-                        "DetachInternetGateway",
-                        c.detach_internet_gateway().internet_gateway_id(gw_id).vpc_id(vpc_id).send(),
-                    )
-                    .await
-                    .map(drop)
-                })
-                .await?;
-            }
-            let deleted = self
-                .settle(move || async move {
-                    self.call("DeleteInternetGateway", c.delete_internet_gateway().internet_gateway_id(gw_id).send())
-                        .await
-                        .map(drop)
-                })
-                .await?;
-            if deleted {
-                report.deleted.push(gw_id.to_owned());
-            }
-        }
-
-        // 6. Subnets.
-        for subnet_id in inv.subnets.iter().filter_map(|s| s.subnet_id()) {
-            let deleted = self
-                .settle(move || async move {
-                    self.call("DeleteSubnet", c.delete_subnet().subnet_id(subnet_id).send()).await.map(drop)
-                })
-                .await?;
-            if deleted {
-                report.deleted.push(subnet_id.to_owned());
-            }
-        }
-
-        // 7. VPCs (their main route table, default group and ACL go with them).
-        for vpc_id in inv.vpcs.iter().filter_map(|v| v.vpc_id()) {
-            let deleted = self
-                .settle(
-                    move || async move { self.call("DeleteVpc", c.delete_vpc().vpc_id(vpc_id).send()).await.map(drop) },
-                )
-                .await?;
-            if deleted {
-                report.deleted.push(vpc_id.to_owned());
-            }
-        }
-
-        // 8. The key pair.
-        for key_name in inv.key_pairs.iter().filter_map(|k| k.key_name()) {
-            let deleted = self
-                .settle(move || async move {
-                    self.call("DeleteKeyPair", c.delete_key_pair().key_name(key_name).send()).await.map(drop)
-                })
-                .await?;
-            if deleted {
-                report.deleted.push(key_name.to_owned());
-            }
-        }
-
         info!(stack = %stack.tag_value(), deleted = ?report.deleted, "stack torn down");
         Ok(report)
     }

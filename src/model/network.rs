@@ -1,0 +1,377 @@
+//! The stack's network as the engine sees it: what an inventory found
+//! ([`ObservedNetwork`]), the steps that bring it in line with the spec
+//! ([`NetworkStep`]), and the steps that delete it ([`TeardownStep`]).
+//!
+//! Security group rules name the stack's own groups by tier
+//! ([`Source::TierGroup`]), so steps can be planned before the groups exist;
+//! the executor resolves a tier to its group id.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::api::{NetworkStatus, Tier};
+
+/// Destination of the route to the internet.
+pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
+
+/// Where a security group rule lets traffic come from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Source {
+    Cidr(String),
+    Cidr6(String),
+    /// The security group of one of the stack's tiers.
+    TierGroup(Tier),
+    /// Any other security group, by id.
+    Group(String),
+    PrefixList(String),
+}
+
+/// One ingress rule, flattened to a single source.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rule {
+    /// `tcp`, `udp`, `icmp`, or `-1` for all traffic.
+    pub protocol: String,
+    pub from: i32,
+    pub to: i32,
+    pub source: Source,
+}
+
+impl Rule {
+    pub fn tcp(port: u16, source: Source) -> Rule {
+        Rule { protocol: "tcp".into(), from: i32::from(port), to: i32::from(port), source }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Cidr(c) | Source::Cidr6(c) => f.write_str(c),
+            Source::TierGroup(t) => write!(f, "the {t} group"),
+            Source::Group(id) => write!(f, "group {id}"),
+            Source::PrefixList(id) => write!(f, "prefix list {id}"),
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    /// `tcp/5432`, `tcp/8000-8080`, or `all traffic`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.protocol == "-1" {
+            return f.write_str("all traffic");
+        }
+        if self.from == self.to {
+            write!(f, "{}/{}", self.protocol, self.from)
+        } else {
+            write!(f, "{}/{}-{}", self.protocol, self.from, self.to)
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedVpc {
+    pub id: String,
+    pub cidr: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedSubnet {
+    pub id: String,
+    pub cidr: String,
+    pub availability_zone: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedGateway {
+    pub id: String,
+    /// Attached to the stack's VPC.
+    pub attached: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedRouteTable {
+    pub id: String,
+    /// Target of the `0.0.0.0/0` route: a gateway id, or `blackhole` when
+    /// its target is gone; None without such a route.
+    pub default_route: Option<String>,
+    /// Associated with the stack's subnet.
+    pub associated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedGroup {
+    pub id: String,
+    pub rules: BTreeSet<Rule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedKeyPair {
+    pub name: String,
+    /// `type base64` of the public key EC2 holds, when it told.
+    pub identity: Option<String>,
+}
+
+/// The one resource of each kind the stack uses, as an inventory by tag
+/// found it. A missing part is None; children of a missing VPC are missing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ObservedNetwork {
+    pub vpc: Option<ObservedVpc>,
+    pub subnet: Option<ObservedSubnet>,
+    pub gateway: Option<ObservedGateway>,
+    pub route_table: Option<ObservedRouteTable>,
+    pub groups: BTreeMap<Tier, ObservedGroup>,
+    pub key_pair: Option<ObservedKeyPair>,
+}
+
+impl ObservedNetwork {
+    /// The ids of whatever exists.
+    pub fn ids(&self) -> NetworkStatus {
+        NetworkStatus {
+            vpc_id: self.vpc.as_ref().map(|v| v.id.clone()),
+            subnet_id: self.subnet.as_ref().map(|s| s.id.clone()),
+            internet_gateway_id: self.gateway.as_ref().map(|g| g.id.clone()),
+            route_table_id: self.route_table.as_ref().map(|r| r.id.clone()),
+            security_groups: self.groups.iter().map(|(t, g)| (*t, g.id.clone())).collect(),
+            key_pair_name: self.key_pair.as_ref().map(|k| k.name.clone()),
+        }
+    }
+
+    /// The ids when every part exists and is wired up (gateway attached,
+    /// default route to it, subnet associated); None otherwise.
+    pub fn complete_ids(&self) -> Option<NetworkStatus> {
+        let gw = self.gateway.as_ref()?;
+        let rt = self.route_table.as_ref()?;
+        let wired = gw.attached && rt.default_route.as_deref() == Some(gw.id.as_str()) && rt.associated;
+        let complete = wired
+            && self.vpc.is_some()
+            && self.subnet.is_some()
+            && self.key_pair.is_some()
+            && Tier::ALL.iter().all(|t| self.groups.contains_key(t));
+        complete.then(|| self.ids())
+    }
+}
+
+/// What observation says of the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkObservation {
+    /// The ids recorded in status, trusted without a look-up: every tier has
+    /// a live instance in the recorded subnet.
+    Trusted(NetworkStatus),
+    /// Everything found by tag.
+    Inventory(ObservedNetwork),
+}
+
+impl Default for NetworkObservation {
+    /// Nothing found.
+    fn default() -> Self {
+        NetworkObservation::Inventory(ObservedNetwork::default())
+    }
+}
+
+impl NetworkObservation {
+    /// The ids when the network is complete.
+    pub fn complete_ids(&self) -> Option<NetworkStatus> {
+        match self {
+            NetworkObservation::Trusted(ids) => Some(ids.clone()),
+            NetworkObservation::Inventory(found) => found.complete_ids(),
+        }
+    }
+}
+
+/// The key pair the stack's instances get.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredKeyPair {
+    /// `votingstack-<namespace>-<name>`.
+    pub name: String,
+    /// The public key in OpenSSH format; None when the planner has no key
+    /// (a plan without the SSH key): a present key pair is then left alone.
+    pub public_key: Option<String>,
+}
+
+/// `type base64` of an OpenSSH public key, without its comment.
+pub fn key_identity(openssh: &str) -> String {
+    openssh.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// One EC2 change to the network. The executor fills the ids it creates
+/// into the stack's [`NetworkStatus`] and reads the ids a step needs from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetworkStep {
+    CreateVpc {
+        cidr: String,
+    },
+    /// DNS support and host names on (after creating the VPC).
+    EnableVpcDns,
+    CreateSubnet {
+        cidr: String,
+        availability_zone: Option<String>,
+    },
+    CreateInternetGateway,
+    AttachInternetGateway,
+    CreateRouteTable,
+    /// Default route to the gateway; `replaces` names the target of a stale
+    /// default route that is deleted first.
+    RouteToGateway {
+        replaces: Option<String>,
+    },
+    AssociateRouteTable,
+    CreateSecurityGroup {
+        tier: Tier,
+    },
+    Authorize {
+        tier: Tier,
+        rule: Rule,
+        description: &'static str,
+    },
+    Revoke {
+        tier: Tier,
+        rule: Rule,
+    },
+    ImportKeyPair {
+        key: DesiredKeyPair,
+    },
+    /// Deletes the key pair holding another public key and imports the current one.
+    ReimportKeyPair {
+        key: DesiredKeyPair,
+    },
+}
+
+impl fmt::Display for NetworkStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetworkStep::CreateVpc { cidr } => write!(f, "+ create VPC {cidr}"),
+            NetworkStep::EnableVpcDns => f.write_str("~ enable DNS support and host names in the VPC"),
+            NetworkStep::CreateSubnet { cidr, availability_zone } => match availability_zone {
+                Some(az) => write!(f, "+ create subnet {cidr} in {az}"),
+                None => write!(f, "+ create subnet {cidr}"),
+            },
+            NetworkStep::CreateInternetGateway => f.write_str("+ create internet gateway"),
+            NetworkStep::AttachInternetGateway => f.write_str("~ attach internet gateway to the VPC"),
+            NetworkStep::CreateRouteTable => f.write_str("+ create route table"),
+            NetworkStep::RouteToGateway { replaces: None } => {
+                write!(f, "+ route {DEFAULT_ROUTE} to the internet gateway")
+            }
+            NetworkStep::RouteToGateway { replaces: Some(old) } => {
+                write!(f, "± route {DEFAULT_ROUTE} to the internet gateway (replacing the route to {old})")
+            }
+            NetworkStep::AssociateRouteTable => f.write_str("~ associate route table with the subnet"),
+            NetworkStep::CreateSecurityGroup { tier } => write!(f, "+ create {tier} security group"),
+            NetworkStep::Authorize { tier, rule, .. } => write!(f, "+ allow {rule} into {tier} from {}", rule.source),
+            NetworkStep::Revoke { tier, rule } => write!(f, "- revoke {rule} into {tier} from {}", rule.source),
+            NetworkStep::ImportKeyPair { key } => write!(f, "+ import key pair {}", key.name),
+            NetworkStep::ReimportKeyPair { key } => {
+                write!(f, "~ re-import key pair {} (it holds another public key)", key.name)
+            }
+        }
+    }
+}
+
+/// What a teardown found: every resource with the stack's tag, plus those
+/// status names that lost their tag.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TeardownInventory {
+    /// Instances not yet terminated.
+    pub instances: Vec<String>,
+    /// Security groups with their rules that name another group.
+    pub groups: Vec<(String, Vec<Rule>)>,
+    pub route_tables: Vec<FoundRouteTable>,
+    /// Gateways with the VPCs they are attached to.
+    pub gateways: Vec<(String, Vec<String>)>,
+    pub subnets: Vec<String>,
+    pub vpcs: Vec<String>,
+    pub key_pairs: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundRouteTable {
+    pub id: String,
+    /// The VPC's main table (it goes with the VPC).
+    pub main: bool,
+    pub association_ids: Vec<String>,
+}
+
+/// One step of deleting a stack. Deletions skip what is already gone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TeardownStep {
+    /// Terminates the instances and waits until they are gone.
+    TerminateInstances {
+        ids: Vec<String>,
+    },
+    /// Revokes rules that name another group: a group cannot be deleted
+    /// while another group's rule names it. `rules` hold group ids as
+    /// [`Source::Group`].
+    RevokeGroupReferences {
+        group_id: String,
+        rules: Vec<Rule>,
+    },
+    DeleteSecurityGroup {
+        id: String,
+    },
+    DisassociateRouteTable {
+        association_id: String,
+    },
+    DeleteRouteTable {
+        id: String,
+    },
+    DetachInternetGateway {
+        id: String,
+        vpc_id: String,
+    },
+    DeleteInternetGateway {
+        id: String,
+    },
+    DeleteSubnet {
+        id: String,
+    },
+    DeleteVpc {
+        id: String,
+    },
+    DeleteKeyPair {
+        name: String,
+    },
+}
+
+impl fmt::Display for TeardownStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TeardownStep::TerminateInstances { ids } => write!(f, "- terminate instances {}", ids.join(", ")),
+            TeardownStep::RevokeGroupReferences { group_id, rules } => {
+                write!(f, "- revoke {} rules of {group_id} that name another group", rules.len())
+            }
+            TeardownStep::DeleteSecurityGroup { id } => write!(f, "- delete security group {id}"),
+            TeardownStep::DisassociateRouteTable { association_id } => {
+                write!(f, "- disassociate route table ({association_id})")
+            }
+            TeardownStep::DeleteRouteTable { id } => write!(f, "- delete route table {id}"),
+            TeardownStep::DetachInternetGateway { id, vpc_id } => {
+                write!(f, "- detach internet gateway {id} from {vpc_id}")
+            }
+            TeardownStep::DeleteInternetGateway { id } => write!(f, "- delete internet gateway {id}"),
+            TeardownStep::DeleteSubnet { id } => write!(f, "- delete subnet {id}"),
+            TeardownStep::DeleteVpc { id } => write!(f, "- delete VPC {id}"),
+            TeardownStep::DeleteKeyPair { name } => write!(f, "- delete key pair {name}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_identity_ignores_the_comment() {
+        assert_eq!(key_identity("ssh-ed25519 AAAA demo@x\n"), key_identity("ssh-ed25519 AAAA"));
+        assert_ne!(key_identity("ssh-ed25519 AAAA"), key_identity("ssh-ed25519 BBBB"));
+    }
+
+    #[test]
+    fn plan_lines_name_the_rule_and_its_source() {
+        let rule = Rule::tcp(5432, Source::TierGroup(Tier::Backend));
+        let step = NetworkStep::Authorize { tier: Tier::Database, rule, description: "postgres" };
+        assert_eq!(step.to_string(), "+ allow tcp/5432 into database from the backend group");
+        let all = Rule { protocol: "-1".into(), from: -1, to: -1, source: Source::Group("sg-x".into()) };
+        let step = NetworkStep::Revoke { tier: Tier::Frontend, rule: all };
+        assert_eq!(step.to_string(), "- revoke all traffic into frontend from group sg-x");
+        let range = Rule { protocol: "udp".into(), from: 60000, to: 61000, source: Source::Cidr("0.0.0.0/0".into()) };
+        assert_eq!(range.to_string(), "udp/60000-61000");
+    }
+}
