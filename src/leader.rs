@@ -40,6 +40,53 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+/// The Lease calls, in the operator's own namespace: read, create when
+/// missing, and replace (update) to renew, take over or release.
+pub const LEASE_API_USES: &[crate::rbac::ApiUse] = &[
+    crate::rbac::ApiUse {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get"],
+        file: "src/leader.rs",
+        call: "self.store.get(",
+    },
+    crate::rbac::ApiUse {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["create"],
+        file: "src/leader.rs",
+        call: "self.store.create(",
+    },
+    crate::rbac::ApiUse {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["update"],
+        file: "src/leader.rs",
+        call: "self.store.replace(",
+    },
+    crate::rbac::ApiUse {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get"],
+        file: "src/leader.rs",
+        call: "self.get_opt(",
+    },
+    crate::rbac::ApiUse {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["create"],
+        file: "src/leader.rs",
+        call: "Api::create(",
+    },
+    crate::rbac::ApiUse {
+        group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["update"],
+        file: "src/leader.rs",
+        call: "Api::replace(",
+    },
+];
+
 /// What a Lease call can end in.
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
