@@ -445,20 +445,18 @@ where
     let outcome = {
         let campaign = elector.campaign(&leading_tx);
         tokio::pin!(campaign, shutdown, work);
-        let became_leader = loop {
+        loop {
             tokio::select! {
-                _ = &mut campaign => break false,
-                _ = &mut shutdown => break false,
+                // The campaign returns only once it led: it became leader and
+                // lost the Lease again before the work started.
+                _ = &mut campaign => return LeadOutcome::Lost,
+                _ = &mut shutdown => return LeadOutcome::ShutdownAsStandby,
                 changed = leading_rx.changed() => {
                     if changed.is_err() || *leading_rx.borrow_and_update() {
-                        break true;
+                        break;
                     }
                 }
             }
-        };
-        if !became_leader {
-            // The campaign only returns after leading, so this is shutdown.
-            return LeadOutcome::ShutdownAsStandby;
         }
         tokio::select! {
             _ = &mut campaign => LeadOutcome::Lost,
@@ -466,8 +464,12 @@ where
         }
     };
     if outcome == LeadOutcome::Finished {
-        if let Err(e) = elector.release().await {
-            warn!(error = %e, "could not release the lease; it expires on its own");
+        // Bounded as a whole too: a hung API must not hold up the exit.
+        let limit = elector.config.call_timeout * 2;
+        match tokio::time::timeout(limit, elector.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not release the lease; it expires on its own"),
+            Err(_) => warn!("releasing the lease timed out; it expires on its own"),
         }
     }
     outcome
@@ -771,6 +773,21 @@ mod tests {
         assert_eq!(store.holder(), None, "released");
         let mut b = elector(&store, "b");
         assert!(b.try_acquire_or_renew().await.unwrap(), "a released lease is free at once");
+    }
+
+    #[tokio::test]
+    async fn leader_release_is_bounded_when_the_api_hangs() {
+        let store = Memory::default();
+        let a = elector(&store, "a");
+        let hang = store.hang.clone();
+        let work = async move { hang.store(true, Ordering::SeqCst) };
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(Duration::from_secs(3), lead(a, std::future::pending(), work))
+            .await
+            .expect("lead returns although the API hangs");
+        assert_eq!(outcome, LeadOutcome::Finished);
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+        assert_eq!(store.holder().as_deref(), Some("a"), "not released: it expires on its own");
     }
 
     #[tokio::test]
