@@ -854,6 +854,14 @@ mod tests {
     }
 
     #[test]
+    fn leader_api_409_maps_to_conflict_and_others_stay_errors() {
+        let status = |code| kube::Error::Api(Box::new(kube::core::Status { code, ..Default::default() }));
+        assert!(matches!(conflict_or(status(409)), LeaseError::Conflict));
+        assert!(matches!(conflict_or(status(403)), LeaseError::Api(_)));
+        assert!(matches!(conflict_or(status(500)), LeaseError::Api(_)));
+    }
+
+    #[test]
     fn leader_identity_is_unique_per_process() {
         let a = unique_identity(Some("votingstack-operator-7d9f"));
         let b = unique_identity(Some("votingstack-operator-7d9f"));
