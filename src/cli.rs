@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -96,10 +96,13 @@ pub fn save_state(path: &Path, state: &State) -> Result<(), CliError> {
         .map_err(|e| CliError::State { path: path.into(), message: e.to_string() })?;
     // The state names instances and pinned host keys: readable by its owner only.
     let tmp = path.with_extension("json.tmp");
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(err)?;
+    // A fresh file (never one planted at that path), private from the start.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(err)?;
     file.write_all(text.as_bytes()).map_err(err)?;
-    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     drop(file);
     std::fs::rename(&tmp, path).map_err(err)
 }
@@ -324,6 +327,7 @@ mod tests {
         let state = State { uid: "u".into(), ..Default::default() };
         save_state(&path, &state).unwrap();
         save_state(&path, &state).unwrap();
+        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(load_state(&path).unwrap().map(|s| s.uid), Some("u".into()));

@@ -28,7 +28,7 @@ use crate::cloud::{AwsErrorKind, CloudError};
 use crate::engine::reconcile::{deleting_status, status_content};
 use crate::engine::{ErrorKind, Outcome, Teardown};
 use crate::host::events::DriftEvent;
-use crate::leader::{LeaderElector, LeaseConfig};
+use crate::leader::{LeadOutcome, LeaderElector, LeaseConfig};
 use crate::manifest::key_from_secret;
 use crate::metrics::Metrics;
 use crate::wiring::{DriftHub, Engines};
@@ -624,29 +624,18 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     }
     let elector = LeaderElector::new(
         Api::<Lease>::namespaced(client, &opts.lease_namespace),
-        LeaseConfig {
-            lease_name: FIELD_MANAGER.into(),
-            identity: opts.identity.clone(),
-            lease_duration: Duration::from_secs(15),
-            retry_period: Duration::from_secs(4),
-        },
+        LeaseConfig::new(FIELD_MANAGER, opts.identity.clone()),
     );
-    let (leading_tx, mut leading_rx) = tokio::sync::watch::channel(false);
-    let campaign = tokio::spawn(elector.run(leading_tx));
     // A standby is healthy and ready; it just does not reconcile.
     metrics.ready.store(true, Ordering::Relaxed);
     info!(identity = %opts.identity, "waiting to lead");
-    while !*leading_rx.borrow_and_update() {
-        if leading_rx.changed().await.is_err() {
-            return Ok(());
-        }
-    }
-    tokio::select! {
-        _ = run_controller_with(ctx, drift_rx, run) => Ok(()),
-        lost = campaign => {
-            error!(?lost, "lost the leader lease; exiting so a new leader takes over alone");
+    match crate::leader::lead(elector, crate::leader::shutdown_signal(), run_controller_with(ctx, drift_rx, run)).await
+    {
+        LeadOutcome::Lost => {
+            error!("lost the leader lease; exiting so a new leader takes over alone");
             std::process::exit(1);
         }
+        LeadOutcome::ShutdownAsStandby | LeadOutcome::Finished => Ok(()),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod cloud;
 pub mod engine;
 pub mod host;
 pub mod model;
+pub mod rbac;
 
 pub mod cli;
 pub mod controller;

@@ -89,9 +89,10 @@ struct ControllerArgs {
     /// Namespace of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "votingstack-system")]
     lease_namespace: String,
-    /// Identity in the Lease.
-    #[arg(long, env = "POD_NAME", default_value = "votingstack-operator")]
-    identity: String,
+    /// Base of this process's identity in the Lease (the pod name); a random
+    /// suffix is always added so no two processes share an identity.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
     /// Seconds between reconciles of a Ready stack (container drift wakes one at once).
     #[arg(long, default_value_t = 60)]
     resync_seconds: u64,
@@ -170,7 +171,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 metrics_addr: args.metrics_addr,
                 leader_election: args.leader_election,
                 lease_namespace: args.lease_namespace,
-                identity: args.identity,
+                identity: votingstack::leader::unique_identity(args.identity.as_deref()),
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
                 concurrency: args.concurrency.max(1),

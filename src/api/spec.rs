@@ -23,8 +23,15 @@ pub const CIDR_PATTERN: &str = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3
     kind = "VotingStack",
     plural = "votingstacks",
     shortname = "vstack",
+    category = "votingstack",
     namespaced,
-    doc = "A three-tier voting app deployment on EC2, kept in shape by the votingstack operator.",
+    doc = "A three-tier voting app deployment on EC2, kept in shape by the votingstack operator. The CEL validation rules use the CIDR library and need Kubernetes 1.31 or later.",
+    annotation("votingstack.dev/minimum-kubernetes-version", "1.31"),
+    // Argo CD: never prune or delete the CRD with the operator's Application
+    // (that would delete every VotingStack while no operator is left to run
+    // its finalizer), and apply it before the operator's other resources.
+    annotation("argocd.argoproj.io/sync-options", "Prune=false,Delete=false"),
+    annotation("argocd.argoproj.io/sync-wave", "-1"),
     status = "VotingStackStatus",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
@@ -56,16 +63,20 @@ pub struct VotingStackSpec {
     pub deletion_policy: DeletionPolicy,
 }
 
-/// AWS location of the stack.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// AWS location of the stack. Immutable: the stack's resources live in one
+/// region behind one endpoint, and moving would strand them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.endpoint) == has(oldSelf.endpoint) && (!has(self.endpoint) || self.endpoint == oldSelf.endpoint)").message("endpoint is immutable; create a new VotingStack instead"))]
 pub struct AwsSpec {
-    /// AWS region, for example `eu-west-1`.
+    /// AWS region, for example `eu-west-1`. Immutable.
     #[serde(default = "default_region")]
     #[schemars(length(min = 1))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("region is immutable; create a new VotingStack instead"))]
     pub region: String,
     /// EC2 endpoint URL override (for EC2-compatible endpoints). When unset the
-    /// standard AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL variables apply.
+    /// standard AWS_ENDPOINT_URL_EC2 / AWS_ENDPOINT_URL variables apply. Immutable
+    /// (neither set, changed nor removed after creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
 }
@@ -92,13 +103,15 @@ pub enum ConnectVia {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!isCIDR(self.vpcCidr) || !isCIDR(self.subnetCidr) || cidr(self.vpcCidr).containsCIDR(self.subnetCidr)").message("subnetCidr must lie inside vpcCidr"))]
 pub struct NetworkSpec {
-    /// CIDR block of the VPC.
+    /// CIDR block of the VPC. Immutable.
     #[serde(default = "default_vpc_cidr")]
     #[schemars(length(max = 18), regex(pattern = CIDR_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("vpcCidr is immutable; create a new VotingStack instead"))]
     pub vpc_cidr: String,
-    /// CIDR block of the single subnet the three hosts share; inside `vpcCidr`.
+    /// CIDR block of the single subnet the three hosts share; inside `vpcCidr`. Immutable.
     #[serde(default = "default_subnet_cidr")]
     #[schemars(length(max = 18), regex(pattern = CIDR_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("subnetCidr is immutable; create a new VotingStack instead"))]
     pub subnet_cidr: String,
     /// Availability zone of the subnet; AWS picks one when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -9,7 +10,7 @@ use super::conditions::Condition;
 use super::spec::Tier;
 
 /// Observed state of a VotingStack.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct VotingStackStatus {
     /// The `metadata.generation` this status describes.
@@ -19,8 +20,10 @@ pub struct VotingStackStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// InfrastructureReady, DatabaseReady, BackendReady, FrontendReady,
-    /// SmokeTestPassed and the aggregate Ready.
+    /// SmokeTestPassed and the aggregate Ready. A list map keyed by `type`:
+    /// at most one condition per type, merged per entry by server-side apply.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// AWS ids of the network the operator created.
     #[serde(default, skip_serializing_if = "Option::is_none")]

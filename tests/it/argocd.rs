@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{json, Value};
+use votingstack::api::conditions::set_condition;
+use votingstack::api::{Condition, ConditionType, ConditionUpdate, Phase, Reason, VotingStackStatus};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -90,51 +92,122 @@ fn run_lua(path: &Path, script: &str) -> (String, String) {
     (status, message)
 }
 
+/// A VotingStack as the operator's own types serialize it.
 fn stack(generation: i64, paused: bool, status: Option<Value>) -> Value {
-    let mut obj = json!({
-        "apiVersion": "votingstack.dev/v1alpha1",
-        "kind": "VotingStack",
-        "metadata": { "name": "demo", "namespace": "voting", "generation": generation },
-        "spec": {
-            "network": { "sshIngressCidrs": ["203.0.113.0/24"] },
-            "instances": { "ami": "ami-0123456789abcdef0" },
-            "ssh": { "privateKeySecretRef": { "name": "demo-ssh" } },
-            "paused": paused
-        }
-    });
+    let mut vs = crate::fixtures::stack();
+    vs.metadata.namespace = Some("voting".into());
+    vs.metadata.generation = Some(generation);
+    vs.spec.paused = paused;
+    let mut obj = serde_json::to_value(&vs).expect("VotingStack serializes");
     if let Some(s) = status {
         obj["status"] = s;
     }
     obj
 }
 
-fn ready(status: &str, reason: &str, message: &str) -> Value {
-    json!({
-        "type": "Ready",
-        "status": status,
-        "reason": reason,
-        "message": message,
-        "lastTransitionTime": "2025-01-01T00:00:00Z",
-        "observedGeneration": 3
-    })
+/// Every reason the engine writes. The match makes a new variant a compile
+/// error here, so the health check is tested against each.
+fn all_reasons() -> Vec<Reason> {
+    use Reason::*;
+    let all = vec![
+        AllTiersReady,
+        Progressing,
+        InvalidSpec,
+        SecretMissing,
+        Paused,
+        Deleting,
+        InstancesRunning,
+        Provisioning,
+        InstanceDrift,
+        AwsAuthFailed,
+        AwsInvalidParameter,
+        AwsQuotaExceeded,
+        AwsThrottled,
+        AwsUnavailable,
+        AwsError,
+        ContainersRunning,
+        WaitingForInfrastructure,
+        SshUnreachable,
+        HostKeyMismatch,
+        DockerMissing,
+        DockerDown,
+        ImagePullFailed,
+        ContainerExited,
+        NotReady,
+        DeployFailed,
+        VoteCounted,
+        VoteNotCounted,
+        WaitingForTiers,
+    ];
+    for r in &all {
+        match r {
+            AllTiersReady
+            | Progressing
+            | InvalidSpec
+            | SecretMissing
+            | Paused
+            | Deleting
+            | InstancesRunning
+            | Provisioning
+            | InstanceDrift
+            | AwsAuthFailed
+            | AwsInvalidParameter
+            | AwsQuotaExceeded
+            | AwsThrottled
+            | AwsUnavailable
+            | AwsError
+            | ContainersRunning
+            | WaitingForInfrastructure
+            | SshUnreachable
+            | HostKeyMismatch
+            | DockerMissing
+            | DockerDown
+            | ImagePullFailed
+            | ContainerExited
+            | NotReady
+            | DeployFailed
+            | VoteCounted
+            | VoteNotCounted
+            | WaitingForTiers => {}
+        }
+    }
+    all
 }
 
-fn status(observed: i64, phase: &str, ready_cond: Value) -> Value {
-    json!({
-        "observedGeneration": observed,
-        "phase": phase,
-        "conditions": [
-            {
-                "type": "InfrastructureReady",
-                "status": "True",
-                "reason": "InstancesRunning",
-                "message": "3 instances running",
-                "lastTransitionTime": "2025-01-01T00:00:00Z"
-            },
-            ready_cond
+fn reason_named(name: &str) -> Reason {
+    all_reasons().into_iter().find(|r| r.as_str() == name).unwrap_or_else(|| panic!("no reason {name}"))
+}
+
+/// A condition made the way the engine makes them (`set_condition`).
+fn condition(type_: ConditionType, status: bool, reason: Reason, message: &str) -> Condition {
+    let mut conditions = Vec::new();
+    set_condition(
+        &mut conditions,
+        &ConditionUpdate::new(type_, status, reason, message),
+        Some(3),
+        "2025-01-01T00:00:00Z",
+    );
+    conditions.remove(0)
+}
+
+fn ready(status: &str, reason: &str, message: &str) -> Condition {
+    condition(ConditionType::Ready, status == "True", reason_named(reason), message)
+}
+
+/// A status built from the operator's status types, serialized as it is written.
+fn status(observed: i64, phase: &str, ready_cond: Condition) -> Value {
+    let phase: Phase = serde_json::from_value(json!(phase)).expect("a known phase");
+    let st = VotingStackStatus {
+        observed_generation: Some(observed),
+        phase: Some(phase),
+        conditions: vec![
+            condition(ConditionType::InfrastructureReady, true, Reason::InstancesRunning, "3 instances running"),
+            ready_cond,
         ],
-        "voteUrl": "http://198.51.100.7:80/"
-    })
+        vote_url: Some("http://198.51.100.7:80/".into()),
+        ..Default::default()
+    };
+    serde_json::to_value(&st).expect("status serializes")
 }
 
 #[test]
@@ -248,17 +321,130 @@ fn argocd_cm_patch_embeds_health_lua_verbatim() {
     assert_eq!(script, health_lua(), "argocd-cm-patch.yaml must carry deploy/argocd/health.lua unchanged");
 }
 
+fn yaml(path: &str) -> serde_yaml::Value {
+    let text = std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Every YAML document of the files a kustomization lists.
+fn kustomization_documents(dir: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize;
+    let k = yaml(&format!("{dir}/kustomization.yaml"));
+    let mut docs = Vec::new();
+    for r in k["resources"].as_sequence().expect("resources") {
+        let path = repo().join(dir).join(r.as_str().unwrap());
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_yaml::Value::deserialize(doc).unwrap();
+            if !v.is_null() {
+                docs.push(v);
+            }
+        }
+    }
+    docs
+}
+
+fn wave(app: &serde_yaml::Value) -> i64 {
+    app["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"]
+        .as_str()
+        .expect("a sync-wave annotation")
+        .parse()
+        .expect("a numeric sync wave")
+}
+
 #[test]
-fn argocd_applications_point_at_deploy_and_examples() {
-    let read = |name: &str| -> serde_yaml::Value {
-        let text = std::fs::read_to_string(repo().join("deploy/argocd").join(name)).unwrap();
-        serde_yaml::from_str(&text).unwrap()
-    };
-    let operator = read("operator-application.yaml");
+fn argocd_applications_point_at_deploy_and_a_stack_without_secrets() {
+    let operator = yaml("deploy/argocd/operator-application.yaml");
     assert_eq!(operator["kind"].as_str(), Some("Application"));
     assert_eq!(operator["spec"]["source"]["path"].as_str(), Some("deploy"));
-    let stack = read("stack-application.yaml");
+    let stack = yaml("deploy/argocd/stack-application.yaml");
     assert_eq!(stack["kind"].as_str(), Some("Application"));
-    assert_eq!(stack["spec"]["source"]["path"].as_str(), Some("examples"));
-    assert_eq!(stack["spec"]["source"]["directory"]["include"].as_str(), Some("votingstack.yaml"));
+    // Never the example file with its published SSH key.
+    assert_eq!(stack["spec"]["source"]["path"].as_str(), Some("examples/argocd"));
+    assert!(stack["spec"]["source"]["directory"].is_null());
+    let docs = kustomization_documents("examples/argocd");
+    assert!(docs.iter().all(|d| d["kind"].as_str() != Some("Secret")), "the stack Application deploys no Secret");
+    for entry in std::fs::read_dir(repo().join("examples/argocd")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(!text.contains("PRIVATE KEY"), "no key material under examples/argocd");
+    }
+    let stacks: Vec<_> = docs.iter().filter(|d| d["kind"].as_str() == Some("VotingStack")).collect();
+    assert_eq!(stacks.len(), 1);
+    // The same stack as examples/votingstack.yaml, apart from its namespace.
+    let example = std::fs::read_to_string(repo().join("examples/votingstack.yaml")).unwrap();
+    let example: serde_yaml::Value = serde_yaml::from_str(example.split("\n---\n").next().unwrap()).unwrap();
+    assert_eq!(example["kind"].as_str(), Some("VotingStack"));
+    assert_eq!(stacks[0]["spec"], example["spec"], "examples/argocd/votingstack.yaml drifted from the example");
+}
+
+#[test]
+fn argocd_stack_namespace_matches_the_application_and_the_docs() {
+    let stack = yaml("deploy/argocd/stack-application.yaml");
+    let ns = stack["spec"]["destination"]["namespace"].as_str().expect("destination namespace");
+    let k = yaml("examples/argocd/kustomization.yaml");
+    assert_eq!(k["namespace"].as_str(), Some(ns));
+    for d in kustomization_documents("examples/argocd") {
+        assert_eq!(d["metadata"]["namespace"].as_str(), Some(ns), "every object lands in {ns}");
+    }
+    let docs = std::fs::read_to_string(repo().join("docs/operations.md")).unwrap();
+    assert!(docs.contains(&format!("into the namespace `{ns}`")), "docs/operations.md names the namespace {ns}");
+    assert!(docs.contains("examples/argocd"), "docs/operations.md names the synced path");
+    assert!(docs.contains("out of band"), "docs say the Secret is created out of band");
+}
+
+#[test]
+fn argocd_operator_syncs_before_the_stacks() {
+    let operator = yaml("deploy/argocd/operator-application.yaml");
+    let stack = yaml("deploy/argocd/stack-application.yaml");
+    assert!(wave(&operator) < wave(&stack), "operator wave before stack wave");
+    // The app of apps holds both and is what root-application.yaml syncs.
+    let root = yaml("deploy/argocd/root-application.yaml");
+    assert_eq!(root["kind"].as_str(), Some("Application"));
+    assert_eq!(root["spec"]["source"]["path"].as_str(), Some("deploy/argocd"));
+    let names: Vec<String> = kustomization_documents("deploy/argocd")
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["votingstack-operator", "votingstack-demo"]);
+    // Waves between Applications only wait when Argo CD assesses Application health.
+    let cm = yaml("deploy/argocd/argocd-cm-patch.yaml");
+    let script = cm["data"]["resource.customizations.health.argoproj.io_Application"]
+        .as_str()
+        .expect("Application health customization");
+    let file = std::fs::read_to_string(repo().join("deploy/argocd/application-health.lua")).unwrap();
+    assert_eq!(script, file, "argocd-cm-patch.yaml must carry application-health.lua unchanged");
+}
+
+/// Runs application-health.lua for an Application.
+fn application_health(app: &Value) -> (String, String) {
+    let lua = std::fs::read_to_string(repo().join("deploy/argocd/application-health.lua")).unwrap();
+    let script = format!(
+        "local obj = {}\nlocal function health(obj)\n{}\nend\nlocal hs = health(obj)\nio.write(tostring(hs.status), \"\\n\", tostring(hs.message), \"\\n\")\n",
+        lua_literal(app),
+        lua
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("app.lua");
+    std::fs::write(&path, &script).expect("write script");
+    run_lua(&path, &script)
+}
+
+#[test]
+fn argocd_application_health_follows_the_application() {
+    let (s, _) = application_health(&json!({ "kind": "Application", "metadata": { "name": "x" } }));
+    assert_eq!(s, "Progressing");
+    let app = json!({ "kind": "Application", "status": { "health": { "status": "Degraded", "message": "boom" } } });
+    assert_eq!(application_health(&app), ("Degraded".to_string(), "boom".to_string()));
+    let app = json!({ "kind": "Application", "status": { "health": { "status": "Healthy" } } });
+    assert_eq!(application_health(&app).0, "Healthy");
+}
+
+#[test]
+fn argocd_health_degrades_exactly_on_the_engines_terminal_reasons() {
+    for reason in all_reasons() {
+        let st = status(3, "Deploying", condition(ConditionType::Ready, false, reason, "x"));
+        let (s, _) = health(&stack(3, false, Some(st)));
+        let expected = if reason.is_terminal() { "Degraded" } else { "Progressing" };
+        assert_eq!(s, expected, "Ready False with reason {reason}");
+    }
 }
