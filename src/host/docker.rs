@@ -510,7 +510,18 @@ impl Hosts for SshHosts {
         }
         for name in &work.start {
             let what = format!("start container {name}");
-            self.bounded(target, &what, Self::command_limit(target), docker.start_container(name, None)).await?;
+            match self.bounded(target, &what, Self::command_limit(target), docker.start_container(name, None)).await {
+                Ok(()) => {}
+                // A stopped container the engine refuses to start (such as a
+                // stale task left by an engine restart) is removed, so the
+                // next pass creates it anew from its configuration.
+                Err(e @ HostError::Engine { .. }) => {
+                    warn!(host = %target.describe(), container = %name, "{e}; removing it to create it anew");
+                    self.remove_container(target, docker, name).await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         self.await_health(target, docker, &work.create).await;
         Ok(())
