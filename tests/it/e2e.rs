@@ -320,10 +320,14 @@ async fn e2e_watch_repairs_containers_docker_and_instances() {
     let stack = Stack::new("e2e-drift", 62);
     stack.apply_wait();
     let _watch = stack.watch();
-    let _log = stack.watch_log();
+    let log = stack.watch_log();
     let (_, front) = stack.tier(Tier::Frontend);
     let vote = SocketAddr::from((front, 80));
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The watcher's first pass has run (and started its hosts' event streams).
+    within(Duration::from_secs(60), "the watcher's first pass", || {
+        std::fs::read_to_string(&log.0).is_ok_and(|t| t.contains("phase Ready"))
+    })
+    .await;
 
     // A removed container only comes back through the operator.
     stack.on_host(Tier::Frontend, "docker rm -f vote");
