@@ -220,7 +220,7 @@ impl SshHosts {
         self.commands.load(Ordering::Relaxed) + self.api_requests.load(Ordering::Relaxed)
     }
 
-    /// Timeout of each HTTP request (readiness, smoke test).
+    /// The HTTP client for readiness checks and the smoke vote.
     pub(crate) fn web(&self) -> &Web {
         &self.web
     }
