@@ -469,6 +469,10 @@ impl Hosts for SshHosts {
         pull: PullPolicy,
     ) -> Result<(), HostError> {
         let work = HostWork::of(target.tier, actions);
+        if work.bootstrap.is_none() && !work.touches_containers() {
+            return Ok(());
+        }
+        let _lock = self.apply_lock(target, key).await?;
         if let Some(step) = work.bootstrap {
             let out = self.run_bootstrap(target, key, step, target.command_timeout_secs).await?;
             if out.code != 0 {

@@ -75,6 +75,8 @@ pub enum HostError {
     ImagePull { host: String, image: String, message: String },
     #[error("{host}: {what} timed out after {seconds} s")]
     Timeout { host: String, what: String, seconds: u32 },
+    #[error("{host}: another apply held the host's lock (/tmp/votingstack-apply.lock) for {seconds} s; is a second operator or CLI run changing this stack?")]
+    Busy { host: String, seconds: u32 },
     #[error("{host}: unreadable observation: {message}")]
     Parse { host: String, message: String },
     #[error("{url}: {message}")]
@@ -90,7 +92,10 @@ impl HostError {
             }
             HostError::HostKeyMismatch { .. } => Reason::HostKeyMismatch,
             HostError::ImagePull { .. } => Reason::ImagePullFailed,
-            HostError::CommandFailed { .. } | HostError::Engine { .. } | HostError::Parse { .. } => {
+            HostError::CommandFailed { .. }
+            | HostError::Engine { .. }
+            | HostError::Parse { .. }
+            | HostError::Busy { .. } => {
                 Reason::DeployFailed
             }
             HostError::Http { .. } => Reason::NotReady,
