@@ -370,6 +370,77 @@ async fn e2e_watch_repairs_containers_docker_and_instances() {
     assert_eq!(stack.live_instances().await.len(), 3);
 }
 
+/// Gives an image already in the world's registry a second tag, through the
+/// registry's HTTP API (the manifest is put again under the new tag).
+fn retag_in_registry(repository: &str, from: &str, to: &str) {
+    let registry = SocketAddr::from(([127, 0, 0, 1], 5052));
+    let accept = "application/vnd.docker.distribution.manifest.v2+json";
+    let mut s = TcpStream::connect_timeout(&registry, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /v2/{repository}/manifests/{from} HTTP/1.0\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP answer") + 4;
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    let media = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Type: ").or_else(|| l.strip_prefix("content-type: ")))
+        .unwrap_or(accept)
+        .trim()
+        .to_string();
+    let body = &resp[split..];
+    let mut s = TcpStream::connect_timeout(&registry, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "PUT /v2/{repository}/manifests/{to} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: {media}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.0 201") || answer.starts_with("HTTP/1.1 201"), "{answer}");
+}
+
+#[tokio::test]
+async fn e2e_redis_recreated_with_votes_queued_loses_none() {
+    let stack = Stack::new("e2e-redis", 66);
+    stack.apply_wait();
+    let (_, front) = stack.tier(Tier::Frontend);
+    let vote = SocketAddr::from((front, 80));
+    let redis_id = "docker inspect -f '{{.Id}}' redis";
+    let (_, redis_before) = stack.on_host(Tier::Backend, redis_id);
+
+    // The worker is stopped: votes queue up in redis.
+    let (ok, out) = stack.on_host(Tier::Backend, "docker stop worker >/dev/null");
+    assert!(ok, "{out}");
+    for i in 0..40 {
+        let (code, _) = http(vote, "POST", "/", Some(&format!("queued-{i}")), Some("vote=b")).unwrap();
+        assert_eq!(code, 200, "vote {i}");
+    }
+    within(Duration::from_secs(10), "40 votes queued in redis", || {
+        stack.on_host(Tier::Backend, "docker exec redis redis-cli llen votes").1 == "40"
+    })
+    .await;
+
+    // A new tag for the same redis image: the operator re-creates redis (and
+    // starts the worker again only after that).
+    retag_in_registry("redis", "local", "e2e-recreate");
+    let path = stack.dir.path().join("stack.yaml");
+    let manifest = std::fs::read_to_string(&path).unwrap().replace("/redis:local", "/redis:e2e-recreate");
+    std::fs::write(&path, manifest).unwrap();
+    stack.apply_wait();
+    let (_, redis_after) = stack.on_host(Tier::Backend, redis_id);
+    assert_ne!(redis_after, redis_before, "redis was re-created");
+    let count = "docker exec db psql -U postgres -tAc \"SELECT count(*) FROM votes WHERE id LIKE 'queued-%'\"";
+    within(Duration::from_secs(30), "every queued vote in postgres", || {
+        stack.on_host(Tier::Database, count).1 == "40"
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn e2e_operator_killed_after_run_instances_creates_no_duplicate() {
     let stack = Stack::new("e2e-crash", 63);
