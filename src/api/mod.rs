@@ -20,6 +20,8 @@ pub const NAMESPACE_LABEL: &str = "votingstack.dev/namespace";
 pub const TIER_LABEL: &str = "votingstack.dev/tier";
 /// Label on containers carrying the hash of their configuration.
 pub const CONFIG_HASH_LABEL: &str = "votingstack.dev/config-hash";
+/// Label on containers carrying the digest of the image they run.
+pub const IMAGE_DIGEST_LABEL: &str = "votingstack.dev/image-digest";
 /// Tag on AWS resources naming what manages them.
 pub const MANAGED_BY_TAG: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_TAG`].

@@ -28,6 +28,12 @@ pub struct VotingStackStatus {
     /// AWS ids of the network the operator created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkStatus>,
+    /// Image reference → the digest it resolved to when the stack first ran
+    /// it. Every host runs that digest, replacement hosts included; a new
+    /// digest behind the same tag is rolled out only when the reference in
+    /// the spec changes (see docs/reference.md, "Images and digests").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
     /// Per-tier host and container state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiers: Option<TiersStatus>,
@@ -171,4 +177,7 @@ pub struct ContainerStatus {
     /// The config hash label the container carries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// Digest of the image the container runs (`sha256:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }

@@ -10,6 +10,35 @@ use crate::model::desired::{
 };
 use crate::model::{DesiredContainer, Peers, PortMapping};
 
+/// The containers of one tier, in start order, each pinned to the digest
+/// its image resolved to when the stack first ran it (`status.images`).
+pub fn pinned_containers(
+    spec: &VotingStackSpec,
+    tier: Tier,
+    peers: Peers,
+    pins: &BTreeMap<String, String>,
+) -> Vec<DesiredContainer> {
+    let mut containers = desired_containers(spec, tier, peers);
+    for c in &mut containers {
+        c.pinned_digest = pins.get(&c.image).cloned();
+    }
+    containers
+}
+
+/// Records the digests the stack's images run as, for references not yet
+/// pinned, and forgets references the spec no longer names. A reference
+/// keeps its first digest: a host pulling it later gets the same one.
+pub fn record_pins(spec: &VotingStackSpec, pins: &mut BTreeMap<String, String>, running: &[(String, String)]) {
+    let images = &spec.app.images;
+    let named = [&images.vote, &images.result, &images.worker, &images.redis, &images.postgres];
+    pins.retain(|image, _| named.contains(&image));
+    for (image, digest) in running {
+        if named.contains(&image) && !image.contains('@') {
+            pins.entry(image.clone()).or_insert_with(|| digest.clone());
+        }
+    }
+}
+
 /// The containers of one tier, in start order.
 pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> Vec<DesiredContainer> {
     let app = &spec.app;
@@ -23,6 +52,7 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
         command: Vec::new(),
         volumes: BTreeMap::new(),
         health_command: None,
+        pinned_digest: None,
     };
     match tier {
         Tier::Database => {
@@ -119,5 +149,36 @@ mod tests {
         assert_eq!(vote.image, "dockersamples/examplevotingapp_vote");
         assert_eq!(vote.env["OPTION_A"], "Cats");
         assert_eq!(vote.ports, [PortMapping { host: 80, container: 80 }]);
+    }
+
+    #[test]
+    fn repositories_drop_the_tag_or_digest_but_keep_the_registry_port() {
+        use crate::model::desired::repository_of;
+        assert_eq!(repository_of("registry.local:5052/vote:local"), "registry.local:5052/vote");
+        assert_eq!(repository_of("registry.local:5052/vote"), "registry.local:5052/vote");
+        assert_eq!(repository_of("postgres:15@sha256:ab"), "postgres:15");
+        assert_eq!(repository_of("dockersamples/examplevotingapp_vote"), "dockersamples/examplevotingapp_vote");
+    }
+
+    #[test]
+    fn a_pinned_container_runs_its_digest_and_keeps_its_hash() {
+        let pins = BTreeMap::from([(spec().app.images.postgres.clone(), "sha256:abc".to_string())]);
+        let plain = &desired_containers(&spec(), Tier::Database, peers())[0];
+        let pinned = &pinned_containers(&spec(), Tier::Database, peers(), &pins)[0];
+        assert_eq!(pinned.config_hash(), plain.config_hash(), "a pin alone re-creates nothing");
+        assert!(pinned.run_reference().ends_with("@sha256:abc"), "{}", pinned.run_reference());
+        assert_eq!(plain.run_reference(), plain.image);
+    }
+
+    #[test]
+    fn pins_keep_the_first_digest_and_forget_references_no_longer_named() {
+        let s = spec();
+        let redis = s.app.images.redis.clone();
+        let mut pins = BTreeMap::from([("gone:1".to_string(), "sha256:old".to_string())]);
+        record_pins(&s, &mut pins, &[(redis.clone(), "sha256:first".into())]);
+        record_pins(&s, &mut pins, &[(redis.clone(), "sha256:second".into())]);
+        assert_eq!(pins, BTreeMap::from([(redis, "sha256:first".to_string())]));
+        record_pins(&s, &mut pins, &[("other@sha256:x".into(), "sha256:x".into())]);
+        assert_eq!(pins.len(), 1, "only references the spec names, and never a digest reference");
     }
 }

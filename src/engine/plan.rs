@@ -12,7 +12,7 @@ use crate::model::{
     InstanceState, NetworkObservation, ObservedHost, ObservedInfra, ObservedInstance, Peers, TerminateReason,
 };
 
-use super::desired::desired_containers;
+use super::desired::pinned_containers;
 use super::network::network_steps;
 
 /// AMI or instance type that no longer matches the spec, left in place
@@ -251,7 +251,7 @@ pub fn plan(
             (_, None) => HostView::NotCreated,
             (None, Some(_)) => HostView::Unavailable,
         };
-        actions.extend(plan_host(tier, &desired_containers(spec, tier, peers), view).into_iter().map(Action::Host));
+        actions.extend(plan_host(tier, &pinned_containers(spec, tier, peers, &status.images), view).into_iter().map(Action::Host));
     }
     Plan { actions, drift: infra_plan.drift }
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::*;
+use crate::engine::desired::desired_containers;
 use crate::api::{NetworkStatus, TierStatus, TiersStatus};
 use crate::fixtures::spec;
 use crate::model::{NetworkStep, ObservedContainer, ObservedNetwork};
@@ -63,6 +64,7 @@ fn converged_host(spec: &VotingStackSpec, tier: Tier) -> ObservedHost {
                 image: d.image.clone(),
                 state: "running".into(),
                 config_hash: d.config_hash(),
+                image_digest: None,
                 exit_code: None,
             })
             .collect(),
@@ -181,6 +183,7 @@ fn orphan_container_is_removed() {
         image: "x".into(),
         state: "running".into(),
         config_hash: None,
+        image_digest: None,
         exit_code: None,
     };
     hosts.get_mut(&Tier::Backend).unwrap().containers.push(extra);

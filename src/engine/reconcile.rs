@@ -22,7 +22,7 @@ use crate::model::{
 };
 
 use super::conditions::{Finding, Findings};
-use super::desired::desired_containers;
+use super::desired::{pinned_containers, record_pins};
 use super::network::{network_steps, teardown_steps};
 use super::plan::{network_lookup, plan, plan_host, plan_infra, HostView, InfraPlan, InstanceDrift, Plan};
 
@@ -185,7 +185,7 @@ impl Engine {
         }
         let observations = futures::future::join_all(targets.iter().map(|t| self.hosts.observe(t, &key))).await;
         for (target, observed) in targets.iter().zip(observations) {
-            let desired = desired_containers(spec, target.tier, peers);
+            let desired = pinned_containers(spec, target.tier, peers, &run.status.images);
             let finding = self.converge_host(spec, target, &key, observed, &desired, run, &mut changed_hosts).await;
             let finding = match infra_plan.keepers.get(&target.tier) {
                 Some(inst) if finding.reason == Reason::HostKeyMismatch => {
@@ -333,6 +333,7 @@ impl Engine {
             };
         }
         record_containers(&mut run.status, tier, &observed);
+        record_pins(spec, &mut run.status.images, &running_digests(desired, &observed));
         tier_finding(target, &observed, desired)
     }
 
@@ -746,6 +747,19 @@ fn pin_host_key(status: &mut VotingStackStatus, tier: Tier, fingerprint: &str) {
     }
 }
 
+/// (image reference, digest) of each desired container the host runs in
+/// its current configuration.
+fn running_digests(desired: &[DesiredContainer], observed: &ObservedHost) -> Vec<(String, String)> {
+    desired
+        .iter()
+        .filter_map(|d| {
+            let have = observed.containers.iter().find(|c| c.name == d.name)?;
+            let current = have.config_hash.is_some() && have.config_hash == d.config_hash();
+            Some((d.image.clone(), have.image_digest.clone().filter(|_| current)?))
+        })
+        .collect()
+}
+
 fn record_containers(status: &mut VotingStackStatus, tier: Tier, observed: &ObservedHost) {
     if let Some(t) = status.tiers.get_or_insert_with(TiersStatus::default).slot(tier).as_mut() {
         t.containers = observed
@@ -756,6 +770,7 @@ fn record_containers(status: &mut VotingStackStatus, tier: Tier, observed: &Obse
                 image: c.image.clone(),
                 state: c.state.clone(),
                 config_hash: c.config_hash.clone(),
+                image_digest: c.image_digest.clone(),
             })
             .collect();
     }

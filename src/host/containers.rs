@@ -9,7 +9,7 @@ use bollard::models::{
     RestartPolicy, RestartPolicyNameEnum,
 };
 
-use crate::api::{CONFIG_HASH_LABEL, STACK_LABEL, TIER_LABEL};
+use crate::api::{CONFIG_HASH_LABEL, IMAGE_DIGEST_LABEL, STACK_LABEL, TIER_LABEL};
 use crate::model::desired::HOST_NETWORK;
 use crate::model::{DesiredContainer, ObservedContainer};
 
@@ -36,8 +36,9 @@ pub fn check(c: &DesiredContainer) -> Result<(), InvalidContainer> {
     Ok(())
 }
 
-/// The labels every container of the stack carries.
-pub fn labels(stack: &str, c: &DesiredContainer) -> HashMap<String, String> {
+/// The labels every container of the stack carries, with the digest of
+/// the image it is created from when known.
+pub fn labels(stack: &str, c: &DesiredContainer, digest: Option<&str>) -> HashMap<String, String> {
     let mut l = HashMap::from([
         (STACK_LABEL.to_string(), stack.to_string()),
         (TIER_LABEL.to_string(), c.tier.as_str().to_string()),
@@ -45,12 +46,15 @@ pub fn labels(stack: &str, c: &DesiredContainer) -> HashMap<String, String> {
     if let Some(hash) = c.config_hash() {
         l.insert(CONFIG_HASH_LABEL.to_string(), hash);
     }
+    if let Some(d) = digest {
+        l.insert(IMAGE_DIGEST_LABEL.to_string(), d.to_string());
+    }
     l
 }
 
 /// The create request of a container: restarted unless stopped, on the
 /// stack's network, its env in the request body (never in a command line).
-pub fn create_body(stack: &str, c: &DesiredContainer) -> ContainerCreateBody {
+pub fn create_body(stack: &str, c: &DesiredContainer, digest: Option<&str>) -> ContainerCreateBody {
     let port_key = |p: u16| format!("{p}/tcp");
     let port_bindings = c
         .ports
@@ -64,10 +68,10 @@ pub fn create_body(stack: &str, c: &DesiredContainer) -> ContainerCreateBody {
         c.extra_hosts.iter().filter_map(|(name, ip)| ip.map(|ip| format!("{name}:{ip}"))).collect();
     let binds: Vec<String> = c.volumes.iter().map(|(volume, path)| format!("{volume}:{path}")).collect();
     ContainerCreateBody {
-        image: Some(c.image.clone()),
+        image: Some(c.run_reference()),
         env: Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         cmd: (!c.command.is_empty()).then(|| c.command.clone()),
-        labels: Some(labels(stack, c)),
+        labels: Some(labels(stack, c, digest)),
         exposed_ports: Some(c.ports.iter().map(|p| port_key(p.container)).collect()),
         healthcheck: c.health_command.as_ref().map(|cmd| HealthConfig {
             test: Some(vec!["CMD-SHELL".into(), cmd.clone()]),
@@ -109,6 +113,7 @@ pub fn observed(stack: &str, s: &ContainerSummary) -> Option<(ObservedContainer,
         name,
         image: s.image.clone().unwrap_or_default(),
         config_hash: labels.get(CONFIG_HASH_LABEL).cloned(),
+        image_digest: labels.get(IMAGE_DIGEST_LABEL).cloned(),
         exit_code: if running { None } else { exit_code(status) },
         state,
     };
@@ -153,7 +158,7 @@ mod tests {
         let mut s = spec();
         s.app.option_a = "it's $(rm -rf /)".into();
         let vote = desired_containers(&s, Tier::Frontend, peers()).remove(0);
-        let body = create_body("default/demo", &vote);
+        let body = create_body("default/demo", &vote, None);
         let env = body.env.unwrap();
         assert!(env.contains(&"OPTION_A=it's $(rm -rf /)".to_string()), "{env:?}");
         let labels = body.labels.unwrap();
@@ -171,12 +176,12 @@ mod tests {
     #[test]
     fn postgres_keeps_its_volume_and_redis_and_postgres_have_health_checks() {
         let db = desired_containers(&spec(), Tier::Database, peers()).remove(0);
-        let body = create_body("s", &db);
+        let body = create_body("s", &db, None);
         assert_eq!(body.host_config.unwrap().binds.unwrap(), ["votingstack-db-data:/var/lib/postgresql/data"]);
         let test = body.healthcheck.unwrap().test.unwrap();
         assert_eq!(test, ["CMD-SHELL", "psql -U postgres -tAc 'SELECT 1'"]);
         let redis = desired_containers(&spec(), Tier::Backend, peers()).remove(0);
-        assert!(create_body("s", &redis).healthcheck.is_some());
+        assert!(create_body("s", &redis, None).healthcheck.is_some());
     }
 
     #[test]

@@ -21,14 +21,14 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{HealthStatusEnum, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    PruneImagesOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
-use crate::model::desired::{DB_CONTAINER, HOST_NETWORK, POSTGRES_USER};
+use crate::model::desired::{repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER};
 use crate::model::{DesiredContainer, DockerState, HostAction, ObservedHost};
 
 use super::bootstrap::{self, Step};
@@ -43,6 +43,8 @@ const OBSERVE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const STOP_GRACE_SECONDS: i32 = 10;
 /// Suffix of a replaced container kept aside until its successor runs.
 const PREVIOUS_SUFFIX: &str = "-previous";
+/// How the engine says a pull ran out of disk.
+const DISK_FULL: &str = "no space left on device";
 /// How long `apply` waits for new containers' health checks to settle.
 const HEALTH_WAIT: Duration = Duration::from_secs(30);
 const HEALTH_POLL: Duration = Duration::from_millis(300);
@@ -219,8 +221,8 @@ impl SshHosts {
             }
         }
         let (name, tag) = pull_reference(image);
-        let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
-        let pulling = async {
+        let pulling = || async {
+            let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
             let mut progress = docker.create_image(Some(options), None, None);
             while let Some(step) = progress.next().await {
                 step?;
@@ -228,7 +230,14 @@ impl SshHosts {
             Ok(())
         };
         let started = Instant::now();
-        match self.bounded(target, &format!("pull {image}"), Self::command_limit(target), pulling).await {
+        let what = format!("pull {image}");
+        let mut pulled = self.bounded(target, &what, Self::command_limit(target), pulling()).await;
+        if matches!(&pulled, Err(HostError::Engine { message, .. }) if message.contains(DISK_FULL)) {
+            // A full disk: images no container uses go, then one more try.
+            self.prune_images(target, docker).await?;
+            pulled = self.bounded(target, &what, Self::command_limit(target), pulling()).await;
+        }
+        match pulled {
             Ok(()) => {
                 debug!(host = %target.describe(), image, took_ms = started.elapsed().as_millis() as u64, "pulled");
                 Ok(())
@@ -236,6 +245,43 @@ impl SshHosts {
             Err(HostError::Engine { message, .. }) => Err(pull_error(message)),
             Err(e) => Err(e),
         }
+    }
+
+    /// The digest of the image `c` is created from: the pin, else the
+    /// registry digest the host recorded when it pulled the image (its
+    /// `RepoDigests` entry for the repository), else the image id. None
+    /// when the engine cannot tell; the container is created all the same.
+    async fn image_digest(&self, target: &HostTarget, docker: &Docker, c: &DesiredContainer) -> Option<String> {
+        if let Some(pin) = &c.pinned_digest {
+            return Some(pin.clone());
+        }
+        if let Some((_, digest)) = c.image.split_once('@') {
+            return Some(digest.to_string());
+        }
+        let what = format!("inspect image {}", c.image);
+        let image = self.bounded(target, &what, Self::command_limit(target), docker.inspect_image(&c.image)).await;
+        let image = image.map_err(|e| debug!(host = %target.describe(), "{e}")).ok()?;
+        let repository = repository_of(&c.image);
+        let from_registry = image.repo_digests.unwrap_or_default().into_iter().find_map(|rd| {
+            rd.split_once('@').filter(|(repo, _)| *repo == repository).map(|(_, d)| d.to_string())
+        });
+        from_registry.or(image.id)
+    }
+
+    /// Removes every image no container uses (old versions left by earlier
+    /// deploys), when a pull found the host's disk full.
+    async fn prune_images(&self, target: &HostTarget, docker: &Docker) -> Result<(), HostError> {
+        let filters = HashMap::from([("dangling", vec!["false"])]);
+        let options = PruneImagesOptionsBuilder::default().filters(&filters).build();
+        let what = "remove unused images from a full disk";
+        let pruned = self.bounded(target, what, Self::command_limit(target), docker.prune_images(Some(options))).await?;
+        warn!(
+            host = %target.describe(),
+            images = pruned.images_deleted.map_or(0, |d| d.len()),
+            freed_bytes = pruned.space_reclaimed.unwrap_or(0),
+            "disk full: removed unused images"
+        );
+        Ok(())
     }
 
     /// Replaces whatever holds `c`'s name with a new container, and starts it.
@@ -293,7 +339,8 @@ impl SshHosts {
     ) -> Result<(), HostError> {
         let limit = Self::command_limit(target);
         let options = CreateContainerOptionsBuilder::default().name(&c.name).build();
-        let body = containers::create_body(&target.stack, c);
+        let digest = self.image_digest(target, docker, c).await;
+        let body = containers::create_body(&target.stack, c, digest.as_deref());
         let what = format!("create container {}", c.name);
         self.bounded(target, &what, limit, docker.create_container(Some(options), body)).await?;
         let what = format!("start container {}", c.name);
@@ -505,7 +552,7 @@ impl Hosts for SshHosts {
         }
         if !work.create.is_empty() {
             self.ensure_network(target, docker).await?;
-            let images: BTreeSet<&str> = work.create.iter().map(|c| c.image.as_str()).collect();
+            let images: BTreeSet<String> = work.create.iter().map(|c| c.run_reference()).collect();
             let pulls = images.iter().map(|image| self.ensure_image(target, docker, image, pull));
             futures::future::try_join_all(pulls).await?;
             for c in &work.create {

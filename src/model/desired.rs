@@ -57,9 +57,23 @@ pub struct DesiredContainer {
     /// command that exits 0 when the service answers); its result is read
     /// back with every observation at no extra cost.
     pub health_command: Option<String>,
+    /// The digest `image` resolved to when the stack first ran it
+    /// (`status.images`): every host then runs that digest, also a host
+    /// that pulls it later. Not part of the config hash.
+    #[serde(skip)]
+    pub pinned_digest: Option<String>,
 }
 
 impl DesiredContainer {
+    /// The reference the engine creates the container from: `image` itself,
+    /// or `repository@digest` once the image is pinned.
+    pub fn run_reference(&self) -> String {
+        match &self.pinned_digest {
+            Some(digest) if !self.image.contains('@') => format!("{}@{digest}", repository_of(&self.image)),
+            _ => self.image.clone(),
+        }
+    }
+
     /// Hash of everything that requires re-creating the container when it
     /// changes; None while a peer IP is unknown.
     pub fn config_hash(&self) -> Option<String> {
@@ -69,6 +83,18 @@ impl DesiredContainer {
         let json = serde_json::to_vec(self).ok()?;
         let digest = Sha256::digest(&json);
         Some(hex::encode(&digest[..8]))
+    }
+}
+
+/// The repository of an image reference: without its tag or digest
+/// (`host:5000/vote:local` → `host:5000/vote`).
+pub fn repository_of(image: &str) -> &str {
+    if let Some((repo, _)) = image.split_once('@') {
+        return repo;
+    }
+    match image.rfind(':') {
+        Some(i) if !image[i..].contains('/') => &image[..i],
+        _ => image,
     }
 }
 

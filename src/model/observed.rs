@@ -99,6 +99,8 @@ pub struct ObservedContainer {
     /// running, exited, created, restarting, paused, dead
     pub state: String,
     pub config_hash: Option<String>,
+    /// Digest of the image it runs (from its label), when known.
+    pub image_digest: Option<String>,
     /// Exit code when not running.
     pub exit_code: Option<i64>,
 }

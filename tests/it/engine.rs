@@ -115,6 +115,52 @@ async fn engine_terminated_instance_is_replaced_and_peers_follow() {
 }
 
 #[tokio::test]
+async fn engine_images_keep_their_first_digest_on_a_replacement_host() {
+    let (engine, cloud, _hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    let images = &stack().spec.app.images;
+    let postgres = images.postgres.clone();
+    assert_eq!(first.status.images.len(), 5, "{:?}", first.status.images);
+    assert_eq!(first.status.images[&postgres], crate::fakes::fake_digest(&postgres));
+    let db_status = first.status.tiers.as_ref().and_then(|t| t.database.clone()).unwrap();
+    assert_eq!(db_status.containers[0].image_digest.as_deref(), Some(first.status.images[&postgres].as_str()));
+
+    // The tag may point elsewhere by now: the new host runs the pinned digest.
+    let db = instance_id(&first, Tier::Database);
+    cloud
+        .state
+        .lock()
+        .unwrap()
+        .instances
+        .iter_mut()
+        .filter(|i| i.id == db)
+        .for_each(|i| i.state = votingstack::model::InstanceState::Terminated);
+    let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    let created = out
+        .applied
+        .iter()
+        .find_map(|a| match a {
+            Action::Host(HostAction::CreateContainer { container, .. }) if container.name == "db" => Some(container),
+            _ => None,
+        })
+        .expect("db created on the new host");
+    let pin = &first.status.images[&postgres];
+    assert_eq!(created.pinned_digest.as_ref(), Some(pin));
+    assert!(created.run_reference().ends_with(&format!("@{pin}")), "{}", created.run_reference());
+    assert_eq!(out.status.images, first.status.images, "pins are kept");
+
+    // A new reference in the spec is the way to roll out a new digest.
+    let mut changed = with_status(stack(), &out.status);
+    changed.spec.app.images.postgres = format!("{postgres}-next");
+    let next = engine.reconcile(&changed, Ok(key())).await;
+    assert!(!next.status.images.contains_key(&postgres), "the old reference is forgotten");
+    assert_eq!(
+        next.status.images.get(&changed.spec.app.images.postgres),
+        Some(&crate::fakes::fake_digest(&changed.spec.app.images.postgres))
+    );
+}
+
+#[tokio::test]
 async fn engine_invalid_spec_creates_nothing() {
     let (engine, cloud, _) = engine();
     let mut s = stack();

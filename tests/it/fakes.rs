@@ -334,6 +334,9 @@ impl Hosts for FakeHosts {
                             image: container.image.clone(),
                             state: "running".into(),
                             config_hash: container.config_hash(),
+                            image_digest: Some(
+                                container.pinned_digest.clone().unwrap_or_else(|| fake_digest(&container.image)),
+                            ),
                             exit_code: None,
                         },
                     );
@@ -388,4 +391,10 @@ pub fn engine() -> (Engine, FakeCloud, FakeHosts) {
 
 pub fn key() -> SshKey {
     crate::fixtures::test_key()
+}
+
+/// The digest a fake host "pulls" for an image reference.
+pub fn fake_digest(image: &str) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(image.as_bytes())))
 }
