@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,7 @@ use crate::engine::plan::Plan;
 use crate::engine::{Engine, Outcome, Teardown};
 use crate::host::events::{DriftEvent, STREAM_LOST};
 use crate::manifest::{Manifest, ManifestError};
+use crate::timeline;
 
 /// Errors of the CLI, each with what to do.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +205,8 @@ pub struct ApplyOptions {
     pub wait: bool,
     pub watch: bool,
     pub timeout: Duration,
+    /// Print the deploy's timeline once Ready.
+    pub timeline: bool,
 }
 
 /// `votingstack apply`: reconciles until Ready (`--wait`), and on (`--watch`).
@@ -218,6 +221,10 @@ pub async fn apply(
     let mut state = load_state(state_path)?.unwrap_or_else(|| State { uid: new_uid(), ..Default::default() });
     state.track_spec(&manifest.stack.spec);
     let started = Instant::now();
+    let began = SystemTime::now();
+    if opts.timeline {
+        timeline::record(&manifest.stack.key());
+    }
     let mut printed_ready = false;
     let mut drift: Option<tokio::sync::mpsc::Receiver<()>> = None;
     let key = manifest.ssh_key().map_err(|e| CliError::Manifest(vec![ManifestError::Key(e, manifest.file.clone())]))?;
@@ -237,6 +244,9 @@ pub async fn apply(
         }
         if outcome.is_ready() && !printed_ready {
             print!("{}", render_status(&state.status));
+            if opts.timeline {
+                print!("{}", render_timeline(&manifest.stack.key(), began));
+            }
             printed_ready = true;
         } else if !outcome.is_ready() {
             printed_ready = false;
@@ -267,6 +277,18 @@ pub async fn apply(
             None => tokio::time::sleep(pause).await,
         }
     }
+}
+
+/// The marks of the deploy so far, as `apply --timeline` prints them, with
+/// `ready_after_s=` (seconds from the start of apply to Ready) last.
+fn render_timeline(stack: &str, began: SystemTime) -> String {
+    let marks = timeline::take(stack);
+    let ready = began.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let mut out = String::from("Timeline (seconds since apply started):\n");
+    out.push_str(&timeline::render(&marks, began));
+    out.push_str(&format!("ready_after_s={ready:.2}\n"));
+    timeline::record(stack);
+    out
 }
 
 /// `votingstack plan`: what apply would do; changes nothing.

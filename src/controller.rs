@@ -598,6 +598,7 @@ pub fn forward_drift(mut events: mpsc::Receiver<DriftEvent>, to: mpsc::Sender<Ob
 /// `votingstack controller`: metrics server, optional leader election, the Controller.
 pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), ControllerError> {
     let metrics = Arc::new(Metrics::default());
+    metrics.observe_deploy_phases();
     let server_metrics = metrics.clone();
     let addr = opts.metrics_addr;
     tokio::spawn(async move {

@@ -12,6 +12,8 @@
 //!
 //! The modules are layered: `api` → `model` → `cloud`, `host` → `engine` →
 //! `wiring` → `controller`, `cli`. None imports one above it.
+//! [`timeline`] (when each deploy phase started and ended) imports nothing
+//! of the crate, and every layer marks its phases in it.
 
 // Lets the test fixtures shared with tests/ name this crate the same way.
 extern crate self as votingstack;
@@ -22,6 +24,7 @@ pub mod engine;
 pub mod host;
 pub mod model;
 pub mod rbac;
+pub mod timeline;
 
 pub mod cli;
 pub mod controller;

@@ -72,6 +72,11 @@ struct ApplyArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
+    /// Once Ready, print when each phase of the deploy started and ended
+    /// (network, instances, SSH, Docker, pulls, containers, readiness,
+    /// smoke test), in seconds since apply started.
+    #[arg(long)]
+    timeline: bool,
     /// With --watch: seconds between reconciles of a Ready stack (drift of
     /// containers wakes one at once; EC2 drift waits for this).
     #[arg(long, default_value_t = 60)]
@@ -136,7 +141,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 EngineSettings { resync: Duration::from_secs(args.resync_seconds.max(1)), ..Default::default() };
             let engine = wiring::engine_for(&manifest.stack.spec, hosts.clone(), settings).await;
             let opts =
-                ApplyOptions { wait: args.wait, watch: args.watch, timeout: Duration::from_secs(args.timeout_seconds) };
+                ApplyOptions {
+                    wait: args.wait,
+                    watch: args.watch,
+                    timeout: Duration::from_secs(args.timeout_seconds),
+                    timeline: args.timeline,
+                };
             let (event_tx, event_rx) = tokio::sync::mpsc::channel(64);
             let hub = wiring::DriftHub::new(hosts, event_tx);
             let (wake_tx, wake_rx) = tokio::sync::mpsc::channel(1);

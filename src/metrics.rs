@@ -25,6 +25,16 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: String,
+}
+
+/// Buckets of the deploy phases: 50 ms to about 100 s.
+fn phase_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 12))
+}
+
 /// The operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -33,6 +43,8 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub ec2_calls: Counter,
     pub host_round_trips: Counter,
+    /// How long each phase of a deploy took (see `timeline`).
+    pub deploy_phases: Family<PhaseLabels, Histogram, fn() -> Histogram>,
     pub ready_stacks: Gauge,
     /// True once the controller runs (and, with leader election, leads or waits as standby).
     pub ready: AtomicBool,
@@ -62,7 +74,14 @@ impl Default for Metrics {
         let ec2_calls = Counter::default();
         let host_round_trips = Counter::default();
         let ready_stacks = Gauge::default();
+        let deploy_phases = Family::<PhaseLabels, Histogram, fn() -> Histogram>::new_with_constructor(phase_histogram);
         registry.register("reconcile", "Reconciles run", reconciles.clone());
+        registry.register(
+            "deploy_phase_seconds",
+            "How long each phase of a deploy took: network, instance_running, ssh_answering, docker_ready, \
+             image_pulled, container_started, readiness_passed, smoke_test",
+            deploy_phases.clone(),
+        );
         registry.register("reconcile_duration_seconds", "Reconcile duration", reconcile_duration.clone());
         registry.register("reconcile_errors", "Reconciles that hit an error, by kind", errors.clone());
         registry.register("ec2_calls", "EC2 API calls made", ec2_calls.clone());
@@ -79,6 +98,7 @@ impl Default for Metrics {
             errors,
             ec2_calls,
             host_round_trips,
+            deploy_phases,
             ready_stacks,
             ready: AtomicBool::new(false),
             watches: Mutex::new(BTreeMap::new()),
@@ -88,6 +108,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Makes the deploy phases every stack goes through (see `timeline`)
+    /// observations of `votingstack_deploy_phase_seconds`.
+    pub fn observe_deploy_phases(&self) {
+        let phases = self.deploy_phases.clone();
+        crate::timeline::set_sink(move |stage, seconds| {
+            phases.get_or_create(&PhaseLabels { phase: stage.as_str().to_string() }).observe(seconds);
+        });
+    }
+
     /// Records one reconcile.
     pub fn observe_reconcile(&self, took: Duration, error: Option<ErrorKind>) {
         self.reconciles.inc();

@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
+use crate::timeline::{self, Stage};
 use crate::api::conditions::{find_condition, set_condition};
 use crate::api::{
     validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, HostKeyPolicy, NetworkStatus, Phase, Reason,
@@ -168,7 +169,7 @@ impl Engine {
         let Some(infra_plan) = self.converge_infra(&ident, stack, &key, run).await else { return };
 
         // observe + plan + act: hosts, in tier order
-        record_instances(&mut run.status, &infra_plan.keepers);
+        record_instances(&ident.tag_value(), &mut run.status, &infra_plan.keepers);
         let peers = infra_plan.peers();
         let mut changed_hosts = false;
         // Observe every host at once (one round trip each), then act tier by tier.
@@ -233,12 +234,21 @@ impl Engine {
                 NetworkObservation::Trusted(ids) => ids.clone(),
                 NetworkObservation::Inventory(found) => found.ids(),
             };
+            let mut network_began = None;
             for action in &actions {
                 info!(stack = %ident.tag_value(), "{action}");
+                if matches!(action, InfraAction::Network(_)) {
+                    network_began.get_or_insert_with(SystemTime::now);
+                } else if let Some(began) = network_began.take() {
+                    timeline::span(&ident.tag_value(), Stage::Network, "", began);
+                }
                 if let Err(e) = self.act_infra(ident, key, action, &mut ids, run).await {
                     return run.cloud_failed(e);
                 }
                 run.applied.push(action.clone().into());
+            }
+            if let Some(began) = network_began {
+                timeline::span(&ident.tag_value(), Stage::Network, "", began);
             }
             infra = match self.cloud.observe(ident, run.status.network.as_ref(), NetworkLookup::TrustStatus).await {
                 Ok(infra) => infra,
@@ -277,6 +287,9 @@ impl Engine {
                 }
                 let launch = &launch;
                 let inst = self.cloud.launch_instance(ident, &network, launch).await?;
+                if inst.state == InstanceState::Running {
+                    mark_running(&ident.tag_value(), launch.tier, &inst);
+                }
                 let slot = run.status.tiers.get_or_insert_with(TiersStatus::default).slot(launch.tier);
                 *slot = Some(TierStatus {
                     instance_id: Some(inst.id.clone()),
@@ -389,7 +402,12 @@ impl Engine {
             return;
         };
         let voter = smoke_voter_id();
-        run.findings.smoke = Some(self.cast_and_find(&vote_url, &db, key, &voter).await);
+        let began = SystemTime::now();
+        let finding = self.cast_and_find(&vote_url, &db, key, &voter).await;
+        if finding.ok {
+            timeline::span(&db.stack, Stage::SmokeTest, "", began);
+        }
+        run.findings.smoke = Some(finding);
     }
 
     async fn cast_and_find(&self, vote_url: &str, db: &HostTarget, key: &SshKey, voter: &str) -> Finding {
@@ -648,7 +666,7 @@ fn tier_finding(target: &HostTarget, observed: &ObservedHost, desired: &[Desired
 }
 
 /// Keeps status in step with the instances kept for each tier.
-fn record_instances(status: &mut VotingStackStatus, keepers: &BTreeMap<Tier, ObservedInstance>) {
+fn record_instances(stack: &str, status: &mut VotingStackStatus, keepers: &BTreeMap<Tier, ObservedInstance>) {
     let tiers = status.tiers.get_or_insert_with(TiersStatus::default);
     for tier in Tier::ALL {
         let slot = tiers.slot(tier);
@@ -666,10 +684,23 @@ fn record_instances(status: &mut VotingStackStatus, keepers: &BTreeMap<Tier, Obs
             entry.host_key_pinned_at = None;
             entry.containers.clear();
             entry.instance_id = Some(inst.id.clone());
+            entry.instance_state = None;
+        }
+        let running = inst.state == InstanceState::Running;
+        if running && entry.instance_state.as_deref() != Some(InstanceState::Running.as_str()) {
+            mark_running(stack, tier, inst);
         }
         entry.instance_state = Some(inst.state.as_str().into());
         entry.private_ip = inst.private_ip.map(|ip| ip.to_string());
         entry.public_ip = inst.public_ip.map(|ip| ip.to_string());
+    }
+}
+
+/// The timeline's mark of an instance seen running for the first time:
+/// from EC2's launch time until now.
+fn mark_running(stack: &str, tier: Tier, inst: &ObservedInstance) {
+    if let Ok(launched) = chrono::DateTime::parse_from_rfc3339(&inst.launch_time) {
+        timeline::span(stack, Stage::InstanceRunning, tier.as_str(), SystemTime::from(launched));
     }
 }
 

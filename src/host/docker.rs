@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bollard::container::LogOutput;
@@ -28,6 +28,7 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
+use crate::timeline::{self, Stage};
 use crate::model::desired::{repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER};
 use crate::model::{DesiredContainer, DockerState, HostAction, ObservedHost};
 
@@ -230,6 +231,7 @@ impl SshHosts {
             Ok(())
         };
         let started = Instant::now();
+        let pull_began = SystemTime::now();
         let what = format!("pull {image}");
         let mut pulled = self.bounded(target, &what, Self::command_limit(target), pulling()).await;
         if matches!(&pulled, Err(HostError::Engine { message, .. }) if message.contains(DISK_FULL)) {
@@ -240,6 +242,7 @@ impl SshHosts {
         match pulled {
             Ok(()) => {
                 debug!(host = %target.describe(), image, took_ms = started.elapsed().as_millis() as u64, "pulled");
+                timeline::span(&target.stack, Stage::ImagePulled, format!("{}/{image}", target.tier), pull_began);
                 Ok(())
             }
             Err(HostError::Engine { message, .. }) => Err(pull_error(message)),
@@ -351,6 +354,7 @@ impl SshHosts {
     /// verdict, so the observation after a deploy can call the tier ready.
     async fn await_health(&self, target: &HostTarget, docker: &Docker, created: &[&DesiredContainer]) {
         let deadline = Instant::now() + HEALTH_WAIT;
+        let began = SystemTime::now();
         for c in created.iter().filter(|c| c.health_command.is_some()) {
             loop {
                 let inspected = tokio::time::timeout(HEALTH_POLL * 10, docker.inspect_container(&c.name, None)).await;
@@ -358,6 +362,10 @@ impl SshHosts {
                     Ok(Ok(info)) => info.state.and_then(|s| s.health).and_then(|h| h.status),
                     _ => return,
                 };
+                if status == Some(HealthStatusEnum::HEALTHY) {
+                    let subject = format!("{}/{}", target.tier, c.name);
+                    timeline::span(&target.stack, Stage::ReadinessPassed, subject, began);
+                }
                 if status != Some(HealthStatusEnum::STARTING) || Instant::now() >= deadline {
                     break;
                 }
@@ -469,6 +477,7 @@ impl Hosts for SshHosts {
         let listed = tokio::time::timeout(limit, engine.api.docker.list_containers(Some(options))).await;
         let why = match listed {
             Ok(Ok(list)) => {
+                self.docker_answered(target);
                 let mut containers = Vec::new();
                 let mut probes = Vec::new();
                 for (container, health) in list.iter().filter_map(|s| containers::observed(&target.stack, s)) {
@@ -556,7 +565,9 @@ impl Hosts for SshHosts {
             let pulls = images.iter().map(|image| self.ensure_image(target, docker, image, pull));
             futures::future::try_join_all(pulls).await?;
             for c in &work.create {
+                let began = SystemTime::now();
                 self.replace_container(target, docker, c).await?;
+                timeline::span(&target.stack, Stage::ContainerStarted, format!("{}/{}", target.tier, c.name), began);
             }
         }
         for name in &work.start {

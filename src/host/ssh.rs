@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use russh::client::{self, Handle, Msg};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
@@ -30,6 +30,7 @@ use tracing::debug;
 use super::bootstrap::{self, Facts, Step};
 use super::engine_api::EngineApi;
 use super::web::Web;
+use crate::timeline::{self, Stage};
 use super::{HostError, HostTarget, SshKey};
 
 /// Most bytes kept of a command's stdout or stderr.
@@ -87,7 +88,21 @@ pub struct SshHosts {
     connects: AtomicU64,
     options: SshOptions,
     web: Web,
+    /// Per instance id: how far its first contact got, for the timeline.
+    first_contact: Mutex<HashMap<String, FirstContact>>,
 }
+
+/// When the operator first tried an instance, and when SSH and Docker
+/// first answered there.
+#[derive(Clone, Copy, Debug)]
+struct FirstContact {
+    tried: SystemTime,
+    ssh: Option<SystemTime>,
+    docker: bool,
+}
+
+/// Instances remembered for the timeline at most; finished ones go first.
+const FIRST_CONTACTS_KEPT: usize = 4096;
 
 impl fmt::Debug for SshHosts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -218,6 +233,7 @@ impl SshHosts {
             connects: AtomicU64::new(0),
             options,
             web,
+            first_contact: Mutex::new(HashMap::new()),
         }
     }
 
@@ -359,6 +375,7 @@ impl SshHosts {
             Ok::<_, russh::Error>((handle, auth.success()))
         };
         self.connects.fetch_add(1, Ordering::Relaxed);
+        self.contact(target, |_| {});
         let outcome = tokio::time::timeout(Duration::from_secs(u64::from(seconds)), attempt).await;
         let presented = seen.lock().ok().and_then(|s| s.clone());
         let (handle, authenticated) = match outcome {
@@ -388,7 +405,42 @@ impl SshHosts {
         }
         let fingerprint = presented.unwrap_or_default();
         debug!(host = %target.describe(), %fingerprint, "SSH session opened");
+        self.contact(target, |c| {
+            if c.ssh.is_none() {
+                c.ssh = Some(SystemTime::now());
+                timeline::span(&target.stack, Stage::SshAnswering, target.tier.as_str(), c.tried);
+            }
+        });
         Ok(Session { handle, fingerprint, _via: via })
+    }
+
+    /// Updates the first-contact record of the target's instance (made at
+    /// the first attempt).
+    fn contact(&self, target: &HostTarget, update: impl FnOnce(&mut FirstContact)) {
+        let mut contacts = self.first_contact.lock().unwrap_or_else(|p| p.into_inner());
+        if contacts.len() >= FIRST_CONTACTS_KEPT && !contacts.contains_key(&target.instance_id) {
+            contacts.retain(|_, c| !c.docker);
+            if contacts.len() >= FIRST_CONTACTS_KEPT {
+                contacts.clear();
+            }
+        }
+        let entry = contacts.entry(target.instance_id.clone()).or_insert(FirstContact {
+            tried: SystemTime::now(),
+            ssh: None,
+            docker: false,
+        });
+        update(entry);
+    }
+
+    /// The host's Docker engine answered its API: the first time for an
+    /// instance, the timeline gets the phase from SSH to Docker.
+    pub(crate) fn docker_answered(&self, target: &HostTarget) {
+        self.contact(target, |c| {
+            if let (false, Some(ssh)) = (c.docker, c.ssh) {
+                c.docker = true;
+                timeline::span(&target.stack, Stage::DockerReady, target.tier.as_str(), ssh);
+            }
+        });
     }
 
     /// Opens a session channel on the pooled session, reconnecting once

@@ -161,6 +161,26 @@ async fn engine_images_keep_their_first_digest_on_a_replacement_host() {
 }
 
 #[tokio::test]
+async fn engine_marks_the_deploy_phases_it_sees_on_the_timeline() {
+    use votingstack::timeline::{self, Stage};
+    let (engine, _cloud, _hosts) = engine();
+    let mut s = stack();
+    s.metadata.name = Some("timeline".into());
+    timeline::record("default/timeline");
+    let out = engine.reconcile(&s, Ok(key())).await;
+    assert_eq!(out.status.phase, Some(Phase::Ready));
+    let marks = timeline::take("default/timeline");
+    let count = |stage: Stage| marks.iter().filter(|m| m.phase == stage).count();
+    assert_eq!(count(Stage::Network), 1, "{marks:?}");
+    assert_eq!(count(Stage::InstanceRunning), 3, "{marks:?}");
+    assert_eq!(count(Stage::SmokeTest), 1, "{marks:?}");
+    // A second pass over a Ready stack has nothing to mark.
+    timeline::record("default/timeline");
+    engine.reconcile(&with_status(s, &out.status), Ok(key())).await;
+    assert!(timeline::take("default/timeline").is_empty());
+}
+
+#[tokio::test]
 async fn engine_invalid_spec_creates_nothing() {
     let (engine, cloud, _) = engine();
     let mut s = stack();
