@@ -843,8 +843,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if path == "/_realism" and self.command == "POST":
             try:
                 changes = json.loads(body.decode("utf-8") or "{}")
+            except ValueError as exc:
+                return self.send_json(400, {"error": "the body is not JSON: %s" % exc})
+            try:
                 realism.change(changes)
-            except (ValueError, ConfigError) as exc:
+            except ConfigError as exc:
                 return self.send_json(400, {"error": str(exc)})
             log("config changed: %s" % json.dumps(changes, sort_keys=True))
             return self.send_json(200, realism.snapshot())
