@@ -466,6 +466,15 @@ class Realism:
                 return False
             return True
 
+    def anything_hidden_or_pending(self):
+        """Whether any window is still open (expired entries are dropped)."""
+        with self.lock:
+            now = time.monotonic()
+            for table in (self.hidden, self.pending):
+                for key in [k for k, d in table.items() if d <= now]:
+                    del table[key]
+            return bool(self.hidden or self.pending)
+
     def start_pending(self, scope, instance_id):
         with self.lock:
             secs = self.config["pending_seconds"]
@@ -551,9 +560,8 @@ def rewrite_describe(realism, scope, action, body):
     pending_path = PENDING_RULES.get(action)
     if not rules and pending_path is None:
         return body
-    with realism.lock:
-        if not realism.hidden and not realism.pending:
-            return body
+    if not realism.anything_hidden_or_pending():
+        return body
     item_paths = {path for _, (path, _) in rules}
     wanted = set(item_paths)
     if pending_path:
