@@ -85,7 +85,8 @@ class Control:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            raise Failed("%s: HTTP %d %s" % (url, exc.code, exc.read().decode()[:300]))
+            raise Failed("%s: HTTP %d (is this the realism layer, not moto itself?) %s"
+                         % (url, exc.code, exc.read().decode(errors="replace")[:300]))
         except OSError as exc:
             raise Failed("%s: %s (is the realism layer running?)" % (url, exc))
 
