@@ -1,0 +1,336 @@
+"""Check of the EC2 realism layer (world/realism.py) in front of moto.
+
+Runs in its own moto account (header x-moto-account-id), so the fleet makes
+no hosts for it, and proves through the layer's counters and through moto
+itself (the truth, when --moto is given) that:
+
+* a replayed ClientToken returns the first instance and launches nothing;
+* the same token with other parameters answers IdempotentParameterMismatch;
+* a lost answer (500 or a dropped connection) retried with the same token
+  gives the same instance;
+* a new security group and a new instance are NotFound / missing from
+  Describe* while the consistency window lasts, and found after it;
+* an instance shows as pending for a while after launch;
+* throttling and 5xx are injected when asked, and counted.
+
+Every wait is bounded. The layer is reset at the start and at the end.
+"""
+
+import argparse
+import json
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.request
+
+ACCOUNT = "000000424242"
+VPC_CIDR = "10.43.0.0/16"
+SUBNET_CIDR = "10.43.1.0/24"
+
+
+class Failed(Exception):
+    pass
+
+
+T0 = time.monotonic()
+
+
+def step(msg):
+    print("[realism-selftest %5.1fs] %s" % (time.monotonic() - T0, msg), flush=True)
+
+
+def check(cond, what):
+    if not cond:
+        raise Failed(what)
+
+
+def read_env(path):
+    env = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                k, v = line.split("=", 1)
+                env[k] = v
+    return env
+
+
+def wait(what, secs, fn, interval=0.2):
+    """Call fn until it returns a true value; fail after secs seconds."""
+    end = time.monotonic() + secs
+    last = None
+    while time.monotonic() < end:
+        try:
+            v = fn()
+            if v:
+                return v
+        except Exception as exc:  # keep trying until the deadline
+            last = exc
+        time.sleep(interval)
+    raise Failed("%s: not within %ss%s" % (what, secs, " (last error: %s)" % last if last else ""))
+
+
+class Control:
+    """The layer's /_realism endpoint."""
+
+    def __init__(self, endpoint):
+        self.url = endpoint.rstrip("/") + "/_realism"
+
+    def _call(self, url, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise Failed("%s: HTTP %d (is this the realism layer, not moto itself?) %s"
+                         % (url, exc.code, exc.read().decode(errors="replace")[:300]))
+        except OSError as exc:
+            raise Failed("%s: %s (is the realism layer running?)" % (url, exc))
+
+    def get(self):
+        return self._call(self.url)
+
+    def set(self, **changes):
+        return self._call(self.url, changes)
+
+    def reset(self):
+        return self._call(self.url + "/reset", {})
+
+    def counter(self, name, action, fault=None):
+        v = self.get()["counters"][name].get(action, {} if fault else 0)
+        return v.get(fault, 0) if fault else v
+
+
+def client(endpoint, attempts):
+    import boto3
+    from botocore.config import Config
+    c = boto3.client(
+        "ec2", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+        config=Config(retries={"total_max_attempts": attempts, "mode": "standard"},
+                      connect_timeout=3, read_timeout=30),
+    )
+
+    def account(request, **_):
+        request.headers["x-moto-account-id"] = ACCOUNT
+    c.meta.events.register("before-sign.ec2.*", account)
+    return c
+
+
+def error_of(fn, **kw):
+    """(code, HTTP status) of the ClientError fn raises, or None if it succeeds."""
+    from botocore.exceptions import ClientError
+    try:
+        fn(**kw)
+    except ClientError as exc:
+        return exc.response["Error"]["Code"], exc.response["ResponseMetadata"]["HTTPStatusCode"]
+    return None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--env", help="the world's env file (AWS_ENDPOINT_URL_EC2, VS_WORLD_MOTO, ...)")
+    ap.add_argument("--endpoint", help="the realism layer's URL")
+    ap.add_argument("--moto", help="moto's own URL, to check what really happened")
+    ap.add_argument("--ami", default="ami-04681a1dbd79675a5")
+    ap.add_argument("--instance-type", default="t3.micro")
+    args = ap.parse_args()
+    env = read_env(args.env) if args.env else {}
+    endpoint = args.endpoint or env.get("AWS_ENDPOINT_URL_EC2")
+    moto_url = args.moto or env.get("VS_WORLD_MOTO")
+    ami = env.get("VS_WORLD_AMI", args.ami)
+    itype = env.get("VS_WORLD_INSTANCE_TYPE", args.instance_type)
+    if not endpoint:
+        print("realism-selftest: give --endpoint or --env", file=sys.stderr)
+        return 2
+
+    ctl = Control(endpoint)
+    ec2 = client(endpoint, 1)      # no retries: every error is seen
+    ec2r = client(endpoint, 5)     # retries like an SDK does
+    truth = client(moto_url, 1) if moto_url else None
+    made = {"instances": [], "groups": [], "subnet": None, "vpc": None}
+
+    def launch(c, **kw):
+        r = c.run_instances(ImageId=ami, InstanceType=itype, MinCount=1, MaxCount=1,
+                            SubnetId=made["subnet"], **kw)
+        made["instances"] += [i["InstanceId"] for i in r["Instances"]]
+        return r
+
+    def instances_in_subnet(c):
+        res = c.describe_instances(Filters=[{"Name": "subnet-id", "Values": [made["subnet"]]}])
+        return [i["InstanceId"] for r in res["Reservations"] for i in r["Instances"]]
+
+    try:
+        snap = ctl.reset()
+        step("layer at %s, moto %s; reset" % (endpoint, snap["moto"]))
+        check(snap["counters"]["calls"] == {}, "counters not zero after reset: %s" % snap)
+
+        made["vpc"] = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
+        made["subnet"] = ec2.create_subnet(VpcId=made["vpc"],
+                                           CidrBlock=SUBNET_CIDR)["Subnet"]["SubnetId"]
+        step("account %s: VPC %s, subnet %s" % (ACCOUNT, made["vpc"], made["subnet"]))
+
+        # -- ClientToken
+        token = "realism-selftest-" + secrets.token_hex(8)
+        first = launch(ec2, ClientToken=token)
+        again = launch(ec2, ClientToken=token)
+        iid = first["Instances"][0]["InstanceId"]
+        check(again["Instances"][0]["InstanceId"] == iid,
+              "replayed ClientToken launched %s, not the first instance %s"
+              % (again["Instances"][0]["InstanceId"], iid))
+        check(again["ReservationId"] == first["ReservationId"], "replay: other reservation")
+        check(ctl.counter("replays", "RunInstances") == 1, "replay not counted")
+        if truth:
+            ids = instances_in_subnet(truth)
+            check(ids == [iid], "moto has %s after a replay, want just %s" % (ids, iid))
+        step("same ClientToken twice -> the same instance %s, one launch" % iid)
+
+        err = error_of(launch, c=ec2, ClientToken=token, Monitoring={"Enabled": True})
+        check(err == ("IdempotentParameterMismatch", 400),
+              "same token, other parameters: want IdempotentParameterMismatch/400, got %s"
+              % (err,))
+        check(ctl.counter("mismatches", "RunInstances") == 1, "mismatch not counted")
+        if truth:
+            check(len(instances_in_subnet(truth)) == 1, "a mismatched request launched")
+        step("same token, other parameters -> IdempotentParameterMismatch (400)")
+
+        # -- lost answers, retried by the SDK with the same token
+        ctl.set(fail_next={"RunInstances": ["lost", "drop"]})
+        token2 = "realism-selftest-" + secrets.token_hex(8)
+        got = launch(ec2r, ClientToken=token2)
+        iid2 = got["Instances"][0]["InstanceId"]
+        check(ctl.counter("faults", "RunInstances", "lost") == 1, "lost answer not injected")
+        check(ctl.counter("faults", "RunInstances", "drop") == 1, "dropped answer not injected")
+        # the dropped answer and the last one were both replays of the first launch
+        check(ctl.counter("replays", "RunInstances") == 3, "the retries were not replays")
+        if truth:
+            ids = sorted(instances_in_subnet(truth))
+            check(ids == sorted([iid, iid2]),
+                  "after two lost answers moto has %s, want %s" % (ids, sorted([iid, iid2])))
+        step("answer lost (500), then dropped; the retry returned %s, launched once" % iid2)
+
+        # -- eventual consistency
+        window = 2.0
+        ctl.set(consistency_seconds=window, consistency_random=False, pending_seconds=0)
+        sg = ec2.create_security_group(GroupName="realism-selftest-" + secrets.token_hex(4),
+                                       Description="realism selftest",
+                                       VpcId=made["vpc"])["GroupId"]
+        t_sg = time.monotonic()
+        made["groups"].append(sg)
+        rule = dict(GroupId=sg, IpPermissions=[{"IpProtocol": "tcp", "FromPort": 22,
+                                                "ToPort": 22,
+                                                "IpRanges": [{"CidrIp": "10.43.0.0/16"}]}])
+        err = error_of(ec2.describe_security_groups, GroupIds=[sg])
+        check(err == ("InvalidGroup.NotFound", 400),
+              "DescribeSecurityGroups right after create: want InvalidGroup.NotFound, got %s"
+              % (err,))
+        err = error_of(ec2.authorize_security_group_ingress, **rule)
+        check(err == ("InvalidGroup.NotFound", 400),
+              "AuthorizeSecurityGroupIngress right after create: want InvalidGroup.NotFound, "
+              "got %s" % (err,))
+        listed = ec2.describe_security_groups(
+            Filters=[{"Name": "vpc-id", "Values": [made["vpc"]]}])["SecurityGroups"]
+        check(sg not in [g["GroupId"] for g in listed] and listed,
+              "a new group must be missing from a filtered listing (the default stays): %s"
+              % [g["GroupId"] for g in listed])
+        check(time.monotonic() - t_sg < window, "the checks took longer than the window")
+        wait("group %s visible" % sg, window + 5,
+             lambda: ec2.describe_security_groups(GroupIds=[sg])["SecurityGroups"])
+        ec2.authorize_security_group_ingress(**rule)
+        step("new group %s: NotFound and unlisted for a while, found after %.1fs"
+             % (sg, time.monotonic() - t_sg))
+
+        r = launch(ec2)
+        iid3 = r["Instances"][0]["InstanceId"]
+        t_i = time.monotonic()
+        err = error_of(ec2.describe_instances, InstanceIds=[iid3])
+        check(err == ("InvalidInstanceID.NotFound", 400),
+              "DescribeInstances right after launch: want InvalidInstanceID.NotFound, got %s"
+              % (err,))
+        err = error_of(ec2.create_tags, Resources=[iid3], Tags=[{"Key": "k", "Value": "v"}])
+        check(err == ("InvalidInstanceID.NotFound", 400),
+              "CreateTags right after launch: want InvalidInstanceID.NotFound, got %s" % (err,))
+        res = ec2.describe_instances(
+            Filters=[{"Name": "subnet-id", "Values": [made["subnet"]]}])["Reservations"]
+        check(r["ReservationId"] not in [x["ReservationId"] for x in res],
+              "the new instance's reservation must be missing from the listing")
+        check(sorted(i["InstanceId"] for x in res for i in x["Instances"]) == sorted([iid, iid2]),
+              "the listing must still hold the older instances")
+        check(time.monotonic() - t_i < window, "the checks took longer than the window")
+        wait("instance %s visible" % iid3, window + 5,
+             lambda: ec2.describe_instances(InstanceIds=[iid3])["Reservations"])
+        check(ctl.counter("not_found", "DescribeInstances") >= 1
+              and ctl.counter("hidden_items", "DescribeInstances") >= 1,
+              "NotFound / hidden items not counted")
+        step("new instance %s: NotFound, unlisted, found after %.1fs"
+             % (iid3, time.monotonic() - t_i))
+
+        # -- pending after launch
+        ctl.set(consistency_seconds=0, pending_seconds=2)
+        iid4 = launch(ec2)["Instances"][0]["InstanceId"]
+
+        def state():
+            return ec2.describe_instances(
+                InstanceIds=[iid4])["Reservations"][0]["Instances"][0]["State"]
+        st = state()
+        check(st == {"Code": 0, "Name": "pending"}, "right after launch: want pending, got %s" % st)
+        wait("instance %s running" % iid4, 10, lambda: state()["Name"] == "running")
+        if truth:
+            check(truth.describe_instances(InstanceIds=[iid4])["Reservations"][0]["Instances"][0]
+                  ["State"]["Name"] == "running", "moto itself must say running")
+        step("new instance %s: pending, then running" % iid4)
+
+        # -- throttling and 5xx
+        ctl.set(throttle={"DescribeVpcs": 1.0})
+        err = error_of(ec2.describe_vpcs)
+        check(err == ("RequestLimitExceeded", 503),
+              "throttled DescribeVpcs: want RequestLimitExceeded/503, got %s" % (err,))
+        ctl.set(throttle={})
+        check(error_of(ec2.describe_vpcs) is None, "DescribeVpcs fails with throttling off")
+        check(ctl.counter("faults", "DescribeVpcs", "throttle") == 1, "throttle not counted")
+        step("throttling injected and counted")
+
+        ctl.set(fail_next={"DescribeVpcs": ["unavailable", "internal"]})
+        errs = [error_of(ec2.describe_vpcs) for _ in range(3)]
+        check(errs == [("Unavailable", 503), ("InternalError", 500), None],
+              "fail_next unavailable, internal: got %s" % errs)
+        step("fail_next: Unavailable (503), InternalError (500), then success")
+
+        ctl.set(seed=7, throttle={"DescribeSubnets": 0.5})
+        errs = [error_of(ec2.describe_subnets) for _ in range(20)]
+        throttled = sum(1 for e in errs if e == ("RequestLimitExceeded", 503))
+        counted = ctl.counter("faults", "DescribeSubnets", "throttle")
+        check(0 < throttled < 20 and throttled == counted
+              and all(e in (None, ("RequestLimitExceeded", 503)) for e in errs),
+              "throttle 0.5 over 20 calls: %d throttled, %d counted, %s"
+              % (throttled, counted, errs))
+        ctl.set(seed=7, throttle={"DescribeSubnets": 0.5})
+        again = [error_of(ec2.describe_subnets) for _ in range(20)]
+        check(again == errs, "the same seed must give the same faults")
+        step("throttle 0.5 with seed 7: %d of 20 throttled, counted, same again" % throttled)
+
+        print("realism-selftest: passed", flush=True)
+        return 0
+    except Failed as exc:
+        print("realism-selftest: FAILED: %s" % exc, flush=True)
+        return 1
+    finally:
+        try:
+            ctl.reset()
+            if made["instances"]:
+                ec2.terminate_instances(InstanceIds=sorted(set(made["instances"])))
+            for g in made["groups"]:
+                ec2.delete_security_group(GroupId=g)
+            if made["subnet"]:
+                ec2.delete_subnet(SubnetId=made["subnet"])
+            if made["vpc"]:
+                ec2.delete_vpc(VpcId=made["vpc"])
+        except Exception as exc:
+            print("realism-selftest: cleanup: %s" % exc, flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
