@@ -244,6 +244,7 @@ def default_config():
         "lost": {},
         "drop": {},
         "fail_next": {},
+        "fault_access_keys": [],
     }
 
 
@@ -286,6 +287,10 @@ def apply_changes(cfg, changes):
                 value = {"*": value}
             new[key] = {_action_key(key, a): _number("%s.%s" % (key, a), p, 0, 1)
                         for a, p in value.items()}
+        elif key == "fault_access_keys":
+            if not isinstance(value, list) or not all(isinstance(k, str) and k for k in value):
+                raise ConfigError("fault_access_keys must be a list of access key ids, not %r" % (value,))
+            new[key] = list(value)
         elif key == "fail_next":
             if not isinstance(value, dict):
                 raise ConfigError("fail_next must map an action (or \"*\") to a list of faults")
@@ -429,9 +434,14 @@ class Realism:
                 "moto": self.moto_url,
             }
 
-    def pick_fault(self, action):
-        """The fault this call gets, if any: a queued one first, else a draw."""
+    def pick_fault(self, action, access_key):
+        """The fault this call gets, if any: a queued one first, else a draw.
+        With fault_access_keys set, only calls signed with one of those keys
+        get faults (so one test's faults do not hit another's calls)."""
         with self.lock:
+            keys = self.config["fault_access_keys"]
+            if keys and access_key not in keys:
+                return None
             queue = self.config["fail_next"]
             for key in (action, "*"):
                 if queue.get(key):
@@ -739,6 +749,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send(status, data, headers)
         log("%s %s -> %d %.0fms" % (self.command, path, status, (time.monotonic() - t0) * 1000))
 
+    def access_key(self):
+        """The access key id the request was signed with ('' if none)."""
+        auth = self.headers.get("Authorization", "")
+        m = re.search(r"Credential=([^/,\s]+)/", auth)
+        if m:
+            return m.group(1)
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        return (query.get("X-Amz-Credential", [""])[0].split("/") or [""])[0]
+
     def scope(self):
         account = self.headers.get("x-moto-account-id") or DEFAULT_ACCOUNT
         auth = self.headers.get("Authorization", "")
@@ -752,7 +771,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         realism = self.realism
         realism.count("calls", action)
         scope = self.scope()
-        fault = realism.pick_fault(action)
+        fault = realism.pick_fault(action, self.access_key())
         if fault in PRE_FAULTS:
             realism.count("faults", action, fault)
             if fault == "throttle":
