@@ -223,6 +223,18 @@ async fn e2e_cli_converges_counts_100_votes_and_destroys_clean() {
     let vote = SocketAddr::from((front, 80));
     let result = SocketAddr::from((front, 81));
 
+    // From this machine only SSH and the two pages answer; redis, postgres
+    // and the private hosts' SSH are closed to it by their security groups.
+    let answers = |addr: SocketAddr| TcpStream::connect_timeout(&addr, Duration::from_secs(3)).is_ok();
+    for port in [22, 80, 81] {
+        assert!(answers(SocketAddr::from((front, port))), "frontend port {port} must answer");
+    }
+    let (_, backend) = stack.tier(Tier::Backend);
+    let (_, database) = stack.tier(Tier::Database);
+    for (host, port) in [(backend, 6379), (database, 5432), (backend, 22), (database, 22)] {
+        assert!(!answers(SocketAddr::from((host, port))), "{host}:{port} must not answer this machine");
+    }
+
     for i in 0..100 {
         let choice = if i % 3 == 0 { "b" } else { "a" };
         let (code, _) =
@@ -439,6 +451,110 @@ async fn e2e_redis_recreated_with_votes_queued_loses_none() {
         stack.on_host(Tier::Database, count).1 == "40"
     })
     .await;
+}
+
+/// Sends `body` (JSON) to the realism layer's control endpoint; returns its answer.
+fn realism(stack: &Stack, path: &str, body: Option<&str>) -> Value {
+    let endpoint = stack.env.get("AWS_ENDPOINT_URL_EC2").expect("the world's EC2 endpoint");
+    let addr: SocketAddr = endpoint.trim_start_matches("http://").trim_end_matches('/').parse().unwrap();
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = match body {
+        Some(b) => format!(
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        ),
+        None => format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n"),
+    };
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, json) = resp.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(head.contains(" 200 "), "{resp}");
+    serde_json::from_str(json).unwrap_or_default()
+}
+
+/// Turns the faults of one access key off again, also after a failed assertion.
+struct FaultsOff<'a>(&'a Stack);
+
+impl Drop for FaultsOff<'_> {
+    fn drop(&mut self) {
+        let off = r#"{"throttle": {}, "internal": {}, "unavailable": {}, "lost": {}, "drop": {}, "fail_next": {}}"#;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| realism(self.0, "/_realism", Some(off))));
+    }
+}
+
+/// Resources still carrying `tag`'s stack tag, by kind, per EC2 (through
+/// the realism layer, without faults: its key is not the faulty one).
+async fn tagged_leftovers(world: &World, tag: &str) -> Vec<String> {
+    let by_tag = || Filter::builder().name("tag:votingstack.dev/stack").values(tag).build();
+    let ec2 = &world.ec2;
+    let mut left = Vec::new();
+    let instances = ec2.describe_instances().filters(by_tag()).send().await.unwrap();
+    for i in instances.reservations().iter().flat_map(|r| r.instances()) {
+        let state = i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default();
+        if state != "terminated" {
+            left.push(format!("instance {} ({state})", i.instance_id().unwrap_or_default()));
+        }
+    }
+    let vpcs = ec2.describe_vpcs().filters(by_tag()).send().await.unwrap();
+    left.extend(vpcs.vpcs().iter().map(|v| format!("vpc {}", v.vpc_id().unwrap_or_default())));
+    let subnets = ec2.describe_subnets().filters(by_tag()).send().await.unwrap();
+    left.extend(subnets.subnets().iter().map(|v| format!("subnet {}", v.subnet_id().unwrap_or_default())));
+    let groups = ec2.describe_security_groups().filters(by_tag()).send().await.unwrap();
+    left.extend(groups.security_groups().iter().map(|g| format!("group {}", g.group_id().unwrap_or_default())));
+    let igws = ec2.describe_internet_gateways().filters(by_tag()).send().await.unwrap();
+    left.extend(igws.internet_gateways().iter().map(|g| format!("igw {}", g.internet_gateway_id().unwrap_or_default())));
+    let tables = ec2.describe_route_tables().filters(by_tag()).send().await.unwrap();
+    left.extend(tables.route_tables().iter().map(|t| format!("route table {}", t.route_table_id().unwrap_or_default())));
+    let nats = ec2.describe_nat_gateways().filter(by_tag()).send().await.unwrap();
+    for n in nats.nat_gateways() {
+        let state = n.state().map(|s| s.as_str().to_string()).unwrap_or_default();
+        if state != "deleted" && state != "deleting" {
+            left.push(format!("nat gateway {} ({state})", n.nat_gateway_id().unwrap_or_default()));
+        }
+    }
+    let addresses = ec2.describe_addresses().filters(by_tag()).send().await.unwrap();
+    left.extend(addresses.addresses().iter().map(|a| format!("address {}", a.allocation_id().unwrap_or_default())));
+    let keys = ec2.describe_key_pairs().filters(by_tag()).send().await.unwrap();
+    left.extend(keys.key_pairs().iter().map(|k| format!("key pair {}", k.key_name().unwrap_or_default())));
+    left
+}
+
+#[tokio::test]
+async fn e2e_apply_converges_through_throttling_5xx_and_lost_launches_and_destroy_leaves_nothing() {
+    let mut stack = Stack::new("e2e-faults", 67);
+    // This stack signs with a key of its own: the faults are its alone.
+    stack.env.insert("AWS_ACCESS_KEY_ID".into(), "faulty-e2e".into());
+    let before = realism(&stack, "/_realism", None);
+    let lost_before = before["counters"]["faults"]["RunInstances"]["lost"].as_i64().unwrap_or(0);
+    let _off = FaultsOff(&stack);
+    realism(
+        &stack,
+        "/_realism",
+        Some(
+            r#"{"fault_access_keys": ["faulty-e2e"], "seed": 11,
+                "throttle": {"*": 0.15}, "internal": {"*": 0.05}, "unavailable": {"*": 0.05},
+                "fail_next": {"RunInstances": ["lost", "drop", "lost"]}}"#,
+        ),
+    );
+    let out = stack.apply_wait();
+    assert!(out.contains("Ready → True (AllTiersReady)"), "{out}");
+    let live = stack.live_instances().await;
+    assert_eq!(live.len(), 3, "exactly one instance per tier: {live:?}");
+    let tiers: std::collections::BTreeSet<Ipv4Addr> = Tier::ALL.iter().map(|t| stack.tier(*t).1).collect();
+    assert_eq!(tiers.len(), 3);
+    let after = realism(&stack, "/_realism", None);
+    let faults = &after["counters"]["faults"];
+    let lost = faults["RunInstances"]["lost"].as_i64().unwrap_or(0) - lost_before;
+    assert!(lost >= 2, "the launches' answers were lost: {faults}");
+    let throttled: i64 = faults.as_object().map_or(0, |m| m.values().filter_map(|f| f["throttle"].as_i64()).sum());
+    assert!(throttled > 0, "calls were throttled: {faults}");
+
+    let out = stack.run(&["destroy"]);
+    assert!(out.contains("destroyed"), "{out}");
+    let left = tagged_leftovers(&stack.world, &stack.tag()).await;
+    assert!(left.is_empty(), "destroy left tagged resources: {left:?}");
 }
 
 #[tokio::test]
