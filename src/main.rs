@@ -140,13 +140,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let settings =
                 EngineSettings { resync: Duration::from_secs(args.resync_seconds.max(1)), ..Default::default() };
             let engine = wiring::engine_for(&manifest.stack.spec, hosts.clone(), settings).await;
-            let opts =
-                ApplyOptions {
-                    wait: args.wait,
-                    watch: args.watch,
-                    timeout: Duration::from_secs(args.timeout_seconds),
-                    timeline: args.timeline,
-                };
+            let opts = ApplyOptions {
+                wait: args.wait,
+                watch: args.watch,
+                timeout: Duration::from_secs(args.timeout_seconds),
+                timeline: args.timeline,
+            };
             let (event_tx, event_rx) = tokio::sync::mpsc::channel(64);
             let hub = wiring::DriftHub::new(hosts, event_tx);
             let (wake_tx, wake_rx) = tokio::sync::mpsc::channel(1);

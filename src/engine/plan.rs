@@ -251,7 +251,9 @@ pub fn plan(
             (_, None) => HostView::NotCreated,
             (None, Some(_)) => HostView::Unavailable,
         };
-        actions.extend(plan_host(tier, &pinned_containers(spec, tier, peers, &status.images), view).into_iter().map(Action::Host));
+        actions.extend(
+            plan_host(tier, &pinned_containers(spec, tier, peers, &status.images), view).into_iter().map(Action::Host),
+        );
     }
     Plan { actions, drift: infra_plan.drift }
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::engine::desired::desired_containers;
 use crate::api::{NetworkStatus, TierStatus, TiersStatus};
+use crate::engine::desired::desired_containers;
 use crate::fixtures::spec;
 use crate::model::{NetworkStep, ObservedContainer, ObservedNetwork};
 

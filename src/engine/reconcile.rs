@@ -8,7 +8,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
-use crate::timeline::{self, Stage};
 use crate::api::conditions::{find_condition, set_condition};
 use crate::api::{
     validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, HostKeyPolicy, NetworkStatus, Phase, Reason,
@@ -16,9 +15,10 @@ use crate::api::{
 };
 use crate::cloud::{Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity, CLIENT_TOKEN_PREFIX};
 use crate::host::{HostError, HostTarget, Hosts, SshKey};
+use crate::timeline::{self, Stage};
 
 use crate::model::{
-    Action, DesiredContainer, DesiredKeyPair, DockerState, InfraAction, InstanceState, NetworkObservation,
+    Action, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceState, NetworkObservation,
     ObservedHost, ObservedInstance, UserData,
 };
 
@@ -184,10 +184,20 @@ impl Engine {
                 }
             }
         }
+        // Every host converges at once: the peers' addresses come from EC2,
+        // and the apps retry their connections to redis and db, so no tier
+        // waits for another (the smoke test still runs last).
         let observations = futures::future::join_all(targets.iter().map(|t| self.hosts.observe(t, &key))).await;
-        for (target, observed) in targets.iter().zip(observations) {
-            let desired = pinned_containers(spec, target.tier, peers, &run.status.images);
-            let finding = self.converge_host(spec, target, &key, observed, &desired, run, &mut changed_hosts).await;
+        let desired: Vec<Vec<DesiredContainer>> =
+            targets.iter().map(|t| pinned_containers(spec, t.tier, peers, &run.status.images)).collect();
+        let converging = targets
+            .iter()
+            .zip(observations)
+            .zip(&desired)
+            .map(|((target, observed), desired)| self.converge_host(spec, target, &key, observed, desired));
+        let outcomes = futures::future::join_all(converging).await;
+        for ((target, desired), outcome) in targets.iter().zip(&desired).zip(outcomes) {
+            let finding = run.record_host(spec, target, desired, outcome, &mut changed_hosts);
             let finding = match infra_plan.keepers.get(&target.tier) {
                 Some(inst) if finding.reason == Reason::HostKeyMismatch => {
                     not_yet_this_host(&run.status, inst, finding)
@@ -308,8 +318,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Carries out one host's plan from its observation, and says how ready it is.
-    #[allow(clippy::too_many_arguments)]
+    /// Carries out one host's plan from its observation. Touches nothing
+    /// but the host, so all hosts converge at once; [`Run::record_host`]
+    /// records the outcome.
     async fn converge_host(
         &self,
         spec: &VotingStackSpec,
@@ -317,37 +328,35 @@ impl Engine {
         key: &SshKey,
         observed: Result<ObservedHost, HostError>,
         desired: &[DesiredContainer],
-        run: &mut Run,
-        changed: &mut bool,
-    ) -> Finding {
-        let tier = target.tier;
-        let mut observed = match observed {
+    ) -> HostOutcome {
+        let mut outcome = HostOutcome::default();
+        let first = match observed {
             Ok(o) => o,
-            Err(e) => return run.host_failed(e),
+            Err(e) => {
+                outcome.failed = Some(e);
+                return outcome;
+            }
         };
-        pin_host_key(&mut run.status, tier, &observed.host_key_fingerprint);
-        let mut pinned = target.clone();
-        pinned.expected_host_key = Some(observed.host_key_fingerprint.clone());
-        run.targets.push(pinned);
-        let actions = plan_host(tier, desired, HostView::Observed(&observed));
-        if !spec.paused && !actions.is_empty() {
-            for a in &actions {
-                info!(host = %target.describe(), "{a}");
-            }
-            let applied = self.hosts.apply(target, key, &actions, spec.app.image_pull_policy).await;
-            *changed = true;
-            if let Err(e) = applied {
-                return run.host_failed(e);
-            }
-            run.applied.extend(actions.into_iter().map(Action::Host));
-            observed = match self.hosts.observe(target, key).await {
-                Ok(o) => o,
-                Err(e) => return run.host_failed(e),
-            };
+        outcome.fingerprint = Some(first.host_key_fingerprint.clone());
+        let actions = plan_host(target.tier, desired, HostView::Observed(&first));
+        if spec.paused || actions.is_empty() {
+            outcome.observed = Some(first);
+            return outcome;
         }
-        record_containers(&mut run.status, tier, &observed);
-        record_pins(spec, &mut run.status.images, &running_digests(desired, &observed));
-        tier_finding(target, &observed, desired)
+        for a in &actions {
+            info!(host = %target.describe(), "{a}");
+        }
+        outcome.changed = true;
+        if let Err(e) = self.hosts.apply(target, key, &actions, spec.app.image_pull_policy).await {
+            outcome.failed = Some(e);
+            return outcome;
+        }
+        outcome.applied = actions;
+        match self.hosts.observe(target, key).await {
+            Ok(o) => outcome.observed = Some(o),
+            Err(e) => outcome.failed = Some(e),
+        }
+        outcome
     }
 
     /// HTTP 200 from vote and result, once the frontend's containers run.
@@ -610,6 +619,35 @@ impl Run {
         self.error = Some(ErrorKind::Ssh);
         Finding::not(e.reason(), e.to_string())
     }
+
+    /// Records what converging one host did (its key pin, actions,
+    /// containers, image digests) and says how ready the tier is.
+    fn record_host(
+        &mut self,
+        spec: &VotingStackSpec,
+        target: &HostTarget,
+        desired: &[DesiredContainer],
+        outcome: HostOutcome,
+        changed: &mut bool,
+    ) -> Finding {
+        *changed |= outcome.changed;
+        if let Some(fingerprint) = &outcome.fingerprint {
+            pin_host_key(&mut self.status, target.tier, fingerprint);
+            let mut pinned = target.clone();
+            pinned.expected_host_key = Some(fingerprint.clone());
+            self.targets.push(pinned);
+        }
+        self.applied.extend(outcome.applied.into_iter().map(Action::Host));
+        if let Some(e) = outcome.failed {
+            return self.host_failed(e);
+        }
+        let Some(observed) = outcome.observed else {
+            return Finding::not(Reason::NotReady, "the host was not observed");
+        };
+        record_containers(&mut self.status, target.tier, &observed);
+        record_pins(spec, &mut self.status.images, &running_digests(desired, &observed));
+        tier_finding(target, &observed, desired)
+    }
 }
 
 fn infra_finding(keepers: &BTreeMap<Tier, ObservedInstance>, drift: &[InstanceDrift]) -> Finding {
@@ -776,6 +814,21 @@ fn pin_host_key(status: &mut VotingStackStatus, tier: Tier, fingerprint: &str) {
             t.host_key_pinned_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         }
     }
+}
+
+/// What converging one host did, recorded by [`Run::record_host`].
+#[derive(Debug, Default)]
+struct HostOutcome {
+    /// The host key the host presented, once it was observed.
+    fingerprint: Option<String>,
+    /// Whether the host was changed (or a change was attempted).
+    changed: bool,
+    /// The actions carried out.
+    applied: Vec<HostAction>,
+    /// The host as it is afterwards.
+    observed: Option<ObservedHost>,
+    /// Why the host could not be observed or changed.
+    failed: Option<HostError>,
 }
 
 /// (image reference, digest) of each desired container the host runs in

@@ -21,16 +21,17 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{HealthStatusEnum, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    PruneImagesOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    PruneImagesOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
-use crate::timeline::{self, Stage};
 use crate::model::desired::{repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER};
 use crate::model::{DesiredContainer, DockerState, HostAction, ObservedHost};
+use crate::timeline::{self, Stage};
 
 use super::bootstrap::{self, Step};
 use super::containers;
@@ -265,9 +266,11 @@ impl SshHosts {
         let image = self.bounded(target, &what, Self::command_limit(target), docker.inspect_image(&c.image)).await;
         let image = image.map_err(|e| debug!(host = %target.describe(), "{e}")).ok()?;
         let repository = repository_of(&c.image);
-        let from_registry = image.repo_digests.unwrap_or_default().into_iter().find_map(|rd| {
-            rd.split_once('@').filter(|(repo, _)| *repo == repository).map(|(_, d)| d.to_string())
-        });
+        let from_registry = image
+            .repo_digests
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|rd| rd.split_once('@').filter(|(repo, _)| *repo == repository).map(|(_, d)| d.to_string()));
         from_registry.or(image.id)
     }
 
@@ -277,7 +280,8 @@ impl SshHosts {
         let filters = HashMap::from([("dangling", vec!["false"])]);
         let options = PruneImagesOptionsBuilder::default().filters(&filters).build();
         let what = "remove unused images from a full disk";
-        let pruned = self.bounded(target, what, Self::command_limit(target), docker.prune_images(Some(options))).await?;
+        let pruned =
+            self.bounded(target, what, Self::command_limit(target), docker.prune_images(Some(options))).await?;
         warn!(
             host = %target.describe(),
             images = pruned.images_deleted.map_or(0, |d| d.len()),

@@ -95,9 +95,7 @@ impl HostError {
             HostError::CommandFailed { .. }
             | HostError::Engine { .. }
             | HostError::Parse { .. }
-            | HostError::Busy { .. } => {
-                Reason::DeployFailed
-            }
+            | HostError::Busy { .. } => Reason::DeployFailed,
             HostError::Http { .. } => Reason::NotReady,
         }
     }

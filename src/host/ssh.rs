@@ -30,8 +30,8 @@ use tracing::debug;
 use super::bootstrap::{self, Facts, Step};
 use super::engine_api::EngineApi;
 use super::web::Web;
-use crate::timeline::{self, Stage};
 use super::{HostError, HostTarget, SshKey};
+use crate::timeline::{self, Stage};
 
 /// Most bytes kept of a command's stdout or stderr.
 const OUTPUT_LIMIT: usize = 4 << 20;

@@ -447,10 +447,8 @@ async fn e2e_redis_recreated_with_votes_queued_loses_none() {
     let (_, redis_after) = stack.on_host(Tier::Backend, redis_id);
     assert_ne!(redis_after, redis_before, "redis was re-created");
     let count = "docker exec db psql -U postgres -tAc \"SELECT count(*) FROM votes WHERE id LIKE 'queued-%'\"";
-    within(Duration::from_secs(30), "every queued vote in postgres", || {
-        stack.on_host(Tier::Database, count).1 == "40"
-    })
-    .await;
+    within(Duration::from_secs(30), "every queued vote in postgres", || stack.on_host(Tier::Database, count).1 == "40")
+        .await;
 }
 
 /// Sends `body` (JSON) to the realism layer's control endpoint; returns its answer.
@@ -504,9 +502,13 @@ async fn tagged_leftovers(world: &World, tag: &str) -> Vec<String> {
     let groups = ec2.describe_security_groups().filters(by_tag()).send().await.unwrap();
     left.extend(groups.security_groups().iter().map(|g| format!("group {}", g.group_id().unwrap_or_default())));
     let igws = ec2.describe_internet_gateways().filters(by_tag()).send().await.unwrap();
-    left.extend(igws.internet_gateways().iter().map(|g| format!("igw {}", g.internet_gateway_id().unwrap_or_default())));
+    left.extend(
+        igws.internet_gateways().iter().map(|g| format!("igw {}", g.internet_gateway_id().unwrap_or_default())),
+    );
     let tables = ec2.describe_route_tables().filters(by_tag()).send().await.unwrap();
-    left.extend(tables.route_tables().iter().map(|t| format!("route table {}", t.route_table_id().unwrap_or_default())));
+    left.extend(
+        tables.route_tables().iter().map(|t| format!("route table {}", t.route_table_id().unwrap_or_default())),
+    );
     let nats = ec2.describe_nat_gateways().filter(by_tag()).send().await.unwrap();
     for n in nats.nat_gateways() {
         let state = n.state().map(|s| s.as_str().to_string()).unwrap_or_default();
