@@ -199,6 +199,10 @@ fn progress_lines(outcome: &Outcome) -> Vec<String> {
     lines
 }
 
+/// The longest pause between two passes of `apply --wait` while the stack is
+/// not Ready: a host that starts answering SSH is reached within a second.
+const NOT_READY_PAUSE: Duration = Duration::from_secs(1);
+
 /// Options of `apply`.
 #[derive(Clone, Debug)]
 pub struct ApplyOptions {
@@ -266,7 +270,7 @@ pub async fn apply(
             drift = Some(rx);
         }
         let pause =
-            if outcome.is_ready() { outcome.requeue_after } else { outcome.requeue_after.min(Duration::from_secs(2)) };
+            if outcome.is_ready() { outcome.requeue_after } else { outcome.requeue_after.min(NOT_READY_PAUSE) };
         match drift.as_mut() {
             Some(rx) => {
                 tokio::select! {
