@@ -324,6 +324,8 @@ impl ObservedNetwork {
 }
 
 /// What observation says of the network.
+// One observation per reconcile: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetworkObservation {
     /// The ids recorded in status, trusted without a look-up of the rest
