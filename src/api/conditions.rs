@@ -90,6 +90,8 @@ pub enum Reason {
     InstancesRunning,
     Provisioning,
     InstanceDrift,
+    /// A subnet's zone or CIDR differs from the spec or status.
+    NetworkDrift,
     AwsAuthFailed,
     AwsInvalidParameter,
     AwsQuotaExceeded,
@@ -125,6 +127,7 @@ impl Reason {
             Reason::InstancesRunning => "InstancesRunning",
             Reason::Provisioning => "Provisioning",
             Reason::InstanceDrift => "InstanceDrift",
+            Reason::NetworkDrift => "NetworkDrift",
             Reason::AwsAuthFailed => "AwsAuthFailed",
             Reason::AwsInvalidParameter => "AwsInvalidParameter",
             Reason::AwsQuotaExceeded => "AwsQuotaExceeded",

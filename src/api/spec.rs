@@ -102,18 +102,36 @@ pub enum ConnectVia {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!isCIDR(self.vpcCidr) || !isCIDR(self.subnetCidr) || cidr(self.vpcCidr).containsCIDR(self.subnetCidr)").message("subnetCidr must lie inside vpcCidr"))]
+#[x_kube(validation = Rule::new("!has(self.privateSubnetCidr) || !isCIDR(self.vpcCidr) || !isCIDR(self.privateSubnetCidr) || cidr(self.vpcCidr).containsCIDR(self.privateSubnetCidr)").message("privateSubnetCidr must lie inside vpcCidr"))]
+#[x_kube(validation = Rule::new("!has(self.privateSubnetCidr) || !isCIDR(self.subnetCidr) || !isCIDR(self.privateSubnetCidr) || !(cidr(self.subnetCidr).containsCIDR(self.privateSubnetCidr) || cidr(self.privateSubnetCidr).containsCIDR(self.subnetCidr))").message("privateSubnetCidr must not overlap subnetCidr"))]
+#[x_kube(validation = Rule::new("has(self.privateSubnetCidr) == has(oldSelf.privateSubnetCidr) && (!has(self.privateSubnetCidr) || self.privateSubnetCidr == oldSelf.privateSubnetCidr)").message("privateSubnetCidr is immutable; create a new VotingStack instead"))]
 pub struct NetworkSpec {
     /// CIDR block of the VPC. Immutable.
     #[serde(default = "default_vpc_cidr")]
     #[schemars(length(max = 18), regex(pattern = CIDR_PATTERN))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("vpcCidr is immutable; create a new VotingStack instead"))]
     pub vpc_cidr: String,
-    /// CIDR block of the single subnet the three hosts share; inside `vpcCidr`. Immutable.
+    /// CIDR block of the public subnet: the frontend host and the NAT gateway,
+    /// routed to the internet gateway; inside `vpcCidr`. Immutable.
     #[serde(default = "default_subnet_cidr")]
     #[schemars(length(max = 18), regex(pattern = CIDR_PATTERN))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("subnetCidr is immutable; create a new VotingStack instead"))]
     pub subnet_cidr: String,
-    /// Availability zone of the subnet; AWS picks one when unset.
+    /// CIDR block of the private subnet: the backend and database hosts, without
+    /// public IPs, routed to the NAT gateway. Inside `vpcCidr`, not overlapping
+    /// `subnetCidr`. When unset: the block of the same size right after
+    /// `subnetCidr` (10.42.2.0/24 for 10.42.1.0/24). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 18), regex(pattern = CIDR_PATTERN))]
+    pub private_subnet_cidr: Option<String>,
+    /// How the private subnet reaches the internet (image pulls, packages).
+    /// Immutable.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("egress is immutable; create a new VotingStack instead"))]
+    pub egress: Egress,
+    /// Availability zone of both subnets. When unset the operator picks the
+    /// first zone (by name) that offers every instance type of the stack, and
+    /// records it in `status.network.availabilityZone`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
     /// Who may open SSH (port 22) to the hosts: the operator's egress addresses.
@@ -128,6 +146,19 @@ pub struct NetworkSpec {
     /// Which host address the operator uses for SSH, probes and the URLs.
     #[serde(default)]
     pub connect_via: ConnectVia,
+}
+
+/// Outbound internet access of the private subnet.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Egress {
+    /// A NAT gateway in the public subnet with an Elastic IP; the private
+    /// subnet's default route points at it. AWS bills it by the hour (about
+    /// $0.045 in us-east-1) plus per GB processed.
+    #[default]
+    NatGateway,
+    /// No route to the internet from the private subnet: for stacks whose
+    /// hosts get packages and images from a VPC endpoint or a mirror.
+    None,
 }
 
 /// The three EC2 instances.
@@ -387,6 +418,23 @@ impl VotingStackSpec {
     /// and the SSH side both follow this one rule.
     pub fn jumps_through_frontend(&self) -> bool {
         self.network.connect_via == ConnectVia::PublicIp || self.ssh.jump_through_frontend
+    }
+}
+
+impl NetworkSpec {
+    /// The private subnet's CIDR block: `privateSubnetCidr`, else the block of
+    /// the same size right after `subnetCidr`. None when neither parses or the
+    /// next block would leave the IPv4 space.
+    pub fn private_cidr(&self) -> Option<String> {
+        if let Some(cidr) = &self.private_subnet_cidr {
+            return Some(cidr.clone());
+        }
+        let public: ipnet::Ipv4Net = self.subnet_cidr.parse().ok()?;
+        let size = 1u64 << (32 - u32::from(public.prefix_len()));
+        let next = u64::from(u32::from(public.network())) + size;
+        let next = u32::try_from(next).ok()?;
+        let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(next), public.prefix_len()).ok()?;
+        Some(net.to_string())
     }
 }
 

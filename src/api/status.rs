@@ -93,12 +93,32 @@ impl Phase {
 pub struct NetworkStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_id: Option<String>,
+    /// The public subnet (frontend host, NAT gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnet_id: Option<String>,
+    /// The private subnet (backend and database hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_subnet_id: Option<String>,
+    /// Availability zone of the subnets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internet_gateway_id: Option<String>,
+    /// Route table of the public subnet (default route to the internet gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_table_id: Option<String>,
+    /// Route table of the private subnet (default route to the NAT gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_route_table_id: Option<String>,
+    /// Allocation id of the NAT gateway's Elastic IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub elastic_ip_allocation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_gateway_id: Option<String>,
+    /// `available` once the NAT gateway is available and the private subnet
+    /// routes to it; `pending` until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_gateway_state: Option<String>,
     /// Security group id per tier.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub security_groups: BTreeMap<Tier, String>,

@@ -105,6 +105,7 @@ fn check_network(p: &mut Problems, spec: &VotingStackSpec) {
             p.push("spec.network.subnetCidr", format!("{subnet} is not inside vpcCidr {vpc}"));
         }
     }
+    check_private_subnet(p, spec, vpc, subnet);
     if net.ssh_ingress_cidrs.is_empty() {
         p.push("spec.network.sshIngressCidrs", "needs at least one CIDR, or the operator cannot reach the hosts");
     }
@@ -113,6 +114,35 @@ fn check_network(p: &mut Problems, spec: &VotingStackSpec) {
     }
     for (i, c) in net.web_ingress_cidrs.iter().enumerate() {
         parse_cidr(p, &format!("spec.network.webIngressCidrs[{i}]"), c);
+    }
+}
+
+/// The private subnet: given or derived, a /16-/28 block inside the VPC
+/// that does not overlap the public subnet.
+fn check_private_subnet(p: &mut Problems, spec: &VotingStackSpec, vpc: Option<Ipv4Net>, public: Option<Ipv4Net>) {
+    let path = "spec.network.privateSubnetCidr";
+    let given = spec.network.private_subnet_cidr.is_some();
+    let private = match (&spec.network.private_subnet_cidr, spec.network.private_cidr()) {
+        (Some(value), _) => parse_cidr(p, path, value),
+        // A derived block is only judged once the public one it follows is fine.
+        (None, Some(_)) if public.is_none() || vpc.zip(public).is_some_and(|(v, s)| !v.contains(&s)) => None,
+        (None, Some(derived)) => derived.parse::<Ipv4Net>().ok(),
+        (None, None) => None,
+    };
+    let Some(private) = private else { return };
+    let how = if given { String::new() } else { " (derived from subnetCidr: set privateSubnetCidr)".to_string() };
+    if given && !(16..=28).contains(&private.prefix_len()) {
+        p.push(path, "AWS allows subnet blocks from /16 to /28");
+    }
+    if let Some(vpc) = vpc {
+        if !vpc.contains(&private) {
+            p.push(path, format!("{private} is not inside vpcCidr {vpc}{how}"));
+        }
+    }
+    if let Some(public) = public {
+        if public.contains(&private) || private.contains(&public) {
+            p.push(path, format!("{private} overlaps subnetCidr {public}"));
+        }
     }
 }
 
@@ -296,6 +326,26 @@ mod tests {
             ]
         );
         assert!(errors[0].message.contains("not inside vpcCidr 10.42.0.0/16"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn the_private_subnet_lies_inside_the_vpc_apart_from_the_public_one() {
+        let mut s = spec();
+        assert_eq!(s.network.private_cidr().as_deref(), Some("10.42.2.0/24"));
+        s.network.private_subnet_cidr = Some("10.42.1.128/25".into());
+        let errors = validate("demo", &s);
+        assert_eq!(paths(&errors), ["spec.network.privateSubnetCidr"]);
+        assert!(errors[0].message.contains("overlaps subnetCidr 10.42.1.0/24"), "{}", errors[0]);
+        s.network.private_subnet_cidr = Some("10.43.2.0/24".into());
+        assert!(validate("demo", &s)[0].message.contains("not inside vpcCidr"), "{:?}", validate("demo", &s));
+        s.network.private_subnet_cidr = Some("10.42.200.0/24".into());
+        assert_eq!(validate("demo", &s), vec![]);
+        // A derived block outside the VPC asks for an explicit one.
+        s.network.private_subnet_cidr = None;
+        s.network.subnet_cidr = "10.42.255.0/24".into();
+        let errors = validate("demo", &s);
+        assert_eq!(paths(&errors), ["spec.network.privateSubnetCidr"]);
+        assert!(errors[0].message.contains("set privateSubnetCidr"), "{}", errors[0]);
     }
 
     #[test]

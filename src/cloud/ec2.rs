@@ -31,9 +31,7 @@ use aws_sdk_ec2::Client;
 use tracing::debug;
 
 use crate::api::{NetworkStatus, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
-use crate::model::{
-    InstanceLaunch, NetworkObservation, NetworkStep, ObservedInfra, ObservedInstance, TeardownInventory, TeardownStep,
-};
+use crate::model::{InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, TeardownInventory, TeardownStep};
 
 use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
 
@@ -227,21 +225,7 @@ impl Cloud for Ec2Cloud {
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError> {
         let instances = self.stack_instances(stack).await?;
-        // A converged stack: every tier has a live instance in the known
-        // subnet. The ids are trusted and no further call is made.
-        let trusted = match lookup {
-            NetworkLookup::TrustStatus => {
-                known.filter(|k| network::is_complete(k) && network::serves_every_tier(k, &instances))
-            }
-            NetworkLookup::Inventory => None,
-        };
-        let network = match trusted {
-            Some(k) => NetworkObservation::Trusted(k.clone()),
-            // Something is about to be created, or the spec changed: look the
-            // network up, so a part deleted or changed behind the operator's
-            // back is planned back.
-            None => NetworkObservation::Inventory(self.inventory(stack, known).await?.observe(stack, known)),
-        };
+        let network = self.observe_network(stack, known, lookup, &instances).await?;
         let instances = instances.into_iter().map(|(inst, _)| inst).collect();
         Ok(ObservedInfra { network, instances })
     }

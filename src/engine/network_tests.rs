@@ -6,7 +6,8 @@ use super::*;
 use crate::api::ConnectVia;
 use crate::fixtures::spec;
 use crate::model::network::{
-    FoundRouteTable, ObservedGateway, ObservedGroup, ObservedKeyPair, ObservedRouteTable, ObservedSubnet, ObservedVpc,
+    Duplicate, DuplicateKind, FoundRouteTable, ObservedAddress, ObservedGateway, ObservedKeyPair, ObservedNatGateway,
+    ObservedSubnet, ObservedVpc, NAT_AVAILABLE, NAT_NONE, NAT_PENDING,
 };
 
 const KEY: &str = "ssh-ed25519 AAAAcurrent demo@laptop";
@@ -24,15 +25,34 @@ fn complete() -> ObservedNetwork {
             (*t, ObservedGroup { id: format!("sg-{t}"), rules })
         })
         .collect();
+    let subnet = |id: &str, cidr: &str| ObservedSubnet {
+        id: id.into(),
+        cidr: cidr.into(),
+        availability_zone: Some("us-east-1a".into()),
+    };
     ObservedNetwork {
         vpc: Some(ObservedVpc { id: "vpc-1".into(), cidr: "10.42.0.0/16".into() }),
-        subnet: Some(ObservedSubnet { id: "subnet-1".into(), cidr: "10.42.1.0/24".into(), availability_zone: None }),
+        subnet: Some(subnet("subnet-1", "10.42.1.0/24")),
+        private_subnet: Some(subnet("subnet-2", "10.42.2.0/24")),
         gateway: Some(ObservedGateway { id: "igw-1".into(), attached: true }),
         route_table: Some(ObservedRouteTable {
             id: "rtb-1".into(),
             default_route: Some("igw-1".into()),
             associated: true,
         }),
+        private_route_table: Some(ObservedRouteTable {
+            id: "rtb-2".into(),
+            default_route: Some("nat-1".into()),
+            associated: true,
+        }),
+        nat_gateway: Some(ObservedNatGateway {
+            id: "nat-1".into(),
+            state: NatState::Available,
+            allocation_id: Some("eipalloc-1".into()),
+        }),
+        failed_nat_gateways: 0,
+        elastic_ip: Some(ObservedAddress { allocation_id: "eipalloc-1".into(), associated: true }),
+        duplicates: Vec::new(),
         groups,
         key_pair: Some(ObservedKeyPair {
             name: "votingstack-default-demo".into(),
@@ -53,12 +73,18 @@ fn fresh_network_is_planned_in_full_and_in_order() {
         [
             "+ create VPC 10.42.0.0/16",
             "~ enable DNS support and host names in the VPC",
-            "+ create subnet 10.42.1.0/24",
+            "+ create public subnet 10.42.1.0/24 in the first zone offering t3.small",
             "+ create internet gateway",
             "~ attach internet gateway to the VPC",
-            "+ create route table",
-            "+ route 0.0.0.0/0 to the internet gateway",
-            "~ associate route table with the subnet",
+            "+ create public route table",
+            "+ route 0.0.0.0/0 from the public subnet to the internet gateway",
+            "~ associate public route table with the public subnet",
+            "+ create private subnet 10.42.2.0/24 in the first zone offering t3.small",
+            "+ allocate Elastic IP for the NAT gateway",
+            "+ create NAT gateway in the public subnet",
+            "+ create private route table",
+            "+ route 0.0.0.0/0 from the private subnet to the NAT gateway (once it is available)",
+            "~ associate private route table with the private subnet",
             "+ create database security group",
             "+ create backend security group",
             "+ create frontend security group",
@@ -81,7 +107,134 @@ fn fresh_network_is_planned_in_full_and_in_order() {
 #[test]
 fn complete_network_needs_no_steps() {
     assert_eq!(network_steps(&complete(), &spec(), &key()), []);
-    assert!(complete().complete_ids().is_some());
+    let ids = complete().complete_ids(Egress::NatGateway).expect("complete");
+    assert_eq!(ids.nat_gateway_state.as_deref(), Some(NAT_AVAILABLE));
+    assert_eq!(ids.private_subnet_id.as_deref(), Some("subnet-2"));
+    assert_eq!(ids.availability_zone.as_deref(), Some("us-east-1a"));
+}
+
+#[test]
+fn the_subnets_go_to_the_named_zone_or_the_first_offering_every_type() {
+    let mut s = spec();
+    s.instances.database = Some(crate::api::InstanceOverride { ami: None, instance_type: Some("r6i.large".into()) });
+    let zones: Vec<ZoneChoice> = network_steps(&ObservedNetwork::default(), &s, &key())
+        .into_iter()
+        .filter_map(|step| match step {
+            NetworkStep::CreateSubnet { zone, .. } => Some(zone),
+            _ => None,
+        })
+        .collect();
+    let offering = ZoneChoice::Offering(vec!["r6i.large".into(), "t3.small".into()]);
+    assert_eq!(zones, [offering.clone(), offering]);
+    s.network.availability_zone = Some("eu-west-1b".into());
+    let steps = network_steps(&ObservedNetwork::default(), &s, &key());
+    assert!(lines(&steps).contains(&"+ create private subnet 10.42.2.0/24 in eu-west-1b".to_string()));
+}
+
+#[test]
+fn a_pending_nat_gateway_is_routed_to_once_available_and_the_network_stays_incomplete() {
+    let mut net = complete();
+    net.private_route_table.as_mut().expect("rt").default_route = None;
+    net.nat_gateway.as_mut().expect("nat").state = NatState::Pending;
+    assert_eq!(
+        network_steps(&net, &spec(), &key()),
+        [NetworkStep::RouteToNatGateway { replaces: None, when_available: true }]
+    );
+    assert!(net.complete_ids(Egress::NatGateway).is_none());
+    assert_eq!(net.ids().nat_gateway_state.as_deref(), Some(NAT_PENDING));
+    // Available now: routed at once.
+    net.nat_gateway.as_mut().expect("nat").state = NatState::Available;
+    assert_eq!(
+        lines(&network_steps(&net, &spec(), &key())),
+        ["+ route 0.0.0.0/0 from the private subnet to the NAT gateway"]
+    );
+}
+
+#[test]
+fn a_failed_nat_gateway_is_replaced_with_a_new_client_token() {
+    let mut net = complete();
+    net.nat_gateway = None;
+    net.failed_nat_gateways = 1;
+    net.elastic_ip.as_mut().expect("eip").associated = false;
+    assert_eq!(
+        network_steps(&net, &spec(), &key()),
+        [
+            NetworkStep::CreateNatGateway { attempt: 1 },
+            NetworkStep::RouteToNatGateway { replaces: Some("nat-1".into()), when_available: true },
+        ]
+    );
+}
+
+#[test]
+fn without_egress_the_private_subnet_gets_no_nat_gateway() {
+    let mut s = spec();
+    s.network.egress = Egress::None;
+    let fresh = lines(&network_steps(&ObservedNetwork::default(), &s, &key()));
+    assert!(!fresh.iter().any(|l| l.contains("NAT") || l.contains("Elastic IP")), "{fresh:?}");
+    assert!(fresh.contains(&"+ create private route table".to_string()), "{fresh:?}");
+    let mut net = complete();
+    net.nat_gateway = None;
+    net.elastic_ip = None;
+    net.private_route_table.as_mut().expect("rt").default_route = None;
+    assert_eq!(network_steps(&net, &s, &key()), []);
+    let ids = net.complete_ids(Egress::None).expect("complete without egress");
+    assert_eq!(ids.nat_gateway_state.as_deref(), Some(NAT_NONE));
+    assert!(net.complete_ids(Egress::NatGateway).is_none());
+}
+
+#[test]
+fn unused_duplicates_are_deleted_after_everything_else() {
+    let mut net = complete();
+    net.duplicates = vec![
+        Duplicate { kind: DuplicateKind::Vpc, id: "vpc-2".into() },
+        Duplicate { kind: DuplicateKind::InternetGateway, id: "igw-2".into() },
+    ];
+    net.key_pair = None;
+    assert_eq!(
+        lines(&network_steps(&net, &spec(), &key())),
+        [
+            "+ import key pair votingstack-default-demo",
+            "- delete unused duplicate VPC vpc-2 (left by a retried create)",
+            "- delete unused duplicate internet gateway igw-2 (left by a retried create)",
+        ]
+    );
+}
+
+#[test]
+fn a_subnet_in_another_zone_or_block_is_drift_not_replaced() {
+    let mut net = complete();
+    let known = net.ids();
+    net.private_subnet.as_mut().expect("private").availability_zone = Some("us-east-1c".into());
+    net.subnet.as_mut().expect("public").cidr = "10.42.9.0/24".into();
+    let observed = NetworkObservation::Inventory(net.clone());
+    assert_eq!(
+        network_drift(&observed, &spec(), Some(&known)),
+        [
+            "public subnet subnet-1 has CIDR 10.42.9.0/24, not 10.42.1.0/24",
+            "private subnet subnet-2 is in us-east-1c, not in us-east-1a"
+        ]
+    );
+    // Nothing is planned for it: a subnet is never replaced.
+    assert_eq!(network_steps(&net, &spec(), &key()), []);
+    assert_eq!(network_drift(&NetworkObservation::Inventory(complete()), &spec(), Some(&known)), Vec::<String>::new());
+    // The zone the spec names is checked even when the network is trusted.
+    let mut s = spec();
+    s.network.availability_zone = Some("us-east-1b".into());
+    let trusted = NetworkObservation::Trusted(known.clone(), BTreeMap::new());
+    assert_eq!(
+        network_drift(&trusted, &s, Some(&known)),
+        ["the subnets are in us-east-1a, not in availabilityZone us-east-1b"]
+    );
+}
+
+#[test]
+fn a_trusted_network_keeps_its_rules() {
+    let mut groups = complete().groups;
+    let world = Rule::tcp(5432, Source::Cidr("0.0.0.0/0".into()));
+    groups.get_mut(&Tier::Database).expect("group").rules.insert(world.clone());
+    assert_eq!(rule_steps(&groups, &spec()), [NetworkStep::Revoke { tier: Tier::Database, rule: world }]);
+    groups.remove(&Tier::Database);
+    assert_eq!(rule_steps(&groups, &spec()), [], "a group not observed gets no step");
 }
 
 #[test]
@@ -98,8 +251,11 @@ fn a_rule_opened_by_hand_is_revoked() {
 fn missing_or_stale_default_route_is_routed_to_the_gateway() {
     let mut net = complete();
     net.route_table.as_mut().expect("rt").default_route = None;
-    assert_eq!(lines(&network_steps(&net, &spec(), &key())), ["+ route 0.0.0.0/0 to the internet gateway"]);
-    assert!(net.complete_ids().is_none());
+    assert_eq!(
+        lines(&network_steps(&net, &spec(), &key())),
+        ["+ route 0.0.0.0/0 from the public subnet to the internet gateway"]
+    );
+    assert!(net.complete_ids(Egress::NatGateway).is_none());
 
     net.route_table.as_mut().expect("rt").default_route = Some("blackhole".into());
     assert_eq!(
@@ -117,7 +273,7 @@ fn a_deleted_gateway_is_created_attached_and_routed_to() {
         [
             "+ create internet gateway",
             "~ attach internet gateway to the VPC",
-            "± route 0.0.0.0/0 to the internet gateway (replacing the route to igw-1)",
+            "± route 0.0.0.0/0 from the public subnet to the internet gateway (replacing the route to igw-1)",
         ]
     );
 }
@@ -196,7 +352,7 @@ fn ssh_through_the_frontend_group_follows_the_jump_rule() {
 }
 
 #[test]
-fn teardown_goes_leaves_first_and_the_key_pair_last() {
+fn teardown_goes_leaves_first_the_nat_gateway_before_its_address_and_the_key_pair_last() {
     let found = TeardownInventory {
         instances: vec!["i-1".into(), "i-2".into()],
         groups: vec![("sg-b".into(), vec![Rule::tcp(6379, Source::Group("sg-f".into()))]), ("sg-f".into(), vec![])],
@@ -204,8 +360,10 @@ fn teardown_goes_leaves_first_and_the_key_pair_last() {
             FoundRouteTable { id: "rtb-main".into(), main: true, association_ids: vec!["rtbassoc-m".into()] },
             FoundRouteTable { id: "rtb-1".into(), main: false, association_ids: vec!["rtbassoc-1".into()] },
         ],
+        nat_gateways: vec!["nat-1".into()],
+        elastic_ips: vec!["eipalloc-1".into()],
         gateways: vec![("igw-1".into(), vec!["vpc-1".into()])],
-        subnets: vec!["subnet-1".into()],
+        subnets: vec!["subnet-1".into(), "subnet-2".into()],
         vpcs: vec!["vpc-1".into()],
         key_pairs: vec!["votingstack-default-demo".into()],
     };
@@ -214,6 +372,8 @@ fn teardown_goes_leaves_first_and_the_key_pair_last() {
         steps,
         [
             "- terminate instances i-1, i-2",
+            "- delete NAT gateways nat-1 and wait until they are deleted",
+            "- release Elastic IP eipalloc-1",
             "- revoke 1 rules of sg-b that name another group",
             "- delete security group sg-b",
             "- delete security group sg-f",
@@ -222,6 +382,7 @@ fn teardown_goes_leaves_first_and_the_key_pair_last() {
             "- detach internet gateway igw-1 from vpc-1",
             "- delete internet gateway igw-1",
             "- delete subnet subnet-1",
+            "- delete subnet subnet-2",
             "- delete VPC vpc-1",
             "- delete key pair votingstack-default-demo",
         ]

@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 
 use crate::api::{Tier, VotingStackSpec, VotingStackStatus};
 use crate::cloud::NetworkLookup;
+use crate::model::network::SubnetRole;
 use crate::model::{
     Action, CreateReason, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceLaunch,
     InstanceState, NetworkObservation, ObservedHost, ObservedInfra, ObservedInstance, Peers, TerminateReason,
 };
 
 use super::desired::pinned_containers;
-use super::network::network_steps;
+use super::network::{network_steps, rule_steps};
 
 /// AMI or instance type that no longer matches the spec, left in place
 /// because `instances.allowReplacement` is false.
@@ -75,12 +76,14 @@ pub fn instance_launch(spec: &VotingStackSpec, tier: Tier, replacement: u32) -> 
         instance_type: spec.instances.instance_type_for(tier).to_string(),
         replacement,
         public_ip: tier.is_public(),
+        subnet: SubnetRole::of(tier),
         user_data: None,
     }
 }
 
 /// Plans the EC2 side: the network steps when the network was inventoried
-/// (a trusted network needs none), then the instances.
+/// (a trusted network needs only its security group rules kept), then the
+/// instances.
 pub fn plan_infra(
     spec: &VotingStackSpec,
     status: &VotingStackStatus,
@@ -88,9 +91,11 @@ pub fn plan_infra(
     key: &DesiredKeyPair,
 ) -> InfraPlan {
     let mut plan = InfraPlan::default();
-    if let NetworkObservation::Inventory(found) = &infra.network {
-        plan.actions.extend(network_steps(found, spec, key).into_iter().map(InfraAction::Network));
-    }
+    let steps = match &infra.network {
+        NetworkObservation::Inventory(found) => network_steps(found, spec, key),
+        NetworkObservation::Trusted(_, groups) => rule_steps(groups, spec),
+    };
+    plan.actions.extend(steps.into_iter().map(InfraAction::Network));
     for inst in infra.instances.iter().filter(|i| i.tier.is_none() && i.state.is_alive()) {
         plan.actions.push(InfraAction::TerminateInstance {
             tier: None,

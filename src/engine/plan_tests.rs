@@ -37,7 +37,7 @@ fn instance(tier: Tier, id: &str, state: InstanceState) -> ObservedInstance {
 
 fn infra() -> ObservedInfra {
     ObservedInfra {
-        network: NetworkObservation::Trusted(NetworkStatus::default()),
+        network: NetworkObservation::Trusted(NetworkStatus::default(), Default::default()),
         instances: Tier::ALL.iter().map(|t| instance(*t, &format!("i-{t}"), InstanceState::Running)).collect(),
     }
 }
@@ -93,12 +93,12 @@ fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
         })
         .collect();
     let network = plan.actions.iter().take_while(|a| matches!(a, Action::Infra(InfraAction::Network(_)))).count();
-    assert_eq!(network, 23, "every network step: {:?}", lines(&plan));
+    assert_eq!(network, 29, "every network step: {:?}", lines(&plan));
     assert_eq!(
         plan.actions[0],
         Action::Infra(InfraAction::Network(NetworkStep::CreateVpc { cidr: "10.42.0.0/16".into() }))
     );
-    assert_eq!(lines(&plan)[22], "+ import key pair votingstack-default-demo");
+    assert_eq!(lines(&plan)[28], "+ import key pair votingstack-default-demo");
     assert!(matches!(
         &plan.actions[network],
         Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Database, replacement: 0, .. }))
@@ -339,5 +339,7 @@ fn an_inventoried_network_that_matches_plans_only_what_differs() {
     let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key());
     assert!(plan.actions.iter().all(|a| matches!(a, Action::Infra(InfraAction::Network(_)))));
     assert!(!lines(&plan).iter().any(|l| l.starts_with("+ create VPC")), "{:?}", lines(&plan));
-    assert!(lines(&plan).contains(&"+ create subnet 10.42.1.0/24".to_string()));
+    assert!(
+        lines(&plan).contains(&"+ create public subnet 10.42.1.0/24 in the first zone offering t3.small".to_string())
+    );
 }

@@ -17,6 +17,7 @@ use crate::cloud::{Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentit
 use crate::host::{HostError, HostTarget, Hosts, SshKey};
 use crate::timeline::{self, Stage};
 
+use crate::model::network::NAT_PENDING;
 use crate::model::{
     Action, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceState, NetworkObservation,
     ObservedHost, ObservedInstance, UserData,
@@ -24,7 +25,7 @@ use crate::model::{
 
 use super::conditions::{Finding, Findings};
 use super::desired::{pinned_containers, record_pins};
-use super::network::{network_steps, teardown_steps};
+use super::network::{network_drift, network_steps, teardown_steps};
 use super::plan::{network_lookup, plan, plan_host, plan_infra, HostView, InfraPlan, InstanceDrift, Plan};
 
 /// Timing knobs of the engine.
@@ -227,7 +228,8 @@ impl Engine {
             Ok(infra) => infra,
             Err(e) => return run.cloud_failed(e),
         };
-        if let Some(net) = infra.network.complete_ids() {
+        let drift = network_drift(&infra.network, spec, run.status.network.as_ref());
+        if let Some(net) = infra.network.complete_ids(spec.network.egress) {
             run.status.network = Some(net);
         }
         if let NetworkObservation::Inventory(found) = &infra.network {
@@ -236,12 +238,15 @@ impl Engine {
                 warn!(stack = %ident.tag_value(), "adopted VPC {} has CIDR {}, not {}", vpc.id, vpc.cidr, spec.network.vpc_cidr);
             }
         }
+        for d in &drift {
+            warn!(stack = %ident.tag_value(), "network drift: {d}");
+        }
         let key_pair = desired_key_pair(ident, Some(key));
         let actions = plan_infra(spec, &run.status, &infra, &key_pair).actions;
         if !spec.paused && !actions.is_empty() {
             // The network steps start from the ids of what was found.
             let mut ids = match &infra.network {
-                NetworkObservation::Trusted(ids) => ids.clone(),
+                NetworkObservation::Trusted(ids, _) => ids.clone(),
                 NetworkObservation::Inventory(found) => found.ids(),
             };
             let mut network_began = None;
@@ -267,7 +272,11 @@ impl Engine {
         }
         debug!(stack = %ident.tag_value(), calls = self.cloud.api_calls() - calls_before, "EC2 calls this reconcile");
         let after = plan_infra(spec, &run.status, &infra, &key_pair);
-        run.findings.infrastructure = Some(infra_finding(&after.keepers, &after.drift));
+        let finding = match network_finding(&drift, run.status.network.as_ref()) {
+            Some(f) => f,
+            None => infra_finding(&after.keepers, &after.drift),
+        };
+        run.findings.infrastructure = Some(finding);
         Some(after)
     }
 
@@ -589,7 +598,7 @@ pub async fn converge_network(
 ) -> Result<NetworkStatus, CloudError> {
     let found = match cloud.observe(stack, known, NetworkLookup::Inventory).await?.network {
         NetworkObservation::Inventory(found) => found,
-        NetworkObservation::Trusted(ids) => return Ok(ids),
+        NetworkObservation::Trusted(ids, _) => return Ok(ids),
     };
     let mut ids = found.ids();
     for step in network_steps(&found, spec, &desired_key_pair(stack, Some(key))) {
@@ -648,6 +657,23 @@ impl Run {
         record_pins(spec, &mut self.status.images, &running_digests(desired, &observed));
         tier_finding(target, &observed, desired)
     }
+}
+
+/// A network that drifted from the spec (kept, for a person to resolve), or
+/// a NAT gateway still pending (the reconcile comes back soon); None when
+/// the network is as it should be.
+fn network_finding(drift: &[String], network: Option<&NetworkStatus>) -> Option<Finding> {
+    if !drift.is_empty() {
+        return Some(Finding::not(Reason::NetworkDrift, format!("{} (kept as found)", drift.join("; "))));
+    }
+    let net = network?;
+    (net.nat_gateway_state.as_deref() == Some(NAT_PENDING)).then(|| {
+        let id = net.nat_gateway_id.as_deref().unwrap_or("of the stack");
+        Finding::not(
+            Reason::Provisioning,
+            format!("NAT gateway {id} is pending: the private subnet gets its route to it once it is available"),
+        )
+    })
 }
 
 fn infra_finding(keepers: &BTreeMap<Tier, ObservedInstance>, drift: &[InstanceDrift]) -> Finding {

@@ -7,7 +7,7 @@ use std::fmt;
 use crate::api::Tier;
 
 use super::desired::DesiredContainer;
-use super::network::NetworkStep;
+use super::network::{NetworkStep, SubnetRole};
 
 /// Why an instance is terminated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub struct InstanceLaunch {
     pub replacement: u32,
     /// Whether the instance gets a public IPv4 address.
     pub public_ip: bool,
+    /// The subnet it is launched into: public for the frontend, private for
+    /// the backend and database.
+    pub subnet: SubnetRole,
     /// Set by the engine just before it launches (the plan never holds it):
     /// the user data carrying the instance's SSH host key.
     pub user_data: Option<UserData>,

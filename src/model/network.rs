@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use crate::api::{NetworkStatus, Tier};
+use crate::api::{Egress, NetworkStatus, Tier};
 
 /// Destination of the route to the internet.
 pub const DEFAULT_ROUTE: &str = "0.0.0.0/0";
@@ -80,6 +80,126 @@ pub struct ObservedSubnet {
     pub availability_zone: Option<String>,
 }
 
+/// Which of the stack's two subnets (and route tables).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SubnetRole {
+    /// The frontend host and the NAT gateway; routed to the internet gateway.
+    Public,
+    /// The backend and database hosts; routed to the NAT gateway.
+    Private,
+}
+
+impl SubnetRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubnetRole::Public => "public",
+            SubnetRole::Private => "private",
+        }
+    }
+
+    /// The subnet a tier's instance lives in.
+    pub fn of(tier: Tier) -> SubnetRole {
+        if tier.is_public() {
+            SubnetRole::Public
+        } else {
+            SubnetRole::Private
+        }
+    }
+}
+
+impl fmt::Display for SubnetRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// States of a NAT gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatState {
+    Pending,
+    Available,
+    Failed,
+    Deleting,
+    Deleted,
+}
+
+impl NatState {
+    pub fn parse(s: &str) -> Option<NatState> {
+        Some(match s {
+            "pending" => NatState::Pending,
+            "available" => NatState::Available,
+            "failed" => NatState::Failed,
+            "deleting" => NatState::Deleting,
+            "deleted" => NatState::Deleted,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NatState::Pending => "pending",
+            NatState::Available => "available",
+            NatState::Failed => "failed",
+            NatState::Deleting => "deleting",
+            NatState::Deleted => "deleted",
+        }
+    }
+
+    /// Pending or available: the gateway serves (or will serve) the stack.
+    pub fn is_usable(self) -> bool {
+        matches!(self, NatState::Pending | NatState::Available)
+    }
+}
+
+/// Values of `status.network.natGatewayState`.
+pub const NAT_AVAILABLE: &str = "available";
+pub const NAT_PENDING: &str = "pending";
+/// `egress: None`: the stack has no NAT gateway by design.
+pub const NAT_NONE: &str = "none";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedNatGateway {
+    pub id: String,
+    pub state: NatState,
+    /// Allocation id of its Elastic IP.
+    pub allocation_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedAddress {
+    pub allocation_id: String,
+    /// Associated with a network interface (the NAT gateway's).
+    pub associated: bool,
+}
+
+/// Kinds of resource a retried create (no ClientToken) can double.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DuplicateKind {
+    Vpc,
+    InternetGateway,
+    RouteTable,
+    ElasticIp,
+}
+
+impl fmt::Display for DuplicateKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DuplicateKind::Vpc => "VPC",
+            DuplicateKind::InternetGateway => "internet gateway",
+            DuplicateKind::RouteTable => "route table",
+            DuplicateKind::ElasticIp => "Elastic IP",
+        })
+    }
+}
+
+/// A resource with the stack's tag that the stack does not use and nothing
+/// depends on: an extra copy from a retried create.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Duplicate {
+    pub kind: DuplicateKind,
+    pub id: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ObservedGateway {
     pub id: String,
@@ -93,7 +213,7 @@ pub struct ObservedRouteTable {
     /// Target of the `0.0.0.0/0` route: a gateway id, or `blackhole` when
     /// its target is gone; None without such a route.
     pub default_route: Option<String>,
-    /// Associated with the stack's subnet.
+    /// Associated with the subnet of its role.
     pub associated: bool,
 }
 
@@ -115,11 +235,23 @@ pub struct ObservedKeyPair {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObservedNetwork {
     pub vpc: Option<ObservedVpc>,
+    /// The public subnet.
     pub subnet: Option<ObservedSubnet>,
+    pub private_subnet: Option<ObservedSubnet>,
     pub gateway: Option<ObservedGateway>,
+    /// The public subnet's route table.
     pub route_table: Option<ObservedRouteTable>,
+    pub private_route_table: Option<ObservedRouteTable>,
+    /// A pending or available NAT gateway of the stack.
+    pub nat_gateway: Option<ObservedNatGateway>,
+    /// NAT gateways of the stack that failed: part of the next one's ClientToken.
+    pub failed_nat_gateways: u32,
+    /// The NAT gateway's Elastic IP, or an unassociated one of the stack.
+    pub elastic_ip: Option<ObservedAddress>,
     pub groups: BTreeMap<Tier, ObservedGroup>,
     pub key_pair: Option<ObservedKeyPair>,
+    /// Unused extra copies of the stack's resources.
+    pub duplicates: Vec<Duplicate>,
 }
 
 impl ObservedNetwork {
@@ -128,34 +260,78 @@ impl ObservedNetwork {
         NetworkStatus {
             vpc_id: self.vpc.as_ref().map(|v| v.id.clone()),
             subnet_id: self.subnet.as_ref().map(|s| s.id.clone()),
+            private_subnet_id: self.private_subnet.as_ref().map(|s| s.id.clone()),
+            availability_zone: self
+                .subnet
+                .as_ref()
+                .and_then(|s| s.availability_zone.clone())
+                .or_else(|| self.private_subnet.as_ref().and_then(|s| s.availability_zone.clone())),
             internet_gateway_id: self.gateway.as_ref().map(|g| g.id.clone()),
             route_table_id: self.route_table.as_ref().map(|r| r.id.clone()),
+            private_route_table_id: self.private_route_table.as_ref().map(|r| r.id.clone()),
+            elastic_ip_allocation_id: self.elastic_ip.as_ref().map(|a| a.allocation_id.clone()),
+            nat_gateway_id: self.nat_gateway.as_ref().map(|n| n.id.clone()),
+            nat_gateway_state: self
+                .nat_gateway
+                .as_ref()
+                .map(|_| if self.routes_to_nat() { NAT_AVAILABLE } else { NAT_PENDING }.to_string()),
             security_groups: self.groups.iter().map(|(t, g)| (*t, g.id.clone())).collect(),
             key_pair_name: self.key_pair.as_ref().map(|k| k.name.clone()),
         }
     }
 
+    /// True when the NAT gateway is available and the private subnet's
+    /// default route points at it.
+    pub fn routes_to_nat(&self) -> bool {
+        match (&self.nat_gateway, &self.private_route_table) {
+            (Some(nat), Some(rt)) => {
+                nat.state == NatState::Available && rt.default_route.as_deref() == Some(nat.id.as_str())
+            }
+            _ => false,
+        }
+    }
+
     /// The ids when every part exists and is wired up (gateway attached,
-    /// default route to it, subnet associated); None otherwise.
-    pub fn complete_ids(&self) -> Option<NetworkStatus> {
+    /// default routes to it and to the NAT gateway, subnets associated);
+    /// None otherwise.
+    pub fn complete_ids(&self, egress: Egress) -> Option<NetworkStatus> {
         let gw = self.gateway.as_ref()?;
         let rt = self.route_table.as_ref()?;
-        let wired = gw.attached && rt.default_route.as_deref() == Some(gw.id.as_str()) && rt.associated;
+        let private_rt = self.private_route_table.as_ref()?;
+        let wired = gw.attached
+            && rt.default_route.as_deref() == Some(gw.id.as_str())
+            && rt.associated
+            && private_rt.associated;
+        let egress_ready = match egress {
+            Egress::NatGateway => self.elastic_ip.is_some() && self.routes_to_nat(),
+            Egress::None => true,
+        };
         let complete = wired
+            && egress_ready
             && self.vpc.is_some()
             && self.subnet.is_some()
+            && self.private_subnet.is_some()
             && self.key_pair.is_some()
             && Tier::ALL.iter().all(|t| self.groups.contains_key(t));
-        complete.then(|| self.ids())
+        complete.then(|| {
+            let mut ids = self.ids();
+            if egress == Egress::None {
+                ids.nat_gateway_state = Some(NAT_NONE.into());
+            }
+            ids
+        })
     }
 }
 
 /// What observation says of the network.
+// One observation per reconcile: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetworkObservation {
-    /// The ids recorded in status, trusted without a look-up: every tier has
-    /// a live instance in the recorded subnet.
-    Trusted(NetworkStatus),
+    /// The ids recorded in status, trusted without a look-up of the rest
+    /// (every tier has a live instance in one of the recorded subnets), and
+    /// the security groups as they are now, by tier: their rules are kept.
+    Trusted(NetworkStatus, BTreeMap<Tier, ObservedGroup>),
     /// Everything found by tag.
     Inventory(ObservedNetwork),
 }
@@ -169,10 +345,10 @@ impl Default for NetworkObservation {
 
 impl NetworkObservation {
     /// The ids when the network is complete.
-    pub fn complete_ids(&self) -> Option<NetworkStatus> {
+    pub fn complete_ids(&self, egress: Egress) -> Option<NetworkStatus> {
         match self {
-            NetworkObservation::Trusted(ids) => Some(ids.clone()),
-            NetworkObservation::Inventory(found) => found.complete_ids(),
+            NetworkObservation::Trusted(ids, _) => Some(ids.clone()),
+            NetworkObservation::Inventory(found) => found.complete_ids(egress),
         }
     }
 }
@@ -192,6 +368,25 @@ pub fn key_identity(openssh: &str) -> String {
     openssh.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
+/// Where a subnet goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ZoneChoice {
+    /// The zone the spec names.
+    Named(String),
+    /// The zone recorded in status (the other subnet's); without one, the
+    /// first zone by name that offers every one of these instance types.
+    Offering(Vec<String>),
+}
+
+impl fmt::Display for ZoneChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ZoneChoice::Named(az) => write!(f, "in {az}"),
+            ZoneChoice::Offering(types) => write!(f, "in the first zone offering {}", types.join(", ")),
+        }
+    }
+}
+
 /// One EC2 change to the network. The executor fills the ids it creates
 /// into the stack's [`NetworkStatus`] and reads the ids a step needs from it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,18 +397,42 @@ pub enum NetworkStep {
     /// DNS support and host names on (after creating the VPC).
     EnableVpcDns,
     CreateSubnet {
+        role: SubnetRole,
         cidr: String,
-        availability_zone: Option<String>,
+        zone: ZoneChoice,
     },
     CreateInternetGateway,
     AttachInternetGateway,
-    CreateRouteTable,
-    /// Default route to the gateway; `replaces` names the target of a stale
-    /// default route that is deleted first.
+    CreateRouteTable {
+        role: SubnetRole,
+    },
+    /// Default route of the public table to the gateway; `replaces` names
+    /// the target of a stale default route that is deleted first.
     RouteToGateway {
         replaces: Option<String>,
     },
-    AssociateRouteTable,
+    AssociateRouteTable {
+        role: SubnetRole,
+    },
+    /// An Elastic IP (domain vpc) for the NAT gateway.
+    AllocateElasticIp,
+    /// A NAT gateway in the public subnet with the Elastic IP. `attempt`
+    /// (earlier gateways that failed) is part of its ClientToken.
+    CreateNatGateway {
+        attempt: u32,
+    },
+    /// Default route of the private table to the NAT gateway. With
+    /// `when_available` the gateway was pending when planned: the executor
+    /// looks at it first and leaves the route to a later reconcile while it
+    /// is still pending.
+    RouteToNatGateway {
+        replaces: Option<String>,
+        when_available: bool,
+    },
+    /// Deletes an unused extra copy of a resource.
+    DeleteDuplicate {
+        duplicate: Duplicate,
+    },
     CreateSecurityGroup {
         tier: Tier,
     },
@@ -240,20 +459,36 @@ impl fmt::Display for NetworkStep {
         match self {
             NetworkStep::CreateVpc { cidr } => write!(f, "+ create VPC {cidr}"),
             NetworkStep::EnableVpcDns => f.write_str("~ enable DNS support and host names in the VPC"),
-            NetworkStep::CreateSubnet { cidr, availability_zone } => match availability_zone {
-                Some(az) => write!(f, "+ create subnet {cidr} in {az}"),
-                None => write!(f, "+ create subnet {cidr}"),
-            },
+            NetworkStep::CreateSubnet { role, cidr, zone } => write!(f, "+ create {role} subnet {cidr} {zone}"),
             NetworkStep::CreateInternetGateway => f.write_str("+ create internet gateway"),
             NetworkStep::AttachInternetGateway => f.write_str("~ attach internet gateway to the VPC"),
-            NetworkStep::CreateRouteTable => f.write_str("+ create route table"),
+            NetworkStep::CreateRouteTable { role } => write!(f, "+ create {role} route table"),
             NetworkStep::RouteToGateway { replaces: None } => {
-                write!(f, "+ route {DEFAULT_ROUTE} to the internet gateway")
+                write!(f, "+ route {DEFAULT_ROUTE} from the public subnet to the internet gateway")
             }
-            NetworkStep::RouteToGateway { replaces: Some(old) } => {
-                write!(f, "± route {DEFAULT_ROUTE} to the internet gateway (replacing the route to {old})")
+            NetworkStep::RouteToGateway { replaces: Some(old) } => write!(
+                f,
+                "± route {DEFAULT_ROUTE} from the public subnet to the internet gateway (replacing the route to {old})"
+            ),
+            NetworkStep::AssociateRouteTable { role } => {
+                write!(f, "~ associate {role} route table with the {role} subnet")
             }
-            NetworkStep::AssociateRouteTable => f.write_str("~ associate route table with the subnet"),
+            NetworkStep::AllocateElasticIp => f.write_str("+ allocate Elastic IP for the NAT gateway"),
+            NetworkStep::CreateNatGateway { .. } => f.write_str("+ create NAT gateway in the public subnet"),
+            NetworkStep::RouteToNatGateway { replaces, when_available } => {
+                let verb = if replaces.is_some() { "±" } else { "+" };
+                write!(f, "{verb} route {DEFAULT_ROUTE} from the private subnet to the NAT gateway")?;
+                if *when_available {
+                    f.write_str(" (once it is available)")?;
+                }
+                match replaces {
+                    Some(old) => write!(f, " (replacing the route to {old})"),
+                    None => Ok(()),
+                }
+            }
+            NetworkStep::DeleteDuplicate { duplicate } => {
+                write!(f, "- delete unused duplicate {} {} (left by a retried create)", duplicate.kind, duplicate.id)
+            }
             NetworkStep::CreateSecurityGroup { tier } => write!(f, "+ create {tier} security group"),
             NetworkStep::Authorize { tier, rule, .. } => write!(f, "+ allow {rule} into {tier} from {}", rule.source),
             NetworkStep::Revoke { tier, rule } => write!(f, "- revoke {rule} into {tier} from {}", rule.source),
@@ -274,6 +509,10 @@ pub struct TeardownInventory {
     /// Security groups with their rules that name another group.
     pub groups: Vec<(String, Vec<Rule>)>,
     pub route_tables: Vec<FoundRouteTable>,
+    /// NAT gateways not yet deleted.
+    pub nat_gateways: Vec<String>,
+    /// Allocation ids of the stack's Elastic IPs.
+    pub elastic_ips: Vec<String>,
     /// Gateways with the VPCs they are attached to.
     pub gateways: Vec<(String, Vec<String>)>,
     pub subnets: Vec<String>,
@@ -295,6 +534,14 @@ pub enum TeardownStep {
     /// Terminates the instances and waits until they are gone.
     TerminateInstances {
         ids: Vec<String>,
+    },
+    /// Deletes the NAT gateways and waits (bounded) until they are `deleted`:
+    /// their Elastic IPs and the public subnet are held until then.
+    DeleteNatGateways {
+        ids: Vec<String>,
+    },
+    ReleaseElasticIp {
+        allocation_id: String,
     },
     /// Revokes rules that name another group: a group cannot be deleted
     /// while another group's rule names it. `rules` hold group ids as
@@ -334,6 +581,10 @@ impl fmt::Display for TeardownStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TeardownStep::TerminateInstances { ids } => write!(f, "- terminate instances {}", ids.join(", ")),
+            TeardownStep::DeleteNatGateways { ids } => {
+                write!(f, "- delete NAT gateways {} and wait until they are deleted", ids.join(", "))
+            }
+            TeardownStep::ReleaseElasticIp { allocation_id } => write!(f, "- release Elastic IP {allocation_id}"),
             TeardownStep::RevokeGroupReferences { group_id, rules } => {
                 write!(f, "- revoke {} rules of {group_id} that name another group", rules.len())
             }

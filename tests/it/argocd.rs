@@ -119,6 +119,7 @@ fn all_reasons() -> Vec<Reason> {
         InstancesRunning,
         Provisioning,
         InstanceDrift,
+        NetworkDrift,
         AwsAuthFailed,
         AwsInvalidParameter,
         AwsQuotaExceeded,
@@ -150,6 +151,7 @@ fn all_reasons() -> Vec<Reason> {
             | InstancesRunning
             | Provisioning
             | InstanceDrift
+            | NetworkDrift
             | AwsAuthFailed
             | AwsInvalidParameter
             | AwsQuotaExceeded

@@ -43,12 +43,18 @@ fn cli_offline_plan_of_a_new_stack_lists_everything_and_exits_2_on_request() {
     let at = |line: &str| lines.iter().position(|l| *l == line).unwrap_or_else(|| panic!("{line} in {plan}"));
     let network = [
         "+ create VPC 10.42.0.0/16",
-        "+ create subnet 10.42.1.0/24",
+        "+ create public subnet 10.42.1.0/24 in the first zone offering t3.small",
         "+ create internet gateway",
         "~ attach internet gateway to the VPC",
-        "+ create route table",
-        "+ route 0.0.0.0/0 to the internet gateway",
-        "~ associate route table with the subnet",
+        "+ create public route table",
+        "+ route 0.0.0.0/0 from the public subnet to the internet gateway",
+        "~ associate public route table with the public subnet",
+        "+ create private subnet 10.42.2.0/24 in the first zone offering t3.small",
+        "+ allocate Elastic IP for the NAT gateway",
+        "+ create NAT gateway in the public subnet",
+        "+ create private route table",
+        "+ route 0.0.0.0/0 from the private subnet to the NAT gateway (once it is available)",
+        "~ associate private route table with the private subnet",
         "+ create database security group",
         "+ create backend security group",
         "+ create frontend security group",
@@ -62,8 +68,8 @@ fn cli_offline_plan_of_a_new_stack_lists_everything_and_exits_2_on_request() {
     assert!(positions.last() < Some(&at("+ launch database instance (ami-0e86e20dae9224db8, t3.small)")), "{plan}");
     assert!(plan.contains("+ launch database instance (ami-0e86e20dae9224db8, t3.small)"), "{plan}");
     assert!(plan.contains("+ create frontend container result"), "{plan}");
-    // 23 network steps, 3 instances, 5 containers.
-    assert!(plan.trim_end().ends_with("31 to change."), "{plan}");
+    // 29 network steps, 3 instances, 5 containers.
+    assert!(plan.trim_end().ends_with("37 to change."), "{plan}");
     let out = votingstack(&["plan", "--offline", "-f", EXAMPLE, "--state", state]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!std::path::Path::new(state).exists(), "plan wrote state");

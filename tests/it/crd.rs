@@ -239,3 +239,27 @@ fn crd_is_never_pruned_or_deleted_by_argocd_and_syncs_first() {
     let wave: i64 = annotations["argocd.argoproj.io/sync-wave"].as_str().expect("sync-wave").parse().unwrap();
     assert!(wave < 0, "the CRD syncs before the operator's other resources (wave 0)");
 }
+
+#[test]
+fn crd_private_subnet_lies_inside_the_vpc_apart_from_the_public_one_and_is_immutable() {
+    let none = object();
+    let set = |cidr: &str| {
+        let cidr = cidr.to_string();
+        changed(move |v| v["spec"]["network"]["privateSubnetCidr"] = cidr.into())
+    };
+    let ok = set("10.42.2.0/24");
+    assert_eq!(cel(&ok, None), Vec::<String>::new());
+    let errs = cel(&set("10.9.2.0/24"), None);
+    assert!(errs.iter().any(|e| e.contains("privateSubnetCidr must lie inside vpcCidr")), "{errs:?}");
+    let errs = cel(&set("10.42.1.128/25"), None);
+    assert!(errs.iter().any(|e| e.contains("privateSubnetCidr must not overlap subnetCidr")), "{errs:?}");
+    for (new, old, what) in [(&set("10.42.3.0/24"), &ok, "changed"), (&ok, &none, "set later"), (&none, &ok, "removed")]
+    {
+        let errs = cel(new, Some(old));
+        assert!(errs.iter().any(|e| e.contains("privateSubnetCidr is immutable")), "{what}: {errs:?}");
+    }
+    let egress = changed(|v| v["spec"]["network"]["egress"] = "None".into());
+    assert_eq!(cel(&egress, None), Vec::<String>::new());
+    let errs = cel(&egress, Some(&none));
+    assert!(errs.iter().any(|e| e.contains("egress is immutable")), "{errs:?}");
+}

@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
 use aws_sdk_ec2::Client;
 use votingstack::api::conditions::find_condition;
 use votingstack::api::{
-    ConditionType, DeletionPolicy, NetworkStatus, PullPolicy, Tier, VotingStack, MANAGED_BY_TAG, MANAGER,
+    ConditionType, DeletionPolicy, Egress, NetworkStatus, PullPolicy, Tier, VotingStack, MANAGED_BY_TAG, MANAGER,
     NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
 };
 use votingstack::cloud::ec2::Ec2Cloud;
@@ -151,8 +151,25 @@ fn infra_condition(stack: &VotingStack) -> (String, String, String) {
     (c.status.clone(), c.reason.clone(), c.message.clone())
 }
 
+/// Tagged VPCs, subnets, gateways, route tables, groups, key pairs,
+/// instances, NAT gateways and Elastic IPs of a whole stack.
+const FULL: [usize; 9] = [1, 2, 1, 2, 3, 1, 3, 1, 1];
+/// The same without instances.
+const NETWORK_ONLY: [usize; 9] = [1, 2, 1, 2, 3, 1, 0, 1, 1];
+
+/// NAT gateways of the stack not yet deleted.
+async fn live_nat_gateways(c: &Client) -> Vec<aws_sdk_ec2::types::NatGateway> {
+    let out = c.describe_nat_gateways().filter(stack_filter()).send().await.expect("DescribeNatGateways");
+    out.nat_gateways()
+        .iter()
+        .filter(|n| tag(n.tags(), STACK_LABEL) == Some("default/demo"))
+        .filter(|n| n.state().map(|s| s.as_str()) != Some("deleted"))
+        .cloned()
+        .collect()
+}
+
 /// Counts of every kind of resource carrying the stack's tag.
-async fn tagged_counts(c: &Client) -> [usize; 7] {
+async fn tagged_counts(c: &Client) -> [usize; 9] {
     let f = stack_filter;
     [
         c.describe_vpcs().filters(f()).send().await.expect("vpcs").vpcs().len(),
@@ -168,6 +185,8 @@ async fn tagged_counts(c: &Client) -> [usize; 7] {
             .key_pairs()
             .len(),
         live_instances(c).await.len(),
+        live_nat_gateways(c).await.len(),
+        c.describe_addresses().filters(f()).send().await.expect("addresses").addresses().len(),
     ]
 }
 
@@ -225,27 +244,68 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
         assert_eq!(on, Some(true), "{attr:?}");
     }
 
-    // Subnet, gateway attached, route table with the default route, associated.
+    // Two subnets in one zone (the first offering t3.small), recorded in status.
     let subnets = c.describe_subnets().filters(stack_filter()).send().await.unwrap();
-    assert_eq!(subnets.subnets().len(), 1);
-    let subnet = &subnets.subnets()[0];
+    assert_eq!(subnets.subnets().len(), 2);
+    let subnet_of = |id: &Option<String>| {
+        subnets.subnets().iter().find(|s| s.subnet_id() == id.as_deref()).cloned().expect("subnet in status")
+    };
+    let (subnet, private) = (subnet_of(&net.subnet_id), subnet_of(&net.private_subnet_id));
     assert_eq!(subnet.cidr_block(), Some("10.42.1.0/24"));
-    assert_eq!(subnet.vpc_id(), Some(vpc_id.as_str()));
-    assert_stack_tags("subnet", subnet.tags());
+    assert_eq!(private.cidr_block(), Some("10.42.2.0/24"));
+    for sn in [&subnet, &private] {
+        assert_eq!(sn.vpc_id(), Some(vpc_id.as_str()));
+        assert_stack_tags("subnet", sn.tags());
+        assert_eq!(sn.availability_zone(), net.availability_zone.as_deref());
+    }
+    let offering = c
+        .describe_instance_type_offerings()
+        .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
+        .filters(Filter::builder().name("instance-type").values("t3.small").build())
+        .send()
+        .await
+        .unwrap();
+    let first_zone = offering.instance_type_offerings().iter().filter_map(|o| o.location()).min().map(String::from);
+    assert_eq!(net.availability_zone, first_zone, "the first zone offering t3.small");
+
+    // The public table routes to the gateway, the private one to the NAT gateway.
     let igws = c.describe_internet_gateways().filters(stack_filter()).send().await.unwrap();
     assert_eq!(igws.internet_gateways().len(), 1);
     let igw = &igws.internet_gateways()[0];
     assert_stack_tags("igw", igw.tags());
     assert_eq!(igw.attachments().iter().filter_map(|a| a.vpc_id()).collect::<Vec<_>>(), [vpc_id.as_str()]);
+    let nats = live_nat_gateways(c).await;
+    assert_eq!(nats.len(), 1);
+    let nat = &nats[0];
+    assert_stack_tags("NAT gateway", nat.tags());
+    assert_eq!(nat.nat_gateway_id(), net.nat_gateway_id.as_deref());
+    assert_eq!(nat.subnet_id(), subnet.subnet_id(), "the NAT gateway sits in the public subnet");
+    assert_eq!(net.nat_gateway_state.as_deref(), Some("available"));
+    let eips = c.describe_addresses().filters(stack_filter()).send().await.unwrap();
+    assert_eq!(eips.addresses().len(), 1);
+    assert_stack_tags("Elastic IP", eips.addresses()[0].tags());
+    assert_eq!(eips.addresses()[0].allocation_id(), net.elastic_ip_allocation_id.as_deref());
+    assert_eq!(nat.nat_gateway_addresses()[0].allocation_id(), net.elastic_ip_allocation_id.as_deref());
     let rts = c.describe_route_tables().filters(stack_filter()).send().await.unwrap();
-    assert_eq!(rts.route_tables().len(), 1);
-    let rt = &rts.route_tables()[0];
-    assert_stack_tags("route table", rt.tags());
-    assert!(rt
-        .routes()
-        .iter()
-        .any(|r| r.destination_cidr_block() == Some("0.0.0.0/0") && r.gateway_id() == igw.internet_gateway_id()));
+    assert_eq!(rts.route_tables().len(), 2);
+    let table = |id: &Option<String>| {
+        rts.route_tables().iter().find(|r| r.route_table_id() == id.as_deref()).cloned().expect("table in status")
+    };
+    let default_route = |rt: &aws_sdk_ec2::types::RouteTable| {
+        rt.routes()
+            .iter()
+            .filter(|r| r.destination_cidr_block() == Some("0.0.0.0/0"))
+            .map(|r| (r.gateway_id().map(String::from), r.nat_gateway_id().map(String::from)))
+            .collect::<Vec<_>>()
+    };
+    let (rt, private_rt) = (table(&net.route_table_id), table(&net.private_route_table_id));
+    for t in [&rt, &private_rt] {
+        assert_stack_tags("route table", t.tags());
+    }
+    assert_eq!(default_route(&rt), [(igw.internet_gateway_id().map(String::from), None)]);
+    assert_eq!(default_route(&private_rt), [(None, net.nat_gateway_id.clone())]);
     assert!(rt.associations().iter().any(|a| a.subnet_id() == subnet.subnet_id()));
+    assert!(private_rt.associations().iter().any(|a| a.subnet_id() == private.subnet_id()));
 
     // Security groups: 6379 and 5432 only from the stack's groups.
     let sgs = c.describe_security_groups().filters(stack_filter()).send().await.unwrap();
@@ -284,7 +344,8 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
         assert_eq!(tag(i.tags(), "Name"), Some(format!("votingstack-default-demo-{tier}").as_str()));
         assert_eq!(i.image_id(), Some(AMI));
         assert_eq!(i.instance_type(), Some(&InstanceType::T3Small));
-        assert_eq!(i.subnet_id(), subnet.subnet_id());
+        let home = if tier == Tier::Frontend { &subnet } else { &private };
+        assert_eq!(i.subnet_id(), home.subnet_id(), "{tier} subnet");
         assert_eq!(i.key_name(), Some("votingstack-default-demo"));
         // moto lists the groups on the network interface only; AWS on both.
         let groups: BTreeSet<&str> = i
@@ -294,7 +355,8 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
             .filter_map(|g| g.group_id())
             .collect();
         assert_eq!(groups, BTreeSet::from([net.security_groups[&tier].as_str()]), "{tier} instance groups");
-        assert!(i.private_ip_address().is_some_and(|ip| ip.starts_with("10.42.1.")));
+        let prefix = if tier == Tier::Frontend { "10.42.1." } else { "10.42.2." };
+        assert!(i.private_ip_address().is_some_and(|ip| ip.starts_with(prefix)), "{tier}: {i:?}");
         assert_eq!(i.public_ip_address().is_some(), tier == Tier::Frontend, "{tier} public IP");
         let recorded = s.status.as_ref().and_then(|st| st.tiers.as_ref()).and_then(|t| t.get(tier)).cloned();
         assert_eq!(recorded.and_then(|r| r.instance_id), i.instance_id().map(String::from));
@@ -319,7 +381,7 @@ async fn ec2_converged_reconcile_makes_at_most_two_calls_and_no_changes() {
         }
     }
     assert_eq!(infra_condition(&s).0, "True");
-    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+    assert_eq!(tagged_counts(&w.client).await, FULL);
     eprintln!("EC2 calls in a converged reconcile: {calls}");
 }
 
@@ -344,7 +406,7 @@ async fn ec2_terminated_instance_is_replaced() {
     assert_eq!(front.replacements, 1);
     assert_eq!(infra_condition(&s).0, "True");
     // The network was not touched.
-    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+    assert_eq!(tagged_counts(&w.client).await, FULL);
 }
 
 #[tokio::test]
@@ -388,7 +450,7 @@ async fn run_tagged(c: &Client, net: &NetworkStatus, tier: Tier, token: Option<S
         .min_count(1)
         .max_count(1)
         .set_client_token(token)
-        .subnet_id(net.subnet_id.clone().unwrap())
+        .subnet_id(if tier == Tier::Frontend { net.subnet_id.clone() } else { net.private_subnet_id.clone() }.unwrap())
         .security_group_ids(net.security_groups[&tier].clone())
         .key_name(net.key_pair_name.clone().unwrap())
         .tag_specifications(tags)
@@ -445,7 +507,7 @@ async fn ec2_lost_run_instances_answer_is_adopted_not_doubled() {
     let live = live_instances(&w.client).await;
     assert_eq!(live.len(), 3);
     assert_eq!(instance_of(&live, Tier::Database).instance_id(), Some(lost.as_str()));
-    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+    assert_eq!(tagged_counts(&w.client).await, FULL);
 }
 
 #[tokio::test]
@@ -456,10 +518,10 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     let first = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
     let again = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
     assert_eq!(first, again);
-    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 0]);
+    assert_eq!(tagged_counts(&w.client).await, NETWORK_ONLY);
     // Without stored ids (the CLI) observe finds the same network by tag.
     let seen = w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap();
-    assert_eq!(seen.network.complete_ids(), Some(first.clone()));
+    assert_eq!(seen.network.complete_ids(Egress::NatGateway), Some(first.clone()));
     assert!(seen.instances.is_empty());
 
     // A rule opening redis to the world is taken away again; a missing one is put back.
@@ -492,7 +554,15 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     let vpc = first.vpc_id.clone().unwrap();
     w.client.detach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
     w.client.delete_internet_gateway().internet_gateway_id(&igw).send().await.unwrap();
-    assert_eq!(w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap().network.complete_ids(), None);
+    assert_eq!(
+        w.cloud
+            .observe(&ident, None, NetworkLookup::TrustStatus)
+            .await
+            .unwrap()
+            .network
+            .complete_ids(Egress::NatGateway),
+        None
+    );
     let rebuilt = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), Some(&first)).await.unwrap();
     let new_igw = rebuilt.internet_gateway_id.clone().unwrap();
     assert_ne!(new_igw, igw);
@@ -510,7 +580,12 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
         .collect();
     assert_eq!(defaults, [Some(new_igw.as_str())]);
     assert_eq!(
-        w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap().network.complete_ids(),
+        w.cloud
+            .observe(&ident, None, NetworkLookup::TrustStatus)
+            .await
+            .unwrap()
+            .network
+            .complete_ids(Egress::NatGateway),
         Some(rebuilt)
     );
 }
@@ -525,12 +600,12 @@ async fn ec2_invalid_ami_gives_a_clear_condition_and_no_instance() {
     assert_eq!(reason, "AwsInvalidParameter");
     assert!(message.contains("RunInstances") && message.contains("InvalidAMIID"), "{message}");
     assert!(!message.contains("service error"), "{message}");
-    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 0]);
+    assert_eq!(tagged_counts(&w.client).await, NETWORK_ONLY);
 
     // The next reconcile tries once more, without a new network or a retry storm.
     reconcile(&w, &mut s).await;
     assert_eq!(infra_condition(&s).1, "AwsInvalidParameter");
-    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 0]);
+    assert_eq!(tagged_counts(&w.client).await, NETWORK_ONLY);
     assert_eq!(w.cloud.calls_by_operation().get("RunInstances"), Some(&2));
     assert_eq!(w.cloud.calls_by_operation().get("CreateVpc"), Some(&1));
 
@@ -549,10 +624,11 @@ async fn ec2_invalid_ami_gives_a_clear_condition_and_no_instance() {
     }
 }
 
-/// Order class of a deleted id: instances, groups, route table, gateway,
-/// subnet, VPC, key pair.
+/// Order class of a deleted id: instances, NAT gateway, Elastic IP, groups,
+/// route tables, gateway, subnets, VPC, key pair.
 fn deletion_rank(id: &str) -> usize {
-    ["i-", "sg-", "rtb-", "igw-", "subnet-", "vpc-"].iter().position(|p| id.starts_with(p)).unwrap_or(6)
+    let order = ["i-", "nat-", "eipalloc-", "sg-", "rtb-", "igw-", "subnet-", "vpc-"];
+    order.iter().position(|p| id.starts_with(p)).unwrap_or(order.len())
 }
 
 #[tokio::test]
@@ -560,7 +636,7 @@ async fn ec2_delete_leaves_nothing_in_the_order_aws_requires() {
     let w = world();
     let mut s = stack();
     reconcile(&w, &mut s).await;
-    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+    assert_eq!(tagged_counts(&w.client).await, FULL);
     let net = network(&s);
 
     let report = match w.engine.destroy(&s).await.unwrap() {
@@ -570,13 +646,13 @@ async fn ec2_delete_leaves_nothing_in_the_order_aws_requires() {
     let ranks: Vec<usize> = report.deleted.iter().map(|id| deletion_rank(id)).collect();
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "deletion order: {:?}", report.deleted);
     let count = |r: usize| ranks.iter().filter(|x| **x == r).count();
-    assert_eq!((0..7).map(count).collect::<Vec<_>>(), [3, 3, 1, 1, 1, 1, 1], "{:?}", report.deleted);
+    assert_eq!((0..9).map(count).collect::<Vec<_>>(), [3, 1, 1, 3, 2, 1, 2, 1, 1], "{:?}", report.deleted);
     assert_eq!(report.deleted.last().map(String::as_str), Some("votingstack-default-demo"));
     assert!(report.deleted.contains(net.vpc_id.as_ref().unwrap()));
     // Cross-group rules were revoked before their groups went.
     assert_eq!(w.cloud.calls_by_operation().get("RevokeSecurityGroupIngress"), Some(&2));
 
-    assert_eq!(tagged_counts(&w.client).await, [0; 7]);
+    assert_eq!(tagged_counts(&w.client).await, [0; 9]);
     let vpc = w.client.describe_vpcs().filters(Filter::builder().name("vpc-id").values(net.vpc_id.unwrap()).build());
     assert!(vpc.send().await.unwrap().vpcs().is_empty());
 
@@ -603,8 +679,9 @@ async fn ec2_destroy_of_a_half_deleted_or_absent_stack_succeeds() {
 
     let report = tear_down(w.cloud.as_ref(), &ident, Some(&net)).await.unwrap();
     assert!(!report.deleted.contains(&igw));
-    assert_eq!(report.deleted.len(), 1 + 3 + 1 + 1 + 1, "{:?}", report.deleted);
-    assert_eq!(tagged_counts(&w.client).await, [0; 7]);
+    // The instance, NAT gateway, Elastic IP, 3 groups, 2 route tables, 2 subnets, VPC.
+    assert_eq!(report.deleted.len(), 1 + 1 + 1 + 3 + 2 + 2 + 1, "{:?}", report.deleted);
+    assert_eq!(tagged_counts(&w.client).await, [0; 9]);
 
     // A stack that never existed.
     let other = StackIdentity { name: "ghost".into(), namespace: "default".into(), uid: "x".into() };
@@ -620,7 +697,7 @@ async fn ec2_retain_leaves_everything() {
     let before = w.cloud.api_calls();
     assert_eq!(w.engine.destroy(&s).await.unwrap(), Teardown::Retained);
     assert_eq!(w.cloud.api_calls(), before, "Retain makes no EC2 call");
-    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+    assert_eq!(tagged_counts(&w.client).await, FULL);
     let running = live_instances(&w.client)
         .await
         .iter()
@@ -648,7 +725,7 @@ async fn ec2_plan_only_describes() {
         })
         .collect();
     assert_eq!(planned, Tier::ALL.to_vec());
-    assert_eq!(tagged_counts(&w.client).await, [0; 7]);
+    assert_eq!(tagged_counts(&w.client).await, [0; 9]);
 
     // An existing stack with a stopped instance: the start is planned, not done.
     reconcile(&w, &mut s).await;
@@ -665,7 +742,7 @@ async fn ec2_plan_only_describes() {
     }
     let state = instance_of(&live_instances(&w.client).await, Tier::Database).state().and_then(|s| s.name()).cloned();
     assert_eq!(state, Some(InstanceStateName::Stopped));
-    assert_eq!(tagged_counts(&w.client).await, [1, 1, 1, 1, 3, 1, 3]);
+    assert_eq!(tagged_counts(&w.client).await, FULL);
 
     let ops = planner_cloud.calls_by_operation();
     assert!(!ops.is_empty());
@@ -846,14 +923,14 @@ async fn ec2_spec_change_inventories_the_network_and_applies_its_steps() {
         assert!(!rules.contains(&(22, "cidr:203.0.113.0/24".into())), "{rules:?}");
     }
 
-    // Steady again: one DescribeInstances, nothing planned.
+    // Steady again: the instances and the three groups, nothing planned.
     let before = w.cloud.calls_by_operation();
     let out = reconcile(&w, &mut s).await;
     assert!(out.applied.is_empty(), "{:?}", out.applied);
     let after = w.cloud.calls_by_operation();
     let made: Vec<(&str, u64)> =
         after.iter().map(|(op, n)| (*op, n - before.get(op).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect();
-    assert_eq!(made, [("DescribeInstances", 1)]);
+    assert_eq!(made, [("DescribeInstances", 1), ("DescribeSecurityGroups", 1)]);
 
     // The key pair replaced by hand with another public key: re-imported
     // after the next spec change.
@@ -874,4 +951,152 @@ async fn ec2_spec_change_inventories_the_network_and_applies_its_steps() {
     let held = keys.key_pairs()[0].public_key().unwrap_or_default().to_string();
     let ours = key().public_openssh().split_whitespace().nth(1).unwrap_or_default().to_string();
     assert!(held.contains(&ours), "{held}");
+}
+
+#[tokio::test]
+async fn ec2_a_rule_opened_by_hand_is_revoked_in_steady_state() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    reconcile(&w, &mut s).await;
+    let net = network(&s);
+    let db = net.security_groups[&Tier::Database].clone();
+    let open = aws_sdk_ec2::types::IpPermission::builder()
+        .ip_protocol("tcp")
+        .from_port(5432)
+        .to_port(5432)
+        .ip_ranges(aws_sdk_ec2::types::IpRange::builder().cidr_ip("0.0.0.0/0").build())
+        .build();
+    w.client.authorize_security_group_ingress().group_id(&db).ip_permissions(open).send().await.unwrap();
+
+    // No spec change: the steady reconcile sees the rule and takes it away.
+    let before = w.cloud.calls_by_operation();
+    let out = reconcile(&w, &mut s).await;
+    assert_eq!(network_lines(&out.applied), ["- revoke tcp/5432 into database from 0.0.0.0/0"]);
+    let after = w.cloud.calls_by_operation();
+    let made: Vec<(&str, u64)> =
+        after.iter().map(|(op, n)| (*op, n - before.get(op).copied().unwrap_or(0))).filter(|(_, n)| *n > 0).collect();
+    assert_eq!(
+        made,
+        [("DescribeInstances", 2), ("DescribeSecurityGroups", 2), ("RevokeSecurityGroupIngress", 1)],
+        "observe, revoke, observe again"
+    );
+    let g = w.client.describe_security_groups().group_ids(&db).send().await.unwrap();
+    assert_eq!(
+        rules_of(&g.security_groups()[0], &net),
+        set(&[(22, "cidr:203.0.113.0/24"), (22, "sg:frontend"), (5432, "sg:backend"), (5432, "sg:frontend")])
+    );
+    assert_eq!(network(&s), net);
+
+    // A group deleted by hand: the network is looked up in full and the group made again.
+    w.client.delete_security_group().group_id(&db).send().await.unwrap();
+    reconcile(&w, &mut s).await;
+    let again = network(&s);
+    assert_ne!(again.security_groups[&Tier::Database], db);
+    assert_eq!(tagged_counts(&w.client).await, FULL);
+}
+
+#[tokio::test]
+async fn ec2_retried_creates_are_adopted_and_unused_duplicates_deleted() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let net = network(&s);
+    let ident = StackIdentity::of(&s);
+
+    // CreateSecurityGroup and Authorize again, as after a lost answer: the
+    // existing group is adopted and the existing rule counts as done.
+    let mut ids = net.clone();
+    ids.security_groups.remove(&Tier::Backend);
+    let step = NetworkStep::CreateSecurityGroup { tier: Tier::Backend };
+    w.cloud.apply_network_step(&ident, &step, &mut ids).await.unwrap();
+    assert_eq!(ids.security_groups.get(&Tier::Backend), net.security_groups.get(&Tier::Backend));
+    let rule = votingstack::model::Rule::tcp(6379, votingstack::model::Source::TierGroup(Tier::Frontend));
+    let step = NetworkStep::Authorize { tier: Tier::Backend, rule, description: "redis" };
+    w.cloud.apply_network_step(&ident, &step, &mut ids).await.unwrap();
+    // CreateSubnet again: the taken block is adopted.
+    let mut ids = net.clone();
+    ids.private_subnet_id = None;
+    let step = NetworkStep::CreateSubnet {
+        role: votingstack::model::network::SubnetRole::Private,
+        cidr: "10.42.2.0/24".into(),
+        zone: votingstack::model::network::ZoneChoice::Offering(vec!["t3.small".into()]),
+    };
+    w.cloud.apply_network_step(&ident, &step, &mut ids).await.unwrap();
+    assert_eq!(ids.private_subnet_id, net.private_subnet_id);
+
+    // A VPC, a gateway and an Elastic IP with the stack's tag from creates
+    // whose answers were lost: found at the next look-up and deleted.
+    let tags = |r: ResourceType| {
+        TagSpecification::builder()
+            .resource_type(r)
+            .tags(Tag::builder().key(STACK_LABEL).value("default/demo").build())
+            .build()
+    };
+    let extra_vpc = w
+        .client
+        .create_vpc()
+        .cidr_block("10.42.0.0/16")
+        .tag_specifications(tags(ResourceType::Vpc))
+        .send()
+        .await
+        .unwrap()
+        .vpc
+        .and_then(|v| v.vpc_id)
+        .unwrap();
+    let extra_igw = w
+        .client
+        .create_internet_gateway()
+        .tag_specifications(tags(ResourceType::InternetGateway))
+        .send()
+        .await
+        .unwrap()
+        .internet_gateway
+        .and_then(|g| g.internet_gateway_id)
+        .unwrap();
+    let extra_eip = w
+        .client
+        .allocate_address()
+        .domain(aws_sdk_ec2::types::DomainType::Vpc)
+        .tag_specifications(tags(ResourceType::ElasticIp))
+        .send()
+        .await
+        .unwrap()
+        .allocation_id
+        .unwrap();
+    s.metadata.generation = Some(2);
+    let out = reconcile(&w, &mut s).await;
+    let mut lines = network_lines(&out.applied);
+    lines.sort();
+    let mut expected = vec![
+        format!("- delete unused duplicate VPC {extra_vpc} (left by a retried create)"),
+        format!("- delete unused duplicate internet gateway {extra_igw} (left by a retried create)"),
+        format!("- delete unused duplicate Elastic IP {extra_eip} (left by a retried create)"),
+    ];
+    expected.sort();
+    assert_eq!(lines, expected);
+    assert_eq!(network(&s), net, "the stack kept its own network");
+    assert_eq!(tagged_counts(&w.client).await, FULL);
+}
+
+#[tokio::test]
+async fn ec2_a_subnet_in_another_zone_is_reported_not_replaced() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let net = network(&s);
+    let zone = net.availability_zone.clone().expect("zone recorded");
+    let other = if zone == "us-east-1b" { "us-east-1c" } else { "us-east-1b" };
+    s.spec.network.availability_zone = Some(other.into());
+    s.metadata.generation = Some(2);
+    let out = reconcile(&w, &mut s).await;
+    assert!(network_lines(&out.applied).is_empty(), "{:?}", out.applied);
+    let (status, reason, message) = infra_condition(&s);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NetworkDrift"), "{message}");
+    assert!(message.contains(&format!("is in {zone}, not in {other}")), "{message}");
+    // Still reported on the next, trusted, reconcile.
+    reconcile(&w, &mut s).await;
+    assert_eq!(infra_condition(&s).1, "NetworkDrift");
+    assert_eq!(network(&s), net);
+    assert_eq!(tagged_counts(&w.client).await, FULL);
 }

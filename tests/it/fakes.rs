@@ -12,7 +12,8 @@ use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, DestroyReport, Network
 use votingstack::engine::{Engine, EngineSettings};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
 use votingstack::model::network::{
-    key_identity, ObservedGateway, ObservedGroup, ObservedKeyPair, ObservedRouteTable, ObservedSubnet, ObservedVpc,
+    key_identity, NatState, ObservedAddress, ObservedGateway, ObservedGroup, ObservedKeyPair, ObservedNatGateway,
+    ObservedRouteTable, ObservedSubnet, ObservedVpc, SubnetRole,
 };
 use votingstack::model::HostAction;
 use votingstack::model::{
@@ -38,19 +39,40 @@ impl CloudState {
     fn inventory(&self) -> ObservedNetwork {
         let Some(ids) = &self.network else { return ObservedNetwork::default() };
         let gateway = ids.internet_gateway_id.clone();
+        let nat = ids.nat_gateway_id.clone();
+        let subnet = |id: &Option<String>, cidr: &str| {
+            id.clone().map(|id| ObservedSubnet {
+                id,
+                cidr: cidr.into(),
+                availability_zone: ids.availability_zone.clone(),
+            })
+        };
         ObservedNetwork {
             vpc: ids.vpc_id.clone().map(|id| ObservedVpc { id, cidr: "10.42.0.0/16".into() }),
-            subnet: ids.subnet_id.clone().map(|id| ObservedSubnet {
-                id,
-                cidr: "10.42.1.0/24".into(),
-                availability_zone: None,
-            }),
+            subnet: subnet(&ids.subnet_id, "10.42.1.0/24"),
+            private_subnet: subnet(&ids.private_subnet_id, "10.42.2.0/24"),
             gateway: gateway.clone().map(|id| ObservedGateway { id, attached: true }),
             route_table: ids.route_table_id.clone().map(|id| ObservedRouteTable {
                 id,
                 default_route: gateway.clone(),
                 associated: true,
             }),
+            private_route_table: ids.private_route_table_id.clone().map(|id| ObservedRouteTable {
+                id,
+                default_route: nat.clone(),
+                associated: true,
+            }),
+            nat_gateway: nat.clone().map(|id| ObservedNatGateway {
+                id,
+                state: NatState::Available,
+                allocation_id: ids.elastic_ip_allocation_id.clone(),
+            }),
+            elastic_ip: ids
+                .elastic_ip_allocation_id
+                .clone()
+                .map(|allocation_id| ObservedAddress { allocation_id, associated: true }),
+            failed_nat_gateways: 0,
+            duplicates: Vec::new(),
             groups: ids
                 .security_groups
                 .iter()
@@ -101,7 +123,10 @@ impl Cloud for FakeCloud {
         self.call();
         let s = self.state.lock().unwrap();
         let network = match (&s.network, lookup) {
-            (Some(ids), NetworkLookup::TrustStatus) => NetworkObservation::Trusted(ids.clone()),
+            (Some(ids), NetworkLookup::TrustStatus) => {
+                let groups = s.inventory().groups;
+                NetworkObservation::Trusted(ids.clone(), groups)
+            }
             _ => NetworkObservation::Inventory(s.inventory()),
         };
         Ok(ObservedInfra { network, instances: s.instances.clone() })
@@ -118,9 +143,25 @@ impl Cloud for FakeCloud {
         let mut s = self.state.lock().unwrap();
         match step {
             NetworkStep::CreateVpc { .. } => ids.vpc_id = Some("vpc-1".into()),
-            NetworkStep::CreateSubnet { .. } => ids.subnet_id = Some("subnet-1".into()),
+            NetworkStep::CreateSubnet { role: SubnetRole::Public, .. } => {
+                ids.subnet_id = Some("subnet-1".into());
+                ids.availability_zone = Some("us-east-1a".into());
+            }
+            NetworkStep::CreateSubnet { role: SubnetRole::Private, .. } => {
+                ids.private_subnet_id = Some("subnet-2".into())
+            }
             NetworkStep::CreateInternetGateway => ids.internet_gateway_id = Some("igw-1".into()),
-            NetworkStep::CreateRouteTable => ids.route_table_id = Some("rtb-1".into()),
+            NetworkStep::CreateRouteTable { role: SubnetRole::Public } => ids.route_table_id = Some("rtb-1".into()),
+            NetworkStep::CreateRouteTable { role: SubnetRole::Private } => {
+                ids.private_route_table_id = Some("rtb-2".into())
+            }
+            NetworkStep::AllocateElasticIp => ids.elastic_ip_allocation_id = Some("eipalloc-1".into()),
+            NetworkStep::CreateNatGateway { .. } => {
+                ids.nat_gateway_id = Some("nat-1".into());
+                ids.nat_gateway_state = Some("pending".into());
+            }
+            // The fake's NAT gateway is available at once.
+            NetworkStep::RouteToNatGateway { .. } => ids.nat_gateway_state = Some("available".into()),
             NetworkStep::CreateSecurityGroup { tier } => {
                 ids.security_groups.insert(*tier, format!("sg-{tier}"));
             }
@@ -137,7 +178,8 @@ impl Cloud for FakeCloud {
             NetworkStep::EnableVpcDns
             | NetworkStep::AttachInternetGateway
             | NetworkStep::RouteToGateway { .. }
-            | NetworkStep::AssociateRouteTable => {}
+            | NetworkStep::AssociateRouteTable { .. }
+            | NetworkStep::DeleteDuplicate { .. } => {}
         }
         s.network = Some(ids.clone());
         Ok(())

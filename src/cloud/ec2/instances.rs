@@ -9,6 +9,7 @@ use tracing::info;
 
 use crate::api::{NetworkStatus, Tier, TIER_LABEL};
 use crate::cloud::{CloudError, StackIdentity};
+use crate::model::network::SubnetRole;
 use crate::model::{InstanceLaunch, InstanceState, ObservedInstance};
 
 use super::{filter, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
@@ -102,10 +103,14 @@ impl Ec2Cloud {
             return Ok(oldest);
         }
 
-        let subnet_id = network
-            .subnet_id
-            .as_deref()
-            .ok_or(CloudError::Incomplete { operation: "RunInstances", missing: "subnet in the network status" })?;
+        let subnet_id = match launch.subnet {
+            SubnetRole::Public => network.subnet_id.as_deref(),
+            SubnetRole::Private => network.private_subnet_id.as_deref(),
+        }
+        .ok_or(CloudError::Incomplete {
+            operation: "RunInstances",
+            missing: "subnet of the tier in the network status",
+        })?;
         let group_id = network
             .security_groups
             .get(&tier)

@@ -67,6 +67,14 @@ impl Ec2Cloud {
                     ))
                 })
                 .collect(),
+            nat_gateways: owned(
+                inv.nat_gateways
+                    .iter()
+                    .filter(|n| n.state().is_none_or(|s| s.as_str() != "deleted"))
+                    .map(|n| n.nat_gateway_id())
+                    .collect(),
+            ),
+            elastic_ips: owned(inv.addresses.iter().map(|a| a.allocation_id()).collect()),
             subnets: owned(inv.subnets.iter().map(|s| s.subnet_id()).collect()),
             vpcs: owned(inv.vpcs.iter().map(|v| v.vpc_id()).collect()),
             key_pairs: owned(inv.key_pairs.iter().map(|k| k.key_name()).collect()),
@@ -94,6 +102,30 @@ impl Ec2Cloud {
                     report.deleted.extend(ids.iter().cloned());
                     None
                 }
+                TeardownStep::DeleteNatGateways { ids } => {
+                    for id in ids {
+                        let done = self
+                            .call("DeleteNatGateway", c.delete_nat_gateway().nat_gateway_id(id).send())
+                            .await
+                            .map(drop);
+                        match done {
+                            Err(e) if !is_not_found(&e) => return Err(e),
+                            _ => {}
+                        }
+                    }
+                    info!(stack = %stack.tag_value(), ?ids, "deleting NAT gateways");
+                    self.wait_nat_deleted(ids).await?;
+                    report.deleted.extend(ids.iter().cloned());
+                    None
+                }
+                TeardownStep::ReleaseElasticIp { allocation_id } => self
+                    .settle(|| async {
+                        self.call("ReleaseAddress", c.release_address().allocation_id(allocation_id).send())
+                            .await
+                            .map(drop)
+                    })
+                    .await?
+                    .then_some(allocation_id),
                 TeardownStep::RevokeGroupReferences { group_id, rules } => {
                     let operation = "RevokeSecurityGroupIngress";
                     let perms = rules
@@ -207,8 +239,10 @@ impl Ec2Cloud {
             // The children were not looked up when no VPC carried the tag.
             self.describe_vpc_children(stack, &mut inv).await?;
         }
-        let subnet_ids =
-            missing(known.subnet_id.iter().collect(), inv.subnets.iter().filter_map(|s| s.subnet_id()).collect());
+        let subnet_ids = missing(
+            known.subnet_id.iter().chain(&known.private_subnet_id).collect(),
+            inv.subnets.iter().filter_map(|s| s.subnet_id()).collect(),
+        );
         if !subnet_ids.is_empty() {
             let out = self
                 .call("DescribeSubnets", c.describe_subnets().filters(filter("subnet-id", subnet_ids)).send())
@@ -216,7 +250,7 @@ impl Ec2Cloud {
             inv.subnets.extend(out.subnets.unwrap_or_default());
         }
         let rt_ids = missing(
-            known.route_table_id.iter().collect(),
+            known.route_table_id.iter().chain(&known.private_route_table_id).collect(),
             inv.route_tables.iter().filter_map(|r| r.route_table_id()).collect(),
         );
         if !rt_ids.is_empty() {
@@ -236,6 +270,35 @@ impl Ec2Cloud {
                 .await?;
             inv.groups.extend(out.security_groups.unwrap_or_default());
         }
+        let nat_ids = missing(
+            known.nat_gateway_id.iter().collect(),
+            inv.nat_gateways.iter().filter_map(|n| n.nat_gateway_id()).collect(),
+        );
+        if !nat_ids.is_empty() {
+            let out = self
+                .call(
+                    "DescribeNatGateways",
+                    c.describe_nat_gateways().filter(filter("nat-gateway-id", nat_ids.clone())).send(),
+                )
+                .await?;
+            // Filtered here too: not every EC2-compatible endpoint filters by id.
+            inv.nat_gateways.extend(
+                out.nat_gateways
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| n.nat_gateway_id().is_some_and(|id| nat_ids.iter().any(|k| k == id))),
+            );
+        }
+        let address_ids = missing(
+            known.elastic_ip_allocation_id.iter().collect(),
+            inv.addresses.iter().filter_map(|a| a.allocation_id()).collect(),
+        );
+        if !address_ids.is_empty() {
+            let out = self
+                .call("DescribeAddresses", c.describe_addresses().filters(filter("allocation-id", address_ids)).send())
+                .await?;
+            inv.addresses.extend(out.addresses.unwrap_or_default());
+        }
         let gw_ids = missing(
             known.internet_gateway_id.iter().collect(),
             inv.gateways.iter().filter_map(|g| g.internet_gateway_id()).collect(),
@@ -250,6 +313,36 @@ impl Ec2Cloud {
             inv.gateways.extend(out.internet_gateways.unwrap_or_default());
         }
         Ok(inv)
+    }
+
+    /// Polls until every NAT gateway in `ids` is deleted (or gone), bounded
+    /// by the wait timeout.
+    async fn wait_nat_deleted(&self, ids: &[String]) -> Result<(), CloudError> {
+        let started = Instant::now();
+        loop {
+            let out = self
+                .call(
+                    "DescribeNatGateways",
+                    self.client.describe_nat_gateways().filter(filter("nat-gateway-id", ids.iter().cloned())).send(),
+                )
+                .await?;
+            let left: Vec<String> = out
+                .nat_gateways()
+                .iter()
+                .filter(|n| n.state().is_none_or(|s| s.as_str() != "deleted"))
+                .filter_map(|n| n.nat_gateway_id().map(str::to_owned))
+                .collect();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if started.elapsed() + self.poll_interval > self.wait_timeout {
+                return Err(CloudError::Incomplete {
+                    operation: "DeleteNatGateway",
+                    missing: "deleted state within the wait timeout (the Elastic IP and public subnet stay until then)",
+                });
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
     }
 
     /// Polls until every instance in `ids` is terminated.
