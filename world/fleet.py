@@ -446,12 +446,12 @@ class Firewall:
             moved = True
         return moved
 
-    def apply(self, ruleset):
+    def apply(self, ruleset, check_hooks=True):
         """Loads the chains when they changed; keeps the jumps first."""
         changed = ruleset != self.loaded
         if changed:
             run(["iptables-restore", "-w", "5", "--noflush"], input=ruleset, timeout=30)
-        moved = self.ensure_hooks()
+        moved = self.ensure_hooks() if check_hooks or changed else False
         if changed:
             fw_remove_legacy()
             self.loaded = ruleset
@@ -766,7 +766,7 @@ class Fleet:
                     continue
             hosted.append(inst)
 
-        self.apply_firewall(insts, view, nets)
+        self.apply_firewall(insts, view, nets, check_hooks=True)
 
         for inst in hosted:
             iid = inst["InstanceId"]
@@ -801,9 +801,9 @@ class Fleet:
             if docker("network", "rm", name, check=False).returncode == 0:
                 log("network %s removed" % name)
                 del nets[name]
-        self.apply_firewall(insts, view, nets)
+        self.apply_firewall(insts, view, nets, check_hooks=False)
 
-    def apply_firewall(self, insts, view, nets):
+    def apply_firewall(self, insts, view, nets, check_hooks):
         """Loads this machine's chains for the networks there are and the
         hosts EC2 lets out."""
         egress_ips = set()
@@ -819,7 +819,8 @@ class Fleet:
                     egress_ips.add(inst["PrivateIpAddress"])
         vpcs = {n["vpc_cidr"] for n in nets.values() if n.get("vpc_cidr")}
         cidrs = {n["cidr"] for n in nets.values() if n.get("cidr")}
-        if self.firewall.apply(fw_ruleset(vpcs, cidrs, egress_ips, self.enforce_egress)):
+        ruleset = fw_ruleset(vpcs, cidrs, egress_ips, self.enforce_egress)
+        if self.firewall.apply(ruleset, check_hooks):
             log("firewall: %d VPC(s), %d network(s), %s"
                 % (len(vpcs), len(cidrs), "%d host(s) with egress" % len(egress_ips)
                    if self.enforce_egress else "egress not enforced"))
