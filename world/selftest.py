@@ -159,21 +159,27 @@ def main():
                    "%s@%s" % (user, ip), command], timeout=timeout, check=check)
 
     def reaches_registry(ip):
-        """Whether the host at ip gets an answer from the registry (the
-        world's internet) within 2 s."""
+        """True when the host at ip gets HTTP 200 from the registry (the
+        world's internet), False when its attempt times out (as from a
+        private subnet); anything else fails the selftest."""
         p = ssh(ip, "curl -s -o /dev/null -m 2 -w '%%{http_code}' http://%s/v2/" % registry,
                 timeout=30, check=False)
-        if p.returncode == 255:
-            raise Failed("ssh %s: %s" % (ip, p.stderr.strip()))
-        return p.returncode == 0 and p.stdout.strip() == "200"
+        if p.returncode == 0 and p.stdout.strip() == "200":
+            return True
+        if p.returncode == 28:  # curl: operation timed out
+            return False
+        raise Failed("curl on %s to the registry: exit %d, HTTP %r, %s"
+                     % (ip, p.returncode, p.stdout.strip(), p.stderr.strip()))
 
     def host_reaches(ip, target, port):
-        """Whether the host at ip opens a TCP connection to target:port
-        within 2 s."""
+        """True when the host at ip opens a TCP connection to target:port
+        within 2 s, False when it cannot; a failed ssh or a missing nc fails
+        the selftest."""
         p = ssh(ip, "nc -z -w 2 %s %d" % (target, port), timeout=30, check=False)
-        if p.returncode == 255:
-            raise Failed("ssh %s: %s" % (ip, p.stderr.strip()))
-        return p.returncode == 0
+        if p.returncode in (0, 1):
+            return p.returncode == 0
+        raise Failed("nc on %s to %s:%d: exit %d, %s"
+                     % (ip, target, port, p.returncode, p.stderr.strip()))
 
     try:
         step("EC2: VPC %s, public subnet %s, private subnet %s" % (VPC_CIDR, PUBLIC_CIDR, PRIVATE_CIDR))
