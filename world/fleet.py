@@ -779,16 +779,18 @@ class Fleet:
                         self.remove_host(iid, c)
                         c = None
                     if c is None:
+                        # the host boots closed (vs-sg-closed); its engine
+                        # starts first, so a failed load is retried next pass
                         self.create_host(inst, net)
+                        self.start_engine("vsw-" + iid)
                         started = self.container_started("vsw-" + iid)
                         self.sync_groups(inst, "vsw-" + iid, started, view)
-                        self.start_engine("vsw-" + iid)
                     elif c["state"] != "running":
                         docker("start", c["name"])
-                        started = self.container_started(c["name"])
-                        self.sync_groups(inst, c["name"], started, view)
                         self.start_engine(c["name"])
                         log("host %s started" % iid)
+                        started = self.container_started(c["name"])
+                        self.sync_groups(inst, c["name"], started, view)
                     else:
                         self.sync_groups(inst, c["name"], c["started"], view)
                 elif c is not None and c["state"] == "running":
