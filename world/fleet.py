@@ -1,31 +1,58 @@
 """Fleet simulator of the local world.
 
-Polls the EC2 stand-in (moto) and mirrors its instances into host containers:
+Polls the EC2 stand-in and mirrors its instances into host containers:
 
 * every subnet that has instances becomes a Docker network ``vsw-<subnet-id>``
   whose subnet is the EC2 subnet's CIDR;
 * every pending/running instance becomes a container ``vsw-<instance-id>`` on
   that network at the instance's private IP, running sshd (user ``admin``,
   authorised key = the public key of the instance's key pair) and its own
-  Docker engine;
+  Docker engine; sshd answers VS_WORLD_SSHD_DELAY_S seconds after the
+  container starts, as a booting machine would;
 * like cloud-init, it reads the instance's user data: a ``#cloud-config``
   with ``ssh_keys`` (``ed25519_private``/``ed25519_public``) becomes the host's
   only SSH host key, so the key is the one its launcher chose;
-* stopped instances stop their container, started ones start it again (and
-  its engine), terminated or vanished ones lose it.
+* stopped instances stop their container (disk and host keys are kept),
+  started ones start it again (and its engine), terminated or vanished ones
+  lose it and its disk.
+
+The network is held to EC2's rules, re-evaluated on every pass and applied
+only when something changed:
+
+* Egress: a host reaches anything outside its VPC (the world's registry
+  stands for the internet) only when EC2 would let it: it has a public IP and
+  its subnet's route table (explicit association, else the VPC's main table)
+  sends 0.0.0.0/0 to an internet gateway attached to the VPC; or that table
+  sends 0.0.0.0/0 to an ``available`` public NAT gateway that has an Elastic
+  IP and sits in a subnet with such an internet route. Other hosts may only
+  answer and talk within their VPC; their new connections elsewhere are
+  dropped, so they time out as in a private subnet. Enforced on this machine
+  in chains VSW-INPUT (from INPUT: the machine's own services) and
+  VSW-FORWARD (from DOCKER-USER: forwarded traffic). Off with
+  VS_WORLD_ENFORCE_EGRESS=0.
+* Subnets of one VPC reach each other (a VPC's local route): VSW-FORWARD
+  accepts traffic within a VPC CIDR and VSW-POSTROUTING (nat table) keeps it
+  unmasqueraded.
+* Security groups: each host drops new inbound connections on its eth0 that
+  no ingress rule of its instance's groups allows (CIDR sources, and group
+  sources as the private IPs of the groups' pending/running members).
+  Stateful: replies pass. The rules live inside the host, in chain VSW-SG of
+  its mangle table, hooked from PREROUTING, so ports published by the host's
+  own engine are matched by the port EC2 would see. Traffic from this machine
+  arrives from the bridge gateway of the host's subnet network (the first
+  address of the subnet, e.g. 10.42.1.1) and is filtered like any other. Off
+  with VS_WORLD_ENFORCE_SECURITY_GROUPS=0.
 
 Only EC2 state is mirrored. Whatever happens inside a running host (a killed
 engine, removed containers) is left as it is.
 
-Subnets of one VPC reach each other (like a VPC's local route): a firewall
-rule per VPC CIDR lets traffic between its Docker networks pass unmasqueraded.
-Security groups are not enforced.
-
-Run ``fleet.py --cleanup-firewall`` to drop those rules.
+Run ``fleet.py --cleanup-firewall`` to remove every rule and chain it added on
+this machine.
 """
 
 import argparse
 import base64
+import ipaddress
 import json
 import os
 import signal
@@ -36,6 +63,16 @@ import time
 FW_COMMENT = "votingstack-world"
 ACTIVE = ("pending", "running")
 STOPPED = ("stopping", "stopped")
+ANYWHERE = "0.0.0.0/0"
+
+# our chains on this machine: (table, hooked from, chain)
+FW_HOOKS = [
+    ("filter", "INPUT", "VSW-INPUT"),
+    ("filter", "DOCKER-USER", "VSW-FORWARD"),
+    ("nat", "POSTROUTING", "VSW-POSTROUTING"),
+]
+# inside each host: the security group filter (see world/host/.../vs-sg-closed)
+SG_CHAIN = "VSW-SG"
 
 # flags that let a container run its own Docker engine here (--privileged is
 # not possible: the machine lacks one capability in its bounding set)
@@ -69,16 +106,288 @@ def log(msg, key=None, every=60.0):
     print("%s %s" % (now(), msg), flush=True)
 
 
-def run(args, timeout=120, check=True):
+class ConfigError(Exception):
+    """A knob of the environment holds a value the fleet cannot use."""
+
+
+def env_flag(name, default):
+    """Boolean knob: 1/true/yes/on or 0/false/no/off."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError("%s=%r: expected 1 or 0" % (name, raw))
+
+
+def env_seconds(name, default):
+    """Non-negative number of seconds."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ConfigError("%s=%r: expected a number of seconds >= 0" % (name, raw))
+    return value
+
+
+def run(args, timeout=120, check=True, input=None):
     p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       text=True, timeout=timeout)
+                       text=True, timeout=timeout, input=input)
     if check and p.returncode != 0:
         raise RuntimeError("%s: %s" % (" ".join(args[:3]), p.stderr.strip()))
     return p
 
 
-def docker(*args, timeout=120, check=True):
-    return run(["docker"] + list(args), timeout=timeout, check=check)
+def docker(*args, timeout=120, check=True, input=None):
+    return run(["docker"] + list(args), timeout=timeout, check=check, input=input)
+
+
+# ------------------------------------------------------- EC2's decisions ----
+
+def paged(ec2, operation, key, **kw):
+    """Every item of a paginated Describe call."""
+    out = []
+    for page in ec2.get_paginator(operation).paginate(**kw):
+        out.extend(page.get(key, []))
+    return out
+
+
+class Network:
+    """What EC2 knows of routes, gateways and security groups, read once per
+    pass, and the decisions EC2 would take from it."""
+
+    def __init__(self, instances, subnets, route_tables=(), gateways=(),
+                 nat_gateways=(), groups=()):
+        self.instances = instances            # instance id -> instance
+        self.subnets = subnets                # subnet id -> (cidr, vpc id)
+        self.route_tables = list(route_tables)
+        self.gateways = {g["InternetGatewayId"]: g for g in gateways}
+        self.nats = {n["NatGatewayId"]: n for n in nat_gateways}
+        self.groups = {g["GroupId"]: g for g in groups}
+        self.members = {}                     # group id -> private IPs
+        for inst in instances.values():
+            ip = inst.get("PrivateIpAddress")
+            if inst["State"]["Name"] in ACTIVE and ip:
+                for gid in instance_groups(inst):
+                    self.members.setdefault(gid, set()).add(ip)
+
+    # --- routes
+
+    def route_table(self, subnet_id, vpc_id):
+        """The subnet's route table: its explicit association, else the
+        VPC's main table (None when EC2 gave neither)."""
+        main = None
+        for rt in self.route_tables:
+            for assoc in rt.get("Associations", []):
+                state = (assoc.get("AssociationState") or {}).get("State", "associated")
+                if state != "associated":
+                    continue
+                if assoc.get("SubnetId") == subnet_id:
+                    return rt
+                if assoc.get("Main") and rt.get("VpcId") == vpc_id:
+                    main = rt
+        return main
+
+    def default_route(self, subnet_id):
+        """(route table id, the 0.0.0.0/0 route or None), or (None, None)."""
+        cidr_vpc = self.subnets.get(subnet_id)
+        if cidr_vpc is None:
+            return None, None
+        rt = self.route_table(subnet_id, cidr_vpc[1])
+        if rt is None:
+            return None, None
+        for route in rt.get("Routes", []):
+            if route.get("DestinationCidrBlock") == ANYWHERE and route.get("State", "active") == "active":
+                return rt["RouteTableId"], route
+        return rt["RouteTableId"], None
+
+    def attached_gateway(self, gateway_id, vpc_id):
+        g = self.gateways.get(gateway_id)
+        if g is None:
+            return False
+        return any(a.get("VpcId") == vpc_id and a.get("State") in ("available", "attached")
+                   for a in g.get("Attachments", []))
+
+    def internet_route(self, subnet_id):
+        """(True, igw id) when the subnet's table sends 0.0.0.0/0 to an
+        internet gateway attached to its VPC, else (False, why not)."""
+        cidr_vpc = self.subnets.get(subnet_id)
+        if cidr_vpc is None:
+            return False, "subnet %s unknown to EC2" % subnet_id
+        rt_id, route = self.default_route(subnet_id)
+        if rt_id is None:
+            return False, "subnet %s has no route table" % subnet_id
+        if route is None:
+            return False, "%s has no route to 0.0.0.0/0" % rt_id
+        gw = route.get("GatewayId") or ""
+        if not gw.startswith("igw-"):
+            return False, "%s sends 0.0.0.0/0 to %s, not an internet gateway" % (rt_id, route_target(route))
+        if not self.attached_gateway(gw, cidr_vpc[1]):
+            return False, "%s is not attached to %s" % (gw, cidr_vpc[1])
+        return True, gw
+
+    def nat_ok(self, nat_id, vpc_id):
+        """(True, nat id) when the NAT gateway can take a private subnet's
+        traffic out, else (False, why not)."""
+        nat = self.nats.get(nat_id)
+        if nat is None:
+            return False, "NAT gateway %s unknown to EC2" % nat_id
+        if nat.get("State") != "available":
+            return False, "NAT gateway %s is %s" % (nat_id, nat.get("State"))
+        if nat.get("VpcId") not in (None, vpc_id):
+            return False, "NAT gateway %s is in %s" % (nat_id, nat.get("VpcId"))
+        if nat.get("ConnectivityType", "public") != "public":
+            return False, "NAT gateway %s is private" % nat_id
+        if not any(a.get("AllocationId") and a.get("PublicIp") for a in nat.get("NatGatewayAddresses", [])):
+            return False, "NAT gateway %s has no Elastic IP" % nat_id
+        public, why = self.internet_route(nat.get("SubnetId", ""))
+        if not public:
+            return False, "NAT gateway %s sits in a subnet without internet route (%s)" % (nat_id, why)
+        return True, nat_id
+
+    def egress(self, inst):
+        """(True, how) when the instance reaches beyond its VPC, else
+        (False, why not)."""
+        subnet_id = inst.get("SubnetId", "")
+        cidr_vpc = self.subnets.get(subnet_id)
+        if cidr_vpc is None:
+            return False, "subnet %s unknown to EC2" % subnet_id
+        rt_id, route = self.default_route(subnet_id)
+        if rt_id is None:
+            return False, "subnet %s has no route table" % subnet_id
+        if route is None:
+            return False, "%s has no route to 0.0.0.0/0" % rt_id
+        if route.get("NatGatewayId"):
+            ok, why = self.nat_ok(route["NatGatewayId"], cidr_vpc[1])
+            return ok, ("via %s (%s)" % (why, rt_id)) if ok else why
+        public, why = self.internet_route(subnet_id)
+        if not public:
+            return False, why
+        if not public_ip(inst):
+            return False, "no public IP (subnet routes to %s)" % why
+        return True, "public IP via %s (%s)" % (why, rt_id)
+
+    # --- security groups
+
+    def ingress_rules(self, inst):
+        """iptables rule bodies (after ``-A VSW-SG``) that let in what the
+        instance's security groups allow; and the group ids."""
+        rules, gids = [], sorted(instance_groups(inst))
+        for gid in gids:
+            group = self.groups.get(gid)
+            if group is None:
+                log("instance %s: security group %s unknown to EC2; it lets nothing in"
+                    % (inst["InstanceId"], gid), key="nosg" + inst["InstanceId"] + gid)
+                continue
+            for perm in group.get("IpPermissions", []):
+                match = protocol_match(perm)
+                if match is None:
+                    log("security group %s: protocol %r is not enforced here; rule skipped"
+                        % (gid, perm.get("IpProtocol")), key="proto" + gid + str(perm.get("IpProtocol")))
+                    continue
+                sources = []
+                for r in perm.get("IpRanges", []):
+                    cidr = normal_cidr(r.get("CidrIp"))
+                    if cidr is None:
+                        log("security group %s: source %r is not an IPv4 CIDR; skipped"
+                            % (gid, r.get("CidrIp")), key="cidr" + gid + str(r.get("CidrIp")))
+                        continue
+                    sources.append(cidr)
+                for pair in perm.get("UserIdGroupPairs", []):
+                    sources.extend(ip + "/32" for ip in sorted(self.members.get(pair.get("GroupId"), ())))
+                for src in sources:
+                    rule = "-s %s %s-j RETURN" % (src, match)
+                    if rule not in rules:
+                        rules.append(rule)
+        return rules, gids
+
+
+def public_ip(inst):
+    if inst.get("PublicIpAddress"):
+        return inst["PublicIpAddress"]
+    for eni in inst.get("NetworkInterfaces", []):
+        ip = (eni.get("Association") or {}).get("PublicIp")
+        if ip:
+            return ip
+    return None
+
+
+def instance_groups(inst):
+    """Security group ids of the instance and of its network interfaces."""
+    gids = {g["GroupId"] for g in inst.get("SecurityGroups", []) if g.get("GroupId")}
+    for eni in inst.get("NetworkInterfaces", []):
+        gids.update(g["GroupId"] for g in eni.get("Groups", []) if g.get("GroupId"))
+    return gids
+
+
+def route_target(route):
+    for k in ("GatewayId", "NatGatewayId", "InstanceId", "NetworkInterfaceId",
+              "VpcPeeringConnectionId", "TransitGatewayId"):
+        if route.get(k):
+            return route[k]
+    return "nowhere"
+
+
+def normal_cidr(text):
+    try:
+        return str(ipaddress.IPv4Network(text or "", strict=False))
+    except ValueError:
+        return None
+
+
+PROTOCOLS = {"tcp": "tcp", "6": "tcp", "udp": "udp", "17": "udp", "icmp": "icmp", "1": "icmp"}
+
+
+def protocol_match(perm):
+    """The iptables match of one IpPermission's protocol and ports (with a
+    trailing space, '' for all traffic), or None when not enforceable."""
+    proto = str(perm.get("IpProtocol", "-1")).lower()
+    if proto in ("-1", "all"):
+        return ""
+    name = PROTOCOLS.get(proto)
+    lo, hi = perm.get("FromPort"), perm.get("ToPort")
+    if name in ("tcp", "udp"):
+        if lo is None or lo < 0 or (lo <= 0 and (hi is None or hi < 0 or hi >= 65535)):
+            return "-p %s " % name
+        hi = lo if hi is None or hi < 0 else hi
+        return "-p %s --dport %d%s " % (name, lo, "" if hi == lo else ":%d" % hi)
+    if name == "icmp":
+        if lo is None or lo < 0:
+            return "-p icmp "
+        if hi is None or hi < 0:
+            return "-p icmp --icmp-type %d " % lo
+        return "-p icmp --icmp-type %d/%d " % (lo, hi)
+    if proto.isdigit() and 0 < int(proto) < 256:
+        return "-p %s " % proto
+    return None
+
+
+def sg_ruleset(rules):
+    """iptables-restore input for a host's VSW-SG chain; None rules = no
+    filtering (enforcement off)."""
+    lines = ["*mangle", ":%s - [0:0]" % SG_CHAIN]
+    if rules is None:
+        lines.append("-A %s -j RETURN" % SG_CHAIN)
+    else:
+        lines.append("-A %s -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN" % SG_CHAIN)
+        lines.extend("-A %s %s" % (SG_CHAIN, r) for r in rules)
+        lines.append("-A %s -j DROP" % SG_CHAIN)
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+# load the chain, then hook it once (the host's boot may have hooked it already)
+SG_LOAD = (
+    "iptables-restore --noflush && "
+    "{ iptables -t mangle -C PREROUTING -i eth0 -j %s 2>/dev/null || "
+    "iptables -t mangle -I PREROUTING 1 -i eth0 -j %s; }" % (SG_CHAIN, SG_CHAIN)
+)
 
 
 # ------------------------------------------------------------- firewall ----
@@ -87,60 +396,116 @@ def iptables(*args, check=True):
     return run(["iptables", "-w", "5"] + list(args), timeout=30, check=check)
 
 
-FW_RULES = [
-    ("filter", "DOCKER-USER", "ACCEPT"),
-    ("nat", "POSTROUTING", "RETURN"),
-]
+def fw_hook_rule(chain):
+    return ["-m", "comment", "--comment", FW_COMMENT, "-j", chain]
 
 
-def fw_rule(cidr, target):
-    return ["-s", cidr, "-d", cidr, "-m", "comment", "--comment", FW_COMMENT, "-j", target]
+def fw_ruleset(vpc_cidrs, net_cidrs, egress_ips, enforce):
+    """iptables-restore input for this machine's chains."""
+    f = ["*filter", ":VSW-INPUT - [0:0]", ":VSW-FORWARD - [0:0]"]
+    for cidr in sorted(vpc_cidrs):
+        f.append("-A VSW-FORWARD -s %s -d %s -j ACCEPT" % (cidr, cidr))
+    if enforce:
+        f.append("-A VSW-INPUT -i lo -j RETURN")
+        for chain in ("VSW-INPUT", "VSW-FORWARD"):
+            f.append("-A %s -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN" % chain)
+            f.extend("-A %s -s %s/32 -j RETURN" % (chain, ip) for ip in sorted(egress_ips))
+            f.extend("-A %s -s %s -j DROP" % (chain, cidr) for cidr in sorted(net_cidrs))
+    f.append("COMMIT")
+    n = ["*nat", ":VSW-POSTROUTING - [0:0]"]
+    n.extend("-A VSW-POSTROUTING -s %s -d %s -j ACCEPT" % (c, c) for c in sorted(vpc_cidrs))
+    n.append("COMMIT")
+    return "\n".join(f + n) + "\n"
 
 
-def fw_ensure(cidr):
-    for table, chain, target in FW_RULES:
-        rule = fw_rule(cidr, target)
-        if iptables("-t", table, "-C", chain, *rule, check=False).returncode != 0:
-            iptables("-t", table, "-I", chain, "1", *rule)
+class Firewall:
+    """This machine's chains, loaded atomically and only when they change."""
+
+    def __init__(self):
+        self.loaded = None
+
+    @staticmethod
+    def hook_first(table, hook, chain):
+        """Whether our jump is the first rule of `hook` (Docker puts the
+        masquerade rule of every new network at the top of POSTROUTING)."""
+        p = iptables("-t", table, "-S", hook, check=False)
+        rules = [line for line in p.stdout.splitlines() if line.startswith("-A ")]
+        return bool(rules) and rules[0].split() == ["-A", hook] + fw_hook_rule(chain)
+
+    def ensure_hooks(self):
+        """Puts each jump at the top of its chain; True when one moved."""
+        moved = False
+        for table, hook, chain in FW_HOOKS:
+            if self.hook_first(table, hook, chain):
+                continue
+            rule = fw_hook_rule(chain)
+            for _ in range(10):
+                if iptables("-t", table, "-D", hook, *rule, check=False).returncode != 0:
+                    break
+            iptables("-t", table, "-I", hook, "1", *rule)
+            moved = True
+        return moved
+
+    def apply(self, ruleset, check_hooks=True):
+        """Loads the chains when they changed; keeps the jumps first."""
+        changed = ruleset != self.loaded
+        if changed:
+            run(["iptables-restore", "-w", "5", "--noflush"], input=ruleset, timeout=30)
+        moved = self.ensure_hooks() if check_hooks or changed else False
+        if changed:
+            fw_remove_legacy()
+            self.loaded = ruleset
+        return changed or moved
 
 
-def fw_remove(cidr):
-    for table, chain, target in FW_RULES:
-        rule = fw_rule(cidr, target)
-        for _ in range(10):
-            if iptables("-t", table, "-D", chain, *rule, check=False).returncode != 0:
-                break
+def fw_rules_with_comment(table, chain):
+    p = iptables("-t", table, "-S", chain, check=False)
+    return [line.split() for line in p.stdout.splitlines()
+            if line.startswith("-A ") and FW_COMMENT in line]
 
 
-def fw_list():
-    """CIDRs that currently have our rules."""
-    found = set()
-    for table, chain, _ in FW_RULES:
-        p = iptables("-t", table, "-S", chain, check=False)
-        for line in p.stdout.splitlines():
-            if FW_COMMENT in line:
-                parts = line.split()
-                if "-s" in parts:
-                    found.add(parts[parts.index("-s") + 1])
-    return found
+def fw_delete(table, parts):
+    """Delete one rule given as ``iptables -S`` prints it."""
+    parts = [x.strip('"') for x in parts]
+    iptables("-t", table, "-D", *parts[1:], check=False)
+
+
+def fw_remove_legacy():
+    """Rules of earlier versions (VPC CIDR rules put straight into
+    DOCKER-USER and POSTROUTING)."""
+    for table, hook, _ in FW_HOOKS:
+        for parts in fw_rules_with_comment(table, hook):
+            if not any(p.startswith("VSW-") for p in parts):
+                fw_delete(table, parts)
 
 
 def fw_cleanup():
-    for cidr in fw_list():
-        fw_remove(cidr)
+    """Remove our hooks, chains and any rule with our comment."""
+    for table, hook, _ in FW_HOOKS:
+        for parts in fw_rules_with_comment(table, hook):
+            fw_delete(table, parts)
+    for table, _, chain in FW_HOOKS:
+        if iptables("-t", table, "-F", chain, check=False).returncode == 0:
+            iptables("-t", table, "-X", chain, check=False)
 
 
 # ---------------------------------------------------------------- fleet ----
 
 class Fleet:
-    def __init__(self, ec2, host_image, label):
+    def __init__(self, ec2, host_image, label, enforce_egress=True, enforce_groups=True,
+                 sshd_delay=2.0):
         self.ec2 = ec2
         self.image = host_image
         self.label = label
+        self.enforce_egress = enforce_egress
+        self.enforce_groups = enforce_groups
+        self.sshd_delay = sshd_delay
         self.key_cache = {}      # key name -> public key text
         self.subnet_cache = {}   # subnet id -> (cidr, vpc id)
         self.vpc_cache = {}      # vpc id -> cidr
-        self.fw = set()
+        self.firewall = Firewall()
+        self.egress_seen = {}    # instance id -> (allowed, how)
+        self.sg_loaded = {}      # instance id -> (container start, ruleset)
 
     # --- EC2 side
 
@@ -158,6 +523,34 @@ class Fleet:
             token = resp.get("NextToken")
             if not token:
                 return out
+
+    def network_view(self, insts):
+        """Routes, gateways and groups as EC2 has them now (only what the
+        enabled checks need, and nothing while no instance is active)."""
+        active = [i for i in insts.values() if i["State"]["Name"] in ACTIVE]
+        subnets = {}
+        for inst in active:
+            if inst.get("SubnetId"):
+                subnets[inst["SubnetId"]] = self.subnet(inst["SubnetId"])
+        if not active:
+            return Network(insts, subnets)
+        kw = {}
+        if self.enforce_egress:
+            kw["route_tables"] = paged(self.ec2, "describe_route_tables", "RouteTables")
+            kw["gateways"] = paged(self.ec2, "describe_internet_gateways", "InternetGateways")
+            kw["nat_gateways"] = paged(self.ec2, "describe_nat_gateways", "NatGateways")
+            # NAT gateways' subnets need their CIDR and VPC too
+            for nat in kw["nat_gateways"]:
+                sid = nat.get("SubnetId")
+                if sid and sid not in subnets and nat.get("State") == "available":
+                    try:
+                        subnets[sid] = self.subnet(sid)
+                    except Exception as exc:  # a NAT in a subnet EC2 no longer has
+                        log("NAT gateway %s: subnet %s: %s" % (nat["NatGatewayId"], sid, exc),
+                            key="natsub" + sid)
+        if self.enforce_groups:
+            kw["groups"] = paged(self.ec2, "describe_security_groups", "SecurityGroups")
+        return Network(insts, subnets, **kw)
 
     def subnet(self, subnet_id):
         if subnet_id not in self.subnet_cache:
@@ -219,15 +612,19 @@ class Fleet:
     # --- Docker side
 
     def containers(self):
-        """instance id -> {name, state, ip} for our host containers."""
+        """instance id -> {name, state, ip, started} for our host containers."""
         lab = self.label
-        fmt = "{{.Names}}\t{{.State}}\t{{.Label \"%s.instance\"}}\t{{.Label \"%s.ip\"}}" % (lab, lab)
-        p = docker("ps", "-a", "--filter", "label=%s.instance" % lab, "--format", fmt)
+        ids = docker("ps", "-aq", "--filter", "label=%s.instance" % lab).stdout.split()
         out = {}
-        for line in p.stdout.splitlines():
-            parts = line.split("\t")
-            if len(parts) == 4:
-                out[parts[2]] = {"name": parts[0], "state": parts[1], "ip": parts[3]}
+        if not ids:
+            return out
+        p = docker("inspect", *ids, check=False)  # one may vanish meanwhile
+        for c in json.loads(p.stdout or "[]"):
+            labels = c.get("Config", {}).get("Labels") or {}
+            iid = labels.get(lab + ".instance")
+            if iid:
+                out[iid] = {"name": c["Name"].lstrip("/"), "state": c["State"]["Status"],
+                            "ip": labels.get(lab + ".ip", ""), "started": c["State"].get("StartedAt", "")}
         return out
 
     def networks(self):
@@ -248,7 +645,7 @@ class Fleet:
         name = "vsw-" + subnet_id
         have = nets.get(name)
         if have is not None and have["cidr"] == cidr:
-            return name, vpc_cidr
+            return name
         if have is not None:
             docker("network", "rm", name, check=False)
         lab = self.label
@@ -261,7 +658,7 @@ class Fleet:
                name)
         nets[name] = {"cidr": cidr, "vpc_cidr": vpc_cidr}
         log("network %s %s (vpc %s %s)" % (name, cidr, vpc_id, vpc_cidr))
-        return name, vpc_cidr
+        return name
 
     def start_engine(self, name):
         docker("exec", "-d", name, "/usr/local/sbin/vs-start-dockerd")
@@ -293,33 +690,63 @@ class Fleet:
                # the instance's disk: kept across stop/start like an EBS volume
                "-v", "%s:/var/lib/docker" % vol,
                "-e", "VS_AUTHORIZED_KEYS=" + keys,
+               "-e", "VS_BOOT_DELAY=%g" % self.sshd_delay,
+               # closed to new inbound connections until sync_groups loads the rules
+               "-e", "VS_SG_FILTER=%d" % int(self.enforce_groups),
                *key_env,
                self.image)
-        self.start_engine(name)
         log("host %s up at %s (key pair %s, host key %s)"
             % (iid, ip, inst.get("KeyName") or "-", "from user data" if host_key else "generated"))
 
     def remove_host(self, iid, c):
         docker("rm", "-f", "-v", c["name"], check=False)
         docker("volume", "rm", "-f", c["name"] + "-docker", check=False)
+        self.sg_loaded.pop(iid, None)
+        self.egress_seen.pop(iid, None)
         log("host %s removed" % iid)
+
+    def container_started(self, name):
+        p = docker("inspect", "--format", "{{.State.StartedAt}}", name, check=False)
+        return p.stdout.strip()
+
+    def sync_groups(self, inst, name, started, view):
+        """Loads the host's security group filter when it differs from what
+        its current boot has."""
+        iid = inst["InstanceId"]
+        if self.enforce_groups:
+            rules, gids = view.ingress_rules(inst)
+        else:
+            rules, gids = None, []
+        ruleset = sg_ruleset(rules)
+        if self.sg_loaded.get(iid) == (started, ruleset):
+            return
+        docker("exec", "-i", name, "sh", "-c", SG_LOAD, input=ruleset, timeout=30)
+        self.sg_loaded[iid] = (started, ruleset)
+        if rules is None:
+            log("host %s: security groups not enforced" % iid)
+        else:
+            log("host %s: security groups %s, %d ingress rule(s) loaded"
+                % (iid, ", ".join(gids) or "none", len(rules)))
 
     # --- one pass
 
     def sync(self):
         insts = self.instances()
+        view = self.network_view(insts)
         conts = self.containers()
         nets = self.networks()
 
         # gone or terminated instances lose their host
-        for iid, c in conts.items():
+        for iid, c in list(conts.items()):
             inst = insts.get(iid)
             st = inst["State"]["Name"] if inst else "gone"
             if st not in ACTIVE and st not in STOPPED:
                 self.remove_host(iid, c)
+                del conts[iid]
 
+        # networks first, so the firewall knows them before a host starts
         wanted_nets = set()
-        wanted_vpcs = set()
+        hosted = []
         for iid, inst in sorted(insts.items()):
             st = inst["State"]["Name"]
             if st not in ACTIVE and st not in STOPPED:
@@ -329,27 +756,43 @@ class Fleet:
             if not subnet_id or not ip:
                 log("instance %s has no subnet or private IP; skipped" % iid, key="noip" + iid)
                 continue
+            if iid in conts:
+                wanted_nets.add("vsw-" + subnet_id)
+            if st in ACTIVE:
+                try:
+                    wanted_nets.add(self.ensure_network(subnet_id, nets))
+                except Exception as exc:  # keep mirroring the others
+                    log("instance %s: network: %s" % (iid, exc), key="net" + iid + str(exc)[:80])
+                    continue
+            hosted.append(inst)
+
+        self.apply_firewall(insts, view, nets, check_hooks=True)
+
+        for inst in hosted:
+            iid = inst["InstanceId"]
+            st = inst["State"]["Name"]
             c = conts.get(iid)
             try:
-                if c is not None:
-                    wanted_nets.add("vsw-" + subnet_id)
-                    wanted_vpcs.add(nets.get("vsw-" + subnet_id, {}).get("vpc_cidr"))
                 if st in ACTIVE:
-                    net, vpc_cidr = self.ensure_network(subnet_id, nets)
-                    wanted_nets.add(net)
-                    wanted_vpcs.add(vpc_cidr)
-                    if vpc_cidr not in self.fw:
-                        fw_ensure(vpc_cidr)
-                        self.fw.add(vpc_cidr)
-                    if c is None:
-                        self.create_host(inst, net)
-                    elif c["ip"] != ip:
+                    net = "vsw-" + inst["SubnetId"]
+                    if c is not None and c["ip"] != inst["PrivateIpAddress"]:
                         self.remove_host(iid, c)
+                        c = None
+                    if c is None:
+                        # the host boots closed (vs-sg-closed); its engine
+                        # starts first, so a failed load is retried next pass
                         self.create_host(inst, net)
+                        self.start_engine("vsw-" + iid)
+                        started = self.container_started("vsw-" + iid)
+                        self.sync_groups(inst, "vsw-" + iid, started, view)
                     elif c["state"] != "running":
                         docker("start", c["name"])
                         self.start_engine(c["name"])
                         log("host %s started" % iid)
+                        started = self.container_started(c["name"])
+                        self.sync_groups(inst, c["name"], started, view)
+                    else:
+                        self.sync_groups(inst, c["name"], c["started"], view)
                 elif c is not None and c["state"] == "running":
                     docker("stop", "-t", "5", c["name"], timeout=60)
                     log("host %s stopped" % iid)
@@ -359,9 +802,30 @@ class Fleet:
         for name in set(nets) - wanted_nets:
             if docker("network", "rm", name, check=False).returncode == 0:
                 log("network %s removed" % name)
-        for cidr in set(self.fw) - wanted_vpcs:
-            fw_remove(cidr)
-            self.fw.discard(cidr)
+                del nets[name]
+        self.apply_firewall(insts, view, nets, check_hooks=False)
+
+    def apply_firewall(self, insts, view, nets, check_hooks):
+        """Loads this machine's chains for the networks there are and the
+        hosts EC2 lets out."""
+        egress_ips = set()
+        for iid, inst in insts.items():
+            if inst["State"]["Name"] not in ACTIVE or not inst.get("PrivateIpAddress"):
+                continue
+            if self.enforce_egress:
+                allowed, how = view.egress(inst)
+                if self.egress_seen.get(iid) != (allowed, how):
+                    self.egress_seen[iid] = (allowed, how)
+                    log("host %s egress: %s, %s" % (iid, "yes" if allowed else "no", how))
+                if allowed:
+                    egress_ips.add(inst["PrivateIpAddress"])
+        vpcs = {n["vpc_cidr"] for n in nets.values() if n.get("vpc_cidr")}
+        cidrs = {n["cidr"] for n in nets.values() if n.get("cidr")}
+        ruleset = fw_ruleset(vpcs, cidrs, egress_ips, self.enforce_egress)
+        if self.firewall.apply(ruleset, check_hooks):
+            log("firewall: %d VPC(s), %d network(s), %s"
+                % (len(vpcs), len(cidrs), "%d host(s) with egress" % len(egress_ips)
+                   if self.enforce_egress else "egress not enforced"))
 
 
 def main():
@@ -373,7 +837,7 @@ def main():
     ap.add_argument("--interval", type=float, default=0.5)
     ap.add_argument("--ready-file")
     ap.add_argument("--cleanup-firewall", action="store_true",
-                    help="remove the firewall rules this program adds, then exit")
+                    help="remove the firewall rules and chains this program adds, then exit")
     args = ap.parse_args()
 
     if args.cleanup_firewall:
@@ -381,6 +845,12 @@ def main():
         return 0
     if not args.host_image:
         ap.error("--host-image is required")
+    try:
+        enforce_egress = env_flag("VS_WORLD_ENFORCE_EGRESS", True)
+        enforce_groups = env_flag("VS_WORLD_ENFORCE_SECURITY_GROUPS", True)
+        sshd_delay = env_seconds("VS_WORLD_SSHD_DELAY_S", 2.0)
+    except ConfigError as exc:
+        ap.error(str(exc))
 
     import boto3
     from botocore.config import Config
@@ -390,15 +860,16 @@ def main():
         aws_access_key_id="testing", aws_secret_access_key="testing",
         config=Config(retries={"max_attempts": 1}, connect_timeout=3, read_timeout=20),
     )
-    fleet = Fleet(ec2, args.host_image, args.label)
+    fleet = Fleet(ec2, args.host_image, args.label, enforce_egress=enforce_egress,
+                  enforce_groups=enforce_groups, sshd_delay=sshd_delay)
 
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
 
-    # rules from an earlier run are re-made as needed
-    fw_cleanup()
-    log("fleet simulator: endpoint %s, host image %s" % (args.endpoint, args.host_image))
+    log("fleet simulator: endpoint %s, host image %s, egress %s, security groups %s, sshd delay %gs"
+        % (args.endpoint, args.host_image, "enforced" if enforce_egress else "open",
+           "enforced" if enforce_groups else "open", sshd_delay))
     ready = False
     while not stopping:
         try:

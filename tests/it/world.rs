@@ -2,9 +2,9 @@
 //! world's EC2 (moto) become host containers (sshd + their own Docker
 //! engine) at their private IPs. Needs `scripts/world up`.
 //!
-//! Each [`Fleet`] has its own VPC and subnet (a distinct CIDR per test, since
-//! the world cannot give two subnets with the same CIDR hosts) and removes
-//! everything it made, also when a test panics.
+//! Each [`Fleet`] has its own VPC and public subnet (a distinct CIDR per
+//! test, since the world cannot give two subnets with the same CIDR hosts)
+//! and removes everything it made, also when a test panics.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_ec2::primitives::Blob;
-use aws_sdk_ec2::types::{InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{
+    Filter, InstanceNetworkInterfaceSpecification, InstanceType, IpPermission, IpRange, ResourceType, Tag,
+    TagSpecification, UserIdGroupPair,
+};
 use aws_sdk_ec2::Client;
 use votingstack::api::{Images, Tier};
 use votingstack::host::{HostTarget, Hosts, SshKey};
@@ -92,6 +95,13 @@ impl World {
 
     /// Launches `count` hosts in a new VPC 10.<octet>.0.0/16 (subnet
     /// 10.<octet>.1.0/24) and waits until each answers SSH.
+    ///
+    /// The world enforces EC2's network rules, so the subnet is public (an
+    /// internet gateway and a 0.0.0.0/0 route to it in the main table, a
+    /// public IP per host: the hosts pull from the world's registry), and the
+    /// hosts share one security group that lets in SSH and the web ports from
+    /// this machine (it arrives from the subnet's bridge gateway,
+    /// 10.<octet>.1.1) and everything from the group's own members.
     pub async fn fleet(&self, name: &str, octet: u8, count: i32) -> Fleet {
         let ec2 = self.ec2.clone();
         let vpc = ec2
@@ -105,9 +115,7 @@ impl World {
             .expect("a VPC id");
         let mut fleet = Fleet {
             ec2: ec2.clone(),
-            vpc_id: vpc.clone(),
-            subnet_id: None,
-            key_name: None,
+            made: Made { vpc_id: vpc.clone(), ..Made::default() },
             hosts: Vec::new(),
             done: false,
         };
@@ -121,7 +129,73 @@ impl World {
             .subnet
             .and_then(|s| s.subnet_id)
             .expect("a subnet id");
-        fleet.subnet_id = Some(subnet.clone());
+        fleet.made.subnet_id = Some(subnet.clone());
+        let gateway = ec2
+            .create_internet_gateway()
+            .send()
+            .await
+            .expect("CreateInternetGateway")
+            .internet_gateway
+            .and_then(|g| g.internet_gateway_id)
+            .expect("an internet gateway id");
+        fleet.made.gateway_id = Some(gateway.clone());
+        ec2.attach_internet_gateway()
+            .internet_gateway_id(&gateway)
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .expect("AttachInternetGateway");
+        let main_table = ec2
+            .describe_route_tables()
+            .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+            .filters(Filter::builder().name("association.main").values("true").build())
+            .send()
+            .await
+            .expect("DescribeRouteTables")
+            .route_tables()
+            .first()
+            .and_then(|t| t.route_table_id().map(str::to_string))
+            .expect("the VPC's main route table");
+        ec2.create_route()
+            .route_table_id(&main_table)
+            .destination_cidr_block("0.0.0.0/0")
+            .gateway_id(&gateway)
+            .send()
+            .await
+            .expect("CreateRoute to the internet gateway");
+        let group = ec2
+            .create_security_group()
+            .group_name(format!("host-it-{name}-{}", std::process::id()))
+            .description("world hosts of one test")
+            .vpc_id(&vpc)
+            .send()
+            .await
+            .expect("CreateSecurityGroup")
+            .group_id
+            .expect("a security group id");
+        fleet.made.group_id = Some(group.clone());
+        let this_machine = format!("10.{octet}.1.1/32");
+        let from_machine = |from: i32, to: i32| {
+            IpPermission::builder()
+                .ip_protocol("tcp")
+                .from_port(from)
+                .to_port(to)
+                .ip_ranges(IpRange::builder().cidr_ip(&this_machine).build())
+                .build()
+        };
+        ec2.authorize_security_group_ingress()
+            .group_id(&group)
+            .ip_permissions(from_machine(22, 22))
+            .ip_permissions(from_machine(80, 81))
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("-1")
+                    .user_id_group_pairs(UserIdGroupPair::builder().group_id(&group).build())
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("AuthorizeSecurityGroupIngress");
         let key_name = format!("host-it-{name}-{}", std::process::id());
         ec2.import_key_pair()
             .key_name(&key_name)
@@ -129,10 +203,16 @@ impl World {
             .send()
             .await
             .expect("ImportKeyPair");
-        fleet.key_name = Some(key_name.clone());
+        fleet.made.key_name = Some(key_name.clone());
         let tags = TagSpecification::builder()
             .resource_type(ResourceType::Instance)
             .tags(Tag::builder().key("host-it").value(name).build())
+            .build();
+        let nic = InstanceNetworkInterfaceSpecification::builder()
+            .device_index(0)
+            .subnet_id(&subnet)
+            .associate_public_ip_address(true)
+            .groups(&group)
             .build();
         let run = ec2
             .run_instances()
@@ -140,7 +220,7 @@ impl World {
             .instance_type(InstanceType::from(self.instance_type.as_str()))
             .min_count(count)
             .max_count(count)
-            .subnet_id(&subnet)
+            .network_interfaces(nic)
             .key_name(&key_name)
             .tag_specifications(tags)
             .send()
@@ -190,14 +270,22 @@ impl Host {
     }
 }
 
-/// Hosts launched for one test, with their VPC, subnet and key pair.
+/// Hosts launched for one test, with the EC2 resources made for them.
 pub struct Fleet {
     ec2: Client,
-    vpc_id: String,
-    subnet_id: Option<String>,
-    key_name: Option<String>,
+    made: Made,
     pub hosts: Vec<Host>,
     done: bool,
+}
+
+/// What a fleet made in EC2 besides its instances, removed in reverse.
+#[derive(Clone, Default)]
+struct Made {
+    vpc_id: String,
+    subnet_id: Option<String>,
+    gateway_id: Option<String>,
+    group_id: Option<String>,
+    key_name: Option<String>,
 }
 
 impl Fleet {
@@ -218,11 +306,10 @@ impl Fleet {
     }
 
     /// Terminates the instances (their host containers go with them) and
-    /// deletes the key pair, subnet and VPC.
+    /// deletes the key pair, security group, internet gateway, subnet and VPC.
     pub async fn cleanup(mut self) {
         self.done = true;
-        teardown(self.ec2.clone(), self.ids(), self.subnet_id.clone(), self.key_name.clone(), self.vpc_id.clone())
-            .await;
+        teardown(self.ec2.clone(), self.ids(), self.made.clone()).await;
     }
 
     fn ids(&self) -> Vec<String> {
@@ -230,17 +317,24 @@ impl Fleet {
     }
 }
 
-async fn teardown(ec2: Client, ids: Vec<String>, subnet: Option<String>, key: Option<String>, vpc: String) {
+async fn teardown(ec2: Client, ids: Vec<String>, made: Made) {
     if !ids.is_empty() {
         let _ = ec2.terminate_instances().set_instance_ids(Some(ids)).send().await;
     }
-    if let Some(k) = key {
+    if let Some(k) = made.key_name {
         let _ = ec2.delete_key_pair().key_name(k).send().await;
     }
-    if let Some(s) = subnet {
+    if let Some(g) = made.group_id {
+        let _ = ec2.delete_security_group().group_id(g).send().await;
+    }
+    if let Some(g) = made.gateway_id {
+        let _ = ec2.detach_internet_gateway().internet_gateway_id(&g).vpc_id(&made.vpc_id).send().await;
+        let _ = ec2.delete_internet_gateway().internet_gateway_id(g).send().await;
+    }
+    if let Some(s) = made.subnet_id {
         let _ = ec2.delete_subnet().subnet_id(s).send().await;
     }
-    let _ = ec2.delete_vpc().vpc_id(vpc).send().await;
+    let _ = ec2.delete_vpc().vpc_id(made.vpc_id).send().await;
 }
 
 impl Drop for Fleet {
@@ -249,10 +343,10 @@ impl Drop for Fleet {
             return;
         }
         // a panicking test: clean up on a runtime of our own
-        let args = (self.ec2.clone(), self.ids(), self.subnet_id.take(), self.key_name.take(), self.vpc_id.clone());
+        let args = (self.ec2.clone(), self.ids(), self.made.clone());
         let _ = std::thread::spawn(move || {
             if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(teardown(args.0, args.1, args.2, args.3, args.4));
+                rt.block_on(teardown(args.0, args.1, args.2));
             }
         })
         .join();
