@@ -269,8 +269,7 @@ pub async fn apply(
         if let Some(rx) = wake(&outcome, &key) {
             drift = Some(rx);
         }
-        let pause =
-            if outcome.is_ready() { outcome.requeue_after } else { outcome.requeue_after.min(NOT_READY_PAUSE) };
+        let pause = if outcome.is_ready() { outcome.requeue_after } else { outcome.requeue_after.min(NOT_READY_PAUSE) };
         match drift.as_mut() {
             Some(rx) => {
                 tokio::select! {
