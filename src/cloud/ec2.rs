@@ -124,8 +124,8 @@ pub struct Ec2Cloud {
     /// How long `destroy` waits for instances to terminate and for
     /// dependencies (network interfaces) to let go.
     wait_timeout: Duration,
-    /// Root device name of each AMI launched so far (DescribeImages once per AMI).
-    root_devices: Mutex<HashMap<String, String>>,
+    /// Root device of each AMI launched so far (DescribeImages once per AMI).
+    root_devices: Mutex<HashMap<String, instances::RootDevice>>,
 }
 
 impl Ec2Cloud {

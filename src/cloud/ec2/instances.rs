@@ -104,25 +104,31 @@ impl Ec2Cloud {
         Ok(out)
     }
 
-    /// The AMI's root device name (DescribeImages once per AMI, then
-    /// cached); None when EC2 does not know the AMI (RunInstances then says
-    /// so with InvalidAMIID).
-    async fn root_device(&self, ami: &str) -> Result<Option<String>, CloudError> {
-        if let Some(name) = self.root_devices.lock().ok().and_then(|m| m.get(ami).cloned()) {
-            return Ok(Some(name));
+    /// The AMI's root device (DescribeImages once per AMI, then cached);
+    /// None when EC2 does not know the AMI (RunInstances then says so with
+    /// InvalidAMIID).
+    async fn root_device(&self, ami: &str) -> Result<Option<RootDevice>, CloudError> {
+        if let Some(root) = self.root_devices.lock().ok().and_then(|m| m.get(ami).cloned()) {
+            return Ok(Some(root));
         }
         let images = match self.call("DescribeImages", self.client.describe_images().image_ids(ami).send()).await {
             Ok(out) => out.images.unwrap_or_default(),
             Err(CloudError::Api { code, .. }) if code.starts_with("InvalidAMIID") => return Ok(None),
             Err(e) => return Err(e),
         };
-        let Some(name) = images.iter().find(|i| i.image_id() == Some(ami)).and_then(|i| i.root_device_name()) else {
-            return Ok(None);
-        };
+        let Some(image) = images.iter().find(|i| i.image_id() == Some(ami)) else { return Ok(None) };
+        let Some(name) = image.root_device_name() else { return Ok(None) };
+        let size_gib = image
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == Some(name))
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_size());
+        let root = RootDevice { name: name.to_owned(), size_gib };
         if let Ok(mut m) = self.root_devices.lock() {
-            m.insert(ami.to_owned(), name.to_owned());
+            m.insert(ami.to_owned(), root.clone());
         }
-        Ok(Some(name.to_owned()))
+        Ok(Some(root))
     }
 
     /// Adopts the tier's oldest live instance, or launches one.
@@ -158,18 +164,7 @@ impl Ec2Cloud {
         let key_name = network.key_pair_name.clone().unwrap_or_else(|| stack.resource_name());
         let name = format!("{}-{tier}", stack.resource_name());
         let token = stack.client_token(tier, launch.replacement);
-        let root_volume = self.root_device(&launch.ami).await?.map(|device| {
-            BlockDeviceMapping::builder()
-                .device_name(device)
-                .ebs(
-                    EbsBlockDevice::builder()
-                        .volume_type(VolumeType::Gp3)
-                        .encrypted(true)
-                        .delete_on_termination(true)
-                        .build(),
-                )
-                .build()
-        });
+        let root_volume = self.root_device(&launch.ami).await?.map(|root| root.encrypted_gp3());
         let nic = InstanceNetworkInterfaceSpecification::builder()
             .device_index(0)
             .subnet_id(subnet_id)
@@ -211,6 +206,27 @@ impl Ec2Cloud {
             warn!(stack = %stack.tag_value(), %tier, instance = %inst.id, %token, "ClientToken answered with a {} instance", inst.state.as_str());
         }
         Ok(inst)
+    }
+}
+
+/// An AMI's root device: its name and the size of its snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RootDevice {
+    pub name: String,
+    pub size_gib: Option<i32>,
+}
+
+impl RootDevice {
+    /// The root volume as launched: gp3, encrypted (with the account's
+    /// default EBS key), deleted with the instance, as large as the AMI's.
+    fn encrypted_gp3(&self) -> BlockDeviceMapping {
+        let ebs = EbsBlockDevice::builder()
+            .volume_type(VolumeType::Gp3)
+            .encrypted(true)
+            .delete_on_termination(true)
+            .set_volume_size(self.size_gib)
+            .build();
+        BlockDeviceMapping::builder().device_name(&self.name).ebs(ebs).build()
     }
 }
 
