@@ -363,7 +363,7 @@ impl Cloud for Ec2Cloud {
     }
 
     async fn instances_by_id(&self, ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
-        Ec2Cloud::instances_by_id(self, ids).await
+        self.describe_by_id(ids).await
     }
 
     async fn teardown_inventory(

@@ -90,7 +90,7 @@ impl Ec2Cloud {
     /// The instances EC2 knows by these ids, in any state and whatever their
     /// tags: one DescribeInstances per id, so one unknown id (NotFound, once
     /// the client's retries for a fresh id are spent) hides no other.
-    pub(super) async fn instances_by_id(&self, ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
+    pub(super) async fn describe_by_id(&self, ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
         let mut out = Vec::new();
         for id in ids {
             match self.call("DescribeInstances", self.client.describe_instances().instance_ids(id).send()).await {
