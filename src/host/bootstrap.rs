@@ -204,7 +204,8 @@ mod tests {
             return;
         }
         // The daemon is there; its engine answers on the third try.
-        let slow = "#!/bin/sh\nn=$(cat \"${0%/*}/calls\" 2>/dev/null || echo 0); n=$((n + 1)); echo $n >\"${0%/*}/calls\"\n\
+        let slow =
+            "#!/bin/sh\nn=$(cat \"${0%/*}/calls\" 2>/dev/null || echo 0); n=$((n + 1)); echo $n >\"${0%/*}/calls\"\n\
                     [ $n -ge 3 ] && { echo 24.0.0; exit 0; }\necho 'Cannot connect to the Docker daemon' >&2; exit 1\n";
         let dir = start_tools(slow, true);
         let out = launch(Step::Start, &script_text(), &dir.path().display().to_string());

@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{
-    Filter, HttpTokensState, Instance, InstanceMetadataEndpointState, InstanceStateName, Tag,
-};
+use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, InstanceMetadataEndpointState, InstanceStateName, Tag};
 use aws_sdk_ec2::Client;
 use votingstack::api::conditions::find_condition;
 use votingstack::api::{ConditionType, Tier, VotingStack};
@@ -117,7 +115,10 @@ async fn ec2_owner_two_stacks_named_alike_keep_to_their_own_resources() {
     let (engine, _cloud) = engine(&moto);
     let c = moto.client();
     let (mut a, mut b) = (stack_with_uid(UID_A), stack_with_uid(UID_B));
-    assert_eq!((a.metadata.name.clone(), a.metadata.namespace.clone()), (b.metadata.name.clone(), b.metadata.namespace.clone()));
+    assert_eq!(
+        (a.metadata.name.clone(), a.metadata.namespace.clone()),
+        (b.metadata.name.clone(), b.metadata.namespace.clone())
+    );
 
     reconcile(&engine, &mut a).await;
     let out = reconcile(&engine, &mut b).await;
@@ -248,12 +249,7 @@ async fn ec2_owner_a_recorded_instance_missing_from_the_tag_look_up_is_asked_for
         .and_then(|t| t.instance_id)
         .expect("database instance recorded");
     // The tag look-up no longer lists it (as while tags lag a fresh launch).
-    c.delete_tags()
-        .resources(&db_id)
-        .tags(Tag::builder().key(OWNER_TAG).build())
-        .send()
-        .await
-        .expect("DeleteTags");
+    c.delete_tags().resources(&db_id).tags(Tag::builder().key(OWNER_TAG).build()).send().await.expect("DeleteTags");
     let before = cloud.calls_by_operation().get("DescribeInstances").copied().unwrap_or(0);
     let out = reconcile(&engine, &mut s).await;
     assert!(launches(&out).is_empty(), "a running instance is not replaced: {:?}", out.applied);
