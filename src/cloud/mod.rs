@@ -276,6 +276,45 @@ mod tests {
     }
 
     #[test]
+    fn a_token_tells_its_replacement_number() {
+        let id = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u1".into() };
+        assert_eq!(replacement_in_token(&id.client_token(Tier::Frontend, 0)), Some(0));
+        assert_eq!(replacement_in_token(&id.client_token(Tier::Frontend, 17)), Some(17));
+        assert_eq!(replacement_in_token("vs-0123456789abcdef0123456789abcdef"), None, "the older form");
+        assert_eq!(replacement_in_token("someone-else-3"), None);
+    }
+
+    #[test]
+    fn owner_and_names_differ_between_stacks_named_alike() {
+        let a = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u1".into() };
+        let b = StackIdentity { uid: "u2".into(), ..a.clone() };
+        assert_eq!(a.tag_value(), b.tag_value());
+        assert_ne!(a.owner(), b.owner());
+        assert_ne!(a.resource_name(), b.resource_name());
+        assert!(a.resource_name().starts_with("votingstack-default-demo-"));
+        assert_eq!(a.resource_name(), a.clone().resource_name());
+        assert_ne!(a.client_token(Tier::Backend, 0), b.client_token(Tier::Backend, 0));
+    }
+
+    #[test]
+    fn no_capacity_is_transient_and_a_reused_token_says_what_happens_next() {
+        assert_eq!(AwsErrorKind::from_code("InsufficientInstanceCapacity"), AwsErrorKind::Capacity);
+        assert_eq!(AwsErrorKind::Capacity.reason(), Reason::AwsUnavailable);
+        assert!(!AwsErrorKind::Capacity.reason().is_terminal());
+        let e = CloudError::Capacity {
+            tier: Tier::Backend,
+            instance_type: "t3.small".into(),
+            code: "InsufficientInstanceCapacity".into(),
+            message: "no capacity in us-east-1a".into(),
+        };
+        assert!(e.to_string().contains("spec.instances.backend.instanceType"), "{e}");
+        assert_eq!(AwsErrorKind::from_code("IdempotentParameterMismatch"), AwsErrorKind::Other);
+        let e = CloudError::TokenReused { tier: Tier::Database, token: "vs-ab-1".into(), message: "m".into() };
+        assert!(!e.reason().is_terminal());
+        assert!(e.to_string().contains("vs-ab-1") && e.to_string().contains("new replacement number"), "{e}");
+    }
+
+    #[test]
     fn aws_codes_map_to_reasons_a_user_can_act_on() {
         assert_eq!(AwsErrorKind::from_code("InvalidAMIID.NotFound").reason(), Reason::AwsInvalidParameter);
         assert_eq!(AwsErrorKind::from_code("InvalidVpcID.NotFound"), AwsErrorKind::NotFound);
