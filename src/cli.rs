@@ -222,7 +222,7 @@ pub async fn apply(
     opts: &ApplyOptions,
     mut wake: impl FnMut(&Outcome, &crate::host::SshKey) -> Option<tokio::sync::mpsc::Receiver<()>>,
 ) -> Result<VotingStackStatus, CliError> {
-    let mut state = load_state(state_path)?.unwrap_or_else(|| State { uid: new_uid(), ..Default::default() });
+    let mut state = load_or_create_state(state_path)?;
     state.track_spec(&manifest.stack.spec);
     let started = Instant::now();
     let began = SystemTime::now();
@@ -282,6 +282,25 @@ pub async fn apply(
     }
 }
 
+/// The state at `path`, or a new one with a fresh identity (saved at once:
+/// every AWS resource `apply` creates carries it in its owner tag).
+pub fn load_or_create_state(path: &Path) -> Result<State, CliError> {
+    if let Some(state) = load_state(path)? {
+        if state.uid.is_empty() {
+            return Err(CliError::State {
+                path: path.into(),
+                message: "it has no uid: the stack's AWS resources are found by the owner tag holding it; \
+                          restore the file from a backup"
+                    .into(),
+            });
+        }
+        return Ok(state);
+    }
+    let state = State { uid: new_uid(), ..Default::default() };
+    save_state(path, &state)?;
+    Ok(state)
+}
+
 /// The marks of the deploy so far, as `apply --timeline` prints them, with
 /// `ready_after_s=` (seconds from the start of apply to Ready) last.
 fn render_timeline(stack: &str, began: SystemTime) -> String {
@@ -294,9 +313,11 @@ fn render_timeline(stack: &str, began: SystemTime) -> String {
     out
 }
 
-/// `votingstack plan`: what apply would do; changes nothing.
+/// `votingstack plan`: what apply would do; changes nothing. Without a
+/// state file the stack owns nothing yet: the plan uses a fresh identity
+/// that is not kept (so its key pair name ends in a suffix `apply` draws anew).
 pub async fn plan(engine: Option<&Engine>, manifest: &Manifest, state_path: &Path) -> Result<Plan, CliError> {
-    let mut state = load_state(state_path)?.unwrap_or_default();
+    let mut state = load_state(state_path)?.unwrap_or_else(|| State { uid: new_uid(), ..Default::default() });
     state.track_spec(&manifest.stack.spec);
     let stack = stack_with_state(manifest, &state);
     match engine {
@@ -313,9 +334,18 @@ pub async fn plan(engine: Option<&Engine>, manifest: &Manifest, state_path: &Pat
     }
 }
 
-/// `votingstack destroy`: tears down per the deletion policy and forgets the state.
+/// `votingstack destroy`: tears down per the deletion policy and forgets the
+/// state. Without a state file nothing is known to belong to the stack (its
+/// resources carry the owner id kept there), so nothing is deleted.
 pub async fn destroy(engine: &Engine, manifest: &Manifest, state_path: &Path) -> Result<Teardown, CliError> {
-    let state = load_state(state_path)?.unwrap_or_default();
+    let Some(state) = load_state(state_path)? else {
+        println!(
+            "no state file at {}: nothing is known to belong to {} (its AWS resources carry the owner id kept there)",
+            state_path.display(),
+            manifest.stack.key()
+        );
+        return Ok(Teardown::Deleted(Default::default()));
+    };
     let stack = stack_with_state(manifest, &state);
     let teardown = engine.destroy(&stack).await?;
     if let Teardown::Deleted(_) = teardown {
@@ -356,5 +386,19 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         assert_eq!(load_state(&path).unwrap().map(|s| s.uid), Some("u".into()));
+    }
+
+    #[test]
+    fn a_new_state_keeps_one_identity_from_the_first_run_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("default.demo.json");
+        let first = load_or_create_state(&path).unwrap();
+        assert_eq!(first.uid.len(), 32);
+        assert_eq!(load_or_create_state(&path).unwrap().uid, first.uid);
+        let other = load_or_create_state(&dir.path().join("other.json")).unwrap();
+        assert_ne!(other.uid, first.uid);
+        save_state(&path, &State::default()).unwrap();
+        let err = load_or_create_state(&path).unwrap_err().to_string();
+        assert!(err.contains("no uid"), "{err}");
     }
 }

@@ -9,22 +9,28 @@
 //! Every EC2 request goes through [`Ec2Cloud::call`], which counts it, logs
 //! its operation name at debug level, and turns an SDK error into a
 //! [`CloudError`] that carries the AWS error code and message.
+//!
+//! Retries happen inside the SDK client: throttling, 5xx and transport
+//! errors by its standard policy ([`MAX_ATTEMPTS`]), and a `*.NotFound` for
+//! an id EC2 created moments ago by [`FreshIdRetry`].
 
 mod instances;
 mod network;
 mod teardown;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use aws_config::retry::RetryConfig;
+use aws_config::retry::{ErrorKind, RetryConfig};
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_ec2::config::http::HttpResponse;
+use aws_sdk_ec2::config::interceptors::InterceptorContext;
+use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
@@ -33,11 +39,78 @@ use tracing::debug;
 use crate::api::{NetworkStatus, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
 use crate::model::{InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, TeardownInventory, TeardownStep};
 
-use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
+use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity, OWNER_TAG};
 
 /// Attempts per request (first try included) for throttling, 5xx and
 /// transport errors, with the SDK's exponential backoff and jitter.
 pub const MAX_ATTEMPTS: u32 = 5;
+
+/// Pause between the attempts [`FreshIdRetry`] asks for: with
+/// [`MAX_ATTEMPTS`], a fresh id gets about four seconds to show up.
+pub const FRESH_ID_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Retry classifier for EC2's eventual consistency: for seconds after a
+/// create, a call naming the new id may answer `*.NotFound`
+/// (`InvalidSubnetID.NotFound` from RunInstances, `InvalidGroup.NotFound`
+/// from AuthorizeSecurityGroupIngress, `InvalidInstanceID.NotFound` from
+/// DescribeInstances by id). Such an answer is retried, a second apart,
+/// within the client's attempts. Only operations that name ids the operator
+/// just created or recorded are retried: for deletions and look-ups by
+/// filter a NotFound is the answer. An unknown AMI is the user's, not EC2's
+/// delay, and is never retried.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FreshIdRetry;
+
+impl ClassifyRetry for FreshIdRetry {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(Err(err)) = ctx.output_or_error() else { return RetryAction::NoActionIndicated };
+        let Some(op) = err.as_operation_error() else { return RetryAction::NoActionIndicated };
+        use aws_sdk_ec2::operation as o;
+        // The error code, when the failed operation is one that names ids
+        // created moments before.
+        macro_rules! code_of {
+            ($($t:ty),* $(,)?) => {
+                'found: {
+                    $(if let Some(e) = op.downcast_ref::<$t>() { break 'found e.code(); })*
+                    None
+                }
+            };
+        }
+        let code = code_of!(
+            o::run_instances::RunInstancesError,
+            o::describe_instances::DescribeInstancesError,
+            o::create_subnet::CreateSubnetError,
+            o::create_security_group::CreateSecurityGroupError,
+            o::authorize_security_group_ingress::AuthorizeSecurityGroupIngressError,
+            o::authorize_security_group_egress::AuthorizeSecurityGroupEgressError,
+            o::create_route_table::CreateRouteTableError,
+            o::create_route::CreateRouteError,
+            o::replace_route::ReplaceRouteError,
+            o::associate_route_table::AssociateRouteTableError,
+            o::attach_internet_gateway::AttachInternetGatewayError,
+            o::create_nat_gateway::CreateNatGatewayError,
+            o::associate_address::AssociateAddressError,
+            o::create_tags::CreateTagsError,
+            o::modify_vpc_attribute::ModifyVpcAttributeError,
+            o::modify_subnet_attribute::ModifySubnetAttributeError,
+        );
+        match code {
+            Some(code) if is_fresh_id_not_found(code) => {
+                RetryAction::retryable_error_with_explicit_delay(ErrorKind::TransientError, FRESH_ID_RETRY_DELAY)
+            }
+            _ => RetryAction::NoActionIndicated,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "NotFound of a fresh EC2 id"
+    }
+}
+
+/// True for a NotFound code that eventual consistency explains.
+pub fn is_fresh_id_not_found(code: &str) -> bool {
+    code.ends_with(".NotFound") && !code.starts_with("InvalidAMIID")
+}
 
 /// The EC2 side of the engine, over aws-sdk-ec2.
 pub struct Ec2Cloud {
@@ -49,6 +122,8 @@ pub struct Ec2Cloud {
     /// How long `destroy` waits for instances to terminate and for
     /// dependencies (network interfaces) to let go.
     wait_timeout: Duration,
+    /// Root device of each AMI launched so far (DescribeImages once per AMI).
+    root_devices: Mutex<HashMap<String, instances::RootDevice>>,
 }
 
 impl Ec2Cloud {
@@ -86,14 +161,17 @@ impl Ec2Cloud {
         Ec2Cloud::from_client(Client::from_conf(config.build()))
     }
 
-    /// Wraps a ready client (tests build one aimed at moto).
+    /// Wraps a ready client (tests build one aimed at moto), adding the
+    /// [`FreshIdRetry`] classifier to its retry policy.
     pub fn from_client(client: Client) -> Ec2Cloud {
+        let client = Client::from_conf(client.config().to_builder().retry_classifier(FreshIdRetry).build());
         Ec2Cloud {
             client,
             calls: AtomicU64::new(0),
             by_operation: Mutex::new(BTreeMap::new()),
             poll_interval: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(600),
+            root_devices: Mutex::new(HashMap::new()),
         }
     }
 
@@ -186,15 +264,18 @@ where
     f.build()
 }
 
-/// The filter every look-up uses: the stack's tag.
+/// The filter every look-up uses: the owner tag (the stack object's uid).
+/// Whatever the operator adopts, keeps or deletes carries it, so a stack
+/// named alike in another cluster is never touched.
 fn stack_filter(stack: &StackIdentity) -> Filter {
-    tag_filter(STACK_LABEL, &stack.tag_value())
+    tag_filter(OWNER_TAG, stack.owner())
 }
 
 /// Tags of every resource of the stack; `tier` adds the tier tag.
 fn stack_tags(stack: &StackIdentity, name: &str, tier: Option<Tier>) -> Vec<Tag> {
     let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
     let mut tags = vec![
+        tag(OWNER_TAG, stack.owner()),
         tag(STACK_LABEL, &stack.tag_value()),
         tag(NAMESPACE_LABEL, &stack.namespace),
         tag("Name", name),
@@ -265,6 +346,10 @@ impl Cloud for Ec2Cloud {
         Ok(())
     }
 
+    async fn instances_by_id(&self, ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
+        self.describe_by_id(ids).await
+    }
+
     async fn teardown_inventory(
         &self,
         stack: &StackIdentity,
@@ -293,12 +378,30 @@ mod tests {
     #[test]
     fn every_resource_carries_the_stack_tags() {
         let tags = stack_tags(&ident(), "votingstack-shop-demo", Some(Tier::Backend));
+        assert_eq!(tag_value(&tags, OWNER_TAG), Some("u"));
         assert_eq!(tag_value(&tags, STACK_LABEL), Some("shop/demo"));
         assert_eq!(tag_value(&tags, NAMESPACE_LABEL), Some("shop"));
         assert_eq!(tag_value(&tags, "Name"), Some("votingstack-shop-demo"));
         assert_eq!(tag_value(&tags, MANAGED_BY_TAG), Some(MANAGER));
         assert_eq!(tag_value(&tags, TIER_LABEL), Some("backend"));
         assert_eq!(tag_value(&stack_tags(&ident(), "n", None), TIER_LABEL), None);
+    }
+
+    #[test]
+    fn look_ups_go_by_the_owner_tag() {
+        let f = stack_filter(&ident());
+        assert_eq!(f.name(), Some("tag:votingstack.dev/owner"));
+        assert_eq!(f.values(), ["u"]);
+    }
+
+    #[test]
+    fn only_not_found_of_a_fresh_id_is_retried() {
+        assert!(is_fresh_id_not_found("InvalidSubnetID.NotFound"));
+        assert!(is_fresh_id_not_found("InvalidGroup.NotFound"));
+        assert!(is_fresh_id_not_found("InvalidInstanceID.NotFound"));
+        assert!(!is_fresh_id_not_found("InvalidAMIID.NotFound"));
+        assert!(!is_fresh_id_not_found("DependencyViolation"));
+        assert!(!is_fresh_id_not_found("InvalidParameterValue"));
     }
 
     #[test]

@@ -14,6 +14,23 @@ use crate::model::{InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance,
 /// with one got its SSH host key from the operator (see `SshKey::host_key_for`).
 pub const CLIENT_TOKEN_PREFIX: &str = "vs-";
 
+/// Tag naming the one stack object that owns a resource: its uid. Look-ups,
+/// adoption and deletion go by this tag, so two stacks that share a
+/// namespace and name (two clusters, or a CLI state and a cluster) never
+/// touch each other's resources.
+pub const OWNER_TAG: &str = "votingstack.dev/owner";
+
+/// The replacement number a ClientToken of [`StackIdentity::client_token`]
+/// carries (its last `-` field); None for tokens of another form.
+pub fn replacement_in_token(token: &str) -> Option<u32> {
+    let rest = token.strip_prefix(CLIENT_TOKEN_PREFIX)?;
+    let (base, n) = rest.rsplit_once('-')?;
+    if base.is_empty() || !base.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    n.parse().ok()
+}
+
 /// Who a stack is, for tags, names and ClientTokens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StackIdentity {
@@ -38,15 +55,26 @@ impl StackIdentity {
         format!("{}/{}", self.namespace, self.name)
     }
 
-    /// Name of resources such as the key pair: `votingstack-<namespace>-<name>`.
-    pub fn resource_name(&self) -> String {
-        format!("votingstack-{}-{}", self.namespace, self.name)
+    /// Value of the [`OWNER_TAG`]: the object's uid.
+    pub fn owner(&self) -> &str {
+        &self.uid
     }
 
-    /// Deterministic RunInstances ClientToken for a tier's n-th instance.
+    /// Name of resources such as the key pair:
+    /// `votingstack-<namespace>-<name>-<8 hex of the uid's hash>`. Key pair
+    /// names are unique per account and region, so the suffix keeps two
+    /// stacks named alike (in two clusters) apart.
+    pub fn resource_name(&self) -> String {
+        let digest = Sha256::digest(self.uid.as_bytes());
+        format!("votingstack-{}-{}-{}", self.namespace, self.name, hex::encode(&digest[..4]))
+    }
+
+    /// Deterministic RunInstances ClientToken for a tier's n-th instance:
+    /// `vs-<hash of uid, namespace, name and tier>-<n>`, so the number can be
+    /// read back from the instances themselves ([`replacement_in_token`]).
     pub fn client_token(&self, tier: Tier, replacement: u32) -> String {
-        let digest = Sha256::digest(format!("{}/{}/{}/{tier}/{replacement}", self.uid, self.namespace, self.name));
-        format!("{CLIENT_TOKEN_PREFIX}{}", hex::encode(&digest[..16]))
+        let digest = Sha256::digest(format!("{}/{}/{}/{tier}", self.uid, self.namespace, self.name));
+        format!("{CLIENT_TOKEN_PREFIX}{}-{replacement}", hex::encode(&digest[..16]))
     }
 }
 
@@ -57,6 +85,8 @@ pub enum AwsErrorKind {
     Auth,
     InvalidParameter,
     Quota,
+    /// EC2 lacks capacity for the instance type now: transient.
+    Capacity,
     Throttled,
     Unavailable,
     NotFound,
@@ -81,8 +111,13 @@ impl AwsErrorKind {
             | "AddressLimitExceeded"
             | "SecurityGroupLimitExceeded"
             | "RulesPerSecurityGroupLimitExceeded"
-            | "InsufficientInstanceCapacity"
             | "MaxSpotInstanceCountExceeded" => AwsErrorKind::Quota,
+            "InsufficientInstanceCapacity" | "InsufficientHostCapacity" | "InsufficientCapacity" => {
+                AwsErrorKind::Capacity
+            }
+            // Not a parameter of this request that a user could fix: the
+            // token's first use had other ones.
+            "IdempotentParameterMismatch" => AwsErrorKind::Other,
             "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => AwsErrorKind::Unavailable,
             c if c.starts_with("InvalidAMIID") || c.starts_with("InvalidKeyPair") => AwsErrorKind::InvalidParameter,
             c if c.ends_with(".NotFound") => AwsErrorKind::NotFound,
@@ -99,7 +134,7 @@ impl AwsErrorKind {
             AwsErrorKind::InvalidParameter => Reason::AwsInvalidParameter,
             AwsErrorKind::Quota => Reason::AwsQuotaExceeded,
             AwsErrorKind::Throttled => Reason::AwsThrottled,
-            AwsErrorKind::Unavailable => Reason::AwsUnavailable,
+            AwsErrorKind::Unavailable | AwsErrorKind::Capacity => Reason::AwsUnavailable,
             AwsErrorKind::NotFound | AwsErrorKind::Other => Reason::AwsError,
         }
     }
@@ -120,6 +155,21 @@ pub enum CloudError {
     /// Waiting for instances to terminate took too long.
     #[error("instances {ids:?} did not terminate within {seconds} s")]
     TerminateTimeout { ids: Vec<String>, seconds: u64 },
+    /// RunInstances found no spare capacity of the instance type: retried
+    /// later with backoff.
+    #[error(
+        "EC2 has no spare {instance_type} capacity for the {tier} instance right now ({code}: {message}); \
+         the launch is retried with backoff, and another instance type for the tier (spec.instances.{tier}.instanceType) \
+         may succeed sooner"
+    )]
+    Capacity { tier: Tier, instance_type: String, code: String, message: String },
+    /// RunInstances refused a ClientToken whose first use had other
+    /// parameters (AMI, type, subnet, user data).
+    #[error(
+        "RunInstances for the {tier} instance: ClientToken {token} was used before with other parameters \
+         (IdempotentParameterMismatch: {message}); the next pass launches with a new replacement number"
+    )]
+    TokenReused { tier: Tier, token: String, message: String },
 }
 
 impl CloudError {
@@ -127,7 +177,8 @@ impl CloudError {
         match self {
             CloudError::Api { kind, .. } => *kind,
             CloudError::Transport { .. } | CloudError::TerminateTimeout { .. } => AwsErrorKind::Unavailable,
-            CloudError::Incomplete { .. } => AwsErrorKind::Other,
+            CloudError::Incomplete { .. } | CloudError::TokenReused { .. } => AwsErrorKind::Other,
+            CloudError::Capacity { .. } => AwsErrorKind::Capacity,
         }
     }
 
@@ -186,6 +237,15 @@ pub trait Cloud: Send + Sync {
 
     async fn terminate_instances(&self, instance_ids: &[String]) -> Result<(), CloudError>;
 
+    /// The instances EC2 knows by these ids, in any state, whatever their
+    /// tags; an id EC2 does not know is left out. The engine asks before it
+    /// takes a recorded instance missing from [`Cloud::observe`] for gone
+    /// (a tag look-up may lag a fresh launch). A double without this call
+    /// knows no instance beyond what it observes.
+    async fn instances_by_id(&self, _ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
+        Ok(Vec::new())
+    }
+
     /// What deleting the stack has to remove: its instances and network,
     /// found by tag and by the ids in `known`.
     async fn teardown_inventory(
@@ -213,6 +273,45 @@ mod tests {
         assert_ne!(id.client_token(Tier::Backend, 0), id.client_token(Tier::Backend, 1));
         assert_ne!(id.client_token(Tier::Backend, 0), id.client_token(Tier::Frontend, 0));
         assert!(id.client_token(Tier::Backend, 0).len() <= 64);
+    }
+
+    #[test]
+    fn a_token_tells_its_replacement_number() {
+        let id = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u1".into() };
+        assert_eq!(replacement_in_token(&id.client_token(Tier::Frontend, 0)), Some(0));
+        assert_eq!(replacement_in_token(&id.client_token(Tier::Frontend, 17)), Some(17));
+        assert_eq!(replacement_in_token("vs-0123456789abcdef0123456789abcdef"), None, "the older form");
+        assert_eq!(replacement_in_token("someone-else-3"), None);
+    }
+
+    #[test]
+    fn owner_and_names_differ_between_stacks_named_alike() {
+        let a = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u1".into() };
+        let b = StackIdentity { uid: "u2".into(), ..a.clone() };
+        assert_eq!(a.tag_value(), b.tag_value());
+        assert_ne!(a.owner(), b.owner());
+        assert_ne!(a.resource_name(), b.resource_name());
+        assert!(a.resource_name().starts_with("votingstack-default-demo-"));
+        assert_eq!(a.resource_name(), a.clone().resource_name());
+        assert_ne!(a.client_token(Tier::Backend, 0), b.client_token(Tier::Backend, 0));
+    }
+
+    #[test]
+    fn no_capacity_is_transient_and_a_reused_token_says_what_happens_next() {
+        assert_eq!(AwsErrorKind::from_code("InsufficientInstanceCapacity"), AwsErrorKind::Capacity);
+        assert_eq!(AwsErrorKind::Capacity.reason(), Reason::AwsUnavailable);
+        assert!(!AwsErrorKind::Capacity.reason().is_terminal());
+        let e = CloudError::Capacity {
+            tier: Tier::Backend,
+            instance_type: "t3.small".into(),
+            code: "InsufficientInstanceCapacity".into(),
+            message: "no capacity in us-east-1a".into(),
+        };
+        assert!(e.to_string().contains("spec.instances.backend.instanceType"), "{e}");
+        assert_eq!(AwsErrorKind::from_code("IdempotentParameterMismatch"), AwsErrorKind::Other);
+        let e = CloudError::TokenReused { tier: Tier::Database, token: "vs-ab-1".into(), message: "m".into() };
+        assert!(!e.reason().is_terminal());
+        assert!(e.to_string().contains("vs-ab-1") && e.to_string().contains("new replacement number"), "{e}");
     }
 
     #[test]

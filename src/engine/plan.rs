@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::api::{Tier, VotingStackSpec, VotingStackStatus};
-use crate::cloud::NetworkLookup;
+use crate::cloud::{replacement_in_token, NetworkLookup};
 use crate::model::network::SubnetRole;
 use crate::model::{
     Action, CreateReason, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceLaunch,
@@ -54,18 +54,25 @@ pub enum HostView<'a> {
 }
 
 /// Replacement number of the next instance launched for a tier: it moves on
-/// when the tier's recorded instance has gone, so the ClientToken differs.
+/// when the tier's recorded instance has gone, so the ClientToken differs,
+/// and it is always past the highest number the tier's own instances carry
+/// in their ClientTokens (terminated ones included while EC2 lists them):
+/// a token is never sent twice, even when status was lost.
 pub fn next_replacement(status: &VotingStackStatus, tier: Tier, infra: &ObservedInfra) -> u32 {
     let recorded = status.tiers.as_ref().and_then(|t| t.get(tier));
     let count = recorded.map_or(0, |t| t.replacements);
     let gone = recorded
         .and_then(|t| t.instance_id.as_deref())
         .is_some_and(|id| !infra.instances.iter().any(|i| i.id == id && i.state.is_alive()));
-    if gone {
-        count + 1
-    } else {
-        count
-    }
+    let from_status = if gone { count + 1 } else { count };
+    let from_tokens = infra
+        .instances
+        .iter()
+        .filter(|i| i.tier == Some(tier))
+        .filter_map(|i| i.client_token.as_deref().and_then(replacement_in_token))
+        .max()
+        .map_or(0, |n| n + 1);
+    from_status.max(from_tokens)
 }
 
 /// What RunInstances gets for a tier's n-th instance.
@@ -143,7 +150,8 @@ pub fn plan_infra(
                     reason: TerminateReason::Replaced(what),
                 });
                 if recorded_id.as_deref() == Some(keeper.id.as_str()) {
-                    replacement += 1;
+                    let count = status.tiers.as_ref().and_then(|t| t.get(tier)).map_or(0, |t| t.replacements);
+                    replacement = replacement.max(count + 1);
                 }
                 plan.actions.push(launch(replacement));
                 continue;

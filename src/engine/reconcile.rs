@@ -20,7 +20,7 @@ use crate::timeline::{self, Stage};
 use crate::model::network::NAT_PENDING;
 use crate::model::{
     Action, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceState, NetworkObservation,
-    ObservedHost, ObservedInstance, UserData,
+    ObservedHost, ObservedInfra, ObservedInstance, UserData,
 };
 
 use super::conditions::{Finding, Findings};
@@ -224,7 +224,7 @@ impl Engine {
         let spec = &stack.spec;
         let calls_before = self.cloud.api_calls();
         let lookup = network_lookup(&run.status, stack.metadata.generation);
-        let mut infra = match self.cloud.observe(ident, run.status.network.as_ref(), lookup).await {
+        let mut infra = match self.observe_infra(ident, &run.status, lookup).await {
             Ok(infra) => infra,
             Err(e) => return run.cloud_failed(e),
         };
@@ -265,7 +265,7 @@ impl Engine {
             if let Some(began) = network_began {
                 timeline::span(&ident.tag_value(), Stage::Network, "", began);
             }
-            infra = match self.cloud.observe(ident, run.status.network.as_ref(), NetworkLookup::TrustStatus).await {
+            infra = match self.observe_infra(ident, &run.status, NetworkLookup::TrustStatus).await {
                 Ok(infra) => infra,
                 Err(e) => return run.cloud_failed(e),
             };
@@ -278,6 +278,42 @@ impl Engine {
         };
         run.findings.infrastructure = Some(finding);
         Some(after)
+    }
+
+    /// Observes EC2, and looks each recorded instance missing from the tag
+    /// look-up up by id: it is gone only once EC2 says so (NotFound or
+    /// terminated), not while a tag look-up lags a fresh launch. A tier
+    /// whose recorded instance was already found gone is not asked again.
+    async fn observe_infra(
+        &self,
+        ident: &StackIdentity,
+        status: &VotingStackStatus,
+        lookup: NetworkLookup,
+    ) -> Result<ObservedInfra, CloudError> {
+        let mut infra = self.cloud.observe(ident, status.network.as_ref(), lookup).await?;
+        let missing: Vec<(Tier, String)> = Tier::ALL
+            .iter()
+            .filter_map(|tier| {
+                let t = status.tiers.as_ref()?.get(*tier)?;
+                let id = t.instance_id.clone()?;
+                let confirmed_gone = t.instance_state.as_deref() == Some(InstanceState::Terminated.as_str());
+                let listed = infra.instances.iter().any(|i| i.id == id);
+                (!listed && !confirmed_gone).then_some((*tier, id))
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(infra);
+        }
+        let ids: Vec<String> = missing.iter().map(|(_, id)| id.clone()).collect();
+        for mut inst in self.cloud.instances_by_id(&ids).await? {
+            // Its tags may lag too: the tier is the one it was recorded for.
+            if inst.tier.is_none() {
+                inst.tier = missing.iter().find(|(_, id)| *id == inst.id).map(|(tier, _)| *tier);
+            }
+            debug!(stack = %ident.tag_value(), instance = %inst.id, state = inst.state.as_str(), "recorded instance found by id");
+            infra.instances.push(inst);
+        }
+        Ok(infra)
     }
 
     async fn act_infra(
@@ -305,7 +341,18 @@ impl Engine {
                     Err(e) => warn!(tier = %launch.tier, "launching without a host key: {e}"),
                 }
                 let launch = &launch;
-                let inst = self.cloud.launch_instance(ident, &network, launch).await?;
+                let inst = match self.cloud.launch_instance(ident, &network, launch).await {
+                    Ok(inst) => inst,
+                    Err(e @ CloudError::TokenReused { .. }) => {
+                        // The token is burnt: the next pass launches with the next number.
+                        let slot = run.status.tiers.get_or_insert_with(TiersStatus::default).slot(launch.tier);
+                        let entry = slot.get_or_insert_with(TierStatus::default);
+                        entry.instance_id = None;
+                        entry.replacements = entry.replacements.max(launch.replacement + 1);
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                };
                 if inst.state == InstanceState::Running {
                     mark_running(&ident.tag_value(), launch.tier, &inst);
                 }
@@ -500,7 +547,7 @@ impl Engine {
         let status = stack.status.clone().unwrap_or_default();
         let ident = StackIdentity::of(stack);
         let lookup = network_lookup(&status, stack.metadata.generation);
-        let infra = self.cloud.observe(&ident, status.network.as_ref(), lookup).await?;
+        let infra = self.observe_infra(&ident, &status, lookup).await?;
         let key_pair = desired_key_pair(&ident, key);
         let keepers = plan_infra(spec, &status, &infra, &key_pair).keepers;
         let mut hosts = BTreeMap::new();

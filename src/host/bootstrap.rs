@@ -141,7 +141,9 @@ mod tests {
     /// A PATH with the basic tools and, when given, a fake `docker`.
     fn tools(fake_docker: Option<&str>) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
-        for t in ["sh", "tr", "cut", "grep", "tail", "id", "timeout", "printf", "cat", "mktemp", "rm", "hostname"] {
+        for t in
+            ["sh", "tr", "cut", "grep", "tail", "id", "timeout", "printf", "cat", "mktemp", "rm", "hostname", "sleep"]
+        {
             for d in ["/usr/bin", "/bin"] {
                 let p = std::path::Path::new(d).join(t);
                 if p.exists() {
@@ -172,6 +174,58 @@ mod tests {
         let none = tools(None);
         let out = launch(Step::Facts, &script_text(), &none.path().display().to_string());
         assert_eq!(parse_facts(&out.stdout).unwrap().docker, DockerState::Missing);
+    }
+
+    /// Adds an executable `name` with `body` to a tools directory.
+    fn fake(dir: &tempfile::TempDir, name: &str, body: &str) {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    }
+
+    /// Fakes for the start step: `sudo` that just runs its command, `pgrep`
+    /// that finds a dockerd or not, `service` that records each start.
+    fn start_tools(docker: &str, dockerd_alive: bool) -> tempfile::TempDir {
+        let dir = tools(Some(docker));
+        fake(&dir, "sudo", "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n");
+        fake(&dir, "pgrep", if dockerd_alive { "#!/bin/sh\nexit 0\n" } else { "#!/bin/sh\nexit 1\n" });
+        fake(&dir, "service", "#!/bin/sh\necho \"$*\" >>\"${0%/*}/starts\"\n");
+        dir
+    }
+
+    fn starts(dir: &tempfile::TempDir) -> String {
+        std::fs::read_to_string(dir.path().join("starts")).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_slow_docker_daemon_is_waited_for_not_restarted() {
+        if std::path::Path::new("/run/systemd/system").exists() {
+            eprintln!("skipped: this machine runs systemd, which the script would ask instead of the fakes");
+            return;
+        }
+        // The daemon is there; its engine answers on the third try.
+        let slow =
+            "#!/bin/sh\nn=$(cat \"${0%/*}/calls\" 2>/dev/null || echo 0); n=$((n + 1)); echo $n >\"${0%/*}/calls\"\n\
+                    [ $n -ge 3 ] && { echo 24.0.0; exit 0; }\necho 'Cannot connect to the Docker daemon' >&2; exit 1\n";
+        let dir = start_tools(slow, true);
+        let out = launch(Step::Start, &script_text(), &dir.path().display().to_string());
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(starts(&dir), "", "a running daemon was restarted");
+    }
+
+    #[test]
+    fn a_docker_daemon_that_is_not_there_is_started_once() {
+        if std::path::Path::new("/run/systemd/system").exists() {
+            eprintln!("skipped: this machine runs systemd, which the script would ask instead of the fakes");
+            return;
+        }
+        // The engine answers once `service docker start` ran.
+        let dead = "#!/bin/sh\n[ -s \"${0%/*}/starts\" ] && { echo 24.0.0; exit 0; }\n\
+                    echo 'Cannot connect to the Docker daemon' >&2; exit 1\n";
+        let dir = start_tools(dead, false);
+        let out = launch(Step::Start, &script_text(), &dir.path().display().to_string());
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(starts(&dir), "docker start\n");
     }
 
     #[test]

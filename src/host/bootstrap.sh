@@ -81,12 +81,38 @@ vs_logged() {
   return "$vs_rc"
 }
 
-# Waits up to 300 s for first-boot work (cloud-init, unattended upgrades)
-# to let go of the package manager.
-vs_wait_for_apt() {
+# Waits up to 300 s for cloud-init's first boot to finish (it may hold the
+# package manager while it installs and upgrades).
+vs_wait_for_cloud_init() {
   if command -v cloud-init >/dev/null 2>&1; then
     vs_timeout 300 cloud-init status --wait >/dev/null 2>&1 || true
   fi
+}
+
+# vs_apt ARGS...: apt-get ARGS as root, waiting up to 300 s for the dpkg
+# lock (DPkg::Lock::Timeout) and, as apt-get update does not wait for its
+# lists lock, retrying every 10 s for up to 300 s while another apt holds it.
+vs_apt() {
+  vs_try=0
+  while :; do
+    vs_log=$(mktemp "${TMPDIR:-/tmp}/votingstack.XXXXXX") || return 1
+    vs_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 "$@" >"$vs_log" 2>&1 </dev/null
+    vs_rc=$?
+    if [ "$vs_rc" = 0 ]; then
+      rm -f "$vs_log"
+      return 0
+    fi
+    if grep -qi -e 'could not get lock' -e 'unable to lock' "$vs_log" && [ "$vs_try" -lt 30 ]; then
+      rm -f "$vs_log"
+      vs_try=$((vs_try + 1))
+      sleep 10
+      continue
+    fi
+    tail -n 15 "$vs_log" >&2
+    echo "(apt-get $* exited with $vs_rc)" >&2
+    rm -f "$vs_log"
+    return "$vs_rc"
+  done
 }
 
 vs_install_docker() {
@@ -97,12 +123,9 @@ vs_install_docker() {
     echo "Docker is not installed and this host has no apt-get: only Debian and Ubuntu hosts can be provisioned" >&2
     return 1
   fi
-  vs_wait_for_apt
-  vs_apt="env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300"
-  # shellcheck disable=SC2086
-  vs_logged vs_root $vs_apt update -q || return 1
-  # shellcheck disable=SC2086
-  vs_logged vs_root $vs_apt install -y -q docker.io || return 1
+  vs_wait_for_cloud_init
+  vs_apt update -q || return 1
+  vs_apt install -y -q docker.io || return 1
   if ! command -v docker >/dev/null 2>&1; then
     echo "apt-get install docker.io succeeded but there is still no docker command" >&2
     return 1
@@ -135,13 +158,56 @@ vs_start_docker_once() {
   fi
 }
 
-# Starts Docker and waits for the engine. A start issued while an engine is
-# still shutting down is a no-op for init scripts, so it is repeated every
-# 5 s until the engine answers.
+# True while a Docker daemon process exists (running, starting or stopping),
+# whether or not its engine answers yet: systemd's view of docker.service,
+# else a dockerd process, else the daemon's pid file.
+vs_dockerd_alive() {
+  if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+    case "$(systemctl show -p ActiveState --value docker.service 2>/dev/null)" in
+      active | activating | reloading | deactivating) return 0 ;;
+    esac
+  fi
+  if command -v pgrep >/dev/null 2>&1; then
+    pgrep -x dockerd >/dev/null 2>&1
+    return $?
+  fi
+  vs_pid=$(cat /var/run/docker.pid 2>/dev/null) && [ -n "$vs_pid" ] && [ -d "/proc/$vs_pid" ]
+}
+
+# vs_wait_docker SECONDS: polls once a second until the engine answers.
+vs_wait_docker() {
+  vs_w=0
+  while [ "$vs_w" -lt "$1" ]; do
+    vs_docker_state
+    if [ "$DOCKER_STATE" = running ]; then
+      return 0
+    fi
+    sleep 1
+    vs_w=$((vs_w + 1))
+  done
+  return 1
+}
+
+# Starts Docker and waits for the engine. A daemon that is there but does
+# not answer yet (a slow first start, a long restore of its state) gets 60 s
+# before it is restarted; a daemon that is not there is started at once. A
+# start issued while an engine is still shutting down is a no-op for init
+# scripts, so while no daemon is there the start is repeated every 5 s.
 vs_start_docker() {
+  vs_docker_state
+  if [ "$DOCKER_STATE" = running ]; then
+    return 0
+  fi
+  if vs_dockerd_alive; then
+    if vs_wait_docker 60; then
+      return 0
+    fi
+    echo "the Docker daemon runs but its engine has not answered for 60 s ($DOCKER_WHY): restarting it" >&2
+    vs_start_docker_once || return 1
+  fi
   vs_i=0
   while [ "$vs_i" -lt 60 ]; do
-    if [ $((vs_i % 5)) = 0 ]; then
+    if [ $((vs_i % 5)) = 0 ] && ! vs_dockerd_alive; then
       vs_start_docker_once || return 1
     fi
     vs_docker_state

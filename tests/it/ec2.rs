@@ -17,7 +17,7 @@ use votingstack::api::{
     NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
 };
 use votingstack::cloud::ec2::Ec2Cloud;
-use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, NetworkLookup, StackIdentity};
+use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, NetworkLookup, StackIdentity, OWNER_TAG};
 use votingstack::engine::plan::instance_launch;
 use votingstack::engine::{converge_network, tear_down, Engine, EngineSettings, Outcome, Teardown};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
@@ -92,6 +92,11 @@ async fn reconcile(w: &World, stack: &mut VotingStack) -> Outcome {
     out
 }
 
+/// Name of the fixture stack's key pair (it ends in a suffix of its uid).
+fn key_name() -> String {
+    StackIdentity::of(&stack()).resource_name()
+}
+
 fn stack_filter() -> Filter {
     Filter::builder().name(format!("tag:{STACK_LABEL}")).values("default/demo").build()
 }
@@ -101,6 +106,7 @@ fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
 }
 
 fn assert_stack_tags(what: &str, tags: &[Tag]) {
+    assert_eq!(tag(tags, OWNER_TAG), Some(StackIdentity::of(&stack()).uid.as_str()), "{what}: {tags:?}");
     assert_eq!(tag(tags, STACK_LABEL), Some("default/demo"), "{what}: {tags:?}");
     assert_eq!(tag(tags, NAMESPACE_LABEL), Some("default"), "{what}: {tags:?}");
     assert_eq!(tag(tags, MANAGED_BY_TAG), Some(MANAGER), "{what}: {tags:?}");
@@ -178,7 +184,7 @@ async fn tagged_counts(c: &Client) -> [usize; 9] {
         c.describe_route_tables().filters(f()).send().await.expect("rts").route_tables().len(),
         c.describe_security_groups().filters(f()).send().await.expect("sgs").security_groups().len(),
         c.describe_key_pairs()
-            .filters(Filter::builder().name("key-name").values("votingstack-default-demo").build())
+            .filters(Filter::builder().name("key-name").values(key_name()).build())
             .send()
             .await
             .expect("key pairs")
@@ -331,7 +337,7 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
     }
 
     // Key pair imported under the stack's name.
-    let keys = c.describe_key_pairs().key_names("votingstack-default-demo").send().await.unwrap();
+    let keys = c.describe_key_pairs().key_names(key_name()).send().await.unwrap();
     assert_eq!(keys.key_pairs().len(), 1);
     assert_stack_tags("key pair", keys.key_pairs()[0].tags());
 
@@ -341,12 +347,12 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
     for tier in Tier::ALL {
         let i = instance_of(&live, tier);
         assert_stack_tags("instance", i.tags());
-        assert_eq!(tag(i.tags(), "Name"), Some(format!("votingstack-default-demo-{tier}").as_str()));
+        assert_eq!(tag(i.tags(), "Name"), Some(format!("{}-{tier}", key_name()).as_str()));
         assert_eq!(i.image_id(), Some(AMI));
         assert_eq!(i.instance_type(), Some(&InstanceType::T3Small));
         let home = if tier == Tier::Frontend { &subnet } else { &private };
         assert_eq!(i.subnet_id(), home.subnet_id(), "{tier} subnet");
-        assert_eq!(i.key_name(), Some("votingstack-default-demo"));
+        assert_eq!(i.key_name(), Some(key_name().as_str()));
         // moto lists the groups on the network interface only; AWS on both.
         let groups: BTreeSet<&str> = i
             .security_groups()
@@ -435,12 +441,14 @@ async fn ec2_stopped_instance_is_started() {
 
 /// RunInstances outside the operator, with the stack's tags for `tier`.
 async fn run_tagged(c: &Client, net: &NetworkStatus, tier: Tier, token: Option<String>) -> String {
+    let owner = StackIdentity::of(&stack()).uid;
     let tags = TagSpecification::builder()
         .resource_type(ResourceType::Instance)
+        .tags(Tag::builder().key(OWNER_TAG).value(owner).build())
         .tags(Tag::builder().key(STACK_LABEL).value("default/demo").build())
         .tags(Tag::builder().key(NAMESPACE_LABEL).value("default").build())
         .tags(Tag::builder().key(TIER_LABEL).value(tier.as_str()).build())
-        .tags(Tag::builder().key("Name").value(format!("votingstack-default-demo-{tier}")).build())
+        .tags(Tag::builder().key("Name").value(format!("{}-{tier}", key_name())).build())
         .tags(Tag::builder().key(MANAGED_BY_TAG).value(MANAGER).build())
         .build();
     let out = c
@@ -647,7 +655,7 @@ async fn ec2_delete_leaves_nothing_in_the_order_aws_requires() {
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "deletion order: {:?}", report.deleted);
     let count = |r: usize| ranks.iter().filter(|x| **x == r).count();
     assert_eq!((0..9).map(count).collect::<Vec<_>>(), [3, 1, 1, 3, 2, 1, 2, 1, 1], "{:?}", report.deleted);
-    assert_eq!(report.deleted.last().map(String::as_str), Some("votingstack-default-demo"));
+    assert_eq!(report.deleted.last(), Some(&key_name()));
     assert!(report.deleted.contains(net.vpc_id.as_ref().unwrap()));
     // Cross-group rules were revoked before their groups went.
     assert_eq!(w.cloud.calls_by_operation().get("RevokeSecurityGroupIngress"), Some(&2));
@@ -675,7 +683,7 @@ async fn ec2_destroy_of_a_half_deleted_or_absent_stack_succeeds() {
     let vpc = net.vpc_id.clone().unwrap();
     w.client.detach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
     w.client.delete_internet_gateway().internet_gateway_id(&igw).send().await.unwrap();
-    w.client.delete_key_pair().key_name("votingstack-default-demo").send().await.unwrap();
+    w.client.delete_key_pair().key_name(key_name()).send().await.unwrap();
 
     let report = tear_down(w.cloud.as_ref(), &ident, Some(&net)).await.unwrap();
     assert!(!report.deleted.contains(&igw));
@@ -934,7 +942,8 @@ async fn ec2_spec_change_inventories_the_network_and_applies_its_steps() {
 
     // The key pair replaced by hand with another public key: re-imported
     // after the next spec change.
-    let name = "votingstack-default-demo";
+    let name = key_name();
+    let name = name.as_str();
     w.client.delete_key_pair().key_name(name).send().await.unwrap();
     let other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGCSIWDsDojvjBmigBgGL0tXq6DEu9jtTCpbqitTT16F other";
     w.client
@@ -1031,6 +1040,7 @@ async fn ec2_retried_creates_are_adopted_and_unused_duplicates_deleted() {
         TagSpecification::builder()
             .resource_type(r)
             .tags(Tag::builder().key(STACK_LABEL).value("default/demo").build())
+            .tags(Tag::builder().key(OWNER_TAG).value(&ident.uid).build())
             .build()
     };
     let extra_vpc = w

@@ -9,6 +9,7 @@ mod deploy;
 mod diagrams;
 mod e2e;
 mod ec2;
+mod ec2_owner;
 mod engine;
 mod fakes;
 mod fixtures;

@@ -4,18 +4,24 @@
 use std::net::Ipv4Addr;
 
 use aws_sdk_ec2::primitives::DateTimeFormat;
-use aws_sdk_ec2::types::{Filter, Instance, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType};
-use tracing::info;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, Instance, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceNetworkInterfaceSpecification, InstanceType, ResourceType, VolumeType,
+};
+use tracing::{info, warn};
 
 use crate::api::{NetworkStatus, Tier, TIER_LABEL};
-use crate::cloud::{CloudError, StackIdentity};
+use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::SubnetRole;
 use crate::model::{InstanceLaunch, InstanceState, ObservedInstance};
 
-use super::{filter, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
+use super::{filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
 
 /// States of an instance that still exists (or is on its way out).
 pub(super) const PRESENT_STATES: [&str; 5] = ["pending", "running", "stopping", "stopped", "shutting-down"];
+/// States `observe` lists: the present ones and terminated, whose
+/// ClientTokens stay taken (EC2 lists a terminated instance for about an hour).
+const OBSERVED_STATES: [&str; 6] = ["pending", "running", "stopping", "stopped", "shutting-down", "terminated"];
 /// States of an instance that can serve its tier.
 pub(super) const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
@@ -71,14 +77,59 @@ impl Ec2Cloud {
         }
     }
 
-    /// Every instance carrying the stack's tag that is not yet terminated.
+    /// Every instance carrying the stack's owner tag, terminated ones
+    /// included while EC2 still lists them.
     pub(super) async fn stack_instances(
         &self,
         stack: &StackIdentity,
     ) -> Result<Vec<(ObservedInstance, Placement)>, CloudError> {
         let found =
-            self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", PRESENT_STATES)]).await?;
+            self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", OBSERVED_STATES)]).await?;
         Ok(found.iter().filter_map(observed).collect())
+    }
+
+    /// The instances EC2 knows by these ids, in any state and whatever their
+    /// tags: one DescribeInstances per id, so one unknown id (NotFound, once
+    /// the client's retries for a fresh id are spent) hides no other.
+    pub(super) async fn describe_by_id(&self, ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
+        let mut out = Vec::new();
+        for id in ids {
+            match self.call("DescribeInstances", self.client.describe_instances().instance_ids(id).send()).await {
+                Ok(page) => out.extend(
+                    page.reservations().iter().flat_map(|r| r.instances()).filter_map(observed).map(|(i, _)| i),
+                ),
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The AMI's root device (DescribeImages once per AMI, then cached);
+    /// None when EC2 does not know the AMI (RunInstances then says so with
+    /// InvalidAMIID).
+    async fn root_device(&self, ami: &str) -> Result<Option<RootDevice>, CloudError> {
+        if let Some(root) = self.root_devices.lock().ok().and_then(|m| m.get(ami).cloned()) {
+            return Ok(Some(root));
+        }
+        let images = match self.call("DescribeImages", self.client.describe_images().image_ids(ami).send()).await {
+            Ok(out) => out.images.unwrap_or_default(),
+            Err(CloudError::Api { code, .. }) if code.starts_with("InvalidAMIID") => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let Some(image) = images.iter().find(|i| i.image_id() == Some(ami)) else { return Ok(None) };
+        let Some(name) = image.root_device_name() else { return Ok(None) };
+        let size_gib = image
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == Some(name))
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_size());
+        let root = RootDevice { name: name.to_owned(), size_gib };
+        if let Ok(mut m) = self.root_devices.lock() {
+            m.insert(ami.to_owned(), root.clone());
+        }
+        Ok(Some(root))
     }
 
     /// Adopts the tier's oldest live instance, or launches one.
@@ -117,6 +168,8 @@ impl Ec2Cloud {
             .ok_or(CloudError::Incomplete { operation: "RunInstances", missing: "security group of the tier" })?;
         let key_name = network.key_pair_name.clone().unwrap_or_else(|| stack.resource_name());
         let name = format!("{}-{tier}", stack.resource_name());
+        let token = stack.client_token(tier, launch.replacement);
+        let root_volume = self.root_device(&launch.ami).await?.map(|root| root.encrypted_gp3());
         let nic = InstanceNetworkInterfaceSpecification::builder()
             .device_index(0)
             .subnet_id(subnet_id)
@@ -134,21 +187,76 @@ impl Ec2Cloud {
                     .min_count(1)
                     .max_count(1)
                     .key_name(key_name)
-                    .client_token(stack.client_token(tier, launch.replacement))
+                    .client_token(&token)
                     .set_user_data(launch.user_data.as_ref().map(|u| base64_encode(u.0.as_bytes())))
                     .network_interfaces(nic)
+                    .metadata_options(instance_metadata_options())
+                    .set_block_device_mappings(root_volume.map(|m| vec![m]))
                     .tag_specifications(tag_spec(ResourceType::Instance, stack, &name, Some(tier)))
                     .tag_specifications(tag_spec(ResourceType::Volume, stack, &name, Some(tier)))
                     .send(),
             )
-            .await?;
+            .await
+            .map_err(|e| launch_error(e, tier, &launch.instance_type, &token))?;
         let (inst, _) = out
             .instances()
             .iter()
             .find_map(observed)
             .ok_or(CloudError::Incomplete { operation: "RunInstances", missing: "instance" })?;
-        info!(stack = %stack.tag_value(), %tier, instance = %inst.id, "launched instance");
+        if inst.state.is_alive() {
+            info!(stack = %stack.tag_value(), %tier, instance = %inst.id, "launched instance");
+        } else {
+            // The token's first use launched an instance that has since gone:
+            // recorded as it is, the next pass launches with the next number.
+            warn!(stack = %stack.tag_value(), %tier, instance = %inst.id, %token, "ClientToken answered with a {} instance", inst.state.as_str());
+        }
         Ok(inst)
+    }
+}
+
+/// An AMI's root device: its name and the size of its snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RootDevice {
+    pub name: String,
+    pub size_gib: Option<i32>,
+}
+
+impl RootDevice {
+    /// The root volume as launched: gp3, encrypted (with the account's
+    /// default EBS key), deleted with the instance, as large as the AMI's.
+    fn encrypted_gp3(&self) -> BlockDeviceMapping {
+        let ebs = EbsBlockDevice::builder()
+            .volume_type(VolumeType::Gp3)
+            .encrypted(true)
+            .delete_on_termination(true)
+            .set_volume_size(self.size_gib)
+            .build();
+        BlockDeviceMapping::builder().device_name(&self.name).ebs(ebs).build()
+    }
+}
+
+/// Instance metadata only with IMDSv2 session tokens, one network hop: a
+/// container behind the host's bridge (a second hop) cannot fetch the
+/// instance's credentials.
+fn instance_metadata_options() -> InstanceMetadataOptionsRequest {
+    InstanceMetadataOptionsRequest::builder()
+        .http_endpoint(InstanceMetadataEndpointState::Enabled)
+        .http_tokens(HttpTokensState::Required)
+        .http_put_response_hop_limit(1)
+        .build()
+}
+
+/// RunInstances errors that need words of their own: no capacity (transient)
+/// and a ClientToken first used with other parameters.
+fn launch_error(e: CloudError, tier: Tier, instance_type: &str, token: &str) -> CloudError {
+    match e {
+        CloudError::Api { code, message, .. } if code == "IdempotentParameterMismatch" => {
+            CloudError::TokenReused { tier, token: token.to_owned(), message }
+        }
+        CloudError::Api { code, message, kind: AwsErrorKind::Capacity, .. } => {
+            CloudError::Capacity { tier, instance_type: instance_type.to_owned(), code, message }
+        }
+        other => other,
     }
 }
 

@@ -1,0 +1,388 @@
+//! What real EC2 asks of the operator beyond moto's defaults: resources
+//! owned by one stack object (two stacks named alike keep apart), launch
+//! hardening (IMDSv2, an encrypted gp3 root volume), a recorded instance
+//! gone only once EC2 says so, ClientTokens never sent twice, and the
+//! NotFound of a fresh id retried.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, InstanceMetadataEndpointState, InstanceStateName, Tag};
+use aws_sdk_ec2::Client;
+use votingstack::api::conditions::find_condition;
+use votingstack::api::{ConditionType, Tier, VotingStack};
+use votingstack::cloud::ec2::{Ec2Cloud, MAX_ATTEMPTS};
+use votingstack::cloud::{Cloud, StackIdentity, OWNER_TAG};
+use votingstack::engine::{Engine, EngineSettings, Outcome, Teardown};
+use votingstack::model::{Action, InfraAction, InstanceLaunch};
+
+use crate::fakes::FakeHosts;
+use crate::fixtures;
+use crate::moto::{Moto, AMI};
+
+/// An engine over moto whose hosts never answer: only EC2 is exercised.
+fn engine(moto: &Moto) -> (Engine, Arc<Ec2Cloud>) {
+    let cloud = Arc::new(moto.cloud());
+    let hosts = FakeHosts::default();
+    hosts.state.lock().expect("hosts state").all_down = true;
+    (Engine::new(cloud.clone(), Arc::new(hosts), EngineSettings::default()), cloud)
+}
+
+/// `default/demo` with moto's AMI and the given uid.
+fn stack_with_uid(uid: &str) -> VotingStack {
+    let mut s = fixtures::stack();
+    s.spec.instances.ami = AMI.into();
+    s.metadata.uid = Some(uid.into());
+    s
+}
+
+/// One reconcile, its status written back as the controller would.
+async fn reconcile(engine: &Engine, stack: &mut VotingStack) -> Outcome {
+    let out = tokio::time::timeout(Duration::from_secs(120), engine.reconcile(stack, Ok(fixtures::test_key())))
+        .await
+        .expect("reconcile finishes within 120 s");
+    stack.status = Some(out.status.clone());
+    out
+}
+
+fn infra_ready(stack: &VotingStack) -> (String, String) {
+    let c = find_condition(&stack.status.as_ref().expect("status").conditions, ConditionType::InfrastructureReady)
+        .expect("InfrastructureReady condition");
+    (c.status.clone(), c.message.clone())
+}
+
+fn launches(out: &Outcome) -> Vec<(Tier, u32)> {
+    out.applied
+        .iter()
+        .filter_map(|a| match a {
+            Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier, replacement, .. })) => {
+                Some((*tier, *replacement))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn owner_filter(uid: &str) -> Filter {
+    Filter::builder().name(format!("tag:{OWNER_TAG}")).values(uid).build()
+}
+
+fn tag<'a>(tags: &'a [Tag], key: &str) -> Option<&'a str> {
+    tags.iter().find(|t| t.key() == Some(key)).and_then(|t| t.value())
+}
+
+/// The instances carrying `uid`'s owner tag that are not terminated.
+async fn owned_instances(c: &Client, uid: &str) -> Vec<Instance> {
+    let out = c.describe_instances().filters(owner_filter(uid)).send().await.expect("DescribeInstances");
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances().iter().cloned())
+        .filter(|i| i.state().and_then(|s| s.name()) != Some(&InstanceStateName::Terminated))
+        .collect()
+}
+
+/// VPCs, subnets, gateways, route tables, groups, key pairs (by the
+/// stack's name) and live instances that belong to `stack`.
+async fn owned_counts(c: &Client, stack: &VotingStack) -> [usize; 7] {
+    let uid = stack.metadata.uid.clone().expect("uid");
+    let f = || owner_filter(&uid);
+    let key_name = StackIdentity::of(stack).resource_name();
+    [
+        c.describe_vpcs().filters(f()).send().await.expect("vpcs").vpcs().len(),
+        c.describe_subnets().filters(f()).send().await.expect("subnets").subnets().len(),
+        c.describe_internet_gateways().filters(f()).send().await.expect("igws").internet_gateways().len(),
+        c.describe_route_tables().filters(f()).send().await.expect("rts").route_tables().len(),
+        c.describe_security_groups().filters(f()).send().await.expect("sgs").security_groups().len(),
+        c.describe_key_pairs()
+            .filters(Filter::builder().name("key-name").values(key_name).build())
+            .send()
+            .await
+            .expect("key pairs")
+            .key_pairs()
+            .len(),
+        owned_instances(c, &uid).await.len(),
+    ]
+}
+
+const UID_A: &str = "6f1c2a9e-0000-4000-8000-00000000000a";
+const UID_B: &str = "6f1c2a9e-0000-4000-8000-00000000000b";
+
+#[tokio::test]
+async fn ec2_owner_two_stacks_named_alike_keep_to_their_own_resources() {
+    let moto = Moto::start();
+    let (engine, _cloud) = engine(&moto);
+    let c = moto.client();
+    let (mut a, mut b) = (stack_with_uid(UID_A), stack_with_uid(UID_B));
+    assert_eq!(
+        (a.metadata.name.clone(), a.metadata.namespace.clone()),
+        (b.metadata.name.clone(), b.metadata.namespace.clone())
+    );
+
+    reconcile(&engine, &mut a).await;
+    let out = reconcile(&engine, &mut b).await;
+    assert_eq!(launches(&out).len(), 3, "b adopts none of a's instances: {:?}", out.applied);
+    for s in [&a, &b] {
+        let (status, message) = infra_ready(s);
+        assert_eq!(status, "True", "{message}");
+        assert_eq!(owned_counts(&c, s).await, [1, 2, 1, 2, 3, 1, 3]);
+    }
+    let (ka, kb) = (StackIdentity::of(&a).resource_name(), StackIdentity::of(&b).resource_name());
+    assert_ne!(ka, kb, "key pair names are unique per account and region");
+    assert!(ka.starts_with("votingstack-default-demo-") && kb.starts_with("votingstack-default-demo-"));
+    let net = |s: &VotingStack| s.status.as_ref().and_then(|st| st.network.clone()).expect("network");
+    assert_ne!(net(&a).vpc_id, net(&b).vpc_id);
+    assert_eq!(net(&a).key_pair_name.as_deref(), Some(ka.as_str()));
+    for i in owned_instances(&c, UID_B).await {
+        assert_eq!(tag(i.tags(), OWNER_TAG), Some(UID_B));
+        assert_eq!(i.key_name(), Some(kb.as_str()));
+    }
+
+    // Each sees its own three instances: no duplicate to terminate, nothing to launch.
+    for s in [&mut a, &mut b] {
+        let out = reconcile(&engine, s).await;
+        assert!(out.applied.is_empty(), "{:?}", out.applied);
+    }
+
+    // Destroying a leaves b whole.
+    let b_instances: BTreeSet<String> =
+        owned_instances(&c, UID_B).await.iter().filter_map(|i| i.instance_id().map(String::from)).collect();
+    let report = match engine.destroy(&a).await.expect("destroy a") {
+        Teardown::Deleted(r) => r,
+        other => panic!("expected a deletion, got {other:?}"),
+    };
+    assert!(report.deleted.iter().all(|id| !b_instances.contains(id)), "{:?}", report.deleted);
+    assert_eq!(report.deleted.last(), Some(&ka));
+    assert_eq!(owned_counts(&c, &a).await, [0; 7]);
+    assert_eq!(owned_counts(&c, &b).await, [1, 2, 1, 2, 3, 1, 3]);
+    let running = owned_instances(&c, UID_B)
+        .await
+        .iter()
+        .filter(|i| i.state().and_then(|s| s.name()) == Some(&InstanceStateName::Running))
+        .count();
+    assert_eq!(running, 3);
+    let out = reconcile(&engine, &mut b).await;
+    assert!(out.applied.is_empty(), "{:?}", out.applied);
+    assert_eq!(infra_ready(&b).0, "True");
+}
+
+#[tokio::test]
+async fn ec2_owner_instances_launch_with_imdsv2_and_an_encrypted_gp3_root_volume() {
+    let moto = Moto::start();
+    let (engine, cloud) = engine(&moto);
+    let c = moto.client();
+    let mut s = stack_with_uid(UID_A);
+    reconcile(&engine, &mut s).await;
+    let instances = owned_instances(&c, UID_A).await;
+    assert_eq!(instances.len(), 3);
+    for i in &instances {
+        let id = i.instance_id().unwrap_or_default();
+        let md = i.metadata_options().unwrap_or_else(|| panic!("{id}: no metadata options"));
+        assert_eq!(md.http_tokens(), Some(&HttpTokensState::Required), "{id}: IMDSv2 only");
+        assert_eq!(md.http_put_response_hop_limit(), Some(1), "{id}: one hop");
+        assert_eq!(md.http_endpoint(), Some(&InstanceMetadataEndpointState::Enabled), "{id}");
+
+        let root = i.root_device_name().unwrap_or_else(|| panic!("{id}: no root device"));
+        let mapping = i
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == Some(root))
+            .unwrap_or_else(|| panic!("{id}: no mapping for {root}"));
+        let ebs = mapping.ebs().unwrap_or_else(|| panic!("{id}: root is not EBS"));
+        assert_eq!(ebs.delete_on_termination(), Some(true), "{id}");
+        let volume_id = ebs.volume_id().unwrap_or_default();
+        let vols = c.describe_volumes().volume_ids(volume_id).send().await.expect("DescribeVolumes");
+        let v = &vols.volumes()[0];
+        assert_eq!(v.volume_type().map(|t| t.as_str()), Some("gp3"), "{id}");
+        assert_eq!(v.encrypted(), Some(true), "{id}");
+        assert_eq!(tag(v.tags(), OWNER_TAG), Some(UID_A), "{id}: the volume carries the owner tag");
+    }
+    // The AMI's root device was looked up once for three launches.
+    assert_eq!(cloud.calls_by_operation().get("DescribeImages"), Some(&1));
+}
+
+#[tokio::test]
+async fn ec2_owner_a_new_instance_never_reuses_a_client_token_even_without_status() {
+    let moto = Moto::start();
+    let (engine, _cloud) = engine(&moto);
+    let c = moto.client();
+    let mut s = stack_with_uid(UID_A);
+    let ident = StackIdentity::of(&s);
+    reconcile(&engine, &mut s).await;
+    let front = owned_instances(&c, UID_A)
+        .await
+        .into_iter()
+        .find(|i| tag(i.tags(), votingstack::api::TIER_LABEL) == Some("frontend"))
+        .expect("frontend instance");
+    assert_eq!(front.client_token(), Some(ident.client_token(Tier::Frontend, 0).as_str()));
+    c.terminate_instances().instance_ids(front.instance_id().unwrap_or_default()).send().await.expect("terminate");
+
+    // Status lost (a CLI state file restored from an old backup, say): the
+    // terminated instance still holds token 0, so the new one takes 1.
+    s.status = None;
+    let out = reconcile(&engine, &mut s).await;
+    assert_eq!(launches(&out), [(Tier::Frontend, 1)], "{:?}", out.applied);
+    let tokens: BTreeSet<String> = owned_instances(&c, UID_A)
+        .await
+        .iter()
+        .filter(|i| tag(i.tags(), votingstack::api::TIER_LABEL) == Some("frontend"))
+        .filter_map(|i| i.client_token().map(String::from))
+        .collect();
+    assert_eq!(tokens, BTreeSet::from([ident.client_token(Tier::Frontend, 1)]));
+    let recorded = s.status.as_ref().and_then(|st| st.tiers.as_ref()).and_then(|t| t.frontend.clone());
+    assert_eq!(recorded.map(|t| t.replacements), Some(1));
+}
+
+#[tokio::test]
+async fn ec2_owner_a_recorded_instance_missing_from_the_tag_look_up_is_asked_for_by_id() {
+    let moto = Moto::start();
+    let (engine, cloud) = engine(&moto);
+    let c = moto.client();
+    let mut s = stack_with_uid(UID_A);
+    reconcile(&engine, &mut s).await;
+    let db_id = s
+        .status
+        .as_ref()
+        .and_then(|st| st.tiers.as_ref())
+        .and_then(|t| t.database.clone())
+        .and_then(|t| t.instance_id)
+        .expect("database instance recorded");
+    // The tag look-up no longer lists it (as while tags lag a fresh launch).
+    c.delete_tags().resources(&db_id).tags(Tag::builder().key(OWNER_TAG).build()).send().await.expect("DeleteTags");
+    let before = cloud.calls_by_operation().get("DescribeInstances").copied().unwrap_or(0);
+    let out = reconcile(&engine, &mut s).await;
+    assert!(launches(&out).is_empty(), "a running instance is not replaced: {:?}", out.applied);
+    assert!(cloud.calls_by_operation().get("DescribeInstances").copied().unwrap_or(0) > before + 1);
+    let recorded = s.status.as_ref().and_then(|st| st.tiers.as_ref()).and_then(|t| t.database.clone());
+    assert_eq!(recorded.and_then(|t| t.instance_id), Some(db_id.clone()));
+
+    // Once EC2 says it is terminated, it is replaced.
+    c.terminate_instances().instance_ids(&db_id).send().await.expect("terminate");
+    let out = reconcile(&engine, &mut s).await;
+    assert_eq!(launches(&out), [(Tier::Database, 1)], "{:?}", out.applied);
+    assert_eq!(infra_ready(&s).0, "True");
+}
+
+/// A stand-in EC2 endpoint on 127.0.0.1 that answers its n-th request with
+/// the n-th of `replies` (the last one repeats) and counts the requests.
+async fn scripted_endpoint(replies: Vec<(u16, String)>) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+    let addr = listener.local_addr().expect("local address");
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let replies = Arc::new(replies);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let (seen, replies) = (seen.clone(), replies.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse::<usize>().ok()))
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + len);
+                    let n = seen.fetch_add(1, Ordering::SeqCst);
+                    let Some((status, body)) = replies.get(n.min(replies.len().saturating_sub(1))) else { return };
+                    let reply = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: text/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if sock.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), count)
+}
+
+fn error_reply(code: &str) -> (u16, String) {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code>\
+         <Message>{code} (scripted)</Message></Error></Errors><RequestID>r-1</RequestID></Response>"
+    );
+    (400, body)
+}
+
+/// The operator's own client configuration, aimed at `endpoint`.
+async fn production_cloud(endpoint: &str) -> Ec2Cloud {
+    let shared = Ec2Cloud::config_loader("us-east-1")
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new("testing", "testing", None, None, "test"))
+        .load()
+        .await;
+    Ec2Cloud::from_sdk_config(&shared, Some(endpoint))
+}
+
+#[tokio::test]
+async fn ec2_owner_not_found_of_a_fresh_id_is_retried_but_a_deletions_is_the_answer() {
+    let described = "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                     <requestId>r-2</requestId><reservationSet/></DescribeInstancesResponse>";
+    let lagging = scripted_endpoint(vec![
+        error_reply("InvalidInstanceID.NotFound"),
+        error_reply("InvalidInstanceID.NotFound"),
+        (200, described.to_string()),
+    ])
+    .await;
+    let gone = scripted_endpoint(vec![error_reply("InvalidInstanceID.NotFound")]).await;
+    let fresh_subnet = scripted_endpoint(vec![error_reply("InvalidSubnetID.NotFound")]).await;
+    let bad_ami = scripted_endpoint(vec![error_reply("InvalidAMIID.NotFound")]).await;
+    let deleted = scripted_endpoint(vec![error_reply("InvalidSubnetID.NotFound")]).await;
+    let clouds = [
+        production_cloud(&lagging.0).await,
+        production_cloud(&gone.0).await,
+        production_cloud(&fresh_subnet.0).await,
+        production_cloud(&bad_ami.0).await,
+        production_cloud(&deleted.0).await,
+    ];
+    let id = vec!["i-0123456789abcdef0".to_string()];
+    let run = |c: &Ec2Cloud, ami: &str| {
+        c.client().run_instances().image_id(ami).min_count(1).max_count(1).subnet_id("subnet-0fresh").send()
+    };
+    let (r1, r2, r3, r4, r5) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(
+            clouds[0].instances_by_id(&id),
+            clouds[1].instances_by_id(&id),
+            run(&clouds[2], "ami-04681a1dbd79675a5"),
+            run(&clouds[3], "ami-0000000000000000f"),
+            clouds[4].client().delete_subnet().subnet_id("subnet-0gone").send(),
+        )
+    })
+    .await
+    .expect("retries are bounded");
+
+    // DescribeInstances by id: NotFound twice, then the answer.
+    assert_eq!(r1.expect("found after retries"), []);
+    assert_eq!(lagging.1.load(Ordering::SeqCst), 3);
+    // Still NotFound after every attempt: gone.
+    assert_eq!(r2.expect("NotFound means gone"), []);
+    assert_eq!(gone.1.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
+    // RunInstances naming a subnet created moments ago: every attempt.
+    let e3 = r3.expect_err("scripted NotFound");
+    assert_eq!(aws_sdk_ec2::error::ProvideErrorMetadata::code(&e3), Some("InvalidSubnetID.NotFound"));
+    assert_eq!(fresh_subnet.1.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
+    // An unknown AMI is the user's mistake: no retry.
+    assert!(r4.is_err());
+    assert_eq!(bad_ami.1.load(Ordering::SeqCst), 1);
+    // A deletion's NotFound is its answer (already gone): no retry.
+    assert!(r5.is_err());
+    assert_eq!(deleted.1.load(Ordering::SeqCst), 1);
+}
