@@ -434,6 +434,12 @@ class Realism:
                 "moto": self.moto_url,
             }
 
+    def in_fault_scope(self, access_key):
+        """Whether faults and eventual consistency apply to a caller."""
+        with self.lock:
+            keys = self.config["fault_access_keys"]
+            return not keys or access_key in keys
+
     def pick_fault(self, action, access_key):
         """The fault this call gets, if any: a queued one first, else a draw.
         With fault_access_keys set, only calls signed with one of those keys
@@ -564,8 +570,9 @@ def record_creates(realism, scope, action, body):
             realism.start_pending(scope, elem.text["instanceId"])
 
 
-def rewrite_describe(realism, scope, action, body):
-    """Drop items still hidden from a Describe* answer; show pending states."""
+def rewrite_describe(realism, scope, action, body, hide=True):
+    """Drop items still hidden from a Describe* answer (unless hide is
+    false: the caller is outside the fault scope); show pending states."""
     rules = [(kind, kind.describes[action]) for kind in KINDS if action in kind.describes]
     pending_path = PENDING_RULES.get(action)
     if not rules and pending_path is None:
@@ -588,7 +595,7 @@ def rewrite_describe(realism, scope, action, body):
         gone = False
         for kind, (path, fields) in rules:
             if elem.path == path and any(
-                    elem.text.get(f) and realism.is_hidden(scope, kind.name, elem.text[f])
+                    hide and elem.text.get(f) and realism.is_hidden(scope, kind.name, elem.text[f])
                     for f in fields):
                 gone = True
         if gone:
@@ -788,7 +795,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                     % action)
             return "fault " + fault
 
-        missing = hidden_named(realism, scope, action, params)
+        lagging = realism.in_fault_scope(self.access_key())
+        missing = hidden_named(realism, scope, action, params) if lagging else None
         if missing:
             realism.count("not_found", action)
             self.send_error_xml(400, missing[0], missing[1])
@@ -806,7 +814,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if status == 200 and not replayed:
             try:
                 record_creates(realism, scope, action, data)
-                data = rewrite_describe(realism, scope, action, data)
+                data = rewrite_describe(realism, scope, action, data, hide=lagging)
             except (xml.parsers.expat.ExpatError, ValueError) as exc:
                 log("%s: answer left as is, not EC2 XML: %s" % (action, exc))
 

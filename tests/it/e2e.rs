@@ -477,7 +477,8 @@ struct FaultsOff<'a>(&'a Stack);
 
 impl Drop for FaultsOff<'_> {
     fn drop(&mut self) {
-        let off = r#"{"throttle": {}, "internal": {}, "unavailable": {}, "lost": {}, "drop": {}, "fail_next": {}}"#;
+        let off = r#"{"throttle": {}, "internal": {}, "unavailable": {}, "lost": {}, "drop": {}, "fail_next": {},
+                      "consistency_seconds": 0}"#;
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| realism(self.0, "/_realism", Some(off))));
     }
 }
@@ -509,22 +510,32 @@ async fn tagged_leftovers(world: &World, tag: &str) -> Vec<String> {
     left.extend(
         tables.route_tables().iter().map(|t| format!("route table {}", t.route_table_id().unwrap_or_default())),
     );
+    // moto answers these two without applying the tag filter: check the tags here.
+    let has_tag = |tags: &[aws_sdk_ec2::types::Tag]| {
+        tags.iter().any(|t| t.key() == Some("votingstack.dev/stack") && t.value() == Some(tag))
+    };
     let nats = ec2.describe_nat_gateways().filter(by_tag()).send().await.unwrap();
-    for n in nats.nat_gateways() {
+    for n in nats.nat_gateways().iter().filter(|n| has_tag(n.tags())) {
         let state = n.state().map(|s| s.as_str().to_string()).unwrap_or_default();
         if state != "deleted" && state != "deleting" {
             left.push(format!("nat gateway {} ({state})", n.nat_gateway_id().unwrap_or_default()));
         }
     }
     let addresses = ec2.describe_addresses().filters(by_tag()).send().await.unwrap();
-    left.extend(addresses.addresses().iter().map(|a| format!("address {}", a.allocation_id().unwrap_or_default())));
+    left.extend(
+        addresses
+            .addresses()
+            .iter()
+            .filter(|a| has_tag(a.tags()))
+            .map(|a| format!("address {}", a.allocation_id().unwrap_or_default())),
+    );
     let keys = ec2.describe_key_pairs().filters(by_tag()).send().await.unwrap();
     left.extend(keys.key_pairs().iter().map(|k| format!("key pair {}", k.key_name().unwrap_or_default())));
     left
 }
 
 #[tokio::test]
-async fn e2e_apply_converges_through_throttling_5xx_and_lost_launches_and_destroy_leaves_nothing() {
+async fn e2e_apply_converges_through_throttling_5xx_lost_launches_and_lag_and_destroy_leaves_nothing() {
     let mut stack = Stack::new("e2e-faults", 67);
     // This stack signs with a key of its own: the faults are its alone.
     stack.env.insert("AWS_ACCESS_KEY_ID".into(), "faulty-e2e".into());
@@ -536,6 +547,7 @@ async fn e2e_apply_converges_through_throttling_5xx_and_lost_launches_and_destro
         "/_realism",
         Some(
             r#"{"fault_access_keys": ["faulty-e2e"], "seed": 11,
+                "consistency_seconds": 2, "consistency_random": true,
                 "throttle": {"*": 0.15}, "internal": {"*": 0.05}, "unavailable": {"*": 0.05},
                 "fail_next": {"RunInstances": ["lost", "drop", "lost"]}}"#,
         ),
@@ -552,6 +564,12 @@ async fn e2e_apply_converges_through_throttling_5xx_and_lost_launches_and_destro
     assert!(lost >= 2, "the launches' answers were lost: {faults}");
     let throttled: i64 = faults.as_object().map_or(0, |m| m.values().filter_map(|f| f["throttle"].as_i64()).sum());
     assert!(throttled > 0, "calls were throttled: {faults}");
+    let hidden =
+        after["counters"]["not_found"].as_object().map_or(0, |m| m.values().filter_map(Value::as_i64).sum::<i64>())
+            + after["counters"]["hidden_items"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(Value::as_i64).sum::<i64>());
+    assert!(hidden > 0, "fresh resources were missing for a while: {}", after["counters"]);
 
     let out = stack.run(&["destroy"]);
     assert!(out.contains("destroyed"), "{out}");
@@ -575,7 +593,14 @@ async fn e2e_operator_killed_after_run_instances_creates_no_duplicate() {
     }
     first.0.kill().unwrap();
     let _ = first.0.wait();
-    assert!(!stack.dir.path().join("state.json").exists(), "status was written before the kill");
+    // The state file holds the stack's identity from the start, but no
+    // instance was recorded in it before the kill.
+    let state = std::fs::read_to_string(stack.dir.path().join("state.json")).unwrap_or_default();
+    let recorded: Value = serde_json::from_str(&state).unwrap_or_default();
+    assert!(
+        Tier::ALL.iter().all(|t| recorded["status"]["tiers"][t.as_str()]["instanceId"].is_null()),
+        "an instance was recorded before the kill: {state}"
+    );
     let launched_before = stack.live_instances().await;
     assert!(!launched_before.is_empty());
 
