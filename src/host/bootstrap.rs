@@ -51,12 +51,15 @@ pub fn script_text() -> String {
 }
 
 /// The exec's command line: reads the script from stdin into a private
-/// temporary file, runs it with `step`, removes it.
-pub fn command(step: Step) -> String {
+/// temporary file, runs it with `step` for at most `seconds` (then the host
+/// kills it and whatever it started, so a timed-out step never runs on
+/// unwatched), removes it.
+pub fn command(step: Step, seconds: u32) -> String {
     format!(
         "sh -c 'umask 077; f=$(mktemp \"${{TMPDIR:-/tmp}}/votingstack.XXXXXX\") || exit 125; \
          if ! cat >\"$f\"; then rm -f \"$f\"; exit 125; fi; \
-         sh \"$f\" \"$@\" </dev/null; rc=$?; rm -f \"$f\"; exit $rc' votingstack {}",
+         timeout -k 5 {} sh \"$f\" \"$@\" </dev/null; rc=$?; rm -f \"$f\"; exit $rc' votingstack {}",
+        seconds.max(1),
         step.arg()
     )
 }
@@ -125,9 +128,13 @@ mod tests {
 
     /// Runs the launcher of `step` with `text` on stdin, PATH set to `path`.
     fn launch(step: Step, text: &str, path: &str) -> std::process::Output {
+        launch_for(step, text, path, 30)
+    }
+
+    fn launch_for(step: Step, text: &str, path: &str, seconds: u32) -> std::process::Output {
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(command(step))
+            .arg(command(step, seconds))
             .env("PATH", path)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -226,6 +233,21 @@ mod tests {
         let out = launch(Step::Start, &script_text(), &dir.path().display().to_string());
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(starts(&dir), "docker start\n");
+    }
+
+    #[test]
+    fn a_step_past_its_time_is_killed_on_the_host_with_what_it_started() {
+        let dir = tools(None);
+        let pid_file = dir.path().join("child.pid");
+        let text = format!("sleep 60 & echo $! >{}; wait; echo finished\n", pid_file.display());
+        let out = launch_for(Step::Facts, &text, &dir.path().display().to_string(), 1);
+        assert_eq!(out.status.code(), Some(124), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("finished"));
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        // Gone, or a zombie nobody has reaped yet: either way it stopped.
+        let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).unwrap_or_default();
+        let running = state.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        assert!(!running, "the step's child {} outlived the step: {state}", pid.trim());
     }
 
     #[test]

@@ -479,7 +479,8 @@ impl SshHosts {
         seconds: u32,
     ) -> Result<ExecOutput, HostError> {
         let text = bootstrap::script_text();
-        self.exec(target, key, &bootstrap::command(step), Some(text.as_bytes()), step.describe(), seconds).await
+        self.exec(target, key, &bootstrap::command(step, seconds), Some(text.as_bytes()), step.describe(), seconds)
+            .await
     }
 
     /// Runs `command` on the host (with `stdin`, then end of input).
