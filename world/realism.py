@@ -778,6 +778,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         realism = self.realism
         realism.count("calls", action)
         scope = self.scope()
+        # A call naming a resource not visible yet fails before any fault is
+        # drawn, so a queued fault is never used up by it.
+        lagging = realism.in_fault_scope(self.access_key())
+        missing = hidden_named(realism, scope, action, params) if lagging else None
+        if missing:
+            realism.count("not_found", action)
+            self.send_error_xml(400, missing[0], missing[1])
+            return "%s (not visible yet)" % missing[0]
+
         fault = realism.pick_fault(action, self.access_key())
         if fault in PRE_FAULTS:
             realism.count("faults", action, fault)
@@ -794,13 +803,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                     "An internal error occurred in %s (injected); retry"
                                     % action)
             return "fault " + fault
-
-        lagging = realism.in_fault_scope(self.access_key())
-        missing = hidden_named(realism, scope, action, params) if lagging else None
-        if missing:
-            realism.count("not_found", action)
-            self.send_error_xml(400, missing[0], missing[1])
-            return "%s (not visible yet)" % missing[0]
 
         token = dict(params).get("ClientToken")
         replayed = False

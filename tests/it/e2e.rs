@@ -540,7 +540,6 @@ async fn e2e_apply_converges_through_throttling_5xx_lost_launches_and_lag_and_de
     // This stack signs with a key of its own: the faults are its alone.
     stack.env.insert("AWS_ACCESS_KEY_ID".into(), "faulty-e2e".into());
     let before = realism(&stack, "/_realism", None);
-    let lost_before = before["counters"]["faults"]["RunInstances"]["lost"].as_i64().unwrap_or(0);
     let _off = FaultsOff(&stack);
     realism(
         &stack,
@@ -559,9 +558,12 @@ async fn e2e_apply_converges_through_throttling_5xx_lost_launches_and_lag_and_de
     let tiers: std::collections::BTreeSet<Ipv4Addr> = Tier::ALL.iter().map(|t| stack.tier(*t).1).collect();
     assert_eq!(tiers.len(), 3);
     let after = realism(&stack, "/_realism", None);
+    // Every queued RunInstances fault reached one of this stack's calls.
+    assert_eq!(after["config"]["fail_next"], serde_json::json!({}), "{}", after["config"]);
     let faults = &after["counters"]["faults"];
-    let lost = faults["RunInstances"]["lost"].as_i64().unwrap_or(0) - lost_before;
-    assert!(lost >= 2, "the launches' answers were lost: {faults}");
+    let launch_faults = |v: &Value| ["lost", "drop"].iter().filter_map(|f| v["RunInstances"][*f].as_i64()).sum::<i64>();
+    let lost = launch_faults(faults) - launch_faults(&before["counters"]["faults"]);
+    assert_eq!(lost, 3, "three launch answers were lost or dropped: {faults}");
     let throttled: i64 = faults.as_object().map_or(0, |m| m.values().filter_map(|f| f["throttle"].as_i64()).sum());
     assert!(throttled > 0, "calls were throttled: {faults}");
     let hidden =
