@@ -55,6 +55,14 @@ async fn engine_second_reconcile_changes_nothing_and_costs_one_call_per_side() {
     assert_eq!(second.status.conditions, first.status.conditions, "timestamps kept");
 }
 
+/// Terminates an instance of the fake EC2, as someone would in the console.
+fn terminate(cloud: &crate::fakes::FakeCloud, id: &str) {
+    let mut state = cloud.state.lock().unwrap();
+    for i in state.instances.iter_mut().filter(|i| i.id == id) {
+        i.state = votingstack::model::InstanceState::Terminated;
+    }
+}
+
 fn cloud_calls(c: &crate::fakes::FakeCloud) -> u64 {
     use votingstack::cloud::Cloud;
     c.api_calls()
@@ -88,14 +96,7 @@ async fn engine_terminated_instance_is_replaced_and_peers_follow() {
     let (engine, cloud, hosts) = engine();
     let first = engine.reconcile(&stack(), Ok(key())).await;
     let db = instance_id(&first, Tier::Database);
-    cloud
-        .state
-        .lock()
-        .unwrap()
-        .instances
-        .iter_mut()
-        .filter(|i| i.id == db)
-        .for_each(|i| i.state = votingstack::model::InstanceState::Terminated);
+    terminate(&cloud, &db);
     let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
     let new_db = instance_id(&out, Tier::Database);
     assert_ne!(new_db, db);
@@ -127,14 +128,7 @@ async fn engine_images_keep_their_first_digest_on_a_replacement_host() {
 
     // The tag may point elsewhere by now: the new host runs the pinned digest.
     let db = instance_id(&first, Tier::Database);
-    cloud
-        .state
-        .lock()
-        .unwrap()
-        .instances
-        .iter_mut()
-        .filter(|i| i.id == db)
-        .for_each(|i| i.state = votingstack::model::InstanceState::Terminated);
+    terminate(&cloud, &db);
     let out = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
     let created = out
         .applied
