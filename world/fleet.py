@@ -214,22 +214,29 @@ class Network:
         return any(a.get("VpcId") == vpc_id and a.get("State") in ("available", "attached")
                    for a in g.get("Attachments", []))
 
+    def subnet_default_route(self, subnet_id):
+        """(route table id, its 0.0.0.0/0 route, VPC id), or (None, why not, None)."""
+        cidr_vpc = self.subnets.get(subnet_id)
+        if cidr_vpc is None:
+            return None, "subnet %s unknown to EC2" % subnet_id, None
+        rt_id, route = self.default_route(subnet_id)
+        if rt_id is None:
+            return None, "subnet %s has no route table" % subnet_id, None
+        if route is None:
+            return None, "%s has no route to 0.0.0.0/0" % rt_id, None
+        return rt_id, route, cidr_vpc[1]
+
     def internet_route(self, subnet_id):
         """(True, igw id) when the subnet's table sends 0.0.0.0/0 to an
         internet gateway attached to its VPC, else (False, why not)."""
-        cidr_vpc = self.subnets.get(subnet_id)
-        if cidr_vpc is None:
-            return False, "subnet %s unknown to EC2" % subnet_id
-        rt_id, route = self.default_route(subnet_id)
+        rt_id, route, vpc_id = self.subnet_default_route(subnet_id)
         if rt_id is None:
-            return False, "subnet %s has no route table" % subnet_id
-        if route is None:
-            return False, "%s has no route to 0.0.0.0/0" % rt_id
+            return False, route
         gw = route.get("GatewayId") or ""
         if not gw.startswith("igw-"):
             return False, "%s sends 0.0.0.0/0 to %s, not an internet gateway" % (rt_id, route_target(route))
-        if not self.attached_gateway(gw, cidr_vpc[1]):
-            return False, "%s is not attached to %s" % (gw, cidr_vpc[1])
+        if not self.attached_gateway(gw, vpc_id):
+            return False, "%s is not attached to %s" % (gw, vpc_id)
         return True, gw
 
     def nat_ok(self, nat_id, vpc_id):
@@ -255,16 +262,11 @@ class Network:
         """(True, how) when the instance reaches beyond its VPC, else
         (False, why not)."""
         subnet_id = inst.get("SubnetId", "")
-        cidr_vpc = self.subnets.get(subnet_id)
-        if cidr_vpc is None:
-            return False, "subnet %s unknown to EC2" % subnet_id
-        rt_id, route = self.default_route(subnet_id)
+        rt_id, route, vpc_id = self.subnet_default_route(subnet_id)
         if rt_id is None:
-            return False, "subnet %s has no route table" % subnet_id
-        if route is None:
-            return False, "%s has no route to 0.0.0.0/0" % rt_id
+            return False, route
         if route.get("NatGatewayId"):
-            ok, why = self.nat_ok(route["NatGatewayId"], cidr_vpc[1])
+            ok, why = self.nat_ok(route["NatGatewayId"], vpc_id)
             return ok, ("via %s (%s)" % (why, rt_id)) if ok else why
         public, why = self.internet_route(subnet_id)
         if not public:
