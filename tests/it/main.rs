@@ -15,4 +15,5 @@ mod fakes;
 mod fixtures;
 mod host;
 mod moto;
+mod scripted;
 mod world;
