@@ -10,7 +10,11 @@ signatures pass) to moto, and makes the answers behave more like EC2's:
   answers and give <Kind>.NotFound to calls that name it, for a while;
 * an instance shows as pending for a while after RunInstances/StartInstances;
 * faults on request: throttling, 5xx, and lost answers (moto did the work,
-  the client gets a 500 or a closed connection).
+  the client gets a 500 or a closed connection);
+* EBS: AttachVolume is refused as EC2 refuses it (a volume of another zone,
+  one in use, an instance neither running nor stopped, a device name the
+  instance already uses), and DetachVolume without InstanceId works (moto
+  needs the instance: the layer names the one the volume is attached to).
 
 Knobs come from VS_REALISM_* environment variables at start and can be read
 and changed at runtime at /_realism on the same port (see world/README.md,
@@ -33,6 +37,7 @@ import time
 import traceback
 import urllib.parse
 import uuid
+import xml.etree.ElementTree as ElementTree
 import xml.parsers.expat
 from xml.sax.saxutils import escape
 
@@ -133,6 +138,13 @@ PENDING_STARTS = {
     "StartInstances": "instancesSet/item",
 }
 PENDING_STATE = b"<instanceState><code>0</code><name>pending</name></instanceState>"
+
+# EBS calls the layer checks against moto's state before forwarding them
+# (one at a time, so two attaches of one volume cannot both pass)
+EBS_CHECKED = ("AttachVolume", "DetachVolume")
+# instance states a volume can be attached in
+ATTACHABLE = ("running", "stopped")
+EC2_API_VERSION = "2016-11-15"
 
 
 def log(msg):
@@ -385,6 +397,7 @@ class Realism:
         self.moto_url = moto_url
         self.lock = threading.RLock()
         self.tokens = {}  # (account, region, token) -> TokenEntry
+        self.ebs_lock = threading.Lock()
         self.reset()
 
     def reset(self):
@@ -394,7 +407,8 @@ class Realism:
             self.hidden = {}  # (account, region, kind, value) -> monotonic deadline
             self.pending = {}  # (account, region, instance id) -> monotonic deadline
             self.counters = {"calls": {}, "faults": {}, "replays": {}, "mismatches": {},
-                             "not_found": {}, "hidden_items": {}, "pending_shown": {}}
+                             "not_found": {}, "hidden_items": {}, "pending_shown": {},
+                             "refusals": {}}
 
     def forget_moto_state(self):
         """moto was reset: tokens and hidden resources refer to nothing now."""
@@ -626,6 +640,124 @@ def rewrite_describe(realism, scope, action, body, hide=True):
     return apply_edits(body, edits) if edits else body
 
 
+# ------------------------------------------------------------------ EBS ----
+
+def strip_ns(root):
+    """Drop the XML namespace from every tag of an ElementTree."""
+    for el in root.iter():
+        el.tag = el.tag.rpartition("}")[2]
+    return root
+
+
+def moto_query(host, port, scope, params):
+    """A Query API call of the layer's own to moto, in the caller's account
+    and region; the answer's root element (namespaces dropped), or None when
+    moto answers with an error (e.g. the resource does not exist)."""
+    account, region = scope
+    body = urllib.parse.urlencode([("Action", params[0][1]), ("Version", EC2_API_VERSION)]
+                                  + list(params[1:])).encode()
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded; charset=utf-8",
+        # moto reads the region from the credential scope and checks no signature
+        "Authorization": "AWS4-HMAC-SHA256 Credential=realism/20200101/%s/ec2/aws4_request, "
+                         "SignedHeaders=host, Signature=0" % region,
+        "x-moto-account-id": account,
+    }
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    try:
+        conn.request("POST", "/", body=body, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200:
+        return None
+    return strip_ns(ElementTree.fromstring(data))
+
+
+def child_text(el, path, default=""):
+    found = el.find(path)
+    return found.text or default if found is not None else default
+
+
+def volume_facts(host, port, scope, volume_id):
+    """{state, zone, attachments: [(instance id, device, state)]} of a
+    volume as moto has it, or None when moto does not know it."""
+    root = moto_query(host, port, scope, [("Action", "DescribeVolumes"),
+                                          ("VolumeId.1", volume_id)])
+    item = root.find("volumeSet/item") if root is not None else None
+    if item is None:
+        return None
+    return {
+        "state": child_text(item, "status"),
+        "zone": child_text(item, "availabilityZone"),
+        "attachments": [(child_text(a, "instanceId"), child_text(a, "device"),
+                         child_text(a, "status"))
+                        for a in item.findall("attachmentSet/item")],
+    }
+
+
+def instance_facts(host, port, scope, instance_id):
+    """{state, zone, devices} of an instance as moto has it (devices: the
+    names its block device mappings and its root device use), or None."""
+    root = moto_query(host, port, scope, [("Action", "DescribeInstances"),
+                                          ("InstanceId.1", instance_id)])
+    item = root.find("reservationSet/item/instancesSet/item") if root is not None else None
+    if item is None:
+        return None
+    devices = {child_text(m, "deviceName") for m in item.findall("blockDeviceMapping/item")}
+    devices.add(child_text(item, "rootDeviceName"))
+    return {
+        "state": child_text(item, "instanceState/name"),
+        "zone": child_text(item, "placement/availabilityZone"),
+        "devices": devices - {""},
+    }
+
+
+def attach_refusal(realism, host, port, scope, params):
+    """(code, message) when EC2 would refuse this AttachVolume, else None
+    (also when the volume or the instance does not exist: moto says so)."""
+    p = dict(params)
+    vid, iid, device = p.get("VolumeId", ""), p.get("InstanceId", ""), p.get("Device", "")
+    vol = volume_facts(host, port, scope, vid)
+    inst = instance_facts(host, port, scope, iid)
+    if vol is None or inst is None:
+        return None
+    state = "pending" if realism.is_pending(scope, iid) else inst["state"]
+    if state not in ATTACHABLE:
+        return ("IncorrectState",
+                "Instance '%s' is not 'running' or 'stopped' (it is '%s'); a volume "
+                "attaches to a running or stopped instance." % (iid, state))
+    if vol["state"] != "available" or vol["attachments"]:
+        on = ", ".join(a[0] for a in vol["attachments"]) or "-"
+        return ("VolumeInUse",
+                "%s is already attached to an instance (%s); it is '%s'."
+                % (vid, on, vol["state"]))
+    if vol["zone"] != inst["zone"]:
+        return ("InvalidVolume.ZoneMismatch",
+                "The volume '%s' is not in the same availability zone as instance '%s' "
+                "(%s, %s)." % (vid, iid, vol["zone"], inst["zone"]))
+    if device in inst["devices"]:
+        return ("InvalidParameterValue",
+                "Invalid value '%s' for unixDevice. Attachment point %s is already in use"
+                % (device, device))
+    return None
+
+
+def detach_instance(host, port, scope, params):
+    """For a DetachVolume without InstanceId (EC2 takes it; moto fails
+    without it): (instance id, None) of the volume's attachment, or
+    (None, (code, message)) when the volume is not attached; (None, None)
+    when moto does not know the volume (moto answers)."""
+    vid = dict(params).get("VolumeId", "")
+    vol = volume_facts(host, port, scope, vid)
+    if vol is None:
+        return None, None
+    if not vol["attachments"]:
+        return None, ("IncorrectState", "Volume '%s' is in the '%s' state." % (vid, vol["state"]))
+    return vol["attachments"][0][0], None
+
+
 # ------------------------------------------------------------------ HTTP ----
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -683,11 +815,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send(status, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode(),
                   content_type="application/json")
 
-    def forward(self, body):
-        """Send the request as it came to moto; (status, headers, body)."""
+    def forward(self, body, path=None):
+        """Send the request as it came (or with the body and path given) to
+        moto; (status, headers, body)."""
         conn = http.client.HTTPConnection(self.moto_host, self.moto_port, timeout=120)
         try:
-            conn.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            conn.putrequest(self.command, path or self.path, skip_host=True,
+                            skip_accept_encoding=True)
             for k, v in self.headers.items():
                 if k.lower() not in HOP_BY_HOP:
                     conn.putheader(k, v)
@@ -806,7 +940,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
         token = dict(params).get("ClientToken")
         replayed = False
-        if token:
+        if action in EBS_CHECKED:
+            with realism.ebs_lock:
+                refusal, body, path = self.ebs_check(action, params, body, scope)
+                if refusal:
+                    realism.count("refusals", action)
+                    self.send_error_xml(400, refusal[0], refusal[1])
+                    return "%s (refused as EC2 would)" % refusal[0]
+                status, headers, data = self.forward(body, path)
+        elif token:
             status, headers, data, replayed = self.idempotent(action, params, body, scope, token)
             if status is None:
                 return "IdempotentParameterMismatch"
@@ -832,6 +974,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return "moto %d, connection dropped" % status
         self.send(status, data, headers)
         return "%d%s" % (status, " (replay of ClientToken)" if replayed else "")
+
+    def ebs_check(self, action, params, body, scope):
+        """(refusal or None, body, path) for an EBS call: the error EC2
+        would give, or the request to forward (a DetachVolume without
+        InstanceId gets the instance the volume is attached to)."""
+        host, port = self.moto_host, self.moto_port
+        if action == "AttachVolume":
+            return attach_refusal(self.realism, host, port, scope, params), body, None
+        if "InstanceId" in dict(params):
+            return None, body, None
+        iid, refusal = detach_instance(host, port, scope, params)
+        if iid is None:
+            return refusal, body, None
+        extra = urllib.parse.urlencode({"InstanceId": iid})
+        split = urllib.parse.urlsplit(self.path)
+        if "Action=" in split.query:  # the parameters came in the query string
+            return None, body, self.path + "&" + extra
+        return None, body + b"&" + extra.encode(), None
 
     def idempotent(self, action, params, body, scope, token):
         """Forward a request carrying a ClientToken at most once per token and
