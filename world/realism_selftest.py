@@ -11,7 +11,14 @@ itself (the truth, when --moto is given) that:
 * a new security group and a new instance are NotFound / missing from
   Describe* while the consistency window lasts, and found after it;
 * an instance shows as pending for a while after launch;
-* throttling and 5xx are injected when asked, and counted.
+* throttling and 5xx are injected when asked, and counted;
+* EBS as EC2 has it: AttachVolume is refused for a volume of another zone
+  (InvalidVolume.ZoneMismatch), a volume in use (VolumeInUse), an instance
+  pending or terminated (IncorrectState) and a device name the instance
+  already uses (InvalidParameterValue); DeleteVolume of an attached volume
+  answers VolumeInUse; DetachVolume works without InstanceId; an attached
+  volume shows in the instance's BlockDeviceMappings; terminating the
+  instance leaves the volume available; CreateVolume honours ClientToken.
 
 Every wait is bounded. The layer is reset at the start and at the end.
 """
@@ -130,6 +137,112 @@ def error_of(fn, **kw):
     return None
 
 
+def ebs_checks(ctl, ec2, truth, launch, made):
+    """AttachVolume, DetachVolume, DeleteVolume and CreateVolume as EC2 has
+    them (see the module's docstring)."""
+    ctl.set(throttle={}, consistency_seconds=0, pending_seconds=2)
+
+    def volume(zone, **kw):
+        vid = ec2.create_volume(AvailabilityZone=zone, Size=1, VolumeType="gp3", **kw)["VolumeId"]
+        made["volumes"].append(vid)
+        return vid
+
+    def vol(vid):
+        return ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+
+    def inst(iid):
+        return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+
+    def refused(code, what, **kw):
+        err = error_of(ec2.attach_volume, **kw)
+        check(err == (code, 400), "%s: want %s/400, got %s" % (what, code, err))
+        if truth:
+            t = truth.describe_volumes(VolumeIds=[kw["VolumeId"]])["Volumes"][0]
+            check(not [a for a in t["Attachments"] if a["InstanceId"] == kw["InstanceId"]],
+                  "%s: the refused attach reached moto" % what)
+
+    first = launch(ec2)["Instances"][0]
+    a, zone = first["InstanceId"], first["Placement"]["AvailabilityZone"]
+    zones = [z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"]]
+    other = [z for z in zones if z != zone][0]
+    va = volume(zone, TagSpecifications=[{"ResourceType": "volume",
+                                          "Tags": [{"Key": "Name", "Value": "realism-selftest"}]}])
+    refused("IncorrectState", "attach to a pending instance",
+            VolumeId=va, InstanceId=a, Device="/dev/sdf")
+    wait("instance %s running" % a, 10, lambda: inst(a)["State"]["Name"] == "running")
+    step("AttachVolume to a pending instance -> IncorrectState")
+
+    vz = volume(other)
+    refused("InvalidVolume.ZoneMismatch", "attach a volume of %s to an instance in %s" % (other, zone),
+            VolumeId=vz, InstanceId=a, Device="/dev/sdf")
+    step("AttachVolume across zones (%s, %s) -> InvalidVolume.ZoneMismatch" % (other, zone))
+
+    ec2.attach_volume(VolumeId=va, InstanceId=a, Device="/dev/sdf")
+    v = vol(va)
+    check(v["State"] == "in-use" and [(x["InstanceId"], x["Device"]) for x in v["Attachments"]]
+          == [(a, "/dev/sdf")], "after AttachVolume: %s %s" % (v["State"], v["Attachments"]))
+    bdm = {m["DeviceName"]: m.get("Ebs", {}) for m in inst(a).get("BlockDeviceMappings", [])}
+    sdf = bdm.get("/dev/sdf", {})
+    check(sdf.get("VolumeId") == va and sdf.get("Status") == "attached"
+          and sdf.get("DeleteOnTermination") is False,
+          "BlockDeviceMappings of %s: want /dev/sdf -> %s attached, DeleteOnTermination "
+          "false; got %s" % (a, va, bdm))
+    step("AttachVolume %s -> in-use, in the instance's BlockDeviceMappings as /dev/sdf" % va)
+
+    b = launch(ec2)["Instances"][0]["InstanceId"]
+    wait("instance %s running" % b, 10, lambda: inst(b)["State"]["Name"] == "running")
+    refused("VolumeInUse", "attach a volume in use to another instance",
+            VolumeId=va, InstanceId=b, Device="/dev/sdf")
+    vb = volume(zone)
+    refused("InvalidParameterValue", "attach at a device name in use",
+            VolumeId=vb, InstanceId=a, Device="/dev/sdf")
+    err = error_of(ec2.delete_volume, VolumeId=va)
+    check(err == ("VolumeInUse", 400), "DeleteVolume of an attached volume: want VolumeInUse, "
+          "got %s" % (err,))
+    step("attached volume: AttachVolume elsewhere -> VolumeInUse, DeleteVolume -> VolumeInUse; "
+         "its device name -> InvalidParameterValue")
+
+    ec2.detach_volume(VolumeId=va)  # no InstanceId, as EC2 allows
+    wait("volume %s available" % va, 10, lambda: vol(va)["State"] == "available")
+    err = error_of(ec2.detach_volume, VolumeId=va)
+    check(err == ("IncorrectState", 400), "DetachVolume of an available volume: want "
+          "IncorrectState, got %s" % (err,))
+    ec2.stop_instances(InstanceIds=[b])
+    wait("instance %s stopped" % b, 10, lambda: inst(b)["State"]["Name"] == "stopped")
+    ec2.attach_volume(VolumeId=va, InstanceId=b, Device="/dev/sdf")
+    ec2.detach_volume(VolumeId=va, InstanceId=b)
+    step("DetachVolume without InstanceId works; a stopped instance takes a volume")
+
+    ec2.attach_volume(VolumeId=vb, InstanceId=a, Device="/dev/sdg")
+    ec2.terminate_instances(InstanceIds=[a])
+    wait("volume %s available after its instance's termination" % vb, 10,
+         lambda: vol(vb)["State"] == "available" and not vol(vb)["Attachments"])
+    refused("IncorrectState", "attach to a terminated instance",
+            VolumeId=va, InstanceId=a, Device="/dev/sdf")
+    step("TerminateInstances: the attached volume %s stays, available; attaching to the "
+         "terminated instance -> IncorrectState" % vb)
+    refusals = ctl.get()["counters"]["refusals"]
+    check(refusals == {"AttachVolume": 5, "DetachVolume": 1},
+          "want 5 AttachVolume and 1 DetachVolume refusals counted, got %s" % refusals)
+
+    token = "realism-selftest-" + secrets.token_hex(8)
+    one = volume(zone, ClientToken=token)
+    two = ec2.create_volume(AvailabilityZone=zone, Size=1, VolumeType="gp3",
+                            ClientToken=token)["VolumeId"]
+    check(one == two, "CreateVolume with one ClientToken twice: %s, then %s" % (one, two))
+    err = error_of(ec2.create_volume, AvailabilityZone=zone, Size=2, VolumeType="gp3",
+                   ClientToken=token)
+    check(err == ("IdempotentParameterMismatch", 400), "CreateVolume, same token, other size: "
+          "want IdempotentParameterMismatch, got %s" % (err,))
+    if truth:
+        mine = [x["VolumeId"] for x in truth.describe_volumes()["Volumes"]
+                if x["VolumeId"] not in made["volumes"] and x["AvailabilityZone"] == zone
+                and x["Size"] in (1, 2) and not x["Attachments"]]
+        check(not mine, "moto holds volumes the replays should not have made: %s" % mine)
+    step("CreateVolume: same ClientToken -> the same volume %s; other size -> "
+         "IdempotentParameterMismatch" % one)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--env", help="the world's env file (AWS_ENDPOINT_URL_EC2, VS_WORLD_MOTO, ...)")
@@ -151,7 +264,7 @@ def main():
     ec2 = client(endpoint, 1)      # no retries: every error is seen
     ec2r = client(endpoint, 5)     # retries like an SDK does
     truth = client(moto_url, 1) if moto_url else None
-    made = {"instances": [], "groups": [], "subnet": None, "vpc": None}
+    made = {"instances": [], "groups": [], "subnet": None, "vpc": None, "volumes": []}
 
     def launch(c, **kw):
         r = c.run_instances(ImageId=ami, InstanceType=itype, MinCount=1, MaxCount=1,
@@ -312,6 +425,8 @@ def main():
         check(again == errs, "the same seed must give the same faults")
         step("throttle 0.5 with seed 7: %d of 20 throttled, counted, same again" % throttled)
 
+        ebs_checks(ctl, ec2, truth, launch, made)
+
         print("realism-selftest: passed", flush=True)
         return 0
     except Failed as exc:
@@ -322,6 +437,8 @@ def main():
             ctl.reset()
             if made["instances"]:
                 ec2.terminate_instances(InstanceIds=sorted(set(made["instances"])))
+            for v in made["volumes"]:  # detached by the terminations
+                ec2.delete_volume(VolumeId=v)
             for g in made["groups"]:
                 ec2.delete_security_group(GroupId=g)
             if made["subnet"]:
