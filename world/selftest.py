@@ -16,9 +16,14 @@ subnet, and no longer once that route is deleted); that security groups
 filter inbound traffic (5432 on db from a member of app only, published
 ports on web by the port EC2 sees, a revoked rule closes the port); that web
 pulls from the world registry and runs all five workloads so that a vote cast
-over HTTP lands in postgres and shows in the result; that a stop/start keeps
-the disk, the host key and the filter; and that terminate removes the host
-and its disk. Whatever it made is removed at the end. Every wait is bounded.
+over HTTP lands in postgres and shows in the result; that an EBS volume
+attached as /dev/sdf shows in the host as /dev/nvme<N>n1 under its volume id
+(/dev/disk/by-id), takes a filesystem mounted by UUID, goes away on detach and
+brings its file to another host; that a stop/start keeps the disk, the host
+key, the filter and the volume's device; and that terminate removes the host
+and its disk and leaves the volume available, with no loop device; a deleted
+volume's backing file goes. Whatever it made is removed at the end. Every
+wait is bounded.
 """
 
 import argparse
@@ -150,7 +155,8 @@ def main():
     kh = tempfile.NamedTemporaryFile(prefix="vsw-known-hosts-", delete=False)
     kh.close()
     made = {"instances": [], "key": None, "subnets": [], "vpc": None, "igw": None,
-            "route_table": None, "association": None, "nat": None, "eip": None, "groups": []}
+            "route_table": None, "association": None, "nat": None, "eip": None, "groups": [],
+            "volumes": []}
 
     def ssh(ip, command, timeout=60, check=True):
         return sh(["ssh", "-i", key, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
@@ -348,6 +354,54 @@ def main():
             raise Failed("web's published 6379/5432 answer this machine; its groups open 22, 80, 81 only")
         step("security groups: web's published 6379 and 5432 stay closed, 80 and 81 open")
 
+        # --- an EBS volume: a block device found by its volume id, moved between hosts
+        web_zone = ec2.describe_instances(InstanceIds=[web])["Reservations"][0]["Instances"][0][
+            "Placement"]["AvailabilityZone"]
+        vol = ec2.create_volume(AvailabilityZone=web_zone, Size=1, VolumeType="gp3",
+                                TagSpecifications=[{"ResourceType": "volume", "Tags": tags}]
+                                )["VolumeId"]
+        made["volumes"].append(vol)
+        link = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + vol.replace("-", "")
+        backing = os.path.join(env["VS_WORLD_DIR"], "ebs", vol + ".img")
+        wait("backing file %s" % backing, FIREWALL_SECS, lambda: os.path.exists(backing))
+
+        def volume_state():
+            return ec2.describe_volumes(VolumeIds=[vol])["Volumes"][0]["State"]
+
+        def device(ip):
+            """The volume's node in the host at ip (via its by-id link), or None."""
+            p = ssh(ip, "test -b %s && readlink -f %s" % (link, link), check=False)
+            node = p.stdout.strip()
+            return node if p.returncode == 0 and node.startswith("/dev/nvme") else None
+
+        ec2.attach_volume(VolumeId=vol, InstanceId=lone, Device="/dev/sdf")
+        node = wait("%s in lone" % link, FIREWALL_SECS, lambda: device(lone_ip))
+        if ssh(lone_ip, "ls /dev/sdf /dev/xvdf", check=False).returncode == 0:
+            raise Failed("lone has /dev/sdf or /dev/xvdf: a Nitro instance has neither")
+        if ssh(lone_ip, "sudo blkid -p %s" % node, check=False).stdout.strip():
+            raise Failed("a new volume already holds a filesystem")
+        ssh(lone_ip, "sudo mkfs.ext4 -q %s" % node, timeout=120)
+        uuid = ssh(lone_ip, "sudo blkid -p -o value -s UUID %s" % node).stdout.strip()
+        marker = "ebs-" + secrets.token_hex(6)
+        ssh(lone_ip, "sudo mkdir -p /mnt/ebs && sudo mount UUID=%s /mnt/ebs && "
+                     "findmnt -n -o SOURCE /mnt/ebs && echo %s | sudo tee /mnt/ebs/marker && "
+                     "sudo umount /mnt/ebs" % (uuid, marker))
+        step("volume %s attached to lone as /dev/sdf: %s (%s), ext4 %s mounted by UUID, file written"
+             % (vol, node, link, uuid))
+
+        ec2.detach_volume(VolumeId=vol)
+        wait("volume %s available" % vol, 30, lambda: volume_state() == "available")
+        wait("%s gone from lone" % node, FIREWALL_SECS,
+             lambda: ssh(lone_ip, "test -e %s || test -e %s" % (node, link),
+                         check=False).returncode == 1)
+        ec2.attach_volume(VolumeId=vol, InstanceId=web, Device="/dev/sdf")
+        node = wait("%s in web" % link, FIREWALL_SECS, lambda: device(web_ip))
+        got = ssh(web_ip, "sudo mkdir -p /mnt/ebs && sudo mount UUID=%s /mnt/ebs && "
+                          "cat /mnt/ebs/marker && sudo umount /mnt/ebs" % uuid).stdout.strip()
+        if got != marker:
+            raise Failed("the volume's file on web reads %r, lone wrote %r" % (got, marker))
+        step("detached: gone from lone; attached to web as %s, the file is there" % node)
+
         # --- stop/start keeps the disk, the host key and the filter
         name = "vsw-" + web
         marker = "selftest-" + secrets.token_hex(6)
@@ -368,12 +422,25 @@ def main():
         if tcp_open(web_ip, 6379):
             raise Failed("after stop/start web's 6379 answers this machine: the filter was not loaded again")
         step("instance started -> host back with its disk, host key and filter")
+        wait("%s in web after the start" % link, FIREWALL_SECS, lambda: device(web_ip))
+        step("instance started -> the volume's device is back in web")
 
         ec2.terminate_instances(InstanceIds=[web])
         wait("host removed", 30, lambda: container(name) is None)
         if volume_exists(name + "-docker"):
             raise Failed("terminate left the host's disk (volume %s-docker)" % name)
         step("instance terminated -> host and its disk removed")
+        wait("volume %s available after web's termination" % vol, 30,
+             lambda: volume_state() == "available")
+
+        def loop_gone():
+            return not sh(["losetup", "--associated", backing]).stdout.strip()
+        wait("no loop device on %s" % backing, FIREWALL_SECS, loop_gone)
+        ec2.delete_volume(VolumeId=vol)
+        made["volumes"].remove(vol)
+        wait("backing file %s removed" % backing, FIREWALL_SECS, lambda: not os.path.exists(backing))
+        step("volume %s: available after the termination, no loop device; deleted -> file gone"
+             % vol)
         print("selftest: passed", flush=True)
         return 0
     except Failed as exc:
@@ -399,6 +466,8 @@ def cleanup(ec2, made):
         for iid in made["instances"]:
             attempt("host %s" % iid, lambda: wait("host %s removed" % iid, 30,
                                                   lambda: container("vsw-" + iid) is None))
+    for vid in made["volumes"]:  # detached by the terminations
+        attempt("volume %s" % vid, lambda: ec2.delete_volume(VolumeId=vid))
     if made["nat"]:
         attempt("NAT gateway", lambda: ec2.delete_nat_gateway(NatGatewayId=made["nat"]))
     if made["eip"]:
