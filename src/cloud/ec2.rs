@@ -4,6 +4,8 @@
 //!   and key pair up by tag, and carries out the engine's network steps.
 //! - `instances`: DescribeInstances by tag, RunInstances with a ClientToken
 //!   after a look-up by tag.
+//! - `volumes`: the database's data volume: DescribeVolumes by tag,
+//!   CreateVolume with a ClientToken, AttachVolume, DetachVolume.
 //! - `teardown`: finds what a teardown deletes and carries out its steps.
 //!
 //! Every EC2 request goes through [`Ec2Cloud::call`], which counts it, logs
@@ -17,6 +19,9 @@
 mod instances;
 mod network;
 mod teardown;
+mod volumes;
+
+pub use volumes::{volume_token, ROLE_TAG};
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -37,7 +42,9 @@ use aws_sdk_ec2::Client;
 use tracing::debug;
 
 use crate::api::{NetworkStatus, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
-use crate::model::{InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, TeardownInventory, TeardownStep};
+use crate::model::{
+    InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedVolume, TeardownInventory, TeardownStep,
+};
 
 use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity, OWNER_TAG};
 
@@ -93,6 +100,8 @@ impl ClassifyRetry for FreshIdRetry {
             o::create_tags::CreateTagsError,
             o::modify_vpc_attribute::ModifyVpcAttributeError,
             o::modify_subnet_attribute::ModifySubnetAttributeError,
+            o::attach_volume::AttachVolumeError,
+            o::describe_volumes::DescribeVolumesError,
         );
         match code {
             Some(code) if is_fresh_id_not_found(code) => {
@@ -244,7 +253,7 @@ fn is_not_found(e: &CloudError) -> bool {
 
 /// True when EC2 refused because something still depends on the resource.
 fn is_dependency(e: &CloudError) -> bool {
-    matches!(e, CloudError::Api { code, .. } if code == "DependencyViolation" || code == "ResourceInUse")
+    matches!(e, CloudError::Api { code, .. } if code == "DependencyViolation" || code == "ResourceInUse" || code == "VolumeInUse")
 }
 
 /// `tag:<key> = value` filter.
@@ -348,6 +357,36 @@ impl Cloud for Ec2Cloud {
 
     async fn instances_by_id(&self, ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
         self.describe_by_id(ids).await
+    }
+
+    async fn data_volumes(
+        &self,
+        stack: &StackIdentity,
+        known: Option<&str>,
+    ) -> Result<Vec<ObservedVolume>, CloudError> {
+        let mut found = self.stack_volumes(stack).await?;
+        if let Some(id) = known.filter(|id| !found.iter().any(|v| v.id == *id)) {
+            found.extend(self.volume_by_id(id).await?);
+        }
+        Ok(found)
+    }
+
+    async fn create_data_volume(
+        &self,
+        stack: &StackIdentity,
+        zone: &str,
+        size_gib: i32,
+        n: u32,
+    ) -> Result<ObservedVolume, CloudError> {
+        self.create_volume(stack, zone, size_gib, n).await
+    }
+
+    async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
+        self.attach(volume_id, instance_id).await
+    }
+
+    async fn detach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
+        self.detach(volume_id, instance_id).await
     }
 
     async fn teardown_inventory(

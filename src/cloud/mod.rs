@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
 use crate::api::{NetworkStatus, Reason, Tier, VotingStack};
-use crate::model::{InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, TeardownInventory, TeardownStep};
+use crate::model::{
+    InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedVolume, TeardownInventory, TeardownStep,
+};
 
 /// How every ClientToken the operator sends begins: an instance launched
 /// with one got its SSH host key from the operator (see `SshKey::host_key_for`).
@@ -245,6 +247,29 @@ pub trait Cloud: Send + Sync {
     async fn instances_by_id(&self, _ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
         Ok(Vec::new())
     }
+
+    /// The stack's data volumes (DescribeVolumes by owner and role tag),
+    /// not yet deleted, and the `known` one (recorded in status) by id when
+    /// the tag look-up does not list it: it may lag a fresh create, and a
+    /// volume that is there must never be taken for missing (a second one
+    /// would be created).
+    async fn data_volumes(&self, stack: &StackIdentity, known: Option<&str>)
+        -> Result<Vec<ObservedVolume>, CloudError>;
+
+    /// Creates the stack's `n`-th data volume (gp3, encrypted, tagged) in
+    /// `zone`, with a ClientToken made of the stack and `n`.
+    async fn create_data_volume(
+        &self,
+        stack: &StackIdentity,
+        zone: &str,
+        size_gib: i32,
+        n: u32,
+    ) -> Result<ObservedVolume, CloudError>;
+
+    /// Attaches a volume as [`crate::model::volume::DATA_DEVICE`].
+    async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError>;
+
+    async fn detach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError>;
 
     /// What deleting the stack has to remove: its instances and network,
     /// found by tag and by the ids in `known`.

@@ -240,7 +240,7 @@ pub fn network_drift(
 }
 
 /// The steps that delete a stack, in the order AWS requires: instances
-/// (terminated and gone), NAT gateways (deleted, and gone before their
+/// (terminated and gone), the data volume (free once they are), NAT gateways (deleted, and gone before their
 /// Elastic IPs and the public subnet can go), Elastic IPs, rules naming
 /// other groups, groups, route tables (disassociated first; the VPC's main
 /// table goes with the VPC), gateways (detached first), subnets, VPCs, and
@@ -250,6 +250,7 @@ pub fn teardown_steps(found: &TeardownInventory) -> Vec<TeardownStep> {
     if !found.instances.is_empty() {
         steps.push(TeardownStep::TerminateInstances { ids: found.instances.clone() });
     }
+    steps.extend(found.volumes.iter().map(|id| TeardownStep::DeleteVolume { id: id.clone() }));
     if !found.nat_gateways.is_empty() {
         steps.push(TeardownStep::DeleteNatGateways { ids: found.nat_gateways.clone() });
     }

@@ -352,9 +352,11 @@ fn ssh_through_the_frontend_group_follows_the_jump_rule() {
 }
 
 #[test]
-fn teardown_goes_leaves_first_the_nat_gateway_before_its_address_and_the_key_pair_last() {
+fn teardown_goes_leaves_first_the_data_volume_after_the_instances_the_nat_gateway_before_its_address_and_the_key_pair_last(
+) {
     let found = TeardownInventory {
         instances: vec!["i-1".into(), "i-2".into()],
+        volumes: vec!["vol-1".into()],
         groups: vec![("sg-b".into(), vec![Rule::tcp(6379, Source::Group("sg-f".into()))]), ("sg-f".into(), vec![])],
         route_tables: vec![
             FoundRouteTable { id: "rtb-main".into(), main: true, association_ids: vec!["rtbassoc-m".into()] },
@@ -372,6 +374,7 @@ fn teardown_goes_leaves_first_the_nat_gateway_before_its_address_and_the_key_pai
         steps,
         [
             "- terminate instances i-1, i-2",
+            "- delete data volume vol-1",
             "- delete NAT gateways nat-1 and wait until they are deleted",
             "- release Elastic IP eipalloc-1",
             "- revoke 1 rules of sg-b that name another group",

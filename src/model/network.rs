@@ -506,6 +506,8 @@ impl fmt::Display for NetworkStep {
 pub struct TeardownInventory {
     /// Instances not yet terminated.
     pub instances: Vec<String>,
+    /// The database's data volumes.
+    pub volumes: Vec<String>,
     /// Security groups with their rules that name another group.
     pub groups: Vec<(String, Vec<Rule>)>,
     pub route_tables: Vec<FoundRouteTable>,
@@ -534,6 +536,11 @@ pub enum TeardownStep {
     /// Terminates the instances and waits until they are gone.
     TerminateInstances {
         ids: Vec<String>,
+    },
+    /// Deletes the database's data volume (after the instances, which
+    /// let go of it when they terminate).
+    DeleteVolume {
+        id: String,
     },
     /// Deletes the NAT gateways and waits (bounded) until they are `deleted`:
     /// their Elastic IPs and the public subnet are held until then.
@@ -581,6 +588,7 @@ impl fmt::Display for TeardownStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TeardownStep::TerminateInstances { ids } => write!(f, "- terminate instances {}", ids.join(", ")),
+            TeardownStep::DeleteVolume { id } => write!(f, "- delete data volume {id}"),
             TeardownStep::DeleteNatGateways { ids } => {
                 write!(f, "- delete NAT gateways {} and wait until they are deleted", ids.join(", "))
             }

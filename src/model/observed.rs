@@ -5,6 +5,7 @@ use std::net::Ipv4Addr;
 use crate::api::Tier;
 
 use super::network::NetworkObservation;
+use super::volume::{AttachedVolume, DATA_DEVICE};
 
 /// EC2 instance states the engine tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +63,18 @@ pub struct ObservedInstance {
     pub launch_time: String,
     /// The RunInstances ClientToken it was launched with, if any.
     pub client_token: Option<String>,
+    /// Its availability zone.
+    pub zone: Option<String>,
+    /// Its EBS volumes beyond the root device, from its block device
+    /// mappings.
+    pub volumes: Vec<AttachedVolume>,
+}
+
+impl ObservedInstance {
+    /// The volume attached at [`DATA_DEVICE`], in any attachment state.
+    pub fn data_device(&self) -> Option<&AttachedVolume> {
+        self.volumes.iter().find(|v| v.device == DATA_DEVICE && v.status != "detached")
+    }
 }
 
 /// The EC2 side of the stack.

@@ -635,7 +635,7 @@ async fn ec2_invalid_ami_gives_a_clear_condition_and_no_instance() {
 /// Order class of a deleted id: instances, NAT gateway, Elastic IP, groups,
 /// route tables, gateway, subnets, VPC, key pair.
 fn deletion_rank(id: &str) -> usize {
-    let order = ["i-", "nat-", "eipalloc-", "sg-", "rtb-", "igw-", "subnet-", "vpc-"];
+    let order = ["i-", "vol-", "nat-", "eipalloc-", "sg-", "rtb-", "igw-", "subnet-", "vpc-"];
     order.iter().position(|p| id.starts_with(p)).unwrap_or(order.len())
 }
 
@@ -654,7 +654,7 @@ async fn ec2_delete_leaves_nothing_in_the_order_aws_requires() {
     let ranks: Vec<usize> = report.deleted.iter().map(|id| deletion_rank(id)).collect();
     assert!(ranks.windows(2).all(|w| w[0] <= w[1]), "deletion order: {:?}", report.deleted);
     let count = |r: usize| ranks.iter().filter(|x| **x == r).count();
-    assert_eq!((0..9).map(count).collect::<Vec<_>>(), [3, 1, 1, 3, 2, 1, 2, 1, 1], "{:?}", report.deleted);
+    assert_eq!((0..10).map(count).collect::<Vec<_>>(), [3, 1, 1, 1, 3, 2, 1, 2, 1, 1], "{:?}", report.deleted);
     assert_eq!(report.deleted.last(), Some(&key_name()));
     assert!(report.deleted.contains(net.vpc_id.as_ref().unwrap()));
     // Cross-group rules were revoked before their groups went.
@@ -703,7 +703,9 @@ async fn ec2_retain_leaves_everything() {
     reconcile(&w, &mut s).await;
     s.spec.deletion_policy = DeletionPolicy::Retain;
     let before = w.cloud.api_calls();
-    assert_eq!(w.engine.destroy(&s).await.unwrap(), Teardown::Retained);
+    let kept = s.status.as_ref().and_then(|st| st.data_volume.as_ref()).and_then(|v| v.volume_id.clone());
+    assert!(kept.is_some(), "the stack has a data volume");
+    assert_eq!(w.engine.destroy(&s).await.unwrap(), Teardown::Retained { data_volume: kept });
     assert_eq!(w.cloud.api_calls(), before, "Retain makes no EC2 call");
     assert_eq!(tagged_counts(&w.client).await, FULL);
     let running = live_instances(&w.client)

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::api::{NetworkStatus, Tier, TIER_LABEL};
 use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::SubnetRole;
-use crate::model::{InstanceLaunch, InstanceState, ObservedInstance};
+use crate::model::{AttachedVolume, InstanceLaunch, InstanceState, ObservedInstance};
 
 use super::{filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
 
@@ -46,6 +46,20 @@ pub(super) fn observed(inst: &Instance) -> Option<(ObservedInstance, Placement)>
         instance_type: inst.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
         launch_time: inst.launch_time().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()).unwrap_or_default(),
         client_token: inst.client_token().filter(|t| !t.is_empty()).map(str::to_owned),
+        zone: inst.placement().and_then(|p| p.availability_zone()).map(str::to_owned),
+        volumes: inst
+            .block_device_mappings()
+            .iter()
+            .filter(|m| m.device_name().is_some() && m.device_name() != inst.root_device_name())
+            .filter_map(|m| {
+                let ebs = m.ebs()?;
+                Some(AttachedVolume {
+                    device: m.device_name()?.to_owned(),
+                    volume_id: ebs.volume_id()?.to_owned(),
+                    status: ebs.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                })
+            })
+            .collect(),
     };
     Some((observed, Placement { subnet_id: inst.subnet_id().map(str::to_owned) }))
 }

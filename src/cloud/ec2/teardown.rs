@@ -29,10 +29,12 @@ impl Ec2Cloud {
         let instances =
             self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", PRESENT_STATES)]).await?;
         let inv = self.full_inventory(stack, known).await?;
+        let volumes = self.stack_volumes(stack).await?;
         let no_tiers = BTreeMap::new();
         let owned = |ids: Vec<Option<&str>>| ids.into_iter().flatten().map(str::to_owned).collect::<Vec<_>>();
         Ok(TeardownInventory {
             instances: owned(instances.iter().map(|i| i.instance_id()).collect()),
+            volumes: volumes.into_iter().map(|v| v.id).collect(),
             groups: inv
                 .groups
                 .iter()
@@ -102,6 +104,14 @@ impl Ec2Cloud {
                     report.deleted.extend(ids.iter().cloned());
                     None
                 }
+                // The instances are gone, so the volume is free (or about
+                // to be: VolumeInUse is waited out).
+                TeardownStep::DeleteVolume { id } => self
+                    .settle(|| async {
+                        self.call("DeleteVolume", c.delete_volume().volume_id(id).send()).await.map(drop)
+                    })
+                    .await?
+                    .then_some(id),
                 TeardownStep::DeleteNatGateways { ids } => {
                     for id in ids {
                         let done = self

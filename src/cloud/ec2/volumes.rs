@@ -1,0 +1,154 @@
+//! The database's data volume: found by tag, created with a ClientToken in
+//! the database instance's zone, attached, detached.
+
+use aws_sdk_ec2::primitives::DateTimeFormat;
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, Volume, VolumeType};
+use sha2::{Digest, Sha256};
+
+use crate::api::Tier;
+use crate::cloud::{CloudError, StackIdentity};
+use crate::model::volume::{DATA_DEVICE, DATA_VOLUME_ROLE};
+use crate::model::{ObservedVolume, VolumeAttachment, VolumeState};
+
+use super::{filter, is_not_found, stack_filter, stack_tags, tag_filter, Ec2Cloud};
+
+/// Tag telling the data volume from other volumes of the stack (the
+/// instances' root volumes carry the stack tags too).
+pub const ROLE_TAG: &str = "votingstack.dev/role";
+
+/// A volume as the engine sees it; None without an id or a known state.
+pub(super) fn observed_volume(v: &Volume) -> Option<ObservedVolume> {
+    Some(ObservedVolume {
+        id: v.volume_id()?.to_owned(),
+        zone: v.availability_zone().unwrap_or_default().to_owned(),
+        size_gib: v.size().unwrap_or_default(),
+        state: VolumeState::parse(v.state()?.as_str())?,
+        attachments: v
+            .attachments()
+            .iter()
+            .filter_map(|a| {
+                Some(VolumeAttachment {
+                    instance_id: a.instance_id()?.to_owned(),
+                    device: a.device().unwrap_or_default().to_owned(),
+                    state: a.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                })
+            })
+            .collect(),
+        create_time: v.create_time().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()).unwrap_or_default(),
+    })
+}
+
+/// CreateVolume's ClientToken for the stack's `n`-th data volume.
+pub fn volume_token(stack: &StackIdentity, n: u32) -> String {
+    let digest = Sha256::digest(format!("{}/{}/{}/data-volume", stack.uid, stack.namespace, stack.name));
+    format!("vs-{}-v{n}", hex::encode(&digest[..16]))
+}
+
+impl Ec2Cloud {
+    /// The stack's data volumes (owner and role tags), not yet deleted.
+    pub(super) async fn stack_volumes(&self, stack: &StackIdentity) -> Result<Vec<ObservedVolume>, CloudError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .call(
+                    "DescribeVolumes",
+                    self.client
+                        .describe_volumes()
+                        .filters(stack_filter(stack))
+                        .filters(tag_filter(ROLE_TAG, DATA_VOLUME_ROLE))
+                        .filters(filter("status", ["creating", "available", "in-use", "error"]))
+                        .max_results(500)
+                        .set_next_token(token.take())
+                        .send(),
+                )
+                .await?;
+            out.extend(page.volumes().iter().filter_map(observed_volume));
+            match page.next_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One volume by id (retried while a fresh id is not yet known); None
+    /// once EC2 says it does not exist or is deleted.
+    pub(super) async fn volume_by_id(&self, id: &str) -> Result<Option<ObservedVolume>, CloudError> {
+        match self.call("DescribeVolumes", self.client.describe_volumes().volume_ids(id).send()).await {
+            Ok(out) => Ok(out
+                .volumes()
+                .iter()
+                .filter_map(observed_volume)
+                .find(|v| v.id == id && !matches!(v.state, VolumeState::Deleting | VolumeState::Deleted))),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the data volume: gp3, encrypted, tagged, in `zone`.
+    pub(super) async fn create_volume(
+        &self,
+        stack: &StackIdentity,
+        zone: &str,
+        size_gib: i32,
+        n: u32,
+    ) -> Result<ObservedVolume, CloudError> {
+        let mut tags = stack_tags(stack, &format!("{}-postgres-data", stack.resource_name()), Some(Tier::Database));
+        tags.push(Tag::builder().key(ROLE_TAG).value(DATA_VOLUME_ROLE).build());
+        let out = self
+            .call(
+                "CreateVolume",
+                self.client
+                    .create_volume()
+                    .availability_zone(zone)
+                    .size(size_gib)
+                    .volume_type(VolumeType::Gp3)
+                    .encrypted(true)
+                    .client_token(volume_token(stack, n))
+                    .tag_specifications(
+                        TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags)).build(),
+                    )
+                    .send(),
+            )
+            .await?;
+        let id = out.volume_id().ok_or(CloudError::Incomplete { operation: "CreateVolume", missing: "volume id" })?;
+        Ok(ObservedVolume {
+            id: id.to_owned(),
+            zone: out.availability_zone().unwrap_or(zone).to_owned(),
+            size_gib: out.size().unwrap_or(size_gib),
+            state: out.state().and_then(|s| VolumeState::parse(s.as_str())).unwrap_or(VolumeState::Creating),
+            attachments: Vec::new(),
+            create_time: out.create_time().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()).unwrap_or_default(),
+        })
+    }
+
+    pub(super) async fn attach(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
+        self.call(
+            "AttachVolume",
+            self.client.attach_volume().volume_id(volume_id).instance_id(instance_id).device(DATA_DEVICE).send(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn detach(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
+        self.call("DetachVolume", self.client.detach_volume().volume_id(volume_id).instance_id(instance_id).send())
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_tokens_are_per_stack_and_per_volume() {
+        let a = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u1".into() };
+        let b = StackIdentity { uid: "u2".into(), ..a.clone() };
+        assert_eq!(volume_token(&a, 0), volume_token(&a, 0));
+        assert_ne!(volume_token(&a, 0), volume_token(&a, 1));
+        assert_ne!(volume_token(&a, 0), volume_token(&b, 0));
+        assert!(volume_token(&a, 0).len() <= 64);
+    }
+}
