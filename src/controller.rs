@@ -316,9 +316,12 @@ async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, C
     }
     let engine = ctx.engines.for_spec(&stack.spec).await;
     match engine.destroy(&stack).await {
-        Ok(Teardown::Retained) => {
-            publish(&ctx, &stack, EventType::Normal, "Retained", "deletionPolicy Retain: AWS resources left in place")
-                .await;
+        Ok(Teardown::Retained { data_volume }) => {
+            let mut note = "deletionPolicy Retain: AWS resources left in place".to_string();
+            if let Some(id) = data_volume {
+                note.push_str(&format!("; data volume {id} keeps the database"));
+            }
+            publish(&ctx, &stack, EventType::Normal, "Retained", &note).await;
             Ok(Action::await_change())
         }
         Ok(Teardown::Deleted(report)) => {

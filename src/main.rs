@@ -164,7 +164,12 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let (manifest, state) = load(&args)?;
             let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), Default::default()).await;
             match cli::destroy(&engine, &manifest, &state).await? {
-                Teardown::Retained => println!("deletionPolicy Retain: every AWS resource was left in place"),
+                Teardown::Retained { data_volume } => {
+                    println!("deletionPolicy Retain: every AWS resource was left in place");
+                    if let Some(id) = data_volume {
+                        println!("  data volume {id} keeps the database");
+                    }
+                }
                 Teardown::Deleted(report) => {
                     for id in &report.deleted {
                         println!("  - deleted {id}");

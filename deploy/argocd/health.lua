@@ -17,6 +17,7 @@ local terminal = {
   AwsInvalidParameter = true,
   AwsQuotaExceeded = true,
   HostKeyMismatch = true,
+  DataVolumeUnusable = true,
 }
 
 local function readyCondition(status)

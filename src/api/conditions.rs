@@ -109,6 +109,9 @@ pub enum Reason {
     ContainerExited,
     NotReady,
     DeployFailed,
+    /// The database's data volume cannot be used as it is (another zone,
+    /// an error state, another volume on its device).
+    DataVolumeUnusable,
     // smoke test
     VoteCounted,
     VoteNotCounted,
@@ -144,6 +147,7 @@ impl Reason {
             Reason::ContainerExited => "ContainerExited",
             Reason::NotReady => "NotReady",
             Reason::DeployFailed => "DeployFailed",
+            Reason::DataVolumeUnusable => "DataVolumeUnusable",
             Reason::VoteCounted => "VoteCounted",
             Reason::VoteNotCounted => "VoteNotCounted",
             Reason::WaitingForTiers => "WaitingForTiers",
@@ -160,6 +164,7 @@ impl Reason {
                 | Reason::AwsInvalidParameter
                 | Reason::AwsQuotaExceeded
                 | Reason::HostKeyMismatch
+                | Reason::DataVolumeUnusable
         )
     }
 }

@@ -55,6 +55,9 @@ pub struct VotingStackSpec {
     /// The voting app itself: options, images, ports.
     #[serde(default)]
     pub app: AppSpec,
+    /// Where postgres keeps its data: an EBS volume of its own.
+    #[serde(default)]
+    pub database: DatabaseSpec,
     /// When true the operator observes and reports but changes nothing.
     #[serde(default)]
     pub paused: bool,
@@ -367,13 +370,35 @@ impl Default for Ports {
     }
 }
 
+/// The database's storage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Size of the data volume (gp3, encrypted) in GiB, used when the
+    /// volume is created. An existing volume keeps its size.
+    #[serde(default = "default_volume_size_gib")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub volume_size_gib: i32,
+}
+
+fn default_volume_size_gib() -> i32 {
+    10
+}
+
+impl Default for DatabaseSpec {
+    fn default() -> Self {
+        Self { volume_size_gib: default_volume_size_gib() }
+    }
+}
+
 /// What deletion of the VotingStack does to AWS.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {
-    /// Terminate the instances and delete the network and key pair.
+    /// Terminate the instances, then delete the database's data volume,
+    /// the network and the key pair.
     #[default]
     Delete,
-    /// Leave every AWS resource in place.
+    /// Leave every AWS resource in place, the data volume included.
     Retain,
 }
 

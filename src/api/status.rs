@@ -37,6 +37,9 @@ pub struct VotingStackStatus {
     /// Per-tier host and container state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiers: Option<TiersStatus>,
+    /// The EBS volume holding postgres's data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<DataVolumeStatus>,
     /// URL of the vote page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vote_url: Option<String>,
@@ -184,6 +187,30 @@ pub struct TierStatus {
     /// The stack's containers on this host.
     #[serde(default)]
     pub containers: Vec<ContainerStatus>,
+}
+
+/// The database's data volume.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataVolumeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_gib: Option<i32>,
+    /// The instance it is attached to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_to: Option<String>,
+    /// How many data volumes the stack has created: part of the
+    /// CreateVolume ClientToken, so a volume deleted by hand is replaced by
+    /// a new one rather than answered with the old id.
+    #[serde(default)]
+    pub created: u32,
+    /// True once the stack was deleted with `deletionPolicy: Retain`: the
+    /// volume and its data were kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retained: bool,
 }
 
 /// One container on a host.

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use crate::api::{Tier, VotingStackSpec};
 use crate::model::desired::{
-    DB_CONTAINER, DB_VOLUME, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, REDIS_CONTAINER, REDIS_PORT,
-    REDIS_VOLUME, RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
+    DB_CONTAINER, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, REDIS_CONTAINER, REDIS_PORT, REDIS_VOLUME,
+    RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
 };
-use crate::model::{DesiredContainer, Peers, PortMapping};
+use crate::model::{DataVolume, DesiredContainer, Peers, PortMapping};
 
 /// The containers of one tier, in start order, each pinned to the digest
 /// its image resolved to when the stack first ran it (`status.images`).
@@ -23,6 +23,13 @@ pub fn pinned_containers(
         c.pinned_digest = pins.get(&c.image).cloned();
     }
     containers
+}
+
+/// Puts postgres's data on the stack's EBS data volume `volume_id`.
+pub fn on_data_volume(containers: &mut [DesiredContainer], volume_id: &str) {
+    for c in containers.iter_mut().filter(|c| c.name == DB_CONTAINER) {
+        c.data_volume = Some(DataVolume::for_postgres(volume_id));
+    }
 }
 
 /// Records the digests the stack's images run as, for references not yet
@@ -51,6 +58,7 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
         extra_hosts: BTreeMap::new(),
         command: Vec::new(),
         volumes: BTreeMap::new(),
+        data_volume: None,
         health_command: None,
         pinned_digest: None,
     };
@@ -60,7 +68,6 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
             db.env.insert("POSTGRES_USER".into(), POSTGRES_USER.into());
             db.env.insert("POSTGRES_PASSWORD".into(), POSTGRES_PASSWORD.into());
             db.ports.push(PortMapping { host: POSTGRES_PORT, container: POSTGRES_PORT });
-            db.volumes.insert(DB_VOLUME.into(), "/var/lib/postgresql/data".into());
             db.health_command = Some(format!("psql -U {POSTGRES_USER} -tAc 'SELECT 1'"));
             vec![db]
         }

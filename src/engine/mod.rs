@@ -6,5 +6,6 @@ pub mod desired;
 pub mod network;
 pub mod plan;
 pub mod reconcile;
+pub mod volume;
 
 pub use reconcile::{converge_network, tear_down, Engine, EngineSettings, ErrorKind, Outcome, Teardown};

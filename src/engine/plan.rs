@@ -13,7 +13,7 @@ use crate::model::{
     InstanceState, NetworkObservation, ObservedHost, ObservedInfra, ObservedInstance, Peers, TerminateReason,
 };
 
-use super::desired::pinned_containers;
+use super::desired::{on_data_volume, pinned_containers};
 use super::network::{network_steps, rule_steps};
 
 /// AMI or instance type that no longer matches the spec, left in place
@@ -199,6 +199,25 @@ pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -
         },
     };
     for want in desired {
+        let before = actions.len();
+        plan_container(tier, want, observed, &mut actions);
+        // A container on the data volume needs it mounted before it starts.
+        if let Some(volume) = want.data_volume.as_ref().filter(|_| actions.len() > before) {
+            actions.insert(before, HostAction::MountVolume { tier, volume: volume.clone() });
+        }
+    }
+    if let Some(host) = observed {
+        for orphan in host.containers.iter().filter(|c| !desired.iter().any(|d| d.name == c.name)) {
+            actions.push(HostAction::RemoveContainer { tier, name: orphan.name.clone() });
+        }
+    }
+    actions
+}
+
+/// What one desired container needs on a host with a running engine (or on
+/// one about to get it, `observed` None).
+fn plan_container(tier: Tier, want: &DesiredContainer, observed: Option<&ObservedHost>, actions: &mut Vec<HostAction>) {
+    {
         let have = observed.and_then(|h| h.container(&want.name));
         match have {
             None => {
@@ -207,7 +226,7 @@ pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -
             Some(have) => {
                 let Some(hash) = want.config_hash() else {
                     // A peer's IP is unknown: leave the container until it is.
-                    continue;
+                    return;
                 };
                 if have.config_hash.as_deref() != Some(hash.as_str()) {
                     actions.push(HostAction::CreateContainer {
@@ -224,12 +243,6 @@ pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -
             }
         }
     }
-    if let Some(host) = observed {
-        for orphan in host.containers.iter().filter(|c| !desired.iter().any(|d| d.name == c.name)) {
-            actions.push(HostAction::RemoveContainer { tier, name: orphan.name.clone() });
-        }
-    }
-    actions
 }
 
 /// A whole plan: EC2 first, then each host in tier order.
@@ -264,9 +277,11 @@ pub fn plan(
             (_, None) => HostView::NotCreated,
             (None, Some(_)) => HostView::Unavailable,
         };
-        actions.extend(
-            plan_host(tier, &pinned_containers(spec, tier, peers, &status.images), view).into_iter().map(Action::Host),
-        );
+        let mut desired = pinned_containers(spec, tier, peers, &status.images);
+        if let Some(id) = status.data_volume.as_ref().and_then(|v| v.volume_id.as_deref()) {
+            on_data_volume(&mut desired, id);
+        }
+        actions.extend(plan_host(tier, &desired, view).into_iter().map(Action::Host));
     }
     Plan { actions, drift: infra_plan.drift }
 }

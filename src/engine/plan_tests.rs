@@ -32,6 +32,8 @@ fn instance(tier: Tier, id: &str, state: InstanceState) -> ObservedInstance {
         instance_type: spec().instances.instance_type,
         launch_time: format!("2026-01-01T00:00:0{}Z", id.len()),
         client_token: None,
+        zone: Some("us-east-1a".into()),
+        volumes: Vec::new(),
     }
 }
 

@@ -10,8 +10,8 @@ use tracing::{debug, info, warn};
 
 use crate::api::conditions::{find_condition, set_condition};
 use crate::api::{
-    validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, HostKeyPolicy, NetworkStatus, Phase, Reason,
-    Tier, TierStatus, TiersStatus, VotingStack, VotingStackSpec, VotingStackStatus,
+    validate, ConditionType, ConditionUpdate, ConnectVia, ContainerStatus, DataVolumeStatus, HostKeyPolicy,
+    NetworkStatus, Phase, Reason, Tier, TierStatus, TiersStatus, VotingStack, VotingStackSpec, VotingStackStatus,
 };
 use crate::cloud::{Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity, CLIENT_TOKEN_PREFIX};
 use crate::host::{HostError, HostTarget, Hosts, SshKey};
@@ -20,13 +20,14 @@ use crate::timeline::{self, Stage};
 use crate::model::network::NAT_PENDING;
 use crate::model::{
     Action, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceState, NetworkObservation,
-    ObservedHost, ObservedInfra, ObservedInstance, UserData,
+    ObservedHost, ObservedInfra, ObservedInstance, ObservedVolume, UserData, VolumeStep,
 };
 
 use super::conditions::{Finding, Findings};
-use super::desired::{pinned_containers, record_pins};
+use super::desired::{on_data_volume, pinned_containers, record_pins};
 use super::network::{network_drift, network_steps, teardown_steps};
 use super::plan::{network_lookup, plan, plan_host, plan_infra, HostView, InfraPlan, InstanceDrift, Plan};
+use super::volume::{attached_volume, pick_volume, plan_volume};
 
 /// Timing knobs of the engine.
 #[derive(Clone, Debug)]
@@ -40,6 +41,10 @@ pub struct EngineSettings {
     /// How long the smoke test waits for its vote to reach postgres.
     pub smoke_timeout: Duration,
     pub smoke_poll: Duration,
+    /// How long one pass waits for the data volume to be created or
+    /// attached before it leaves the rest to the next pass.
+    pub volume_wait: Duration,
+    pub volume_poll: Duration,
 }
 
 impl Default for EngineSettings {
@@ -50,6 +55,8 @@ impl Default for EngineSettings {
             terminal_retry: Duration::from_secs(300),
             smoke_timeout: Duration::from_secs(30),
             smoke_poll: Duration::from_millis(500),
+            volume_wait: Duration::from_secs(20),
+            volume_poll: Duration::from_millis(500),
         }
     }
 }
@@ -112,8 +119,11 @@ pub struct Engine {
 /// Result of tearing a stack down.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Teardown {
-    /// `deletionPolicy: Retain`: nothing was touched.
-    Retained,
+    /// `deletionPolicy: Retain`: nothing was touched; the data volume (when
+    /// the stack has one) keeps the database.
+    Retained {
+        data_volume: Option<String>,
+    },
     Deleted(DestroyReport),
 }
 
@@ -169,14 +179,25 @@ impl Engine {
         // observe + plan + act: EC2
         let Some(infra_plan) = self.converge_infra(&ident, stack, &key, run).await else { return };
 
-        // observe + plan + act: hosts, in tier order
+        // observe + plan + act: the database's data volume
         record_instances(&ident.tag_value(), &mut run.status, &infra_plan.keepers);
+        let data_volume = match infra_plan.keepers.get(&Tier::Database) {
+            Some(db) => self.converge_volume(&ident, spec, db, run).await,
+            None => Err(Finding::not(Reason::WaitingForInfrastructure, "the database instance is not up yet")),
+        };
+
+        // observe + plan + act: hosts
         let peers = infra_plan.peers();
         let mut changed_hosts = false;
         // Observe every host at once (one round trip each), then act tier by tier.
         let mut targets = Vec::new();
         for tier in Tier::ALL {
             let Some(keeper) = infra_plan.keepers.get(&tier) else { continue };
+            if let (Tier::Database, Err(waiting)) = (tier, &data_volume) {
+                // postgres starts only on its data volume
+                run.findings.tiers.insert(tier, waiting.clone());
+                continue;
+            }
             match host_target(&ident.tag_value(), spec, &run.status, tier, &infra_plan.keepers, &key) {
                 Some(target) => targets.push(target),
                 None => {
@@ -189,8 +210,16 @@ impl Engine {
         // and the apps retry their connections to redis and db, so no tier
         // waits for another (the smoke test still runs last).
         let observations = futures::future::join_all(targets.iter().map(|t| self.hosts.observe(t, &key))).await;
-        let desired: Vec<Vec<DesiredContainer>> =
-            targets.iter().map(|t| pinned_containers(spec, t.tier, peers, &run.status.images)).collect();
+        let desired: Vec<Vec<DesiredContainer>> = targets
+            .iter()
+            .map(|t| {
+                let mut desired = pinned_containers(spec, t.tier, peers, &run.status.images);
+                if let Ok(volume_id) = &data_volume {
+                    on_data_volume(&mut desired, volume_id);
+                }
+                desired
+            })
+            .collect();
         let converging = targets
             .iter()
             .zip(observations)
@@ -278,6 +307,109 @@ impl Engine {
         };
         run.findings.infrastructure = Some(finding);
         Some(after)
+    }
+
+    /// Brings the data volume to the database instance: nothing beyond the
+    /// instance's block device mappings while it is attached; otherwise
+    /// DescribeVolumes, then create, attach or detach, a step at a time.
+    /// Returns the attached volume's id, or the database tier's finding
+    /// while postgres cannot start yet.
+    async fn converge_volume(
+        &self,
+        ident: &StackIdentity,
+        spec: &VotingStackSpec,
+        db: &ObservedInstance,
+        run: &mut Run,
+    ) -> Result<String, Finding> {
+        let recorded = run.status.data_volume.as_ref().and_then(|v| v.volume_id.clone());
+        if let Some(id) = attached_volume(db, recorded.as_deref()) {
+            record_volume(&mut run.status, &id, None, Some(&db.id));
+            return Ok(id);
+        }
+        let zone = db.zone.clone().or_else(|| run.status.network.as_ref().and_then(|n| n.availability_zone.clone()));
+        let mut created: Option<ObservedVolume> = None;
+        let deadline = Instant::now() + self.settings.volume_wait;
+        loop {
+            let recorded = run.status.data_volume.as_ref().and_then(|v| v.volume_id.clone());
+            let found = match created.take() {
+                // A fresh volume may not be listed yet: go on from the answer.
+                Some(v) => vec![v],
+                None => match self.cloud.data_volumes(ident, recorded.as_deref()).await {
+                    Ok(found) => found,
+                    Err(e) => return Err(self.volume_failed(run, e)),
+                },
+            };
+            let volume = pick_volume(&found, db, recorded.as_deref());
+            let holders = match volume.and_then(|v| v.attachment()).filter(|a| a.instance_id != db.id) {
+                Some(a) => match self.cloud.instances_by_id(std::slice::from_ref(&a.instance_id)).await {
+                    Ok(found) => found,
+                    Err(e) => return Err(self.volume_failed(run, e)),
+                },
+                None => Vec::new(),
+            };
+            let infra = ObservedInfra { instances: holders, ..Default::default() };
+            let step = plan_volume(db, volume, &infra, zone.as_deref(), spec.database.volume_size_gib);
+            if let Some(v) = volume {
+                let attached = v.attachment().map(|a| a.instance_id.as_str());
+                record_volume(&mut run.status, &v.id, Some(v), attached);
+            }
+            match &step {
+                VolumeStep::Ready { volume_id } => return Ok(volume_id.clone()),
+                VolumeStep::Blocked { why } => {
+                    return Err(Finding::not(Reason::DataVolumeUnusable, why.clone()));
+                }
+                // Waits out EC2's own transitions within the pass; an
+                // instance still pending is the next pass's.
+                VolumeStep::Wait { why, .. }
+                    if Instant::now() >= deadline
+                        || spec.paused
+                        || !matches!(db.state, InstanceState::Running | InstanceState::Stopped) =>
+                {
+                    return Err(Finding::not(Reason::WaitingForInfrastructure, why.clone()));
+                }
+                VolumeStep::Wait { .. } => {
+                    tokio::time::sleep(self.settings.volume_poll).await;
+                    continue;
+                }
+                _ if spec.paused => {
+                    return Err(Finding::not(Reason::Paused, format!("paused before: {step}")));
+                }
+                _ => {}
+            }
+            info!(stack = %ident.tag_value(), "{step}");
+            let acted = match &step {
+                VolumeStep::Create { zone, size_gib } => {
+                    let n = run.status.data_volume.as_ref().map_or(0, |v| v.created);
+                    match self.cloud.create_data_volume(ident, zone, *size_gib, n).await {
+                        Ok(v) => {
+                            let entry = run.status.data_volume.get_or_insert_with(Default::default);
+                            entry.created = n + 1;
+                            record_volume(&mut run.status, &v.id, Some(&v), None);
+                            created = Some(v);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                VolumeStep::Attach { volume_id, instance_id } => self.cloud.attach_volume(volume_id, instance_id).await,
+                VolumeStep::Detach { volume_id, instance_id } => self.cloud.detach_volume(volume_id, instance_id).await,
+                _ => Ok(()),
+            };
+            if let Err(e) = acted {
+                return Err(self.volume_failed(run, e));
+            }
+            run.applied.push(Action::Infra(InfraAction::DataVolume(step)));
+            if Instant::now() >= deadline {
+                return Err(Finding::not(Reason::WaitingForInfrastructure, "the data volume is on its way"));
+            }
+        }
+    }
+
+    /// An EC2 failure about the data volume: said in the database tier's
+    /// condition (and counted as an AWS error), the other tiers go on.
+    fn volume_failed(&self, run: &mut Run, e: CloudError) -> Finding {
+        run.error = Some(ErrorKind::Aws);
+        Finding::not(e.reason(), format!("data volume: {e}"))
     }
 
     /// Observes EC2, and looks each recorded instance missing from the tag
@@ -370,6 +502,8 @@ impl Engine {
             InfraAction::TerminateInstance { instance_id, .. } => {
                 self.cloud.terminate_instances(std::slice::from_ref(instance_id)).await?
             }
+            // Planned and carried out by `converge_volume`, not here.
+            InfraAction::DataVolume(_) => {}
         }
         Ok(())
     }
@@ -570,8 +704,10 @@ impl Engine {
     /// Tears the stack down per its deletion policy.
     pub async fn destroy(&self, stack: &VotingStack) -> Result<Teardown, CloudError> {
         if stack.spec.deletion_policy == crate::api::DeletionPolicy::Retain {
-            info!(stack = %stack.key(), "deletionPolicy Retain: leaving every AWS resource in place");
-            return Ok(Teardown::Retained);
+            let data_volume =
+                stack.status.as_ref().and_then(|s| s.data_volume.as_ref()).and_then(|v| v.volume_id.clone());
+            info!(stack = %stack.key(), data_volume = ?data_volume, "deletionPolicy Retain: leaving every AWS resource in place");
+            return Ok(Teardown::Retained { data_volume });
         }
         let status = stack.status.clone().unwrap_or_default();
         let report = tear_down(self.cloud.as_ref(), &StackIdentity::of(stack), status.network.as_ref()).await?;
@@ -584,6 +720,11 @@ impl Engine {
 /// conditions keep what they last said.
 pub fn deleting_status(stack: &VotingStack, problem: Option<&str>) -> (VotingStackStatus, Vec<ConditionUpdate>) {
     let mut status = stack.status.clone().unwrap_or_default();
+    if stack.spec.deletion_policy == crate::api::DeletionPolicy::Retain {
+        if let Some(v) = status.data_volume.as_mut() {
+            v.retained = true;
+        }
+    }
     let findings = Findings { deleting: true, ..Default::default() };
     let mut ready = findings.ready();
     if let Some(problem) = problem {
@@ -777,6 +918,17 @@ fn tier_finding(target: &HostTarget, observed: &ObservedHost, desired: &[Desired
 }
 
 /// Keeps status in step with the instances kept for each tier.
+/// Records the data volume in status.
+fn record_volume(status: &mut VotingStackStatus, id: &str, found: Option<&ObservedVolume>, attached_to: Option<&str>) {
+    let entry = status.data_volume.get_or_insert_with(DataVolumeStatus::default);
+    entry.volume_id = Some(id.to_string());
+    if let Some(v) = found {
+        entry.availability_zone = Some(v.zone.clone()).filter(|z| !z.is_empty());
+        entry.size_gib = Some(v.size_gib).filter(|s| *s > 0);
+    }
+    entry.attached_to = attached_to.map(str::to_string);
+}
+
 fn record_instances(stack: &str, status: &mut VotingStackStatus, keepers: &BTreeMap<Tier, ObservedInstance>) {
     let tiers = status.tiers.get_or_insert_with(TiersStatus::default);
     for tier in Tier::ALL {

@@ -8,6 +8,7 @@ use crate::api::Tier;
 
 use super::desired::DesiredContainer;
 use super::network::{NetworkStep, SubnetRole};
+use super::volume::{DataVolume, VolumeStep, DATA_DEVICE};
 
 /// Why an instance is terminated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,23 +82,49 @@ pub enum InfraAction {
         instance_id: String,
         reason: TerminateReason,
     },
+    /// A step for the database's data volume (create, attach, detach).
+    DataVolume(VolumeStep),
 }
 
-/// One step on a host.
+/// One step on a host. A plan holds a handful of them, so the size of the
+/// container variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostAction {
-    InstallDocker { tier: Tier },
-    StartDocker { tier: Tier },
-    CreateContainer { container: DesiredContainer, reason: CreateReason },
-    StartContainer { tier: Tier, name: String, state: String },
-    RemoveContainer { tier: Tier, name: String },
+    InstallDocker {
+        tier: Tier,
+    },
+    StartDocker {
+        tier: Tier,
+    },
+    /// Finds the data volume by its id, formats it only when blank, mounts
+    /// it by UUID: before the container that keeps its data there starts.
+    MountVolume {
+        tier: Tier,
+        volume: DataVolume,
+    },
+    CreateContainer {
+        container: DesiredContainer,
+        reason: CreateReason,
+    },
+    StartContainer {
+        tier: Tier,
+        name: String,
+        state: String,
+    },
+    RemoveContainer {
+        tier: Tier,
+        name: String,
+    },
 }
 
 impl HostAction {
     /// The host the action runs on.
     pub fn tier(&self) -> Tier {
         match self {
-            HostAction::InstallDocker { tier } | HostAction::StartDocker { tier } => *tier,
+            HostAction::InstallDocker { tier }
+            | HostAction::StartDocker { tier }
+            | HostAction::MountVolume { tier, .. } => *tier,
             HostAction::CreateContainer { container, .. } => container.tier,
             HostAction::StartContainer { tier, .. } | HostAction::RemoveContainer { tier, .. } => *tier,
         }
@@ -106,6 +133,7 @@ impl HostAction {
 
 /// A step of a whole plan, as `votingstack plan` lists it and as a
 /// reconcile reports what it did.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     Infra(InfraAction),
@@ -148,6 +176,11 @@ impl fmt::Display for InfraAction {
                 Some(t) => write!(f, "- terminate {t} instance {instance_id} ({reason})"),
                 None => write!(f, "- terminate instance {instance_id} ({reason})"),
             },
+            InfraAction::DataVolume(step) => match step {
+                VolumeStep::Create { .. } => write!(f, "+ {step}"),
+                VolumeStep::Detach { .. } => write!(f, "- {step}"),
+                _ => write!(f, "~ {step}"),
+            },
         }
     }
 }
@@ -157,6 +190,11 @@ impl fmt::Display for HostAction {
         match self {
             HostAction::InstallDocker { tier } => write!(f, "+ install Docker on the {tier} host"),
             HostAction::StartDocker { tier } => write!(f, "~ start Docker on the {tier} host"),
+            HostAction::MountVolume { tier, volume } => write!(
+                f,
+                "~ mount data volume {} ({DATA_DEVICE}) at {} on the {tier} host",
+                volume.volume_id, volume.mount
+            ),
             HostAction::CreateContainer { container, reason } => {
                 let hash = container.config_hash().unwrap_or_else(|| "(known after apply)".into());
                 match reason {

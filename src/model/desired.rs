@@ -10,10 +10,10 @@ use sha2::{Digest, Sha256};
 
 use crate::api::Tier;
 
+use super::volume::DataVolume;
+
 /// Name of the Docker network the operator creates on each host.
 pub const HOST_NETWORK: &str = "votingstack";
-/// Named volume holding postgres data on the database host.
-pub const DB_VOLUME: &str = "votingstack-db-data";
 /// Named volume holding redis's append-only file on the backend host.
 pub const REDIS_VOLUME: &str = "votingstack-redis-data";
 /// Postgres login hardcoded by the upstream worker and result images.
@@ -53,6 +53,10 @@ pub struct DesiredContainer {
     pub command: Vec<String>,
     /// Named volume to mount path.
     pub volumes: BTreeMap<String, String>,
+    /// The EBS data volume a directory of which the container keeps its
+    /// data in (postgres); mounted on the host before the container starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_volume: Option<DataVolume>,
     /// Readiness check run inside the container by its engine (a shell
     /// command that exits 0 when the service answers); its result is read
     /// back with every observation at no extra cost.

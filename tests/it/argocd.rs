@@ -136,6 +136,7 @@ fn all_reasons() -> Vec<Reason> {
         ContainerExited,
         NotReady,
         DeployFailed,
+        DataVolumeUnusable,
         VoteCounted,
         VoteNotCounted,
         WaitingForTiers,
@@ -168,6 +169,7 @@ fn all_reasons() -> Vec<Reason> {
             | ContainerExited
             | NotReady
             | DeployFailed
+            | DataVolumeUnusable
             | VoteCounted
             | VoteNotCounted
             | WaitingForTiers => {}

@@ -60,6 +60,14 @@ fn terminate(cloud: &crate::fakes::FakeCloud, id: &str) {
     let mut state = cloud.state.lock().unwrap();
     for i in state.instances.iter_mut().filter(|i| i.id == id) {
         i.state = votingstack::model::InstanceState::Terminated;
+        i.volumes.clear();
+    }
+    // EC2 lets go of the volumes of a terminated instance.
+    for v in state.volumes.iter_mut() {
+        v.attachments.retain(|a| a.instance_id != id);
+        if v.attachments.is_empty() {
+            v.state = votingstack::model::VolumeState::Available;
+        }
     }
 }
 
@@ -301,7 +309,7 @@ async fn engine_destroy_honours_retain() {
     engine.reconcile(&stack(), Ok(key())).await;
     let mut s = stack();
     s.spec.deletion_policy = votingstack::api::DeletionPolicy::Retain;
-    assert_eq!(engine.destroy(&s).await.unwrap(), votingstack::engine::Teardown::Retained);
+    assert_eq!(engine.destroy(&s).await.unwrap(), votingstack::engine::Teardown::Retained { data_volume: None });
     assert_eq!(cloud.state.lock().unwrap().instances.len(), 3);
     s.spec.deletion_policy = votingstack::api::DeletionPolicy::Delete;
     assert!(matches!(engine.destroy(&s).await.unwrap(), votingstack::engine::Teardown::Deleted(_)));

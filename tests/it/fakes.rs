@@ -16,6 +16,7 @@ use votingstack::model::network::{
     ObservedRouteTable, ObservedSubnet, ObservedVpc, SubnetRole,
 };
 use votingstack::model::HostAction;
+use votingstack::model::{AttachedVolume, ObservedVolume, VolumeAttachment, VolumeState};
 use votingstack::model::{
     DockerState, InstanceLaunch, InstanceState, NetworkObservation, NetworkStep, ObservedContainer, ObservedHost,
     ObservedInfra, ObservedInstance, ObservedNetwork, Rule, TeardownInventory, TeardownStep,
@@ -29,6 +30,8 @@ pub struct CloudState {
     /// Identity of the imported public key.
     pub key_identity: Option<String>,
     pub instances: Vec<ObservedInstance>,
+    /// Data volumes: attached at once, let go when their instance terminates.
+    pub volumes: Vec<ObservedVolume>,
     pub next_ip: u8,
     /// The next mutating call fails with this AWS code.
     pub fail_with: Option<String>,
@@ -208,6 +211,8 @@ impl Cloud for FakeCloud {
             instance_type: launch.instance_type.clone(),
             launch_time: format!("2026-01-01T00:00:{n:02}Z"),
             client_token: None,
+            zone: Some("us-east-1a".into()),
+            volumes: Vec::new(),
         };
         s.instances.push(inst.clone());
         Ok(inst)
@@ -223,8 +228,78 @@ impl Cloud for FakeCloud {
 
     async fn terminate_instances(&self, ids: &[String]) -> Result<(), CloudError> {
         self.call();
-        for i in self.state.lock().unwrap().instances.iter_mut().filter(|i| ids.contains(&i.id)) {
+        let mut s = self.state.lock().unwrap();
+        for i in s.instances.iter_mut().filter(|i| ids.contains(&i.id)) {
             i.state = InstanceState::Terminated;
+            i.volumes.clear();
+        }
+        for v in s.volumes.iter_mut() {
+            v.attachments.retain(|a| !ids.contains(&a.instance_id));
+            if v.attachments.is_empty() {
+                v.state = VolumeState::Available;
+            }
+        }
+        Ok(())
+    }
+
+    async fn data_volumes(&self, _: &StackIdentity, _: Option<&str>) -> Result<Vec<ObservedVolume>, CloudError> {
+        self.call();
+        Ok(self.state.lock().unwrap().volumes.clone())
+    }
+
+    async fn create_data_volume(
+        &self,
+        _: &StackIdentity,
+        zone: &str,
+        size_gib: i32,
+        n: u32,
+    ) -> Result<ObservedVolume, CloudError> {
+        self.call();
+        self.fail("CreateVolume")?;
+        let v = ObservedVolume {
+            id: format!("vol-{n:x}a"),
+            zone: zone.into(),
+            size_gib,
+            state: VolumeState::Available,
+            attachments: Vec::new(),
+            create_time: format!("2026-01-01T00:01:{n:02}Z"),
+        };
+        self.state.lock().unwrap().volumes.push(v.clone());
+        Ok(v)
+    }
+
+    async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
+        self.call();
+        self.fail("AttachVolume")?;
+        let mut s = self.state.lock().unwrap();
+        let device = votingstack::model::volume::DATA_DEVICE;
+        for v in s.volumes.iter_mut().filter(|v| v.id == volume_id) {
+            v.state = VolumeState::InUse;
+            v.attachments = vec![VolumeAttachment {
+                instance_id: instance_id.into(),
+                device: device.into(),
+                state: "attached".into(),
+            }];
+        }
+        for i in s.instances.iter_mut().filter(|i| i.id == instance_id) {
+            i.volumes.push(AttachedVolume {
+                device: device.into(),
+                volume_id: volume_id.into(),
+                status: "attached".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn detach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
+        self.call();
+        let mut s = self.state.lock().unwrap();
+        for v in s.volumes.iter_mut().filter(|v| v.id == volume_id) {
+            v.state = VolumeState::Available;
+            v.attachments.clear();
+        }
+        for i in s.instances.iter_mut().filter(|i| i.id == instance_id) {
+            i.volumes.retain(|a| a.volume_id != volume_id);
         }
         Ok(())
     }
@@ -239,6 +314,7 @@ impl Cloud for FakeCloud {
         let net = s.network.clone().unwrap_or_default();
         Ok(TeardownInventory {
             instances: s.instances.iter().filter(|i| i.state.is_alive()).map(|i| i.id.clone()).collect(),
+            volumes: s.volumes.iter().map(|v| v.id.clone()).collect(),
             subnets: net.subnet_id.into_iter().collect(),
             vpcs: net.vpc_id.into_iter().collect(),
             ..Default::default()
@@ -257,6 +333,10 @@ impl Cloud for FakeCloud {
                     deleted.extend(ids.iter().cloned());
                 }
                 TeardownStep::DeleteSubnet { id } | TeardownStep::DeleteVpc { id } => deleted.push(id.clone()),
+                TeardownStep::DeleteVolume { id } => {
+                    s.volumes.retain(|v| v.id != *id);
+                    deleted.push(id.clone());
+                }
                 _ => {}
             }
         }
@@ -277,6 +357,8 @@ pub struct FakeHost {
     pub docker: DockerState,
     pub containers: BTreeMap<String, ObservedContainer>,
     pub fingerprint: String,
+    /// The data volume mounted on the host, once one is.
+    pub mounted: Option<String>,
 }
 
 #[derive(Default)]
@@ -316,6 +398,7 @@ impl FakeHosts {
             docker: DockerState::Running,
             containers: BTreeMap::new(),
             fingerprint: format!("SHA256:{}", target.instance_id),
+            mounted: None,
         });
         if let Some(expected) = &target.expected_host_key {
             if *expected != host.fingerprint {
@@ -368,6 +451,7 @@ impl Hosts for FakeHosts {
         for action in actions {
             match action {
                 HostAction::InstallDocker { .. } | HostAction::StartDocker { .. } => host.docker = DockerState::Running,
+                HostAction::MountVolume { volume, .. } => host.mounted = Some(volume.volume_id.clone()),
                 HostAction::CreateContainer { container, .. } => {
                     host.containers.insert(
                         container.name.clone(),

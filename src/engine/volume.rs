@@ -1,0 +1,253 @@
+//! The plan for the database's data volume: pure, from what EC2 shows.
+//!
+//! In steady state the database instance's block device mappings (part of
+//! the one DescribeInstances) show the recorded volume attached, and no
+//! other call is made ([`attached_volume`]). Otherwise DescribeVolumes finds
+//! the stack's volume by tag and [`plan_volume`] says the one next step.
+
+use crate::model::volume::{VolumeStep, DATA_DEVICE};
+use crate::model::{InstanceState, ObservedInfra, ObservedInstance, ObservedVolume, VolumeState};
+
+/// The recorded volume when the database instance's block device mappings
+/// show it attached at [`DATA_DEVICE`]: nothing to look up or do.
+pub fn attached_volume(db: &ObservedInstance, recorded: Option<&str>) -> Option<String> {
+    let dev = db.data_device()?;
+    (dev.status == "attached" && Some(dev.volume_id.as_str()) == recorded).then(|| dev.volume_id.clone())
+}
+
+/// The stack's volume among those found by tag: the one attached to the
+/// database instance, else the recorded one, else the oldest.
+pub fn pick_volume<'a>(
+    found: &'a [ObservedVolume],
+    db: &ObservedInstance,
+    recorded: Option<&str>,
+) -> Option<&'a ObservedVolume> {
+    found
+        .iter()
+        .find(|v| v.attachment().is_some_and(|a| a.instance_id == db.id))
+        .or_else(|| found.iter().find(|v| Some(v.id.as_str()) == recorded))
+        .or_else(|| found.iter().min_by(|a, b| a.create_time.cmp(&b.create_time).then(a.id.cmp(&b.id))))
+}
+
+/// The next step for the data volume of database instance `db`.
+/// `found` is the stack's volume (None when DescribeVolumes found none);
+/// `zone` where a new one goes (the instance's zone, else the subnet's).
+pub fn plan_volume(
+    db: &ObservedInstance,
+    found: Option<&ObservedVolume>,
+    infra: &ObservedInfra,
+    zone: Option<&str>,
+    size_gib: i32,
+) -> VolumeStep {
+    if let Some(dev) = db.data_device() {
+        if found.is_none_or(|v| v.id != dev.volume_id) {
+            return VolumeStep::Blocked {
+                why: format!(
+                    "{DATA_DEVICE} of database instance {} holds volume {}, which is not the stack's data volume; \
+                     detach it from the instance so the stack's own volume can be attached",
+                    db.id, dev.volume_id
+                ),
+            };
+        }
+    }
+    let Some(v) = found else {
+        return match zone {
+            Some(zone) => VolumeStep::Create { zone: zone.to_string(), size_gib },
+            None => VolumeStep::Wait {
+                volume_id: None,
+                why: format!("the zone of database instance {} is not known yet", db.id),
+            },
+        };
+    };
+    let wait = |why: String| VolumeStep::Wait { volume_id: Some(v.id.clone()), why };
+    match v.state {
+        VolumeState::Creating => return wait(format!("EC2 is creating data volume {}", v.id)),
+        VolumeState::Deleting | VolumeState::Deleted | VolumeState::Error => {
+            return VolumeStep::Blocked {
+                why: format!(
+                    "data volume {} is {} in EC2; restore the database from a snapshot into a volume tagged for \
+                     the stack, or delete the tagged volume to start with an empty database",
+                    v.id,
+                    v.state.as_str()
+                ),
+            };
+        }
+        VolumeState::Available | VolumeState::InUse => {}
+    }
+    if let Some(db_zone) = db.zone.as_deref() {
+        if db_zone != v.zone {
+            return VolumeStep::Blocked {
+                why: format!(
+                    "data volume {} is in {}, database instance {} in {db_zone}: a volume cannot leave its zone; \
+                     set spec.network.availabilityZone to {} (or move the data with a snapshot)",
+                    v.id, v.zone, db.id, v.zone
+                ),
+            };
+        }
+    }
+    match v.attachment() {
+        Some(a) if a.instance_id == db.id => match a.state.as_str() {
+            "attached" => VolumeStep::Ready { volume_id: v.id.clone() },
+            "detaching" => wait(format!("data volume {} is detaching from {}", v.id, db.id)),
+            other => wait(format!("data volume {} is {other} to {}", v.id, db.id)),
+        },
+        Some(a) => {
+            let holder = infra.instances.iter().find(|i| i.id == a.instance_id);
+            match holder.map(|i| i.state) {
+                Some(s) if s.is_alive() && a.state != "detaching" => {
+                    VolumeStep::Detach { volume_id: v.id.clone(), instance_id: a.instance_id.clone() }
+                }
+                // Terminating instances let go of their volumes by themselves.
+                _ => wait(format!("data volume {} is still attached to {} ({})", v.id, a.instance_id, a.state)),
+            }
+        }
+        None => match db.state {
+            InstanceState::Running | InstanceState::Stopped => {
+                VolumeStep::Attach { volume_id: v.id.clone(), instance_id: db.id.clone() }
+            }
+            s => wait(format!("database instance {} is {}", db.id, s.as_str())),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Tier;
+    use crate::model::{AttachedVolume, VolumeAttachment};
+
+    fn db(id: &str, state: InstanceState) -> ObservedInstance {
+        ObservedInstance {
+            id: id.into(),
+            tier: Some(Tier::Database),
+            state,
+            private_ip: None,
+            public_ip: None,
+            ami: "ami-1".into(),
+            instance_type: "t3.micro".into(),
+            launch_time: String::new(),
+            client_token: None,
+            zone: Some("us-east-1a".into()),
+            volumes: Vec::new(),
+        }
+    }
+
+    fn volume(attached_to: Option<(&str, &str)>) -> ObservedVolume {
+        ObservedVolume {
+            id: "vol-1".into(),
+            zone: "us-east-1a".into(),
+            size_gib: 10,
+            state: if attached_to.is_some() { VolumeState::InUse } else { VolumeState::Available },
+            attachments: attached_to
+                .map(|(i, s)| VolumeAttachment { instance_id: i.into(), device: DATA_DEVICE.into(), state: s.into() })
+                .into_iter()
+                .collect(),
+            create_time: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn with_device(mut i: ObservedInstance, vol: &str, status: &str) -> ObservedInstance {
+        i.volumes.push(AttachedVolume { device: DATA_DEVICE.into(), volume_id: vol.into(), status: status.into() });
+        i
+    }
+
+    fn infra(instances: Vec<ObservedInstance>) -> ObservedInfra {
+        ObservedInfra { instances, ..Default::default() }
+    }
+
+    #[test]
+    fn steady_state_needs_only_the_instance_s_mappings() {
+        let i = with_device(db("i-1", InstanceState::Running), "vol-1", "attached");
+        assert_eq!(attached_volume(&i, Some("vol-1")).as_deref(), Some("vol-1"));
+        assert_eq!(attached_volume(&i, Some("vol-2")), None, "another volume is looked up");
+        assert_eq!(attached_volume(&i, None), None, "nothing recorded yet");
+        let i = with_device(db("i-1", InstanceState::Running), "vol-1", "attaching");
+        assert_eq!(attached_volume(&i, Some("vol-1")), None);
+    }
+
+    #[test]
+    fn a_missing_volume_is_created_in_the_instance_s_zone() {
+        let i = db("i-1", InstanceState::Pending);
+        let step = plan_volume(&i, None, &infra(vec![]), Some("us-east-1a"), 10);
+        assert_eq!(step, VolumeStep::Create { zone: "us-east-1a".into(), size_gib: 10 });
+    }
+
+    #[test]
+    fn an_available_volume_is_attached_once_the_instance_runs() {
+        let v = volume(None);
+        let step = plan_volume(&db("i-1", InstanceState::Pending), Some(&v), &infra(vec![]), None, 10);
+        assert!(matches!(step, VolumeStep::Wait { .. }), "{step}");
+        let step = plan_volume(&db("i-1", InstanceState::Running), Some(&v), &infra(vec![]), None, 10);
+        assert_eq!(step, VolumeStep::Attach { volume_id: "vol-1".into(), instance_id: "i-1".into() });
+    }
+
+    #[test]
+    fn attached_is_ready_and_attaching_waits() {
+        let i = db("i-1", InstanceState::Running);
+        let v = volume(Some(("i-1", "attached")));
+        assert_eq!(
+            plan_volume(&i, Some(&v), &infra(vec![]), None, 10),
+            VolumeStep::Ready { volume_id: "vol-1".into() }
+        );
+        let v = volume(Some(("i-1", "attaching")));
+        assert!(matches!(plan_volume(&i, Some(&v), &infra(vec![]), None, 10), VolumeStep::Wait { .. }));
+    }
+
+    #[test]
+    fn a_replacement_waits_for_the_terminated_instance_to_let_go() {
+        let new = db("i-2", InstanceState::Running);
+        let old = db("i-1", InstanceState::ShuttingDown);
+        let v = volume(Some(("i-1", "attached")));
+        let step = plan_volume(&new, Some(&v), &infra(vec![old]), None, 10);
+        assert!(matches!(&step, VolumeStep::Wait { why, .. } if why.contains("i-1")), "{step}");
+    }
+
+    #[test]
+    fn a_live_instance_that_no_longer_serves_the_database_is_made_to_let_go() {
+        let new = db("i-2", InstanceState::Running);
+        let old = db("i-1", InstanceState::Stopped);
+        let v = volume(Some(("i-1", "attached")));
+        let step = plan_volume(&new, Some(&v), &infra(vec![old.clone()]), None, 10);
+        assert_eq!(step, VolumeStep::Detach { volume_id: "vol-1".into(), instance_id: "i-1".into() });
+        let v = volume(Some(("i-1", "detaching")));
+        assert!(matches!(plan_volume(&new, Some(&v), &infra(vec![old]), None, 10), VolumeStep::Wait { .. }));
+    }
+
+    #[test]
+    fn a_volume_in_another_zone_or_a_foreign_device_blocks() {
+        let mut v = volume(None);
+        v.zone = "us-east-1b".into();
+        let step = plan_volume(&db("i-1", InstanceState::Running), Some(&v), &infra(vec![]), None, 10);
+        assert!(
+            matches!(&step, VolumeStep::Blocked { why } if why.contains("spec.network.availabilityZone")),
+            "{step}"
+        );
+        let i = with_device(db("i-1", InstanceState::Running), "vol-9", "attached");
+        let step = plan_volume(&i, Some(&volume(None)), &infra(vec![]), None, 10);
+        assert!(matches!(&step, VolumeStep::Blocked { why } if why.contains("vol-9")), "{step}");
+        let mut v = volume(None);
+        v.state = VolumeState::Error;
+        assert!(matches!(
+            plan_volume(&db("i-1", InstanceState::Running), Some(&v), &infra(vec![]), None, 10),
+            VolumeStep::Blocked { .. }
+        ));
+    }
+
+    #[test]
+    fn the_attached_recorded_or_oldest_volume_is_the_stack_s() {
+        let i = db("i-2", InstanceState::Running);
+        let mut a = volume(None);
+        a.id = "vol-a".into();
+        a.create_time = "2026-01-02T00:00:00Z".into();
+        let mut b = volume(None);
+        b.id = "vol-b".into();
+        let found = vec![a.clone(), b.clone()];
+        assert_eq!(pick_volume(&found, &i, None).map(|v| v.id.as_str()), Some("vol-b"));
+        assert_eq!(pick_volume(&found, &i, Some("vol-a")).map(|v| v.id.as_str()), Some("vol-a"));
+        let mut c = a.clone();
+        c.attachments =
+            vec![VolumeAttachment { instance_id: "i-2".into(), device: DATA_DEVICE.into(), state: "attached".into() }];
+        let found = vec![c, b];
+        assert_eq!(pick_volume(&found, &i, Some("vol-b")).map(|v| v.id.as_str()), Some("vol-a"));
+    }
+}
