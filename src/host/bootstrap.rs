@@ -24,6 +24,8 @@ pub enum Step {
     Install,
     /// Start Docker and wait until the engine answers.
     Start,
+    /// Find the data volume by id, format it when blank, mount it.
+    MountVolume,
 }
 
 impl Step {
@@ -32,6 +34,7 @@ impl Step {
             Step::Facts => "facts",
             Step::Install => "install",
             Step::Start => "start",
+            Step::MountVolume => "mount-volume",
         }
     }
 
@@ -41,6 +44,7 @@ impl Step {
             Step::Facts => "read the host's facts",
             Step::Install => "install Docker (apt-get install docker.io)",
             Step::Start => "start Docker",
+            Step::MountVolume => "mount the data volume",
         }
     }
 }
@@ -55,10 +59,26 @@ pub fn script_text() -> String {
 /// kills it and whatever it started, so a timed-out step never runs on
 /// unwatched), removes it.
 pub fn command(step: Step, seconds: u32) -> String {
+    launcher(step, "", seconds)
+}
+
+/// [`command`] with arguments after the step; None when one is not made
+/// only of letters, digits and `/._-` (the command line is shell text, and
+/// the arguments are volume ids and paths the operator chose).
+pub fn command_with(step: Step, args: &[&str], seconds: u32) -> Option<String> {
+    let safe = |a: &str| !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b));
+    if !args.iter().all(|a| safe(a)) {
+        return None;
+    }
+    let text: String = args.iter().map(|a| format!(" {a}")).collect();
+    Some(launcher(step, &text, seconds))
+}
+
+fn launcher(step: Step, args: &str, seconds: u32) -> String {
     format!(
         "sh -c 'umask 077; f=$(mktemp \"${{TMPDIR:-/tmp}}/votingstack.XXXXXX\") || exit 125; \
          if ! cat >\"$f\"; then rm -f \"$f\"; exit 125; fi; \
-         timeout -k 5 {} sh \"$f\" \"$@\" </dev/null; rc=$?; rm -f \"$f\"; exit $rc' votingstack {}",
+         timeout -k 5 {} sh \"$f\" \"$@\" </dev/null; rc=$?; rm -f \"$f\"; exit $rc' votingstack {}{args}",
         seconds.max(1),
         step.arg()
     )
@@ -98,6 +118,21 @@ pub fn parse_facts(stdout: &[u8]) -> Result<Facts, String> {
         other => return Err(format!("unknown docker state {other:?}")),
     };
     Ok(Facts { instance: Some(raw.instance).filter(|i| !i.is_empty()), docker })
+}
+
+/// What the `mount-volume` step found and did.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Mounted {
+    pub device: String,
+    pub uuid: String,
+    pub formatted: bool,
+}
+
+/// Reads the `mount-volume` output (its last non-empty line).
+pub fn parse_mounted(stdout: &[u8]) -> Result<Mounted, String> {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    serde_json::from_str(line).map_err(|e| format!("{e} in {:?}", line.chars().take(200).collect::<String>()))
 }
 
 /// The end of a command's stderr, for messages.

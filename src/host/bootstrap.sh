@@ -7,6 +7,11 @@
 #                 {"instance": "i-..." (when the host can tell), "docker": "running|missing|down", "why": "..."}
 #   $1 = install  installs Docker from the distribution's packages, then starts it
 #   $1 = start    starts Docker and waits until the engine answers
+#   $1 = mount-volume VOLUME_ID DIR SUBDIR
+#                 finds the attached EBS volume by its id, formats it only
+#                 when it is blank, mounts it by UUID at DIR (and in
+#                 /etc/fstab), makes DIR/SUBDIR; prints one line of JSON:
+#                 {"device": "/dev/...", "uuid": "...", "formatted": true|false}
 
 # One line of diagnostic text, safe inside a JSON string.
 vs_clean() {
@@ -221,6 +226,123 @@ vs_start_docker() {
   return 1
 }
 
+# vs_volume_device VOLUME_ID: the block device of an attached EBS volume,
+# found by the volume's id: the link udev makes from an NVMe disk's serial
+# (Nitro instances), the serial in sysfs, else, on an instance without NVMe
+# disks (Xen), the attachment's own name.
+vs_volume_device() {
+  vs_serial=$(printf '%s' "$1" | tr -d -)
+  vs_link=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_$vs_serial
+  if [ -e "$vs_link" ]; then
+    readlink -f "$vs_link"
+    return 0
+  fi
+  for vs_s in /sys/block/nvme*/device/serial; do
+    [ -r "$vs_s" ] || continue
+    if [ "$(tr -d ' ' <"$vs_s")" = "$vs_serial" ]; then
+      vs_b=${vs_s#/sys/block/}
+      printf '/dev/%s' "${vs_b%%/*}"
+      return 0
+    fi
+  done
+  if ! ls /dev/nvme0n1 >/dev/null 2>&1; then
+    for vs_d in /dev/xvdf /dev/sdf; do
+      if [ -b "$vs_d" ]; then
+        printf '%s' "$vs_d"
+        return 0
+      fi
+    done
+  fi
+  return 1
+}
+
+# vs_devnum PATH: major:minor of a block device, in decimal (as findmnt
+# prints them).
+vs_devnum() {
+  vs_mm=$(vs_root stat -L -c '%t %T' "$1") || return 1
+  set -- $vs_mm
+  printf '%d:%d' "0x$1" "0x$2"
+}
+
+# vs_mount_volume VOLUME_ID DIR SUBDIR
+vs_mount_volume() {
+  vs_vol=$1
+  vs_dir=$2
+  vs_sub=$3
+  vs_dev=
+  vs_w=0
+  # EC2 reports the attachment before the disk shows on the host.
+  while [ "$vs_w" -lt 60 ]; do
+    if vs_dev=$(vs_volume_device "$vs_vol"); then
+      break
+    fi
+    vs_dev=
+    sleep 1
+    vs_w=$((vs_w + 1))
+  done
+  if [ -z "$vs_dev" ]; then
+    echo "data volume $vs_vol is attached in EC2, but no disk with its id appeared on this host within 60 s" \
+      "(looked for /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_$(printf '%s' "$vs_vol" | tr -d -)," \
+      "the NVMe serials in /sys/block, and /dev/xvdf on instances without NVMe disks)" >&2
+    return 1
+  fi
+  vs_root mkdir -p "$vs_dir" || return 1
+  vs_formatted=false
+  if vs_root mountpoint -q "$vs_dir"; then
+    vs_have=$(vs_root findmnt -n -o MAJ:MIN --mountpoint "$vs_dir" | tr -d ' ')
+    vs_want=$(vs_devnum "$vs_dev") || return 1
+    if [ "$vs_have" != "$vs_want" ]; then
+      echo "$vs_dir has another filesystem mounted (device $vs_have), not data volume $vs_vol ($vs_dev, $vs_want);" \
+        "unmount it so the data volume can be mounted there" >&2
+      return 1
+    fi
+  else
+    vs_type=$(vs_root blkid -p -o value -s TYPE "$vs_dev")
+    vs_rc=$?
+    case "$vs_rc" in
+      0)
+        if [ -z "$vs_type" ]; then
+          echo "data volume $vs_vol ($vs_dev) carries a partition table or an unknown signature, not a filesystem:" \
+            "it is never formatted; wipe it or attach the right volume" >&2
+          return 1
+        fi
+        ;;
+      2)
+        # blkid found no signature at all: a new, blank volume
+        if ! vs_logged vs_root mkfs.ext4 -q -L vs-data "$vs_dev"; then
+          echo "formatting data volume $vs_vol ($vs_dev) failed" >&2
+          return 1
+        fi
+        vs_type=ext4
+        vs_formatted=true
+        ;;
+      *)
+        echo "blkid could not read data volume $vs_vol ($vs_dev): exit $vs_rc" >&2
+        return 1
+        ;;
+    esac
+    vs_uuid=$(vs_root blkid -p -o value -s UUID "$vs_dev")
+    if [ -z "$vs_uuid" ]; then
+      echo "data volume $vs_vol ($vs_dev) has a $vs_type filesystem without a UUID" >&2
+      return 1
+    fi
+    # In /etc/fstab by UUID (nofail: the host boots without it), so a
+    # reboot mounts it again before Docker restarts postgres.
+    if [ -f /etc/fstab ]; then
+      vs_root sed -i "\\| $vs_dir |d" /etc/fstab || return 1
+    fi
+    printf 'UUID=%s %s %s defaults,nofail 0 2\n' "$vs_uuid" "$vs_dir" "$vs_type" | vs_root tee -a /etc/fstab >/dev/null \
+      || return 1
+    if ! vs_root mount UUID="$vs_uuid" "$vs_dir"; then
+      echo "mounting data volume $vs_vol (UUID=$vs_uuid, $vs_dev) at $vs_dir failed" >&2
+      return 1
+    fi
+  fi
+  vs_uuid=$(vs_root blkid -p -o value -s UUID "$vs_dev")
+  vs_root mkdir -p "$vs_dir/$vs_sub" || return 1
+  printf '{"device":"%s","uuid":"%s","formatted":%s}\n' "$vs_dev" "$vs_uuid" "$vs_formatted"
+}
+
 case "$1" in
   facts)
     vs_docker_state
@@ -232,6 +354,9 @@ case "$1" in
     ;;
   start)
     vs_start_docker || exit 1
+    ;;
+  mount-volume)
+    vs_mount_volume "$2" "$3" "$4" || exit 1
     ;;
   *)
     echo "unknown step $1" >&2

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HealthConfig, HostConfig, PortBinding,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HealthConfig, HostConfig, Mount, MountType,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 
 use crate::api::{CONFIG_HASH_LABEL, IMAGE_DIGEST_LABEL, STACK_LABEL, TIER_LABEL};
@@ -67,6 +67,17 @@ pub fn create_body(stack: &str, c: &DesiredContainer, digest: Option<&str>) -> C
     let extra_hosts: Vec<String> =
         c.extra_hosts.iter().filter_map(|(name, ip)| ip.map(|ip| format!("{name}:{ip}"))).collect();
     let binds: Vec<String> = c.volumes.iter().map(|(volume, path)| format!("{volume}:{path}")).collect();
+    // A bind mount (not a bind): the engine refuses to start the container
+    // when the directory is missing (the data volume is not mounted),
+    // rather than creating an empty one on the root disk.
+    let mounts = c.data_volume.as_ref().map(|v| {
+        vec![Mount {
+            target: Some(v.container_path.clone()),
+            source: Some(v.source()),
+            typ: Some(MountType::BIND),
+            ..Default::default()
+        }]
+    });
     ContainerCreateBody {
         image: Some(c.run_reference()),
         env: Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
@@ -84,6 +95,7 @@ pub fn create_body(stack: &str, c: &DesiredContainer, digest: Option<&str>) -> C
             port_bindings: Some(port_bindings),
             extra_hosts: Some(extra_hosts),
             binds: Some(binds),
+            mounts,
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
                 maximum_retry_count: None,
@@ -174,10 +186,16 @@ mod tests {
     }
 
     #[test]
-    fn postgres_keeps_its_volume_and_redis_and_postgres_have_health_checks() {
-        let db = desired_containers(&spec(), Tier::Database, peers()).remove(0);
-        let body = create_body("s", &db, None);
-        assert_eq!(body.host_config.unwrap().binds.unwrap(), ["votingstack-db-data:/var/lib/postgresql/data"]);
+    fn postgres_keeps_its_data_on_the_data_volume_and_redis_and_postgres_have_health_checks() {
+        let mut db = desired_containers(&spec(), Tier::Database, peers());
+        crate::engine::desired::on_data_volume(&mut db, "vol-0abc");
+        let body = create_body("s", &db[0], None);
+        let host = body.host_config.unwrap();
+        assert_eq!(host.binds.unwrap(), Vec::<String>::new());
+        let mount = &host.mounts.unwrap()[0];
+        assert_eq!(mount.source.as_deref(), Some("/var/lib/votingstack/data/pgdata"));
+        assert_eq!(mount.target.as_deref(), Some("/var/lib/postgresql/data"));
+        assert_eq!(mount.typ, Some(MountType::BIND));
         let test = body.healthcheck.unwrap().test.unwrap();
         assert_eq!(test, ["CMD-SHELL", "psql -U postgres -tAc 'SELECT 1'"]);
         let redis = desired_containers(&spec(), Tier::Backend, peers()).remove(0);

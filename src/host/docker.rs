@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
 use crate::model::desired::{repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER};
-use crate::model::{DesiredContainer, DockerState, HostAction, ObservedHost};
+use crate::model::{DataVolume, DesiredContainer, DockerState, HostAction, ObservedHost};
 use crate::timeline::{self, Stage};
 
 use super::bootstrap::{self, Step};
@@ -48,6 +48,9 @@ const PREVIOUS_SUFFIX: &str = "-previous";
 /// How the engine says a pull ran out of disk.
 const DISK_FULL: &str = "no space left on device";
 /// How long `apply` waits for new containers' health checks to settle.
+/// Limit of the mount step on the host: up to a minute for the disk to show
+/// after EC2 attached it, then a format of a blank volume.
+const MOUNT_SECONDS: u32 = 150;
 const HEALTH_WAIT: Duration = Duration::from_secs(30);
 const HEALTH_POLL: Duration = Duration::from_millis(300);
 
@@ -55,6 +58,7 @@ const HEALTH_POLL: Duration = Duration::from_millis(300);
 #[derive(Default)]
 struct HostWork<'a> {
     bootstrap: Option<Step>,
+    mount: Option<&'a DataVolume>,
     remove: Vec<&'a str>,
     create: Vec<&'a DesiredContainer>,
     start: Vec<&'a str>,
@@ -69,6 +73,7 @@ impl<'a> HostWork<'a> {
                 HostAction::StartDocker { .. } => {
                     work.bootstrap.get_or_insert(Step::Start);
                 }
+                HostAction::MountVolume { volume, .. } => work.mount = Some(volume),
                 HostAction::CreateContainer { container, .. } => work.create.push(container),
                 HostAction::StartContainer { name, .. } => work.start.push(name),
                 HostAction::RemoveContainer { name, .. } => work.remove.push(name),
@@ -381,6 +386,40 @@ impl SshHosts {
 
     /// The host's drift events (die, stop, destroy of the stack's
     /// containers) as the engine's raw stream, once the engine has subscribed.
+    /// Mounts the data volume on the host (finds it by id, formats it only
+    /// when blank, mounts it by UUID).
+    async fn mount_volume(&self, target: &HostTarget, key: &SshKey, volume: &DataVolume) -> Result<(), HostError> {
+        let step = Step::MountVolume;
+        let what = format!("mount data volume {} at {}", volume.volume_id, volume.mount);
+        let args = [volume.volume_id.as_str(), volume.mount.as_str(), volume.subdir.as_str()];
+        let command = bootstrap::command_with(step, &args, MOUNT_SECONDS)
+            .filter(|_| DataVolume::valid_id(&volume.volume_id))
+            .ok_or_else(|| HostError::Parse {
+                host: target.describe(),
+                message: format!("{what}: {:?} is not an EBS volume id or the paths are not plain", volume.volume_id),
+            })?;
+        let text = bootstrap::script_text();
+        let out = self.exec(target, key, &command, Some(text.as_bytes()), &what, MOUNT_SECONDS).await?;
+        if out.code != 0 {
+            return Err(HostError::CommandFailed {
+                host: target.describe(),
+                step: what,
+                code: out.code,
+                stderr: bootstrap::tail(&out.stderr),
+            });
+        }
+        let mounted = bootstrap::parse_mounted(&out.stdout)
+            .map_err(|message| HostError::Parse { host: target.describe(), message: format!("{what}: {message}") })?;
+        if mounted.formatted {
+            info!(host = %target.describe(), volume = %volume.volume_id, device = %mounted.device, uuid = %mounted.uuid,
+                "the data volume was blank: formatted it (ext4)");
+        } else {
+            debug!(host = %target.describe(), volume = %volume.volume_id, device = %mounted.device, uuid = %mounted.uuid,
+                "data volume mounted");
+        }
+        Ok(())
+    }
+
     pub(crate) async fn events(&self, target: &HostTarget, key: &SshKey) -> Result<hyper::body::Incoming, HostError> {
         let engine = self.engine(target, key).await?;
         let label = format!("{STACK_LABEL}={}", target.stack);
@@ -548,6 +587,9 @@ impl Hosts for SshHosts {
         }
         if !work.touches_containers() {
             return Ok(());
+        }
+        if let Some(volume) = work.mount {
+            self.mount_volume(target, key, volume).await?;
         }
         for c in &work.create {
             containers::check(c).map_err(|e| HostError::Engine {
