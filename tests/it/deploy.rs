@@ -390,6 +390,11 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
         "StartInstances",
         "TerminateInstances",
         "CreateTags",
+        "DescribeVolumes",
+        "CreateVolume",
+        "AttachVolume",
+        "DetachVolume",
+        "DeleteVolume",
     ] {
         assert!(actions.contains(&format!("ec2:{needed}")), "policy lacks ec2:{needed}");
     }
