@@ -451,6 +451,57 @@ async fn e2e_redis_recreated_with_votes_queued_loses_none() {
         .await;
 }
 
+#[tokio::test]
+async fn e2e_votes_survive_the_database_instance_terminated() {
+    let stack = Stack::new("e2e-ebs", 68);
+    stack.apply_wait();
+    let volume = stack.status()["dataVolume"]["volumeId"].as_str().expect("a data volume in status").to_string();
+    let (db_before, _) = stack.tier(Tier::Database);
+    let (ok, out) = stack.on_host(Tier::Database, "findmnt -n -o TARGET --target /var/lib/votingstack/data/pgdata");
+    assert!(ok && out == "/var/lib/votingstack/data", "postgres's data directory is on the mounted volume: {out}");
+
+    let (_, front) = stack.tier(Tier::Frontend);
+    let vote = SocketAddr::from((front, 80));
+    for i in 0..100 {
+        let choice = if i % 4 == 0 { "b" } else { "a" };
+        let (code, _) = http(vote, "POST", "/", Some(&format!("kept-{i}")), Some(&format!("vote={choice}"))).unwrap();
+        assert_eq!(code, 200, "vote {i}");
+    }
+    let all = "docker exec db psql -U postgres -tAc 'SELECT count(*) FROM votes'";
+    within(Duration::from_secs(30), "100 votes in postgres", || stack.on_host(Tier::Database, all).1 == "100").await;
+
+    // The database instance goes; its root disk goes with it.
+    stack.world.ec2.terminate_instances().instance_ids(&db_before).send().await.unwrap();
+    stack.apply_wait();
+    let (db_after, _) = stack.tier(Tier::Database);
+    assert_ne!(db_after, db_before, "the database runs on a new instance");
+    let status = stack.status();
+    assert_eq!(status["dataVolume"]["volumeId"].as_str(), Some(volume.as_str()), "the same volume");
+    assert_eq!(status["dataVolume"]["attachedTo"].as_str(), Some(db_after.as_str()));
+
+    // Exactly the 100 votes: none lost, and no smoke-test vote among them.
+    assert_eq!(stack.on_host(Tier::Database, all).1, "100");
+    let result = SocketAddr::from((front, 81));
+    within(Duration::from_secs(30), "the result page to count exactly 100", || {
+        http(result, "GET", "/api/results", None, None).is_ok_and(|(_, body)| {
+            let v: Value = serde_json::from_str(&body).unwrap_or_default();
+            v["a"].as_i64() == Some(75) && v["b"].as_i64() == Some(25)
+        })
+    })
+    .await;
+
+    // deletionPolicy Delete: the volume goes with the stack.
+    stack.run(&["destroy"]);
+    let left = stack.world.ec2.describe_volumes().volume_ids(&volume).send().await;
+    let gone = match left {
+        Err(e) => format!("{e:?}").contains("InvalidVolume.NotFound"),
+        Ok(out) => {
+            out.volumes().iter().all(|v| v.state().is_some_and(|s| s.as_str() == "deleting" || s.as_str() == "deleted"))
+        }
+    };
+    assert!(gone, "data volume {volume} deleted with the stack");
+}
+
 /// Sends `body` (JSON) to the realism layer's control endpoint; returns its answer.
 fn realism(stack: &Stack, path: &str, body: Option<&str>) -> Value {
     let endpoint = stack.env.get("AWS_ENDPOINT_URL_EC2").expect("the world's EC2 endpoint");
