@@ -392,6 +392,52 @@ async fn ec2_converged_reconcile_makes_at_most_two_calls_and_no_changes() {
 }
 
 #[tokio::test]
+async fn ec2_data_volume_is_tagged_in_the_database_zone_and_follows_a_replacement() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let volumes = w.client.describe_volumes().filters(stack_filter()).send().await.unwrap();
+    let data: Vec<_> = volumes
+        .volumes()
+        .iter()
+        .filter(|v| tag(v.tags(), "votingstack.dev/role") == Some("postgres-data"))
+        .cloned()
+        .collect();
+    assert_eq!(data.len(), 1, "one data volume: {data:?}");
+    let v = &data[0];
+    assert_stack_tags("data volume", v.tags());
+    assert_eq!(v.encrypted(), Some(true));
+    assert_eq!(v.volume_type().map(|t| t.as_str()), Some("gp3"));
+    assert_eq!(v.size(), Some(10));
+    let db = instance_of(&live_instances(&w.client).await, Tier::Database);
+    assert_eq!(v.availability_zone(), db.placement().and_then(|p| p.availability_zone()));
+    let attached = &v.attachments()[0];
+    assert_eq!(attached.instance_id(), db.instance_id());
+    assert_eq!(attached.device(), Some("/dev/sdf"));
+    let recorded = s.status.as_ref().and_then(|st| st.data_volume.clone()).expect("status.dataVolume");
+    assert_eq!(recorded.volume_id.as_deref(), v.volume_id());
+    assert_eq!(recorded.attached_to.as_deref(), db.instance_id());
+    assert_eq!(recorded.created, 1);
+
+    // The database instance goes: the volume moves to its replacement.
+    w.client.terminate_instances().instance_ids(db.instance_id().unwrap()).send().await.unwrap();
+    for _ in 0..3 {
+        reconcile(&w, &mut s).await;
+    }
+    let new_db = instance_of(&live_instances(&w.client).await, Tier::Database);
+    assert_ne!(new_db.instance_id(), db.instance_id());
+    let after = w.client.describe_volumes().volume_ids(v.volume_id().unwrap()).send().await.unwrap();
+    let attachments = after.volumes()[0].attachments();
+    assert_eq!(attachments.len(), 1, "{attachments:?}");
+    assert_eq!(attachments[0].instance_id(), new_db.instance_id());
+    let recorded = s.status.as_ref().and_then(|st| st.data_volume.clone()).unwrap();
+    assert_eq!(recorded.created, 1, "no second volume");
+    let all = w.client.describe_volumes().filters(stack_filter()).send().await.unwrap();
+    let data = all.volumes().iter().filter(|v| tag(v.tags(), "votingstack.dev/role") == Some("postgres-data"));
+    assert_eq!(data.count(), 1);
+}
+
+#[tokio::test]
 async fn ec2_terminated_instance_is_replaced() {
     let w = world();
     let mut s = stack();
