@@ -111,7 +111,7 @@ pub fn record(stack: &str) {
 pub fn take(stack: &str) -> Vec<Mark> {
     let mut recorded = RECORDED.lock().unwrap_or_else(|p| p.into_inner());
     let mut marks = recorded.as_mut().and_then(|r| r.remove(stack)).unwrap_or_default();
-    marks.sort_by(|a, b| (a.start, a.end, a.phase).cmp(&(b.start, b.end, b.phase)));
+    marks.sort_by_key(|m| (m.start, m.end, m.phase));
     marks
 }
 
