@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -116,6 +116,9 @@ pub struct Context {
     /// Each requeue waits up to this fraction longer, so stacks that became
     /// Ready together do not reconcile in lockstep forever.
     requeue_jitter: f64,
+    /// Ready stacks requeue onto one shared sweep per resync period (see
+    /// [`until_next_sweep`]) instead of a jittered delay of their own.
+    sweeps: AtomicBool,
 }
 
 impl Context {
@@ -150,7 +153,26 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             drift_tx,
             requeue_jitter: jitter.clamp(0.0, 1.0),
+            sweeps: AtomicBool::new(false),
         })
+    }
+
+    /// From now on Ready stacks reconcile together, at the next multiple of
+    /// their resync period, so one look-up of the region's inventory serves
+    /// them all.
+    pub fn sweep_ready_stacks(&self) {
+        self.sweeps.store(true, Ordering::Relaxed);
+    }
+
+    /// How long a stack waits for its next reconcile: a Ready stack, with
+    /// sweeps on, until the next sweep; otherwise `wait`, jittered.
+    pub fn requeue_after(&self, wait: Duration, ready: bool) -> Duration {
+        if ready && self.sweeps.load(Ordering::Relaxed) {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            until_next_sweep(now, wait)
+        } else {
+            self.jittered(wait)
+        }
     }
 
     /// Counts a failure of `key` and returns how long to wait. Failures of
@@ -171,6 +193,21 @@ impl Context {
     fn jittered(&self, wait: Duration) -> Duration {
         jitter(wait, self.requeue_jitter)
     }
+}
+
+/// Time from `now` (since the Unix epoch) to the next multiple of `period`:
+/// every Ready stack with the same period reconciles at the same instants
+/// (bounded by the Controller's concurrency), so their observes fall into
+/// one window of the shared inventory. At least 1 s, so a reconcile that
+/// ends just before a sweep does not run twice within it.
+pub fn until_next_sweep(now: Duration, period: Duration) -> Duration {
+    let period_ms = period.as_millis().max(1000);
+    let into = now.as_millis() % period_ms;
+    let mut wait = period_ms - into;
+    if wait < 1000 {
+        wait += period_ms;
+    }
+    Duration::from_millis(wait as u64)
 }
 
 /// `wait` plus a random part of up to `fraction` of it.
@@ -250,11 +287,8 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     let started = std::time::Instant::now();
     let key = read_key(&ctx, &stack).await;
     let engine = ctx.engines.for_spec(&stack.spec).await;
-    let ec2_before = engine.cloud().api_calls();
-    let ssh_before = engine.hosts().round_trips();
     let outcome = engine.reconcile(&stack, key.clone()).await;
-    ctx.metrics.ec2_calls.inc_by(engine.cloud().api_calls().saturating_sub(ec2_before));
-    ctx.metrics.host_round_trips.inc_by(engine.hosts().round_trips().saturating_sub(ssh_before));
+    count_calls(&ctx.metrics, &engine);
     if let (Some(hub), Ok(key)) = (&ctx.drift, &key) {
         hub.ensure(&outcome.targets, key);
     }
@@ -276,9 +310,19 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
         }
         _ => {
             ctx.clear_failures(&stack.key());
-            Ok(Action::requeue(ctx.jittered(outcome.requeue_after)))
+            let ready = outcome.status.phase == Some(crate::api::Phase::Ready) && outcome.error.is_none();
+            Ok(Action::requeue(ctx.requeue_after(outcome.requeue_after, ready)))
         }
     }
+}
+
+/// Adds the engine's EC2 calls and host round trips since last counted to
+/// the metrics (each call once, however many reconciles ran at once).
+fn count_calls(metrics: &Metrics, engine: &crate::engine::Engine) {
+    let cloud = Arc::as_ptr(engine.cloud()) as *const () as usize;
+    let hosts = Arc::as_ptr(engine.hosts()) as *const () as usize;
+    metrics.catch_up(crate::metrics::Total::Ec2Calls, cloud, engine.cloud().api_calls());
+    metrics.catch_up(crate::metrics::Total::HostRoundTrips, hosts, engine.hosts().round_trips());
 }
 
 /// Whether the operator never recorded an AWS resource for the stack.
@@ -494,6 +538,12 @@ fn track_watch<K>(
     }
 }
 
+/// Stacks reconciled at once unless told otherwise (`--concurrency`). A
+/// reconcile mostly waits on EC2 and SSH, so this is about how many stacks
+/// may be in flight, not about cores; it also bounds the SSH connects and
+/// EC2 calls one burst of reconciles (a restart, a sweep) starts at once.
+pub const DEFAULT_CONCURRENCY: u16 = 8;
+
 /// Where and how the Controller runs.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
@@ -505,7 +555,7 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { namespace: None, concurrency: 4 }
+        RunOptions { namespace: None, concurrency: DEFAULT_CONCURRENCY }
     }
 }
 
@@ -583,6 +633,9 @@ pub struct ControllerOptions {
     pub watch_namespace: Option<String>,
     /// Stacks reconciled at once.
     pub concurrency: u16,
+    /// How long one look-up of a region's instances and security groups
+    /// serves the stacks observed after it (see `cloud::ec2::inventory`).
+    pub inventory_window: Duration,
 }
 
 /// Turns host drift events into reconcile requests for their stacks.
@@ -615,9 +668,17 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     forward_drift(event_rx, drift_tx.clone());
     let hosts = crate::wiring::ssh_hosts();
     let settings = crate::engine::EngineSettings { resync: opts.resync, ..Default::default() };
-    let engines = Arc::new(crate::wiring::RegionalEngines::new(hosts.clone(), settings));
+    let engines = Arc::new(
+        crate::wiring::RegionalEngines::new(hosts.clone(), settings).with_inventory_window(opts.inventory_window),
+    );
     let hub = Arc::new(DriftHub::new(hosts, event_tx));
     let ctx = Context::with_jitter(client.clone(), engines, metrics.clone(), reporter, Some(hub), drift_tx, 0.1);
+    ctx.sweep_ready_stacks();
+    info!(
+        concurrency = opts.concurrency,
+        inventory_window_ms = opts.inventory_window.as_millis() as u64,
+        "reconciling stacks"
+    );
     let run = RunOptions { namespace: opts.watch_namespace.clone(), concurrency: opts.concurrency };
     if let Some(ns) = &run.namespace {
         info!(namespace = %ns, "watching one namespace");
@@ -671,6 +732,21 @@ mod tests {
         let ssh = Failures::after(Some(f), "ssh", t0 + Duration::from_secs(601));
         assert_eq!((ssh.cause, ssh.count), ("ssh", 1));
         assert_eq!(backoff_for(ssh.cause, ssh.count), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn ready_stacks_meet_at_the_next_multiple_of_the_period() {
+        let minute = Duration::from_secs(60);
+        // Two stacks that finished at different moments wake together.
+        let a = Duration::from_secs(6_000_012);
+        let b = Duration::from_secs(6_000_047);
+        assert_eq!(a + until_next_sweep(a, minute), b + until_next_sweep(b, minute));
+        assert_eq!(until_next_sweep(a, minute), Duration::from_secs(48));
+        // Just before a sweep: the one after it.
+        let c = Duration::from_millis(6_000_059_500);
+        assert_eq!(until_next_sweep(c, minute), Duration::from_millis(60_500));
+        // On a sweep: the next one.
+        assert_eq!(until_next_sweep(Duration::from_secs(6_000_000), minute), minute);
     }
 
     #[test]

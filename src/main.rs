@@ -106,8 +106,13 @@ struct ControllerArgs {
     #[arg(long, env = "VOTINGSTACK_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
     /// Stacks reconciled at once.
-    #[arg(long, default_value_t = 4, env = "VOTINGSTACK_CONCURRENCY")]
+    #[arg(long, default_value_t = votingstack::controller::DEFAULT_CONCURRENCY, env = "VOTINGSTACK_CONCURRENCY")]
     concurrency: u16,
+    /// Seconds one DescribeInstances (and DescribeSecurityGroups) of a
+    /// region serves every stack observed after it; any change the operator
+    /// makes in EC2 looks again at once. 0 shares only calls in flight.
+    #[arg(long, default_value_t = 5.0, env = "VOTINGSTACK_INVENTORY_WINDOW_SECONDS")]
+    inventory_window_seconds: f64,
 }
 
 fn load(args: &FileArgs) -> Result<(Manifest, PathBuf), CliError> {
@@ -189,6 +194,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
                 concurrency: args.concurrency.max(1),
+                inventory_window: Duration::from_secs_f64(match args.inventory_window_seconds {
+                    w if w.is_finite() => w.clamp(0.0, 3600.0),
+                    _ => 0.0,
+                }),
             };
             votingstack::controller::main(client, opts).await?;
             Ok(ExitCode::SUCCESS)

@@ -1,6 +1,6 @@
 //! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,6 +52,16 @@ pub struct Metrics {
     watches: Mutex<BTreeMap<&'static str, WatchHealth>>,
     /// Counts the Ready stacks when the metrics are rendered.
     ready_source: Mutex<Option<ReadySource>>,
+    /// The last total seen of each call counter (by counter and source), so
+    /// calls made by reconciles running at once are counted once.
+    totals_seen: Mutex<HashMap<(Total, usize), u64>>,
+}
+
+/// Which counter a source's running total feeds.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Total {
+    Ec2Calls,
+    HostRoundTrips,
 }
 
 type ReadySource = Box<dyn Fn() -> i64 + Send + Sync>;
@@ -103,6 +113,7 @@ impl Default for Metrics {
             ready: AtomicBool::new(false),
             watches: Mutex::new(BTreeMap::new()),
             ready_source: Mutex::new(None),
+            totals_seen: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -123,6 +134,23 @@ impl Metrics {
         self.reconcile_duration.observe(took.as_secs_f64());
         if let Some(kind) = error {
             self.errors.get_or_create(&ErrorLabels { kind: kind.metric_label().to_string() }).inc();
+        }
+    }
+
+    /// Brings a counter up to date with a source's running total (an EC2
+    /// client's or the SSH pool's call count; `source` tells sources apart).
+    /// Reconciles that run at once share their sources, so adding each
+    /// one's before/after difference would count the others' calls too.
+    pub fn catch_up(&self, which: Total, source: usize, total: u64) {
+        let mut seen = self.totals_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let last = seen.entry((which, source)).or_insert(0);
+        if total > *last {
+            let counter = match which {
+                Total::Ec2Calls => &self.ec2_calls,
+                Total::HostRoundTrips => &self.host_round_trips,
+            };
+            counter.inc_by(total - *last);
+            *last = total;
         }
     }
 
@@ -249,6 +277,22 @@ mod tests {
         assert!(m.readiness().is_err_and(|e| e.contains("votingstacks fails: 403 Forbidden")));
         m.watch_ok("votingstacks");
         assert_eq!(m.readiness(), Ok(()));
+    }
+
+    #[test]
+    fn running_totals_are_counted_once_whoever_reports_them() {
+        let m = Metrics::default();
+        // Two reconciles at once on one EC2 client: each sees the total grow
+        // by the other's calls too.
+        m.catch_up(Total::Ec2Calls, 1, 2);
+        m.catch_up(Total::Ec2Calls, 1, 4);
+        m.catch_up(Total::Ec2Calls, 1, 3);
+        // Another region's client has its own total.
+        m.catch_up(Total::Ec2Calls, 2, 5);
+        m.catch_up(Total::HostRoundTrips, 7, 6);
+        let text = m.render();
+        assert!(text.contains("votingstack_ec2_calls_total 9"), "{text}");
+        assert!(text.contains("votingstack_host_round_trips_total 6"), "{text}");
     }
 
     #[test]

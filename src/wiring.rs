@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -29,16 +30,25 @@ impl Engines for Engine {
     }
 }
 
-/// EC2 clients per region and endpoint, sharing one SSH session pool.
+/// EC2 clients per region and endpoint, sharing one SSH session pool. All
+/// stacks of a region share its client, and with it one look-up of the
+/// region's inventory per window (see `cloud::ec2::inventory`).
 pub struct RegionalEngines {
     hosts: Arc<SshHosts>,
     settings: EngineSettings,
+    inventory_window: Duration,
     cache: tokio::sync::Mutex<HashMap<(String, Option<String>), Engine>>,
 }
 
 impl RegionalEngines {
     pub fn new(hosts: Arc<SshHosts>, settings: EngineSettings) -> RegionalEngines {
-        RegionalEngines { hosts, settings, cache: Default::default() }
+        RegionalEngines { hosts, settings, inventory_window: Duration::ZERO, cache: Default::default() }
+    }
+
+    /// How long one look-up of a region's inventory serves later observes.
+    pub fn with_inventory_window(mut self, window: Duration) -> RegionalEngines {
+        self.inventory_window = window;
+        self
     }
 }
 
@@ -50,7 +60,7 @@ impl Engines for RegionalEngines {
         if let Some(engine) = cache.get(&key) {
             return engine.clone();
         }
-        let cloud = Ec2Cloud::from_env(&key.0, key.1.as_deref()).await;
+        let cloud = Ec2Cloud::from_env(&key.0, key.1.as_deref()).await.with_inventory_window(self.inventory_window);
         let engine = Engine::new(Arc::new(cloud), self.hosts.clone(), self.settings.clone());
         cache.insert(key, engine.clone());
         engine

@@ -7,6 +7,10 @@
 //! - `volumes`: the database's data volume: DescribeVolumes by tag,
 //!   CreateVolume with a ClientToken, AttachVolume, DetachVolume.
 //! - `teardown`: finds what a teardown deletes and carries out its steps.
+//! - `inventory`: the region's instances and security groups, looked up
+//!   once for every stack this process observes (filtered on the owner tag's
+//!   key) and shared for a short window; any change this process makes in
+//!   EC2 starts a new look-up.
 //!
 //! Every EC2 request goes through [`Ec2Cloud::call`], which counts it, logs
 //! its operation name at debug level, and turns an SDK error into a
@@ -17,6 +21,7 @@
 //! an id EC2 created moments ago by [`FreshIdRetry`].
 
 mod instances;
+pub mod inventory;
 mod network;
 mod teardown;
 mod volumes;
@@ -37,7 +42,7 @@ use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::config::interceptors::InterceptorContext;
 use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{Filter, Instance, ResourceType, SecurityGroup, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
 use tracing::debug;
 
@@ -133,6 +138,10 @@ pub struct Ec2Cloud {
     wait_timeout: Duration,
     /// Root device of each AMI launched so far (DescribeImages once per AMI).
     root_devices: Mutex<HashMap<String, instances::RootDevice>>,
+    /// Every stack's instances in the region, shared by the stacks' observes.
+    shared_instances: inventory::Coalesced<Vec<Instance>>,
+    /// Every stack's security groups in the region, shared likewise.
+    shared_groups: inventory::Coalesced<Vec<SecurityGroup>>,
 }
 
 impl Ec2Cloud {
@@ -181,7 +190,23 @@ impl Ec2Cloud {
             poll_interval: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(600),
             root_devices: Mutex::new(HashMap::new()),
+            shared_instances: inventory::Coalesced::new(Duration::ZERO),
+            shared_groups: inventory::Coalesced::new(Duration::ZERO),
         }
+    }
+
+    /// Sets how long one look-up of the region's instances and groups
+    /// serves later observers. Zero (the default) shares only calls in
+    /// flight; the controller uses [`inventory::DEFAULT_WINDOW`].
+    pub fn with_inventory_window(mut self, window: Duration) -> Ec2Cloud {
+        self.shared_instances = inventory::Coalesced::new(window);
+        self.shared_groups = inventory::Coalesced::new(window);
+        self
+    }
+
+    /// How long one look-up of the region's inventory serves later observers.
+    pub fn inventory_window(&self) -> Duration {
+        self.shared_instances.window()
     }
 
     /// Sets how often `destroy` polls and how long it waits in total.
@@ -214,6 +239,12 @@ impl Ec2Cloud {
         let result = request.await.map_err(|e| sdk_error(operation, e));
         if let Err(e) = &result {
             debug!(operation, error = %e, "EC2 request failed");
+        }
+        if !inventory::is_read_only(operation) {
+            // Whatever it did (a failed call may have done it too), the next
+            // observe looks again.
+            self.shared_instances.invalidate();
+            self.shared_groups.invalidate();
         }
         result
     }
@@ -254,6 +285,11 @@ fn is_not_found(e: &CloudError) -> bool {
 /// True when EC2 refused because something still depends on the resource.
 fn is_dependency(e: &CloudError) -> bool {
     matches!(e, CloudError::Api { code, .. } if code == "DependencyViolation" || code == "ResourceInUse" || code == "VolumeInUse")
+}
+
+/// `tag-key` filter: resources carrying the tag, whatever its value.
+fn tag_key_filter(key: &str) -> Filter {
+    Filter::builder().name("tag-key").values(key).build()
 }
 
 /// `tag:<key> = value` filter.
@@ -314,7 +350,7 @@ impl Cloud for Ec2Cloud {
         known: Option<&NetworkStatus>,
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError> {
-        let instances = self.stack_instances(stack).await?;
+        let instances = self.shared_stack_instances(stack).await?;
         let network = self.observe_network(stack, known, lookup, &instances).await?;
         let instances = instances.into_iter().map(|(inst, _)| inst).collect();
         Ok(ObservedInfra { network, instances })

@@ -142,8 +142,9 @@ impl AwsErrorKind {
     }
 }
 
-/// Errors at the EC2 boundary.
-#[derive(Debug, thiserror::Error)]
+/// Errors at the EC2 boundary (cloneable: one failed look-up shared by
+/// several observers gives each its copy).
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CloudError {
     /// EC2 answered with an error code.
     #[error("EC2 {operation} failed with {code}: {message}")]

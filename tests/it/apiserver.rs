@@ -43,6 +43,9 @@ struct State {
     namespaced_only: bool,
     /// What each field manager last applied, by (plural, namespace, name, manager, subresource).
     applied: BTreeMap<(String, String, String, String, bool), Value>,
+    /// Random per double: uids are unique across doubles, as a real API
+    /// server's are (EC2 resources are owned by uid and outlive a test).
+    uid_prefix: String,
 }
 
 /// The API double; clone it freely.
@@ -196,7 +199,8 @@ fn store_string_data(plural: &str, object: &mut Value) {
 impl ApiServer {
     pub fn new() -> ApiServer {
         let (changes, _) = broadcast::channel(1024);
-        ApiServer { state: Arc::default(), changes }
+        let state = State { uid_prefix: format!("{:016x}", rand::random::<u64>()), ..State::default() };
+        ApiServer { state: Arc::new(Mutex::new(state)), changes }
     }
 
     /// A kube Client talking to this double.
@@ -441,7 +445,7 @@ impl ApiServer {
             meta["namespace"] = json!(ns);
         }
         meta["resourceVersion"] = json!(state.rv.to_string());
-        meta["uid"] = json!(format!("uid-{}-{}", path.plural, state.rv));
+        meta["uid"] = json!(format!("{}-{}-{}", state.uid_prefix, path.plural, state.rv));
         meta["generation"] = json!(1);
         meta["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
         state.objects.insert(key, object.clone());

@@ -14,6 +14,7 @@ mod engine;
 mod fakes;
 mod fixtures;
 mod host;
+mod inventory;
 mod moto;
 mod scripted;
 mod world;

@@ -21,7 +21,8 @@ use super::{filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value,
 pub(super) const PRESENT_STATES: [&str; 5] = ["pending", "running", "stopping", "stopped", "shutting-down"];
 /// States `observe` lists: the present ones and terminated, whose
 /// ClientTokens stay taken (EC2 lists a terminated instance for about an hour).
-const OBSERVED_STATES: [&str; 6] = ["pending", "running", "stopping", "stopped", "shutting-down", "terminated"];
+pub(super) const OBSERVED_STATES: [&str; 6] =
+    ["pending", "running", "stopping", "stopped", "shutting-down", "terminated"];
 /// States of an instance that can serve its tier.
 pub(super) const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
 
@@ -89,17 +90,6 @@ impl Ec2Cloud {
                 _ => return Ok(out),
             }
         }
-    }
-
-    /// Every instance carrying the stack's owner tag, terminated ones
-    /// included while EC2 still lists them.
-    pub(super) async fn stack_instances(
-        &self,
-        stack: &StackIdentity,
-    ) -> Result<Vec<(ObservedInstance, Placement)>, CloudError> {
-        let found =
-            self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", OBSERVED_STATES)]).await?;
-        Ok(found.iter().filter_map(observed).collect())
     }
 
     /// The instances EC2 knows by these ids, in any state and whatever their

@@ -515,8 +515,9 @@ impl Ec2Cloud {
     /// The network as [`crate::cloud::Cloud::observe`] reports it. A
     /// converged stack (complete ids in status, every tier live in one of
     /// its subnets) is trusted with one call more: DescribeSecurityGroups of
-    /// its three groups, whose rules are kept. Anything else, or a group
-    /// that is gone, is looked up in full by tag.
+    /// its three groups (shared by the region's stacks, see `inventory`),
+    /// whose rules are kept. Anything else, or a group that is gone, is
+    /// looked up in full by tag.
     pub(super) async fn observe_network(
         &self,
         stack: &StackIdentity,
@@ -540,15 +541,20 @@ impl Ec2Cloud {
     /// The three groups of `known` with their rules, or None when one is gone.
     async fn observe_groups(&self, known: &NetworkStatus) -> Result<Option<BTreeMap<Tier, ObservedGroup>>, CloudError> {
         let ids: Vec<String> = known.security_groups.values().cloned().collect();
-        // A filter, not GroupIds: a missing group is left out instead of failing the call.
-        let found = self
-            .call(
-                "DescribeSecurityGroups",
-                self.client.describe_security_groups().filters(filter("group-id", ids)).send(),
-            )
-            .await?
-            .security_groups
-            .unwrap_or_default();
+        // The region's shared look-up first; a group missing from it
+        // (untagged, or not listed yet) is asked for by id.
+        let found = match self.shared_groups(&ids).await? {
+            Some(found) => found,
+            // A filter, not GroupIds: a missing group is left out instead of failing the call.
+            None => self
+                .call(
+                    "DescribeSecurityGroups",
+                    self.client.describe_security_groups().filters(filter("group-id", ids)).send(),
+                )
+                .await?
+                .security_groups
+                .unwrap_or_default(),
+        };
         let mut groups = BTreeMap::new();
         for (tier, id) in &known.security_groups {
             let Some(g) = found.iter().find(|g| g.group_id() == Some(id.as_str())) else { return Ok(None) };
