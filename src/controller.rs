@@ -290,7 +290,7 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     let outcome = engine.reconcile(&stack, key.clone()).await;
     count_calls(&ctx.metrics, &engine);
     if let (Some(hub), Ok(key)) = (&ctx.drift, &key) {
-        hub.ensure(&outcome.targets, key);
+        hub.ensure(&crate::cloud::StackIdentity::of(&stack).tag_value(), &outcome.targets, key);
     }
     let written = write_status_if_changed(&ctx.client, &stack, &outcome.status).await;
     // One error per reconcile: a failed status write is counted (as `kube`)

@@ -156,9 +156,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let (wake_tx, wake_rx) = tokio::sync::mpsc::channel(1);
             tokio::spawn(cli::report_drift(event_rx, wake_tx));
             let mut wake_rx = Some(wake_rx);
+            let manifest_stack = votingstack::cloud::StackIdentity::of(&manifest.stack).tag_value();
             cli::apply(&engine, &manifest, &state, &opts, |outcome, key| {
                 if opts.watch {
-                    hub.ensure(&outcome.targets, key);
+                    hub.ensure(&manifest_stack, &outcome.targets, key);
                 }
                 wake_rx.take()
             })

@@ -92,11 +92,15 @@ impl DriftHub {
         DriftHub { hosts, events, watchers: Mutex::new(HashMap::new()) }
     }
 
-    /// Makes sure a stream runs for each target (restarting one whose
-    /// instance, address or pinned host key changed). Cheap when nothing changed.
-    pub fn ensure(&self, targets: &[HostTarget], key: &SshKey) {
+    /// Makes sure a stream runs for each of `stack`'s targets (restarting
+    /// one whose instance, address or pinned host key changed), and stops
+    /// the stack's streams of tiers without a target: a terminated
+    /// instance's stream would otherwise retry at an address a replacement
+    /// may take. Cheap when nothing changed.
+    pub fn ensure(&self, stack: &str, targets: &[HostTarget], key: &SshKey) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|p| p.into_inner());
-        for target in targets {
+        watchers.retain(|(s, tier), _| s != stack || targets.iter().any(|t| t.tier == *tier));
+        for target in targets.iter().filter(|t| t.stack == stack) {
             let slot = (target.stack.clone(), target.tier);
             let current = watchers.get(&slot).is_some_and(|(t, w)| t == target && !w.is_finished());
             if !current {
