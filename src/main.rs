@@ -186,6 +186,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Controller(args) => {
+            raise_open_files_limit();
             let client = kube::Client::try_default().await?;
             let opts = votingstack::controller::ControllerOptions {
                 metrics_addr: args.metrics_addr,
@@ -203,6 +204,16 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             votingstack::controller::main(client, opts).await?;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Raises the soft limit of open files to the hard one: the controller
+/// holds an SSH connection per host (one per stack through the jump host),
+/// and a container may start with a soft limit of 1,024 (docs/scaling.md).
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(e) => tracing::warn!("could not raise the open files limit: {e}"),
     }
 }
 
