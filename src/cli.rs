@@ -177,6 +177,11 @@ pub fn render_status(status: &VotingStackStatus) -> String {
             cond.map_or("-".to_string(), |c| format!("{} {}", c.status, c.reason)),
         );
     }
+    if let Some(v) = &status.data_volume {
+        let id = v.volume_id.as_deref().unwrap_or("-");
+        let at = v.attached_to.as_deref().map_or("not attached".to_string(), |i| format!("attached to {i}"));
+        let _ = writeln!(out, "{:<11} {id} ({at})", "Data volume");
+    }
     for (label, url) in [("Vote URL", &status.vote_url), ("Result URL", &status.result_url)] {
         if let Some(u) = url {
             let _ = writeln!(out, "{label:<11} {u}");

@@ -454,8 +454,9 @@ async fn e2e_redis_recreated_with_votes_queued_loses_none() {
 #[tokio::test]
 async fn e2e_votes_survive_the_database_instance_terminated() {
     let stack = Stack::new("e2e-ebs", 68);
-    stack.apply_wait();
+    let out = stack.apply_wait();
     let volume = stack.status()["dataVolume"]["volumeId"].as_str().expect("a data volume in status").to_string();
+    assert!(out.contains(&format!("Data volume {volume} (attached to i-")), "{out}");
     let (db_before, _) = stack.tier(Tier::Database);
     let (ok, out) = stack.on_host(Tier::Database, "findmnt -n -o TARGET --target /var/lib/votingstack/data/pgdata");
     assert!(ok && out == "/var/lib/votingstack/data", "postgres's data directory is on the mounted volume: {out}");
