@@ -20,7 +20,7 @@ use crate::timeline::{self, Stage};
 use crate::model::network::NAT_PENDING;
 use crate::model::{
     Action, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceState, NetworkObservation,
-    ObservedHost, ObservedInfra, ObservedInstance, ObservedVolume, UserData, VolumeStep,
+    ObservedHost, ObservedInfra, ObservedInstance, ObservedVolume, UserData, VolumeState, VolumeStep,
 };
 
 use super::conditions::{Finding, Findings};
@@ -328,6 +328,7 @@ impl Engine {
         }
         let zone = db.zone.clone().or_else(|| run.status.network.as_ref().and_then(|n| n.availability_zone.clone()));
         let mut created: Option<ObservedVolume> = None;
+        let mut acted = false;
         let deadline = Instant::now() + self.settings.volume_wait;
         loop {
             let recorded = run.status.data_volume.as_ref().and_then(|v| v.volume_id.clone());
@@ -349,6 +350,14 @@ impl Engine {
             };
             let infra = ObservedInfra { instances: holders, ..Default::default() };
             let step = plan_volume(db, volume, &infra, zone.as_deref(), spec.database.volume_size_gib);
+            // Worth waiting for within the pass: EC2 finishing what this
+            // stack asked for (a create, an attachment to the instance, a
+            // detach it sent). A terminating instance letting go takes as
+            // long as its shutdown: the next pass looks again.
+            let soon = volume.is_some_and(|v| {
+                v.state == VolumeState::Creating
+                    || v.attachment().is_some_and(|a| a.instance_id == db.id || (acted && a.state == "detaching"))
+            });
             if let Some(v) = volume {
                 let attached = v.attachment().map(|a| a.instance_id.as_str());
                 record_volume(&mut run.status, &v.id, Some(v), attached);
@@ -363,6 +372,7 @@ impl Engine {
                 VolumeStep::Wait { why, .. }
                     if Instant::now() >= deadline
                         || spec.paused
+                        || !soon
                         || !matches!(db.state, InstanceState::Running | InstanceState::Stopped) =>
                 {
                     return Err(Finding::not(Reason::WaitingForInfrastructure, why.clone()));
@@ -377,7 +387,7 @@ impl Engine {
                 _ => {}
             }
             info!(stack = %ident.tag_value(), "{step}");
-            let acted = match &step {
+            let result = match &step {
                 VolumeStep::Create { zone, size_gib } => {
                     let n = run.status.data_volume.as_ref().map_or(0, |v| v.created);
                     match self.cloud.create_data_volume(ident, zone, *size_gib, n).await {
@@ -395,9 +405,10 @@ impl Engine {
                 VolumeStep::Detach { volume_id, instance_id } => self.cloud.detach_volume(volume_id, instance_id).await,
                 _ => Ok(()),
             };
-            if let Err(e) = acted {
+            if let Err(e) = result {
                 return Err(self.volume_failed(run, e));
             }
+            acted = true;
             run.applied.push(Action::Infra(InfraAction::DataVolume(step)));
             if Instant::now() >= deadline {
                 return Err(Finding::not(Reason::WaitingForInfrastructure, "the data volume is on its way"));
