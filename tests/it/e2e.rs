@@ -454,6 +454,12 @@ async fn e2e_redis_recreated_with_votes_queued_loses_none() {
 #[tokio::test]
 async fn e2e_votes_survive_the_database_instance_terminated() {
     let stack = Stack::new("e2e-ebs", 68);
+    // EC2 refuses an attachment to a pending instance, across zones, or of
+    // a volume in use; the realism layer does too, and counts it.
+    let counter =
+        |name: &str, action: &str| realism(&stack, "/_realism", None)["counters"][name][action].as_i64().unwrap_or(0);
+    let refused_before = counter("refusals", "AttachVolume") + counter("refusals", "DetachVolume");
+    let attached_before = counter("calls", "AttachVolume");
     let out = stack.apply_wait();
     let volume = stack.status()["dataVolume"]["volumeId"].as_str().expect("a data volume in status").to_string();
     assert!(out.contains(&format!("Data volume {volume} (attached to i-")), "{out}");
@@ -479,6 +485,13 @@ async fn e2e_votes_survive_the_database_instance_terminated() {
     let status = stack.status();
     assert_eq!(status["dataVolume"]["volumeId"].as_str(), Some(volume.as_str()), "the same volume");
     assert_eq!(status["dataVolume"]["attachedTo"].as_str(), Some(db_after.as_str()));
+
+    // The volume was attached twice (first instance, replacement) and EC2
+    // never had to refuse the operator (no stack of these tests attaches
+    // early, across zones or twice).
+    assert!(counter("calls", "AttachVolume") >= attached_before + 2, "the operator attached the volume twice");
+    let refused = counter("refusals", "AttachVolume") + counter("refusals", "DetachVolume");
+    assert_eq!(refused, refused_before, "EC2 refused a volume call of the operator");
 
     // Exactly the 100 votes: none lost, and no smoke-test vote among them.
     assert_eq!(stack.on_host(Tier::Database, all).1, "100");
