@@ -17,7 +17,7 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
     /// True, False or Unknown.
-    pub status: String,
+    pub status: ConditionStatus,
     /// One CamelCase word saying why.
     pub reason: String,
     /// What happened, for people.
@@ -27,6 +27,44 @@ pub struct Condition {
     /// The generation this condition was computed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// A condition's status, as Kubernetes spells it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl ConditionStatus {
+    pub fn of(ok: bool) -> ConditionStatus {
+        if ok {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+}
+
+impl fmt::Display for ConditionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Condition {
+    pub fn is_true(&self) -> bool {
+        self.status == ConditionStatus::True
+    }
 }
 
 /// The condition types the operator writes.
@@ -198,10 +236,9 @@ pub fn set_condition(
     generation: Option<i64>,
     now: &str,
 ) -> bool {
-    let status = if update.status { "True" } else { "False" };
     let fresh = Condition {
         type_: update.type_.as_str().to_string(),
-        status: status.to_string(),
+        status: ConditionStatus::of(update.status),
         reason: update.reason.as_str().to_string(),
         message: update.message.clone(),
         last_transition_time: now.to_string(),

@@ -5,7 +5,7 @@ pub mod spec;
 pub mod status;
 pub mod validate;
 
-pub use conditions::{Condition, ConditionType, ConditionUpdate, Reason};
+pub use conditions::{Condition, ConditionStatus, ConditionType, ConditionUpdate, Reason};
 pub use spec::*;
 pub use status::*;
 pub use validate::{validate, FieldError};

@@ -154,7 +154,7 @@ fn launches(out: &Outcome) -> Vec<Tier> {
 fn infra_condition(stack: &VotingStack) -> (String, String, String) {
     let c = find_condition(&stack.status.as_ref().expect("status").conditions, ConditionType::InfrastructureReady)
         .expect("InfrastructureReady condition");
-    (c.status.clone(), c.reason.clone(), c.message.clone())
+    (c.status.to_string(), c.reason.clone(), c.message.clone())
 }
 
 /// Tagged VPCs, subnets, gateways, route tables, groups, key pairs,
@@ -821,7 +821,10 @@ async fn ec2_unreachable_endpoint_is_a_transport_error_with_its_cause() {
         }
         other => panic!("expected a transport error, got {other:?}"),
     }
-    assert_eq!(err.reason(), votingstack::api::Reason::AwsUnavailable);
+    assert_eq!(
+        votingstack::engine::conditions::infrastructure::cloud_reason(&err),
+        votingstack::api::Reason::AwsUnavailable
+    );
     assert_eq!(cloud.api_calls(), 1);
 }
 
@@ -893,7 +896,10 @@ async fn ec2_throttling_and_5xx_are_retried_but_auth_errors_are_not() {
         e3.to_string(),
         "EC2 DescribeInstances failed with UnauthorizedOperation: You are not authorized to perform this operation."
     );
-    assert_eq!(e3.reason(), votingstack::api::Reason::AwsAuthFailed);
+    assert_eq!(
+        votingstack::engine::conditions::infrastructure::cloud_reason(&e3),
+        votingstack::api::Reason::AwsAuthFailed
+    );
     assert_eq!(denied.1.load(Ordering::SeqCst), 1, "auth errors are not retried");
     // Each was one call for the operator, however many attempts the SDK made.
     assert_eq!((c1.api_calls(), c2.api_calls(), c3.api_calls()), (1, 1, 1));

@@ -51,7 +51,7 @@ async fn reconcile(engine: &Engine, stack: &mut VotingStack) -> Outcome {
 fn infra_ready(stack: &VotingStack) -> (String, String) {
     let c = find_condition(&stack.status.as_ref().expect("status").conditions, ConditionType::InfrastructureReady)
         .expect("InfrastructureReady condition");
-    (c.status.clone(), c.message.clone())
+    (c.status.to_string(), c.message.clone())
 }
 
 fn launches(out: &Outcome) -> Vec<(Tier, u32)> {
