@@ -353,7 +353,7 @@ impl Cloud for Ec2Cloud {
         let instances = self.shared_stack_instances(stack).await?;
         let network = self.observe_network(stack, known, lookup, &instances).await?;
         let instances = instances.into_iter().map(|(inst, _)| inst).collect();
-        Ok(ObservedInfra { network, instances })
+        Ok(ObservedInfra { network, instances, data_volumes: None })
     }
 
     async fn apply_network_step(

@@ -17,4 +17,6 @@ pub use network::{
     DesiredKeyPair, NetworkObservation, NetworkStep, ObservedNetwork, Rule, Source, TeardownInventory, TeardownStep,
 };
 pub use observed::{DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance};
-pub use volume::{AttachedVolume, DataVolume, ObservedVolume, VolumeAttachment, VolumeState, VolumeStep};
+pub use volume::{
+    AttachedVolume, AttachmentState, DataVolume, ObservedVolume, VolumeAttachment, VolumeState, VolumeStep,
+};

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use crate::api::Tier;
 
 use super::network::NetworkObservation;
-use super::volume::{AttachedVolume, DATA_DEVICE};
+use super::volume::{AttachedVolume, AttachmentState, ObservedVolume, DATA_DEVICE};
 
 /// EC2 instance states the engine tells apart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +73,7 @@ pub struct ObservedInstance {
 impl ObservedInstance {
     /// The volume attached at [`DATA_DEVICE`], in any attachment state.
     pub fn data_device(&self) -> Option<&AttachedVolume> {
-        self.volumes.iter().find(|v| v.device == DATA_DEVICE && v.status != "detached")
+        self.volumes.iter().find(|v| v.device == DATA_DEVICE && v.status != AttachmentState::Detached)
     }
 }
 
@@ -83,6 +83,10 @@ pub struct ObservedInfra {
     /// The network: trusted from status, or looked up by tag.
     pub network: NetworkObservation,
     pub instances: Vec<ObservedInstance>,
+    /// The stack's data volumes as DescribeVolumes listed them; None when
+    /// they were not looked up (in steady state the database instance's
+    /// block device mappings show its volume attached, and nothing is asked).
+    pub data_volumes: Option<Vec<ObservedVolume>>,
 }
 
 impl ObservedInfra {
@@ -129,7 +133,8 @@ impl ObservedContainer {
 pub struct ObservedHost {
     pub docker: DockerState,
     pub containers: Vec<ObservedContainer>,
-    /// Readiness probes run on the host (redis PING, postgres SELECT 1), by
+    /// Each container's health, as its Docker HEALTHCHECK (redis PING,
+    /// postgres SELECT 1) reports it in the one container list, by
     /// container name: Ok or the failure text.
     pub probes: Vec<(String, Result<(), String>)>,
     /// SHA256 fingerprint of the host key the host presented.

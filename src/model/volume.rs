@@ -58,13 +58,51 @@ impl VolumeState {
     }
 }
 
+/// Where a volume's attachment to an instance stands, as EC2 says it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AttachmentState {
+    Attaching,
+    Attached,
+    Detaching,
+    Detached,
+    /// Any other word EC2 uses (such as `busy`), kept for messages.
+    Other(String),
+}
+
+impl AttachmentState {
+    pub fn parse(s: &str) -> AttachmentState {
+        match s {
+            "attaching" => AttachmentState::Attaching,
+            "attached" => AttachmentState::Attached,
+            "detaching" => AttachmentState::Detaching,
+            "detached" => AttachmentState::Detached,
+            other => AttachmentState::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            AttachmentState::Attaching => "attaching",
+            AttachmentState::Attached => "attached",
+            AttachmentState::Detaching => "detaching",
+            AttachmentState::Detached => "detached",
+            AttachmentState::Other(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for AttachmentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One attachment of a volume, as DescribeVolumes lists it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeAttachment {
     pub instance_id: String,
     pub device: String,
-    /// attaching, attached, detaching, detached
-    pub state: String,
+    pub state: AttachmentState,
 }
 
 /// The stack's data volume, as DescribeVolumes found it.
@@ -82,7 +120,7 @@ pub struct ObservedVolume {
 impl ObservedVolume {
     /// The attachment that still binds the volume to an instance.
     pub fn attachment(&self) -> Option<&VolumeAttachment> {
-        self.attachments.iter().find(|a| a.state != "detached")
+        self.attachments.iter().find(|a| a.state != AttachmentState::Detached)
     }
 }
 
@@ -91,8 +129,7 @@ impl ObservedVolume {
 pub struct AttachedVolume {
     pub device: String,
     pub volume_id: String,
-    /// attaching, attached, detaching, detached
-    pub status: String,
+    pub status: AttachmentState,
 }
 
 /// What the engine does about the data volume this pass.
@@ -102,9 +139,10 @@ pub enum VolumeStep {
     Ready {
         volume_id: String,
     },
-    /// Creates the volume in the instance's zone.
+    /// Creates the volume in the database instance's zone (None in a plan
+    /// made before that instance exists: its zone is not known yet).
     Create {
-        zone: String,
+        zone: Option<String>,
         size_gib: i32,
     },
     Attach {
@@ -131,8 +169,11 @@ impl fmt::Display for VolumeStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VolumeStep::Ready { volume_id } => write!(f, "data volume {volume_id} is attached"),
-            VolumeStep::Create { zone, size_gib } => {
+            VolumeStep::Create { zone: Some(zone), size_gib } => {
                 write!(f, "create the data volume ({size_gib} GiB, gp3, in {zone})")
+            }
+            VolumeStep::Create { zone: None, size_gib } => {
+                write!(f, "create the data volume ({size_gib} GiB, gp3, in the database instance's zone)")
             }
             VolumeStep::Attach { volume_id, instance_id } => {
                 write!(f, "attach data volume {volume_id} to {instance_id} as {DATA_DEVICE}")

@@ -16,7 +16,7 @@ use votingstack::model::network::{
     ObservedRouteTable, ObservedSubnet, ObservedVpc, SubnetRole,
 };
 use votingstack::model::HostAction;
-use votingstack::model::{AttachedVolume, ObservedVolume, VolumeAttachment, VolumeState};
+use votingstack::model::{AttachedVolume, AttachmentState, ObservedVolume, VolumeAttachment, VolumeState};
 use votingstack::model::{
     DockerState, InstanceLaunch, InstanceState, NetworkObservation, NetworkStep, ObservedContainer, ObservedHost,
     ObservedInfra, ObservedInstance, ObservedNetwork, Rule, TeardownInventory, TeardownStep,
@@ -132,7 +132,7 @@ impl Cloud for FakeCloud {
             }
             _ => NetworkObservation::Inventory(s.inventory()),
         };
-        Ok(ObservedInfra { network, instances: s.instances.clone() })
+        Ok(ObservedInfra { network, instances: s.instances.clone(), data_volumes: None })
     }
 
     async fn apply_network_step(
@@ -278,14 +278,14 @@ impl Cloud for FakeCloud {
             v.attachments = vec![VolumeAttachment {
                 instance_id: instance_id.into(),
                 device: device.into(),
-                state: "attached".into(),
+                state: AttachmentState::Attached,
             }];
         }
         for i in s.instances.iter_mut().filter(|i| i.id == instance_id) {
             i.volumes.push(AttachedVolume {
                 device: device.into(),
                 volume_id: volume_id.into(),
-                status: "attached".into(),
+                status: AttachmentState::Attached,
             });
         }
         Ok(())

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::api::{NetworkStatus, Tier, TIER_LABEL};
 use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::SubnetRole;
-use crate::model::{AttachedVolume, InstanceLaunch, InstanceState, ObservedInstance};
+use crate::model::{AttachedVolume, AttachmentState, InstanceLaunch, InstanceState, ObservedInstance};
 
 use super::{filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
 
@@ -57,7 +57,7 @@ pub(super) fn observed(inst: &Instance) -> Option<(ObservedInstance, Placement)>
                 Some(AttachedVolume {
                     device: m.device_name()?.to_owned(),
                     volume_id: ebs.volume_id()?.to_owned(),
-                    status: ebs.status().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    status: AttachmentState::parse(ebs.status().map(|s| s.as_str()).unwrap_or_default()),
                 })
             })
             .collect(),

@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use crate::api::Tier;
 use crate::cloud::{CloudError, StackIdentity};
 use crate::model::volume::{DATA_DEVICE, DATA_VOLUME_ROLE};
-use crate::model::{ObservedVolume, VolumeAttachment, VolumeState};
+use crate::model::{AttachmentState, ObservedVolume, VolumeAttachment, VolumeState};
 
 use super::{filter, is_not_found, stack_filter, stack_tags, tag_filter, Ec2Cloud};
 
@@ -30,7 +30,7 @@ pub(super) fn observed_volume(v: &Volume) -> Option<ObservedVolume> {
                 Some(VolumeAttachment {
                     instance_id: a.instance_id()?.to_owned(),
                     device: a.device().unwrap_or_default().to_owned(),
-                    state: a.state().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+                    state: AttachmentState::parse(a.state().map(|s| s.as_str()).unwrap_or_default()),
                 })
             })
             .collect(),
