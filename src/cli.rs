@@ -17,6 +17,7 @@ use crate::engine::plan::Plan;
 use crate::engine::{Engine, Outcome, Teardown};
 use crate::host::events::{DriftEvent, STREAM_LOST};
 use crate::manifest::{Manifest, ManifestError};
+use crate::model::ObservedInfra;
 use crate::timeline;
 
 /// Errors of the CLI, each with what to do.
@@ -333,8 +334,10 @@ pub async fn plan(engine: Option<&Engine>, manifest: &Manifest, state_path: &Pat
         None => {
             // Nothing observed: the whole network is planned from scratch.
             let ident = crate::cloud::StackIdentity::of(&stack);
-            let key = crate::engine::reconcile::desired_key_pair(&ident, manifest.ssh_key().ok().as_ref());
-            Ok(crate::engine::plan::plan(&stack.spec, &state.status, &Default::default(), &BTreeMap::new(), &key))
+            let key = crate::engine::desired_key_pair(&ident, manifest.ssh_key().ok().as_ref());
+            // Looked up as none: a stack without state owns no data volume yet.
+            let nothing = ObservedInfra { data_volumes: Some(Vec::new()), ..Default::default() };
+            Ok(crate::engine::plan::plan(&stack.spec, &state.status, &nothing, &BTreeMap::new(), &key))
         }
     }
 }

@@ -25,8 +25,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{ConditionType, VotingStack, VotingStackStatus, FINALIZER};
 use crate::cloud::{AwsErrorKind, CloudError};
-use crate::engine::reconcile::{deleting_status, status_content};
-use crate::engine::{ErrorKind, Outcome, Teardown};
+use crate::engine::{deleting_status, status_content, Failure, Outcome, Teardown};
 use crate::host::events::DriftEvent;
 use crate::leader::{LeadOutcome, LeaderElector, LeaseConfig};
 use crate::manifest::key_from_secret;
@@ -58,7 +57,7 @@ pub enum ControllerError {
     #[error("finalizer step failed: {0}")]
     Finalizer(String),
     #[error("{stack}: reconcile hit a {} problem; see status.conditions", .kind.metric_label())]
-    Transient { stack: String, kind: ErrorKind },
+    Transient { stack: String, kind: Failure },
     #[error("{stack}: tearing down AWS resources failed: {source}")]
     Destroy { stack: String, source: CloudError },
     #[error("VotingStack {0} has no namespace")]
@@ -66,14 +65,15 @@ pub enum ControllerError {
 }
 
 impl ControllerError {
-    pub fn kind(&self) -> &'static str {
+    /// Why the reconcile failed: picks the backoff and labels the metric.
+    pub fn kind(&self) -> Failure {
         match self {
-            ControllerError::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
-            ControllerError::Kube(_) => "kube",
-            ControllerError::Finalizer(_) => "finalizer",
-            ControllerError::Transient { kind, .. } => kind.metric_label(),
-            ControllerError::Destroy { .. } => "destroy",
-            ControllerError::NoNamespace(_) => "invalid_object",
+            ControllerError::Kube(kube::Error::Api(status)) if status.code == 409 => Failure::Conflict,
+            ControllerError::Kube(_) => Failure::Kube,
+            ControllerError::Finalizer(_) => Failure::Finalizer,
+            ControllerError::Transient { kind, .. } => *kind,
+            ControllerError::Destroy { .. } => Failure::Destroy,
+            ControllerError::NoNamespace(_) => Failure::InvalidObject,
         }
     }
 }
@@ -82,7 +82,7 @@ impl ControllerError {
 #[derive(Clone, Copy, Debug)]
 struct Failures {
     /// What failed ([`ControllerError::kind`]); another cause starts over.
-    cause: &'static str,
+    cause: Failure,
     count: u32,
     /// When `count` last grew.
     bumped: Instant,
@@ -92,9 +92,9 @@ impl Failures {
     /// The failures after one more of `cause` at `now`: another cause starts
     /// over, and a failure within the current backoff window (a burst of
     /// triggers) does not count again.
-    fn after(previous: Option<Failures>, cause: &'static str, now: Instant) -> Failures {
+    fn after(previous: Option<Failures>, cause: Failure, now: Instant) -> Failures {
         match previous {
-            Some(p) if p.cause == cause && now.duration_since(p.bumped) < backoff_for(cause, p.count) => p,
+            Some(p) if p.cause == cause && now.duration_since(p.bumped) < cause.backoff(p.count) => p,
             Some(p) if p.cause == cause => Failures { cause, count: p.count.saturating_add(1), bumped: now },
             _ => Failures { cause, count: 1, bumped: now },
         }
@@ -178,11 +178,11 @@ impl Context {
     /// Counts a failure of `key` and returns how long to wait. Failures of
     /// one cause within one backoff window (a burst of triggers) count once,
     /// so a burst never stalls a stack for minutes.
-    fn record_failure(&self, key: &str, cause: &'static str) -> Duration {
+    fn record_failure(&self, key: &str, cause: Failure) -> Duration {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let next = Failures::after(map.get(key).copied(), cause, Instant::now());
         map.insert(key.to_string(), next);
-        backoff_for(cause, next.count)
+        cause.backoff(next.count)
     }
 
     /// The stack made progress: its backoff starts over.
@@ -219,25 +219,7 @@ pub fn jitter(wait: Duration, fraction: f64) -> Duration {
 }
 
 /// Exponential backoff per object: 2 s, 4 s, ... capped at 5 minutes.
-pub fn backoff(failures: u32) -> Duration {
-    let secs = 2u64.saturating_pow(failures.clamp(1, 16)).min(300);
-    Duration::from_secs(secs)
-}
-
-/// Backoff for a cause of failure ([`ControllerError::kind`]). Hosts that
-/// refuse SSH are usually still booting and the Kubernetes API recovers
-/// quickly: those retry within seconds (1 s doubling to 10 s, or 30 s for
-/// the API). EC2 and teardown failures use [`backoff`].
-pub fn backoff_for(cause: &str, failures: u32) -> Duration {
-    let exp = |base: u64, cap: u64| {
-        Duration::from_secs(base.saturating_mul(2u64.saturating_pow(failures.saturating_sub(1).min(16))).min(cap))
-    };
-    match cause {
-        "ssh" => exp(1, 10),
-        "kube" | "conflict" | "finalizer" => exp(1, 30),
-        _ => backoff(failures),
-    }
-}
+pub use crate::engine::failure::backoff;
 
 /// The reconcile the Controller runs for each VotingStack.
 pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
@@ -264,10 +246,10 @@ pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Act
 /// Requeue after an error, with backoff per stack and cause.
 pub fn error_policy(stack: Arc<VotingStack>, err: &ControllerError, ctx: Arc<Context>) -> Action {
     let wait = ctx.jittered(ctx.record_failure(&stack.key(), err.kind()));
-    warn!(stack = %stack.key(), error = %err, cause = err.kind(), retry_in_ms = wait.as_millis() as u64, "reconcile failed");
+    warn!(stack = %stack.key(), error = %err, cause = err.kind().metric_label(), retry_in_ms = wait.as_millis() as u64, "reconcile failed");
     // Engine failures were counted with their reconcile; count the rest here.
     if !matches!(err, ControllerError::Transient { .. }) {
-        ctx.metrics.errors.get_or_create(&crate::metrics::ErrorLabels { kind: err.kind().into() }).inc();
+        ctx.metrics.errors.get_or_create(&crate::metrics::ErrorLabels { kind: err.kind().metric_label().into() }).inc();
     }
     Action::requeue(wait)
 }
@@ -305,7 +287,7 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     }
     let terminal = outcome.status.phase == Some(crate::api::Phase::Failed);
     match outcome.error {
-        Some(kind) if !terminal && kind != ErrorKind::Secret => {
+        Some(kind) if !terminal && kind != Failure::Secret => {
             Err(ControllerError::Transient { stack: stack.key(), kind })
         }
         _ => {
@@ -484,7 +466,7 @@ fn is_ready(stack: &VotingStack) -> bool {
         .status
         .as_ref()
         .and_then(|s| crate::api::conditions::find_condition(&s.conditions, ConditionType::Ready))
-        .is_some_and(|c| c.status == "True")
+        .is_some_and(|c| c.is_true())
 }
 
 /// Names a watcher error's likely cause for the log and /readyz.
@@ -711,27 +693,27 @@ mod tests {
     #[test]
     fn a_burst_of_failures_counts_once() {
         let t0 = Instant::now();
-        let mut f = Failures::after(None, "aws", t0);
+        let mut f = Failures::after(None, Failure::Aws, t0);
         for ms in [1, 5, 50, 200] {
-            f = Failures::after(Some(f), "aws", t0 + Duration::from_millis(ms));
+            f = Failures::after(Some(f), Failure::Aws, t0 + Duration::from_millis(ms));
         }
         assert_eq!(f.count, 1, "fifty failures within 200 ms are one");
-        assert_eq!(backoff_for(f.cause, f.count), Duration::from_secs(2));
-        let later = Failures::after(Some(f), "aws", t0 + Duration::from_secs(2));
+        assert_eq!(f.cause.backoff(f.count), Duration::from_secs(2));
+        let later = Failures::after(Some(f), Failure::Aws, t0 + Duration::from_secs(2));
         assert_eq!(later.count, 2, "a failure after the backoff counts");
     }
 
     #[test]
     fn another_cause_starts_over() {
         let t0 = Instant::now();
-        let mut f = Failures::after(None, "aws", t0);
+        let mut f = Failures::after(None, Failure::Aws, t0);
         for s in 1..6 {
-            f = Failures::after(Some(f), "aws", t0 + Duration::from_secs(100 * s));
+            f = Failures::after(Some(f), Failure::Aws, t0 + Duration::from_secs(100 * s));
         }
         assert_eq!(f.count, 6);
-        let ssh = Failures::after(Some(f), "ssh", t0 + Duration::from_secs(601));
-        assert_eq!((ssh.cause, ssh.count), ("ssh", 1));
-        assert_eq!(backoff_for(ssh.cause, ssh.count), Duration::from_secs(1));
+        let ssh = Failures::after(Some(f), Failure::Ssh, t0 + Duration::from_secs(601));
+        assert_eq!((ssh.cause, ssh.count), (Failure::Ssh, 1));
+        assert_eq!(ssh.cause.backoff(ssh.count), Duration::from_secs(1));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::engine::ErrorKind;
+use crate::engine::Failure;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -129,7 +129,7 @@ impl Metrics {
     }
 
     /// Records one reconcile.
-    pub fn observe_reconcile(&self, took: Duration, error: Option<ErrorKind>) {
+    pub fn observe_reconcile(&self, took: Duration, error: Option<Failure>) {
         self.reconciles.inc();
         self.reconcile_duration.observe(took.as_secs_f64());
         if let Some(kind) = error {
@@ -256,7 +256,7 @@ mod tests {
     fn reconciles_and_errors_are_counted() {
         let m = Metrics::default();
         m.observe_reconcile(Duration::from_millis(20), None);
-        m.observe_reconcile(Duration::from_millis(30), Some(ErrorKind::Aws));
+        m.observe_reconcile(Duration::from_millis(30), Some(Failure::Aws));
         let text = m.render();
         assert!(text.contains("votingstack_reconcile_total 2"), "{text}");
         assert!(text.contains("votingstack_reconcile_errors_total{kind=\"aws\"} 1"), "{text}");

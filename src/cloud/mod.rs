@@ -7,7 +7,7 @@ pub mod ec2;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::api::{NetworkStatus, Reason, Tier, VotingStack};
+use crate::api::{NetworkStatus, Tier, VotingStack};
 use crate::model::{
     InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedVolume, TeardownInventory, TeardownStep,
 };
@@ -129,17 +129,6 @@ impl AwsErrorKind {
             _ => AwsErrorKind::Other,
         }
     }
-
-    pub fn reason(self) -> Reason {
-        match self {
-            AwsErrorKind::Auth => Reason::AwsAuthFailed,
-            AwsErrorKind::InvalidParameter => Reason::AwsInvalidParameter,
-            AwsErrorKind::Quota => Reason::AwsQuotaExceeded,
-            AwsErrorKind::Throttled => Reason::AwsThrottled,
-            AwsErrorKind::Unavailable | AwsErrorKind::Capacity => Reason::AwsUnavailable,
-            AwsErrorKind::NotFound | AwsErrorKind::Other => Reason::AwsError,
-        }
-    }
 }
 
 /// Errors at the EC2 boundary (cloneable: one failed look-up shared by
@@ -183,10 +172,6 @@ impl CloudError {
             CloudError::Incomplete { .. } | CloudError::TokenReused { .. } => AwsErrorKind::Other,
             CloudError::Capacity { .. } => AwsErrorKind::Capacity,
         }
-    }
-
-    pub fn reason(&self) -> Reason {
-        self.kind().reason()
     }
 }
 
@@ -325,8 +310,6 @@ mod tests {
     #[test]
     fn no_capacity_is_transient_and_a_reused_token_says_what_happens_next() {
         assert_eq!(AwsErrorKind::from_code("InsufficientInstanceCapacity"), AwsErrorKind::Capacity);
-        assert_eq!(AwsErrorKind::Capacity.reason(), Reason::AwsUnavailable);
-        assert!(!AwsErrorKind::Capacity.reason().is_terminal());
         let e = CloudError::Capacity {
             tier: Tier::Backend,
             instance_type: "t3.small".into(),
@@ -336,18 +319,18 @@ mod tests {
         assert!(e.to_string().contains("spec.instances.backend.instanceType"), "{e}");
         assert_eq!(AwsErrorKind::from_code("IdempotentParameterMismatch"), AwsErrorKind::Other);
         let e = CloudError::TokenReused { tier: Tier::Database, token: "vs-ab-1".into(), message: "m".into() };
-        assert!(!e.reason().is_terminal());
+        assert_eq!(e.kind(), AwsErrorKind::Other);
         assert!(e.to_string().contains("vs-ab-1") && e.to_string().contains("new replacement number"), "{e}");
     }
 
     #[test]
-    fn aws_codes_map_to_reasons_a_user_can_act_on() {
-        assert_eq!(AwsErrorKind::from_code("InvalidAMIID.NotFound").reason(), Reason::AwsInvalidParameter);
+    fn aws_codes_are_classified() {
+        assert_eq!(AwsErrorKind::from_code("InvalidAMIID.NotFound"), AwsErrorKind::InvalidParameter);
         assert_eq!(AwsErrorKind::from_code("InvalidVpcID.NotFound"), AwsErrorKind::NotFound);
         assert_eq!(AwsErrorKind::from_code("InvalidAMIID.Malformed"), AwsErrorKind::InvalidParameter);
         assert_eq!(AwsErrorKind::from_code("InvalidParameterValue"), AwsErrorKind::InvalidParameter);
-        assert_eq!(AwsErrorKind::from_code("UnauthorizedOperation").reason(), Reason::AwsAuthFailed);
-        assert_eq!(AwsErrorKind::from_code("RequestLimitExceeded").reason(), Reason::AwsThrottled);
-        assert_eq!(AwsErrorKind::from_code("VcpuLimitExceeded").reason(), Reason::AwsQuotaExceeded);
+        assert_eq!(AwsErrorKind::from_code("UnauthorizedOperation"), AwsErrorKind::Auth);
+        assert_eq!(AwsErrorKind::from_code("RequestLimitExceeded"), AwsErrorKind::Throttled);
+        assert_eq!(AwsErrorKind::from_code("VcpuLimitExceeded"), AwsErrorKind::Quota);
     }
 }

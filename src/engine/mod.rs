@@ -1,11 +1,35 @@
-//! The engine: desired state, observation types, the pure plan, conditions,
-//! and the phased reconcile that both shells run.
+//! The engine: desired state, the pure plan, every condition's decision,
+//! and the phased reconcile that both shells (controller and CLI) run.
+//!
+//! - [`reconcile`]: the phases in order, and [`Engine`] itself;
+//! - [`infra`], [`volume_converge`], [`hosts`], [`smoke`]: one phase each;
+//! - [`plan`], [`network`], [`volume`], [`desired`]: pure plans and desired
+//!   state;
+//! - [`conditions`]: where every condition's status, reason and message is
+//!   decided;
+//! - [`status`], [`host_keys`], [`addressing`]: what is recorded in status,
+//!   which host key each host must present, and how each host is reached;
+//! - [`failure`]: why a reconcile failed (metrics and backoff).
 
+pub mod addressing;
 pub mod conditions;
 pub mod desired;
+pub mod failure;
+pub mod host_keys;
+mod hosts;
+pub mod infra;
 pub mod network;
 pub mod plan;
 pub mod reconcile;
+mod smoke;
+pub mod status;
 pub mod volume;
+mod volume_converge;
 
-pub use reconcile::{converge_network, tear_down, Engine, EngineSettings, ErrorKind, Outcome, Teardown};
+pub use failure::Failure;
+#[cfg(any(test, feature = "test-support"))]
+pub use infra::converge_network;
+pub use infra::{desired_key_pair, tear_down};
+pub use reconcile::{Engine, EngineSettings, Outcome, Teardown};
+pub use smoke::smoke_voter_id;
+pub use status::{deleting_status, status_content};

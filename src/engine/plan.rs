@@ -1,7 +1,8 @@
 //! The plan step: desired + observed → ordered actions. Pure: no I/O, no clock.
 //!
 //! Infrastructure comes first (the network steps, then one instance per
-//! tier), then the hosts in tier order database → backend → frontend.
+//! tier, then the database's data volume), then the hosts in tier order
+//! database → backend → frontend.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +16,7 @@ use crate::model::{
 
 use super::desired::{on_data_volume, pinned_containers};
 use super::network::{network_steps, rule_steps};
+use super::volume::volume_action;
 
 /// AMI or instance type that no longer matches the spec, left in place
 /// because `instances.allowReplacement` is false.
@@ -258,9 +260,11 @@ impl Plan {
     }
 }
 
-/// Plans everything from one observation. `hosts` holds the hosts that were
-/// observed; a tier missing from it is treated as not created when its
-/// instance is to be launched, and as unavailable otherwise.
+/// Plans everything from one observation: the EC2 steps, the data volume's
+/// step (when its volumes were looked up), then each host. `hosts` holds
+/// the hosts that were observed; a tier missing from it is treated as not
+/// created when its instance is to be launched, and as unavailable
+/// otherwise.
 pub fn plan(
     spec: &VotingStackSpec,
     status: &VotingStackStatus,
@@ -271,6 +275,15 @@ pub fn plan(
     let infra_plan = plan_infra(spec, status, infra, key);
     let peers = infra_plan.peers();
     let mut actions: Vec<Action> = infra_plan.actions.iter().cloned().map(Action::Infra).collect();
+    if let Some(found) = &infra.data_volumes {
+        let recorded = status.data_volume.as_ref().and_then(|v| v.volume_id.as_deref());
+        let zone = status.network.as_ref().and_then(|n| n.availability_zone.as_deref());
+        let db = infra_plan.keepers.get(&Tier::Database);
+        let size = spec.database.volume_size_gib;
+        if let Some(step) = volume_action(db, found, infra, recorded, zone, size) {
+            actions.push(Action::Infra(InfraAction::DataVolume(step)));
+        }
+    }
     for tier in Tier::ALL {
         let view = match (hosts.get(&tier), infra_plan.keepers.get(&tier)) {
             (Some(host), Some(_)) => HostView::Observed(host),

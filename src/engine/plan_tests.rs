@@ -41,6 +41,7 @@ fn infra() -> ObservedInfra {
     ObservedInfra {
         network: NetworkObservation::Trusted(NetworkStatus::default(), Default::default()),
         instances: Tier::ALL.iter().map(|t| instance(*t, &format!("i-{t}"), InstanceState::Running)).collect(),
+        data_volumes: None,
     }
 }
 
@@ -121,6 +122,25 @@ fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
         ),
         "{text}"
     );
+}
+
+#[test]
+fn a_fresh_stack_s_plan_creates_the_data_volume_after_the_instances() {
+    let looked_up = ObservedInfra { data_volumes: Some(Vec::new()), ..Default::default() };
+    let plan = plan(&spec(), &VotingStackStatus::default(), &looked_up, &BTreeMap::new(), &key());
+    let at = plan.actions.iter().position(|a| matches!(a, Action::Infra(InfraAction::DataVolume(_))));
+    let last_launch = plan.actions.iter().rposition(|a| matches!(a, Action::Infra(InfraAction::LaunchInstance(_))));
+    assert!(at > last_launch, "{:?}", lines(&plan));
+    assert_eq!(
+        lines(&plan)[at.unwrap_or_default()],
+        "+ create the data volume (10 GiB, gp3, in the database instance's zone)"
+    );
+}
+
+#[test]
+fn a_volume_not_looked_up_plans_no_volume_step() {
+    let plan = plan(&spec(), &VotingStackStatus::default(), &ObservedInfra::default(), &BTreeMap::new(), &key());
+    assert!(!plan.actions.iter().any(|a| matches!(a, Action::Infra(InfraAction::DataVolume(_)))));
 }
 
 #[test]

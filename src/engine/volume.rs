@@ -4,15 +4,18 @@
 //! the one DescribeInstances) show the recorded volume attached, and no
 //! other call is made ([`attached_volume`]). Otherwise DescribeVolumes finds
 //! the stack's volume by tag and [`plan_volume`] says the one next step.
+//! [`volume_action`] is that step as an action of the whole plan (what
+//! `votingstack plan` shows); the engine's `converge_volume` carries the
+//! same steps out within a pass.
 
 use crate::model::volume::{VolumeStep, DATA_DEVICE};
-use crate::model::{InstanceState, ObservedInfra, ObservedInstance, ObservedVolume, VolumeState};
+use crate::model::{AttachmentState, InstanceState, ObservedInfra, ObservedInstance, ObservedVolume, VolumeState};
 
 /// The recorded volume when the database instance's block device mappings
 /// show it attached at [`DATA_DEVICE`]: nothing to look up or do.
 pub fn attached_volume(db: &ObservedInstance, recorded: Option<&str>) -> Option<String> {
     let dev = db.data_device()?;
-    (dev.status == "attached" && Some(dev.volume_id.as_str()) == recorded).then(|| dev.volume_id.clone())
+    (dev.status == AttachmentState::Attached && Some(dev.volume_id.as_str()) == recorded).then(|| dev.volume_id.clone())
 }
 
 /// The stack's volume among those found by tag: the one attached to the
@@ -52,7 +55,7 @@ pub fn plan_volume(
     }
     let Some(v) = found else {
         return match zone {
-            Some(zone) => VolumeStep::Create { zone: zone.to_string(), size_gib },
+            Some(zone) => VolumeStep::Create { zone: Some(zone.to_string()), size_gib },
             None => VolumeStep::Wait {
                 volume_id: None,
                 why: format!("the zone of database instance {} is not known yet", db.id),
@@ -86,15 +89,15 @@ pub fn plan_volume(
         }
     }
     match v.attachment() {
-        Some(a) if a.instance_id == db.id => match a.state.as_str() {
-            "attached" => VolumeStep::Ready { volume_id: v.id.clone() },
-            "detaching" => wait(format!("data volume {} is detaching from {}", v.id, db.id)),
+        Some(a) if a.instance_id == db.id => match &a.state {
+            AttachmentState::Attached => VolumeStep::Ready { volume_id: v.id.clone() },
+            AttachmentState::Detaching => wait(format!("data volume {} is detaching from {}", v.id, db.id)),
             other => wait(format!("data volume {} is {other} to {}", v.id, db.id)),
         },
         Some(a) => {
             let holder = infra.instances.iter().find(|i| i.id == a.instance_id);
             match holder.map(|i| i.state) {
-                Some(s) if s.is_alive() && a.state != "detaching" => {
+                Some(s) if s.is_alive() && a.state != AttachmentState::Detaching => {
                     VolumeStep::Detach { volume_id: v.id.clone(), instance_id: a.instance_id.clone() }
                 }
                 // Terminating instances let go of their volumes by themselves.
@@ -108,6 +111,35 @@ pub fn plan_volume(
             s => wait(format!("database instance {} is {}", db.id, s.as_str())),
         },
     }
+}
+
+/// The data volume's step as an action of the whole plan, from the stack's
+/// volumes as DescribeVolumes listed them (`found`): the step
+/// [`plan_volume`] gives for the database instance kept, or, while that
+/// instance is still to be launched, creating the volume when the stack has
+/// none. Waiting, ready and blocked are no actions (the database condition
+/// says them).
+pub fn volume_action(
+    db: Option<&ObservedInstance>,
+    found: &[ObservedVolume],
+    infra: &ObservedInfra,
+    recorded: Option<&str>,
+    network_zone: Option<&str>,
+    size_gib: i32,
+) -> Option<VolumeStep> {
+    let step = match db {
+        Some(db) if attached_volume(db, recorded).is_some() => return None,
+        Some(db) => {
+            let volume = pick_volume(found, db, recorded);
+            plan_volume(db, volume, infra, db.zone.as_deref().or(network_zone), size_gib)
+        }
+        None if found.is_empty() && recorded.is_none() => {
+            VolumeStep::Create { zone: network_zone.map(str::to_string), size_gib }
+        }
+        // Attached once the new database instance runs.
+        None => return None,
+    };
+    matches!(step, VolumeStep::Create { .. } | VolumeStep::Attach { .. } | VolumeStep::Detach { .. }).then_some(step)
 }
 
 #[cfg(test)]
@@ -139,7 +171,11 @@ mod tests {
             size_gib: 10,
             state: if attached_to.is_some() { VolumeState::InUse } else { VolumeState::Available },
             attachments: attached_to
-                .map(|(i, s)| VolumeAttachment { instance_id: i.into(), device: DATA_DEVICE.into(), state: s.into() })
+                .map(|(i, s)| VolumeAttachment {
+                    instance_id: i.into(),
+                    device: DATA_DEVICE.into(),
+                    state: AttachmentState::parse(s),
+                })
                 .into_iter()
                 .collect(),
             create_time: "2026-01-01T00:00:00Z".into(),
@@ -147,7 +183,11 @@ mod tests {
     }
 
     fn with_device(mut i: ObservedInstance, vol: &str, status: &str) -> ObservedInstance {
-        i.volumes.push(AttachedVolume { device: DATA_DEVICE.into(), volume_id: vol.into(), status: status.into() });
+        i.volumes.push(AttachedVolume {
+            device: DATA_DEVICE.into(),
+            volume_id: vol.into(),
+            status: AttachmentState::parse(status),
+        });
         i
     }
 
@@ -169,7 +209,7 @@ mod tests {
     fn a_missing_volume_is_created_in_the_instance_s_zone() {
         let i = db("i-1", InstanceState::Pending);
         let step = plan_volume(&i, None, &infra(vec![]), Some("us-east-1a"), 10);
-        assert_eq!(step, VolumeStep::Create { zone: "us-east-1a".into(), size_gib: 10 });
+        assert_eq!(step, VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10 });
     }
 
     #[test]
@@ -245,9 +285,45 @@ mod tests {
         assert_eq!(pick_volume(&found, &i, None).map(|v| v.id.as_str()), Some("vol-b"));
         assert_eq!(pick_volume(&found, &i, Some("vol-a")).map(|v| v.id.as_str()), Some("vol-a"));
         let mut c = a.clone();
-        c.attachments =
-            vec![VolumeAttachment { instance_id: "i-2".into(), device: DATA_DEVICE.into(), state: "attached".into() }];
+        c.attachments = vec![VolumeAttachment {
+            instance_id: "i-2".into(),
+            device: DATA_DEVICE.into(),
+            state: AttachmentState::Attached,
+        }];
         let found = vec![c, b];
         assert_eq!(pick_volume(&found, &i, Some("vol-b")).map(|v| v.id.as_str()), Some("vol-a"));
+    }
+
+    #[test]
+    fn a_plan_before_the_database_instance_creates_the_volume_in_its_zone() {
+        let step = volume_action(None, &[], &infra(vec![]), None, None, 10);
+        assert_eq!(step, Some(VolumeStep::Create { zone: None, size_gib: 10 }));
+        assert_eq!(
+            step.map(|s| s.to_string()).as_deref(),
+            Some("create the data volume (10 GiB, gp3, in the database instance's zone)")
+        );
+        let step = volume_action(None, &[], &infra(vec![]), None, Some("us-east-1b"), 10);
+        assert_eq!(step, Some(VolumeStep::Create { zone: Some("us-east-1b".into()), size_gib: 10 }));
+        let kept = [volume(None)];
+        assert_eq!(volume_action(None, &kept, &infra(vec![]), None, None, 10), None);
+        assert_eq!(volume_action(None, &[], &infra(vec![]), Some("vol-1"), None, 10), None);
+    }
+
+    #[test]
+    fn a_plan_attaches_detaches_or_shows_nothing() {
+        let i = db("i-1", InstanceState::Running);
+        let free = [volume(None)];
+        let step = volume_action(Some(&i), &free, &infra(vec![]), Some("vol-1"), None, 10);
+        assert_eq!(step, Some(VolumeStep::Attach { volume_id: "vol-1".into(), instance_id: "i-1".into() }));
+        let steady = with_device(i.clone(), "vol-1", "attached");
+        assert_eq!(volume_action(Some(&steady), &[], &infra(vec![]), Some("vol-1"), None, 10), None);
+        let held = [volume(Some(("i-0", "attached")))];
+        let old = db("i-0", InstanceState::Running);
+        let step = volume_action(Some(&i), &held, &infra(vec![old]), Some("vol-1"), None, 10);
+        assert_eq!(step, Some(VolumeStep::Detach { volume_id: "vol-1".into(), instance_id: "i-0".into() }));
+        let creating = [ObservedVolume { state: VolumeState::Creating, ..volume(None) }];
+        assert_eq!(volume_action(Some(&i), &creating, &infra(vec![]), None, None, 10), None, "a wait");
+        let none = volume_action(Some(&i), &[], &infra(vec![]), None, None, 10);
+        assert_eq!(none, Some(VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10 }));
     }
 }

@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 
 use async_trait::async_trait;
 
-use crate::api::{PullPolicy, Reason, Tier};
+use crate::api::{PullPolicy, Tier};
 use crate::model::{HostAction, ObservedHost};
 
 pub use events::{DriftEvent, DriftWatcher};
@@ -81,24 +81,6 @@ pub enum HostError {
     Parse { host: String, message: String },
     #[error("{url}: {message}")]
     Http { url: String, message: String },
-}
-
-impl HostError {
-    /// The condition reason this error shows as.
-    pub fn reason(&self) -> Reason {
-        match self {
-            HostError::Unreachable { .. } | HostError::AuthRefused { .. } | HostError::Timeout { .. } => {
-                Reason::SshUnreachable
-            }
-            HostError::HostKeyMismatch { .. } => Reason::HostKeyMismatch,
-            HostError::ImagePull { .. } => Reason::ImagePullFailed,
-            HostError::CommandFailed { .. }
-            | HostError::Engine { .. }
-            | HostError::Parse { .. }
-            | HostError::Busy { .. } => Reason::DeployFailed,
-            HostError::Http { .. } => Reason::NotReady,
-        }
-    }
 }
 
 /// What the engine does on hosts.

@@ -71,8 +71,11 @@ fn cli_offline_plan_of_a_new_stack_lists_everything_and_exits_2_on_request() {
     assert!(positions.last() < Some(&at("+ launch database instance (ami-0e86e20dae9224db8, t3.small)")), "{plan}");
     assert!(plan.contains("+ launch database instance (ami-0e86e20dae9224db8, t3.small)"), "{plan}");
     assert!(plan.contains("+ create frontend container result"), "{plan}");
-    // 29 network steps, 3 instances, 5 containers.
-    assert!(plan.trim_end().ends_with("37 to change."), "{plan}");
+    // The data volume, once the instances are planned.
+    let volume = at("+ create the data volume (10 GiB, gp3, in the database instance's zone)");
+    assert!(at("+ launch frontend instance (ami-0e86e20dae9224db8, t3.small, public IP)") < volume, "{plan}");
+    // 29 network steps, 3 instances, the data volume, 5 containers.
+    assert!(plan.trim_end().ends_with("38 to change."), "{plan}");
     let out = votingstack(&["plan", "--offline", "-f", EXAMPLE, "--state", state]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!std::path::Path::new(state).exists(), "plan wrote state");

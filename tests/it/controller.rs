@@ -420,8 +420,8 @@ mod on_the_api_double {
         let kube::Error::Api(status) = &err else { panic!("not an API error: {err}") };
         assert_eq!((status.code, status.reason.as_str()), (409, "Conflict"));
         let err = ControllerError::from(err);
-        assert_eq!(err.kind(), "conflict");
-        assert!(votingstack::controller::backoff_for(err.kind(), 1) <= Duration::from_secs(1));
+        assert_eq!(err.kind(), votingstack::engine::Failure::Conflict);
+        assert!(err.kind().backoff(1) <= Duration::from_secs(1));
         // Read fresh, the same replace goes through.
         let mut fresh = stacks.get("demo").await.unwrap();
         fresh.spec.paused = false;
@@ -686,9 +686,9 @@ fn controller_event_notes_are_cut_on_a_character_boundary() {
 
 #[test]
 fn controller_backoff_per_cause_stays_short_for_ssh() {
-    use votingstack::controller::backoff_for;
-    assert_eq!(backoff_for("ssh", 1), Duration::from_secs(1));
-    assert_eq!(backoff_for("ssh", 30), Duration::from_secs(10));
-    assert_eq!(backoff_for("kube", 30), Duration::from_secs(30));
-    assert_eq!(backoff_for("aws", 20), Duration::from_secs(300));
+    use votingstack::engine::Failure;
+    assert_eq!(Failure::Ssh.backoff(1), Duration::from_secs(1));
+    assert_eq!(Failure::Ssh.backoff(30), Duration::from_secs(10));
+    assert_eq!(Failure::Kube.backoff(30), Duration::from_secs(30));
+    assert_eq!(Failure::Aws.backoff(20), Duration::from_secs(300));
 }

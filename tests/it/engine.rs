@@ -3,7 +3,7 @@
 use crate::fixtures::stack;
 use votingstack::api::conditions::find_condition;
 use votingstack::api::{ConditionType, Phase, Tier, VotingStack, VotingStackStatus};
-use votingstack::engine::{ErrorKind, Outcome};
+use votingstack::engine::{Failure, Outcome};
 use votingstack::model::DockerState;
 use votingstack::model::{Action, HostAction, InfraAction, InstanceLaunch};
 
@@ -213,7 +213,7 @@ async fn engine_aws_errors_become_conditions_with_the_code() {
     assert_eq!(infra.reason, "AwsAuthFailed");
     assert!(infra.message.contains("UnauthorizedOperation"), "{}", infra.message);
     assert_eq!(out.status.phase, Some(Phase::Failed));
-    assert_eq!(out.error, Some(ErrorKind::Aws));
+    assert_eq!(out.error, Some(Failure::Aws));
 
     cloud.state.lock().unwrap().fail_with = Some("RequestLimitExceeded".into());
     let out = engine.reconcile(&stack(), Ok(key())).await;
@@ -318,8 +318,7 @@ async fn engine_destroy_honours_retain() {
 
 #[test]
 fn engine_smoke_voter_ids_are_unique_and_recognisable() {
-    let ids: std::collections::HashSet<String> =
-        (0..1000).map(|_| votingstack::engine::reconcile::smoke_voter_id()).collect();
+    let ids: std::collections::HashSet<String> = (0..1000).map(|_| votingstack::engine::smoke_voter_id()).collect();
     assert_eq!(ids.len(), 1000, "every id is new, even within one millisecond");
     assert!(ids.iter().all(|id| id.starts_with("votingstack-smoke-")), "{ids:?}");
 }

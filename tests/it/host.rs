@@ -12,10 +12,11 @@ use tokio::sync::mpsc;
 use votingstack::api::{ConnectVia, PullPolicy, Reason, Tier, VotingStack, VotingStackSpec};
 use votingstack::cloud::ec2::Ec2Cloud;
 use votingstack::cloud::StackIdentity;
+use votingstack::engine::conditions::tiers::host_reason;
 use votingstack::engine::desired::desired_containers;
 use votingstack::engine::plan::{plan_host, HostView};
-use votingstack::engine::reconcile::{Engine, EngineSettings};
 use votingstack::engine::tear_down;
+use votingstack::engine::{Engine, EngineSettings};
 use votingstack::host::events::Backoff;
 use votingstack::host::{DriftEvent, DriftWatcher, HostError, HostTarget, Hosts, SshHosts, SshKey};
 use votingstack::model::{Action, CreateReason, HostAction};
@@ -254,7 +255,7 @@ async fn host_key_change_is_refused() {
     // against the pooled session
     let err = hosts.observe(&wrong, key).await.unwrap_err();
     assert!(matches!(&err, HostError::HostKeyMismatch { presented, .. } if *presented == pinned), "{err}");
-    assert_eq!(err.reason(), Reason::HostKeyMismatch);
+    assert_eq!(host_reason(&err), Reason::HostKeyMismatch);
     // and on a new connection
     let fresh = SshHosts::default();
     let err = fresh.observe(&wrong, key).await.unwrap_err();
@@ -301,7 +302,7 @@ async fn host_ssh_outage_then_pool_reconnects() {
         .await
         .expect("observe gives up within 30 s")
         .unwrap_err();
-    assert_eq!(err.reason(), Reason::SshUnreachable, "{err}");
+    assert_eq!(host_reason(&err), Reason::SshUnreachable, "{err}");
     assert!(matches!(err, HostError::Unreachable { .. } | HostError::Timeout { .. }), "{err}");
     eprintln!("SSH down reported after {:?}: {err}", started.elapsed());
     let deadline = Instant::now() + Duration::from_secs(10);

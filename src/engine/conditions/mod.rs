@@ -1,5 +1,21 @@
-//! Where every condition and the phase are decided: from what one reconcile
-//! found ([`Findings`]) to the six conditions. Pure and unit-tested.
+//! Where every condition and the phase are decided. Pure and unit-tested.
+//!
+//! Each part of the stack has its decisions in a file of its own, from typed
+//! observations to a [`Finding`] (status, reason, message):
+//! - [`infrastructure`]: EC2 failures, the network, the instances
+//!   (`InfrastructureReady`);
+//! - [`tiers`]: each host's Docker and containers, host failures, host keys,
+//!   the web check (`DatabaseReady`, `BackendReady`, `FrontendReady`);
+//! - [`data_volume`]: the database's data volume (in `DatabaseReady`);
+//! - [`smoke`]: the smoke test's vote (`SmokeTestPassed`).
+//!
+//! [`Findings`] gathers what one reconcile found and decides the six
+//! conditions and the phase from it (`Ready` aggregates the others).
+
+pub mod data_volume;
+pub mod infrastructure;
+pub mod smoke;
+pub mod tiers;
 
 use std::collections::BTreeMap;
 

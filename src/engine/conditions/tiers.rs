@@ -1,0 +1,223 @@
+//! `DatabaseReady`, `BackendReady`, `FrontendReady`: each host's Docker and
+//! containers, what failed on a host, its host key, and the web check.
+
+use crate::api::{Reason, Tier};
+use crate::host::{HostError, HostTarget};
+use crate::model::{DesiredContainer, DockerState, ObservedHost, ObservedInstance};
+
+use super::Finding;
+
+/// The reason a host failure shows as.
+pub fn host_reason(e: &HostError) -> Reason {
+    match e {
+        HostError::Unreachable { .. } | HostError::AuthRefused { .. } | HostError::Timeout { .. } => {
+            Reason::SshUnreachable
+        }
+        HostError::HostKeyMismatch { .. } => Reason::HostKeyMismatch,
+        HostError::ImagePull { .. } => Reason::ImagePullFailed,
+        HostError::CommandFailed { .. }
+        | HostError::Engine { .. }
+        | HostError::Parse { .. }
+        | HostError::Busy { .. } => Reason::DeployFailed,
+        HostError::Http { .. } => Reason::NotReady,
+    }
+}
+
+/// A host that could not be observed or changed.
+pub fn host_failed(e: &HostError) -> Finding {
+    Finding::not(host_reason(e), e.to_string())
+}
+
+/// The tier's instance exists but cannot be reached yet (no address, not
+/// running).
+pub fn instance_not_up(inst: &ObservedInstance) -> Finding {
+    Finding::not(Reason::WaitingForInfrastructure, format!("instance {} is {}", inst.id, inst.state.as_str()))
+}
+
+/// The host answered but its state after acting was not read.
+pub fn not_observed() -> Finding {
+    Finding::not(Reason::NotReady, "the host was not observed")
+}
+
+/// A host-key mismatch of an instance never reached before, younger than
+/// [`YOUNG_INSTANCE`](crate::engine::host_keys::YOUNG_INSTANCE), is most
+/// likely the previous holder of its address: refused, but transient. Once
+/// an instance has been reached (its key pinned), or once it is older, a
+/// mismatch stays a mismatch.
+pub fn host_key_mismatch(inst: &ObservedInstance, reached: bool, young: bool, mismatch: Finding) -> Finding {
+    if reached || !young {
+        return mismatch;
+    }
+    Finding::not(
+        Reason::SshUnreachable,
+        format!(
+            "instance {} is not reachable yet: {} (refused; the address may still belong to its predecessor)",
+            inst.id, mismatch.message
+        ),
+    )
+}
+
+/// A tier's finding from its host as observed: Docker, then each desired
+/// container (present, running, current config, answering its probe).
+pub fn tier_finding(target: &HostTarget, observed: &ObservedHost, desired: &[DesiredContainer]) -> Finding {
+    let host = target.describe();
+    match &observed.docker {
+        DockerState::Missing => {
+            return Finding::not(Reason::DockerMissing, format!("Docker is not installed on the {host}"))
+        }
+        DockerState::Down(why) => {
+            return Finding::not(Reason::DockerDown, format!("Docker on the {host} does not answer: {why}"))
+        }
+        DockerState::Running => {}
+    }
+    for want in desired {
+        match observed.container(&want.name) {
+            None => return Finding::not(Reason::NotReady, format!("container {} is missing on the {host}", want.name)),
+            Some(c) if !c.is_running() => {
+                let code = c.exit_code.map(|c| format!(" (exit code {c})")).unwrap_or_default();
+                return Finding::not(Reason::ContainerExited, format!("container {} is {}{code}", c.name, c.state));
+            }
+            Some(c) if want.config_hash().is_some() && c.config_hash != want.config_hash() => {
+                return Finding::not(Reason::NotReady, format!("container {} runs an outdated config", c.name));
+            }
+            Some(_) => {}
+        }
+        if let Some(Err(why)) = observed.probe(&want.name) {
+            return Finding::not(Reason::NotReady, format!("{} is not ready: {why}", want.name));
+        }
+    }
+    let names: Vec<&str> = desired.iter().map(|d| d.name.as_str()).collect();
+    Finding::ok(Reason::ContainersRunning, format!("{} running and answering", names.join(" and ")))
+}
+
+/// What one web page answered.
+#[derive(Debug)]
+pub struct WebAnswer {
+    pub url: String,
+    pub answer: Result<u16, HostError>,
+}
+
+/// `FrontendReady` after its containers run: vote and result must both
+/// answer HTTP 200. None when they do (the containers' finding stands).
+pub fn web_check(answers: &[WebAnswer]) -> Option<Finding> {
+    answers.iter().find_map(|a| {
+        let problem = match &a.answer {
+            Ok(200) => return None,
+            Ok(code) => format!("{} answered HTTP {code}", a.url),
+            Err(e) => e.to_string(),
+        };
+        Some(Finding::not(Reason::NotReady, problem))
+    })
+}
+
+/// The default of a tier nothing was found for.
+pub fn not_up_yet(tier: Tier) -> Finding {
+    Finding::not(Reason::WaitingForInfrastructure, format!("the {tier} host is not up yet"))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::model::{InstanceState, ObservedContainer};
+
+    pub(crate) fn instance(tier: Tier, state: InstanceState) -> ObservedInstance {
+        ObservedInstance {
+            id: format!("i-{tier}"),
+            tier: Some(tier),
+            state,
+            private_ip: Some(Ipv4Addr::new(10, 0, 1, 4)),
+            public_ip: None,
+            ami: "ami-1".into(),
+            instance_type: "t3.micro".into(),
+            launch_time: String::new(),
+            client_token: None,
+            zone: Some("us-east-1a".into()),
+            volumes: Vec::new(),
+        }
+    }
+
+    fn target() -> HostTarget {
+        HostTarget {
+            stack: "default/demo".into(),
+            tier: Tier::Backend,
+            instance_id: "i-backend".into(),
+            address: Ipv4Addr::new(10, 0, 1, 5),
+            port: 22,
+            user: "ubuntu".into(),
+            expected_host_key: None,
+            jump: None,
+            connect_timeout_secs: 5,
+            command_timeout_secs: 60,
+        }
+    }
+
+    fn host(docker: DockerState, containers: Vec<ObservedContainer>) -> ObservedHost {
+        ObservedHost { docker, containers, probes: Vec::new(), host_key_fingerprint: "SHA256:x".into() }
+    }
+
+    fn unreachable() -> HostError {
+        HostError::Unreachable { host: "backend host".into(), message: "No route to host".into() }
+    }
+
+    #[test]
+    fn host_errors_map_to_reasons() {
+        assert_eq!(host_reason(&unreachable()), Reason::SshUnreachable);
+        let e = HostError::HostKeyMismatch { host: "h".into(), expected: "a".into(), presented: "b".into() };
+        assert_eq!(host_reason(&e), Reason::HostKeyMismatch);
+        let e = HostError::ImagePull { host: "h".into(), image: "i".into(), message: "m".into() };
+        assert_eq!(host_reason(&e), Reason::ImagePullFailed);
+        let e = HostError::Busy { host: "h".into(), seconds: 5 };
+        assert_eq!(host_failed(&e).reason, Reason::DeployFailed);
+        let e = HostError::Http { url: "u".into(), message: "m".into() };
+        assert_eq!(host_reason(&e), Reason::NotReady);
+    }
+
+    #[test]
+    fn docker_missing_or_down_is_said_before_the_containers() {
+        let f = tier_finding(&target(), &host(DockerState::Missing, vec![]), &[]);
+        assert_eq!(f.reason, Reason::DockerMissing);
+        let f = tier_finding(&target(), &host(DockerState::Down("refused".into()), vec![]), &[]);
+        assert_eq!(f.reason, Reason::DockerDown);
+        assert!(f.message.ends_with("refused"), "{}", f.message);
+    }
+
+    #[test]
+    fn no_desired_container_and_docker_running_is_ready() {
+        let f = tier_finding(&target(), &host(DockerState::Running, vec![]), &[]);
+        assert_eq!((f.ok, f.reason), (true, Reason::ContainersRunning));
+    }
+
+    #[test]
+    fn a_young_unreached_instance_with_another_key_is_not_up_yet() {
+        let inst = instance(Tier::Frontend, InstanceState::Running);
+        let mismatch = Finding::not(Reason::HostKeyMismatch, "key changed");
+        let f = host_key_mismatch(&inst, false, true, mismatch.clone());
+        assert_eq!(f.reason, Reason::SshUnreachable);
+        assert!(f.message.contains("predecessor"), "{}", f.message);
+        assert_eq!(host_key_mismatch(&inst, true, true, mismatch.clone()), mismatch);
+        assert_eq!(host_key_mismatch(&inst, false, false, mismatch.clone()), mismatch);
+    }
+
+    #[test]
+    fn the_web_check_names_the_page_that_failed() {
+        let ok = WebAnswer { url: "http://a/".into(), answer: Ok(200) };
+        assert_eq!(web_check(std::slice::from_ref(&ok)), None);
+        let bad = WebAnswer { url: "http://a:81/".into(), answer: Ok(502) };
+        let f = web_check(&[ok, bad]).expect("a finding");
+        assert_eq!(f.reason, Reason::NotReady);
+        assert_eq!(f.message, "http://a:81/ answered HTTP 502");
+        let down = WebAnswer { url: "http://a/".into(), answer: Err(unreachable()) };
+        assert!(web_check(&[down]).is_some_and(|f| f.message.contains("No route")));
+    }
+
+    #[test]
+    fn an_instance_without_an_address_waits() {
+        let f = instance_not_up(&instance(Tier::Database, InstanceState::Stopping));
+        assert_eq!(f.reason, Reason::WaitingForInfrastructure);
+        assert_eq!(f.message, "instance i-database is stopping");
+        assert_eq!(not_observed().reason, Reason::NotReady);
+        assert_eq!(not_up_yet(Tier::Backend).message, "the backend host is not up yet");
+    }
+}

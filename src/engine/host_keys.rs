@@ -1,0 +1,78 @@
+//! Host-key trust: which key each host must present, and the pin recorded
+//! once a host was reached. The condition a mismatch gives is decided in
+//! [`conditions::tiers`](super::conditions::tiers).
+
+use tracing::warn;
+
+use crate::api::{Tier, TiersStatus, VotingStackStatus};
+use crate::cloud::CLIENT_TOKEN_PREFIX;
+use crate::host::SshKey;
+use crate::model::ObservedInstance;
+
+/// How long after launch an instance that was never reached may present
+/// another key than the one it was launched with and count as not up yet
+/// rather than as a host-key mismatch: a replacement can get its
+/// predecessor's private IP, and for a moment the old host may still answer
+/// there. The other key is refused either way.
+pub const YOUNG_INSTANCE: chrono::Duration = chrono::Duration::minutes(2);
+
+/// The host key an instance must present:
+/// - the key pinned for this very instance, once it has been reached (a pin
+///   is never replaced while the instance id stays);
+/// - before the first connection, for an instance the operator launched (its
+///   ClientToken is one of ours): the key the operator derived for that
+///   token and gave it in its user data;
+/// - otherwise (an adopted instance, first contact): none, and the first
+///   key seen is pinned.
+pub(super) fn expected_host_key(
+    status: &VotingStackStatus,
+    tier: Tier,
+    inst: &ObservedInstance,
+    key: &SshKey,
+) -> Option<String> {
+    let pinned = status
+        .tiers
+        .as_ref()
+        .and_then(|t| t.get(tier))
+        .filter(|t| t.instance_id.as_deref() == Some(inst.id.as_str()))
+        .and_then(|t| t.host_key_fingerprint.clone());
+    if pinned.is_some() {
+        return pinned;
+    }
+    let token = inst.client_token.as_deref().filter(|t| t.starts_with(CLIENT_TOKEN_PREFIX))?;
+    match key.host_key_for(token) {
+        Ok(host_key) => Some(host_key.fingerprint),
+        Err(e) => {
+            warn!(%tier, instance = %inst.id, "cannot derive the host key: {e}");
+            None
+        }
+    }
+}
+
+/// Whether this very instance was reached before (its key is pinned).
+pub(super) fn was_reached(status: &VotingStackStatus, inst: &ObservedInstance) -> bool {
+    status
+        .tiers
+        .as_ref()
+        .and_then(|t| inst.tier.and_then(|tier| t.get(tier)))
+        .is_some_and(|t| t.instance_id.as_deref() == Some(inst.id.as_str()) && t.host_key_fingerprint.is_some())
+}
+
+/// Whether the instance was launched less than [`YOUNG_INSTANCE`] ago.
+pub(super) fn is_young(inst: &ObservedInstance) -> bool {
+    chrono::DateTime::parse_from_rfc3339(&inst.launch_time)
+        .is_ok_and(|at| chrono::Utc::now().signed_duration_since(at) < YOUNG_INSTANCE)
+}
+
+/// Records the key a host presented. The connection already checked it
+/// against the expected key; an instance's first key is pinned and never
+/// replaced (a new instance id clears the pin, see
+/// [`record_instances`](super::status::record_instances)).
+pub(super) fn pin_host_key(status: &mut VotingStackStatus, tier: Tier, fingerprint: &str) {
+    if let Some(t) = status.tiers.get_or_insert_with(TiersStatus::default).slot(tier).as_mut() {
+        if t.host_key_fingerprint.is_none() {
+            t.host_key_fingerprint = Some(fingerprint.to_string());
+            t.host_key_pinned_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        }
+    }
+}

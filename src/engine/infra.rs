@@ -1,0 +1,212 @@
+//! The EC2 phase of a reconcile: observe the network and instances, plan
+//! their steps, carry them out, and observe again. Also teardown.
+
+use std::time::SystemTime;
+
+use tracing::{debug, info, warn};
+
+use crate::api::{NetworkStatus, Tier, VotingStack, VotingStackStatus};
+use crate::cloud::{Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
+use crate::host::SshKey;
+use crate::model::{DesiredKeyPair, InfraAction, InstanceState, NetworkObservation, ObservedInfra, UserData};
+use crate::timeline::{self, Stage};
+
+use super::conditions::infrastructure::infrastructure;
+use super::network::{network_drift, teardown_steps};
+use super::plan::{network_lookup, plan_infra, InfraPlan};
+use super::reconcile::{Engine, Run};
+use super::status::{mark_running, record_burnt_token, record_launch};
+
+impl Engine {
+    /// Observes EC2 and carries out the EC2 half of the plan. Returns the
+    /// plan of the instances as they are afterwards (which instance serves
+    /// each tier), or None when EC2 failed.
+    pub(super) async fn converge_infra(
+        &self,
+        ident: &StackIdentity,
+        stack: &VotingStack,
+        key: &SshKey,
+        run: &mut Run,
+    ) -> Option<InfraPlan> {
+        let spec = &stack.spec;
+        let calls_before = self.cloud.api_calls();
+        let lookup = network_lookup(&run.status, stack.metadata.generation);
+        let mut infra = match self.observe_infra(ident, &run.status, lookup).await {
+            Ok(infra) => infra,
+            Err(e) => return run.cloud_failed(e),
+        };
+        let drift = network_drift(&infra.network, spec, run.status.network.as_ref());
+        if let Some(net) = infra.network.complete_ids(spec.network.egress) {
+            run.status.network = Some(net);
+        }
+        if let NetworkObservation::Inventory(found) = &infra.network {
+            if let Some(vpc) = found.vpc.as_ref().filter(|v| v.cidr != spec.network.vpc_cidr) {
+                // A VPC is never replaced: its instances and groups live in it.
+                warn!(stack = %ident.tag_value(), "adopted VPC {} has CIDR {}, not {}", vpc.id, vpc.cidr, spec.network.vpc_cidr);
+            }
+        }
+        for d in &drift {
+            warn!(stack = %ident.tag_value(), "network drift: {d}");
+        }
+        let key_pair = desired_key_pair(ident, Some(key));
+        let actions = plan_infra(spec, &run.status, &infra, &key_pair).actions;
+        if !spec.paused && !actions.is_empty() {
+            // The network steps start from the ids of what was found.
+            let mut ids = match &infra.network {
+                NetworkObservation::Trusted(ids, _) => ids.clone(),
+                NetworkObservation::Inventory(found) => found.ids(),
+            };
+            let mut network_began = None;
+            for action in &actions {
+                info!(stack = %ident.tag_value(), "{action}");
+                if matches!(action, InfraAction::Network(_)) {
+                    network_began.get_or_insert_with(SystemTime::now);
+                } else if let Some(began) = network_began.take() {
+                    timeline::span(&ident.tag_value(), Stage::Network, "", began);
+                }
+                if let Err(e) = self.act_infra(ident, key, action, &mut ids, run).await {
+                    return run.cloud_failed(e);
+                }
+                run.applied.push(action.clone().into());
+            }
+            if let Some(began) = network_began {
+                timeline::span(&ident.tag_value(), Stage::Network, "", began);
+            }
+            infra = match self.observe_infra(ident, &run.status, NetworkLookup::TrustStatus).await {
+                Ok(infra) => infra,
+                Err(e) => return run.cloud_failed(e),
+            };
+        }
+        debug!(stack = %ident.tag_value(), calls = self.cloud.api_calls() - calls_before, "EC2 calls this reconcile");
+        let after = plan_infra(spec, &run.status, &infra, &key_pair);
+        let finding = infrastructure(&drift, run.status.network.as_ref(), &after.keepers, &after.drift);
+        run.findings.infrastructure = Some(finding);
+        Some(after)
+    }
+
+    /// Observes EC2, and looks each recorded instance missing from the tag
+    /// look-up up by id: it is gone only once EC2 says so (NotFound or
+    /// terminated), not while a tag look-up lags a fresh launch. A tier
+    /// whose recorded instance was already found gone is not asked again.
+    pub(super) async fn observe_infra(
+        &self,
+        ident: &StackIdentity,
+        status: &VotingStackStatus,
+        lookup: NetworkLookup,
+    ) -> Result<ObservedInfra, CloudError> {
+        let mut infra = self.cloud.observe(ident, status.network.as_ref(), lookup).await?;
+        let missing: Vec<(Tier, String)> = Tier::ALL
+            .iter()
+            .filter_map(|tier| {
+                let t = status.tiers.as_ref()?.get(*tier)?;
+                let id = t.instance_id.clone()?;
+                let confirmed_gone = t.instance_state.as_deref() == Some(InstanceState::Terminated.as_str());
+                let listed = infra.instances.iter().any(|i| i.id == id);
+                (!listed && !confirmed_gone).then_some((*tier, id))
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(infra);
+        }
+        let ids: Vec<String> = missing.iter().map(|(_, id)| id.clone()).collect();
+        for mut inst in self.cloud.instances_by_id(&ids).await? {
+            // Its tags may lag too: the tier is the one it was recorded for.
+            if inst.tier.is_none() {
+                inst.tier = missing.iter().find(|(_, id)| *id == inst.id).map(|(tier, _)| *tier);
+            }
+            debug!(stack = %ident.tag_value(), instance = %inst.id, state = inst.state.as_str(), "recorded instance found by id");
+            infra.instances.push(inst);
+        }
+        Ok(infra)
+    }
+
+    /// Carries out one EC2 step of the plan and records what it made.
+    pub(super) async fn act_infra(
+        &self,
+        ident: &StackIdentity,
+        key: &SshKey,
+        action: &InfraAction,
+        ids: &mut NetworkStatus,
+        run: &mut Run,
+    ) -> Result<(), CloudError> {
+        match action {
+            InfraAction::Network(step) => {
+                let applied = self.cloud.apply_network_step(ident, step, ids).await;
+                // Whatever was created is recorded, even when a later step fails.
+                run.status.network = Some(ids.clone());
+                applied?;
+            }
+            InfraAction::LaunchInstance(launch) => {
+                let network = run.status.network.clone().unwrap_or_default();
+                // The instance's SSH host key, known before it boots.
+                let token = ident.client_token(launch.tier, launch.replacement);
+                let mut launch = launch.clone();
+                match key.host_key_for(&token) {
+                    Ok(host_key) => launch.user_data = Some(UserData(host_key.user_data())),
+                    Err(e) => warn!(tier = %launch.tier, "launching without a host key: {e}"),
+                }
+                let inst = match self.cloud.launch_instance(ident, &network, &launch).await {
+                    Ok(inst) => inst,
+                    Err(e @ CloudError::TokenReused { .. }) => {
+                        record_burnt_token(&mut run.status, launch.tier, launch.replacement);
+                        return Err(e);
+                    }
+                    Err(e) => return Err(e),
+                };
+                if inst.state == InstanceState::Running {
+                    mark_running(&ident.tag_value(), launch.tier, &inst);
+                }
+                record_launch(&mut run.status, launch.tier, &inst, launch.replacement);
+            }
+            InfraAction::StartInstance { instance_id, .. } => self.cloud.start_instance(instance_id).await?,
+            InfraAction::TerminateInstance { instance_id, .. } => {
+                self.cloud.terminate_instances(std::slice::from_ref(instance_id)).await?
+            }
+            InfraAction::DataVolume(step) => self.act_volume(ident, step, run).await?,
+        }
+        Ok(())
+    }
+}
+
+/// The stack's key pair as the plan wants it (the public key when known).
+pub fn desired_key_pair(ident: &StackIdentity, key: Option<&SshKey>) -> DesiredKeyPair {
+    DesiredKeyPair { name: ident.resource_name(), public_key: key.map(|k| k.public_openssh().to_owned()) }
+}
+
+/// Deletes the stack's instances and network: finds what is there, orders
+/// the teardown steps, and has the cloud carry them out.
+pub async fn tear_down(
+    cloud: &dyn Cloud,
+    stack: &StackIdentity,
+    known: Option<&NetworkStatus>,
+) -> Result<DestroyReport, CloudError> {
+    let found = cloud.teardown_inventory(stack, known).await?;
+    let steps = teardown_steps(&found);
+    for step in &steps {
+        info!(stack = %stack.tag_value(), "{step}");
+    }
+    cloud.destroy(stack, &steps).await
+}
+
+/// Brings the network alone in line with the spec: inventories it, plans
+/// its steps and carries them out. Returns the network's ids. For tests
+/// that build a network without instances.
+#[cfg(any(test, feature = "test-support"))]
+pub async fn converge_network(
+    cloud: &dyn Cloud,
+    stack: &StackIdentity,
+    spec: &crate::api::VotingStackSpec,
+    key: &SshKey,
+    known: Option<&NetworkStatus>,
+) -> Result<NetworkStatus, CloudError> {
+    let found = match cloud.observe(stack, known, NetworkLookup::Inventory).await?.network {
+        NetworkObservation::Inventory(found) => found,
+        NetworkObservation::Trusted(ids, _) => return Ok(ids),
+    };
+    let mut ids = found.ids();
+    for step in super::network::network_steps(&found, spec, &desired_key_pair(stack, Some(key))) {
+        info!(stack = %stack.tag_value(), "{step}");
+        cloud.apply_network_step(stack, &step, &mut ids).await?;
+    }
+    Ok(ids)
+}

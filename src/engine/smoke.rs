@@ -1,0 +1,118 @@
+//! Readiness beyond the containers: the web check (HTTP 200 from vote and
+//! result) and the smoke test (a real vote that must reach postgres).
+
+use std::collections::BTreeMap;
+use std::time::{Instant, SystemTime};
+
+use tracing::warn;
+
+use crate::api::conditions::find_condition;
+use crate::api::{ConditionType, Tier, VotingStack, VotingStackSpec};
+use crate::host::{HostTarget, SshKey};
+use crate::model::ObservedInstance;
+use crate::timeline::{self, Stage};
+
+use super::addressing::{url, web_address};
+use super::conditions::smoke::{kept, smoke_finding, still_valid, waiting_for_tiers, SmokeVote};
+use super::conditions::tiers::{web_check, WebAnswer};
+use super::reconcile::{Engine, Run};
+
+impl Engine {
+    /// HTTP 200 from vote and result, once the frontend's containers run.
+    pub(super) async fn check_web(
+        &self,
+        spec: &VotingStackSpec,
+        keepers: &BTreeMap<Tier, ObservedInstance>,
+        run: &mut Run,
+    ) {
+        let Some(address) = keepers.get(&Tier::Frontend).and_then(|f| web_address(spec, f)) else {
+            run.status.vote_url = None;
+            run.status.result_url = None;
+            return;
+        };
+        let vote_url = url(address, spec.app.ports.vote);
+        let result_url = url(address, spec.app.ports.result);
+        run.status.vote_url = Some(vote_url.clone());
+        run.status.result_url = Some(result_url.clone());
+        if !run.findings.tiers.get(&Tier::Frontend).is_some_and(|f| f.ok) {
+            return;
+        }
+        let mut answers = Vec::new();
+        for u in [vote_url, result_url] {
+            let answer = self.hosts.http_status(&u).await;
+            let failed = answer.as_ref().map_or(true, |code| *code != 200);
+            answers.push(WebAnswer { url: u, answer });
+            if failed {
+                break;
+            }
+        }
+        if let Some(finding) = web_check(&answers) {
+            run.findings.tiers.insert(Tier::Frontend, finding);
+        }
+    }
+
+    /// Casts a vote with a unique voter id and waits for it in postgres. Runs
+    /// only when something changed; a steady stack keeps its last result.
+    pub(super) async fn smoke_test(&self, stack: &VotingStack, key: &SshKey, changed_hosts: bool, run: &mut Run) {
+        let all_ready = Tier::ALL.iter().all(|t| run.findings.tiers.get(t).is_some_and(|f| f.ok));
+        if !all_ready {
+            run.findings.smoke = Some(waiting_for_tiers());
+            return;
+        }
+        let previous = find_condition(&run.status.conditions, ConditionType::SmokeTestPassed);
+        if still_valid(previous, stack.metadata.generation, changed_hosts) || stack.spec.paused {
+            run.findings.smoke = Some(kept(previous));
+            return;
+        }
+        // The database host as reached this pass, its key pinned.
+        let db = run.targets.iter().find(|t| t.tier == Tier::Database).cloned();
+        let (Some(vote_url), Some(db)) = (run.status.vote_url.clone(), db) else {
+            return;
+        };
+        let voter = smoke_voter_id();
+        let began = SystemTime::now();
+        let vote = self.cast_and_find(&vote_url, &db, key, &voter).await;
+        if matches!(vote, SmokeVote::Counted { .. }) {
+            timeline::span(&db.stack, Stage::SmokeTest, "", began);
+        }
+        run.findings.smoke = Some(smoke_finding(&vote));
+    }
+
+    async fn cast_and_find(&self, vote_url: &str, db: &HostTarget, key: &SshKey, voter: &str) -> SmokeVote {
+        if let Err(e) = self.hosts.cast_vote(vote_url, voter, "a").await {
+            return SmokeVote::CastFailed(e);
+        }
+        let deadline = Instant::now() + self.settings.smoke_timeout;
+        loop {
+            match self.hosts.recorded_vote(db, key, voter).await {
+                Ok(Some(v)) if v == "a" => {
+                    // Counted: take it back out, so the results show only real votes.
+                    if let Err(e) = self.hosts.delete_vote(db, key, voter).await {
+                        warn!("the smoke test's vote stays in postgres: {e}");
+                    }
+                    return SmokeVote::Counted { voter: voter.to_string() };
+                }
+                Ok(_) => {}
+                Err(e) => return SmokeVote::ReadFailed(e),
+            }
+            if Instant::now() >= deadline {
+                return SmokeVote::TimedOut {
+                    voter: voter.to_string(),
+                    seconds: self.settings.smoke_timeout.as_secs(),
+                };
+            }
+            tokio::time::sleep(self.settings.smoke_poll).await;
+        }
+    }
+}
+
+/// A voter id no other smoke test of this process has used, whatever the
+/// clock says: the time plus a process-wide sequence and a random suffix
+/// (another operator process may test the same stack).
+pub fn smoke_voter_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let salt: u32 = rand::random();
+    format!("votingstack-smoke-{}-{n}-{salt:08x}", chrono::Utc::now().timestamp_millis())
+}

@@ -1,0 +1,149 @@
+//! The data volume's phase of a reconcile: looks the volume up (unless the
+//! database instance's block device mappings already show it attached),
+//! plans its next step with [`plan_volume`], and carries it out through
+//! [`Engine::act_infra`], waiting within the pass only for what EC2
+//! finishes in seconds.
+
+use std::time::Instant;
+
+use tracing::info;
+
+use crate::api::VotingStackSpec;
+use crate::cloud::{CloudError, StackIdentity};
+use crate::host::SshKey;
+use crate::model::{
+    Action, AttachmentState, InfraAction, InstanceState, ObservedInfra, ObservedInstance, ObservedVolume, VolumeState,
+    VolumeStep,
+};
+
+use super::conditions::data_volume::VolumeHold;
+use super::failure::Failure;
+use super::reconcile::{Engine, Run};
+use super::status::record_volume;
+use super::volume::{attached_volume, pick_volume, plan_volume};
+
+impl Engine {
+    /// Brings the data volume to the database instance: nothing beyond the
+    /// instance's block device mappings while it is attached; otherwise
+    /// DescribeVolumes, then create, attach or detach, a step at a time.
+    /// Returns the attached volume's id, or why the database tier waits.
+    pub(super) async fn converge_volume(
+        &self,
+        ident: &StackIdentity,
+        spec: &VotingStackSpec,
+        key: &SshKey,
+        db: &ObservedInstance,
+        run: &mut Run,
+    ) -> Result<String, VolumeHold> {
+        let recorded = run.status.data_volume.as_ref().and_then(|v| v.volume_id.clone());
+        if let Some(id) = attached_volume(db, recorded.as_deref()) {
+            record_volume(&mut run.status, &id, None, Some(&db.id));
+            return Ok(id);
+        }
+        let zone = db.zone.clone().or_else(|| run.status.network.as_ref().and_then(|n| n.availability_zone.clone()));
+        let mut created: Option<ObservedVolume> = None;
+        let mut acted = false;
+        let deadline = Instant::now() + self.settings.volume_wait;
+        loop {
+            let recorded = run.status.data_volume.as_ref().and_then(|v| v.volume_id.clone());
+            let found = match created.take() {
+                // A fresh volume may not be listed yet: go on from the answer.
+                Some(v) => vec![v],
+                None => match self.cloud.data_volumes(ident, recorded.as_deref()).await {
+                    Ok(found) => found,
+                    Err(e) => return Err(volume_failed(run, e)),
+                },
+            };
+            let volume = pick_volume(&found, db, recorded.as_deref());
+            let holders = match volume.and_then(|v| v.attachment()).filter(|a| a.instance_id != db.id) {
+                Some(a) => match self.cloud.instances_by_id(std::slice::from_ref(&a.instance_id)).await {
+                    Ok(found) => found,
+                    Err(e) => return Err(volume_failed(run, e)),
+                },
+                None => Vec::new(),
+            };
+            let infra = ObservedInfra { instances: holders, ..Default::default() };
+            let step = plan_volume(db, volume, &infra, zone.as_deref(), spec.database.volume_size_gib);
+            // Worth waiting for within the pass: EC2 finishing what this
+            // stack asked for (a create, an attachment to the instance, a
+            // detach it sent). A terminating instance letting go takes as
+            // long as its shutdown: the next pass looks again.
+            let soon = volume.is_some_and(|v| {
+                v.state == VolumeState::Creating
+                    || v.attachment()
+                        .is_some_and(|a| a.instance_id == db.id || (acted && a.state == AttachmentState::Detaching))
+            });
+            if let Some(v) = volume {
+                let attached = v.attachment().map(|a| a.instance_id.as_str());
+                record_volume(&mut run.status, &v.id, Some(v), attached);
+            }
+            match &step {
+                VolumeStep::Ready { volume_id } => return Ok(volume_id.clone()),
+                VolumeStep::Blocked { .. } => return Err(VolumeHold::Step(step)),
+                // Waits out EC2's own transitions within the pass; an
+                // instance still pending is the next pass's.
+                VolumeStep::Wait { .. }
+                    if Instant::now() >= deadline
+                        || spec.paused
+                        || !soon
+                        || !matches!(db.state, InstanceState::Running | InstanceState::Stopped) =>
+                {
+                    return Err(VolumeHold::Step(step));
+                }
+                VolumeStep::Wait { .. } => {
+                    tokio::time::sleep(self.settings.volume_poll).await;
+                    continue;
+                }
+                _ if spec.paused => return Err(VolumeHold::Paused(step)),
+                _ => {}
+            }
+            info!(stack = %ident.tag_value(), "{step}");
+            let action = InfraAction::DataVolume(step);
+            let mut ids = run.status.network.clone().unwrap_or_default();
+            match self.act_infra(ident, key, &action, &mut ids, run).await {
+                Ok(()) => created = run.created_volume.take(),
+                Err(e) => return Err(volume_failed(run, e)),
+            }
+            acted = true;
+            run.applied.push(Action::Infra(action));
+            if Instant::now() >= deadline {
+                return Err(VolumeHold::OnItsWay);
+            }
+        }
+    }
+
+    /// Carries out one step of the data volume's plan and records it.
+    pub(super) async fn act_volume(
+        &self,
+        ident: &StackIdentity,
+        step: &VolumeStep,
+        run: &mut Run,
+    ) -> Result<(), CloudError> {
+        match step {
+            VolumeStep::Create { zone, size_gib } => {
+                let Some(zone) = zone else {
+                    return Err(CloudError::Incomplete {
+                        operation: "DescribeInstances",
+                        missing: "database instance zone",
+                    });
+                };
+                let n = run.status.data_volume.as_ref().map_or(0, |v| v.created);
+                let v = self.cloud.create_data_volume(ident, zone, *size_gib, n).await?;
+                run.status.data_volume.get_or_insert_with(Default::default).created = n + 1;
+                record_volume(&mut run.status, &v.id, Some(&v), None);
+                run.created_volume = Some(v);
+                Ok(())
+            }
+            VolumeStep::Attach { volume_id, instance_id } => self.cloud.attach_volume(volume_id, instance_id).await,
+            VolumeStep::Detach { volume_id, instance_id } => self.cloud.detach_volume(volume_id, instance_id).await,
+            VolumeStep::Ready { .. } | VolumeStep::Wait { .. } | VolumeStep::Blocked { .. } => Ok(()),
+        }
+    }
+}
+
+/// An EC2 failure about the data volume: said in the database tier's
+/// condition (and counted as an AWS error); the other tiers go on.
+fn volume_failed(run: &mut Run, e: CloudError) -> VolumeHold {
+    run.error = Some(Failure::Aws);
+    VolumeHold::Failed(e)
+}
