@@ -2,35 +2,40 @@
 //! Secrets they reference) that runs the engine, writes status by server-side
 //! apply, records Events, and tears stacks down through a finalizer.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalizer};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{predicates, watcher, Controller, Predicate, WatchStreamExt};
-use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
+use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::api::{ConditionType, VotingStack, VotingStackStatus, FINALIZER};
+use crate::api::{ConditionType, VotingStack, FINALIZER};
 use crate::cloud::{AwsErrorKind, CloudError};
-use crate::engine::{deleting_status, status_content, Failure, Outcome, Teardown};
+use crate::engine::{deleting_status, Failure, Teardown};
 use crate::host::events::DriftEvent;
 use crate::leader::{LeadOutcome, LeaderElector, LeaseConfig};
 use crate::manifest::key_from_secret;
 use crate::metrics::Metrics;
-use crate::wiring::{DriftHub, Engines};
+use crate::wiring::DriftHub;
+
+mod context;
+mod events;
+mod status_write;
+
+pub use context::{backoff, jitter, until_next_sweep, Context};
+pub use events::{cut_note, EVENT_NOTE_LIMIT};
+use events::{publish, publish_transitions};
+pub use status_write::{write_status, write_status_if_changed};
 
 /// Field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "votingstack-operator";
@@ -45,9 +50,6 @@ pub const SECRET_LABEL: &str = "votingstack.dev/ssh-key";
 /// AWS (`"true"`): for stacks whose credentials are gone, or whose resources
 /// were adopted elsewhere.
 pub const ORPHAN_ANNOTATION: &str = "votingstack.dev/orphan-on-delete";
-
-/// Longest Event note, in bytes (the API server's limit is 1 KiB).
-pub const EVENT_NOTE_LIMIT: usize = 1024;
 
 /// Errors of the Kubernetes shell.
 #[derive(Debug, thiserror::Error)]
@@ -77,149 +79,6 @@ impl ControllerError {
         }
     }
 }
-
-/// The failures of one stack since its last progress.
-#[derive(Clone, Copy, Debug)]
-struct Failures {
-    /// What failed ([`ControllerError::kind`]); another cause starts over.
-    cause: Failure,
-    count: u32,
-    /// When `count` last grew.
-    bumped: Instant,
-}
-
-impl Failures {
-    /// The failures after one more of `cause` at `now`: another cause starts
-    /// over, and a failure within the current backoff window (a burst of
-    /// triggers) does not count again.
-    fn after(previous: Option<Failures>, cause: Failure, now: Instant) -> Failures {
-        match previous {
-            Some(p) if p.cause == cause && now.duration_since(p.bumped) < cause.backoff(p.count) => p,
-            Some(p) if p.cause == cause => Failures { cause, count: p.count.saturating_add(1), bumped: now },
-            _ => Failures { cause, count: 1, bumped: now },
-        }
-    }
-}
-
-/// Shared state of the reconcilers.
-pub struct Context {
-    pub client: Client,
-    pub engines: Arc<dyn Engines>,
-    /// Host event streams, when the hosts support them.
-    pub drift: Option<Arc<DriftHub>>,
-    pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
-    /// Failures per stack, for backoff.
-    failures: Mutex<HashMap<String, Failures>>,
-    /// Host drift events send the stack to reconcile here.
-    pub drift_tx: mpsc::Sender<ObjectRef<VotingStack>>,
-    /// Each requeue waits up to this fraction longer, so stacks that became
-    /// Ready together do not reconcile in lockstep forever.
-    requeue_jitter: f64,
-    /// Ready stacks requeue onto one shared sweep per resync period (see
-    /// [`until_next_sweep`]) instead of a jittered delay of their own.
-    sweeps: AtomicBool,
-}
-
-impl Context {
-    /// A context whose requeues are exact (tests).
-    pub fn new(
-        client: Client,
-        engines: Arc<dyn Engines>,
-        metrics: Arc<Metrics>,
-        reporter: Reporter,
-        drift: Option<Arc<DriftHub>>,
-        drift_tx: mpsc::Sender<ObjectRef<VotingStack>>,
-    ) -> Arc<Context> {
-        Context::with_jitter(client, engines, metrics, reporter, drift, drift_tx, 0.0)
-    }
-
-    /// A context whose requeues wait up to `jitter` (a fraction) longer.
-    pub fn with_jitter(
-        client: Client,
-        engines: Arc<dyn Engines>,
-        metrics: Arc<Metrics>,
-        reporter: Reporter,
-        drift: Option<Arc<DriftHub>>,
-        drift_tx: mpsc::Sender<ObjectRef<VotingStack>>,
-        jitter: f64,
-    ) -> Arc<Context> {
-        Arc::new(Context {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            engines,
-            drift,
-            metrics,
-            failures: Mutex::new(HashMap::new()),
-            drift_tx,
-            requeue_jitter: jitter.clamp(0.0, 1.0),
-            sweeps: AtomicBool::new(false),
-        })
-    }
-
-    /// From now on Ready stacks reconcile together, at the next multiple of
-    /// their resync period, so one look-up of the region's inventory serves
-    /// them all.
-    pub fn sweep_ready_stacks(&self) {
-        self.sweeps.store(true, Ordering::Relaxed);
-    }
-
-    /// How long a stack waits for its next reconcile: a Ready stack, with
-    /// sweeps on, until the next sweep; otherwise `wait`, jittered.
-    pub fn requeue_after(&self, wait: Duration, ready: bool) -> Duration {
-        if ready && self.sweeps.load(Ordering::Relaxed) {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            until_next_sweep(now, wait)
-        } else {
-            self.jittered(wait)
-        }
-    }
-
-    /// Counts a failure of `key` and returns how long to wait. Failures of
-    /// one cause within one backoff window (a burst of triggers) count once,
-    /// so a burst never stalls a stack for minutes.
-    fn record_failure(&self, key: &str, cause: Failure) -> Duration {
-        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let next = Failures::after(map.get(key).copied(), cause, Instant::now());
-        map.insert(key.to_string(), next);
-        cause.backoff(next.count)
-    }
-
-    /// The stack made progress: its backoff starts over.
-    fn clear_failures(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-
-    fn jittered(&self, wait: Duration) -> Duration {
-        jitter(wait, self.requeue_jitter)
-    }
-}
-
-/// Time from `now` (since the Unix epoch) to the next multiple of `period`:
-/// every Ready stack with the same period reconciles at the same instants
-/// (bounded by the Controller's concurrency), so their observes fall into
-/// one window of the shared inventory. At least 1 s, so a reconcile that
-/// ends just before a sweep does not run twice within it.
-pub fn until_next_sweep(now: Duration, period: Duration) -> Duration {
-    let period_ms = period.as_millis().max(1000);
-    let into = now.as_millis() % period_ms;
-    let mut wait = period_ms - into;
-    if wait < 1000 {
-        wait += period_ms;
-    }
-    Duration::from_millis(wait as u64)
-}
-
-/// `wait` plus a random part of up to `fraction` of it.
-pub fn jitter(wait: Duration, fraction: f64) -> Duration {
-    if fraction <= 0.0 {
-        return wait;
-    }
-    wait.mul_f64(1.0 + rand::random::<f64>() * fraction)
-}
-
-/// Exponential backoff per object: 2 s, 4 s, ... capped at 5 minutes.
-pub use crate::engine::failure::backoff;
 
 /// The reconcile the Controller runs for each VotingStack.
 pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
@@ -371,76 +230,6 @@ async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, C
             publish(&ctx, &stack, EventType::Warning, "DeleteFailed", &source.to_string()).await;
             Err(ControllerError::Destroy { stack: stack.key(), source })
         }
-    }
-}
-
-/// Writes `status` unless it says what the stored status says (timestamps
-/// aside): a steady stack costs no write, and so wakes no watcher.
-pub async fn write_status_if_changed(
-    client: &Client,
-    stack: &VotingStack,
-    status: &VotingStackStatus,
-) -> Result<bool, kube::Error> {
-    let stored = stack.status.as_ref().map(status_content);
-    if stored.as_ref() == Some(&status_content(status)) {
-        return Ok(false);
-    }
-    write_status(client, stack, status).await?;
-    Ok(true)
-}
-
-/// Writes status through the status subresource by server-side apply.
-pub async fn write_status(client: &Client, stack: &VotingStack, status: &VotingStackStatus) -> Result<(), kube::Error> {
-    let ns = stack.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<VotingStack> = Api::namespaced(client.clone(), &ns);
-    let patch = json!({
-        "apiVersion": "votingstack.dev/v1alpha1",
-        "kind": "VotingStack",
-        "status": status,
-    });
-    api.patch_status(&stack.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
-    Ok(())
-}
-
-async fn publish_transitions(ctx: &Context, stack: &VotingStack, outcome: &Outcome) {
-    for t in &outcome.transitions {
-        // A condition turning False is worth a warning when it needs a
-        // person: a terminal reason, or the stack as a whole not Ready.
-        let needs_attention = !t.status && (t.reason.is_terminal() || t.type_ == ConditionType::Ready);
-        let type_ = if needs_attention { EventType::Warning } else { EventType::Normal };
-        let note = format!("{} is {}: {}", t.type_, if t.status { "True" } else { "False" }, t.message);
-        // The action names the condition, so the Recorder keeps one event
-        // series per condition and reason.
-        publish_as(ctx, stack, type_, t.reason.as_str(), t.type_.as_str(), &note).await;
-    }
-}
-
-async fn publish(ctx: &Context, stack: &VotingStack, type_: EventType, reason: &str, note: &str) {
-    publish_as(ctx, stack, type_, reason, "Delete", note).await
-}
-
-/// `note` cut to at most `limit` bytes, on a character boundary.
-pub fn cut_note(note: &str, limit: usize) -> &str {
-    if note.len() <= limit {
-        return note;
-    }
-    let mut end = limit;
-    while !note.is_char_boundary(end) {
-        end -= 1;
-    }
-    &note[..end]
-}
-
-async fn publish_as(ctx: &Context, stack: &VotingStack, type_: EventType, reason: &str, action: &str, note: &str) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(cut_note(note, EVENT_NOTE_LIMIT).to_string()),
-        action: action.into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&event, &stack.object_ref(&())).await {
-        warn!(stack = %stack.key(), error = %e, "could not record an Event");
     }
 }
 
@@ -683,61 +472,5 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
             std::process::exit(1);
         }
         LeadOutcome::ShutdownAsStandby | LeadOutcome::Finished => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_burst_of_failures_counts_once() {
-        let t0 = Instant::now();
-        let mut f = Failures::after(None, Failure::Aws, t0);
-        for ms in [1, 5, 50, 200] {
-            f = Failures::after(Some(f), Failure::Aws, t0 + Duration::from_millis(ms));
-        }
-        assert_eq!(f.count, 1, "fifty failures within 200 ms are one");
-        assert_eq!(f.cause.backoff(f.count), Duration::from_secs(2));
-        let later = Failures::after(Some(f), Failure::Aws, t0 + Duration::from_secs(2));
-        assert_eq!(later.count, 2, "a failure after the backoff counts");
-    }
-
-    #[test]
-    fn another_cause_starts_over() {
-        let t0 = Instant::now();
-        let mut f = Failures::after(None, Failure::Aws, t0);
-        for s in 1..6 {
-            f = Failures::after(Some(f), Failure::Aws, t0 + Duration::from_secs(100 * s));
-        }
-        assert_eq!(f.count, 6);
-        let ssh = Failures::after(Some(f), Failure::Ssh, t0 + Duration::from_secs(601));
-        assert_eq!((ssh.cause, ssh.count), (Failure::Ssh, 1));
-        assert_eq!(ssh.cause.backoff(ssh.count), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn ready_stacks_meet_at_the_next_multiple_of_the_period() {
-        let minute = Duration::from_secs(60);
-        // Two stacks that finished at different moments wake together.
-        let a = Duration::from_secs(6_000_012);
-        let b = Duration::from_secs(6_000_047);
-        assert_eq!(a + until_next_sweep(a, minute), b + until_next_sweep(b, minute));
-        assert_eq!(until_next_sweep(a, minute), Duration::from_secs(48));
-        // Just before a sweep: the one after it.
-        let c = Duration::from_millis(6_000_059_500);
-        assert_eq!(until_next_sweep(c, minute), Duration::from_millis(60_500));
-        // On a sweep: the next one.
-        assert_eq!(until_next_sweep(Duration::from_secs(6_000_000), minute), minute);
-    }
-
-    #[test]
-    fn jitter_only_lengthens_and_stays_bounded() {
-        let base = Duration::from_secs(10);
-        assert_eq!(jitter(base, 0.0), base);
-        for _ in 0..100 {
-            let j = jitter(base, 0.1);
-            assert!(j >= base && j <= Duration::from_secs(11), "{j:?}");
-        }
     }
 }
