@@ -5,6 +5,7 @@ import base64
 
 from .log import log
 
+# instance states in which a host runs, and in which it is kept but stopped
 ACTIVE = ("pending", "running")
 STOPPED = ("stopping", "stopped")
 

@@ -25,7 +25,8 @@ HOST_FLAGS = [
 class Hosts:
     """The Docker side of the fleet (a part of ``main.Fleet``): uses
     ``self.label``, ``self.image``, ``self.sshd_delay``,
-    ``self.enforce_groups`` and the EC2 reads, and keeps ``self.sg_loaded``."""
+    ``self.enforce_groups`` and the EC2 reads, keeps ``self.sg_loaded`` and
+    forgets a removed host in ``self.egress_seen`` too."""
 
     def containers(self):
         """instance id -> {name, state, ip, started} for our host containers."""
