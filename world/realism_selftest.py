@@ -1,4 +1,4 @@
-"""Check of the EC2 realism layer (world/realism.py) in front of moto.
+"""Check of the EC2 realism layer (world/realism/) in front of moto.
 
 Runs in its own moto account (header x-moto-account-id), so the fleet makes
 no hosts for it, and proves through the layer's counters and through moto

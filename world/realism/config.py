@@ -1,0 +1,153 @@
+"""The layer's knobs: their defaults, their checks, and the start values
+from VS_REALISM_* variables."""
+
+import copy
+import json
+import re
+
+MAX_CONSISTENCY_SECONDS = 5.0
+
+# faults decided before the request reaches moto, and after moto did it
+PRE_FAULTS = ("throttle", "unavailable", "internal")
+POST_FAULTS = ("lost", "drop")
+FAULTS = PRE_FAULTS + POST_FAULTS
+
+ACTION_RE = re.compile(r"^[A-Z][A-Za-z0-9]{1,100}$")
+
+
+class ConfigError(Exception):
+    """A knob has a value the layer cannot use."""
+
+
+def default_config():
+    return {
+        "consistency_seconds": 0.0,
+        "consistency_random": False,
+        "pending_seconds": 2.0,
+        "seed": 0,
+        "throttle": {},
+        "unavailable": {},
+        "internal": {},
+        "lost": {},
+        "drop": {},
+        "fail_next": {},
+        "fault_access_keys": [],
+    }
+
+
+def _number(key, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError("%s must be a number, not %r" % (key, value))
+    if not lo <= value <= hi:
+        raise ConfigError("%s must be between %s and %s, not %s" % (key, lo, hi, value))
+    return float(value)
+
+
+def _action_key(key, action):
+    if action != "*" and not ACTION_RE.match(str(action)):
+        raise ConfigError("%s: %r is neither an EC2 action name nor \"*\"" % (key, action))
+    return str(action)
+
+
+def apply_changes(cfg, changes):
+    """Validate changes (a dict of knobs) and apply them to a copy of cfg.
+
+    Fault maps are replaced; fail_next replaces the queue of each action named."""
+    if not isinstance(changes, dict):
+        raise ConfigError("the body must be a JSON object of knobs")
+    new = copy.deepcopy(cfg)
+    for key, value in changes.items():
+        if key == "consistency_seconds":
+            new[key] = _number(key, value, 0, MAX_CONSISTENCY_SECONDS)
+        elif key == "pending_seconds":
+            new[key] = _number(key, value, 0, 600)
+        elif key == "consistency_random":
+            if not isinstance(value, bool):
+                raise ConfigError("consistency_random must be true or false, not %r" % (value,))
+            new[key] = value
+        elif key == "seed":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError("seed must be an integer, not %r" % (value,))
+            new[key] = value
+        elif key in FAULTS:
+            if not isinstance(value, dict):
+                value = {"*": value}
+            new[key] = {_action_key(key, a): _number("%s.%s" % (key, a), p, 0, 1)
+                        for a, p in value.items()}
+        elif key == "fault_access_keys":
+            if not isinstance(value, list) or not all(isinstance(k, str) and k for k in value):
+                raise ConfigError("fault_access_keys must be a list of access key ids, not %r" % (value,))
+            new[key] = list(value)
+        elif key == "fail_next":
+            if not isinstance(value, dict):
+                raise ConfigError("fail_next must map an action (or \"*\") to a list of faults")
+            for action, faults in value.items():
+                action = _action_key(key, action)
+                if isinstance(faults, str):
+                    faults = [faults]
+                if not isinstance(faults, list) or any(f not in FAULTS for f in faults):
+                    raise ConfigError("fail_next.%s must be a list of faults out of %s, not %r"
+                                      % (action, ", ".join(FAULTS), faults))
+                if faults:
+                    new[key][action] = list(faults)
+                else:
+                    new[key].pop(action, None)
+        else:
+            raise ConfigError("unknown knob %r (known: %s)"
+                              % (key, ", ".join(sorted(default_config()))))
+    return new
+
+
+def parse_probabilities(var, text):
+    """"0.1" or "RunInstances=0.5,*=0.05" -> {action: probability}."""
+    text = text.strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        try:
+            return {"*": float(text)}
+        except ValueError:
+            raise ConfigError("%s=%r: expected a probability or ACTION=P,..." % (var, text))
+    out = {}
+    for part in text.split(","):
+        action, _, p = part.partition("=")
+        try:
+            out[action.strip()] = float(p)
+        except ValueError:
+            raise ConfigError("%s: %r is not ACTION=PROBABILITY" % (var, part))
+    return out
+
+
+def config_from_env(env):
+    """The start configuration from VS_REALISM_* variables."""
+    changes = {}
+    for var, key in (("VS_REALISM_CONSISTENCY_SECONDS", "consistency_seconds"),
+                     ("VS_REALISM_PENDING_SECONDS", "pending_seconds")):
+        if env.get(var, "").strip():
+            try:
+                changes[key] = float(env[var])
+            except ValueError:
+                raise ConfigError("%s=%r is not a number of seconds" % (var, env[var]))
+    if env.get("VS_REALISM_CONSISTENCY_RANDOM", "").strip():
+        v = env["VS_REALISM_CONSISTENCY_RANDOM"].strip().lower()
+        if v not in ("0", "1", "true", "false", "yes", "no"):
+            raise ConfigError("VS_REALISM_CONSISTENCY_RANDOM=%r: use 1 or 0" % v)
+        changes["consistency_random"] = v in ("1", "true", "yes")
+    if env.get("VS_REALISM_SEED", "").strip():
+        try:
+            changes["seed"] = int(env["VS_REALISM_SEED"])
+        except ValueError:
+            raise ConfigError("VS_REALISM_SEED=%r is not an integer" % env["VS_REALISM_SEED"])
+    for fault in FAULTS:
+        var = "VS_REALISM_" + fault.upper()
+        if env.get(var, "").strip():
+            changes[fault] = parse_probabilities(var, env[var])
+    if env.get("VS_REALISM_FAIL_NEXT", "").strip():
+        try:
+            changes["fail_next"] = json.loads(env["VS_REALISM_FAIL_NEXT"])
+        except ValueError as exc:
+            raise ConfigError("VS_REALISM_FAIL_NEXT is not JSON: %s" % exc)
+    try:
+        return apply_changes(default_config(), changes)
+    except ConfigError as exc:
+        raise ConfigError("environment: %s" % exc)
