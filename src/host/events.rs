@@ -24,19 +24,36 @@ use crate::api::{Tier, STACK_LABEL, TIER_LABEL};
 use super::hosts::SshHosts;
 use super::{HostTarget, SshKey};
 
-/// [`DriftEvent::action`] when a host's event stream itself ended.
-pub const STREAM_LOST: &str = "stream-lost";
+/// Why a drift event was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriftCause {
+    /// A container of the stack died, stopped or was removed: Docker's
+    /// action (`die`, `stop` or `destroy`).
+    Container(String),
+    /// The host's event stream itself ended (Docker stopped, or the host
+    /// went away).
+    StreamLost,
+}
 
-/// A container of the stack died, stopped or was removed, or (action
-/// [`STREAM_LOST`]) the host's event stream ended.
+impl std::fmt::Display for DriftCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DriftCause::Container(action) => f.write_str(action),
+            DriftCause::StreamLost => f.write_str("stream-lost"),
+        }
+    }
+}
+
+/// A container of the stack died, stopped or was removed, or the host's
+/// event stream ended ([`DriftCause`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriftEvent {
     /// Value of the `votingstack.dev/stack` label (`namespace/name`).
     pub stack: String,
     pub tier: Tier,
+    /// The container's name; empty for [`DriftCause::StreamLost`].
     pub container: String,
-    /// `die`, `stop` or `destroy`.
-    pub action: String,
+    pub cause: DriftCause,
 }
 
 /// Delays between attempts to (re)start a stream.
@@ -71,7 +88,7 @@ fn parse_event(line: &str, fallback_tier: Tier) -> Option<DriftEvent> {
     let container = attrs.get("name").cloned().unwrap_or_default();
     // `exec_die`-like verbs come as `verb: detail`; keep the verb
     let action = message.action.unwrap_or_default().split(':').next().unwrap_or_default().trim().to_string();
-    Some(DriftEvent { stack, tier, container, action })
+    Some(DriftEvent { stack, tier, container, cause: DriftCause::Container(action) })
 }
 
 /// A running drift stream of one host. Dropping it stops the stream.
@@ -206,7 +223,7 @@ async fn run(
                 stack: target.stack.clone(),
                 tier: target.tier,
                 container: String::new(),
-                action: STREAM_LOST.into(),
+                cause: DriftCause::StreamLost,
             };
             if events.send(lost).await.is_err() {
                 return;
@@ -234,7 +251,7 @@ mod tests {
                 stack: "default/demo".into(),
                 tier: Tier::Frontend,
                 container: "vote".into(),
-                action: "die".into()
+                cause: DriftCause::Container("die".into())
             }
         );
         assert_eq!(parse_event("", Tier::Database), None);

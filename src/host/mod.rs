@@ -51,7 +51,7 @@ use async_trait::async_trait;
 use crate::api::{PullPolicy, Reason, Tier};
 use crate::model::{HostAction, ObservedHost};
 
-pub use events::{DriftEvent, DriftWatcher};
+pub use events::{DriftCause, DriftEvent, DriftWatcher};
 pub use hosts::SshHosts;
 pub use keys::{HostKey, KeyError, SshKey};
 pub use ssh::SshOptions;
