@@ -15,7 +15,7 @@ use crate::api::conditions::find_condition;
 use crate::api::{ConditionType, Phase, Tier, VotingStack, VotingStackStatus};
 use crate::engine::plan::Plan;
 use crate::engine::{Engine, Outcome, Teardown};
-use crate::host::events::{DriftEvent, STREAM_LOST};
+use crate::host::events::{DriftCause, DriftEvent};
 use crate::manifest::{Manifest, ManifestError};
 use crate::model::ObservedInfra;
 use crate::timeline;
@@ -370,10 +370,13 @@ pub async fn destroy(engine: &Engine, manifest: &Manifest, state_path: &Path) ->
 /// apply loop (at most one wake-up waits; more would add nothing).
 pub async fn report_drift(mut events: tokio::sync::mpsc::Receiver<DriftEvent>, wake: tokio::sync::mpsc::Sender<()>) {
     while let Some(e) = events.recv().await {
-        if e.action == STREAM_LOST {
-            println!("  ! {}: lost the event stream of the {} host; checking", e.stack, e.tier);
-        } else {
-            println!("  ! {} container {} on the {} host: {}; repairing", e.stack, e.container, e.tier, e.action);
+        match &e.cause {
+            DriftCause::StreamLost => {
+                println!("  ! {}: lost the event stream of the {} host; checking", e.stack, e.tier)
+            }
+            DriftCause::Container(action) => {
+                println!("  ! {} container {} on the {} host: {action}; repairing", e.stack, e.container, e.tier)
+            }
         }
         let _ = wake.try_send(());
     }

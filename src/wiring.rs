@@ -12,8 +12,7 @@ use crate::api::{Tier, VotingStackSpec};
 use crate::cloud::ec2::Ec2Cloud;
 use crate::engine::{Engine, EngineSettings};
 use crate::host::events::{DriftEvent, DriftWatcher};
-use crate::host::ssh::{SshHosts, SshOptions};
-use crate::host::{HostTarget, SshKey};
+use crate::host::{HostTarget, SshHosts, SshKey, SshOptions};
 
 /// Hands out the engine for a stack: stacks in different regions (or with
 /// different endpoints) get different EC2 clients.

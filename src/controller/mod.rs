@@ -414,7 +414,7 @@ pub fn forward_drift(mut events: mpsc::Receiver<DriftEvent>, to: mpsc::Sender<Ob
     tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             let Some((ns, name)) = event.stack.split_once('/') else { continue };
-            info!(stack = %event.stack, tier = %event.tier, container = %event.container, action = %event.action, "container drift: reconciling now");
+            info!(stack = %event.stack, tier = %event.tier, container = %event.container, action = %event.cause, "container drift: reconciling now");
             if to.send(ObjectRef::new(name).within(ns)).await.is_err() {
                 return;
             }

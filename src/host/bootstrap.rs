@@ -1,8 +1,7 @@
-//! The one shell script the operator still runs on a host (`bootstrap.sh`):
-//! what has to happen before there is a Docker engine to talk to (install
-//! it, start it), and the host's facts (which instance it is, whether the
-//! engine answers). Everything else goes through the engine's API
-//! (`engine_api`).
+//! The bootstrap script (`bootstrap.sh`) and its steps on a host: install
+//! and start Docker, read the host's facts (`facts`), mount the data volume.
+//! These are the shell steps of [`crate::host`]'s list; each step is one
+//! [`SshHosts::exec`].
 //!
 //! The script travels on the exec's stdin into a mode 0600 temporary file,
 //! so nothing it carries shows in process arguments. Its text is wrapped
@@ -10,10 +9,18 @@
 //! error, not half a script.
 
 use serde::Deserialize;
+use tracing::{debug, info};
 
-use crate::model::DockerState;
+use super::hosts::SshHosts;
+use super::ssh::ExecOutput;
+use super::{HostError, HostTarget, SshKey};
+use crate::model::DataVolume;
 
 const BOOTSTRAP: &str = include_str!("bootstrap.sh");
+
+/// Limit of the mount step on the host: up to a minute for the disk to show
+/// after EC2 attached it, then a format of a blank volume.
+const MOUNT_SECONDS: u32 = 150;
 
 /// What the script is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,7 +29,7 @@ pub enum Step {
     Facts,
     /// Install Docker from the distribution's packages, then start it.
     Install,
-    /// Start Docker and wait until the engine answers.
+    /// Start Docker and wait until its API answers.
     Start,
     /// Find the data volume by id, format it when blank, mount it.
     MountVolume,
@@ -84,42 +91,6 @@ fn launcher(step: Step, args: &str, seconds: u32) -> String {
     )
 }
 
-/// A host's facts, as the `facts` step prints them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Facts {
-    /// The instance id the host reports, when it can tell.
-    pub instance: Option<String>,
-    pub docker: DockerState,
-}
-
-#[derive(Deserialize)]
-struct RawFacts {
-    #[serde(default)]
-    instance: String,
-    docker: String,
-    #[serde(default)]
-    why: String,
-}
-
-/// Reads the `facts` output (login scripts may print before it: the
-/// document is the last non-empty line).
-pub fn parse_facts(stdout: &[u8]) -> Result<Facts, String> {
-    let text = String::from_utf8_lossy(stdout);
-    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
-    let raw: RawFacts = serde_json::from_str(line).map_err(|e| {
-        let shown: String = line.chars().take(200).collect();
-        format!("{e} in {shown:?}")
-    })?;
-    let docker = match raw.docker.as_str() {
-        "running" => DockerState::Running,
-        "missing" => DockerState::Missing,
-        "down" if raw.why.is_empty() => DockerState::Down("the Docker engine does not answer".into()),
-        "down" => DockerState::Down(raw.why),
-        other => return Err(format!("unknown docker state {other:?}")),
-    };
-    Ok(Facts { instance: Some(raw.instance).filter(|i| !i.is_empty()), docker })
-}
-
 /// What the `mount-volume` step found and did.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct Mounted {
@@ -155,9 +126,80 @@ pub fn tail(stderr: &[u8]) -> String {
     }
 }
 
+impl SshHosts {
+    /// Runs one step of the bootstrap script: one exec. Returns its output
+    /// whatever its exit code; errors are connection failures and timeouts.
+    pub(super) async fn run_bootstrap(
+        &self,
+        target: &HostTarget,
+        key: &SshKey,
+        step: Step,
+        seconds: u32,
+    ) -> Result<ExecOutput, HostError> {
+        let text = script_text();
+        self.exec(target, key, &command(step, seconds), Some(text.as_bytes()), step.describe(), seconds).await
+    }
+
+    /// Runs the install or start step; a step that fails on the host is
+    /// [`HostError::CommandFailed`].
+    pub(super) async fn prepare_docker(&self, target: &HostTarget, key: &SshKey, step: Step) -> Result<(), HostError> {
+        let out = self.run_bootstrap(target, key, step, target.command_timeout_secs).await?;
+        if out.code != 0 {
+            return Err(HostError::CommandFailed {
+                host: target.describe(),
+                step: step.describe().into(),
+                code: out.code,
+                stderr: tail(&out.stderr),
+            });
+        }
+        Ok(())
+    }
+
+    /// Mounts the data volume on the host (finds it by id, formats it only
+    /// when blank, mounts it by UUID).
+    pub(super) async fn mount_volume(
+        &self,
+        target: &HostTarget,
+        key: &SshKey,
+        volume: &DataVolume,
+    ) -> Result<(), HostError> {
+        let step = Step::MountVolume;
+        let what = format!("mount data volume {} at {}", volume.volume_id, volume.mount);
+        let args = [volume.volume_id.as_str(), volume.mount.as_str(), volume.subdir.as_str()];
+        let command = command_with(step, &args, MOUNT_SECONDS)
+            .filter(|_| DataVolume::valid_id(&volume.volume_id))
+            .ok_or_else(|| HostError::Parse {
+                host: target.describe(),
+                message: format!("{what}: {:?} is not an EBS volume id or the paths are not plain", volume.volume_id),
+            })?;
+        let text = script_text();
+        let out = self.exec(target, key, &command, Some(text.as_bytes()), &what, MOUNT_SECONDS).await?;
+        if out.code != 0 {
+            return Err(HostError::CommandFailed {
+                host: target.describe(),
+                step: what,
+                code: out.code,
+                stderr: tail(&out.stderr),
+            });
+        }
+        let mounted = parse_mounted(&out.stdout)
+            .map_err(|message| HostError::Parse { host: target.describe(), message: format!("{what}: {message}") })?;
+        if mounted.formatted {
+            info!(host = %target.describe(), volume = %volume.volume_id, device = %mounted.device, uuid = %mounted.uuid,
+                "the data volume was blank: formatted it (ext4)");
+        } else {
+            debug!(host = %target.describe(), volume = %volume.volume_id, device = %mounted.device, uuid = %mounted.uuid,
+                "data volume mounted");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::facts::parse_facts;
+    use crate::model::DockerState;
     use std::io::Write;
     use std::process::{Command, Stdio};
 
@@ -245,7 +287,7 @@ mod tests {
             eprintln!("skipped: this machine runs systemd, which the script would ask instead of the fakes");
             return;
         }
-        // The daemon is there; its engine answers on the third try.
+        // The daemon is there; its API answers on the third try.
         let slow =
             "#!/bin/sh\nn=$(cat \"${0%/*}/calls\" 2>/dev/null || echo 0); n=$((n + 1)); echo $n >\"${0%/*}/calls\"\n\
                     [ $n -ge 3 ] && { echo 24.0.0; exit 0; }\necho 'Cannot connect to the Docker daemon' >&2; exit 1\n";
@@ -261,7 +303,7 @@ mod tests {
             eprintln!("skipped: this machine runs systemd, which the script would ask instead of the fakes");
             return;
         }
-        // The engine answers once `service docker start` ran.
+        // Docker answers once `service docker start` ran.
         let dead = "#!/bin/sh\n[ -s \"${0%/*}/starts\" ] && { echo 24.0.0; exit 0; }\n\
                     echo 'Cannot connect to the Docker daemon' >&2; exit 1\n";
         let dir = start_tools(dead, false);
@@ -293,14 +335,6 @@ mod tests {
         let out = launch(Step::Facts, cut, &dir.path().display().to_string());
         assert_ne!(out.status.code(), Some(0));
         assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
-    }
-
-    #[test]
-    fn facts_are_read_from_the_last_line() {
-        let f = parse_facts(b"motd\n{\"instance\":\"i-0abc\",\"docker\":\"down\",\"why\":\"\"}\n").unwrap();
-        assert_eq!(f.instance.as_deref(), Some("i-0abc"));
-        assert_eq!(f.docker, DockerState::Down("the Docker engine does not answer".into()));
-        assert!(parse_facts(b"garbage").is_err());
     }
 
     #[test]

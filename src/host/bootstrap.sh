@@ -1,12 +1,13 @@
-# What the operator runs on a host in a shell: only what must happen before
-# there is a Docker engine to talk to. Everything else goes through the
-# engine's API. POSIX sh; the launcher wraps this text in a function that is
-# called on its last line, so a cut-off upload runs nothing.
+# The bootstrap steps the operator runs on a host in a shell: installing and
+# starting Docker, reading the host's facts, mounting the data volume (every
+# shell on a host, and why, is listed in src/host/mod.rs). POSIX sh; the
+# launcher wraps this text in a function that is called on its last line,
+# so a cut-off upload runs nothing.
 #
 #   $1 = facts    prints one line of JSON:
 #                 {"instance": "i-..." (when the host can tell), "docker": "running|missing|down", "why": "..."}
 #   $1 = install  installs Docker from the distribution's packages, then starts it
-#   $1 = start    starts Docker and waits until the engine answers
+#   $1 = start    starts Docker and waits until its API answers
 #   $1 = mount-volume VOLUME_ID DIR SUBDIR
 #                 finds the attached EBS volume by its id, formats it only
 #                 when it is blank, mounts it by UUID at DIR (and in
@@ -164,7 +165,7 @@ vs_start_docker_once() {
 }
 
 # True while a Docker daemon process exists (running, starting or stopping),
-# whether or not its engine answers yet: systemd's view of docker.service,
+# whether or not its API answers yet: systemd's view of docker.service,
 # else a dockerd process, else the daemon's pid file.
 vs_dockerd_alive() {
   if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
@@ -179,7 +180,7 @@ vs_dockerd_alive() {
   vs_pid=$(cat /var/run/docker.pid 2>/dev/null) && [ -n "$vs_pid" ] && [ -d "/proc/$vs_pid" ]
 }
 
-# vs_wait_docker SECONDS: polls once a second until the engine answers.
+# vs_wait_docker SECONDS: polls once a second until Docker's API answers.
 vs_wait_docker() {
   vs_w=0
   while [ "$vs_w" -lt "$1" ]; do
@@ -193,10 +194,10 @@ vs_wait_docker() {
   return 1
 }
 
-# Starts Docker and waits for the engine. A daemon that is there but does
+# Starts Docker and waits for its API. A daemon that is there but does
 # not answer yet (a slow first start, a long restore of its state) gets 60 s
 # before it is restarted; a daemon that is not there is started at once. A
-# start issued while an engine is still shutting down is a no-op for init
+# start issued while a daemon is still shutting down is a no-op for init
 # scripts, so while no daemon is there the start is repeated every 5 s.
 vs_start_docker() {
   vs_docker_state
@@ -207,7 +208,7 @@ vs_start_docker() {
     if vs_wait_docker 60; then
       return 0
     fi
-    echo "the Docker daemon runs but its engine has not answered for 60 s ($DOCKER_WHY): restarting it" >&2
+    echo "the Docker daemon runs but its API has not answered for 60 s ($DOCKER_WHY): restarting it" >&2
     vs_start_docker_once || return 1
   fi
   vs_i=0

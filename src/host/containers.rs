@@ -1,6 +1,6 @@
-//! From the model to the engine API and back, with no I/O: what a desired
+//! From the model to the Docker API and back, with no I/O: what a desired
 //! container looks like as a create request, and what a listed container
-//! means to the engine (its config hash, state and health).
+//! means to the operator (its config hash, state and health).
 
 use std::collections::HashMap;
 
@@ -13,17 +13,17 @@ use crate::api::{CONFIG_HASH_LABEL, IMAGE_DIGEST_LABEL, STACK_LABEL, TIER_LABEL}
 use crate::model::desired::HOST_NETWORK;
 use crate::model::{DesiredContainer, ObservedContainer};
 
-/// How often the engine runs a container's health command, and how long one run may take.
+/// How often Docker runs a container's health command, and how long one run may take.
 const HEALTH_INTERVAL_NS: i64 = 2_000_000_000;
 const HEALTH_TIMEOUT_NS: i64 = 5_000_000_000;
 /// Failed runs in a row before a container counts as unhealthy.
 const HEALTH_RETRIES: i64 = 3;
 
-/// Why a desired container cannot be sent to the engine.
+/// Why a desired container cannot be sent to Docker.
 #[derive(Debug, PartialEq, Eq)]
 pub struct InvalidContainer(pub String);
 
-/// Refuses names the engine would refuse, before any request.
+/// Refuses names Docker would refuse, before any request.
 pub fn check(c: &DesiredContainer) -> Result<(), InvalidContainer> {
     let name_ok = c.name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
         && c.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
@@ -67,7 +67,7 @@ pub fn create_body(stack: &str, c: &DesiredContainer, digest: Option<&str>) -> C
     let extra_hosts: Vec<String> =
         c.extra_hosts.iter().filter_map(|(name, ip)| ip.map(|ip| format!("{name}:{ip}"))).collect();
     let binds: Vec<String> = c.volumes.iter().map(|(volume, path)| format!("{volume}:{path}")).collect();
-    // A bind mount (not a bind): the engine refuses to start the container
+    // A bind mount (not a bind): Docker refuses to start the container
     // when the directory is missing (the data volume is not mounted),
     // rather than creating an empty one on the root disk.
     let mounts = c.data_volume.as_ref().map(|v| {
@@ -107,7 +107,7 @@ pub fn create_body(stack: &str, c: &DesiredContainer, digest: Option<&str>) -> C
     }
 }
 
-/// A listed container as the engine sees it, with its health when it has a
+/// A listed container as Docker shows it, with its health when it has a
 /// health check; None when it does not carry exactly `stack`'s label.
 pub fn observed(stack: &str, s: &ContainerSummary) -> Option<(ObservedContainer, Option<Result<(), String>>)> {
     let labels = s.labels.as_ref()?;
@@ -132,7 +132,7 @@ pub fn observed(stack: &str, s: &ContainerSummary) -> Option<(ObservedContainer,
     Some((container, health(status)))
 }
 
-/// The health an engine shows in a container's status line
+/// The health Docker shows in a container's status line
 /// (`Up 2 minutes (healthy)`); None for a container without a health check.
 pub fn health(status: &str) -> Option<Result<(), String>> {
     if status.contains("(healthy)") {
@@ -239,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn names_the_engine_would_refuse_are_refused_first() {
+    fn names_docker_would_refuse_are_refused_first() {
         let mut c = desired_containers(&spec(), Tier::Database, peers()).remove(0);
         assert!(check(&c).is_ok());
         c.env.insert("A=B".into(), "x".into());

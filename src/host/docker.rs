@@ -1,22 +1,18 @@
-//! [`Hosts`] for [`SshHosts`]: what the engine asks of a host, done
-//! through the host's Docker engine API (see `engine_api`).
+//! The Docker API calls on a host, through its client (`docker_api`):
 //!
-//! - observe: one container list, filtered by the stack's label; readiness
-//!   comes with it, from the containers' health checks;
-//! - apply: typed pull, create, start, stop and remove calls, each with a
-//!   deadline that really ends it (its connection closes and the engine
-//!   cancels the work);
+//! - the stack's containers listed, with their health checks' verdicts;
+//! - a tier's deploy: typed pull, create, start, stop and remove calls, each
+//!   with a deadline that really ends it (its connection closes and Docker
+//!   cancels the work), then a bounded wait for new containers' health;
+//! - the drift events subscription;
 //! - the smoke test's query: an exec in the postgres container.
 //!
-//! Installing and starting Docker is the only shell step (`bootstrap`).
+//! The shell steps on a host are elsewhere: see [`crate::host`].
 
 use std::collections::{BTreeSet, HashMap};
-use std::future::Future;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use bollard::container::LogOutput;
-use bollard::errors::Error as ApiError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{HealthStatusEnum, NetworkCreateRequest};
 use bollard::query_parameters::{
@@ -30,66 +26,38 @@ use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
 use crate::model::desired::{repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER};
-use crate::model::{DataVolume, DesiredContainer, DockerState, HostAction, ObservedHost};
+use crate::model::{DesiredContainer, ObservedContainer};
 use crate::timeline::{self, Stage};
 
-use super::bootstrap::{self, Step};
+use super::bootstrap;
 use super::containers;
-use super::engine_api;
-use super::ssh::SshHosts;
-use super::{HostError, HostTarget, Hosts, SshKey};
+use super::docker_api::{self, docker_failure, status_of};
+use super::hosts::SshHosts;
+use super::{HostError, HostTarget, SshKey};
 
 /// The longest an observation may take: it is one list call.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Seconds a container gets to stop on SIGTERM before it is killed.
-pub const STOP_GRACE_SECONDS: i32 = 10;
+const STOP_GRACE_SECONDS: i32 = 10;
 /// Suffix of a replaced container kept aside until its successor runs.
 const PREVIOUS_SUFFIX: &str = "-previous";
-/// How the engine says a pull ran out of disk.
+/// How Docker says a pull ran out of disk.
 const DISK_FULL: &str = "no space left on device";
-/// How long `apply` waits for new containers' health checks to settle.
-/// Limit of the mount step on the host: up to a minute for the disk to show
-/// after EC2 attached it, then a format of a blank volume.
-const MOUNT_SECONDS: u32 = 150;
+/// How long a deploy waits for new containers' health checks to settle.
 const HEALTH_WAIT: Duration = Duration::from_secs(30);
 const HEALTH_POLL: Duration = Duration::from_millis(300);
 
-/// What one tier's actions ask of its host, sorted by kind.
-#[derive(Default)]
-struct HostWork<'a> {
-    bootstrap: Option<Step>,
-    mount: Option<&'a DataVolume>,
-    remove: Vec<&'a str>,
-    create: Vec<&'a DesiredContainer>,
-    start: Vec<&'a str>,
-}
-
-impl<'a> HostWork<'a> {
-    fn of(tier: crate::api::Tier, actions: &'a [HostAction]) -> HostWork<'a> {
-        let mut work = HostWork::default();
-        for action in actions.iter().filter(|a| a.tier() == tier) {
-            match action {
-                HostAction::InstallDocker { .. } => work.bootstrap = Some(Step::Install),
-                HostAction::StartDocker { .. } => {
-                    work.bootstrap.get_or_insert(Step::Start);
-                }
-                HostAction::MountVolume { volume, .. } => work.mount = Some(volume),
-                HostAction::CreateContainer { container, .. } => work.create.push(container),
-                HostAction::StartContainer { name, .. } => work.start.push(name),
-                HostAction::RemoveContainer { name, .. } => work.remove.push(name),
-            }
-        }
-        work
-    }
-
-    fn touches_containers(&self) -> bool {
-        !(self.remove.is_empty() && self.create.is_empty() && self.start.is_empty())
-    }
+/// What one list call found.
+pub(super) enum Listing {
+    /// The stack's containers, and the verdicts of their health checks.
+    Listed { containers: Vec<ObservedContainer>, probes: Vec<(String, Result<(), String>)> },
+    /// Docker's API gave no answer, and why.
+    NoAnswer(String),
 }
 
 /// `name` and `tag` for a pull. A reference without a tag or digest means
 /// `latest` (an empty tag would pull every tag of the repository).
-pub fn pull_reference(image: &str) -> (&str, &str) {
+fn pull_reference(image: &str) -> (&str, &str) {
     if image.contains('@') {
         return (image, "");
     }
@@ -104,43 +72,77 @@ fn stack_filter(stack: &str) -> HashMap<&'static str, Vec<String>> {
     HashMap::from([("label", vec![format!("{STACK_LABEL}={stack}")])])
 }
 
-/// An answer from the engine with this HTTP status.
-fn status_of(e: &ApiError) -> Option<u16> {
-    match e {
-        ApiError::DockerResponseServerError { status_code, .. } => Some(*status_code),
-        _ => None,
-    }
-}
-
 impl SshHosts {
-    /// Runs one engine API operation with a deadline. A request that runs
-    /// out of time is dropped, which closes its connection and makes the
-    /// engine cancel it; a connection that failed is replaced next time.
-    async fn bounded<T>(
-        &self,
-        target: &HostTarget,
-        what: &str,
-        limit: Duration,
-        op: impl Future<Output = Result<T, ApiError>>,
-    ) -> Result<T, HostError> {
-        match tokio::time::timeout(limit, op).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                if status_of(&e).is_none() {
-                    self.forget_engine(target).await;
+    /// Lists the stack's containers (one call). An answer refusing the
+    /// list is an error; no answer at all is [`Listing::NoAnswer`].
+    pub(super) async fn list_stack(&self, target: &HostTarget, docker: &Docker) -> Result<Listing, HostError> {
+        let filters = stack_filter(&target.stack);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let limit = OBSERVE_TIMEOUT.min(Self::command_limit(target));
+        let listed = tokio::time::timeout(limit, docker.list_containers(Some(options))).await;
+        match listed {
+            Ok(Ok(list)) => {
+                let mut containers = Vec::new();
+                let mut probes = Vec::new();
+                for (container, health) in list.iter().filter_map(|s| containers::observed(&target.stack, s)) {
+                    if let Some(h) = health {
+                        probes.push((container.name.clone(), h));
+                    }
+                    containers.push(container);
                 }
-                Err(engine_failure(target, what, e))
+                containers.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(Listing::Listed { containers, probes })
             }
-            Err(_) => {
-                self.forget_engine(target).await;
-                let seconds = u32::try_from(limit.as_secs()).unwrap_or(u32::MAX);
-                Err(HostError::Timeout { host: target.describe(), what: what.to_string(), seconds })
-            }
+            Ok(Err(e)) if status_of(&e).is_some() => Err(docker_failure(target, "list the stack's containers", e)),
+            Ok(Err(e)) => Ok(Listing::NoAnswer(e.to_string())),
+            Err(_) => Ok(Listing::NoAnswer(format!("no answer within {} s", limit.as_secs()))),
         }
     }
 
-    fn command_limit(target: &HostTarget) -> Duration {
-        Duration::from_secs(u64::from(target.command_timeout_secs.max(1)))
+    /// A tier's container work: orphans removed first (one may hold a port
+    /// a new container needs), the network and images made present, each
+    /// new container put in place of the old one, stopped ones started;
+    /// then a bounded wait for the new containers' health checks.
+    pub(super) async fn deploy(
+        &self,
+        target: &HostTarget,
+        docker: &Docker,
+        remove: &[&str],
+        create: &[&DesiredContainer],
+        start: &[&str],
+        pull: PullPolicy,
+    ) -> Result<(), HostError> {
+        for name in remove {
+            self.remove_container(target, docker, name).await?;
+        }
+        if !create.is_empty() {
+            self.ensure_network(target, docker).await?;
+            let images: BTreeSet<String> = create.iter().map(|c| c.run_reference()).collect();
+            let pulls = images.iter().map(|image| self.ensure_image(target, docker, image, pull));
+            futures::future::try_join_all(pulls).await?;
+            for c in create {
+                let began = SystemTime::now();
+                self.replace_container(target, docker, c).await?;
+                timeline::span(&target.stack, Stage::ContainerStarted, format!("{}/{}", target.tier, c.name), began);
+            }
+        }
+        for name in start {
+            let what = format!("start container {name}");
+            match self.bounded(target, &what, Self::command_limit(target), docker.start_container(name, None)).await {
+                Ok(()) => {}
+                // A stopped container Docker refuses to start (such as a
+                // stale task left by a daemon restart) is removed, so the
+                // next pass creates it anew from its configuration.
+                Err(e @ HostError::Engine { .. }) => {
+                    warn!(host = %target.describe(), container = %name, "{e}; removing it to create it anew");
+                    self.remove_container(target, docker, name).await?;
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.await_health(target, docker, create).await;
+        Ok(())
     }
 
     /// Stops a container (SIGTERM, then SIGKILL after the grace period) and
@@ -187,7 +189,7 @@ impl SshHosts {
     }
 
     /// Creates the stack's network on the host unless it is there (the
-    /// engine would make a second one with the same name).
+    /// Docker would make a second one with the same name).
     async fn ensure_network(&self, target: &HostTarget, docker: &Docker) -> Result<(), HostError> {
         let limit = Self::command_limit(target);
         let filters = HashMap::from([("name", vec![HOST_NETWORK.to_string()])]);
@@ -259,7 +261,7 @@ impl SshHosts {
     /// The digest of the image `c` is created from: the pin, else the
     /// registry digest the host recorded when it pulled the image (its
     /// `RepoDigests` entry for the repository), else the image id. None
-    /// when the engine cannot tell; the container is created all the same.
+    /// when Docker cannot tell; the container is created all the same.
     async fn image_digest(&self, target: &HostTarget, docker: &Docker, c: &DesiredContainer) -> Option<String> {
         if let Some(pin) = &c.pinned_digest {
             return Some(pin.clone());
@@ -384,49 +386,15 @@ impl SshHosts {
         debug!(host = %target.describe(), "health checks settled");
     }
 
-    /// The host's drift events (die, stop, destroy of the stack's
-    /// containers) as the engine's raw stream, once the engine has subscribed.
-    /// Mounts the data volume on the host (finds it by id, formats it only
-    /// when blank, mounts it by UUID).
-    async fn mount_volume(&self, target: &HostTarget, key: &SshKey, volume: &DataVolume) -> Result<(), HostError> {
-        let step = Step::MountVolume;
-        let what = format!("mount data volume {} at {}", volume.volume_id, volume.mount);
-        let args = [volume.volume_id.as_str(), volume.mount.as_str(), volume.subdir.as_str()];
-        let command = bootstrap::command_with(step, &args, MOUNT_SECONDS)
-            .filter(|_| DataVolume::valid_id(&volume.volume_id))
-            .ok_or_else(|| HostError::Parse {
-                host: target.describe(),
-                message: format!("{what}: {:?} is not an EBS volume id or the paths are not plain", volume.volume_id),
-            })?;
-        let text = bootstrap::script_text();
-        let out = self.exec(target, key, &command, Some(text.as_bytes()), &what, MOUNT_SECONDS).await?;
-        if out.code != 0 {
-            return Err(HostError::CommandFailed {
-                host: target.describe(),
-                step: what,
-                code: out.code,
-                stderr: bootstrap::tail(&out.stderr),
-            });
-        }
-        let mounted = bootstrap::parse_mounted(&out.stdout)
-            .map_err(|message| HostError::Parse { host: target.describe(), message: format!("{what}: {message}") })?;
-        if mounted.formatted {
-            info!(host = %target.describe(), volume = %volume.volume_id, device = %mounted.device, uuid = %mounted.uuid,
-                "the data volume was blank: formatted it (ext4)");
-        } else {
-            debug!(host = %target.describe(), volume = %volume.volume_id, device = %mounted.device, uuid = %mounted.uuid,
-                "data volume mounted");
-        }
-        Ok(())
-    }
-
-    pub(crate) async fn events(&self, target: &HostTarget, key: &SshKey) -> Result<hyper::body::Incoming, HostError> {
-        let engine = self.engine(target, key).await?;
+    /// Subscribes to the host's drift events (die, stop, destroy of the
+    /// stack's containers): Docker's raw stream, once Docker has subscribed.
+    pub(super) async fn events(&self, target: &HostTarget, key: &SshKey) -> Result<hyper::body::Incoming, HostError> {
+        let client = self.docker_api(target, key).await?;
         let label = format!("{STACK_LABEL}={}", target.stack);
-        let subscribe = engine_api::events(&engine.session, &label, self.api_counter());
+        let subscribe = docker_api::events(&client.session, &label, self.api_counter());
         match tokio::time::timeout(Self::command_limit(target).min(OBSERVE_TIMEOUT), subscribe).await {
             Ok(Ok(body)) => Ok(body),
-            Ok(Err(e)) => Err(engine_failure(target, "watch the stack's container events", e)),
+            Ok(Err(e)) => Err(docker_failure(target, "watch the stack's container events", e)),
             Err(_) => Err(HostError::Timeout {
                 host: target.describe(),
                 what: "subscribing to container events".into(),
@@ -437,10 +405,16 @@ impl SshHosts {
 
     /// Runs one SQL statement in the postgres container; None while the
     /// worker has not created the votes table yet.
-    async fn psql(&self, db: &HostTarget, key: &SshKey, sql: &str, what: &str) -> Result<Option<String>, HostError> {
-        let engine = self.engine(db, key).await?;
+    pub(super) async fn psql(
+        &self,
+        db: &HostTarget,
+        key: &SshKey,
+        sql: &str,
+        what: &str,
+    ) -> Result<Option<String>, HostError> {
+        let client = self.docker_api(db, key).await?;
         let cmd = ["psql", "-U", POSTGRES_USER, "-tAc", sql].map(String::from).to_vec();
-        let (code, stdout, stderr) = self.exec_in(db, &engine.api.docker, DB_CONTAINER, cmd, what).await?;
+        let (code, stdout, stderr) = self.exec_in(db, &client.api.docker, DB_CONTAINER, cmd, what).await?;
         if code == 0 {
             return Ok(Some(stdout));
         }
@@ -489,183 +463,9 @@ impl SshHosts {
     }
 }
 
-/// `s` as an SQL string literal.
-fn sql_literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
-fn engine_failure(target: &HostTarget, what: &str, e: ApiError) -> HostError {
-    match e {
-        ApiError::DockerResponseServerError { status_code, message } => {
-            HostError::Engine { host: target.describe(), step: what.to_string(), status: Some(status_code), message }
-        }
-        ApiError::DockerStreamError { error } => {
-            HostError::Engine { host: target.describe(), step: what.to_string(), status: None, message: error }
-        }
-        other => HostError::Unreachable {
-            host: target.describe(),
-            message: format!("{what}: the Docker engine API did not answer: {other}"),
-        },
-    }
-}
-
-#[async_trait]
-impl Hosts for SshHosts {
-    async fn observe(&self, target: &HostTarget, key: &SshKey) -> Result<ObservedHost, HostError> {
-        let engine = self.engine(target, key).await?;
-        let fingerprint = engine.session.fingerprint.clone();
-        let filters = stack_filter(&target.stack);
-        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
-        let limit = OBSERVE_TIMEOUT.min(Self::command_limit(target));
-        let listed = tokio::time::timeout(limit, engine.api.docker.list_containers(Some(options))).await;
-        let why = match listed {
-            Ok(Ok(list)) => {
-                self.docker_answered(target);
-                let mut containers = Vec::new();
-                let mut probes = Vec::new();
-                for (container, health) in list.iter().filter_map(|s| containers::observed(&target.stack, s)) {
-                    if let Some(h) = health {
-                        probes.push((container.name.clone(), h));
-                    }
-                    containers.push(container);
-                }
-                containers.sort_by(|a, b| a.name.cmp(&b.name));
-                return Ok(ObservedHost {
-                    docker: DockerState::Running,
-                    containers,
-                    probes,
-                    host_key_fingerprint: fingerprint,
-                });
-            }
-            Ok(Err(e)) if status_of(&e).is_some() => {
-                return Err(engine_failure(target, "list the stack's containers", e));
-            }
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} s", limit.as_secs()),
-        };
-        // The engine did not answer through dial-stdio: ask the host why.
-        self.forget_engine(target).await;
-        let facts = self.facts(target, key).await?;
-        match facts.docker {
-            DockerState::Running => Err(HostError::Unreachable {
-                host: target.describe(),
-                message: format!("Docker runs but its API did not answer over SSH: {why}"),
-            }),
-            docker => Ok(ObservedHost {
-                docker,
-                containers: Vec::new(),
-                probes: Vec::new(),
-                host_key_fingerprint: fingerprint,
-            }),
-        }
-    }
-
-    async fn apply(
-        &self,
-        target: &HostTarget,
-        key: &SshKey,
-        actions: &[HostAction],
-        pull: PullPolicy,
-    ) -> Result<(), HostError> {
-        let work = HostWork::of(target.tier, actions);
-        if work.bootstrap.is_none() && !work.touches_containers() {
-            return Ok(());
-        }
-        let _lock = self.apply_lock(target, key).await?;
-        if let Some(step) = work.bootstrap {
-            let out = self.run_bootstrap(target, key, step, target.command_timeout_secs).await?;
-            if out.code != 0 {
-                return Err(HostError::CommandFailed {
-                    host: target.describe(),
-                    step: step.describe().into(),
-                    code: out.code,
-                    stderr: bootstrap::tail(&out.stderr),
-                });
-            }
-            // the engine (re)started: its API connection starts afresh
-            self.forget_engine(target).await;
-        }
-        if !work.touches_containers() {
-            return Ok(());
-        }
-        if let Some(volume) = work.mount {
-            self.mount_volume(target, key, volume).await?;
-        }
-        for c in &work.create {
-            containers::check(c).map_err(|e| HostError::Engine {
-                host: target.describe(),
-                step: format!("prepare container {}", c.name),
-                status: None,
-                message: e.0,
-            })?;
-        }
-        let engine = self.engine(target, key).await?;
-        let docker = &engine.api.docker;
-        // Orphans first: one may hold a port a new container needs.
-        for name in &work.remove {
-            self.remove_container(target, docker, name).await?;
-        }
-        if !work.create.is_empty() {
-            self.ensure_network(target, docker).await?;
-            let images: BTreeSet<String> = work.create.iter().map(|c| c.run_reference()).collect();
-            let pulls = images.iter().map(|image| self.ensure_image(target, docker, image, pull));
-            futures::future::try_join_all(pulls).await?;
-            for c in &work.create {
-                let began = SystemTime::now();
-                self.replace_container(target, docker, c).await?;
-                timeline::span(&target.stack, Stage::ContainerStarted, format!("{}/{}", target.tier, c.name), began);
-            }
-        }
-        for name in &work.start {
-            let what = format!("start container {name}");
-            match self.bounded(target, &what, Self::command_limit(target), docker.start_container(name, None)).await {
-                Ok(()) => {}
-                // A stopped container the engine refuses to start (such as a
-                // stale task left by an engine restart) is removed, so the
-                // next pass creates it anew from its configuration.
-                Err(e @ HostError::Engine { .. }) => {
-                    warn!(host = %target.describe(), container = %name, "{e}; removing it to create it anew");
-                    self.remove_container(target, docker, name).await?;
-                    return Err(e);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.await_health(target, docker, &work.create).await;
-        Ok(())
-    }
-
-    async fn http_status(&self, url: &str) -> Result<u16, HostError> {
-        self.web().status(url).await
-    }
-
-    async fn cast_vote(&self, vote_url: &str, voter_id: &str, vote: &str) -> Result<(), HostError> {
-        self.web().cast_vote(vote_url, voter_id, vote).await
-    }
-
-    async fn recorded_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<Option<String>, HostError> {
-        let sql = format!("SELECT vote FROM votes WHERE id = {}", sql_literal(voter_id));
-        let out = self.psql(db, key, &sql, "read the smoke test's vote from postgres").await?;
-        Ok(out.and_then(|o| o.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)))
-    }
-
-    async fn delete_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<(), HostError> {
-        let sql = format!("DELETE FROM votes WHERE id = {}", sql_literal(voter_id));
-        self.psql(db, key, &sql, "remove the smoke test's vote from postgres").await.map(drop)
-    }
-
-    fn round_trips(&self) -> u64 {
-        self.round_trips_so_far()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Tier;
-    use crate::engine::desired::desired_containers;
-    use crate::fixtures::spec;
-    use crate::model::{CreateReason, Peers};
 
     #[test]
     fn pull_references_name_one_tag() {
@@ -677,27 +477,5 @@ mod tests {
         assert_eq!(pull_reference("10.42.0.1:5000/vote:local"), ("10.42.0.1:5000/vote", "local"));
         assert_eq!(pull_reference("10.42.0.1:5000/vote"), ("10.42.0.1:5000/vote", "latest"));
         assert_eq!(pull_reference("postgres@sha256:abc"), ("postgres@sha256:abc", ""));
-    }
-
-    #[test]
-    fn voter_ids_are_quoted_as_sql_literals() {
-        assert_eq!(sql_literal("x' OR '1'='1"), "'x'' OR ''1''=''1'");
-    }
-
-    #[test]
-    fn a_tier_s_actions_are_sorted_by_kind() {
-        let db = desired_containers(&spec(), Tier::Database, Peers::default()).remove(0);
-        let actions = vec![
-            HostAction::CreateContainer { container: db, reason: CreateReason::Missing },
-            HostAction::RemoveContainer { tier: Tier::Database, name: "old".into() },
-            HostAction::StartDocker { tier: Tier::Database },
-            HostAction::StartContainer { tier: Tier::Backend, name: "worker".into(), state: "exited".into() },
-        ];
-        let work = HostWork::of(Tier::Database, &actions);
-        assert_eq!(work.bootstrap, Some(Step::Start));
-        assert_eq!(work.remove, ["old"]);
-        assert_eq!(work.create.len(), 1);
-        assert!(work.start.is_empty(), "another tier's action is not this host's");
-        assert!(work.touches_containers());
     }
 }

@@ -1,13 +1,13 @@
-//! Drift events: a long-lived engine events stream per host, filtered by
+//! Drift events: a long-lived Docker events stream per host, filtered by
 //! the stack's label, that reports every die/stop/destroy of the stack's
 //! containers so the stack is reconciled at once instead of at the next
 //! periodic requeue.
 //!
-//! The stream is an engine API request on its own connection over the
-//! host's pooled SSH session. When it ends (the host rebooted, the engine
-//! restarted, the network failed) it is started again after a capped
+//! The stream is a Docker API request on its own connection over the
+//! host's pooled SSH session (see [`crate::host`]). When it ends (the host
+//! rebooted, Docker restarted, the network failed) it is started again after a capped
 //! exponential backoff. Dropping the [`DriftWatcher`] stops it: its channel
-//! closes and the engine drops the subscription.
+//! closes and Docker drops the subscription.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,22 +21,39 @@ use tracing::{debug, warn};
 
 use crate::api::{Tier, STACK_LABEL, TIER_LABEL};
 
-use super::ssh::SshHosts;
+use super::hosts::SshHosts;
 use super::{HostTarget, SshKey};
 
-/// [`DriftEvent::action`] when a host's event stream itself ended.
-pub const STREAM_LOST: &str = "stream-lost";
+/// Why a drift event was sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriftCause {
+    /// A container of the stack died, stopped or was removed: Docker's
+    /// action (`die`, `stop` or `destroy`).
+    Container(String),
+    /// The host's event stream itself ended (Docker stopped, or the host
+    /// went away).
+    StreamLost,
+}
 
-/// A container of the stack died, stopped or was removed, or (action
-/// [`STREAM_LOST`]) the host's event stream ended.
+impl std::fmt::Display for DriftCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DriftCause::Container(action) => f.write_str(action),
+            DriftCause::StreamLost => f.write_str("stream-lost"),
+        }
+    }
+}
+
+/// A container of the stack died, stopped or was removed, or the host's
+/// event stream ended ([`DriftCause`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DriftEvent {
     /// Value of the `votingstack.dev/stack` label (`namespace/name`).
     pub stack: String,
     pub tier: Tier,
+    /// The container's name; empty for [`DriftCause::StreamLost`].
     pub container: String,
-    /// `die`, `stop` or `destroy`.
-    pub action: String,
+    pub cause: DriftCause,
 }
 
 /// Delays between attempts to (re)start a stream.
@@ -54,13 +71,13 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The delay after `delay`: doubled, at most `max`.
-    pub fn next(&self, delay: Duration) -> Duration {
+    fn next(&self, delay: Duration) -> Duration {
         (delay * 2).min(self.max).max(self.initial)
     }
 }
 
-/// Reads one message of the engine's events stream (one JSON object a line).
-pub fn parse_event(line: &str, fallback_tier: Tier) -> Option<DriftEvent> {
+/// Reads one message of Docker's events stream (one JSON object a line).
+fn parse_event(line: &str, fallback_tier: Tier) -> Option<DriftEvent> {
     let message: EventMessage = serde_json::from_str(line.trim()).ok()?;
     if message.typ.is_some_and(|t| t != EventMessageTypeEnum::CONTAINER) {
         return None;
@@ -71,7 +88,7 @@ pub fn parse_event(line: &str, fallback_tier: Tier) -> Option<DriftEvent> {
     let container = attrs.get("name").cloned().unwrap_or_default();
     // `exec_die`-like verbs come as `verb: detail`; keep the verb
     let action = message.action.unwrap_or_default().split(':').next().unwrap_or_default().trim().to_string();
-    Some(DriftEvent { stack, tier, container, action })
+    Some(DriftEvent { stack, tier, container, cause: DriftCause::Container(action) })
 }
 
 /// A running drift stream of one host. Dropping it stops the stream.
@@ -101,10 +118,22 @@ impl DriftWatcher {
         key: SshKey,
         events: mpsc::Sender<DriftEvent>,
     ) -> DriftWatcher {
-        DriftWatcher::spawn_with(hosts, target, key, events, Backoff::default())
+        DriftWatcher::start(hosts, target, key, events, Backoff::default())
     }
 
+    /// [`Self::spawn`] with the delays between attempts given.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn spawn_with(
+        hosts: Arc<SshHosts>,
+        target: HostTarget,
+        key: SshKey,
+        events: mpsc::Sender<DriftEvent>,
+        backoff: Backoff,
+    ) -> DriftWatcher {
+        DriftWatcher::start(hosts, target, key, events, backoff)
+    }
+
+    fn start(
         hosts: Arc<SshHosts>,
         target: HostTarget,
         key: SshKey,
@@ -117,11 +146,13 @@ impl DriftWatcher {
     }
 
     /// Whether the stream is up right now.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn is_connected(&self) -> bool {
         *self.connected.borrow()
     }
 
     /// Waits (at most `timeout`) until the stream is up.
+    #[cfg(any(test, feature = "test-support"))]
     pub async fn wait_connected(&mut self, timeout: Duration) -> bool {
         let wait = self.connected.wait_for(|c| *c);
         matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
@@ -130,11 +161,6 @@ impl DriftWatcher {
     /// Whether the watcher has ended (its receiver was dropped).
     pub fn is_finished(&self) -> bool {
         self.task.is_finished()
-    }
-
-    /// Stops the stream now.
-    pub fn stop(self) {
-        drop(self)
     }
 }
 
@@ -152,7 +178,7 @@ async fn run(
     loop {
         match hosts.events(&target, &key).await {
             Ok(mut body) => {
-                // The engine answers once it has subscribed: from here on no event is missed.
+                // Docker answers once it has subscribed: from here on no event is missed.
                 debug!(%host, "drift event stream up");
                 was_up = true;
                 let _ = connected.send(true);
@@ -165,7 +191,7 @@ async fn run(
                             Err(_) => continue,
                         },
                         Some(Err(e)) => break e.to_string(),
-                        None => break "the engine closed the stream".to_string(),
+                        None => break "Docker closed the stream".to_string(),
                     };
                     pending.extend_from_slice(&data);
                     while let Some(pos) = pending.iter().position(|b| *b == b'\n') {
@@ -189,7 +215,7 @@ async fn run(
                 warn!(%host, "drift event stream: {e}");
             }
         }
-        // A stream that was up and ended means the engine stopped or the
+        // A stream that was up and ended means Docker stopped or the
         // host went away (a stopped or terminated instance): worth a
         // reconcile now rather than at the next resync.
         if std::mem::take(&mut was_up) {
@@ -197,7 +223,7 @@ async fn run(
                 stack: target.stack.clone(),
                 tier: target.tier,
                 container: String::new(),
-                action: STREAM_LOST.into(),
+                cause: DriftCause::StreamLost,
             };
             if events.send(lost).await.is_err() {
                 return;
@@ -225,7 +251,7 @@ mod tests {
                 stack: "default/demo".into(),
                 tier: Tier::Frontend,
                 container: "vote".into(),
-                action: "die".into()
+                cause: DriftCause::Container("die".into())
             }
         );
         assert_eq!(parse_event("", Tier::Database), None);

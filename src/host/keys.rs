@@ -43,11 +43,12 @@ impl SshKey {
     }
 
     /// SHA256 fingerprint of the public key.
-    pub fn fingerprint(&self) -> String {
+    fn fingerprint(&self) -> String {
         self.key.public_key().fingerprint(HashAlg::Sha256).to_string()
     }
 
-    pub fn private(&self) -> Arc<PrivateKey> {
+    /// The private key, for the SSH login.
+    pub(super) fn private(&self) -> Arc<PrivateKey> {
         self.key.clone()
     }
 

@@ -1,24 +1,48 @@
 //! The host side of the engine: what the engine asks of each host (over SSH)
 //! and of the published web pages.
 //!
-//! [`Hosts`] is implemented over SSH by `ssh::SshHosts` (the Docker engine
-//! API carried over each host's SSH session, see `docker`) and by test doubles.
+//! [`Hosts`] is implemented over SSH by [`SshHosts`] (`hosts`) and by test
+//! doubles.
 //!
-//! - `ssh`: the session pool, host-key checks, the jump through the frontend;
-//! - `engine_api`: the engine API over `docker system dial-stdio`;
-//! - `docker`: observe, deploy and the smoke query through that API;
-//! - `containers`: the model as create requests and back (pure);
-//! - `bootstrap`: the one shell step, installing and starting Docker;
-//! - `events`: the drift stream; `web`: HTTP checks and the smoke vote.
+//! # What runs on a host, and how
+//!
+//! Everything runs in channels of the host's one pooled SSH session
+//! (`ssh`; the private tiers are reached through the frontend host).
+//!
+//! Docker is driven through its Engine API: the calls are in `docker`.
+//! The API travels over the SSH session by `docker system dial-stdio`, one
+//! exec channel per API connection (`docker_api`); each call is an HTTP
+//! request on such a connection, with no shell of its own.
+//!
+//! A shell runs on a host only in these places, for what the API cannot do:
+//!
+//! - the bootstrap script's steps (`bootstrap.sh`, run by `bootstrap`),
+//!   each one `SshHosts::exec` in `ssh`: reading the host's facts (`facts`:
+//!   which instance answers, whether Docker runs) before a new Docker API
+//!   client is set up and when Docker does not answer; installing or
+//!   starting Docker; mounting the data volume;
+//! - the apply lock (`lock`): `flock` on a file on the host, held by a
+//!   command on a channel of its own for as long as an apply runs;
+//! - the command that starts `docker system dial-stdio` (`docker_api`),
+//!   one channel per Docker API connection.
+//!
+//! The other modules: `containers`, the model as create requests and back
+//! (pure); `events`, the drift stream; `web`, HTTP checks and the smoke
+//! vote; `keys`, the SSH key pair; `first_contact`, the timeline of each
+//! instance's first SSH and Docker answers.
 
-pub mod bootstrap;
-pub mod containers;
-pub mod docker;
-pub(crate) mod engine_api;
+mod bootstrap;
+mod containers;
+mod docker;
+mod docker_api;
 pub mod events;
+mod facts;
+mod first_contact;
+mod hosts;
 pub mod keys;
-pub mod ssh;
-pub mod web;
+mod lock;
+mod ssh;
+mod web;
 
 use std::net::Ipv4Addr;
 
@@ -27,9 +51,10 @@ use async_trait::async_trait;
 use crate::api::{PullPolicy, Tier};
 use crate::model::{HostAction, ObservedHost};
 
-pub use events::{DriftEvent, DriftWatcher};
+pub use events::{DriftCause, DriftEvent, DriftWatcher};
+pub use hosts::SshHosts;
 pub use keys::{HostKey, KeyError, SshKey};
-pub use ssh::{SshHosts, SshOptions};
+pub use ssh::SshOptions;
 
 /// How to reach one host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +115,7 @@ pub trait Hosts: Send + Sync {
     /// their readiness, and the host key fingerprint.
     async fn observe(&self, target: &HostTarget, key: &SshKey) -> Result<ObservedHost, HostError>;
 
-    /// Runs a tier's planned actions, batched into as few commands as possible.
+    /// Runs a tier's planned actions on its host, under the host's apply lock.
     async fn apply(
         &self,
         target: &HostTarget,
@@ -111,7 +136,7 @@ pub trait Hosts: Send + Sync {
     /// Deletes `voter_id`'s vote from postgres (the smoke test's, once counted).
     async fn delete_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<(), HostError>;
 
-    /// Round trips to hosts so far: SSH execs and engine API requests (for
-    /// metrics and the steady-state budget).
+    /// Round trips to hosts so far: SSH commands and Docker API requests
+    /// (for metrics and the steady-state budget).
     fn round_trips(&self) -> u64;
 }

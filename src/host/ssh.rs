@@ -1,8 +1,5 @@
-//! [`SshHosts`]: the [`Hosts`] of real machines, over SSH.
-//!
-//! The Docker engine of each host is driven through its API, carried over
-//! the host's SSH session (`engine_api`); a shell runs only to install or
-//! start Docker and to read the host's facts (`bootstrap`).
+//! SSH sessions to hosts and [`SshHosts::exec`], the one way a shell runs
+//! on a host (what runs there, and why, is listed in [`crate::host`]).
 //!
 //! One SSH session per host is kept and reused across calls (a pool keyed
 //! by instance id, address, port and user, plus the jump host); a dead
@@ -13,13 +10,12 @@
 //! Host keys: the SHA256 fingerprint the server presents is compared with
 //! `HostTarget::expected_host_key`; a different key is refused
 //! ([`HostError::HostKeyMismatch`]). Without an expected key, the key is
-//! accepted and its fingerprint returned for the engine to pin.
+//! accepted and its fingerprint returned for the reconcile engine to pin.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use russh::client::{self, Handle, Msg};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
@@ -27,11 +23,9 @@ use russh::{Channel, ChannelMsg};
 use tokio::sync::Semaphore;
 use tracing::debug;
 
-use super::bootstrap::{self, Facts, Step};
-use super::engine_api::EngineApi;
-use super::web::Web;
+use super::docker_api::DockerClient;
+use super::hosts::SshHosts;
 use super::{HostError, HostTarget, SshKey};
-use crate::timeline::{self, Stage};
 
 /// Most bytes kept of a command's stdout or stderr.
 const OUTPUT_LIMIT: usize = 4 << 20;
@@ -79,60 +73,18 @@ impl fmt::Debug for ExecOutput {
     }
 }
 
-/// The hosts of a stack, reached over SSH.
-pub struct SshHosts {
-    slots: Mutex<HashMap<String, Arc<Slot>>>,
-    commands: AtomicU64,
-    /// Requests sent to the hosts' engine APIs.
-    api_requests: Arc<AtomicU64>,
-    connects: AtomicU64,
-    options: SshOptions,
-    web: Web,
-    /// Per instance id: how far its first contact got, for the timeline.
-    first_contact: Mutex<HashMap<String, FirstContact>>,
-}
-
-/// When the operator first tried an instance, and when SSH and Docker
-/// first answered there.
-#[derive(Clone, Copy, Debug)]
-struct FirstContact {
-    tried: SystemTime,
-    ssh: Option<SystemTime>,
-    docker: bool,
-}
-
-/// Instances remembered for the timeline at most; finished ones go first.
-const FIRST_CONTACTS_KEPT: usize = 4096;
-
-impl fmt::Debug for SshHosts {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SshHosts")
-            .field("commands_run", &self.commands.load(Ordering::Relaxed))
-            .field("api_requests", &self.api_requests.load(Ordering::Relaxed))
-            .field("sessions_opened", &self.connects.load(Ordering::Relaxed))
-            .finish()
-    }
-}
-
-/// The pool entry of one host: its session (if any), the engine API
+/// The pool entry of one host: its session (if any), the Docker API
 /// client riding on it, and its command bound.
-struct Slot {
+pub(super) struct Slot {
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
-    engine: tokio::sync::Mutex<Option<HostEngine>>,
+    pub(super) docker: tokio::sync::Mutex<Option<DockerClient>>,
     limiter: Semaphore,
 }
 
-/// The engine API of a host, bound to the session it rides on.
-#[derive(Clone)]
-pub(crate) struct HostEngine {
-    pub session: Arc<Session>,
-    pub api: Arc<EngineApi>,
-}
-
 /// One authenticated SSH session.
-pub(crate) struct Session {
+pub(super) struct Session {
     handle: Handle<Client>,
-    pub(crate) fingerprint: String,
+    pub(super) fingerprint: String,
     /// The jump host's session this one tunnels through, kept alive with it.
     _via: Option<Arc<Session>>,
 }
@@ -142,7 +94,7 @@ impl Session {
         self.handle.is_closed() || self._via.as_ref().is_some_and(|v| v.is_closed())
     }
 
-    pub(crate) async fn open_channel(&self) -> Result<Channel<Msg>, russh::Error> {
+    pub(super) async fn open_channel(&self) -> Result<Channel<Msg>, russh::Error> {
         self.handle.channel_open_session().await
     }
 }
@@ -171,7 +123,7 @@ impl client::Handler for Client {
 
 /// Compares SHA256 fingerprints, with or without the `SHA256:` prefix and
 /// base64 padding.
-pub fn same_fingerprint(a: &str, b: &str) -> bool {
+fn same_fingerprint(a: &str, b: &str) -> bool {
     let norm = |s: &str| s.trim().trim_start_matches("SHA256:").trim_end_matches('=').to_string();
     norm(a) == norm(b)
 }
@@ -185,17 +137,15 @@ fn pool_key(t: &HostTarget) -> String {
     k
 }
 
-impl Default for SshHosts {
-    fn default() -> Self {
-        SshHosts::new(SshOptions::default())
-    }
-}
-
 /// A channel that is closed when dropped (a cancelled or timed-out command).
-struct OpenChannel(Option<Channel<Msg>>);
+pub(super) struct OpenChannel(Option<Channel<Msg>>);
 
 impl OpenChannel {
-    fn get(&mut self) -> Option<&mut Channel<Msg>> {
+    pub(super) fn new(channel: Channel<Msg>) -> OpenChannel {
+        OpenChannel(Some(channel))
+    }
+
+    pub(super) fn get(&mut self) -> Option<&mut Channel<Msg>> {
         self.0.as_mut()
     }
 }
@@ -212,59 +162,8 @@ impl Drop for OpenChannel {
     }
 }
 
-/// Where the host-side apply lock lives (world-writable, on every Linux).
-const APPLY_LOCK_FILE: &str = "/tmp/votingstack-apply.lock";
-/// How long an apply waits for another one on the same host.
-const APPLY_LOCK_WAIT_SECS: u32 = 60;
-
-/// The host's apply lock, held until dropped (the channel closes, the
-/// command holding the lock ends, the lock is free).
-pub(crate) struct ApplyLock {
-    _channel: OpenChannel,
-}
-
 impl SshHosts {
-    pub fn new(options: SshOptions) -> SshHosts {
-        let web = Web::new(options.http_timeout);
-        SshHosts {
-            slots: Mutex::new(HashMap::new()),
-            commands: AtomicU64::new(0),
-            api_requests: Arc::new(AtomicU64::new(0)),
-            connects: AtomicU64::new(0),
-            options,
-            web,
-            first_contact: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The counter of engine API requests.
-    pub(crate) fn api_counter(&self) -> &std::sync::atomic::AtomicU64 {
-        &self.api_requests
-    }
-
-    /// SSH execs plus engine API requests so far.
-    pub(crate) fn round_trips_so_far(&self) -> u64 {
-        self.commands.load(Ordering::Relaxed) + self.api_requests.load(Ordering::Relaxed)
-    }
-
-    /// The HTTP client for readiness checks and the smoke vote.
-    pub(crate) fn web(&self) -> &Web {
-        &self.web
-    }
-
-    /// SSH sessions opened so far (a steady pool opens none).
-    pub fn sessions_opened(&self) -> u64 {
-        self.connects.load(Ordering::Relaxed)
-    }
-
-    /// Drops every pooled session (they close once idle).
-    pub fn forget_sessions(&self) {
-        if let Ok(mut slots) = self.slots.lock() {
-            slots.clear();
-        }
-    }
-
-    fn slot(&self, target: &HostTarget) -> Arc<Slot> {
+    pub(super) fn slot(&self, target: &HostTarget) -> Arc<Slot> {
         let key = pool_key(target);
         let mut slots = match self.slots.lock() {
             Ok(s) => s,
@@ -282,7 +181,7 @@ impl SshHosts {
             .or_insert_with(|| {
                 Arc::new(Slot {
                     session: tokio::sync::Mutex::new(None),
-                    engine: tokio::sync::Mutex::new(None),
+                    docker: tokio::sync::Mutex::new(None),
                     limiter: Semaphore::new(self.options.max_commands_per_host.max(1)),
                 })
             })
@@ -290,7 +189,7 @@ impl SshHosts {
     }
 
     /// The pooled session of `target`, connecting when there is none or it died.
-    async fn session(&self, target: &HostTarget, key: &SshKey) -> Result<Arc<Session>, HostError> {
+    pub(super) async fn session(&self, target: &HostTarget, key: &SshKey) -> Result<Arc<Session>, HostError> {
         let via = match &target.jump {
             Some(jump) => {
                 if jump.jump.is_some() {
@@ -375,7 +274,7 @@ impl SshHosts {
             Ok::<_, russh::Error>((handle, auth.success()))
         };
         self.connects.fetch_add(1, Ordering::Relaxed);
-        self.contact(target, |_| {});
+        self.first_contact.tried(target);
         let outcome = tokio::time::timeout(Duration::from_secs(u64::from(seconds)), attempt).await;
         let presented = seen.lock().ok().and_then(|s| s.clone());
         let (handle, authenticated) = match outcome {
@@ -405,47 +304,17 @@ impl SshHosts {
         }
         let fingerprint = presented.unwrap_or_default();
         debug!(host = %target.describe(), %fingerprint, "SSH session opened");
-        self.contact(target, |c| {
-            if c.ssh.is_none() {
-                c.ssh = Some(SystemTime::now());
-                timeline::span(&target.stack, Stage::SshAnswering, target.tier.as_str(), c.tried);
-            }
-        });
+        self.first_contact.ssh_answered(target);
         Ok(Session { handle, fingerprint, _via: via })
-    }
-
-    /// Updates the first-contact record of the target's instance (made at
-    /// the first attempt).
-    fn contact(&self, target: &HostTarget, update: impl FnOnce(&mut FirstContact)) {
-        let mut contacts = self.first_contact.lock().unwrap_or_else(|p| p.into_inner());
-        if contacts.len() >= FIRST_CONTACTS_KEPT && !contacts.contains_key(&target.instance_id) {
-            contacts.retain(|_, c| !c.docker);
-            if contacts.len() >= FIRST_CONTACTS_KEPT {
-                contacts.clear();
-            }
-        }
-        let entry = contacts.entry(target.instance_id.clone()).or_insert(FirstContact {
-            tried: SystemTime::now(),
-            ssh: None,
-            docker: false,
-        });
-        update(entry);
-    }
-
-    /// The host's Docker engine answered its API: the first time for an
-    /// instance, the timeline gets the phase from SSH to Docker.
-    pub(crate) fn docker_answered(&self, target: &HostTarget) {
-        self.contact(target, |c| {
-            if let (false, Some(ssh)) = (c.docker, c.ssh) {
-                c.docker = true;
-                timeline::span(&target.stack, Stage::DockerReady, target.tier.as_str(), ssh);
-            }
-        });
     }
 
     /// Opens a session channel on the pooled session, reconnecting once
     /// when the pooled session turns out to be dead.
-    async fn channel(&self, target: &HostTarget, key: &SshKey) -> Result<(Arc<Session>, Channel<Msg>), HostError> {
+    pub(super) async fn channel(
+        &self,
+        target: &HostTarget,
+        key: &SshKey,
+    ) -> Result<(Arc<Session>, Channel<Msg>), HostError> {
         let open_timeout = Duration::from_secs(u64::from(target.connect_timeout_secs.max(1)));
         let mut last = String::new();
         for _ in 0..2 {
@@ -461,7 +330,7 @@ impl SshHosts {
     }
 
     /// Drops `session` from the pool if it is still the pooled one.
-    async fn discard(&self, target: &HostTarget, session: &Arc<Session>) {
+    pub(super) async fn discard(&self, target: &HostTarget, session: &Arc<Session>) {
         let slot = self.slot(target);
         let mut pooled = slot.session.lock().await;
         if pooled.as_ref().is_some_and(|p| Arc::ptr_eq(p, session)) {
@@ -469,22 +338,8 @@ impl SshHosts {
         }
     }
 
-    /// Runs one step of the bootstrap script: one exec. Returns its output
-    /// whatever its exit code; errors are connection failures and timeouts.
-    pub(crate) async fn run_bootstrap(
-        &self,
-        target: &HostTarget,
-        key: &SshKey,
-        step: Step,
-        seconds: u32,
-    ) -> Result<ExecOutput, HostError> {
-        let text = bootstrap::script_text();
-        self.exec(target, key, &bootstrap::command(step, seconds), Some(text.as_bytes()), step.describe(), seconds)
-            .await
-    }
-
     /// Runs `command` on the host (with `stdin`, then end of input).
-    pub async fn exec(
+    pub(super) async fn exec(
         &self,
         target: &HostTarget,
         key: &SshKey,
@@ -547,106 +402,9 @@ impl SshHosts {
             }
         }
     }
-
-    /// Takes the host's apply lock: `flock` on a file on the host, held by a
-    /// command that lives as long as the returned guard's channel. Two
-    /// operators (say the controller and a CLI run) never change one host at
-    /// once; the lock goes with the channel, also when this process dies.
-    pub(crate) async fn apply_lock(&self, target: &HostTarget, key: &SshKey) -> Result<ApplyLock, HostError> {
-        let wait = target.command_timeout_secs.clamp(1, APPLY_LOCK_WAIT_SECS);
-        let command = format!(
-            "flock -w {wait} {APPLY_LOCK_FILE} sh -c 'echo locked; exec cat >/dev/null' || {{ echo busy; exit 75; }}"
-        );
-        let (_session, channel) = self.channel(target, key).await?;
-        self.commands.fetch_add(1, Ordering::Relaxed);
-        let mut channel = OpenChannel(Some(channel));
-        let take = async {
-            let ch = channel.get().ok_or(russh::Error::SendError)?;
-            ch.exec(true, command.as_str()).await?;
-            let mut said = Vec::new();
-            while let Some(msg) = ch.wait().await {
-                match msg {
-                    ChannelMsg::Data { data } => {
-                        append(&mut said, &data);
-                        if said.starts_with(b"locked") {
-                            return Ok(true);
-                        }
-                    }
-                    ChannelMsg::ExitStatus { .. } | ChannelMsg::Close => return Ok(false),
-                    _ => {}
-                }
-            }
-            Ok::<_, russh::Error>(false)
-        };
-        let limit = Duration::from_secs(u64::from(wait) + u64::from(target.connect_timeout_secs.max(1)));
-        match tokio::time::timeout(limit, take).await {
-            Ok(Ok(true)) => Ok(ApplyLock { _channel: channel }),
-            Ok(Ok(false)) | Err(_) => Err(HostError::Busy { host: target.describe(), seconds: wait }),
-            Ok(Err(e)) => Err(HostError::Unreachable {
-                host: target.describe(),
-                message: format!("take the host's apply lock: {e}"),
-            }),
-        }
-    }
-
-    /// The host's engine API client, on the pooled session. A new session
-    /// first proves it reached the right instance (see [`Self::facts`]).
-    pub(crate) async fn engine(&self, target: &HostTarget, key: &SshKey) -> Result<HostEngine, HostError> {
-        let session = self.session(target, key).await?;
-        let slot = self.slot(target);
-        let mut cached = slot.engine.lock().await;
-        if let Some(engine) = cached.as_ref().filter(|e| Arc::ptr_eq(&e.session, &session)) {
-            return Ok(engine.clone());
-        }
-        *cached = None;
-        let facts = self.facts(target, key).await?;
-        check_instance(target, &facts)?;
-        let timeout = Duration::from_secs(u64::from(target.command_timeout_secs.max(1)));
-        let api = EngineApi::over(session.clone(), timeout, self.api_requests.clone()).map_err(|e| {
-            HostError::Unreachable {
-                host: target.describe(),
-                message: format!("cannot set up the Docker engine API client: {e}"),
-            }
-        })?;
-        let engine = HostEngine { session, api: Arc::new(api) };
-        *cached = Some(engine.clone());
-        Ok(engine)
-    }
-
-    /// Forgets the host's engine API client (its connection is dead, or a
-    /// request on it timed out): the next call opens a new one.
-    pub(crate) async fn forget_engine(&self, target: &HostTarget) {
-        *self.slot(target).engine.lock().await = None;
-    }
-
-    /// The host's facts: which instance answers, and whether Docker runs.
-    pub(crate) async fn facts(&self, target: &HostTarget, key: &SshKey) -> Result<Facts, HostError> {
-        let out = self.run_bootstrap(target, key, Step::Facts, target.connect_timeout_secs.max(30)).await?;
-        if out.code != 0 {
-            return Err(HostError::CommandFailed {
-                host: target.describe(),
-                step: Step::Facts.describe().into(),
-                code: out.code,
-                stderr: bootstrap::tail(&out.stderr),
-            });
-        }
-        bootstrap::parse_facts(&out.stdout).map_err(|message| HostError::Parse { host: target.describe(), message })
-    }
 }
 
-/// Refuses a host that says it is another instance: a replacement can get
-/// its predecessor's private IP while the old host still answers there.
-fn check_instance(target: &HostTarget, facts: &Facts) -> Result<(), HostError> {
-    match &facts.instance {
-        Some(other) if *other != target.instance_id => Err(HostError::Unreachable {
-            host: target.describe(),
-            message: format!("the address still answers as instance {other}; waiting for it to pass to this one"),
-        }),
-        _ => Ok(()),
-    }
-}
-
-fn append(buf: &mut Vec<u8>, data: &[u8]) {
+pub(super) fn append(buf: &mut Vec<u8>, data: &[u8]) {
     let room = OUTPUT_LIMIT.saturating_sub(buf.len());
     buf.extend_from_slice(&data[..data.len().min(room)]);
 }
@@ -655,7 +413,6 @@ fn append(buf: &mut Vec<u8>, data: &[u8]) {
 mod tests {
     use super::*;
     use crate::api::Tier;
-    use crate::host::Hosts;
     use std::net::Ipv4Addr;
 
     fn target() -> HostTarget {
@@ -687,20 +444,5 @@ mod tests {
         j.instance_id = "i-f".into();
         t.jump = Some(Box::new(j));
         assert_eq!(pool_key(&t), "i-1@10.0.0.4:22/admin via i-f@10.0.0.4:22/admin");
-    }
-
-    #[tokio::test]
-    async fn a_closed_port_is_unreachable() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        drop(listener);
-        let mut t = target();
-        t.address = Ipv4Addr::LOCALHOST;
-        t.port = port;
-        let key = crate::fixtures::test_key();
-        let hosts = SshHosts::default();
-        let err = hosts.observe(&t, &key).await.unwrap_err();
-        assert!(matches!(err, HostError::Unreachable { .. }), "{err}");
-        assert_eq!(hosts.round_trips(), 0);
     }
 }

@@ -18,7 +18,7 @@ use votingstack::engine::plan::{plan_host, HostView};
 use votingstack::engine::tear_down;
 use votingstack::engine::{Engine, EngineSettings};
 use votingstack::host::events::Backoff;
-use votingstack::host::{DriftEvent, DriftWatcher, HostError, HostTarget, Hosts, SshHosts, SshKey};
+use votingstack::host::{DriftCause, DriftEvent, DriftWatcher, HostError, HostTarget, Hosts, SshHosts, SshKey};
 use votingstack::model::{Action, CreateReason, HostAction};
 use votingstack::model::{DesiredContainer, Peers};
 use votingstack::model::{DockerState, ObservedHost};
@@ -177,7 +177,7 @@ async fn host_three_tiers_deploy_converge_and_repair() {
             stack: CONVERGE_STACK.into(),
             tier: Tier::Frontend,
             container: "vote".into(),
-            action: "die".into()
+            cause: DriftCause::Container("die".into())
         }
     );
     eprintln!("drift event after {:?}", killed.elapsed());
@@ -315,7 +315,7 @@ async fn host_ssh_outage_then_pool_reconnects() {
         .await
         .expect("a stream-lost event")
         .expect("the watcher is alive");
-    assert_eq!(lost.action, votingstack::host::events::STREAM_LOST, "{lost:?}");
+    assert_eq!(lost.cause, DriftCause::StreamLost, "{lost:?}");
 
     let (code, out) = fleet.hosts[0].sh(&format!("iptables -D {rule}"));
     assert_eq!(code, 0, "{out}");
@@ -337,7 +337,7 @@ async fn host_ssh_outage_then_pool_reconnects() {
         .expect("a drift event after the stream reconnected")
         .expect("the watcher is alive");
     assert_eq!((ev.container.as_str(), ev.tier), ("redis", Tier::Backend));
-    assert!(ev.action == "die" || ev.action == "stop", "{ev:?}");
+    assert!(matches!(&ev.cause, DriftCause::Container(a) if a == "die" || a == "stop"), "{ev:?}");
     drop(watcher);
 
     fleet.cleanup().await;

@@ -1,18 +1,21 @@
-//! The Docker Engine API of one host, over its SSH session.
+//! The Docker Engine API of one host, over its SSH session, and the cache
+//! of each host's client ([`SshHosts::docker_api`]). How this fits with the
+//! shell steps on a host: see [`crate::host`].
 //!
 //! Each API connection is an exec channel running `docker system
-//! dial-stdio`, the way `docker -H ssh://HOST` reaches a remote engine: the
-//! channel carries the engine's HTTP API, which bollard speaks through a
-//! custom transport. Nothing is typed into a remote shell and no script is
-//! left running: dropping a request closes its channel, which ends
-//! `dial-stdio`, and the engine cancels what the request started (a pull
-//! stops when its client goes away).
+//! dial-stdio`, the way `docker -H ssh://HOST` reaches a remote daemon: the
+//! channel carries the Docker API (HTTP), which bollard speaks through a
+//! custom transport. Only the command that starts `dial-stdio` runs in a
+//! shell, and nothing is left running: dropping a request closes its
+//! channel, which ends `dial-stdio`, and Docker cancels what the request
+//! started (a pull stops when its client goes away).
 //!
 //! One long-lived connection carries a host's ordinary requests, one at a
 //! time (HTTP/1 has no multiplexing). A request that takes its connection
 //! over for good (the events stream, an attached exec) gets a channel of
 //! its own.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,18 +33,21 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::Mutex;
 use tracing::debug;
 
+use super::facts::check_instance;
+use super::hosts::SshHosts;
 use super::ssh::Session;
+use super::{HostError, HostTarget, SshKey};
 
 /// The exec command of every API connection: `docker system dial-stdio`,
-/// through `sudo -n` when the login user may not use the engine's socket.
+/// through `sudo -n` when the login user may not use Docker's socket.
 /// Exit 127 says the host has no Docker CLI at all.
-pub(crate) const DIAL_COMMAND: &str = "command -v docker >/dev/null 2>&1 || exit 127; \
+const DIAL_COMMAND: &str = "command -v docker >/dev/null 2>&1 || exit 127; \
 if [ \"$(id -u)\" = 0 ] || [ -w /var/run/docker.sock ] || ! command -v sudo >/dev/null 2>&1; \
 then exec docker system dial-stdio; else exec sudo -n docker system dial-stdio; fi";
 
 /// The API version the operator speaks: Docker 20.10 (Debian 12's
 /// `docker.io`) and everything newer answer it.
-pub(crate) const API_VERSION: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+const API_VERSION: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
 
 /// How long a request may wait for the connection to finish the previous
 /// response before it opens a fresh connection instead.
@@ -50,20 +56,20 @@ const READY_WAIT: Duration = Duration::from_secs(5);
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ApiBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// A host's engine API client, bound to one SSH session.
-pub(crate) struct EngineApi {
+/// A host's Docker API client, bound to one SSH session.
+pub(super) struct DockerApi {
     pub docker: Docker,
 }
 
-impl EngineApi {
+impl DockerApi {
     /// A client whose requests travel over `session`. `timeout` bounds each
     /// request until its response head arrives; callers bound bodies and
     /// streams themselves. Every request adds one to `counter`.
-    pub(crate) fn over(
+    pub(super) fn over(
         session: Arc<Session>,
         timeout: Duration,
         counter: Arc<AtomicU64>,
-    ) -> Result<EngineApi, ApiError> {
+    ) -> Result<DockerApi, ApiError> {
         let shared: Arc<Mutex<Option<SendRequest<ApiBody>>>> = Arc::new(Mutex::new(None));
         let transport = move |req: BollardRequest| {
             let session = session.clone();
@@ -77,7 +83,101 @@ impl EngineApi {
             timeout.as_secs().max(1),
             &API_VERSION,
         )?;
-        Ok(EngineApi { docker })
+        Ok(DockerApi { docker })
+    }
+}
+
+/// The Docker API of a host, bound to the session it rides on.
+#[derive(Clone)]
+pub(super) struct DockerClient {
+    pub session: Arc<Session>,
+    pub api: Arc<DockerApi>,
+}
+
+impl SshHosts {
+    /// The host's Docker API client, on the pooled session. A new session
+    /// first proves it reached the right instance (see [`Self::facts`]).
+    pub(super) async fn docker_api(&self, target: &HostTarget, key: &SshKey) -> Result<DockerClient, HostError> {
+        let session = self.session(target, key).await?;
+        let slot = self.slot(target);
+        let mut cached = slot.docker.lock().await;
+        if let Some(client) = cached.as_ref().filter(|c| Arc::ptr_eq(&c.session, &session)) {
+            return Ok(client.clone());
+        }
+        *cached = None;
+        let facts = self.facts(target, key).await?;
+        check_instance(target, &facts)?;
+        let timeout = Duration::from_secs(u64::from(target.command_timeout_secs.max(1)));
+        let api = DockerApi::over(session.clone(), timeout, self.api_requests.clone()).map_err(|e| {
+            HostError::Unreachable {
+                host: target.describe(),
+                message: format!("cannot set up the Docker engine API client: {e}"),
+            }
+        })?;
+        let client = DockerClient { session, api: Arc::new(api) };
+        *cached = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Forgets the host's Docker API client (its connection is dead, or a
+    /// request on it timed out): the next call opens a new one.
+    pub(super) async fn forget_docker_api(&self, target: &HostTarget) {
+        *self.slot(target).docker.lock().await = None;
+    }
+
+    /// Runs one Docker API operation with a deadline. A request that runs
+    /// out of time is dropped, which closes its connection and makes Docker
+    /// cancel it; a connection that failed is replaced next time.
+    pub(super) async fn bounded<T>(
+        &self,
+        target: &HostTarget,
+        what: &str,
+        limit: Duration,
+        op: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, HostError> {
+        match tokio::time::timeout(limit, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if status_of(&e).is_none() {
+                    self.forget_docker_api(target).await;
+                }
+                Err(docker_failure(target, what, e))
+            }
+            Err(_) => {
+                self.forget_docker_api(target).await;
+                let seconds = u32::try_from(limit.as_secs()).unwrap_or(u32::MAX);
+                Err(HostError::Timeout { host: target.describe(), what: what.to_string(), seconds })
+            }
+        }
+    }
+
+    /// The deadline of one call on `target`.
+    pub(super) fn command_limit(target: &HostTarget) -> Duration {
+        Duration::from_secs(u64::from(target.command_timeout_secs.max(1)))
+    }
+}
+
+/// An answer from Docker with this HTTP status.
+pub(super) fn status_of(e: &ApiError) -> Option<u16> {
+    match e {
+        ApiError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+/// A failed Docker API call as the host's error.
+pub(super) fn docker_failure(target: &HostTarget, what: &str, e: ApiError) -> HostError {
+    match e {
+        ApiError::DockerResponseServerError { status_code, message } => {
+            HostError::Engine { host: target.describe(), step: what.to_string(), status: Some(status_code), message }
+        }
+        ApiError::DockerStreamError { error } => {
+            HostError::Engine { host: target.describe(), step: what.to_string(), status: None, message: error }
+        }
+        other => HostError::Unreachable {
+            host: target.describe(),
+            message: format!("{what}: the Docker engine API did not answer: {other}"),
+        },
     }
 }
 
@@ -94,7 +194,7 @@ fn takes_connection_over(req: &Request<ApiBody>) -> bool {
 }
 
 /// bollard writes absolute URIs and no Host header; a bare HTTP/1.1
-/// connection needs the origin form and a Host, or the engine refuses.
+/// connection needs the origin form and a Host, or Docker refuses.
 fn origin_form(req: BollardRequest) -> Result<Request<ApiBody>, ApiError> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
@@ -111,7 +211,7 @@ async fn connect(session: &Session) -> Result<SendRequest<ApiBody>, ApiError> {
     let (sender, connection) = http1::handshake(TokioIo::new(channel.into_stream())).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.with_upgrades().await {
-            debug!(error = %e, "engine API connection ended");
+            debug!(error = %e, "Docker API connection ended");
         }
     });
     Ok(sender)
@@ -143,10 +243,10 @@ async fn send(
     Ok(response.await?)
 }
 
-/// Subscribes to the engine's die, stop and destroy events of the
+/// Subscribes to Docker's die, stop and destroy events of the
 /// containers carrying `label` (`key=value`), on a connection of its own.
-/// Returns once the engine has answered, that is, once it has subscribed.
-pub(crate) async fn events(session: &Session, label: &str, counter: &AtomicU64) -> Result<Incoming, ApiError> {
+/// Returns once Docker has answered, that is, once it has subscribed.
+pub(super) async fn events(session: &Session, label: &str, counter: &AtomicU64) -> Result<Incoming, ApiError> {
     let filters = serde_json::json!({
         "type": ["container"],
         "label": [label],
