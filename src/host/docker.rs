@@ -133,7 +133,7 @@ impl SshHosts {
                 // A stopped container Docker refuses to start (such as a
                 // stale task left by a daemon restart) is removed, so the
                 // next pass creates it anew from its configuration.
-                Err(e @ HostError::Engine { .. }) => {
+                Err(e @ HostError::Docker { .. }) => {
                     warn!(host = %target.describe(), container = %name, "{e}; removing it to create it anew");
                     self.remove_container(target, docker, name).await?;
                     return Err(e);
@@ -155,7 +155,7 @@ impl SshHosts {
             .bounded(target, &format!("remove container {name}"), limit, docker.remove_container(name, Some(remove)))
             .await
         {
-            Ok(()) | Err(HostError::Engine { status: Some(404), .. }) => Ok(()),
+            Ok(()) | Err(HostError::Docker { status: Some(404), .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -170,8 +170,8 @@ impl SshHosts {
             .await
         {
             // 304: already stopped
-            Ok(()) | Err(HostError::Engine { status: Some(304), .. }) => Ok(true),
-            Err(HostError::Engine { status: Some(404), .. }) => Ok(false),
+            Ok(()) | Err(HostError::Docker { status: Some(304), .. }) => Ok(true),
+            Err(HostError::Docker { status: Some(404), .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -222,8 +222,8 @@ impl SshHosts {
             let limit = Self::command_limit(target);
             match self.bounded(target, &format!("inspect image {image}"), limit, docker.inspect_image(image)).await {
                 Ok(_) => return Ok(()),
-                Err(HostError::Engine { status: Some(404), .. }) if pull == PullPolicy::IfNotPresent => {}
-                Err(HostError::Engine { status: Some(404), .. }) => {
+                Err(HostError::Docker { status: Some(404), .. }) if pull == PullPolicy::IfNotPresent => {}
+                Err(HostError::Docker { status: Some(404), .. }) => {
                     return Err(pull_error("the image is not on the host and imagePullPolicy is Never".into()))
                 }
                 Err(e) => return Err(e),
@@ -242,7 +242,7 @@ impl SshHosts {
         let pull_began = SystemTime::now();
         let what = format!("pull {image}");
         let mut pulled = self.bounded(target, &what, Self::command_limit(target), pulling()).await;
-        if matches!(&pulled, Err(HostError::Engine { message, .. }) if message.contains(DISK_FULL)) {
+        if matches!(&pulled, Err(HostError::Docker { message, .. }) if message.contains(DISK_FULL)) {
             // A full disk: images no container uses go, then one more try.
             self.prune_images(target, docker).await?;
             pulled = self.bounded(target, &what, Self::command_limit(target), pulling()).await;
@@ -253,7 +253,7 @@ impl SshHosts {
                 timeline::span(&target.stack, Stage::ImagePulled, format!("{}/{image}", target.tier), pull_began);
                 Ok(())
             }
-            Err(HostError::Engine { message, .. }) => Err(pull_error(message)),
+            Err(HostError::Docker { message, .. }) => Err(pull_error(message)),
             Err(e) => Err(e),
         }
     }
@@ -334,7 +334,7 @@ impl SshHosts {
                     Err(again) => format!("restoring the previous configuration failed too: {again}"),
                 };
                 warn!(host = %target.describe(), container = %c.name, "new configuration failed: {e}; {outcome}");
-                Err(HostError::Engine {
+                Err(HostError::Docker {
                     host: target.describe(),
                     step: format!("replace container {}", c.name),
                     status: None,
@@ -421,7 +421,7 @@ impl SshHosts {
         if stderr.contains("relation \"votes\" does not exist") {
             return Ok(None);
         }
-        Err(HostError::Engine {
+        Err(HostError::Docker {
             host: db.describe(),
             step: what.into(),
             status: None,

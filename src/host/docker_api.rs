@@ -169,10 +169,10 @@ pub(super) fn status_of(e: &ApiError) -> Option<u16> {
 pub(super) fn docker_failure(target: &HostTarget, what: &str, e: ApiError) -> HostError {
     match e {
         ApiError::DockerResponseServerError { status_code, message } => {
-            HostError::Engine { host: target.describe(), step: what.to_string(), status: Some(status_code), message }
+            HostError::Docker { host: target.describe(), step: what.to_string(), status: Some(status_code), message }
         }
         ApiError::DockerStreamError { error } => {
-            HostError::Engine { host: target.describe(), step: what.to_string(), status: None, message: error }
+            HostError::Docker { host: target.describe(), step: what.to_string(), status: None, message: error }
         }
         other => HostError::Unreachable {
             host: target.describe(),

@@ -174,7 +174,7 @@ impl Hosts for SshHosts {
             self.mount_volume(target, key, volume).await?;
         }
         for c in &work.create {
-            containers::check(c).map_err(|e| HostError::Engine {
+            containers::check(c).map_err(|e| HostError::Docker {
                 host: target.describe(),
                 step: format!("prepare container {}", c.name),
                 status: None,

@@ -95,7 +95,7 @@ pub enum HostError {
     #[error("{host}: `{step}` exited with {code}: {stderr}")]
     CommandFailed { host: String, step: String, code: u32, stderr: String },
     #[error("{host}: the Docker engine refused to {step}: {message}")]
-    Engine { host: String, step: String, status: Option<u16>, message: String },
+    Docker { host: String, step: String, status: Option<u16>, message: String },
     #[error("{host}: pulling {image} failed: {message}")]
     ImagePull { host: String, image: String, message: String },
     #[error("{host}: {what} timed out after {seconds} s")]

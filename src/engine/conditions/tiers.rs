@@ -16,7 +16,7 @@ pub fn host_reason(e: &HostError) -> Reason {
         HostError::HostKeyMismatch { .. } => Reason::HostKeyMismatch,
         HostError::ImagePull { .. } => Reason::ImagePullFailed,
         HostError::CommandFailed { .. }
-        | HostError::Engine { .. }
+        | HostError::Docker { .. }
         | HostError::Parse { .. }
         | HostError::Busy { .. } => Reason::DeployFailed,
         HostError::Http { .. } => Reason::NotReady,
