@@ -1,7 +1,10 @@
 //! [`Ec2Cloud`]: the [`Cloud`] trait over aws-sdk-ec2.
 //!
-//! - `network`: looks the VPC, subnet, gateway, route table, security groups
-//!   and key pair up by tag, and carries out the engine's network steps.
+//! - `network`: looks the VPC, subnets, gateways, route tables, security
+//!   groups and key pair up by tag; `network::inventory` chooses among what
+//!   it found (no EC2 call); `network::steps` carries out the engine's
+//!   network steps, one function per kind of step, dispatched by
+//!   `Cloud::apply_network_step` below.
 //! - `instances`: DescribeInstances by tag, RunInstances with a ClientToken
 //!   after a look-up by tag.
 //! - `volumes`: the database's data volume: DescribeVolumes by tag,
@@ -356,13 +359,37 @@ impl Cloud for Ec2Cloud {
         Ok(ObservedInfra { network, instances })
     }
 
+    /// Carries out one network step with its function in `network::steps`,
+    /// filling the ids it creates into `ids`.
     async fn apply_network_step(
         &self,
         stack: &StackIdentity,
         step: &NetworkStep,
         ids: &mut NetworkStatus,
     ) -> Result<(), CloudError> {
-        self.apply_step(stack, step, ids).await
+        match step {
+            NetworkStep::CreateVpc { cidr } => self.create_vpc(stack, cidr, ids).await,
+            NetworkStep::EnableVpcDns => self.enable_vpc_dns(ids).await,
+            NetworkStep::CreateSubnet { role, cidr, zone } => self.create_subnet(stack, *role, cidr, zone, ids).await,
+            NetworkStep::CreateInternetGateway => self.create_internet_gateway(stack, ids).await,
+            NetworkStep::AttachInternetGateway => self.attach_internet_gateway(ids).await,
+            NetworkStep::CreateRouteTable { role } => self.create_route_table(stack, *role, ids).await,
+            NetworkStep::RouteToGateway { replaces } => self.route_to_gateway(stack, replaces.as_deref(), ids).await,
+            NetworkStep::AssociateRouteTable { role } => self.associate_route_table(*role, ids).await,
+            NetworkStep::AllocateElasticIp => self.allocate_elastic_ip(stack, ids).await,
+            NetworkStep::CreateNatGateway { attempt } => self.create_nat_gateway(stack, *attempt, ids).await,
+            NetworkStep::RouteToNatGateway { replaces, when_available } => {
+                self.route_to_nat_gateway(stack, replaces.as_deref(), *when_available, ids).await
+            }
+            NetworkStep::DeleteDuplicate { duplicate } => self.delete_duplicate(stack, duplicate).await,
+            NetworkStep::CreateSecurityGroup { tier } => self.create_security_group(stack, *tier, ids).await,
+            NetworkStep::Authorize { tier, rule, description } => {
+                self.authorize(stack, *tier, rule, description, ids).await
+            }
+            NetworkStep::Revoke { tier, rule } => self.revoke(stack, *tier, rule, ids).await,
+            NetworkStep::ImportKeyPair { key } => self.import_key_pair(stack, key, ids).await,
+            NetworkStep::ReimportKeyPair { key } => self.reimport_key_pair(stack, key, ids).await,
+        }
     }
 
     async fn launch_instance(

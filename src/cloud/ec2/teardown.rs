@@ -234,7 +234,7 @@ impl Ec2Cloud {
         known: Option<&NetworkStatus>,
     ) -> Result<Inventory, CloudError> {
         let c = &self.client;
-        let mut inv = self.inventory(stack, known).await?;
+        let mut inv = self.network_by_tag(stack, known).await?;
         let known = known.cloned().unwrap_or_default();
         let missing = |known_ids: Vec<&String>, found: Vec<&str>| -> Vec<String> {
             known_ids.into_iter().filter(|k| !found.contains(&k.as_str())).cloned().collect()
