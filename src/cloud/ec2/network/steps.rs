@@ -520,7 +520,9 @@ impl Ec2Cloud {
     }
 
     /// Whether a NAT gateway is available: false while it is pending (or not
-    /// yet visible, right after its creation); an error once it failed.
+    /// yet visible, right after its creation). A gateway that failed (or is
+    /// being deleted) is an error of DescribeNatGateways, the call that saw
+    /// it, carrying EC2's failure code and message.
     async fn nat_available(&self, stack: &StackIdentity, nat_id: &str) -> Result<bool, CloudError> {
         let operation = "DescribeNatGateways";
         let out = match self.call(operation, self.client.describe_nat_gateways().nat_gateway_ids(nat_id).send()).await {
@@ -539,17 +541,14 @@ impl Ec2Cloud {
             }
             Some(state) => {
                 let code = nat.failure_code().unwrap_or("NatGatewayNotUsable").to_owned();
-                let message = format!(
-                    "NAT gateway {nat_id} is {}: {}",
-                    state.as_str(),
-                    nat.failure_message().unwrap_or("a new one is created on the next reconcile")
-                );
-                Err(CloudError::Api {
-                    operation: "CreateNatGateway",
-                    kind: AwsErrorKind::from_code(&code),
-                    code,
-                    message,
-                })
+                let what = match state {
+                    NatState::Failed => "failed".to_owned(),
+                    other => format!("is {}", other.as_str()),
+                };
+                let why = nat.failure_message().map(|m| format!(": {m}")).unwrap_or_default();
+                let message =
+                    format!("NAT gateway {nat_id} {what} ({code}{why}); a new one is created on the next reconcile");
+                Err(CloudError::Api { operation, kind: AwsErrorKind::from_code(&code), code, message })
             }
         }
     }
