@@ -50,6 +50,7 @@ use aws_sdk_ec2::Client;
 use tracing::debug;
 
 use crate::api::{NetworkStatus, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
+use crate::model::volume::DATA_DEVICE;
 use crate::model::{
     InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedVolume, TeardownInventory, TeardownStep,
 };
@@ -398,7 +399,7 @@ impl Cloud for Ec2Cloud {
         network: &NetworkStatus,
         launch: &InstanceLaunch,
     ) -> Result<ObservedInstance, CloudError> {
-        self.launch(stack, network, launch).await
+        self.adopt_or_launch(stack, network, launch).await
     }
 
     async fn start_instance(&self, instance_id: &str) -> Result<(), CloudError> {
@@ -445,11 +446,18 @@ impl Cloud for Ec2Cloud {
     }
 
     async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
-        self.attach(volume_id, instance_id).await
+        self.call(
+            "AttachVolume",
+            self.client.attach_volume().volume_id(volume_id).instance_id(instance_id).device(DATA_DEVICE).send(),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn detach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
-        self.detach(volume_id, instance_id).await
+        self.call("DetachVolume", self.client.detach_volume().volume_id(volume_id).instance_id(instance_id).send())
+            .await?;
+        Ok(())
     }
 
     async fn teardown_inventory(
@@ -457,11 +465,11 @@ impl Cloud for Ec2Cloud {
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
     ) -> Result<TeardownInventory, CloudError> {
-        self.teardown_inventory(stack, known).await
+        self.look_up_teardown_inventory(stack, known).await
     }
 
     async fn destroy(&self, stack: &StackIdentity, steps: &[TeardownStep]) -> Result<DestroyReport, CloudError> {
-        self.teardown(stack, steps).await
+        self.run_teardown_steps(stack, steps).await
     }
 
     fn api_calls(&self) -> u64 {

@@ -137,7 +137,7 @@ impl Ec2Cloud {
     }
 
     /// Adopts the tier's oldest live instance, or launches one.
-    pub(super) async fn launch(
+    pub(super) async fn adopt_or_launch(
         &self,
         stack: &StackIdentity,
         network: &NetworkStatus,

@@ -21,7 +21,7 @@ use super::{filter, is_dependency, is_not_found, stack_filter, Ec2Cloud};
 
 impl Ec2Cloud {
     /// What a teardown has to delete: the stack's instances and network.
-    pub(super) async fn teardown_inventory(
+    pub(super) async fn look_up_teardown_inventory(
         &self,
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
@@ -86,7 +86,7 @@ impl Ec2Cloud {
     /// Carries out teardown steps in order. A deletion of something already
     /// gone is skipped; one that AWS refuses while a dependency lets go is
     /// retried. The report lists what was deleted.
-    pub(super) async fn teardown(
+    pub(super) async fn run_teardown_steps(
         &self,
         stack: &StackIdentity,
         steps: &[TeardownStep],
