@@ -208,23 +208,24 @@ impl Ec2Cloud {
         self
     }
 
-    /// How long one look-up of the region's inventory serves later observers.
-    pub fn inventory_window(&self) -> Duration {
-        self.shared_instances.window()
-    }
-
-    /// Sets how often `destroy` polls and how long it waits in total.
+    /// Sets how often `destroy` polls and how long it waits in total (the
+    /// integration tests shorten both).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn with_waits(mut self, poll_interval: Duration, timeout: Duration) -> Ec2Cloud {
         self.poll_interval = poll_interval;
         self.wait_timeout = timeout;
         self
     }
 
+    /// The SDK client with the operator's retry policy (the integration
+    /// tests send requests of their own through it).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn client(&self) -> &Client {
         &self.client
     }
 
     /// EC2 requests made so far, by operation name (DescribeInstances, ...).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn calls_by_operation(&self) -> BTreeMap<&'static str, u64> {
         self.by_operation.lock().map(|m| m.clone()).unwrap_or_default()
     }

@@ -86,10 +86,6 @@ impl<T> Coalesced<T> {
         }
     }
 
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Forgets the current result: the next caller fetches. Does not wait
     /// for a fetch in flight (that one's result is not handed out again).
     pub fn invalidate(&self) {
@@ -97,6 +93,7 @@ impl<T> Coalesced<T> {
     }
 
     /// Fetches started so far.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
     }
@@ -185,6 +182,7 @@ impl Ec2Cloud {
     }
 
     /// Look-ups of the region's instances and groups sent so far.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn inventory_fetches(&self) -> u64 {
         self.shared_instances.fetches() + self.shared_groups.fetches()
     }
