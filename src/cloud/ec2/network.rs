@@ -19,7 +19,7 @@ use crate::model::{NetworkObservation, ObservedInstance};
 use super::instances::Placement;
 use super::{filter, stack_filter, tag_value, Ec2Cloud};
 
-pub(super) use inventory::{existing_rules, permission, Inventory};
+pub(super) use inventory::{existing_rules, nat_state, permission, Inventory};
 use inventory::{first_zone_offering, is_complete, serves_every_tier};
 
 impl Ec2Cloud {

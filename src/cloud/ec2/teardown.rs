@@ -12,11 +12,11 @@ use tracing::{debug, info};
 
 use crate::api::NetworkStatus;
 use crate::cloud::{CloudError, DestroyReport, StackIdentity};
-use crate::model::network::FoundRouteTable;
+use crate::model::network::{FoundRouteTable, NatState};
 use crate::model::{Source, TeardownInventory, TeardownStep};
 
-use super::instances::PRESENT_STATES;
-use super::network::{existing_rules, permission, Inventory};
+use super::instances::{state_filter, PRESENT_STATES};
+use super::network::{existing_rules, nat_state, permission, Inventory};
 use super::{filter, is_dependency, is_not_found, stack_filter, Ec2Cloud};
 
 impl Ec2Cloud {
@@ -26,8 +26,7 @@ impl Ec2Cloud {
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
     ) -> Result<TeardownInventory, CloudError> {
-        let instances =
-            self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", PRESENT_STATES)]).await?;
+        let instances = self.describe_instances(vec![stack_filter(stack), state_filter(&PRESENT_STATES)]).await?;
         let inv = self.full_inventory(stack, known).await?;
         let volumes = self.stack_volumes(stack).await?;
         let no_tiers = BTreeMap::new();
@@ -72,7 +71,7 @@ impl Ec2Cloud {
             nat_gateways: owned(
                 inv.nat_gateways
                     .iter()
-                    .filter(|n| n.state().is_none_or(|s| s.as_str() != "deleted"))
+                    .filter(|n| nat_state(n) != Some(NatState::Deleted))
                     .map(|n| n.nat_gateway_id())
                     .collect(),
             ),
@@ -339,7 +338,7 @@ impl Ec2Cloud {
             let left: Vec<String> = out
                 .nat_gateways()
                 .iter()
-                .filter(|n| n.state().is_none_or(|s| s.as_str() != "deleted"))
+                .filter(|n| nat_state(n) != Some(NatState::Deleted))
                 .filter_map(|n| n.nat_gateway_id().map(str::to_owned))
                 .collect();
             if left.is_empty() {
@@ -360,10 +359,7 @@ impl Ec2Cloud {
         let started = Instant::now();
         loop {
             let left: Vec<String> = self
-                .describe_instances(vec![
-                    filter("instance-id", ids.iter().cloned()),
-                    filter("instance-state-name", PRESENT_STATES),
-                ])
+                .describe_instances(vec![filter("instance-id", ids.iter().cloned()), state_filter(&PRESENT_STATES)])
                 .await?
                 .iter()
                 .filter_map(|i| i.instance_id().map(str::to_owned))

@@ -78,7 +78,7 @@ pub(super) fn nat_name(stack: &StackIdentity) -> String {
 }
 
 /// The gateway's state, None when EC2 named none or one the model does not know.
-pub(super) fn nat_state(nat: &NatGateway) -> Option<NatState> {
+pub(in crate::cloud::ec2) fn nat_state(nat: &NatGateway) -> Option<NatState> {
     NatState::parse(nat.state()?.as_str())
 }
 
