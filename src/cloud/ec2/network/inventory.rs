@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
 use sha2::{Digest, Sha256};
 
 use crate::api::{NetworkStatus, Tier, TIER_LABEL};
-use crate::cloud::{CloudError, StackIdentity};
+use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::{
     key_identity, Duplicate, DuplicateKind, NatState, ObservedAddress, ObservedGateway, ObservedGroup, ObservedKeyPair,
     ObservedNatGateway, ObservedRouteTable, ObservedSubnet, ObservedVpc, SubnetRole, DEFAULT_ROUTE, NAT_NONE,
@@ -85,6 +85,20 @@ pub(in crate::cloud::ec2) fn nat_state(nat: &NatGateway) -> Option<NatState> {
 /// The allocation id of the gateway's Elastic IP.
 fn nat_allocation(nat: &NatGateway) -> Option<&str> {
     nat.nat_gateway_addresses().iter().find_map(|a| a.allocation_id())
+}
+
+/// The error of a NAT gateway that is neither pending nor available, under
+/// DescribeNatGateways (the call that saw it): EC2's failure code (else
+/// NatGatewayNotUsable) and failure message.
+pub(super) fn nat_unusable(nat_id: &str, state: NatState, nat: &NatGateway) -> CloudError {
+    let code = nat.failure_code().unwrap_or("NatGatewayNotUsable").to_owned();
+    let what = match state {
+        NatState::Failed => "failed".to_owned(),
+        other => format!("is {}", other.as_str()),
+    };
+    let why = nat.failure_message().map(|m| format!(": {m}")).unwrap_or_default();
+    let message = format!("NAT gateway {nat_id} {what} ({code}{why}); a new one is created on the next reconcile");
+    CloudError::Api { operation: "DescribeNatGateways", kind: AwsErrorKind::from_code(&code), code, message }
 }
 
 /// Deterministic CreateNatGateway ClientToken: a retried create returns
@@ -485,6 +499,32 @@ mod tests {
         assert!(rules.contains(&rule));
         assert!(rules.contains(&Rule::tcp(22, Source::Group("sg-other".into()))));
         assert!(permission("X", &Rule::tcp(1, Source::TierGroup(Tier::Backend)), &BTreeMap::new(), None).is_err());
+    }
+
+    #[test]
+    fn a_failed_nat_gateway_is_an_error_of_the_describe_that_saw_it() {
+        use aws_sdk_ec2::types::NatGatewayState;
+        let failed = NatGateway::builder()
+            .nat_gateway_id("nat-1")
+            .state(NatGatewayState::Failed)
+            .failure_code("Gateway.NotAttached")
+            .failure_message("Network vpc-1 has no Internet gateway attached")
+            .build();
+        let CloudError::Api { operation, code, message, .. } = nat_unusable("nat-1", NatState::Failed, &failed) else {
+            panic!("an EC2 answer")
+        };
+        assert_eq!(operation, "DescribeNatGateways");
+        assert_eq!(code, "Gateway.NotAttached");
+        assert!(
+            message.starts_with("NAT gateway nat-1 failed (Gateway.NotAttached: Network vpc-1 has no"),
+            "{message}"
+        );
+        let deleting = NatGateway::builder().nat_gateway_id("nat-2").state(NatGatewayState::Deleting).build();
+        let CloudError::Api { code, message, .. } = nat_unusable("nat-2", NatState::Deleting, &deleting) else {
+            panic!("an EC2 answer")
+        };
+        assert_eq!(code, "NatGatewayNotUsable");
+        assert!(message.starts_with("NAT gateway nat-2 is deleting (NatGatewayNotUsable)"), "{message}");
     }
 
     #[test]

@@ -11,12 +11,12 @@ use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType};
 use tracing::{info, warn};
 
 use crate::api::{NetworkStatus, Tier};
-use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
+use crate::cloud::{CloudError, StackIdentity};
 use crate::model::network::{Duplicate, DuplicateKind, NatState, SubnetRole, ZoneChoice, DEFAULT_ROUTE};
 use crate::model::{DesiredKeyPair, Rule};
 
 use super::super::{filter, is_not_found, stack_filter, tag_spec, Ec2Cloud};
-use super::inventory::{group_description, nat_client_token, nat_name, nat_state, permission, role_name};
+use super::inventory::{group_description, nat_client_token, nat_name, nat_state, nat_unusable, permission, role_name};
 
 /// The id a step needs from an earlier one, or the error naming it.
 fn need(id: &Option<String>, operation: &'static str, missing: &'static str) -> Result<String, CloudError> {
@@ -521,8 +521,7 @@ impl Ec2Cloud {
 
     /// Whether a NAT gateway is available: false while it is pending (or not
     /// yet visible, right after its creation). A gateway that failed (or is
-    /// being deleted) is an error of DescribeNatGateways, the call that saw
-    /// it, carrying EC2's failure code and message.
+    /// being deleted) is an error: see [`nat_unusable`].
     async fn nat_available(&self, stack: &StackIdentity, nat_id: &str) -> Result<bool, CloudError> {
         let operation = "DescribeNatGateways";
         let out = match self.call(operation, self.client.describe_nat_gateways().nat_gateway_ids(nat_id).send()).await {
@@ -539,17 +538,7 @@ impl Ec2Cloud {
                 info!(stack = %stack.tag_value(), "NAT gateway {nat_id} is pending: the private subnet's route to it follows on a later reconcile");
                 Ok(false)
             }
-            Some(state) => {
-                let code = nat.failure_code().unwrap_or("NatGatewayNotUsable").to_owned();
-                let what = match state {
-                    NatState::Failed => "failed".to_owned(),
-                    other => format!("is {}", other.as_str()),
-                };
-                let why = nat.failure_message().map(|m| format!(": {m}")).unwrap_or_default();
-                let message =
-                    format!("NAT gateway {nat_id} {what} ({code}{why}); a new one is created on the next reconcile");
-                Err(CloudError::Api { operation, kind: AwsErrorKind::from_code(&code), code, message })
-            }
+            Some(state) => Err(nat_unusable(nat_id, state, nat)),
         }
     }
 
