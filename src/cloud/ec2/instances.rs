@@ -275,3 +275,20 @@ fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_filters_name_the_states_as_ec2_spells_them() {
+        let values = |states: &[InstanceState]| state_filter(states).values().to_vec();
+        assert_eq!(values(&PRESENT_STATES), ["pending", "running", "stopping", "stopped", "shutting-down"]);
+        assert_eq!(
+            values(&OBSERVED_STATES),
+            ["pending", "running", "stopping", "stopped", "shutting-down", "terminated"]
+        );
+        assert_eq!(values(&LIVE_STATES), ["pending", "running", "stopping", "stopped"]);
+        assert_eq!(state_filter(&LIVE_STATES).name(), Some("instance-state-name"));
+    }
+}

@@ -528,6 +528,37 @@ mod tests {
     }
 
     #[test]
+    fn a_network_is_complete_with_every_id_and_its_egress_ready() {
+        let some = |s: &str| Some(s.to_owned());
+        let full = NetworkStatus {
+            vpc_id: some("vpc-1"),
+            subnet_id: some("subnet-1"),
+            private_subnet_id: some("subnet-2"),
+            internet_gateway_id: some("igw-1"),
+            route_table_id: some("rtb-1"),
+            private_route_table_id: some("rtb-2"),
+            elastic_ip_allocation_id: some("eipalloc-1"),
+            nat_gateway_id: some("nat-1"),
+            nat_gateway_state: some("available"),
+            key_pair_name: some("key"),
+            security_groups: groups(),
+            ..Default::default()
+        };
+        assert!(is_complete(&full));
+        assert!(!is_complete(&NetworkStatus { nat_gateway_state: some("pending"), ..full.clone() }));
+        assert!(!is_complete(&NetworkStatus { nat_gateway_state: None, ..full.clone() }));
+        assert!(!is_complete(&NetworkStatus { nat_gateway_id: None, ..full.clone() }));
+        let no_egress = NetworkStatus {
+            nat_gateway_state: some(NAT_NONE),
+            nat_gateway_id: None,
+            elastic_ip_allocation_id: None,
+            ..full
+        };
+        assert!(is_complete(&no_egress));
+        assert!(!is_complete(&NetworkStatus { key_pair_name: None, ..no_egress }));
+    }
+
+    #[test]
     fn a_blackhole_default_route_is_told_from_a_live_one() {
         let route = |gw: &str, state| {
             aws_sdk_ec2::types::Route::builder()
