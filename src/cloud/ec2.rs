@@ -1,7 +1,10 @@
 //! [`Ec2Cloud`]: the [`Cloud`] trait over aws-sdk-ec2.
 //!
-//! - `network`: looks the VPC, subnet, gateway, route table, security groups
-//!   and key pair up by tag, and carries out the engine's network steps.
+//! - `network`: looks the VPC, subnets, gateways, route tables, security
+//!   groups and key pair up by tag; `network::inventory` chooses among what
+//!   it found (no EC2 call); `network::steps` carries out the engine's
+//!   network steps, one function per kind of step, dispatched by
+//!   `Cloud::apply_network_step` below.
 //! - `instances`: DescribeInstances by tag, RunInstances with a ClientToken
 //!   after a look-up by tag.
 //! - `volumes`: the database's data volume: DescribeVolumes by tag,
@@ -47,6 +50,7 @@ use aws_sdk_ec2::Client;
 use tracing::debug;
 
 use crate::api::{NetworkStatus, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
+use crate::model::volume::DATA_DEVICE;
 use crate::model::{
     InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedVolume, TeardownInventory, TeardownStep,
 };
@@ -94,17 +98,12 @@ impl ClassifyRetry for FreshIdRetry {
             o::create_subnet::CreateSubnetError,
             o::create_security_group::CreateSecurityGroupError,
             o::authorize_security_group_ingress::AuthorizeSecurityGroupIngressError,
-            o::authorize_security_group_egress::AuthorizeSecurityGroupEgressError,
             o::create_route_table::CreateRouteTableError,
             o::create_route::CreateRouteError,
-            o::replace_route::ReplaceRouteError,
             o::associate_route_table::AssociateRouteTableError,
             o::attach_internet_gateway::AttachInternetGatewayError,
             o::create_nat_gateway::CreateNatGatewayError,
-            o::associate_address::AssociateAddressError,
-            o::create_tags::CreateTagsError,
             o::modify_vpc_attribute::ModifyVpcAttributeError,
-            o::modify_subnet_attribute::ModifySubnetAttributeError,
             o::attach_volume::AttachVolumeError,
             o::describe_volumes::DescribeVolumesError,
         );
@@ -204,23 +203,24 @@ impl Ec2Cloud {
         self
     }
 
-    /// How long one look-up of the region's inventory serves later observers.
-    pub fn inventory_window(&self) -> Duration {
-        self.shared_instances.window()
-    }
-
-    /// Sets how often `destroy` polls and how long it waits in total.
+    /// Sets how often `destroy` polls and how long it waits in total (the
+    /// integration tests shorten both).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn with_waits(mut self, poll_interval: Duration, timeout: Duration) -> Ec2Cloud {
         self.poll_interval = poll_interval;
         self.wait_timeout = timeout;
         self
     }
 
+    /// The SDK client with the operator's retry policy (the integration
+    /// tests send requests of their own through it).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn client(&self) -> &Client {
         &self.client
     }
 
     /// EC2 requests made so far, by operation name (DescribeInstances, ...).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn calls_by_operation(&self) -> BTreeMap<&'static str, u64> {
         self.by_operation.lock().map(|m| m.clone()).unwrap_or_default()
     }
@@ -356,13 +356,37 @@ impl Cloud for Ec2Cloud {
         Ok(ObservedInfra { network, instances, data_volumes: None })
     }
 
+    /// Carries out one network step with its function in `network::steps`,
+    /// filling the ids it creates into `ids`.
     async fn apply_network_step(
         &self,
         stack: &StackIdentity,
         step: &NetworkStep,
         ids: &mut NetworkStatus,
     ) -> Result<(), CloudError> {
-        self.apply_step(stack, step, ids).await
+        match step {
+            NetworkStep::CreateVpc { cidr } => self.create_vpc(stack, cidr, ids).await,
+            NetworkStep::EnableVpcDns => self.enable_vpc_dns(ids).await,
+            NetworkStep::CreateSubnet { role, cidr, zone } => self.create_subnet(stack, *role, cidr, zone, ids).await,
+            NetworkStep::CreateInternetGateway => self.create_internet_gateway(stack, ids).await,
+            NetworkStep::AttachInternetGateway => self.attach_internet_gateway(ids).await,
+            NetworkStep::CreateRouteTable { role } => self.create_route_table(stack, *role, ids).await,
+            NetworkStep::RouteToGateway { replaces } => self.route_to_gateway(stack, replaces.as_deref(), ids).await,
+            NetworkStep::AssociateRouteTable { role } => self.associate_route_table(*role, ids).await,
+            NetworkStep::AllocateElasticIp => self.allocate_elastic_ip(stack, ids).await,
+            NetworkStep::CreateNatGateway { attempt } => self.create_nat_gateway(stack, *attempt, ids).await,
+            NetworkStep::RouteToNatGateway { replaces, when_available } => {
+                self.route_to_nat_gateway(stack, replaces.as_deref(), *when_available, ids).await
+            }
+            NetworkStep::DeleteDuplicate { duplicate } => self.delete_duplicate(stack, duplicate).await,
+            NetworkStep::CreateSecurityGroup { tier } => self.create_security_group(stack, *tier, ids).await,
+            NetworkStep::Authorize { tier, rule, description } => {
+                self.authorize(stack, *tier, rule, description, ids).await
+            }
+            NetworkStep::Revoke { tier, rule } => self.revoke(stack, *tier, rule, ids).await,
+            NetworkStep::ImportKeyPair { key } => self.import_key_pair(stack, key, ids).await,
+            NetworkStep::ReimportKeyPair { key } => self.reimport_key_pair(stack, key, ids).await,
+        }
     }
 
     async fn launch_instance(
@@ -371,7 +395,7 @@ impl Cloud for Ec2Cloud {
         network: &NetworkStatus,
         launch: &InstanceLaunch,
     ) -> Result<ObservedInstance, CloudError> {
-        self.launch(stack, network, launch).await
+        self.adopt_or_launch(stack, network, launch).await
     }
 
     async fn start_instance(&self, instance_id: &str) -> Result<(), CloudError> {
@@ -418,11 +442,18 @@ impl Cloud for Ec2Cloud {
     }
 
     async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
-        self.attach(volume_id, instance_id).await
+        self.call(
+            "AttachVolume",
+            self.client.attach_volume().volume_id(volume_id).instance_id(instance_id).device(DATA_DEVICE).send(),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn detach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
-        self.detach(volume_id, instance_id).await
+        self.call("DetachVolume", self.client.detach_volume().volume_id(volume_id).instance_id(instance_id).send())
+            .await?;
+        Ok(())
     }
 
     async fn teardown_inventory(
@@ -430,11 +461,11 @@ impl Cloud for Ec2Cloud {
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
     ) -> Result<TeardownInventory, CloudError> {
-        self.teardown_inventory(stack, known).await
+        self.look_up_teardown_inventory(stack, known).await
     }
 
     async fn destroy(&self, stack: &StackIdentity, steps: &[TeardownStep]) -> Result<DestroyReport, CloudError> {
-        self.teardown(stack, steps).await
+        self.run_teardown_steps(stack, steps).await
     }
 
     fn api_calls(&self) -> u64 {

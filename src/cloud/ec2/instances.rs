@@ -17,14 +17,20 @@ use crate::model::{AttachedVolume, AttachmentState, InstanceLaunch, InstanceStat
 
 use super::{filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
 
+use InstanceState::{Pending, Running, ShuttingDown, Stopped, Stopping, Terminated};
+
 /// States of an instance that still exists (or is on its way out).
-pub(super) const PRESENT_STATES: [&str; 5] = ["pending", "running", "stopping", "stopped", "shutting-down"];
+pub(super) const PRESENT_STATES: [InstanceState; 5] = [Pending, Running, Stopping, Stopped, ShuttingDown];
 /// States `observe` lists: the present ones and terminated, whose
 /// ClientTokens stay taken (EC2 lists a terminated instance for about an hour).
-pub(super) const OBSERVED_STATES: [&str; 6] =
-    ["pending", "running", "stopping", "stopped", "shutting-down", "terminated"];
+pub(super) const OBSERVED_STATES: [InstanceState; 6] = [Pending, Running, Stopping, Stopped, ShuttingDown, Terminated];
 /// States of an instance that can serve its tier.
-pub(super) const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+pub(super) const LIVE_STATES: [InstanceState; 4] = [Pending, Running, Stopping, Stopped];
+
+/// `instance-state-name` filter: instances in one of `states`.
+pub(super) fn state_filter(states: &[InstanceState]) -> Filter {
+    filter("instance-state-name", states.iter().map(|s| s.as_str()))
+}
 
 /// Where an instance sits, beyond what the engine looks at.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -137,7 +143,7 @@ impl Ec2Cloud {
     }
 
     /// Adopts the tier's oldest live instance, or launches one.
-    pub(super) async fn launch(
+    pub(super) async fn adopt_or_launch(
         &self,
         stack: &StackIdentity,
         network: &NetworkStatus,
@@ -148,7 +154,7 @@ impl Ec2Cloud {
             .describe_instances(vec![
                 stack_filter(stack),
                 tag_filter(TIER_LABEL, tier.as_str()),
-                filter("instance-state-name", LIVE_STATES),
+                state_filter(&LIVE_STATES),
             ])
             .await?;
         let mut live: Vec<ObservedInstance> = existing.iter().filter_map(observed).map(|(i, _)| i).collect();
@@ -268,4 +274,21 @@ fn launch_error(e: CloudError, tier: Tier, instance_type: &str, token: &str) -> 
 fn base64_encode(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_filters_name_the_states_as_ec2_spells_them() {
+        let values = |states: &[InstanceState]| state_filter(states).values().to_vec();
+        assert_eq!(values(&PRESENT_STATES), ["pending", "running", "stopping", "stopped", "shutting-down"]);
+        assert_eq!(
+            values(&OBSERVED_STATES),
+            ["pending", "running", "stopping", "stopped", "shutting-down", "terminated"]
+        );
+        assert_eq!(values(&LIVE_STATES), ["pending", "running", "stopping", "stopped"]);
+        assert_eq!(state_filter(&LIVE_STATES).name(), Some("instance-state-name"));
+    }
 }

@@ -36,8 +36,8 @@ use aws_sdk_ec2::types::{Instance, SecurityGroup};
 use crate::cloud::{CloudError, StackIdentity, OWNER_TAG};
 use crate::model::ObservedInstance;
 
-use super::instances::{observed, Placement, OBSERVED_STATES};
-use super::{filter, tag_key_filter, tag_value, Ec2Cloud};
+use super::instances::{observed, state_filter, Placement, OBSERVED_STATES};
+use super::{tag_key_filter, tag_value, Ec2Cloud};
 
 /// The window the controller uses unless told otherwise
 /// (`--inventory-window-seconds`). A bare [`Ec2Cloud`] (the CLI, tests)
@@ -86,10 +86,6 @@ impl<T> Coalesced<T> {
         }
     }
 
-    pub fn window(&self) -> Duration {
-        self.window
-    }
-
     /// Forgets the current result: the next caller fetches. Does not wait
     /// for a fetch in flight (that one's result is not handed out again).
     pub fn invalidate(&self) {
@@ -97,6 +93,7 @@ impl<T> Coalesced<T> {
     }
 
     /// Fetches started so far.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn fetches(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)
     }
@@ -157,7 +154,7 @@ impl Ec2Cloud {
 
     /// Every instance carrying an owner tag (any stack's), every page.
     async fn region_instances(&self) -> Result<Vec<Instance>, CloudError> {
-        self.describe_instances(vec![tag_key_filter(OWNER_TAG), filter("instance-state-name", OBSERVED_STATES)]).await
+        self.describe_instances(vec![tag_key_filter(OWNER_TAG), state_filter(&OBSERVED_STATES)]).await
     }
 
     /// Every security group carrying an owner tag (any stack's), every page.
@@ -185,6 +182,7 @@ impl Ec2Cloud {
     }
 
     /// Look-ups of the region's instances and groups sent so far.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn inventory_fetches(&self) -> u64 {
         self.shared_instances.fetches() + self.shared_groups.fetches()
     }

@@ -12,22 +12,21 @@ use tracing::{debug, info};
 
 use crate::api::NetworkStatus;
 use crate::cloud::{CloudError, DestroyReport, StackIdentity};
-use crate::model::network::FoundRouteTable;
+use crate::model::network::{FoundRouteTable, NatState};
 use crate::model::{Source, TeardownInventory, TeardownStep};
 
-use super::instances::PRESENT_STATES;
-use super::network::{existing_rules, permission, Inventory};
+use super::instances::{state_filter, PRESENT_STATES};
+use super::network::{existing_rules, nat_state, permission, Inventory};
 use super::{filter, is_dependency, is_not_found, stack_filter, Ec2Cloud};
 
 impl Ec2Cloud {
     /// What a teardown has to delete: the stack's instances and network.
-    pub(super) async fn teardown_inventory(
+    pub(super) async fn look_up_teardown_inventory(
         &self,
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
     ) -> Result<TeardownInventory, CloudError> {
-        let instances =
-            self.describe_instances(vec![stack_filter(stack), filter("instance-state-name", PRESENT_STATES)]).await?;
+        let instances = self.describe_instances(vec![stack_filter(stack), state_filter(&PRESENT_STATES)]).await?;
         let inv = self.full_inventory(stack, known).await?;
         let volumes = self.stack_volumes(stack).await?;
         let no_tiers = BTreeMap::new();
@@ -72,7 +71,7 @@ impl Ec2Cloud {
             nat_gateways: owned(
                 inv.nat_gateways
                     .iter()
-                    .filter(|n| n.state().is_none_or(|s| s.as_str() != "deleted"))
+                    .filter(|n| nat_state(n) != Some(NatState::Deleted))
                     .map(|n| n.nat_gateway_id())
                     .collect(),
             ),
@@ -86,7 +85,7 @@ impl Ec2Cloud {
     /// Carries out teardown steps in order. A deletion of something already
     /// gone is skipped; one that AWS refuses while a dependency lets go is
     /// retried. The report lists what was deleted.
-    pub(super) async fn teardown(
+    pub(super) async fn run_teardown_steps(
         &self,
         stack: &StackIdentity,
         steps: &[TeardownStep],
@@ -234,7 +233,7 @@ impl Ec2Cloud {
         known: Option<&NetworkStatus>,
     ) -> Result<Inventory, CloudError> {
         let c = &self.client;
-        let mut inv = self.inventory(stack, known).await?;
+        let mut inv = self.network_by_tag(stack, known).await?;
         let known = known.cloned().unwrap_or_default();
         let missing = |known_ids: Vec<&String>, found: Vec<&str>| -> Vec<String> {
             known_ids.into_iter().filter(|k| !found.contains(&k.as_str())).cloned().collect()
@@ -339,7 +338,7 @@ impl Ec2Cloud {
             let left: Vec<String> = out
                 .nat_gateways()
                 .iter()
-                .filter(|n| n.state().is_none_or(|s| s.as_str() != "deleted"))
+                .filter(|n| nat_state(n) != Some(NatState::Deleted))
                 .filter_map(|n| n.nat_gateway_id().map(str::to_owned))
                 .collect();
             if left.is_empty() {
@@ -360,10 +359,7 @@ impl Ec2Cloud {
         let started = Instant::now();
         loop {
             let left: Vec<String> = self
-                .describe_instances(vec![
-                    filter("instance-id", ids.iter().cloned()),
-                    filter("instance-state-name", PRESENT_STATES),
-                ])
+                .describe_instances(vec![filter("instance-id", ids.iter().cloned()), state_filter(&PRESENT_STATES)])
                 .await?
                 .iter()
                 .filter_map(|i| i.instance_id().map(str::to_owned))

@@ -1,5 +1,6 @@
 //! The database's data volume: found by tag, created with a ClientToken in
-//! the database instance's zone, attached, detached.
+//! the database instance's zone. Attaching and detaching it are one call
+//! each, in `Cloud for Ec2Cloud` (`ec2.rs`).
 
 use aws_sdk_ec2::primitives::DateTimeFormat;
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, Volume, VolumeType};
@@ -7,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::Tier;
 use crate::cloud::{CloudError, StackIdentity};
-use crate::model::volume::{DATA_DEVICE, DATA_VOLUME_ROLE};
+use crate::model::volume::DATA_VOLUME_ROLE;
 use crate::model::{AttachmentState, ObservedVolume, VolumeAttachment, VolumeState};
 
 use super::{filter, is_not_found, stack_filter, stack_tags, tag_filter, Ec2Cloud};
@@ -120,21 +121,6 @@ impl Ec2Cloud {
             attachments: Vec::new(),
             create_time: out.create_time().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()).unwrap_or_default(),
         })
-    }
-
-    pub(super) async fn attach(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
-        self.call(
-            "AttachVolume",
-            self.client.attach_volume().volume_id(volume_id).instance_id(instance_id).device(DATA_DEVICE).send(),
-        )
-        .await?;
-        Ok(())
-    }
-
-    pub(super) async fn detach(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
-        self.call("DetachVolume", self.client.detach_volume().volume_id(volume_id).instance_id(instance_id).send())
-            .await?;
-        Ok(())
     }
 }
 

@@ -1,0 +1,569 @@
+//! The executor of the engine's network steps: one function per kind of
+//! [`NetworkStep`](crate::model::NetworkStep), each sending the EC2 calls of
+//! its step and filling the ids it creates into the stack's
+//! [`NetworkStatus`]. `Cloud::apply_network_step` (in `ec2.rs`) dispatches
+//! a step to its function.
+
+use std::future::Future;
+
+use aws_sdk_ec2::primitives::Blob;
+use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType};
+use tracing::{info, warn};
+
+use crate::api::{NetworkStatus, Tier};
+use crate::cloud::{CloudError, StackIdentity};
+use crate::model::network::{Duplicate, DuplicateKind, NatState, SubnetRole, ZoneChoice, DEFAULT_ROUTE};
+use crate::model::{DesiredKeyPair, Rule};
+
+use super::super::{filter, is_not_found, stack_filter, tag_spec, Ec2Cloud};
+use super::inventory::{group_description, nat_client_token, nat_name, nat_state, nat_unusable, permission, role_name};
+
+/// The id a step needs from an earlier one, or the error naming it.
+fn need(id: &Option<String>, operation: &'static str, missing: &'static str) -> Result<String, CloudError> {
+    id.clone().ok_or(CloudError::Incomplete { operation, missing })
+}
+
+/// Logs a resource the step created.
+fn log_created(stack: &StackIdentity, what: &str, id: &str) {
+    info!(stack = %stack.tag_value(), "created {what} {id}");
+}
+
+/// Awaits `create`; when EC2 refuses it with `conflict` (a retried create
+/// whose first answer was lost: the resource exists already), awaits `find`
+/// and adopts what it found. Nothing found keeps the create's error.
+/// `find` sends nothing unless it is needed.
+async fn create_or_adopt<T>(
+    stack: &StackIdentity,
+    what: &str,
+    conflict: &str,
+    create: impl Future<Output = Result<Option<T>, CloudError>>,
+    find: impl Future<Output = Result<Option<T>, CloudError>>,
+) -> Result<Option<T>, CloudError> {
+    match create.await {
+        Err(e) if has_code(&e, conflict) => {
+            let Some(found) = find.await? else { return Err(e) };
+            info!(stack = %stack.tag_value(), "{what} exists already: adopting it");
+            Ok(Some(found))
+        }
+        made => made,
+    }
+}
+
+impl Ec2Cloud {
+    /// The stack's VPC with the CIDR block of the spec.
+    pub(in crate::cloud::ec2) async fn create_vpc(
+        &self,
+        stack: &StackIdentity,
+        cidr: &str,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let out = self
+            .call(
+                "CreateVpc",
+                self.client
+                    .create_vpc()
+                    .cidr_block(cidr)
+                    .tag_specifications(tag_spec(ResourceType::Vpc, stack, &stack.resource_name(), None))
+                    .send(),
+            )
+            .await?;
+        let id = out
+            .vpc
+            .and_then(|v| v.vpc_id)
+            .ok_or(CloudError::Incomplete { operation: "CreateVpc", missing: "VpcId" })?;
+        log_created(stack, "VPC", &id);
+        ids.vpc_id = Some(id);
+        Ok(())
+    }
+
+    /// Turns DNS support and DNS host names on in the VPC.
+    pub(in crate::cloud::ec2) async fn enable_vpc_dns(&self, ids: &NetworkStatus) -> Result<(), CloudError> {
+        let c = &self.client;
+        let vpc_id = need(&ids.vpc_id, "ModifyVpcAttribute", "VPC id")?;
+        let on = || AttributeBooleanValue::builder().value(true).build();
+        self.call("ModifyVpcAttribute", c.modify_vpc_attribute().vpc_id(&vpc_id).enable_dns_support(on()).send())
+            .await?;
+        self.call("ModifyVpcAttribute", c.modify_vpc_attribute().vpc_id(&vpc_id).enable_dns_hostnames(on()).send())
+            .await?;
+        Ok(())
+    }
+
+    /// Creates the subnet of `role` (or adopts the stack's subnet holding
+    /// its block) in the zone `zone` resolves to.
+    pub(in crate::cloud::ec2) async fn create_subnet(
+        &self,
+        stack: &StackIdentity,
+        role: SubnetRole,
+        cidr: &str,
+        zone: &ZoneChoice,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let c = &self.client;
+        let vpc_id = need(&ids.vpc_id, "CreateSubnet", "VPC id")?;
+        let az = self.resolve_zone(zone, ids).await?;
+        let subnet_name = role_name(stack, role);
+        let create = async {
+            let out = self
+                .call(
+                    "CreateSubnet",
+                    c.create_subnet()
+                        .vpc_id(&vpc_id)
+                        .cidr_block(cidr)
+                        .availability_zone(&az)
+                        .tag_specifications(tag_spec(ResourceType::Subnet, stack, &subnet_name, None))
+                        .send(),
+                )
+                .await?;
+            Ok(out.subnet)
+        };
+        // The block is taken: the stack's subnet holding it.
+        let find = async {
+            let found = self
+                .call(
+                    "DescribeSubnets",
+                    c.describe_subnets()
+                        .filters(filter("vpc-id", [vpc_id.clone()]))
+                        .filters(filter("cidr-block", [cidr.to_owned()]))
+                        .filters(stack_filter(stack))
+                        .send(),
+                )
+                .await?;
+            Ok(found.subnets.unwrap_or_default().into_iter().next())
+        };
+        let what = format!("{role} subnet {cidr}");
+        let subnet = create_or_adopt(stack, &what, "InvalidSubnet.Conflict", create, find)
+            .await?
+            .ok_or(CloudError::Incomplete { operation: "CreateSubnet", missing: "Subnet" })?;
+        let id = subnet.subnet_id.ok_or(CloudError::Incomplete { operation: "CreateSubnet", missing: "SubnetId" })?;
+        log_created(stack, &format!("{role} subnet in {az}"), &id);
+        ids.availability_zone = Some(subnet.availability_zone.unwrap_or(az));
+        match role {
+            SubnetRole::Public => ids.subnet_id = Some(id),
+            SubnetRole::Private => ids.private_subnet_id = Some(id),
+        }
+        Ok(())
+    }
+
+    /// The stack's internet gateway (attached by the next step).
+    pub(in crate::cloud::ec2) async fn create_internet_gateway(
+        &self,
+        stack: &StackIdentity,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let out = self
+            .call(
+                "CreateInternetGateway",
+                self.client
+                    .create_internet_gateway()
+                    .tag_specifications(tag_spec(ResourceType::InternetGateway, stack, &stack.resource_name(), None))
+                    .send(),
+            )
+            .await?;
+        let id = out
+            .internet_gateway
+            .and_then(|g| g.internet_gateway_id)
+            .ok_or(CloudError::Incomplete { operation: "CreateInternetGateway", missing: "InternetGatewayId" })?;
+        log_created(stack, "internet gateway", &id);
+        ids.internet_gateway_id = Some(id);
+        Ok(())
+    }
+
+    /// Attaches the internet gateway to the VPC.
+    pub(in crate::cloud::ec2) async fn attach_internet_gateway(&self, ids: &NetworkStatus) -> Result<(), CloudError> {
+        let vpc_id = need(&ids.vpc_id, "AttachInternetGateway", "VPC id")?;
+        let gw_id = need(&ids.internet_gateway_id, "AttachInternetGateway", "internet gateway id")?;
+        self.call(
+            "AttachInternetGateway",
+            self.client.attach_internet_gateway().internet_gateway_id(&gw_id).vpc_id(&vpc_id).send(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The route table of `role` in the VPC.
+    pub(in crate::cloud::ec2) async fn create_route_table(
+        &self,
+        stack: &StackIdentity,
+        role: SubnetRole,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let vpc_id = need(&ids.vpc_id, "CreateRouteTable", "VPC id")?;
+        let table_name = role_name(stack, role);
+        let out = self
+            .call(
+                "CreateRouteTable",
+                self.client
+                    .create_route_table()
+                    .vpc_id(&vpc_id)
+                    .tag_specifications(tag_spec(ResourceType::RouteTable, stack, &table_name, None))
+                    .send(),
+            )
+            .await?;
+        let id = out
+            .route_table
+            .and_then(|r| r.route_table_id)
+            .ok_or(CloudError::Incomplete { operation: "CreateRouteTable", missing: "RouteTableId" })?;
+        log_created(stack, &format!("{role} route table"), &id);
+        match role {
+            SubnetRole::Public => ids.route_table_id = Some(id),
+            SubnetRole::Private => ids.private_route_table_id = Some(id),
+        }
+        Ok(())
+    }
+
+    /// The public route table's default route to the internet gateway,
+    /// after deleting the stale one it `replaces`.
+    pub(in crate::cloud::ec2) async fn route_to_gateway(
+        &self,
+        stack: &StackIdentity,
+        replaces: Option<&str>,
+        ids: &NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let rt_id = need(&ids.route_table_id, "CreateRoute", "route table id")?;
+        let gw_id = need(&ids.internet_gateway_id, "CreateRoute", "internet gateway id")?;
+        self.replace_default_route(stack, &rt_id, replaces).await?;
+        self.call(
+            "CreateRoute",
+            self.client
+                .create_route()
+                .route_table_id(&rt_id)
+                .destination_cidr_block(DEFAULT_ROUTE)
+                .gateway_id(&gw_id)
+                .send(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Associates the route table of `role` with the subnet of that role.
+    pub(in crate::cloud::ec2) async fn associate_route_table(
+        &self,
+        role: SubnetRole,
+        ids: &NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let operation = "AssociateRouteTable";
+        let (rt_id, subnet_id) = match role {
+            SubnetRole::Public => (
+                need(&ids.route_table_id, operation, "public route table id")?,
+                need(&ids.subnet_id, operation, "public subnet id")?,
+            ),
+            SubnetRole::Private => (
+                need(&ids.private_route_table_id, operation, "private route table id")?,
+                need(&ids.private_subnet_id, operation, "private subnet id")?,
+            ),
+        };
+        self.call(operation, self.client.associate_route_table().route_table_id(&rt_id).subnet_id(&subnet_id).send())
+            .await?;
+        Ok(())
+    }
+
+    /// The Elastic IP of the NAT gateway.
+    pub(in crate::cloud::ec2) async fn allocate_elastic_ip(
+        &self,
+        stack: &StackIdentity,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let out = self
+            .call(
+                "AllocateAddress",
+                self.client
+                    .allocate_address()
+                    .domain(DomainType::Vpc)
+                    .tag_specifications(tag_spec(ResourceType::ElasticIp, stack, &nat_name(stack), None))
+                    .send(),
+            )
+            .await?;
+        let id = out
+            .allocation_id
+            .ok_or(CloudError::Incomplete { operation: "AllocateAddress", missing: "AllocationId" })?;
+        log_created(stack, "Elastic IP", &id);
+        ids.elastic_ip_allocation_id = Some(id);
+        Ok(())
+    }
+
+    /// The NAT gateway in the public subnet, with a ClientToken per
+    /// `attempt` (one more for each gateway that failed).
+    pub(in crate::cloud::ec2) async fn create_nat_gateway(
+        &self,
+        stack: &StackIdentity,
+        attempt: u32,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let operation = "CreateNatGateway";
+        let subnet_id = need(&ids.subnet_id, operation, "public subnet id")?;
+        let allocation_id = need(&ids.elastic_ip_allocation_id, operation, "Elastic IP allocation id")?;
+        let out = self
+            .call(
+                operation,
+                self.client
+                    .create_nat_gateway()
+                    .subnet_id(&subnet_id)
+                    .allocation_id(&allocation_id)
+                    .client_token(nat_client_token(stack, &subnet_id, &allocation_id, attempt))
+                    .tag_specifications(tag_spec(ResourceType::Natgateway, stack, &nat_name(stack), None))
+                    .send(),
+            )
+            .await?;
+        let id = out
+            .nat_gateway
+            .and_then(|n| n.nat_gateway_id)
+            .ok_or(CloudError::Incomplete { operation, missing: "NatGatewayId" })?;
+        log_created(stack, "NAT gateway", &id);
+        ids.nat_gateway_id = Some(id);
+        ids.nat_gateway_state = Some(NatState::Pending.as_str().into());
+        Ok(())
+    }
+
+    /// The private route table's default route to the NAT gateway, after
+    /// deleting the stale one it `replaces`; with `when_available`, only
+    /// once the gateway is available (still pending: recorded as pending,
+    /// and the route follows on a later pass).
+    pub(in crate::cloud::ec2) async fn route_to_nat_gateway(
+        &self,
+        stack: &StackIdentity,
+        replaces: Option<&str>,
+        when_available: bool,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let rt_id = need(&ids.private_route_table_id, "CreateRoute", "private route table id")?;
+        let nat_id = need(&ids.nat_gateway_id, "CreateRoute", "NAT gateway id")?;
+        if when_available && !self.nat_available(stack, &nat_id).await? {
+            ids.nat_gateway_state = Some(NatState::Pending.as_str().into());
+            return Ok(());
+        }
+        self.replace_default_route(stack, &rt_id, replaces).await?;
+        self.call(
+            "CreateRoute",
+            self.client
+                .create_route()
+                .route_table_id(&rt_id)
+                .destination_cidr_block(DEFAULT_ROUTE)
+                .nat_gateway_id(&nat_id)
+                .send(),
+        )
+        .await?;
+        ids.nat_gateway_state = Some(NatState::Available.as_str().into());
+        Ok(())
+    }
+
+    /// Deletes a resource of the stack that the chosen network does not
+    /// use; one already gone is no error.
+    pub(in crate::cloud::ec2) async fn delete_duplicate(
+        &self,
+        stack: &StackIdentity,
+        duplicate: &Duplicate,
+    ) -> Result<(), CloudError> {
+        let c = &self.client;
+        warn!(stack = %stack.tag_value(), "deleting unused duplicate {} {}", duplicate.kind, duplicate.id);
+        let id = duplicate.id.as_str();
+        let done = match duplicate.kind {
+            DuplicateKind::Vpc => self.call("DeleteVpc", c.delete_vpc().vpc_id(id).send()).await.map(drop),
+            DuplicateKind::InternetGateway => self
+                .call("DeleteInternetGateway", c.delete_internet_gateway().internet_gateway_id(id).send())
+                .await
+                .map(drop),
+            DuplicateKind::RouteTable => {
+                self.call("DeleteRouteTable", c.delete_route_table().route_table_id(id).send()).await.map(drop)
+            }
+            DuplicateKind::ElasticIp => {
+                self.call("ReleaseAddress", c.release_address().allocation_id(id).send()).await.map(drop)
+            }
+        };
+        match done {
+            Err(e) if !is_not_found(&e) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates the tier's security group (or adopts the one of its name in
+    /// the VPC).
+    pub(in crate::cloud::ec2) async fn create_security_group(
+        &self,
+        stack: &StackIdentity,
+        tier: Tier,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let c = &self.client;
+        let vpc_id = need(&ids.vpc_id, "CreateSecurityGroup", "VPC id")?;
+        let group_name = format!("{}-{tier}", stack.resource_name());
+        let create = async {
+            let out = self
+                .call(
+                    "CreateSecurityGroup",
+                    c.create_security_group()
+                        .group_name(&group_name)
+                        .description(group_description(stack, tier))
+                        .vpc_id(&vpc_id)
+                        .tag_specifications(tag_spec(ResourceType::SecurityGroup, stack, &group_name, Some(tier)))
+                        .send(),
+                )
+                .await?;
+            Ok(out.group_id)
+        };
+        // The name is taken: the group of that name in the VPC.
+        let find = async {
+            let found = self
+                .call(
+                    "DescribeSecurityGroups",
+                    c.describe_security_groups()
+                        .filters(filter("vpc-id", [vpc_id.clone()]))
+                        .filters(filter("group-name", [group_name.clone()]))
+                        .send(),
+                )
+                .await?;
+            Ok(found.security_groups().iter().find_map(|g| g.group_id()).map(str::to_owned))
+        };
+        let what = format!("{tier} security group {group_name}");
+        let id = create_or_adopt(stack, &what, "InvalidGroup.Duplicate", create, find)
+            .await?
+            .ok_or(CloudError::Incomplete { operation: "CreateSecurityGroup", missing: "GroupId" })?;
+        log_created(stack, &format!("{tier} security group"), &id);
+        ids.security_groups.insert(tier, id);
+        Ok(())
+    }
+
+    /// Adds an ingress rule to the tier's group; a rule that is there
+    /// already (a retried call) is no error.
+    pub(in crate::cloud::ec2) async fn authorize(
+        &self,
+        stack: &StackIdentity,
+        tier: Tier,
+        rule: &Rule,
+        description: &str,
+        ids: &NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let operation = "AuthorizeSecurityGroupIngress";
+        let group_id = need(&ids.security_groups.get(&tier).cloned(), operation, "security group of the tier")?;
+        let perm = permission(operation, rule, &ids.security_groups, Some(description))?;
+        let done = self
+            .call(
+                operation,
+                self.client.authorize_security_group_ingress().group_id(&group_id).ip_permissions(perm).send(),
+            )
+            .await;
+        match done {
+            Err(e) if has_code(&e, "InvalidPermission.Duplicate") => {
+                info!(stack = %stack.tag_value(), %tier, "rule {rule} from {} exists already", rule.source);
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// Removes an ingress rule the spec does not ask for; one already gone
+    /// is no error.
+    pub(in crate::cloud::ec2) async fn revoke(
+        &self,
+        stack: &StackIdentity,
+        tier: Tier,
+        rule: &Rule,
+        ids: &NetworkStatus,
+    ) -> Result<(), CloudError> {
+        let operation = "RevokeSecurityGroupIngress";
+        let group_id = need(&ids.security_groups.get(&tier).cloned(), operation, "security group of the tier")?;
+        let perm = permission(operation, rule, &ids.security_groups, None)?;
+        info!(stack = %stack.tag_value(), %tier, "revoking an ingress rule the spec does not ask for: {rule} from {}", rule.source);
+        let done = self
+            .call(
+                operation,
+                self.client.revoke_security_group_ingress().group_id(&group_id).ip_permissions(perm).send(),
+            )
+            .await;
+        match done {
+            Err(e) if has_code(&e, "InvalidPermission.NotFound") => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// Imports the stack's key pair.
+    pub(in crate::cloud::ec2) async fn import_key_pair(
+        &self,
+        stack: &StackIdentity,
+        key: &DesiredKeyPair,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        self.import_public_key(stack, key).await?;
+        ids.key_pair_name = Some(key.name.clone());
+        Ok(())
+    }
+
+    /// Replaces a key pair that holds another public key: deletes it and
+    /// imports the current key under its name.
+    pub(in crate::cloud::ec2) async fn reimport_key_pair(
+        &self,
+        stack: &StackIdentity,
+        key: &DesiredKeyPair,
+        ids: &mut NetworkStatus,
+    ) -> Result<(), CloudError> {
+        warn!(stack = %stack.tag_value(), "key pair {} holds another public key; importing the current one", key.name);
+        self.call("DeleteKeyPair", self.client.delete_key_pair().key_name(&key.name).send()).await?;
+        self.import_public_key(stack, key).await?;
+        ids.key_pair_name = Some(key.name.clone());
+        Ok(())
+    }
+
+    /// Deletes a stale default route of a table before a new one is added.
+    async fn replace_default_route(
+        &self,
+        stack: &StackIdentity,
+        rt_id: &str,
+        replaces: Option<&str>,
+    ) -> Result<(), CloudError> {
+        let Some(old) = replaces else { return Ok(()) };
+        warn!(stack = %stack.tag_value(), "replacing the default route of {rt_id} to {old}");
+        self.call(
+            "DeleteRoute",
+            self.client.delete_route().route_table_id(rt_id).destination_cidr_block(DEFAULT_ROUTE).send(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Whether a NAT gateway is available: false while it is pending (or not
+    /// yet visible, right after its creation). A gateway that failed (or is
+    /// being deleted) is an error: see [`nat_unusable`].
+    async fn nat_available(&self, stack: &StackIdentity, nat_id: &str) -> Result<bool, CloudError> {
+        let operation = "DescribeNatGateways";
+        let out = match self.call(operation, self.client.describe_nat_gateways().nat_gateway_ids(nat_id).send()).await {
+            Ok(out) => out,
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let Some(nat) = out.nat_gateways().iter().find(|n| n.nat_gateway_id() == Some(nat_id)) else {
+            return Ok(false);
+        };
+        match nat_state(nat) {
+            Some(NatState::Available) => Ok(true),
+            Some(NatState::Pending) | None => {
+                info!(stack = %stack.tag_value(), "NAT gateway {nat_id} is pending: the private subnet's route to it follows on a later reconcile");
+                Ok(false)
+            }
+            Some(state) => Err(nat_unusable(nat_id, state, nat)),
+        }
+    }
+
+    /// ImportKeyPair of the key's public half, tagged.
+    async fn import_public_key(&self, stack: &StackIdentity, key: &DesiredKeyPair) -> Result<(), CloudError> {
+        let public_key = key
+            .public_key
+            .as_deref()
+            .ok_or(CloudError::Incomplete { operation: "ImportKeyPair", missing: "public key to import" })?;
+        self.call(
+            "ImportKeyPair",
+            self.client
+                .import_key_pair()
+                .key_name(&key.name)
+                .public_key_material(Blob::new(public_key.trim().as_bytes()))
+                .tag_specifications(tag_spec(ResourceType::KeyPair, stack, &key.name, None))
+                .send(),
+        )
+        .await?;
+        info!(stack = %stack.tag_value(), "imported key pair {}", key.name);
+        Ok(())
+    }
+}
+
+/// True when EC2 answered with this error code.
+fn has_code(e: &CloudError, wanted: &str) -> bool {
+    matches!(e, CloudError::Api { code, .. } if code == wanted)
+}
