@@ -6,9 +6,10 @@ use super::*;
 use crate::api::ConnectVia;
 use crate::fixtures::spec;
 use crate::model::network::{
-    Duplicate, DuplicateKind, FoundRouteTable, ObservedAddress, ObservedGateway, ObservedKeyPair, ObservedNatGateway,
-    ObservedSubnet, ObservedVpc, NAT_AVAILABLE, NAT_NONE, NAT_PENDING,
+    Duplicate, DuplicateKind, NatState, ObservedAddress, ObservedGateway, ObservedKeyPair, ObservedNatGateway,
+    ObservedSubnet, ObservedVpc, NAT_NONE,
 };
+use crate::model::teardown::FoundRouteTable;
 
 const KEY: &str = "ssh-ed25519 AAAAcurrent demo@laptop";
 
@@ -108,7 +109,7 @@ fn fresh_network_is_planned_in_full_and_in_order() {
 fn complete_network_needs_no_steps() {
     assert_eq!(network_steps(&complete(), &spec(), &key()), []);
     let ids = complete().complete_ids(Egress::NatGateway).expect("complete");
-    assert_eq!(ids.nat_gateway_state.as_deref(), Some(NAT_AVAILABLE));
+    assert_eq!(ids.nat_gateway_state.as_deref(), Some(NatState::Available.as_str()));
     assert_eq!(ids.private_subnet_id.as_deref(), Some("subnet-2"));
     assert_eq!(ids.availability_zone.as_deref(), Some("us-east-1a"));
 }
@@ -141,7 +142,7 @@ fn a_pending_nat_gateway_is_routed_to_once_available_and_the_network_stays_incom
         [NetworkStep::RouteToNatGateway { replaces: None, when_available: true }]
     );
     assert!(net.complete_ids(Egress::NatGateway).is_none());
-    assert_eq!(net.ids().nat_gateway_state.as_deref(), Some(NAT_PENDING));
+    assert_eq!(net.ids().nat_gateway_state.as_deref(), Some(NatState::Pending.as_str()));
     // Available now: routed at once.
     net.nat_gateway.as_mut().expect("nat").state = NatState::Available;
     assert_eq!(

@@ -12,7 +12,8 @@ use tracing::{debug, info};
 
 use crate::api::NetworkStatus;
 use crate::cloud::{CloudError, DestroyReport, StackIdentity};
-use crate::model::network::{FoundRouteTable, NatState};
+use crate::model::network::NatState;
+use crate::model::teardown::FoundRouteTable;
 use crate::model::{Source, TeardownInventory, TeardownStep};
 
 use super::instances::{state_filter, PRESENT_STATES};
