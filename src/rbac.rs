@@ -18,7 +18,7 @@ pub struct ApiUse {
     pub call: &'static str,
 }
 
-/// What the controller (src/controller.rs) calls on VotingStacks, their
+/// What the controller (src/controller/) calls on VotingStacks, their
 /// Secrets and Events. All of it happens in the namespaces whose stacks the
 /// operator reconciles: a ClusterRole for a cluster-wide install, a Role per
 /// namespace for a namespaced one.
@@ -28,7 +28,7 @@ pub const CONTROLLER_API_USES: &[ApiUse] = &[
         group: "votingstack.dev",
         resource: "votingstacks",
         verbs: &["list", "watch"],
-        file: "src/controller.rs",
+        file: "src/controller/mod.rs",
         call: "watcher(stacks",
     },
     // kube-runtime's finalizer helper adds and removes the finalizer by JSON patch.
@@ -36,7 +36,7 @@ pub const CONTROLLER_API_USES: &[ApiUse] = &[
         group: "votingstack.dev",
         resource: "votingstacks",
         verbs: &["patch"],
-        file: "src/controller.rs",
+        file: "src/controller/mod.rs",
         call: "finalizer(&api, FINALIZER",
     },
     // Status by server-side apply.
@@ -44,17 +44,17 @@ pub const CONTROLLER_API_USES: &[ApiUse] = &[
         group: "votingstack.dev",
         resource: "votingstacks/status",
         verbs: &["patch"],
-        file: "src/controller.rs",
+        file: "src/controller/status_write.rs",
         call: "api.patch_status(",
     },
     // The SSH key, read when a stack is reconciled.
-    ApiUse { group: "", resource: "secrets", verbs: &["get"], file: "src/controller.rs", call: "secrets.get_opt(" },
+    ApiUse { group: "", resource: "secrets", verbs: &["get"], file: "src/controller/mod.rs", call: "secrets.get_opt(" },
     // The watch of labelled SSH-key Secrets that wakes stacks when their Secret changes.
     ApiUse {
         group: "",
         resource: "secrets",
         verbs: &["list", "watch"],
-        file: "src/controller.rs",
+        file: "src/controller/mod.rs",
         call: "watcher(secrets",
     },
     // kube-runtime's Recorder creates events.k8s.io/v1 Events and patches a series.
@@ -62,7 +62,7 @@ pub const CONTROLLER_API_USES: &[ApiUse] = &[
         group: "events.k8s.io",
         resource: "events",
         verbs: &["create", "patch"],
-        file: "src/controller.rs",
+        file: "src/controller/context.rs",
         call: "Recorder::new(",
     },
 ];
