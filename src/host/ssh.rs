@@ -412,22 +412,9 @@ pub(super) fn append(buf: &mut Vec<u8>, data: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Tier;
-    use std::net::Ipv4Addr;
 
     fn target() -> HostTarget {
-        HostTarget {
-            stack: "default/demo".into(),
-            tier: Tier::Database,
-            instance_id: "i-1".into(),
-            address: Ipv4Addr::new(10, 0, 0, 4),
-            port: 22,
-            user: "admin".into(),
-            expected_host_key: None,
-            jump: None,
-            connect_timeout_secs: 1,
-            command_timeout_secs: 5,
-        }
+        crate::fixtures::host_target()
     }
 
     #[test]

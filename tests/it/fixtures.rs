@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use votingstack::api::{VotingStack, VotingStackSpec};
-use votingstack::host::SshKey;
+use votingstack::host::{HostTarget, SshKey};
 
 /// A complete, valid spec like `examples/votingstack.yaml`.
 pub fn spec() -> VotingStackSpec {
@@ -41,4 +41,20 @@ EPqu2gh7MCwjgxbAZz6HAAAAGGRlbW9Adm90aW5nc3RhY2suZXhhbXBsZQECAwQF
 /// [`TEST_KEY`] as the operator holds it, read from Secret `demo-ssh`.
 pub fn test_key() -> SshKey {
     SshKey::parse(TEST_KEY, "demo-ssh", "ssh-privatekey").expect("test key parses")
+}
+
+/// A database host reached directly at 10.0.0.4, no host key expected yet.
+pub fn host_target() -> HostTarget {
+    HostTarget {
+        stack: "default/demo".into(),
+        tier: votingstack::api::Tier::Database,
+        instance_id: "i-1".into(),
+        address: std::net::Ipv4Addr::new(10, 0, 0, 4),
+        port: 22,
+        user: "admin".into(),
+        expected_host_key: None,
+        jump: None,
+        connect_timeout_secs: 1,
+        command_timeout_secs: 5,
+    }
 }

@@ -139,18 +139,7 @@ pub(crate) mod tests {
     }
 
     fn target() -> HostTarget {
-        HostTarget {
-            stack: "default/demo".into(),
-            tier: Tier::Backend,
-            instance_id: "i-backend".into(),
-            address: Ipv4Addr::new(10, 0, 1, 5),
-            port: 22,
-            user: "ubuntu".into(),
-            expected_host_key: None,
-            jump: None,
-            connect_timeout_secs: 5,
-            command_timeout_secs: 60,
-        }
+        HostTarget { tier: Tier::Backend, ..crate::fixtures::host_target() }
     }
 
     fn host(docker: DockerState, containers: Vec<ObservedContainer>) -> ObservedHost {
