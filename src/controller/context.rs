@@ -65,6 +65,7 @@ pub struct Context {
 
 impl Context {
     /// A context whose requeues are exact (tests).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn new(
         client: Client,
         engines: Arc<dyn Engines>,

@@ -162,7 +162,9 @@ impl Engine {
             InfraAction::TerminateInstance { instance_id, .. } => {
                 self.cloud.terminate_instances(std::slice::from_ref(instance_id)).await?
             }
-            InfraAction::DataVolume(step) => self.act_volume(ident, step, run).await?,
+            InfraAction::DataVolume(step) => {
+                self.act_volume(ident, step, run).await?;
+            }
         }
         Ok(())
     }

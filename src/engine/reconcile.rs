@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::api::{validate, ConditionUpdate, DeletionPolicy, Phase, Tier, VotingStack, VotingStackStatus};
 use crate::cloud::{Cloud, CloudError, DestroyReport, StackIdentity};
 use crate::host::{HostTarget, Hosts, SshKey};
-use crate::model::{Action, ObservedVolume};
+use crate::model::Action;
 
 use super::addressing::host_target;
 use super::conditions::data_volume::VolumeHold;
@@ -105,8 +105,6 @@ pub(super) struct Run {
     pub(super) applied: Vec<Action>,
     pub(super) error: Option<Failure>,
     pub(super) targets: Vec<HostTarget>,
-    /// The volume CreateVolume just answered with (it may not be listed yet).
-    pub(super) created_volume: Option<ObservedVolume>,
 }
 
 impl Run {
@@ -141,7 +139,6 @@ impl Engine {
             applied: Vec::new(),
             error: None,
             targets: Vec::new(),
-            created_volume: None,
         };
         self.reconcile_into(stack, key, &mut run).await;
         self.finish(stack, previous, run, started)
@@ -174,7 +171,7 @@ impl Engine {
 
         // the database's data volume
         let data_volume = match infra_plan.keepers.get(&Tier::Database) {
-            Some(db) => self.converge_volume(&ident, spec, &key, db, run).await,
+            Some(db) => self.converge_volume(&ident, spec, db, run).await,
             None => Err(VolumeHold::NoInstance),
         };
 
@@ -187,7 +184,7 @@ impl Engine {
     }
 
     fn finish(&self, stack: &VotingStack, previous: VotingStackStatus, run: Run, started: Instant) -> Outcome {
-        let Run { mut status, findings, applied, error, targets, .. } = run;
+        let Run { mut status, findings, applied, error, targets } = run;
         let generation = stack.metadata.generation;
         let now = now();
         let transitions = record_conditions(&mut status, &findings, generation, &now);

@@ -28,11 +28,13 @@ pub(super) fn record_conditions(
     generation: Option<i64>,
     now: &str,
 ) -> Vec<ConditionUpdate> {
-    findings
-        .conditions()
-        .into_iter()
-        .filter(|update| set_condition(&mut status.conditions, update, generation, now))
-        .collect()
+    let mut flipped = Vec::new();
+    for update in findings.conditions() {
+        if set_condition(&mut status.conditions, &update, generation, now) {
+            flipped.push(update);
+        }
+    }
+    flipped
 }
 
 /// Records the data volume in status.

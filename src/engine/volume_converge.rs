@@ -1,8 +1,8 @@
 //! The data volume's phase of a reconcile: looks the volume up (unless the
 //! database instance's block device mappings already show it attached),
-//! plans its next step with [`plan_volume`], and carries it out through
-//! [`Engine::act_infra`], waiting within the pass only for what EC2
-//! finishes in seconds.
+//! plans its next step with [`plan_volume`], and carries it out with
+//! [`Engine::act_volume`] (the executor `act_infra` uses for the same
+//! steps), waiting within the pass only for what EC2 finishes in seconds.
 
 use std::time::Instant;
 
@@ -10,7 +10,6 @@ use tracing::info;
 
 use crate::api::VotingStackSpec;
 use crate::cloud::{CloudError, StackIdentity};
-use crate::host::SshKey;
 use crate::model::{
     Action, AttachmentState, InfraAction, InstanceState, ObservedInfra, ObservedInstance, ObservedVolume, VolumeState,
     VolumeStep,
@@ -31,7 +30,6 @@ impl Engine {
         &self,
         ident: &StackIdentity,
         spec: &VotingStackSpec,
-        key: &SshKey,
         db: &ObservedInstance,
         run: &mut Run,
     ) -> Result<String, VolumeHold> {
@@ -98,45 +96,48 @@ impl Engine {
                 _ => {}
             }
             info!(stack = %ident.tag_value(), "{step}");
-            let action = InfraAction::DataVolume(step);
-            let mut ids = run.status.network.clone().unwrap_or_default();
-            match self.act_infra(ident, key, &action, &mut ids, run).await {
-                Ok(()) => created = run.created_volume.take(),
+            match self.act_volume(ident, &step, run).await {
+                Ok(fresh) => created = fresh,
                 Err(e) => return Err(volume_failed(run, e)),
             }
             acted = true;
-            run.applied.push(Action::Infra(action));
+            run.applied.push(Action::Infra(InfraAction::DataVolume(step)));
             if Instant::now() >= deadline {
                 return Err(VolumeHold::OnItsWay);
             }
         }
     }
 
-    /// Carries out one step of the data volume's plan and records it.
+    /// Carries out one step of the data volume's plan (for the loop above,
+    /// and for [`Engine::act_infra`]) and records it. Returns the volume
+    /// CreateVolume answered with: a fresh volume may not be listed yet.
     pub(super) async fn act_volume(
         &self,
         ident: &StackIdentity,
         step: &VolumeStep,
         run: &mut Run,
-    ) -> Result<(), CloudError> {
+    ) -> Result<Option<ObservedVolume>, CloudError> {
         match step {
             VolumeStep::Create { zone, size_gib } => {
-                let Some(zone) = zone else {
-                    return Err(CloudError::Incomplete {
-                        operation: "DescribeInstances",
-                        missing: "database instance zone",
-                    });
-                };
+                // Only a plan made before the database instance exists lacks
+                // the zone; the reconcile plans with the instance's.
+                let zone = zone.as_deref().ok_or(CloudError::Incomplete {
+                    operation: "DescribeInstances",
+                    missing: "the database instance's availability zone",
+                })?;
                 let n = run.status.data_volume.as_ref().map_or(0, |v| v.created);
                 let v = self.cloud.create_data_volume(ident, zone, *size_gib, n).await?;
                 run.status.data_volume.get_or_insert_with(Default::default).created = n + 1;
                 record_volume(&mut run.status, &v.id, Some(&v), None);
-                run.created_volume = Some(v);
-                Ok(())
+                Ok(Some(v))
             }
-            VolumeStep::Attach { volume_id, instance_id } => self.cloud.attach_volume(volume_id, instance_id).await,
-            VolumeStep::Detach { volume_id, instance_id } => self.cloud.detach_volume(volume_id, instance_id).await,
-            VolumeStep::Ready { .. } | VolumeStep::Wait { .. } | VolumeStep::Blocked { .. } => Ok(()),
+            VolumeStep::Attach { volume_id, instance_id } => {
+                self.cloud.attach_volume(volume_id, instance_id).await.map(|()| None)
+            }
+            VolumeStep::Detach { volume_id, instance_id } => {
+                self.cloud.detach_volume(volume_id, instance_id).await.map(|()| None)
+            }
+            VolumeStep::Ready { .. } | VolumeStep::Wait { .. } | VolumeStep::Blocked { .. } => Ok(None),
         }
     }
 }
