@@ -23,17 +23,11 @@ fn ip(tier: Tier) -> Ipv4Addr {
 
 fn instance(tier: Tier, id: &str, state: InstanceState) -> ObservedInstance {
     ObservedInstance {
-        id: id.into(),
-        tier: Some(tier),
-        state,
         private_ip: Some(ip(tier)),
-        public_ip: None,
         ami: spec().instances.ami,
         instance_type: spec().instances.instance_type,
         launch_time: format!("2026-01-01T00:00:0{}Z", id.len()),
-        client_token: None,
-        zone: Some("us-east-1a".into()),
-        volumes: Vec::new(),
+        ..crate::fixtures::instance(tier, id, state)
     }
 }
 

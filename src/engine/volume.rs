@@ -149,19 +149,7 @@ mod tests {
     use crate::model::{AttachedVolume, VolumeAttachment};
 
     fn db(id: &str, state: InstanceState) -> ObservedInstance {
-        ObservedInstance {
-            id: id.into(),
-            tier: Some(Tier::Database),
-            state,
-            private_ip: None,
-            public_ip: None,
-            ami: "ami-1".into(),
-            instance_type: "t3.micro".into(),
-            launch_time: String::new(),
-            client_token: None,
-            zone: Some("us-east-1a".into()),
-            volumes: Vec::new(),
-        }
+        crate::fixtures::instance(Tier::Database, id, state)
     }
 
     fn volume(attached_to: Option<(&str, &str)>) -> ObservedVolume {

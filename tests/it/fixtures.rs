@@ -58,3 +58,24 @@ pub fn host_target() -> HostTarget {
         command_timeout_secs: 5,
     }
 }
+
+/// An instance of `tier` in us-east-1a at 10.0.1.4, with nothing attached.
+pub fn instance(
+    tier: votingstack::api::Tier,
+    id: &str,
+    state: votingstack::model::InstanceState,
+) -> votingstack::model::ObservedInstance {
+    votingstack::model::ObservedInstance {
+        id: id.into(),
+        tier: Some(tier),
+        state,
+        private_ip: Some(std::net::Ipv4Addr::new(10, 0, 1, 4)),
+        public_ip: None,
+        ami: "ami-1".into(),
+        instance_type: "t3.micro".into(),
+        launch_time: String::new(),
+        client_token: None,
+        zone: Some("us-east-1a".into()),
+        volumes: Vec::new(),
+    }
+}

@@ -117,25 +117,11 @@ pub fn not_up_yet(tier: Tier) -> Finding {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::net::Ipv4Addr;
-
     use super::*;
     use crate::model::{InstanceState, ObservedContainer};
 
     pub(crate) fn instance(tier: Tier, state: InstanceState) -> ObservedInstance {
-        ObservedInstance {
-            id: format!("i-{tier}"),
-            tier: Some(tier),
-            state,
-            private_ip: Some(Ipv4Addr::new(10, 0, 1, 4)),
-            public_ip: None,
-            ami: "ami-1".into(),
-            instance_type: "t3.micro".into(),
-            launch_time: String::new(),
-            client_token: None,
-            zone: Some("us-east-1a".into()),
-            volumes: Vec::new(),
-        }
+        crate::fixtures::instance(tier, &format!("i-{tier}"), state)
     }
 
     fn target() -> HostTarget {
