@@ -3,7 +3,7 @@
 
 use tracing::info;
 
-use crate::api::{Tier, VotingStackSpec};
+use crate::api::{Reason, Tier, VotingStackSpec};
 use crate::cloud::StackIdentity;
 use crate::host::{HostError, HostTarget, SshKey};
 use crate::model::{Action, DesiredContainer, HostAction, ObservedHost};
@@ -18,7 +18,6 @@ use super::host_keys::{is_young, pin_host_key, was_reached};
 use super::plan::{plan_host, HostView, InfraPlan};
 use super::reconcile::{Engine, Run};
 use super::status::record_containers;
-use crate::api::Reason;
 
 impl Engine {
     /// Converges every host whose instance runs, all at once: the peers'
