@@ -25,8 +25,8 @@ pub const CIDR_PATTERN: &str = r"^([0-9]{1,3}\.){3}[0-9]{1,3}/([0-9]|[12][0-9]|3
     shortname = "vstack",
     category = "votingstack",
     namespaced,
-    doc = "A three-tier voting app deployment on EC2, kept in shape by the votingstack operator. The CEL validation rules use the CIDR library and need Kubernetes 1.31 or later.",
-    annotation("votingstack.dev/minimum-kubernetes-version", "1.31"),
+    doc = "A three-tier voting app deployment on EC2, kept in shape by the votingstack operator. The CEL validation rules use the CIDR library and need Kubernetes 1.34 or later (the oldest release the tests run against).",
+    annotation("votingstack.dev/minimum-kubernetes-version", "1.34"),
     // Argo CD: never prune or delete the CRD with the operator's Application
     // (that would delete every VotingStack while no operator is left to run
     // its finalizer), and apply it before the operator's other resources.
