@@ -1,6 +1,6 @@
-//! End to end in the local world with the real `votingstack` binary: the CLI
-//! (apply --wait/--watch, destroy) and the controller against the in-memory
-//! API double served over HTTP. Needs `scripts/world up`.
+//! End to end in the local world with the real `votingstack` binary and the
+//! CLI (apply --wait/--watch, destroy). The controller binary runs against the
+//! world's real API server in `kube.rs`. Needs `scripts/world up`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -25,7 +25,7 @@ struct Stack {
     world: World,
 }
 
-fn world_env() -> HashMap<String, String> {
+pub(crate) fn world_env() -> HashMap<String, String> {
     let dir = std::env::var_os("VS_WORLD_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".world"));
@@ -141,7 +141,7 @@ impl Drop for Stack {
 }
 
 /// Prints a log file when the test fails, so a failure shows what the binary saw.
-struct LogOnPanic(PathBuf);
+pub(crate) struct LogOnPanic(pub(crate) PathBuf);
 
 impl Drop for LogOnPanic {
     fn drop(&mut self) {
@@ -156,7 +156,7 @@ impl Drop for LogOnPanic {
     }
 }
 
-struct ChildGuard(Child);
+pub(crate) struct ChildGuard(pub(crate) Child);
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
@@ -676,97 +676,5 @@ async fn e2e_operator_killed_after_run_instances_creates_no_duplicate() {
     assert_eq!(live.len(), 3, "one instance per tier, no duplicates: {live:?}");
     for id in &launched_before {
         assert!(live.contains(id), "the instance launched before the crash was adopted: {id} not in {live:?}");
-    }
-}
-
-mod controller_binary {
-    use super::*;
-    use crate::apiserver::ApiServer;
-    use kube::api::{DeleteParams, PostParams};
-    use kube::Api;
-    use votingstack::api::VotingStack;
-
-    #[tokio::test]
-    async fn e2e_controller_binary_converges_a_stack_on_the_api_double() {
-        let api = ApiServer::new();
-        let (addr, server) = api.serve_http().await;
-        let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: double\n  cluster:\n    server: http://{addr}\ncontexts:\n- name: double\n  context:\n    cluster: double\n    user: nobody\n    namespace: default\nusers:\n- name: nobody\n  user: {{}}\ncurrent-context: double\n"
-            ),
-        )
-        .unwrap();
-        let metrics = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap()
-        };
-        let log = std::fs::File::create(dir.path().join("controller.log")).unwrap();
-        let _log = LogOnPanic(dir.path().join("controller.log"));
-        let _controller = ChildGuard(
-            Command::new(BIN)
-                .args(["controller", "--metrics-addr", &metrics.to_string(), "--resync-seconds", "5"])
-                .env("KUBECONFIG", &kubeconfig)
-                .envs(world_env())
-                .env("RUST_LOG", "info")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
-        );
-
-        // The user applies the same manifest a CLI user would.
-        let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local.yaml")).unwrap();
-        let manifest = example.replace("name: local\n", "name: e2e-ctl\n").replace("10.42.", "10.64.");
-        let client = api.client();
-        for doc in manifest.split("\n---\n") {
-            let value: Value = serde_yaml::from_str(doc).unwrap();
-            match value["kind"].as_str() {
-                Some("Secret") => {
-                    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "default");
-                    secrets.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap();
-                }
-                _ => {
-                    let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
-                    stacks.create(&PostParams::default(), &serde_json::from_value(value).unwrap()).await.unwrap();
-                }
-            }
-        }
-        let ready = || {
-            api.get("votingstacks", "default", "e2e-ctl").is_some_and(|o| {
-                o["status"]["conditions"]
-                    .as_array()
-                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-            })
-        };
-        within(Duration::from_secs(300), "the controller to make the stack Ready", ready).await;
-        let obj = api.get("votingstacks", "default", "e2e-ctl").unwrap();
-        assert_eq!(obj["status"]["phase"], "Ready");
-        assert!(obj["status"]["voteUrl"].as_str().is_some_and(|u| u.starts_with("http://10.64.1.")));
-
-        let (code, body) = http(metrics, "GET", "/metrics", None, None).unwrap();
-        assert_eq!(code, 200);
-        assert!(body.contains("votingstack_reconcile_total"), "{body}");
-        assert_eq!(http(metrics, "GET", "/healthz", None, None).unwrap().0, 200);
-        assert_eq!(http(metrics, "GET", "/readyz", None, None).unwrap().0, 200);
-
-        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
-        stacks.delete("e2e-ctl", &DeleteParams::default()).await.unwrap();
-        within(Duration::from_secs(120), "the finalizer to finish", || {
-            api.get("votingstacks", "default", "e2e-ctl").is_none()
-        })
-        .await;
-        let world = World::load();
-        let left = world
-            .ec2
-            .describe_vpcs()
-            .filters(Filter::builder().name("tag:votingstack.dev/stack").values("default/e2e-ctl").build())
-            .send()
-            .await
-            .unwrap();
-        assert!(left.vpcs().is_empty(), "the controller left the VPC behind");
-        server.abort();
     }
 }

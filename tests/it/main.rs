@@ -15,6 +15,7 @@ mod fakes;
 mod fixtures;
 mod host;
 mod inventory;
+mod kube;
 mod moto;
 mod scripted;
 mod world;
