@@ -113,6 +113,11 @@ struct ControllerArgs {
     /// makes in EC2 looks again at once. 0 shares only calls in flight.
     #[arg(long, default_value_t = 5.0, env = "VOTINGSTACK_INVENTORY_WINDOW_SECONDS")]
     inventory_window_seconds: f64,
+    /// On SIGTERM, seconds running reconciles may go on; then each stops at
+    /// its next step boundary (at most 10 s more). Keep the pod's
+    /// terminationGracePeriodSeconds above this plus 25.
+    #[arg(long, default_value_t = 20, env = "VOTINGSTACK_SHUTDOWN_DEADLINE_SECONDS")]
+    shutdown_deadline_seconds: u64,
 }
 
 fn load(args: &FileArgs) -> Result<(Manifest, PathBuf), CliError> {
@@ -200,6 +205,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     w if w.is_finite() => w.clamp(0.0, 3600.0),
                     _ => 0.0,
                 }),
+                shutdown_deadline: Duration::from_secs(args.shutdown_deadline_seconds),
             };
             votingstack::controller::main(client, opts).await?;
             Ok(ExitCode::SUCCESS)
@@ -229,11 +235,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Tasks still running (a dropped reconcile's blocking call) must not
+    // hold up the exit: the shutdown's own bounds have passed.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller(args: &[&str]) -> ControllerArgs {
+        let argv = ["votingstack", "controller"].iter().chain(args);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Controller(a)) => a,
+            Ok(_) => panic!("not the controller"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn shutdown_deadline_has_a_default() {
+        assert_eq!(controller(&[]).shutdown_deadline_seconds, 20);
+        assert_eq!(controller(&["--shutdown-deadline-seconds", "5"]).shutdown_deadline_seconds, 5);
     }
 }

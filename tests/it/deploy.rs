@@ -252,6 +252,35 @@ fn deploy_env_has_downward_api_and_optional_aws_secret() {
     assert!(sa.contains("eks.amazonaws.com/role-arn"), "ServiceAccount shows the IRSA annotation");
 }
 
+/// The value of `--flag=value` or `--flag value` in `args`.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    let prefix = format!("{flag}=");
+    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix(&prefix) {
+        Some(v) => Some(v.to_string()),
+        None if a == flag => args.get(i + 1).filter(|v| !v.starts_with("--")).cloned().or(Some("true".into())),
+        None => None,
+    })
+}
+
+#[test]
+fn deploy_grace_period_covers_the_shutdown() {
+    let c = operator_container();
+    let args = strings(&c["args"]);
+    let deadline: u64 = flag_value(&args, "--shutdown-deadline-seconds")
+        .expect("the base states its shutdown deadline")
+        .parse()
+        .expect("seconds");
+    let deployment = one("Deployment", "votingstack-operator");
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().expect("grace set");
+    let step = votingstack::controller::shutdown::STEP_GRACE.as_secs();
+    // Releasing the Lease is bounded by two Lease calls of 5 s.
+    let release = 10;
+    assert!(
+        grace >= deadline + step + release + 5,
+        "terminationGracePeriodSeconds {grace} must cover deadline {deadline} + step {step} + release {release} + 5"
+    );
+}
+
 #[test]
 fn deploy_ha_overlay_runs_two_replicas_with_leader_election() {
     let text = std::fs::read_to_string(repo().join("deploy/overlays/ha/leader-election.yaml")).unwrap();
