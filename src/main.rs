@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use votingstack::cli::{self, ApplyOptions, CliError};
 use votingstack::engine::{EngineSettings, Teardown};
 use votingstack::manifest::Manifest;
@@ -88,8 +88,17 @@ struct ControllerArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080", env = "VOTINGSTACK_METRICS_ADDR")]
     metrics_addr: SocketAddr,
-    /// Take a coordination.k8s.io Lease before reconciling (for more than one replica).
-    #[arg(long)]
+    /// Take the coordination.k8s.io Lease before reconciling, so two
+    /// operator processes never reconcile at once (on by default;
+    /// `--leader-election=false` for a single process run by hand).
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     leader_election: bool,
     /// Namespace of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "votingstack-system")]
@@ -259,6 +268,16 @@ mod tests {
             Ok(_) => panic!("not the controller"),
             Err(e) => panic!("{e}"),
         }
+    }
+
+    #[test]
+    fn leader_election_is_on_unless_turned_off() {
+        assert!(controller(&[]).leader_election, "on by default");
+        assert!(controller(&["--leader-election"]).leader_election, "the old flag still says on");
+        assert!(controller(&["--leader-election=true"]).leader_election);
+        assert!(!controller(&["--leader-election=false"]).leader_election);
+        let argv = ["votingstack", "controller", "--leader-election=maybe"];
+        assert!(Cli::try_parse_from(argv).is_err(), "only true or false");
     }
 
     #[test]

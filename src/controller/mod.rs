@@ -458,7 +458,7 @@ pub fn forward_drift(mut events: mpsc::Receiver<DriftEvent>, to: mpsc::Sender<Ob
     });
 }
 
-/// `votingstack controller`: metrics server, optional leader election, the Controller.
+/// `votingstack controller`: metrics server, leader election (unless off), the Controller.
 pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), ControllerError> {
     let metrics = Arc::new(Metrics::default());
     metrics.observe_deploy_phases();
@@ -505,6 +505,7 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
         }
     };
     if !opts.leader_election {
+        info!("leader election is off: this process reconciles alone");
         let drained = run_controller_until(ctx, drift_rx, run, signalled(), timings).await;
         info!(?drained, "controller stopped");
         return Ok(());

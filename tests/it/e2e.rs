@@ -707,7 +707,14 @@ mod controller_binary {
         let _log = LogOnPanic(dir.path().join("controller.log"));
         let _controller = ChildGuard(
             Command::new(BIN)
-                .args(["controller", "--metrics-addr", &metrics.to_string(), "--resync-seconds", "5"])
+                .args([
+                    "controller",
+                    "--leader-election=false",
+                    "--metrics-addr",
+                    &metrics.to_string(),
+                    "--resync-seconds",
+                    "5",
+                ])
                 .env("KUBECONFIG", &kubeconfig)
                 .envs(world_env())
                 .env("RUST_LOG", "info")
