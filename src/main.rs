@@ -127,6 +127,10 @@ struct ControllerArgs {
     /// terminationGracePeriodSeconds above this plus 25.
     #[arg(long, default_value_t = 20, env = "VOTINGSTACK_SHUTDOWN_DEADLINE_SECONDS")]
     shutdown_deadline_seconds: u64,
+    /// /healthz fails when the controller, while leading, has made no
+    /// progress for this many resync periods (or one reconcile has run that long).
+    #[arg(long, default_value_t = votingstack::liveness::DEFAULT_LIVENESS_RESYNCS)]
+    liveness_resyncs: u32,
 }
 
 fn load(args: &FileArgs) -> Result<(Manifest, PathBuf), CliError> {
@@ -215,6 +219,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     _ => 0.0,
                 }),
                 shutdown_deadline: Duration::from_secs(args.shutdown_deadline_seconds),
+                liveness_resyncs: args.liveness_resyncs.max(1),
             };
             votingstack::controller::main(client, opts).await?;
             Ok(ExitCode::SUCCESS)
@@ -281,8 +286,10 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_deadline_has_a_default() {
-        assert_eq!(controller(&[]).shutdown_deadline_seconds, 20);
-        assert_eq!(controller(&["--shutdown-deadline-seconds", "5"]).shutdown_deadline_seconds, 5);
+    fn shutdown_deadline_and_liveness_have_defaults() {
+        let a = controller(&[]);
+        assert_eq!((a.shutdown_deadline_seconds, a.liveness_resyncs), (20, 3));
+        let a = controller(&["--shutdown-deadline-seconds", "5", "--liveness-resyncs", "4"]);
+        assert_eq!((a.shutdown_deadline_seconds, a.liveness_resyncs), (5, 4));
     }
 }

@@ -25,6 +25,7 @@ use crate::cloud::{AwsErrorKind, CloudError};
 use crate::engine::{deleting_status, Failure, Teardown};
 use crate::host::events::DriftEvent;
 use crate::leader::{LeadOutcome, LeaderElector, LeaseConfig};
+use crate::liveness::HealthRule;
 use crate::manifest::key_from_secret;
 use crate::metrics::Metrics;
 use crate::wiring::DriftHub;
@@ -85,6 +86,7 @@ impl ControllerError {
 
 /// The reconcile the Controller runs for each VotingStack.
 pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let _running = ctx.metrics.liveness.reconcile_started(tokio::time::Instant::now());
     let ns = stack.namespace().ok_or_else(|| ControllerError::NoNamespace(stack.name_any()))?;
     let api: Api<VotingStack> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, stack, |event| async {
@@ -352,11 +354,17 @@ pub async fn run_controller_with(
     run_controller_until(ctx, drift_rx, opts, crate::leader::shutdown_signal(), timings).await;
 }
 
+/// Names no VotingStack can have (a stack always has a namespace): the
+/// heartbeat the loop sends itself through the Controller's trigger,
+/// scheduler and runner, found missing and yielded like a reconcile's end.
+const HEARTBEAT: &str = "votingstack-operator-heartbeat";
+
 /// Runs the Controller until `signal`, then ends it within `timings`
 /// (see [`shutdown`]). A stack reconciles when its generation, finalizers,
 /// annotations or deletion mark change (not on the operator's own status
 /// writes), when a labelled Secret it uses changes, when a host reports
-/// drift, and at its requeue.
+/// drift, and at its requeue. The loop keeps `/healthz` informed (see
+/// [`crate::liveness`]).
 pub async fn run_controller_until(
     ctx: Arc<Context>,
     drift_rx: mpsc::Receiver<ObjectRef<VotingStack>>,
@@ -389,27 +397,51 @@ pub async fn run_controller_until(
     let ready_store = store.clone();
     ctx.metrics.count_ready_with(move || ready_store.state().iter().filter(|s| is_ready(s)).count() as i64);
     let drift = tokio_stream_from(drift_rx);
+    let liveness = ctx.metrics.liveness.clone();
+    let heartbeat_every = liveness.rule().resync;
+    let heartbeats = futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(heartbeat_every).await;
+        Some((ObjectRef::<VotingStack>::new(HEARTBEAT), ()))
+    });
     ctx.metrics.ready.store(true, Ordering::Relaxed);
     let mapper_store = store.clone();
+    let synced_store = store.clone();
     let (begin_tx, begin_rx) = futures::channel::oneshot::channel::<()>();
     let stop = ctx.stop.clone();
     let controller = Controller::for_stream(stack_events, store)
         .with_config(controller::Config::default().concurrency(opts.concurrency.max(1)))
         .watches_stream(secret_events, move |secret| stacks_using(&mapper_store, &secret))
         .reconcile_on(drift)
+        .reconcile_on(heartbeats)
         .graceful_shutdown_on(async move {
             let _ = begin_rx.await;
         })
         .run(reconcile, error_policy, ctx);
-    let results = controller.for_each(|res| {
+    let progress = liveness.clone();
+    let results = controller.for_each(move |res| {
+        // Whatever comes out of the Controller is the loop advancing.
+        progress.progress(tokio::time::Instant::now());
         match res {
             Ok((obj, _)) => tracing::debug!(stack = %obj, "reconciled"),
+            Err(controller::Error::ObjectNotFound(obj)) if obj.name == HEARTBEAT => {}
             Err(e) => tracing::debug!(error = %e, "controller event"),
         }
         futures::future::ready(())
     });
-    shutdown::drain(
-        results,
+    let work = async {
+        let synced = async {
+            if synced_store.wait_until_ready().await.is_ok() {
+                liveness.leading(tokio::time::Instant::now());
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = results => {}
+            _ = synced => {}
+        }
+    };
+    let drained = shutdown::drain(
+        work,
         signal,
         move || {
             let _ = begin_tx.send(());
@@ -417,7 +449,9 @@ pub async fn run_controller_until(
         &stop,
         timings,
     )
-    .await
+    .await;
+    liveness.not_leading();
+    drained
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
@@ -443,6 +477,8 @@ pub struct ControllerOptions {
     /// How long running reconciles may go on after SIGTERM before they are
     /// stopped at a step boundary.
     pub shutdown_deadline: Duration,
+    /// `/healthz` fails after this many resyncs without progress.
+    pub liveness_resyncs: u32,
 }
 
 /// Turns host drift events into reconcile requests for their stacks.
@@ -490,6 +526,7 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     if let Some(ns) = &run.namespace {
         info!(namespace = %ns, "watching one namespace");
     }
+    metrics.liveness.set_rule(HealthRule { resync: opts.resync, resyncs: opts.liveness_resyncs });
     let timings = ShutdownTimings::with_deadline(opts.shutdown_deadline);
     // One listener for SIGTERM/SIGINT, heard by the standby and the leader alike.
     let (signal_tx, signal_rx) = tokio::sync::watch::channel(false);

@@ -284,6 +284,7 @@ mod on_the_api_double {
     use votingstack::controller::shutdown::{Drained, ShutdownTimings};
     use votingstack::controller::{run_controller_until, run_controller_with, ControllerError, RunOptions};
     use votingstack::engine::{Engine, EngineSettings};
+    use votingstack::liveness::HealthRule;
 
     /// An engine over fresh fakes that requeues a Ready stack every `resync`.
     fn engine_with(resync: Duration) -> (Engine, fakes::FakeCloud, fakes::FakeHosts) {
@@ -667,6 +668,32 @@ mod on_the_api_double {
         use votingstack::host::Hosts;
         assert_eq!((cloud.api_calls(), hosts.round_trips()), (0, 0), "stopped before the EC2 phase");
         assert!(metrics.render().contains("votingstack_reconcile_total 0"), "not counted as a reconcile");
+        assert_eq!(
+            metrics.liveness.check(tokio::time::Instant::now() + Duration::from_secs(3600)),
+            Ok(()),
+            "no longer leading"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn controller_idle_leader_stays_healthy_through_its_heartbeat() {
+        let api = ApiServer::new();
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let metrics = Arc::new(Metrics::default());
+        let rule = HealthRule { resync: Duration::from_secs(10), resyncs: 3 };
+        metrics.liveness.set_rule(rule);
+        let (controller, shutdown) = start_until(&api, engine, metrics.clone(), false);
+        eventually(30, "the cache synced", || metrics.readiness().ok()).await;
+        // Three bounds' worth of time with no stack at all: the heartbeat
+        // comes back through the Controller every resync.
+        let end = tokio::time::Instant::now() + rule.bound() * 3;
+        while tokio::time::Instant::now() < end {
+            assert_eq!(metrics.liveness.check(tokio::time::Instant::now()), Ok(()));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let _ = shutdown.send(());
+        let drained = tokio::time::timeout(Duration::from_secs(10), controller).await.expect("ends").unwrap();
+        assert_eq!(drained, Drained::Finished);
     }
 
     async fn seed_stack_only(client: &kube::Client, name: &str) {
