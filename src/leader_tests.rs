@@ -325,6 +325,92 @@ async fn leader_standby_exits_promptly_on_shutdown() {
     keeper.abort();
 }
 
+/// The leader's work as `votingstack controller` runs it: a reconcile of
+/// 50 ms steps (or one that hangs), drained within `timings` on the signal.
+/// Logs what happened, in order, with the Lease holder at the time.
+fn draining_work(
+    store: &Memory,
+    signal: tokio::sync::oneshot::Receiver<()>,
+    timings: crate::controller::shutdown::ShutdownTimings,
+    hangs: bool,
+    log: &Arc<Mutex<Vec<String>>>,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (store, log) = (store.clone(), log.clone());
+    async move {
+        let stop = crate::engine::Stop::default();
+        let (steps, begun) = (log.clone(), log.clone());
+        let (holder, at_stop) = (store.clone(), stop.clone());
+        let reconcile = async move {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
+            while !at_stop.requested() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            steps.lock().unwrap().push(format!("stopped at a step boundary, lease held by {:?}", holder.holder()));
+        };
+        let signal = async move {
+            let _ = signal.await;
+        };
+        let no_new = move || begun.lock().unwrap().push("no new reconciles".to_string());
+        let drained = crate::controller::shutdown::drain(reconcile, signal, no_new, &stop, timings).await;
+        log.lock().unwrap().push(format!("{drained:?}, lease held by {:?}", store.holder()));
+    }
+}
+
+#[tokio::test]
+async fn leader_shutdown_stops_reconciles_at_a_step_then_releases_the_lease() {
+    let store = Memory::default();
+    let a = elector(&store, "a");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (signal_tx, signal_rx) = tokio::sync::oneshot::channel();
+    let timings = crate::controller::shutdown::ShutdownTimings {
+        deadline: Duration::from_millis(300),
+        step_grace: Duration::from_secs(1),
+    };
+    let work = draining_work(&store, signal_rx, timings, false, &log);
+    let led = tokio::spawn(lead(a, std::future::pending(), work));
+    assert!(eventually(Duration::from_secs(2), || store.holder().as_deref() == Some("a")).await);
+    let signalled = Instant::now();
+    let _ = signal_tx.send(());
+    let outcome = tokio::time::timeout(Duration::from_secs(3), led).await.expect("bounded shutdown").unwrap();
+    assert_eq!(outcome, LeadOutcome::Finished);
+    let took = signalled.elapsed();
+    assert!(took >= timings.deadline, "the running reconcile had its deadline: {took:?}");
+    assert!(took < timings.deadline + Duration::from_millis(600), "stopped at the next step, not the grace: {took:?}");
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "no new reconciles",
+            "stopped at a step boundary, lease held by Some(\"a\")",
+            "Stopped, lease held by Some(\"a\")",
+        ]
+    );
+    assert_eq!(store.holder(), None, "released once the work was over");
+}
+
+#[tokio::test]
+async fn leader_shutdown_drops_a_hung_reconcile_and_still_releases_the_lease() {
+    let store = Memory::default();
+    let a = elector(&store, "a");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (signal_tx, signal_rx) = tokio::sync::oneshot::channel();
+    let timings = crate::controller::shutdown::ShutdownTimings {
+        deadline: Duration::from_millis(200),
+        step_grace: Duration::from_millis(300),
+    };
+    let work = draining_work(&store, signal_rx, timings, true, &log);
+    let led = tokio::spawn(lead(a, std::future::pending(), work));
+    assert!(eventually(Duration::from_secs(2), || store.holder().as_deref() == Some("a")).await);
+    let signalled = Instant::now();
+    let _ = signal_tx.send(());
+    let outcome = tokio::time::timeout(Duration::from_secs(3), led).await.expect("bounded shutdown").unwrap();
+    assert_eq!(outcome, LeadOutcome::Finished);
+    assert!(signalled.elapsed() >= timings.bound(), "{:?}", signalled.elapsed());
+    assert_eq!(*log.lock().unwrap(), ["no new reconciles", "Abandoned, lease held by Some(\"a\")"]);
+    assert_eq!(store.holder(), None, "released although a reconcile hung");
+}
+
 #[tokio::test]
 async fn leader_lost_lease_stops_the_work() {
     let store = Memory::default();

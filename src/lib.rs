@@ -29,6 +29,7 @@ pub mod timeline;
 pub mod cli;
 pub mod controller;
 pub mod leader;
+pub mod liveness;
 pub mod manifest;
 pub mod metrics;
 pub mod telemetry;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgAction, Args, Parser, Subcommand};
 use votingstack::cli::{self, ApplyOptions, CliError};
 use votingstack::engine::{EngineSettings, Teardown};
 use votingstack::manifest::Manifest;
@@ -88,8 +88,17 @@ struct ControllerArgs {
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:8080", env = "VOTINGSTACK_METRICS_ADDR")]
     metrics_addr: SocketAddr,
-    /// Take a coordination.k8s.io Lease before reconciling (for more than one replica).
-    #[arg(long)]
+    /// Take the coordination.k8s.io Lease before reconciling, so two
+    /// operator processes never reconcile at once (on by default;
+    /// `--leader-election=false` for a single process run by hand).
+    #[arg(
+        long,
+        action = ArgAction::Set,
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
     leader_election: bool,
     /// Namespace of the Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "votingstack-system")]
@@ -113,6 +122,15 @@ struct ControllerArgs {
     /// makes in EC2 looks again at once. 0 shares only calls in flight.
     #[arg(long, default_value_t = 5.0, env = "VOTINGSTACK_INVENTORY_WINDOW_SECONDS")]
     inventory_window_seconds: f64,
+    /// On SIGTERM, seconds running reconciles may go on; then each stops at
+    /// its next step boundary (at most 10 s more). Keep the pod's
+    /// terminationGracePeriodSeconds above this plus 25.
+    #[arg(long, default_value_t = 20, env = "VOTINGSTACK_SHUTDOWN_DEADLINE_SECONDS")]
+    shutdown_deadline_seconds: u64,
+    /// /healthz fails when the controller, while leading, has made no
+    /// progress for this many resync periods (or one reconcile has run that long).
+    #[arg(long, default_value_t = votingstack::liveness::DEFAULT_LIVENESS_RESYNCS)]
+    liveness_resyncs: u32,
 }
 
 fn load(args: &FileArgs) -> Result<(Manifest, PathBuf), CliError> {
@@ -200,6 +218,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     w if w.is_finite() => w.clamp(0.0, 3600.0),
                     _ => 0.0,
                 }),
+                shutdown_deadline: Duration::from_secs(args.shutdown_deadline_seconds),
+                liveness_resyncs: args.liveness_resyncs.max(1),
             };
             votingstack::controller::main(client, opts).await?;
             Ok(ExitCode::SUCCESS)
@@ -229,11 +249,47 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Tasks still running (a dropped reconcile's blocking call) must not
+    // hold up the exit: the shutdown's own bounds have passed.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller(args: &[&str]) -> ControllerArgs {
+        let argv = ["votingstack", "controller"].iter().chain(args);
+        match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Command::Controller(a)) => a,
+            Ok(_) => panic!("not the controller"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn leader_election_is_on_unless_turned_off() {
+        assert!(controller(&[]).leader_election, "on by default");
+        assert!(controller(&["--leader-election"]).leader_election, "the old flag still says on");
+        assert!(controller(&["--leader-election=true"]).leader_election);
+        assert!(!controller(&["--leader-election=false"]).leader_election);
+        let argv = ["votingstack", "controller", "--leader-election=maybe"];
+        assert!(Cli::try_parse_from(argv).is_err(), "only true or false");
+    }
+
+    #[test]
+    fn shutdown_deadline_and_liveness_have_defaults() {
+        let a = controller(&[]);
+        assert_eq!((a.shutdown_deadline_seconds, a.liveness_resyncs), (20, 3));
+        let a = controller(&["--shutdown-deadline-seconds", "5", "--liveness-resyncs", "4"]);
+        assert_eq!((a.shutdown_deadline_seconds, a.liveness_resyncs), (5, 4));
     }
 }

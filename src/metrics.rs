@@ -1,4 +1,5 @@
-//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints.
+//! Prometheus metrics and the `/metrics`, `/healthz`, `/readyz` endpoints
+//! (what `/healthz` judges is in `liveness`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::engine::Failure;
+use crate::liveness::Liveness;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
@@ -48,6 +50,8 @@ pub struct Metrics {
     pub ready_stacks: Gauge,
     /// True once the controller runs (and, with leader election, leads or waits as standby).
     pub ready: AtomicBool,
+    /// Whether the controller loop makes progress: judged by /healthz.
+    pub liveness: Liveness,
     /// The state of each watch the controller runs; /readyz needs every one synced and healthy.
     watches: Mutex<BTreeMap<&'static str, WatchHealth>>,
     /// Counts the Ready stacks when the metrics are rendered.
@@ -111,6 +115,7 @@ impl Default for Metrics {
             deploy_phases,
             ready_stacks,
             ready: AtomicBool::new(false),
+            liveness: Liveness::default(),
             watches: Mutex::new(BTreeMap::new()),
             ready_source: Mutex::new(None),
             totals_seen: Mutex::new(HashMap::new()),
@@ -222,8 +227,11 @@ async fn render_metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     ([("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], m.render())
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+async fn healthz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    match m.liveness.check(tokio::time::Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ok".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+    }
 }
 
 async fn readyz(State(m): State<Arc<Metrics>>) -> impl IntoResponse {

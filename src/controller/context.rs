@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::api::VotingStack;
-use crate::engine::Failure;
+use crate::engine::{Failure, Stop};
 use crate::metrics::Metrics;
 use crate::wiring::{DriftHub, Engines};
 
@@ -61,6 +61,9 @@ pub struct Context {
     /// Ready stacks requeue onto one shared sweep per resync period (see
     /// [`until_next_sweep`]) instead of a jittered delay of their own.
     sweeps: AtomicBool,
+    /// Asked on shutdown once the deadline has passed: running reconciles
+    /// end at their next step boundary (see [`crate::engine::stop`]).
+    pub stop: Stop,
 }
 
 impl Context {
@@ -97,6 +100,7 @@ impl Context {
             drift_tx,
             requeue_jitter: jitter.clamp(0.0, 1.0),
             sweeps: AtomicBool::new(false),
+            stop: Stop::default(),
         })
     }
 

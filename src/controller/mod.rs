@@ -2,6 +2,7 @@
 //! Secrets they reference) that runs the engine, writes status by server-side
 //! apply, records Events, and tears stacks down through a finalizer.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,12 +25,15 @@ use crate::cloud::{AwsErrorKind, CloudError};
 use crate::engine::{deleting_status, Failure, Teardown};
 use crate::host::events::DriftEvent;
 use crate::leader::{LeadOutcome, LeaderElector, LeaseConfig};
+use crate::liveness::HealthRule;
 use crate::manifest::key_from_secret;
 use crate::metrics::Metrics;
 use crate::wiring::DriftHub;
+use shutdown::{Drained, ShutdownTimings};
 
 mod context;
 mod events;
+pub mod shutdown;
 mod status_write;
 
 pub use context::{backoff, jitter, until_next_sweep, Context};
@@ -82,6 +86,7 @@ impl ControllerError {
 
 /// The reconcile the Controller runs for each VotingStack.
 pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
+    let _running = ctx.metrics.liveness.reconcile_started(tokio::time::Instant::now());
     let ns = stack.namespace().ok_or_else(|| ControllerError::NoNamespace(stack.name_any()))?;
     let api: Api<VotingStack> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, FINALIZER, stack, |event| async {
@@ -128,8 +133,11 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     let started = std::time::Instant::now();
     let key = read_key(&ctx, &stack).await;
     let engine = ctx.engines.for_spec(&stack.spec).await;
-    let outcome = engine.reconcile(&stack, key.clone()).await;
+    let outcome = engine.reconcile_or_stop(&stack, key.clone(), &ctx.stop).await;
     count_calls(&ctx.metrics, &engine);
+    // Stopped for shutdown: nothing half made is written; the next leader
+    // reconciles the stack from what EC2 and the hosts show.
+    let Ok(outcome) = outcome else { return Ok(Action::await_change()) };
     if let (Some(hub), Ok(key)) = (&ctx.drift, &key) {
         hub.ensure(&crate::cloud::StackIdentity::of(&stack).tag_value(), &outcome.targets, key);
     }
@@ -330,21 +338,40 @@ impl Default for RunOptions {
     }
 }
 
-/// Runs the Controller over every namespace until shutdown. `drift_rx`
-/// carries stacks that host event streams want reconciled at once.
+/// Runs the Controller over every namespace until SIGTERM or SIGINT.
+/// `drift_rx` carries stacks that host event streams want reconciled at once.
 pub async fn run_controller(ctx: Arc<Context>, drift_rx: mpsc::Receiver<ObjectRef<VotingStack>>) {
     run_controller_with(ctx, drift_rx, RunOptions::default()).await
 }
 
-/// Runs the Controller until shutdown. A stack reconciles when its
-/// generation, finalizers, annotations or deletion mark change (not on the
-/// operator's own status writes), when a labelled Secret it uses changes,
-/// when a host reports drift, and at its requeue.
+/// [`run_controller_until`] SIGTERM or SIGINT, with the default shutdown timings.
 pub async fn run_controller_with(
     ctx: Arc<Context>,
     drift_rx: mpsc::Receiver<ObjectRef<VotingStack>>,
     opts: RunOptions,
 ) {
+    let timings = ShutdownTimings::default();
+    run_controller_until(ctx, drift_rx, opts, crate::leader::shutdown_signal(), timings).await;
+}
+
+/// Names no VotingStack can have (a stack always has a namespace): the
+/// heartbeat the loop sends itself through the Controller's trigger,
+/// scheduler and runner, found missing and yielded like a reconcile's end.
+const HEARTBEAT: &str = "votingstack-operator-heartbeat";
+
+/// Runs the Controller until `signal`, then ends it within `timings`
+/// (see [`shutdown`]). A stack reconciles when its generation, finalizers,
+/// annotations or deletion mark change (not on the operator's own status
+/// writes), when a labelled Secret it uses changes, when a host reports
+/// drift, and at its requeue. The loop keeps `/healthz` informed (see
+/// [`crate::liveness`]).
+pub async fn run_controller_until(
+    ctx: Arc<Context>,
+    drift_rx: mpsc::Receiver<ObjectRef<VotingStack>>,
+    opts: RunOptions,
+    signal: impl Future<Output = ()>,
+    timings: ShutdownTimings,
+) -> Drained {
     let client = ctx.client.clone();
     let (stacks, secrets): (Api<VotingStack>, Api<Secret>) = match &opts.namespace {
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
@@ -370,21 +397,61 @@ pub async fn run_controller_with(
     let ready_store = store.clone();
     ctx.metrics.count_ready_with(move || ready_store.state().iter().filter(|s| is_ready(s)).count() as i64);
     let drift = tokio_stream_from(drift_rx);
+    let liveness = ctx.metrics.liveness.clone();
+    let heartbeat_every = liveness.rule().resync;
+    let heartbeats = futures::stream::unfold((), move |()| async move {
+        tokio::time::sleep(heartbeat_every).await;
+        Some((ObjectRef::<VotingStack>::new(HEARTBEAT), ()))
+    });
     ctx.metrics.ready.store(true, Ordering::Relaxed);
     let mapper_store = store.clone();
-    Controller::for_stream(stack_events, store)
+    let synced_store = store.clone();
+    let (begin_tx, begin_rx) = futures::channel::oneshot::channel::<()>();
+    let stop = ctx.stop.clone();
+    let controller = Controller::for_stream(stack_events, store)
         .with_config(controller::Config::default().concurrency(opts.concurrency.max(1)))
         .watches_stream(secret_events, move |secret| stacks_using(&mapper_store, &secret))
         .reconcile_on(drift)
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(stack = %obj, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "controller event"),
-            }
+        .reconcile_on(heartbeats)
+        .graceful_shutdown_on(async move {
+            let _ = begin_rx.await;
         })
-        .await;
+        .run(reconcile, error_policy, ctx);
+    let progress = liveness.clone();
+    let results = controller.for_each(move |res| {
+        // Whatever comes out of the Controller is the loop advancing.
+        progress.progress(tokio::time::Instant::now());
+        match res {
+            Ok((obj, _)) => tracing::debug!(stack = %obj, "reconciled"),
+            Err(controller::Error::ObjectNotFound(obj)) if obj.name == HEARTBEAT => {}
+            Err(e) => tracing::debug!(error = %e, "controller event"),
+        }
+        futures::future::ready(())
+    });
+    let work = async {
+        let synced = async {
+            if synced_store.wait_until_ready().await.is_ok() {
+                liveness.leading(tokio::time::Instant::now());
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = results => {}
+            _ = synced => {}
+        }
+    };
+    let drained = shutdown::drain(
+        work,
+        signal,
+        move || {
+            let _ = begin_tx.send(());
+        },
+        &stop,
+        timings,
+    )
+    .await;
+    liveness.not_leading();
+    drained
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send {
@@ -407,6 +474,11 @@ pub struct ControllerOptions {
     /// How long one look-up of a region's instances and security groups
     /// serves the stacks observed after it (see `cloud::ec2::inventory`).
     pub inventory_window: Duration,
+    /// How long running reconciles may go on after SIGTERM before they are
+    /// stopped at a step boundary.
+    pub shutdown_deadline: Duration,
+    /// `/healthz` fails after this many resyncs without progress.
+    pub liveness_resyncs: u32,
 }
 
 /// Turns host drift events into reconcile requests for their stacks.
@@ -422,7 +494,7 @@ pub fn forward_drift(mut events: mpsc::Receiver<DriftEvent>, to: mpsc::Sender<Ob
     });
 }
 
-/// `votingstack controller`: metrics server, optional leader election, the Controller.
+/// `votingstack controller`: metrics server, leader election (unless off), the Controller.
 pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), ControllerError> {
     let metrics = Arc::new(Metrics::default());
     metrics.observe_deploy_phases();
@@ -454,8 +526,25 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     if let Some(ns) = &run.namespace {
         info!(namespace = %ns, "watching one namespace");
     }
+    metrics.liveness.set_rule(HealthRule { resync: opts.resync, resyncs: opts.liveness_resyncs });
+    let timings = ShutdownTimings::with_deadline(opts.shutdown_deadline);
+    // One listener for SIGTERM/SIGINT, heard by the standby and the leader alike.
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        crate::leader::shutdown_signal().await;
+        let _ = signal_tx.send(true);
+    });
+    let signalled = move || {
+        let mut rx = signal_rx.clone();
+        async move {
+            // A closed channel (the listener gone) also means: shut down.
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
     if !opts.leader_election {
-        run_controller_with(ctx, drift_rx, run).await;
+        info!("leader election is off: this process reconciles alone");
+        let drained = run_controller_until(ctx, drift_rx, run, signalled(), timings).await;
+        info!(?drained, "controller stopped");
         return Ok(());
     }
     let elector = LeaderElector::new(
@@ -465,8 +554,13 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     // A standby is healthy and ready; it just does not reconcile.
     metrics.ready.store(true, Ordering::Relaxed);
     info!(identity = %opts.identity, "waiting to lead");
-    match crate::leader::lead(elector, crate::leader::shutdown_signal(), run_controller_with(ctx, drift_rx, run)).await
-    {
+    // The work ends (reconciles finished, stopped or dropped, within the
+    // timings) before lead() releases the Lease.
+    let work = async {
+        let drained = run_controller_until(ctx, drift_rx, run, signalled(), timings).await;
+        info!(?drained, "controller stopped; releasing the lease");
+    };
+    match crate::leader::lead(elector, signalled(), work).await {
         LeadOutcome::Lost => {
             error!("lost the leader lease; exiting so a new leader takes over alone");
             std::process::exit(1);

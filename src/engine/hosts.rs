@@ -18,6 +18,7 @@ use super::host_keys::{is_young, pin_host_key, was_reached};
 use super::plan::{plan_host, HostView, InfraPlan};
 use super::reconcile::{Engine, Run};
 use super::status::record_containers;
+use super::stop::Stop;
 
 impl Engine {
     /// Converges every host whose instance runs, all at once: the peers'
@@ -61,12 +62,16 @@ impl Engine {
                 desired
             })
             .collect();
+        let stop = run.stop.clone();
         let converging = targets
             .iter()
             .zip(observations)
             .zip(&desired)
-            .map(|((target, observed), desired)| self.converge_host(spec, target, key, observed, desired));
+            .map(|((target, observed), desired)| self.converge_host(spec, target, key, observed, desired, &stop));
         let outcomes = futures::future::join_all(converging).await;
+        if outcomes.iter().any(|o| o.stopped) && run.stop_at("before a host's changes") {
+            return false;
+        }
         let mut changed = false;
         for ((target, desired), outcome) in targets.iter().zip(&desired).zip(outcomes) {
             changed |= outcome.changed;
@@ -84,7 +89,8 @@ impl Engine {
 
     /// Carries out one host's plan from its observation. Touches nothing
     /// but the host, so all hosts converge at once; [`Run::record_host`]
-    /// records the outcome.
+    /// records the outcome. A stop asked for before the host's changes
+    /// leaves the host as it is (the changes are one batch on the host).
     async fn converge_host(
         &self,
         spec: &VotingStackSpec,
@@ -92,6 +98,7 @@ impl Engine {
         key: &SshKey,
         observed: Result<ObservedHost, HostError>,
         desired: &[DesiredContainer],
+        stop: &Stop,
     ) -> HostOutcome {
         let mut outcome = HostOutcome::default();
         let first = match observed {
@@ -105,6 +112,10 @@ impl Engine {
         let actions = plan_host(target.tier, desired, HostView::Observed(&first));
         if spec.paused || actions.is_empty() {
             outcome.observed = Some(first);
+            return outcome;
+        }
+        if stop.requested() {
+            outcome.stopped = true;
             return outcome;
         }
         for a in &actions {
@@ -137,6 +148,8 @@ pub(super) struct HostOutcome {
     observed: Option<ObservedHost>,
     /// Why the host could not be observed or changed.
     failed: Option<HostError>,
+    /// A stop was asked for before the host's changes were made.
+    stopped: bool,
 }
 
 impl Run {

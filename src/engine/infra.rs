@@ -58,6 +58,9 @@ impl Engine {
             };
             let mut network_began = None;
             for action in &actions {
+                if run.stop_at("before an EC2 step of the plan") {
+                    return None;
+                }
                 info!(stack = %ident.tag_value(), "{action}");
                 if matches!(action, InfraAction::Network(_)) {
                     network_began.get_or_insert_with(SystemTime::now);

@@ -9,7 +9,8 @@
 //!   decided;
 //! - [`status`], [`host_keys`], [`addressing`]: what is recorded in status,
 //!   which host key each host must present, and how each host is reached;
-//! - [`failure`]: why a reconcile failed (metrics and backoff).
+//! - [`failure`]: why a reconcile failed (metrics and backoff);
+//! - [`stop`]: how a running reconcile is stopped at a step boundary.
 
 pub mod addressing;
 pub mod conditions;
@@ -23,6 +24,7 @@ pub mod plan;
 pub mod reconcile;
 mod smoke;
 pub mod status;
+pub mod stop;
 pub mod volume;
 mod volume_converge;
 
@@ -33,3 +35,4 @@ pub use infra::{desired_key_pair, tear_down};
 pub use reconcile::{Engine, EngineSettings, Outcome, Teardown};
 pub use smoke::smoke_voter_id;
 pub use status::{deleting_status, status_content};
+pub use stop::{Stop, Stopped};

@@ -24,6 +24,7 @@ use super::failure::Failure;
 use super::infra::{desired_key_pair, tear_down};
 use super::plan::{network_lookup, plan, plan_infra, InfraPlan, Plan};
 use super::status::{now, record_conditions, record_instances};
+use super::stop::{Stop, Stopped};
 use super::volume::attached_volume;
 
 /// Timing knobs of the engine.
@@ -105,9 +106,22 @@ pub(super) struct Run {
     pub(super) applied: Vec<Action>,
     pub(super) error: Option<Failure>,
     pub(super) targets: Vec<HostTarget>,
+    /// Asked to stop early (shutdown): looked at on step boundaries only.
+    pub(super) stop: Stop,
+    /// The step boundary the pass stopped at, once it did.
+    pub(super) stopped: Option<&'static str>,
 }
 
 impl Run {
+    /// Whether the pass ends here because a stop was asked for; notes the
+    /// boundary. Call only between steps, never within one.
+    pub(super) fn stop_at(&mut self, boundary: &'static str) -> bool {
+        if self.stopped.is_none() && self.stop.requested() {
+            self.stopped = Some(boundary);
+        }
+        self.stopped.is_some()
+    }
+
     /// EC2 failed: said in `InfrastructureReady`; the pass ends.
     pub(super) fn cloud_failed(&mut self, e: CloudError) -> Option<InfraPlan> {
         self.findings.infrastructure = Some(cloud_failed(&e));
@@ -133,15 +147,50 @@ impl Engine {
     pub async fn reconcile(&self, stack: &VotingStack, key: Result<SshKey, String>) -> Outcome {
         let started = Instant::now();
         let previous = stack.status.clone().unwrap_or_default();
+        let run = self.pass(stack, key, previous.clone(), Stop::default()).await;
+        self.finish(stack, previous, run, started)
+    }
+
+    /// [`Engine::reconcile`] that ends at the next step boundary once `stop`
+    /// is requested: between phases, before an EC2, data volume or host step,
+    /// or while the smoke test waits (never within a call). A pass that
+    /// stopped returns nothing to write back: its status would be half made.
+    /// What it created is found again by the next pass (by tag, by client
+    /// token), as after a crash.
+    pub async fn reconcile_or_stop(
+        &self,
+        stack: &VotingStack,
+        key: Result<SshKey, String>,
+        stop: &Stop,
+    ) -> Result<Outcome, Stopped> {
+        let started = Instant::now();
+        let previous = stack.status.clone().unwrap_or_default();
+        let run = self.pass(stack, key, previous.clone(), stop.clone()).await;
+        if let Some(at) = run.stopped {
+            info!(stack = %stack.key(), "reconcile stopped {at}: shutting down");
+            return Err(Stopped { at });
+        }
+        Ok(self.finish(stack, previous, run, started))
+    }
+
+    async fn pass(
+        &self,
+        stack: &VotingStack,
+        key: Result<SshKey, String>,
+        previous: VotingStackStatus,
+        stop: Stop,
+    ) -> Run {
         let mut run = Run {
-            status: previous.clone(),
+            status: previous,
             findings: Findings::default(),
             applied: Vec::new(),
             error: None,
             targets: Vec::new(),
+            stop,
+            stopped: None,
         };
         self.reconcile_into(stack, key, &mut run).await;
-        self.finish(stack, previous, run, started)
+        run
     }
 
     async fn reconcile_into(&self, stack: &VotingStack, key: Result<SshKey, String>, run: &mut Run) {
@@ -166,25 +215,40 @@ impl Engine {
         let ident = StackIdentity::of(stack);
 
         // EC2: observe, plan, act, observe again
+        if run.stop_at("before the EC2 phase") {
+            return;
+        }
         let Some(infra_plan) = self.converge_infra(&ident, stack, &key, run).await else { return };
         record_instances(&ident.tag_value(), &mut run.status, &infra_plan.keepers);
 
         // the database's data volume
+        if run.stop_at("before the data volume phase") {
+            return;
+        }
         let data_volume = match infra_plan.keepers.get(&Tier::Database) {
             Some(db) => self.converge_volume(&ident, spec, db, run).await,
             None => Err(VolumeHold::NoInstance),
         };
 
         // hosts, all at once
+        if run.stop_at("before the hosts phase") {
+            return;
+        }
         let changed_hosts = self.converge_hosts(&ident, spec, &key, &infra_plan, &data_volume, run).await;
 
         // readiness
+        if run.stop_at("before the web check") {
+            return;
+        }
         self.check_web(spec, &infra_plan.keepers, run).await;
+        if run.stop_at("before the smoke test") {
+            return;
+        }
         self.smoke_test(stack, &key, changed_hosts, run).await;
     }
 
     fn finish(&self, stack: &VotingStack, previous: VotingStackStatus, run: Run, started: Instant) -> Outcome {
-        let Run { mut status, findings, applied, error, targets } = run;
+        let Run { mut status, findings, applied, error, targets, .. } = run;
         let generation = stack.metadata.generation;
         let now = now();
         let transitions = record_conditions(&mut status, &findings, generation, &now);

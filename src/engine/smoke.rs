@@ -16,6 +16,7 @@ use super::addressing::{url, web_address};
 use super::conditions::smoke::{kept, smoke_finding, still_valid, waiting_for_tiers, SmokeVote};
 use super::conditions::tiers::{web_check, WebAnswer};
 use super::reconcile::{Engine, Run};
+use super::stop::Stop;
 
 impl Engine {
     /// HTTP 200 from vote and result, once the frontend's containers run.
@@ -71,35 +72,53 @@ impl Engine {
         };
         let voter = smoke_voter_id();
         let began = SystemTime::now();
-        let vote = self.cast_and_find(&vote_url, &db, key, &voter).await;
+        let Some(vote) = self.cast_and_find(&vote_url, &db, key, &voter, &run.stop).await else {
+            run.stop_at("while the smoke test waited for its vote");
+            return;
+        };
         if matches!(vote, SmokeVote::Counted { .. }) {
             timeline::span(&db.stack, Stage::SmokeTest, "", began);
         }
         run.findings.smoke = Some(smoke_finding(&vote));
     }
 
-    async fn cast_and_find(&self, vote_url: &str, db: &HostTarget, key: &SshKey, voter: &str) -> SmokeVote {
+    /// The smoke vote's fate; None when a stop was asked for while it was
+    /// awaited (its vote is taken back out first).
+    async fn cast_and_find(
+        &self,
+        vote_url: &str,
+        db: &HostTarget,
+        key: &SshKey,
+        voter: &str,
+        stop: &Stop,
+    ) -> Option<SmokeVote> {
         if let Err(e) = self.hosts.cast_vote(vote_url, voter, "a").await {
-            return SmokeVote::CastFailed(e);
+            return Some(SmokeVote::CastFailed(e));
         }
         let deadline = Instant::now() + self.settings.smoke_timeout;
         loop {
+            if stop.requested() {
+                if let Err(e) = self.hosts.delete_vote(db, key, voter).await {
+                    warn!("the smoke test's vote stays in postgres: {e}");
+                }
+                return None;
+            }
             match self.hosts.recorded_vote(db, key, voter).await {
                 Ok(Some(v)) if v == "a" => {
                     // Counted: take it back out, so the results show only real votes.
                     if let Err(e) = self.hosts.delete_vote(db, key, voter).await {
                         warn!("the smoke test's vote stays in postgres: {e}");
                     }
-                    return SmokeVote::Counted { voter: voter.to_string() };
+                    return Some(SmokeVote::Counted { voter: voter.to_string() });
                 }
                 Ok(_) => {}
-                Err(e) => return SmokeVote::ReadFailed(e),
+                Err(e) => return Some(SmokeVote::ReadFailed(e)),
             }
             if Instant::now() >= deadline {
-                return SmokeVote::TimedOut {
+                return Some(SmokeVote::TimedOut {
                     voter: voter.to_string(),
                     seconds: self.settings.smoke_timeout.as_secs(),
-                };
+                });
             }
             tokio::time::sleep(self.settings.smoke_poll).await;
         }

@@ -89,11 +89,17 @@ impl Engine {
                     return Err(VolumeHold::Step(step));
                 }
                 VolumeStep::Wait { .. } => {
+                    if run.stop_at("while waiting for the data volume") {
+                        return Err(VolumeHold::Step(step));
+                    }
                     tokio::time::sleep(self.settings.volume_poll).await;
                     continue;
                 }
                 _ if spec.paused => return Err(VolumeHold::Paused(step)),
                 _ => {}
+            }
+            if run.stop_at("before a data volume step") {
+                return Err(VolumeHold::Step(step));
             }
             info!(stack = %ident.tag_value(), "{step}");
             match self.act_volume(ident, &step, run).await {

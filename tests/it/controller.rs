@@ -281,8 +281,10 @@ mod on_the_api_double {
         let _ = controller.await;
     }
 
-    use votingstack::controller::{run_controller_with, ControllerError, RunOptions};
+    use votingstack::controller::shutdown::{Drained, ShutdownTimings};
+    use votingstack::controller::{run_controller_until, run_controller_with, ControllerError, RunOptions};
     use votingstack::engine::{Engine, EngineSettings};
+    use votingstack::liveness::HealthRule;
 
     /// An engine over fresh fakes that requeues a Ready stack every `resync`.
     fn engine_with(resync: Duration) -> (Engine, fakes::FakeCloud, fakes::FakeHosts) {
@@ -626,6 +628,72 @@ mod on_the_api_double {
         eventually(30, "the object to go", || api.get("votingstacks", "default", "demo").is_none().then_some(())).await;
         controller.abort();
         let _ = controller.await;
+    }
+
+    /// Runs the Controller until `shutdown` fires, with short shutdown timings.
+    fn start_until(
+        api: &ApiServer,
+        engine: Engine,
+        metrics: Arc<Metrics>,
+        stop_first: bool,
+    ) -> (tokio::task::JoinHandle<Drained>, tokio::sync::oneshot::Sender<()>) {
+        let reporter = Reporter { controller: "votingstack-operator".into(), instance: Some("test".into()) };
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let ctx = Context::new(api.client(), Arc::new(engine), metrics, reporter, None, tx);
+        if stop_first {
+            ctx.stop.request();
+        }
+        let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = shutdown_rx.await;
+        };
+        let timings = ShutdownTimings { deadline: Duration::from_secs(5), step_grace: Duration::from_secs(5) };
+        (tokio::spawn(run_controller_until(ctx, rx, RunOptions::default(), shutdown, timings)), shutdown_tx)
+    }
+
+    #[tokio::test]
+    async fn controller_reconcile_stopped_for_shutdown_writes_nothing_and_the_controller_ends() {
+        let api = ApiServer::new();
+        seed(&api.client(), "default", "demo").await;
+        let (engine, cloud, hosts) = engine_with(Duration::from_secs(60));
+        let metrics = Arc::new(Metrics::default());
+        let (controller, shutdown) = start_until(&api, engine, metrics.clone(), true);
+        eventually(20, "a reconcile", || (reconciles(&api, "default") >= 1).then_some(())).await;
+        let _ = shutdown.send(());
+        let drained = tokio::time::timeout(Duration::from_secs(10), controller).await.expect("the Controller ends");
+        assert_eq!(drained.unwrap(), Drained::Finished, "nothing was left running");
+        assert_eq!(api.count("PATCH", "/votingstacks/demo/status"), 0, "no half-made status");
+        assert!(!api.requests().iter().any(|r| r.starts_with("POST /apis/events.k8s.io/")), "no Event");
+        use votingstack::cloud::Cloud;
+        use votingstack::host::Hosts;
+        assert_eq!((cloud.api_calls(), hosts.round_trips()), (0, 0), "stopped before the EC2 phase");
+        assert!(metrics.render().contains("votingstack_reconcile_total 0"), "not counted as a reconcile");
+        assert_eq!(
+            metrics.liveness.check(tokio::time::Instant::now() + Duration::from_secs(3600)),
+            Ok(()),
+            "no longer leading"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn controller_idle_leader_stays_healthy_through_its_heartbeat() {
+        let api = ApiServer::new();
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let metrics = Arc::new(Metrics::default());
+        let rule = HealthRule { resync: Duration::from_secs(10), resyncs: 3 };
+        metrics.liveness.set_rule(rule);
+        let (controller, shutdown) = start_until(&api, engine, metrics.clone(), false);
+        eventually(30, "the cache synced", || metrics.readiness().ok()).await;
+        // Three bounds' worth of time with no stack at all: the heartbeat
+        // comes back through the Controller every resync.
+        let end = tokio::time::Instant::now() + rule.bound() * 3;
+        while tokio::time::Instant::now() < end {
+            assert_eq!(metrics.liveness.check(tokio::time::Instant::now()), Ok(()));
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let _ = shutdown.send(());
+        let drained = tokio::time::timeout(Duration::from_secs(10), controller).await.expect("ends").unwrap();
+        assert_eq!(drained, Drained::Finished);
     }
 
     async fn seed_stack_only(client: &kube::Client, name: &str) {

@@ -211,7 +211,6 @@ fn deploy_probes_use_the_metrics_port() {
     assert_eq!(args.first().map(String::as_str), Some("controller"));
     let addr = args.iter().position(|a| a == "--metrics-addr").and_then(|i| args.get(i + 1));
     assert_eq!(addr.map(String::as_str), Some("0.0.0.0:8080"));
-    assert!(!args.iter().any(|a| a == "--leader-election"), "the one-replica base runs without leader election");
 
     for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
         let get = &c[probe]["httpGet"];
@@ -252,17 +251,62 @@ fn deploy_env_has_downward_api_and_optional_aws_secret() {
     assert!(sa.contains("eks.amazonaws.com/role-arn"), "ServiceAccount shows the IRSA annotation");
 }
 
+/// The value of `--flag=value` or `--flag value` in `args`.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    let prefix = format!("{flag}=");
+    args.iter().enumerate().find_map(|(i, a)| match a.strip_prefix(&prefix) {
+        Some(v) => Some(v.to_string()),
+        None if a == flag => args.get(i + 1).filter(|v| !v.starts_with("--")).cloned().or(Some("true".into())),
+        None => None,
+    })
+}
+
 #[test]
-fn deploy_ha_overlay_runs_two_replicas_with_leader_election() {
-    let text = std::fs::read_to_string(repo().join("deploy/overlays/ha/leader-election.yaml")).unwrap();
+fn deploy_base_elects_a_leader_and_rolls_updates() {
+    let c = operator_container();
+    let args = strings(&c["args"]);
+    // On by default in the binary, and said in the manifest too.
+    let election = flag_value(&args, "--leader-election");
+    assert_ne!(election.as_deref(), Some("false"), "the base runs with leader election");
+    assert_eq!(election.as_deref(), Some("true"), "the base says so: {args:?}");
+    let deployment = one("Deployment", "votingstack-operator");
+    let strategy = &deployment["spec"]["strategy"];
+    assert_eq!(strategy["type"].as_str(), Some("RollingUpdate"), "with the Lease, old and new pods never lead at once");
+    assert_eq!(strategy["rollingUpdate"]["maxUnavailable"].as_i64(), Some(0));
+}
+
+#[test]
+fn deploy_grace_period_covers_the_shutdown() {
+    let c = operator_container();
+    let args = strings(&c["args"]);
+    let deadline: u64 = flag_value(&args, "--shutdown-deadline-seconds")
+        .expect("the base states its shutdown deadline")
+        .parse()
+        .expect("seconds");
+    let deployment = one("Deployment", "votingstack-operator");
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().expect("grace set");
+    let step = votingstack::controller::shutdown::STEP_GRACE.as_secs();
+    // Releasing the Lease is bounded by two Lease calls of 5 s.
+    let release = 10;
+    assert!(
+        grace >= deadline + step + release + 5,
+        "terminationGracePeriodSeconds {grace} must cover deadline {deadline} + step {step} + release {release} + 5"
+    );
+}
+
+#[test]
+fn deploy_ha_overlay_only_adds_a_standby() {
+    let text = std::fs::read_to_string(repo().join("deploy/overlays/ha/replicas.yaml")).unwrap();
     let ops: Value = serde_yaml::from_str(&text).unwrap();
     let ops = ops.as_sequence().expect("a JSON 6902 patch");
     let find = |path: &str| ops.iter().find(|o| o["path"].as_str() == Some(path)).cloned();
     assert_eq!(find("/spec/replicas").expect("replicas patched")["value"].as_i64(), Some(2));
-    assert_eq!(
-        find("/spec/template/spec/containers/0/args/-").expect("args patched")["value"].as_str(),
-        Some("--leader-election")
-    );
+    assert!(find("/spec/template/spec/affinity").is_some(), "replicas spread over nodes");
+    for path in ["/spec/strategy", "/spec/template/spec/containers/0/args/-", "/spec/template/spec/containers/0/args"] {
+        assert!(find(path).is_none(), "{path}: the base already elects a leader and rolls updates");
+    }
+    let k = std::fs::read_to_string(repo().join("deploy/overlays/ha/kustomization.yaml")).unwrap();
+    assert!(k.contains("poddisruptionbudget.yaml"));
 }
 
 /// Resources and patches named by a kustomization, as paths relative to it.

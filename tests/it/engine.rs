@@ -3,7 +3,7 @@
 use crate::fixtures::stack;
 use votingstack::api::conditions::find_condition;
 use votingstack::api::{ConditionType, Phase, Tier, VotingStack, VotingStackStatus};
-use votingstack::engine::{Failure, Outcome};
+use votingstack::engine::{Failure, Outcome, Stop, Stopped};
 use votingstack::model::DockerState;
 use votingstack::model::{Action, HostAction, InfraAction, InstanceLaunch};
 
@@ -337,4 +337,57 @@ async fn engine_terminal_aws_error_still_records_the_generation() {
     s.metadata.generation = Some(4);
     let out = engine.reconcile(&with_status(s, &out.status), Ok(key())).await;
     assert_eq!(out.status.observed_generation, Some(3), "a retried EC2 failure redoes the generation");
+}
+
+#[tokio::test]
+async fn engine_stop_asked_before_a_pass_touches_nothing() {
+    let (engine, cloud, hosts) = engine();
+    let stop = Stop::default();
+    stop.request();
+    let out = engine.reconcile_or_stop(&stack(), Ok(key()), &stop).await;
+    assert_eq!(out.err(), Some(Stopped { at: "before the EC2 phase" }));
+    assert_eq!((cloud_calls(&cloud), hosts_calls(&hosts)), (0, 0));
+}
+
+#[tokio::test]
+async fn engine_stop_during_the_ec2_steps_ends_before_the_next_step_and_the_next_pass_goes_on() {
+    let (engine, cloud, hosts) = engine();
+    let stop = Stop::default();
+    cloud.state.lock().unwrap().stop_on_launch = Some(stop.clone());
+    let out = engine.reconcile_or_stop(&stack(), Ok(key()), &stop).await;
+    assert_eq!(out.err(), Some(Stopped { at: "before an EC2 step of the plan" }), "no half-made status comes back");
+    let launched: Vec<String> = cloud.state.lock().unwrap().instances.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(launched.len(), 1, "the launch under way finished; no other began: {launched:?}");
+    assert_eq!(hosts_calls(&hosts), 0, "no host was contacted");
+
+    // The next pass starts from the same (unwritten) status and finds the
+    // launched instance by its tags instead of launching another.
+    cloud.state.lock().unwrap().stop_on_launch = None;
+    let next = engine.reconcile_or_stop(&stack(), Ok(key()), &Stop::default()).await.expect("not stopped");
+    assert_eq!(next.status.phase, Some(Phase::Ready), "{:#?}", next.status.conditions);
+    assert_eq!(cloud.state.lock().unwrap().instances.len(), 3, "one instance per tier");
+    let recorded: Vec<String> = Tier::ALL.iter().map(|t| instance_id(&next, *t)).collect();
+    assert!(recorded.contains(&launched[0]), "{launched:?} kept, not replaced: {recorded:?}");
+}
+
+#[tokio::test]
+async fn engine_stop_during_the_host_changes_leaves_the_other_hosts_alone_and_skips_the_smoke_test() {
+    let (engine, cloud, hosts) = engine();
+    let stop = Stop::default();
+    hosts.state.lock().unwrap().stop_on_apply = Some(stop.clone());
+    let out = engine.reconcile_or_stop(&stack(), Ok(key()), &stop).await;
+    assert_eq!(out.err(), Some(Stopped { at: "before a host's changes" }));
+    assert_eq!(cloud.state.lock().unwrap().instances.len(), 3, "the EC2 phase was done before the stop");
+    let state = hosts.state.lock().unwrap();
+    let changed: Vec<usize> = state.hosts.values().map(|h| h.containers.len()).filter(|n| *n > 0).collect();
+    assert_eq!(changed.len(), 1, "the host whose changes ran has them all; the others none: {changed:?}");
+    assert!(state.cast.is_empty(), "no smoke vote");
+}
+
+#[tokio::test]
+async fn engine_reconcile_without_a_stop_is_the_same_pass() {
+    let (engine, _cloud, _hosts) = engine();
+    let out = engine.reconcile_or_stop(&stack(), Ok(key()), &Stop::default()).await.expect("never stopped");
+    assert_eq!(out.status.phase, Some(Phase::Ready));
+    assert_eq!(reason(&out, ConditionType::SmokeTestPassed), "True VoteCounted");
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use votingstack::api::{NetworkStatus, PullPolicy, Tier};
 use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
-use votingstack::engine::{Engine, EngineSettings};
+use votingstack::engine::{Engine, EngineSettings, Stop};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
 use votingstack::model::network::{
     key_identity, NatState, ObservedAddress, ObservedGateway, ObservedGroup, ObservedKeyPair, ObservedNatGateway,
@@ -35,6 +35,9 @@ pub struct CloudState {
     pub next_ip: u8,
     /// The next mutating call fails with this AWS code.
     pub fail_with: Option<String>,
+    /// Requested once an instance is launched: a shutdown arriving while
+    /// a reconcile is in the middle of its EC2 steps.
+    pub stop_on_launch: Option<Stop>,
 }
 
 impl CloudState {
@@ -215,6 +218,9 @@ impl Cloud for FakeCloud {
             volumes: Vec::new(),
         };
         s.instances.push(inst.clone());
+        if let Some(stop) = &s.stop_on_launch {
+            stop.request();
+        }
         Ok(inst)
     }
 
@@ -373,6 +379,9 @@ pub struct HostsState {
     pub votes: BTreeMap<String, String>,
     /// Every vote cast through the vote page, in order.
     pub cast: Vec<String>,
+    /// Requested once a host's changes are made: a shutdown arriving while
+    /// the hosts converge.
+    pub stop_on_apply: Option<Stop>,
 }
 
 #[derive(Default, Clone)]
@@ -476,6 +485,9 @@ impl Hosts for FakeHosts {
                     host.containers.remove(name);
                 }
             }
+        }
+        if let Some(stop) = &s.stop_on_apply {
+            stop.request();
         }
         Ok(())
     }
