@@ -181,6 +181,7 @@ fn nothing_recorded(stack: &VotingStack) -> bool {
 /// this spec) or the credentials are refused or gone.
 fn nothing_to_tear_down(stack: &VotingStack, e: &CloudError) -> bool {
     let hopeless = e.kind() == AwsErrorKind::Auth
+        || matches!(e, CloudError::EndpointRefused(_))
         || matches!(e, CloudError::Transport { message, .. } if message.to_lowercase().contains("credential"))
         || !crate::api::validate(stack.metadata.name.as_deref().unwrap_or_default(), &stack.spec).is_empty();
     hopeless && nothing_recorded(stack)
@@ -407,6 +408,8 @@ pub struct ControllerOptions {
     /// How long one look-up of a region's instances and security groups
     /// serves the stacks observed after it (see `cloud::ec2::inventory`).
     pub inventory_window: Duration,
+    /// Endpoints besides AWS's that stacks may name (`--allow-endpoint`).
+    pub endpoints: crate::api::EndpointPolicy,
 }
 
 /// Turns host drift events into reconcile requests for their stacks.
@@ -438,7 +441,12 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     let (event_tx, event_rx) = mpsc::channel(256);
     forward_drift(event_rx, drift_tx.clone());
     let hosts = crate::wiring::ssh_hosts();
-    let settings = crate::engine::EngineSettings { resync: opts.resync, ..Default::default() };
+    let allowed = opts.endpoints.allowed();
+    if !allowed.is_empty() {
+        info!(?allowed, "EC2 endpoints allowed besides AWS's");
+    }
+    let settings =
+        crate::engine::EngineSettings { resync: opts.resync, endpoints: opts.endpoints.clone(), ..Default::default() };
     let engines = Arc::new(
         crate::wiring::RegionalEngines::new(hosts.clone(), settings).with_inventory_window(opts.inventory_window),
     );
