@@ -34,7 +34,7 @@ mod status_write;
 
 pub use context::{backoff, jitter, until_next_sweep, Context};
 pub use events::{cut_note, EVENT_NOTE_LIMIT};
-use events::{publish, publish_transitions};
+use events::{publish, publish_outcome};
 pub use status_write::{write_status, write_status_if_changed};
 
 /// Field manager of the operator's server-side applies.
@@ -138,7 +138,7 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     // by the error policy instead of what the engine found.
     ctx.metrics.observe_reconcile(started.elapsed(), if written.is_ok() { outcome.error } else { None });
     written?;
-    publish_transitions(&ctx, &stack, &outcome).await;
+    publish_outcome(&ctx, &stack, &outcome).await;
     if !outcome.applied.is_empty() {
         // Something was created or repaired: whatever failed before, this
         // stack is moving again.
