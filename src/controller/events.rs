@@ -223,7 +223,7 @@ mod tests {
         assert_eq!(reasons(&events), ["InstanceReplaced", "InstanceTerminated", "InstanceTerminated"]);
         assert_eq!(
             events[0].note,
-            "replaced the backend instance i-old (replaced: type t3.small → t3.medium); its successor is i-new"
+            "replaced the backend instance i-old (type t3.small → t3.medium); its successor is i-new"
         );
         assert_eq!(events[1].note, "terminated the frontend instance i-dup: duplicate of the tier's instance");
         assert_eq!(events[2].note, "terminated instance i-stray: carries the stack's tags but no tier");
