@@ -24,8 +24,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use votingstack::api::EndpointPolicy;
 use votingstack::cli::{load_state, stack_with_state};
 use votingstack::cloud::{NetworkLookup, StackIdentity};
+use votingstack::engine::EngineSettings;
 use votingstack::manifest::Manifest;
 use votingstack::wiring;
 
@@ -74,7 +76,14 @@ async fn main() -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(e),
     };
-    let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), Default::default()).await;
+    // The world's EC2 endpoint is allowed the way the binary allows it
+    // (VOTINGSTACK_ALLOW_ENDPOINTS, which scripts/bench sets).
+    let endpoints = match EndpointPolicy::from_env() {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let settings = EngineSettings { endpoints, ..Default::default() };
+    let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), settings).await;
 
     // Warm-up: opens and pins the SSH sessions the measured runs reuse.
     let stack = stack_with_state(&manifest, &state);

@@ -39,6 +39,8 @@ pub enum CliError {
     KubeConfig(#[from] kube::Error),
     #[error("{0}")]
     Controller(#[from] crate::controller::ControllerError),
+    #[error("{0}; give scheme://host[:port], for example --allow-endpoint http://127.0.0.1:5055")]
+    AllowEndpoint(#[from] crate::api::endpoint::AllowEndpointError),
 }
 
 /// What the CLI keeps between runs, next to the manifest.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+use votingstack::api::EndpointPolicy;
 use votingstack::cli::{self, ApplyOptions, CliError};
 use votingstack::engine::{EngineSettings, Teardown};
 use votingstack::manifest::Manifest;
@@ -19,6 +20,18 @@ struct Cli {
     /// Log line format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VOTINGSTACK_LOG_FORMAT")]
     log_format: LogFormat,
+    /// An EC2 endpoint besides AWS's own that `spec.aws.endpoint` may name,
+    /// as scheme://host[:port] (matched exactly): the operator sends its
+    /// signed AWS requests there. Repeatable; by default only https:// EC2
+    /// endpoints of AWS are used.
+    #[arg(
+        long = "allow-endpoint",
+        value_name = "URL",
+        global = true,
+        env = "VOTINGSTACK_ALLOW_ENDPOINTS",
+        value_delimiter = ','
+    )]
+    allow_endpoints: Vec<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,6 +153,9 @@ fn load(args: &FileArgs) -> Result<(Manifest, PathBuf), CliError> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let endpoints = EndpointPolicy::allowing(&cli.allow_endpoints)?;
+    // Every engine this process builds refuses other endpoints.
+    let settings = EngineSettings { endpoints: endpoints.clone(), ..Default::default() };
     match cli.command {
         Command::Crd => {
             let yaml = votingstack::api::crd_yaml()?;
@@ -151,7 +167,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let engine = if args.offline {
                 None
             } else {
-                Some(wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), Default::default()).await)
+                Some(wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), settings).await)
             };
             let plan = cli::plan(engine.as_ref(), &manifest, &state).await?;
             print!("{}", cli::render_plan(&manifest.stack, &plan));
@@ -160,8 +176,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Apply(args) => {
             let (manifest, state) = load(&args.file)?;
             let hosts = wiring::ssh_hosts();
-            let settings =
-                EngineSettings { resync: Duration::from_secs(args.resync_seconds.max(1)), ..Default::default() };
+            let settings = EngineSettings { resync: Duration::from_secs(args.resync_seconds.max(1)), ..settings };
             let engine = wiring::engine_for(&manifest.stack.spec, hosts.clone(), settings).await;
             let opts = ApplyOptions {
                 wait: args.wait,
@@ -186,7 +201,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Destroy(args) => {
             let (manifest, state) = load(&args)?;
-            let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), Default::default()).await;
+            let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), settings).await;
             match cli::destroy(&engine, &manifest, &state).await? {
                 Teardown::Retained { data_volume } => {
                     println!("deletionPolicy Retain: every AWS resource was left in place");
@@ -220,6 +235,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 }),
                 shutdown_deadline: Duration::from_secs(args.shutdown_deadline_seconds),
                 liveness_resyncs: args.liveness_resyncs.max(1),
+                endpoints,
             };
             votingstack::controller::main(client, opts).await?;
             Ok(ExitCode::SUCCESS)

@@ -167,13 +167,20 @@ fn unknown_spec_fields(document: &serde_yaml::Value, stack: &VotingStack) -> Vec
     out
 }
 
+/// Spec fields spelled otherwise before, by the path of the old spelling,
+/// with their name now. The API types read the old spelling too (a serde
+/// alias), so a file that uses it is not refused as naming an unknown field.
+const RENAMED_SPEC_FIELDS: [(&str, &str); 1] = [("spec.database.volumeSizeGib", "volumeSizeGiB")];
+
 fn unknown_fields(path: &str, given: &serde_json::Value, known: &serde_json::Value, out: &mut Vec<(String, String)>) {
     use serde_json::Value;
     match (given, known) {
         (Value::Object(given), Value::Object(known)) => {
             for (name, value) in given {
                 let here = format!("{path}.{name}");
-                match known.get(name) {
+                let now =
+                    RENAMED_SPEC_FIELDS.iter().find(|(old, _)| *old == here).map_or(name.as_str(), |(_, new)| new);
+                match known.get(now) {
                     Some(k) => unknown_fields(&here, value, k, out),
                     None if value.is_null() => {}
                     None => out.push((here, name.clone())),
@@ -273,6 +280,17 @@ mod tests {
         assert_ne!(text, GOOD, "the example names its namespace");
         let e = errors(&text);
         assert!(e.iter().any(|l| l.contains("metadata.namespace: \"../../etc\" must be")), "{e:?}");
+    }
+
+    #[test]
+    fn the_old_spelling_of_the_volume_size_still_loads() {
+        assert!(GOOD.contains("volumeSizeGiB: 10"), "the example sets the volume size");
+        let m = Manifest::parse(Path::new("f.yaml"), &GOOD.replace("volumeSizeGiB: 10", "volumeSizeGib: 25")).unwrap();
+        assert_eq!(m.stack.spec.database.volume_size_gib, 25);
+        let m = Manifest::parse(Path::new("f.yaml"), &GOOD.replace("volumeSizeGiB: 10", "volumeSizeGiB: 30")).unwrap();
+        assert_eq!(m.stack.spec.database.volume_size_gib, 30);
+        let e = errors(&GOOD.replace("volumeSizeGiB: 10", "volumeSizeGb: 30"));
+        assert!(e.iter().any(|l| l.contains("spec.database.volumeSizeGb: unknown field")), "{e:?}");
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! The VotingStack API: spec, status, conditions, validation, and the CRD.
 
 pub mod conditions;
+pub mod endpoint;
 pub mod spec;
 pub mod status;
 pub mod validate;
 
 pub use conditions::{Condition, ConditionStatus, ConditionType, ConditionUpdate, Reason};
+pub use endpoint::EndpointPolicy;
 pub use spec::*;
 pub use status::*;
 pub use validate::{validate, FieldError};

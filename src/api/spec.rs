@@ -375,8 +375,9 @@ impl Default for Ports {
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
     /// Size of the data volume (gp3, encrypted) in GiB, used when the
-    /// volume is created. An existing volume keeps its size.
-    #[serde(default = "default_volume_size_gib")]
+    /// volume is created. An existing volume keeps its size. Spelled
+    /// `volumeSizeGib` before; that spelling is still read from manifest files.
+    #[serde(rename = "volumeSizeGiB", alias = "volumeSizeGib", default = "default_volume_size_gib")]
     #[schemars(range(min = 1, max = 16384))]
     pub volume_size_gib: i32,
 }

@@ -197,7 +197,8 @@ pub struct DataVolumeStatus {
     pub volume_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Size of the volume in GiB (spelled `sizeGib` before; still read).
+    #[serde(rename = "sizeGiB", alias = "sizeGib", default, skip_serializing_if = "Option::is_none")]
     pub size_gib: Option<i32>,
     /// The instance it is attached to.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -162,6 +162,10 @@ pub enum CloudError {
          (IdempotentParameterMismatch: {message}); the next pass launches with a new replacement number"
     )]
     TokenReused { tier: Tier, token: String, message: String },
+    /// The stack's `spec.aws.endpoint` is not one the operator sends its
+    /// signed requests to (see `api::endpoint`); nothing was sent.
+    #[error("{0}")]
+    EndpointRefused(String),
 }
 
 impl CloudError {
@@ -170,6 +174,7 @@ impl CloudError {
             CloudError::Api { kind, .. } => *kind,
             CloudError::Transport { .. } | CloudError::TerminateTimeout { .. } => AwsErrorKind::Unavailable,
             CloudError::Incomplete { .. } | CloudError::TokenReused { .. } => AwsErrorKind::Other,
+            CloudError::EndpointRefused(_) => AwsErrorKind::InvalidParameter,
             CloudError::Capacity { .. } => AwsErrorKind::Capacity,
         }
     }

@@ -1,5 +1,6 @@
-//! Kubernetes Events: a condition that flipped, and the outcome of a
-//! deletion.
+//! Kubernetes Events: an instance launched, replaced or terminated, a
+//! container created, re-created or started again, a condition that flipped,
+//! and the outcome of a deletion.
 
 use kube::runtime::events::{Event, EventType};
 use kube::Resource;
@@ -7,13 +8,122 @@ use tracing::warn;
 
 use crate::api::{ConditionType, VotingStack};
 use crate::engine::Outcome;
+use crate::model::{Action, CreateReason, HostAction, InfraAction, TerminateReason};
 
 use super::Context;
 
 /// Longest Event note, in bytes (the API server's limit is 1 KiB).
 pub const EVENT_NOTE_LIMIT: usize = 1024;
 
-pub(super) async fn publish_transitions(ctx: &Context, stack: &VotingStack, outcome: &Outcome) {
+/// An Event about one thing a reconcile did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ActionEvent {
+    pub reason: &'static str,
+    /// Names what was acted on (the instance or container), so the
+    /// Recorder keeps one event series per instance or container rather
+    /// than folding, say, three launches into one Event with the first note.
+    pub action: String,
+    pub note: String,
+}
+
+/// One Event per instance launched, replaced or terminated and per
+/// container created, re-created or started again, in the order the engine
+/// did them. A replacement (a terminate for drift and the launch of its
+/// successor in the same pass) is one `InstanceReplaced`. Other actions
+/// (network steps, the data volume, Docker, mounts, removals) get none:
+/// they show in status and conditions. Notes name tiers, instance ids,
+/// container names, config hashes and reasons only: never user data,
+/// environment or keys.
+pub(super) fn action_events(applied: &[Action]) -> Vec<ActionEvent> {
+    // Launches that are the second half of a replacement, by tier.
+    let replaced_tiers: Vec<_> = applied
+        .iter()
+        .filter_map(|a| match a {
+            Action::Infra(InfraAction::TerminateInstance {
+                tier: Some(tier),
+                reason: TerminateReason::Replaced(_),
+                ..
+            }) => Some(*tier),
+            _ => None,
+        })
+        .collect();
+    let successor = |tier| {
+        applied.iter().find_map(|a| match a {
+            Action::Infra(InfraAction::LaunchInstance(l)) if l.tier == tier => Some(l.launched.as_deref()),
+            _ => None,
+        })
+    };
+    let mut out = Vec::new();
+    for action in applied {
+        let event = match action {
+            Action::Infra(InfraAction::LaunchInstance(launch)) => {
+                if replaced_tiers.contains(&launch.tier) {
+                    continue;
+                }
+                let id = launch.launched.as_deref().unwrap_or("(id not known)");
+                ActionEvent {
+                    reason: "InstanceCreated",
+                    action: format!("Launch/{id}"),
+                    note: format!(
+                        "launched the {} instance {id} ({}, {}): the tier had no live instance",
+                        launch.tier, launch.ami, launch.instance_type
+                    ),
+                }
+            }
+            Action::Infra(InfraAction::TerminateInstance { tier, instance_id, reason }) => match (tier, reason) {
+                (Some(tier), TerminateReason::Replaced(why)) => {
+                    let with = match successor(*tier) {
+                        Some(Some(new)) => format!("; its successor is {new}"),
+                        _ => String::new(),
+                    };
+                    ActionEvent {
+                        reason: "InstanceReplaced",
+                        action: format!("Replace/{instance_id}"),
+                        note: format!("replaced the {tier} instance {instance_id} ({why}){with}"),
+                    }
+                }
+                (tier, reason) => ActionEvent {
+                    reason: "InstanceTerminated",
+                    action: format!("Terminate/{instance_id}"),
+                    note: match tier {
+                        Some(tier) => format!("terminated the {tier} instance {instance_id}: {reason}"),
+                        None => format!("terminated instance {instance_id}: {reason}"),
+                    },
+                },
+            },
+            Action::Host(HostAction::CreateContainer { container, reason }) => {
+                let (tier, name) = (container.tier, &container.name);
+                let new = container.config_hash().unwrap_or_else(|| "unknown".into());
+                let note = match reason {
+                    CreateReason::Missing => format!("created the {tier} container {name}: it was missing"),
+                    CreateReason::ConfigChanged(old) => format!(
+                        "re-created the {tier} container {name}: its config changed (config {} → {new})",
+                        old.as_deref().unwrap_or("unlabelled")
+                    ),
+                };
+                ActionEvent { reason: "ContainerRecreated", action: format!("Recreate/{name}"), note }
+            }
+            Action::Host(HostAction::StartContainer { tier, name, state }) => ActionEvent {
+                reason: "ContainerStarted",
+                action: format!("Start/{name}"),
+                note: format!("started the {tier} container {name} again: it was {state}"),
+            },
+            _ => continue,
+        };
+        out.push(event);
+    }
+    out
+}
+
+/// The Events of a reconcile: what it did, then the conditions that flipped.
+pub(super) async fn publish_outcome(ctx: &Context, stack: &VotingStack, outcome: &Outcome) {
+    for e in action_events(&outcome.applied) {
+        publish_as(ctx, stack, EventType::Normal, e.reason, &e.action, &e.note).await;
+    }
+    publish_transitions(ctx, stack, outcome).await;
+}
+
+async fn publish_transitions(ctx: &Context, stack: &VotingStack, outcome: &Outcome) {
     for t in &outcome.transitions {
         // A condition turning False is worth a warning when it needs a
         // person: a terminal reason, or the stack as a whole not Ready.
@@ -52,5 +162,116 @@ async fn publish_as(ctx: &Context, stack: &VotingStack, type_: EventType, reason
     };
     if let Err(e) = ctx.recorder.publish(&event, &stack.object_ref(&())).await {
         warn!(stack = %stack.key(), error = %e, "could not record an Event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::api::Tier;
+    use crate::engine::desired::desired_containers;
+    use crate::engine::plan::instance_launch;
+    use crate::fixtures::spec;
+    use crate::model::{Peers, UserData};
+
+    fn launch(tier: Tier, id: &str) -> Action {
+        let mut l = instance_launch(&spec(), tier, 0);
+        l.launched = Some(id.into());
+        Action::Infra(InfraAction::LaunchInstance(l))
+    }
+
+    fn reasons(events: &[ActionEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.reason).collect()
+    }
+
+    #[test]
+    fn each_launch_is_one_instance_created_event_naming_tier_and_id() {
+        let applied = [launch(Tier::Database, "i-db"), launch(Tier::Backend, "i-be"), launch(Tier::Frontend, "i-fe")];
+        let events = action_events(&applied);
+        assert_eq!(reasons(&events), ["InstanceCreated"; 3]);
+        assert_eq!(
+            events[0].note,
+            "launched the database instance i-db (ami-0abcdef1234567890, t3.small): the tier had no live instance"
+        );
+        let actions: Vec<&str> = events.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(actions, ["Launch/i-db", "Launch/i-be", "Launch/i-fe"], "one event series per instance");
+    }
+
+    #[test]
+    fn a_replacement_is_one_event_naming_both_instances_and_why() {
+        let applied = [
+            Action::Infra(InfraAction::TerminateInstance {
+                tier: Some(Tier::Backend),
+                instance_id: "i-old".into(),
+                reason: TerminateReason::Replaced("type t3.small → t3.medium".into()),
+            }),
+            launch(Tier::Backend, "i-new"),
+            Action::Infra(InfraAction::TerminateInstance {
+                tier: Some(Tier::Frontend),
+                instance_id: "i-dup".into(),
+                reason: TerminateReason::Duplicate,
+            }),
+            Action::Infra(InfraAction::TerminateInstance {
+                tier: None,
+                instance_id: "i-stray".into(),
+                reason: TerminateReason::UnknownTier,
+            }),
+        ];
+        let events = action_events(&applied);
+        assert_eq!(reasons(&events), ["InstanceReplaced", "InstanceTerminated", "InstanceTerminated"]);
+        assert_eq!(
+            events[0].note,
+            "replaced the backend instance i-old (type t3.small → t3.medium); its successor is i-new"
+        );
+        assert_eq!(events[1].note, "terminated the frontend instance i-dup: duplicate of the tier's instance");
+        assert_eq!(events[2].note, "terminated instance i-stray: carries the stack's tags but no tier");
+    }
+
+    #[test]
+    fn containers_created_recreated_and_started_each_get_one_event_with_why() {
+        let peers = Peers { backend: Some(Ipv4Addr::new(10, 42, 2, 5)), database: Some(Ipv4Addr::new(10, 42, 2, 4)) };
+        let frontend = desired_containers(&spec(), Tier::Frontend, peers);
+        let vote = frontend.iter().find(|c| c.name == "vote").unwrap().clone();
+        let hash = vote.config_hash().unwrap();
+        let applied = [
+            Action::Host(HostAction::CreateContainer { container: vote.clone(), reason: CreateReason::Missing }),
+            Action::Host(HostAction::CreateContainer {
+                container: vote,
+                reason: CreateReason::ConfigChanged(Some("0123abcd".into())),
+            }),
+            Action::Host(HostAction::StartContainer {
+                tier: Tier::Backend,
+                name: "worker".into(),
+                state: "exited".into(),
+            }),
+            Action::Host(HostAction::InstallDocker { tier: Tier::Backend }),
+            Action::Host(HostAction::RemoveContainer { tier: Tier::Backend, name: "stray".into() }),
+        ];
+        let events = action_events(&applied);
+        assert_eq!(reasons(&events), ["ContainerRecreated", "ContainerRecreated", "ContainerStarted"]);
+        assert_eq!(events[0].note, "created the frontend container vote: it was missing");
+        assert_eq!(
+            events[1].note,
+            format!("re-created the frontend container vote: its config changed (config 0123abcd → {hash})")
+        );
+        assert_eq!(events[2].note, "started the backend container worker again: it was exited");
+    }
+
+    #[test]
+    fn notes_never_carry_user_data_or_environment() {
+        let mut l = instance_launch(&spec(), Tier::Frontend, 0);
+        l.user_data = Some(UserData("ssh_keys: PRIVATE KEY MATERIAL".into()));
+        l.launched = Some("i-fe".into());
+        let mut db = desired_containers(&spec(), Tier::Database, Peers::default()).remove(0);
+        db.env.insert("SECRET_SETTING".into(), "hunter2".into());
+        let applied = [
+            Action::Infra(InfraAction::LaunchInstance(l)),
+            Action::Host(HostAction::CreateContainer { container: db, reason: CreateReason::Missing }),
+        ];
+        for e in action_events(&applied) {
+            assert!(!e.note.contains("PRIVATE") && !e.note.contains("hunter2"), "{}", e.note);
+        }
     }
 }

@@ -38,7 +38,7 @@ mod status_write;
 
 pub use context::{backoff, jitter, until_next_sweep, Context};
 pub use events::{cut_note, EVENT_NOTE_LIMIT};
-use events::{publish, publish_transitions};
+use events::{publish, publish_outcome};
 pub use status_write::{write_status, write_status_if_changed};
 
 /// Field manager of the operator's server-side applies.
@@ -146,7 +146,7 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     // by the error policy instead of what the engine found.
     ctx.metrics.observe_reconcile(started.elapsed(), if written.is_ok() { outcome.error } else { None });
     written?;
-    publish_transitions(&ctx, &stack, &outcome).await;
+    publish_outcome(&ctx, &stack, &outcome).await;
     if !outcome.applied.is_empty() {
         // Something was created or repaired: whatever failed before, this
         // stack is moving again.
@@ -189,6 +189,7 @@ fn nothing_recorded(stack: &VotingStack) -> bool {
 /// this spec) or the credentials are refused or gone.
 fn nothing_to_tear_down(stack: &VotingStack, e: &CloudError) -> bool {
     let hopeless = e.kind() == AwsErrorKind::Auth
+        || matches!(e, CloudError::EndpointRefused(_))
         || matches!(e, CloudError::Transport { message, .. } if message.to_lowercase().contains("credential"))
         || !crate::api::validate(stack.metadata.name.as_deref().unwrap_or_default(), &stack.spec).is_empty();
     hopeless && nothing_recorded(stack)
@@ -479,6 +480,8 @@ pub struct ControllerOptions {
     pub shutdown_deadline: Duration,
     /// `/healthz` fails after this many resyncs without progress.
     pub liveness_resyncs: u32,
+    /// Endpoints besides AWS's that stacks may name (`--allow-endpoint`).
+    pub endpoints: crate::api::EndpointPolicy,
 }
 
 /// Turns host drift events into reconcile requests for their stacks.
@@ -510,7 +513,12 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     let (event_tx, event_rx) = mpsc::channel(256);
     forward_drift(event_rx, drift_tx.clone());
     let hosts = crate::wiring::ssh_hosts();
-    let settings = crate::engine::EngineSettings { resync: opts.resync, ..Default::default() };
+    let allowed = opts.endpoints.allowed();
+    if !allowed.is_empty() {
+        info!(?allowed, "EC2 endpoints allowed besides AWS's");
+    }
+    let settings =
+        crate::engine::EngineSettings { resync: opts.resync, endpoints: opts.endpoints.clone(), ..Default::default() };
     let engines = Arc::new(
         crate::wiring::RegionalEngines::new(hosts.clone(), settings).with_inventory_window(opts.inventory_window),
     );

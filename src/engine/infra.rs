@@ -8,7 +8,9 @@ use tracing::{debug, info, warn};
 use crate::api::{NetworkStatus, Tier, VotingStack, VotingStackStatus};
 use crate::cloud::{Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
 use crate::host::SshKey;
-use crate::model::{DesiredKeyPair, InfraAction, InstanceState, NetworkObservation, ObservedInfra, UserData};
+use crate::model::{
+    DesiredKeyPair, InfraAction, InstanceLaunch, InstanceState, NetworkObservation, ObservedInfra, UserData,
+};
 use crate::timeline::{self, Stage};
 
 use super::conditions::infrastructure::infrastructure;
@@ -67,10 +69,10 @@ impl Engine {
                 } else if let Some(began) = network_began.take() {
                     timeline::span(&ident.tag_value(), Stage::Network, "", began);
                 }
-                if let Err(e) = self.act_infra(ident, key, action, &mut ids, run).await {
-                    return run.cloud_failed(e);
+                match self.act_infra(ident, key, action, &mut ids, run).await {
+                    Ok(done) => run.applied.push(done.into()),
+                    Err(e) => return run.cloud_failed(e),
                 }
-                run.applied.push(action.clone().into());
             }
             if let Some(began) = network_began {
                 timeline::span(&ident.tag_value(), Stage::Network, "", began);
@@ -124,6 +126,8 @@ impl Engine {
     }
 
     /// Carries out one EC2 step of the plan and records what it made.
+    /// Returns the step as it was done: a launch names the instance it
+    /// launched (and never carries the user data, which holds key material).
     pub(super) async fn act_infra(
         &self,
         ident: &StackIdentity,
@@ -131,7 +135,7 @@ impl Engine {
         action: &InfraAction,
         ids: &mut NetworkStatus,
         run: &mut Run,
-    ) -> Result<(), CloudError> {
+    ) -> Result<InfraAction, CloudError> {
         match action {
             InfraAction::Network(step) => {
                 let applied = self.cloud.apply_network_step(ident, step, ids).await;
@@ -160,6 +164,8 @@ impl Engine {
                     mark_running(&ident.tag_value(), launch.tier, &inst);
                 }
                 record_launch(&mut run.status, launch.tier, &inst, launch.replacement);
+                let launched = Some(inst.id.clone());
+                return Ok(InfraAction::LaunchInstance(InstanceLaunch { launched, user_data: None, ..launch }));
             }
             InfraAction::StartInstance { instance_id, .. } => self.cloud.start_instance(instance_id).await?,
             InfraAction::TerminateInstance { instance_id, .. } => {
@@ -169,7 +175,7 @@ impl Engine {
                 self.act_volume(ident, step, run).await?;
             }
         }
-        Ok(())
+        Ok(action.clone())
     }
 }
 

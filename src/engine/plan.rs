@@ -87,6 +87,7 @@ pub fn instance_launch(spec: &VotingStackSpec, tier: Tier, replacement: u32) -> 
         public_ip: tier.is_public(),
         subnet: SubnetRole::of(tier),
         user_data: None,
+        launched: None,
     }
 }
 

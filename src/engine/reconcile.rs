@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::api::{validate, ConditionUpdate, DeletionPolicy, Phase, Tier, VotingStack, VotingStackStatus};
+use crate::api::{
+    validate, ConditionUpdate, DeletionPolicy, EndpointPolicy, Phase, Tier, VotingStack, VotingStackStatus,
+};
 use crate::cloud::{Cloud, CloudError, DestroyReport, StackIdentity};
 use crate::host::{HostTarget, Hosts, SshKey};
 use crate::model::Action;
@@ -43,6 +45,10 @@ pub struct EngineSettings {
     /// attached before it leaves the rest to the next pass.
     pub volume_wait: Duration,
     pub volume_poll: Duration,
+    /// Which `spec.aws.endpoint` values the engine sends its signed EC2
+    /// requests to (`--allow-endpoint`); a stack naming another is refused
+    /// in the validate phase, and by `plan` and `destroy`.
+    pub endpoints: EndpointPolicy,
 }
 
 impl Default for EngineSettings {
@@ -55,6 +61,7 @@ impl Default for EngineSettings {
             smoke_poll: Duration::from_millis(500),
             volume_wait: Duration::from_secs(20),
             volume_poll: Duration::from_millis(500),
+            endpoints: EndpointPolicy::default(),
         }
     }
 }
@@ -143,6 +150,19 @@ impl Engine {
         &self.hosts
     }
 
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    /// Refuses a stack whose `spec.aws.endpoint` the policy does not allow,
+    /// before any request is signed for it.
+    fn check_endpoint(&self, stack: &VotingStack) -> Result<(), CloudError> {
+        match self.settings.endpoints.check(&stack.spec) {
+            Some(problem) => Err(CloudError::EndpointRefused(problem.to_string())),
+            None => Ok(()),
+        }
+    }
+
     /// Brings the stack one step closer to its spec and reports where it is.
     pub async fn reconcile(&self, stack: &VotingStack, key: Result<SshKey, String>) -> Outcome {
         let started = Instant::now();
@@ -199,6 +219,7 @@ impl Engine {
 
         // validate
         run.findings.invalid = validate(name, spec);
+        run.findings.invalid.extend(self.settings.endpoints.check(spec));
         if !run.findings.invalid.is_empty() {
             run.error = Some(Failure::InvalidSpec);
             return;
@@ -281,6 +302,7 @@ impl Engine {
     /// What `plan` would do now: observes EC2, the data volume and the
     /// hosts, changes nothing.
     pub async fn plan(&self, stack: &VotingStack, key: Option<&SshKey>) -> Result<Plan, CloudError> {
+        self.check_endpoint(stack)?;
         let spec = &stack.spec;
         let status = stack.status.clone().unwrap_or_default();
         let ident = StackIdentity::of(stack);
@@ -318,6 +340,7 @@ impl Engine {
             info!(stack = %stack.key(), data_volume = ?data_volume, "deletionPolicy Retain: leaving every AWS resource in place");
             return Ok(Teardown::Retained { data_volume });
         }
+        self.check_endpoint(stack)?;
         let status = stack.status.clone().unwrap_or_default();
         let report = tear_down(self.cloud.as_ref(), &StackIdentity::of(stack), status.network.as_ref()).await?;
         Ok(Teardown::Deleted(report))

@@ -55,6 +55,9 @@ pub struct InstanceLaunch {
     /// Set by the engine just before it launches (the plan never holds it):
     /// the user data carrying the instance's SSH host key.
     pub user_data: Option<UserData>,
+    /// Set by the engine once EC2 answered (the plan never holds it): the
+    /// id of the instance launched, as the reconcile reports what it did.
+    pub launched: Option<String>,
 }
 
 /// EC2 user data. It holds key material: Debug shows its size only.

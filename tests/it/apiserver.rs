@@ -263,6 +263,12 @@ impl ApiServer {
         self.state.lock().unwrap().objects.get(&key).cloned()
     }
 
+    /// The stored objects of `plural` in `namespace`, by name.
+    pub fn objects(&self, plural: &str, namespace: &str) -> Vec<Value> {
+        let state = self.state.lock().unwrap();
+        state.objects.iter().filter(|((p, ns, _), _)| p == plural && ns == namespace).map(|(_, o)| o.clone()).collect()
+    }
+
     fn record(&self, state: &mut State, plural: &str, kind: &'static str, object: Value) {
         let change = Change { rv: state.rv, plural: plural.to_string(), kind, object };
         state.log.push(change.clone());

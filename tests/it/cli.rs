@@ -115,3 +115,82 @@ fn cli_unparsable_yaml_is_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("not valid YAML"), "{}", text(&out.stderr));
 }
+
+/// The example manifest with `spec.aws.endpoint` set, in a fresh directory.
+fn manifest_with_endpoint(endpoint: &str) -> (std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stack.yaml");
+    let original = std::fs::read_to_string(EXAMPLE).unwrap();
+    let from = "    region: us-east-1\n";
+    assert!(original.contains(from), "example lacks {from:?}");
+    std::fs::write(&file, original.replacen(from, &format!("{from}    endpoint: {endpoint}\n"), 1)).unwrap();
+    (file, dir)
+}
+
+/// Runs the binary with static test credentials and nothing else of the
+/// caller's AWS configuration; off the async runtime, which serves the
+/// endpoint it talks to.
+async fn votingstack_with_test_credentials(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_votingstack"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("AWS_") || k.starts_with("VOTINGSTACK_")) {
+            c.env_remove(k);
+        }
+        c.args(&args)
+            .env("AWS_ACCESS_KEY_ID", "AKIDTEST")
+            .env("AWS_SECRET_ACCESS_KEY", "test-secret")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .output()
+            .expect("binary runs")
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn cli_sends_nothing_to_an_endpoint_outside_aws_unless_allowed() {
+    let reply = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>AuthFailure</Code>\
+                 <Message>no</Message></Error></Errors><RequestID>r-1</RequestID></Response>";
+    let (endpoint, requests) = crate::scripted::scripted_endpoint(vec![(401, reply.to_string())]).await;
+    let (file, dir) = manifest_with_endpoint(&endpoint);
+    let state = dir.path().join("state.json");
+    let base: Vec<String> =
+        ["-f", file.to_str().unwrap(), "--state", state.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let with = |first: &[&str], extra: &[&str]| -> Vec<String> {
+        first.iter().map(|s| s.to_string()).chain(base.clone()).chain(extra.iter().map(|s| s.to_string())).collect()
+    };
+
+    for command in [&["plan"][..], &["apply"][..], &["destroy"][..]] {
+        if command == ["destroy"] {
+            // destroy with no state file deletes nothing; give it one.
+            std::fs::write(&state, r#"{"uid":"0b0e7ad45c1e","generation":1}"#).unwrap();
+        }
+        let out = votingstack_with_test_credentials(with(command, &[])).await;
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {err}{}", text(&out.stdout));
+        let shown = format!("{err}{}", text(&out.stdout));
+        for part in
+            ["spec.aws.endpoint", &format!("{endpoint:?}"), "not https://", &format!("--allow-endpoint {endpoint}")]
+        {
+            assert!(shown.contains(part), "{command:?}: {part:?} missing from {shown}");
+        }
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 0, "{command:?} sent a request");
+    }
+
+    // Allowed by flag (after the subcommand) or by environment: the request goes out.
+    let out = votingstack_with_test_credentials(with(&["plan"], &["--allow-endpoint", &endpoint])).await;
+    assert!(text(&out.stderr).contains("AuthFailure"), "{}", text(&out.stderr));
+    let after_flag = requests.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(after_flag > 0, "nothing sent to the allowed endpoint");
+    let other_port = endpoint.rsplit_once(':').map(|(h, _)| format!("{h}:1")).unwrap();
+    let out = votingstack_with_test_credentials(with(&["--allow-endpoint", &other_port, "plan"], &[])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), after_flag, "another port is another origin");
+
+    let out = votingstack_with_test_credentials(with(&["--allow-endpoint", "not a url", "plan"], &[])).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("--allow-endpoint \"not a url\""), "{}", text(&out.stderr));
+}

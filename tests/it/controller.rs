@@ -106,8 +106,10 @@ async fn controller_writes_status_by_server_side_apply_and_records_events() {
         assert!(!text.contains("OPENSSH PRIVATE KEY"), "the key leaked into status");
         respond(send, 200, &serde_json::to_value(with_finalizer(stack())).unwrap());
 
+        // What the reconcile did (three launches, five containers), then
+        // the conditions that flipped, the aggregate last.
         let mut reasons = Vec::new();
-        for _ in 0..6 {
+        while reasons.last().map(String::as_str) != Some("AllTiersReady") {
             let (method, uri, body, send) = next(&mut handle).await;
             assert_eq!(method, http::Method::POST);
             assert_eq!(uri, "/apis/events.k8s.io/v1/namespaces/default/events?");
@@ -123,6 +125,14 @@ async fn controller_writes_status_by_server_side_apply_and_records_events() {
     assert_eq!(
         reasons,
         [
+            "InstanceCreated",
+            "InstanceCreated",
+            "InstanceCreated",
+            "ContainerRecreated",
+            "ContainerRecreated",
+            "ContainerRecreated",
+            "ContainerRecreated",
+            "ContainerRecreated",
             "InstancesRunning",
             "ContainersRunning",
             "ContainersRunning",
@@ -218,6 +228,59 @@ mod on_the_api_double {
         let conds = obj["status"]["conditions"].as_array()?;
         let ready = conds.iter().find(|c| c["type"] == "Ready")?;
         Some((ready["status"].as_str()?.to_string(), ready["reason"].as_str()?.to_string()))
+    }
+
+    #[tokio::test]
+    async fn controller_records_an_event_per_instance_created_and_container_created() {
+        let api = ApiServer::new();
+        let client = api.client();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+        secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+        let mut s = stack();
+        s.metadata.uid = None;
+        s.metadata.generation = None;
+        stacks.create(&PostParams::default(), &s).await.unwrap();
+        let (engine, cloud, _hosts) = fakes::engine();
+        let reporter = Reporter { controller: "votingstack-operator".into(), instance: Some("test".into()) };
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        let ctx = Context::new(client.clone(), Arc::new(engine), Arc::new(Metrics::default()), reporter, None, tx);
+
+        // The first pass adds the finalizer; the second creates everything.
+        for _ in 0..2 {
+            let current = stacks.get("demo").await.unwrap();
+            reconcile(Arc::new(current), ctx.clone()).await.expect("reconcile ok");
+        }
+        let launched: Vec<String> = cloud.state.lock().unwrap().instances.iter().map(|i| i.id.clone()).collect();
+        assert_eq!(launched.len(), 3, "{launched:?}");
+        let events = api.objects("events", "default");
+        let of = |reason: &str| -> Vec<Value> { events.iter().filter(|e| e["reason"] == reason).cloned().collect() };
+        let created = of("InstanceCreated");
+        assert_eq!(created.len(), 3, "one per instance: {events:#?}");
+        for id in &launched {
+            let tier = id.split('-').nth(1).unwrap();
+            let event = created.iter().find(|e| e["note"].as_str().unwrap().contains(id.as_str()));
+            let event = event.unwrap_or_else(|| panic!("no InstanceCreated names {id}: {created:#?}"));
+            let note = event["note"].as_str().unwrap();
+            assert!(note.starts_with(&format!("launched the {tier} instance {id} ")), "{note}");
+            assert_eq!(event["type"], "Normal");
+            assert_eq!(event["regarding"]["name"], "demo");
+        }
+        let containers = of("ContainerRecreated");
+        assert_eq!(containers.len(), 5, "vote, result, redis, worker, db: {containers:#?}");
+        assert!(
+            containers.iter().any(|e| e["note"] == "created the database container db: it was missing"),
+            "{containers:#?}"
+        );
+        for e in &events {
+            assert!(!e.to_string().contains("PRIVATE KEY"), "key material in an Event: {e}");
+        }
+
+        // A pass that changes nothing records nothing more about instances.
+        let current = stacks.get("demo").await.unwrap();
+        reconcile(Arc::new(current), ctx.clone()).await.expect("reconcile ok");
+        let events = api.objects("events", "default");
+        assert_eq!(events.iter().filter(|e| e["reason"] == "InstanceCreated").count(), 3);
     }
 
     #[tokio::test]

@@ -263,3 +263,267 @@ fn crd_private_subnet_lies_inside_the_vpc_apart_from_the_public_one_and_is_immut
     let errs = cel(&egress, Some(&none));
     assert!(errs.iter().any(|e| e.contains("egress is immutable")), "{errs:?}");
 }
+
+/// A field path docs/reference.md names, relative to the schema's root
+/// (`spec.database.volumeSizeGiB`), with the line it is on.
+#[derive(Debug, PartialEq)]
+struct DocPath {
+    line: usize,
+    path: String,
+}
+
+/// The inline code spans of a line of markdown (text between backticks).
+fn code_spans(line: &str) -> Vec<&str> {
+    line.split('`').skip(1).step_by(2).collect()
+}
+
+/// The leading field path of a code span that starts with `spec.` or
+/// `status.`, without what follows it (`status.dataVolume.retained: true`
+/// names `status.dataVolume.retained`).
+fn absolute_path(span: &str) -> Option<&str> {
+    if !(span.starts_with("spec.") || span.starts_with("status.")) {
+        return None;
+    }
+    let mut in_braces = false;
+    let end = span
+        .char_indices()
+        .find(|&(_, c)| match c {
+            '{' => {
+                in_braces = true;
+                false
+            }
+            '}' => {
+                in_braces = false;
+                false
+            }
+            ',' => !in_braces,
+            c => !(c.is_ascii_alphanumeric() || "._*<>[]".contains(c)),
+        })
+        .map_or(span.len(), |(i, _)| i);
+    Some(span[..end].trim_end_matches('.'))
+}
+
+/// The first cell of a table row (`| a | b |` gives ` a `); `\|` does not end it.
+fn first_cell(row: &str) -> &str {
+    let rest = row.trim_start().trim_start_matches('|');
+    let bytes = rest.as_bytes();
+    let end = (0..bytes.len()).find(|&i| bytes[i] == b'|' && (i == 0 || bytes[i - 1] != b'\\')).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// Every field path a reference page names:
+/// - the first column of each table headed `field`, relative to the `## spec`
+///   or `## status` section it is in; further names in the same cell
+///   (`` `network.vpcId`, `subnetId` ``) are siblings of the first;
+/// - every code span (in prose, tables and headings) and every heading word
+///   that starts with `spec.` or `status.`.
+///
+/// Paths may use `*` or `<name>` for any key, `{a,b}` for several keys and
+/// `[]` for a list's items. Fenced code blocks are skipped.
+fn documented_paths(markdown: &str) -> Vec<DocPath> {
+    let mut out = Vec::new();
+    let mut section: Option<&str> = None;
+    let mut in_fence = false;
+    let mut field_table = false;
+    let mut previous_was_row = false;
+    for (index, line) in markdown.lines().enumerate() {
+        let line_no = index + 1;
+        if line.trim_start().starts_with("```") {
+            in_fence = !in_fence;
+            continue;
+        }
+        if in_fence {
+            continue;
+        }
+        let mut push = |path: String| out.push(DocPath { line: line_no, path });
+        if let Some(title) = line.strip_prefix("## ") {
+            section = match title.trim() {
+                "spec" => Some("spec"),
+                "status" => Some("status"),
+                _ => None,
+            };
+        }
+        if line.starts_with('#') {
+            for word in line.split_whitespace() {
+                if let Some(path) = absolute_path(word.trim_matches('`')) {
+                    push(path.to_string());
+                }
+            }
+        }
+        let is_row = line.trim_start().starts_with('|');
+        if is_row && !previous_was_row {
+            field_table = first_cell(line).trim() == "field";
+        } else if is_row && field_table && !first_cell(line).trim().chars().all(|c| c == '-' || c == ':') {
+            if let Some(base) = section {
+                let names = code_spans(first_cell(line));
+                if let Some(first) = names.first() {
+                    let parent = first.rsplit_once('.').map(|(p, _)| p);
+                    for (i, name) in names.iter().enumerate() {
+                        let relative = match parent {
+                            Some(parent) if i > 0 => format!("{parent}.{name}"),
+                            _ => name.to_string(),
+                        };
+                        push(format!("{base}.{relative}"));
+                    }
+                }
+            }
+        }
+        previous_was_row = is_row;
+        if !line.starts_with('#') {
+            for span in code_spans(line) {
+                if let Some(path) = absolute_path(span) {
+                    push(path.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Splits a path into its segments; dots inside `{...}` do not split.
+fn segments(path: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut depth) = (0, 0);
+    for (i, c) in path.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            '.' if depth == 0 => {
+                out.push(&path[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&path[start..]);
+    out
+}
+
+/// Follows `rest` from `node`; returns what is missing, named by the path
+/// walked so far.
+fn walk(node: &serde_json::Value, walked: &str, rest: &[&str], missing: &mut Vec<String>) {
+    let Some((segment, rest)) = rest.split_first() else { return };
+    let (name, items) = match segment.strip_suffix("[]") {
+        Some(name) => (name, true),
+        None => (*segment, false),
+    };
+    let properties = node["properties"].as_object();
+    let any_key = node.get("additionalProperties").filter(|v| v.is_object());
+    let mut children: Vec<(String, &serde_json::Value)> = Vec::new();
+    if name == "*" || (name.starts_with('<') && name.ends_with('>')) {
+        match (properties, any_key) {
+            (Some(props), _) if !props.is_empty() => {
+                children.extend(props.iter().map(|(k, v)| (format!("{walked}.{k}"), v)));
+            }
+            (_, Some(value)) => children.push((format!("{walked}.{name}"), value)),
+            _ => missing.push(format!("{walked}.{name} (not an object or map)")),
+        }
+    } else {
+        let keys: Vec<&str> = match name.strip_prefix('{').and_then(|n| n.strip_suffix('}')) {
+            Some(list) => list.split(',').map(str::trim).collect(),
+            None => vec![name],
+        };
+        for key in keys {
+            match properties.and_then(|p| p.get(key)).or(any_key) {
+                Some(child) => children.push((format!("{walked}.{key}"), child)),
+                None => missing.push(format!("{walked}.{key}")),
+            }
+        }
+    }
+    for (walked, child) in children {
+        if items {
+            match child.get("items") {
+                Some(item) => walk(item, &format!("{walked}[]"), rest, missing),
+                None => missing.push(format!("{walked}[] (not a list)")),
+            }
+        } else {
+            walk(child, &walked, rest, missing);
+        }
+    }
+}
+
+/// The paths of `markdown` that the CRD's schema lacks, one line each.
+fn paths_missing_from_crd(markdown: &str, file: &str) -> Vec<String> {
+    let schema = schema();
+    let mut problems = Vec::new();
+    for DocPath { line, path } in documented_paths(markdown) {
+        let mut missing = Vec::new();
+        walk(&schema, "", &segments(&path), &mut missing);
+        for m in missing {
+            problems.push(format!("{file}:{line}: {path}: the CRD has no {}", m.trim_start_matches('.')));
+        }
+    }
+    problems
+}
+
+#[test]
+fn crd_has_every_field_path_docs_reference_names() {
+    let file = "docs/reference.md";
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/reference.md")).unwrap();
+    let paths: Vec<String> = documented_paths(&text).into_iter().map(|p| p.path).collect();
+    // The page is read as it is written: these forms are all found.
+    for expected in [
+        "spec.aws.endpoint",
+        "spec.database.volumeSizeGiB",
+        "spec.deletionPolicy",
+        "status.dataVolume.sizeGiB",
+        "status.network.subnetId",
+        "status.tiers.*.containers[].imageDigest",
+        "status.tiers.<tier>.hostKeyFingerprint",
+        "status.network.securityGroups.{frontend,backend,database}",
+    ] {
+        assert!(paths.iter().any(|p| p == expected), "{expected} not read from {file}: {paths:#?}");
+    }
+    let problems = paths_missing_from_crd(&text, file);
+    assert!(problems.is_empty(), "{file} names fields the CRD does not have:\n{}", problems.join("\n"));
+}
+
+#[test]
+fn crd_field_path_check_reads_every_form_and_names_what_is_missing() {
+    let page = "\
+## spec
+
+### spec.aws and spec.nowhere
+
+| field | type |
+|---|---|
+| `aws.region` | string |
+| `aws.regoin` | string |
+
+| reason | meaning |
+|---|---|
+| `notAField` | skipped: not a field table |
+
+```yaml
+spec:
+  ignored: true
+```
+
+Set `spec.database.volumeSizeGib: 20` or `status.dataVolume.retained: true`.
+
+## status
+
+| field | type |
+|---|---|
+| `network.vpcId`, `subnetId`, `subnetIdd` | string |
+| `tiers.*.containers[].imageDigest`, `configHash` | |
+| `tiers.{frontend,backend,datbase}.instanceId` | |
+| `voteUrl`, `resultUrl` | |
+";
+    let problems = paths_missing_from_crd(page, "page.md");
+    assert_eq!(
+        problems,
+        [
+            "page.md:3: spec.nowhere: the CRD has no spec.nowhere",
+            "page.md:8: spec.aws.regoin: the CRD has no spec.aws.regoin",
+            "page.md:19: spec.database.volumeSizeGib: the CRD has no spec.database.volumeSizeGib",
+            "page.md:25: status.network.subnetIdd: the CRD has no status.network.subnetIdd",
+            "page.md:27: status.tiers.{frontend,backend,datbase}.instanceId: the CRD has no status.tiers.datbase",
+        ]
+    );
+    let paths: Vec<String> = documented_paths(page).into_iter().map(|p| p.path).collect();
+    for read in ["spec.aws.region", "status.tiers.*.containers[].configHash", "status.voteUrl", "status.resultUrl"] {
+        assert!(paths.iter().any(|p| p == read), "{read} not read: {paths:?}");
+    }
+    assert!(!paths.iter().any(|p| p.contains("notAField") || p.contains("ignored")), "{paths:?}");
+}

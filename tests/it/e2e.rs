@@ -25,12 +25,25 @@ struct Stack {
     world: World,
 }
 
+/// The world's environment file, plus the allowance for the EC2 endpoint
+/// examples/local.yaml names (not an AWS endpoint, so the binary refuses it
+/// unless allowed).
 pub(crate) fn world_env() -> HashMap<String, String> {
     let dir = std::env::var_os("VS_WORLD_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".world"));
     let text = std::fs::read_to_string(dir.join("env")).expect("the e2e tests need `scripts/world up`");
-    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect()
+    let mut env: HashMap<String, String> =
+        text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect();
+    env.insert("VOTINGSTACK_ALLOW_ENDPOINTS".into(), local_example_endpoint());
+    env
+}
+
+/// `spec.aws.endpoint` of examples/local.yaml: the world's EC2 endpoint.
+fn local_example_endpoint() -> String {
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/local.yaml")).unwrap();
+    let stack: Value = serde_yaml::from_str(example.split("\n---\n").next().unwrap_or_default()).unwrap();
+    stack["spec"]["aws"]["endpoint"].as_str().expect("examples/local.yaml names an endpoint").to_string()
 }
 
 impl Stack {

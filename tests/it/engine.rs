@@ -391,3 +391,55 @@ async fn engine_reconcile_without_a_stop_is_the_same_pass() {
     assert_eq!(out.status.phase, Some(Phase::Ready));
     assert_eq!(reason(&out, ConditionType::SmokeTestPassed), "True VoteCounted");
 }
+
+/// An engine over fresh fakes that allows `allowed` besides AWS's endpoints.
+fn engine_allowing(allowed: &[&str]) -> (votingstack::engine::Engine, crate::fakes::FakeCloud) {
+    use std::sync::Arc;
+    let cloud = crate::fakes::FakeCloud::default();
+    let settings = votingstack::engine::EngineSettings {
+        smoke_timeout: std::time::Duration::from_secs(2),
+        endpoints: votingstack::api::EndpointPolicy::allowing(allowed).unwrap(),
+        ..Default::default()
+    };
+    let hosts = Arc::new(crate::fakes::FakeHosts::default());
+    (votingstack::engine::Engine::new(Arc::new(cloud.clone()), hosts, settings), cloud)
+}
+
+fn with_endpoint(endpoint: &str) -> VotingStack {
+    let mut s = stack();
+    s.spec.aws.endpoint = Some(endpoint.into());
+    s
+}
+
+#[tokio::test]
+async fn engine_refuses_an_endpoint_outside_aws_before_any_ec2_call() {
+    use votingstack::cloud::Cloud;
+    let (engine, cloud) = engine_allowing(&[]);
+    let stack = with_endpoint("http://127.0.0.1:5055");
+    let out = engine.reconcile(&stack, Ok(key())).await;
+    assert_eq!(reason(&out, ConditionType::Ready), "False InvalidSpec");
+    assert_eq!(out.status.phase, Some(Phase::Failed));
+    let message = find_condition(&out.status.conditions, ConditionType::Ready).unwrap().message.clone();
+    for part in ["spec.aws.endpoint", "http://127.0.0.1:5055", "not https://", "--allow-endpoint http://127.0.0.1:5055"]
+    {
+        assert!(message.contains(part), "{part:?} missing from {message}");
+    }
+    let refused = engine.plan(&stack, Some(&key())).await.expect_err("plan refused");
+    assert!(refused.to_string().starts_with("spec.aws.endpoint: "), "{refused}");
+    let refused = engine.destroy(&stack).await.expect_err("destroy refused");
+    assert!(refused.to_string().contains("--allow-endpoint"), "{refused}");
+    assert_eq!(cloud.api_calls(), 0, "no request was signed for the refused endpoint");
+}
+
+#[tokio::test]
+async fn engine_uses_an_allowed_endpoint_and_still_refuses_its_neighbours() {
+    use votingstack::cloud::Cloud;
+    let (engine, cloud) = engine_allowing(&["http://127.0.0.1:5055"]);
+    let out = engine.reconcile(&with_endpoint("http://127.0.0.1:5055"), Ok(key())).await;
+    assert_eq!(out.status.phase, Some(Phase::Ready), "{:#?}", out.status.conditions);
+    let calls = cloud.api_calls();
+    assert!(calls > 0);
+    let out = engine.reconcile(&with_endpoint("http://127.0.0.1:5056"), Ok(key())).await;
+    assert_eq!(reason(&out, ConditionType::Ready), "False InvalidSpec");
+    assert_eq!(cloud.api_calls(), calls, "nothing more was sent");
+}
