@@ -35,7 +35,7 @@ mod status_write;
 pub use context::{backoff, jitter, until_next_sweep, Context};
 pub use events::{cut_note, EVENT_NOTE_LIMIT};
 use events::{publish, publish_transitions};
-pub use status_write::{write_status, write_status_if_changed};
+pub use status_write::{is_conflict, refused_by_schema, write_status, write_status_if_changed};
 
 /// Field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "votingstack-operator";
@@ -60,6 +60,11 @@ pub enum ControllerError {
     Finalizer(String),
     #[error("{stack}: reconcile hit a {} problem; see status.conditions", .kind.metric_label())]
     Transient { stack: String, kind: Failure },
+    #[error(
+        "{stack}: the API server refused the status write ({source}); the installed VotingStack CRD may be \
+         older than the operator: re-apply crds/ (kubectl apply -f crds/votingstack.yaml)"
+    )]
+    StatusRefused { stack: String, source: kube::Error },
     #[error("{stack}: tearing down AWS resources failed: {source}")]
     Destroy { stack: String, source: CloudError },
     #[error("VotingStack {0} has no namespace")]
@@ -71,7 +76,7 @@ impl ControllerError {
     pub fn kind(&self) -> Failure {
         match self {
             ControllerError::Kube(kube::Error::Api(status)) if status.code == 409 => Failure::Conflict,
-            ControllerError::Kube(_) => Failure::Kube,
+            ControllerError::Kube(_) | ControllerError::StatusRefused { .. } => Failure::Kube,
             ControllerError::Finalizer(_) => Failure::Finalizer,
             ControllerError::Transient { kind, .. } => *kind,
             ControllerError::Destroy { .. } => Failure::Destroy,
@@ -84,10 +89,19 @@ impl ControllerError {
 pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, ControllerError> {
     let ns = stack.namespace().ok_or_else(|| ControllerError::NoNamespace(stack.name_any()))?;
     let api: Api<VotingStack> = Api::namespaced(ctx.client.clone(), &ns);
+    // The cache may not have delivered this process's last status write yet.
+    let stack = ctx.caught_up(stack);
     finalizer(&api, FINALIZER, stack, |event| async {
         match event {
             Finalizer::Apply(stack) => apply(stack, ctx.clone()).await,
-            Finalizer::Cleanup(stack) => cleanup(stack, ctx.clone()).await,
+            Finalizer::Cleanup(stack) => {
+                let key = stack.key();
+                let done = cleanup(stack, ctx.clone()).await;
+                if done.is_ok() {
+                    ctx.forget(&key);
+                }
+                done
+            }
         }
     })
     .await
@@ -104,8 +118,15 @@ pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Act
 
 /// Requeue after an error, with backoff per stack and cause.
 pub fn error_policy(stack: Arc<VotingStack>, err: &ControllerError, ctx: Arc<Context>) -> Action {
-    let wait = ctx.jittered(ctx.record_failure(&stack.key(), err.kind()));
-    warn!(stack = %stack.key(), error = %err, cause = err.kind().metric_label(), retry_in_ms = wait.as_millis() as u64, "reconcile failed");
+    let (wait, in_a_row) = ctx.record_failure(&stack.key(), err.kind());
+    let wait = ctx.jittered(wait);
+    if err.kind() == Failure::Conflict && in_a_row == 1 {
+        // The stack changed while it reconciled (or the cache lagged behind
+        // it): normal, and the next reconcile reads it afresh.
+        info!(stack = %stack.key(), retry_in_ms = wait.as_millis() as u64, "stack changed since it was read; reconciling again");
+    } else {
+        warn!(stack = %stack.key(), error = %err, cause = err.kind().metric_label(), retry_in_ms = wait.as_millis() as u64, "reconcile failed");
+    }
     // Engine failures were counted with their reconcile; count the rest here.
     if !matches!(err, ControllerError::Transient { .. }) {
         ctx.metrics.errors.get_or_create(&crate::metrics::ErrorLabels { kind: err.kind().metric_label().into() }).inc();
@@ -133,11 +154,14 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     if let (Some(hub), Ok(key)) = (&ctx.drift, &key) {
         hub.ensure(&crate::cloud::StackIdentity::of(&stack).tag_value(), &outcome.targets, key);
     }
-    let written = write_status_if_changed(&ctx.client, &stack, &outcome.status).await;
-    // One error per reconcile: a failed status write is counted (as `kube`)
-    // by the error policy instead of what the engine found.
+    let written = write_status_remembered(&ctx, &stack, &outcome.status).await;
+    // One error per reconcile: a failed status write is counted (as `kube`
+    // or `conflict`) by the error policy instead of what the engine found.
     ctx.metrics.observe_reconcile(started.elapsed(), if written.is_ok() { outcome.error } else { None });
-    written?;
+    written.map_err(|source| match source {
+        e if refused_by_schema(&e) => ControllerError::StatusRefused { stack: stack.key(), source: e },
+        e => ControllerError::Kube(e),
+    })?;
     publish_transitions(&ctx, &stack, &outcome).await;
     if !outcome.applied.is_empty() {
         // Something was created or repaired: whatever failed before, this
@@ -154,6 +178,36 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
             let ready = outcome.status.phase == Some(crate::api::Phase::Ready) && outcome.error.is_none();
             Ok(Action::requeue(ctx.requeue_after(outcome.requeue_after, ready)))
         }
+    }
+}
+
+/// Writes status if it changed (see [`write_status_if_changed`]) and
+/// remembers what was stored, for a reconcile that runs before the cache
+/// has seen the write ([`Context::caught_up`]).
+async fn write_status_remembered(
+    ctx: &Context,
+    stack: &VotingStack,
+    status: &crate::api::VotingStackStatus,
+) -> Result<bool, kube::Error> {
+    match write_status_if_changed(&ctx.client, stack, status).await? {
+        Some(written) => {
+            ctx.remember_write(stack, written);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Logs a status write that deletion goes on without: the status is for
+/// people, and the finalizer must not wait on it (an installed CRD older
+/// than the operator would otherwise keep the stack forever).
+fn status_not_recorded(stack: &VotingStack, what: &str, e: &kube::Error) {
+    if is_conflict(e) {
+        info!(stack = %stack.key(), "{what} not recorded in status: the stack changed since it was read");
+    } else if refused_by_schema(e) {
+        warn!(stack = %stack.key(), error = %e, "{what} not recorded in status: the installed VotingStack CRD may be older than the operator (re-apply crds/); deleting all the same");
+    } else {
+        warn!(stack = %stack.key(), error = %e, "{what} not recorded in status; deleting all the same");
     }
 }
 
@@ -191,7 +245,11 @@ async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, C
         hub.forget(&crate::cloud::StackIdentity::of(&stack).tag_value());
     }
     let (status, _) = deleting_status(&stack, None);
-    write_status_if_changed(&ctx.client, &stack, &status).await?;
+    if let Err(e) = write_status_remembered(&ctx, &stack, &status).await {
+        status_not_recorded(&stack, "Deleting", &e);
+    }
+    // A later write (a failed teardown) goes over the one just made.
+    let stack = ctx.caught_up(stack);
     let orphan = stack.annotations().get(ORPHAN_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     if orphan {
         let note = format!("{ORPHAN_ANNOTATION} is true: AWS resources left in place, teardown skipped");
@@ -224,8 +282,8 @@ async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, C
         }
         Err(source) => {
             let (status, _) = deleting_status(&stack, Some(&format!("teardown failed: {source}")));
-            if let Err(e) = write_status_if_changed(&ctx.client, &stack, &status).await {
-                warn!(stack = %stack.key(), error = %e, "could not record the failed teardown in status");
+            if let Err(e) = write_status_remembered(&ctx, &stack, &status).await {
+                status_not_recorded(&stack, "the failed teardown", &e);
             }
             publish(&ctx, &stack, EventType::Warning, "DeleteFailed", &source.to_string()).await;
             Err(ControllerError::Destroy { stack: stack.key(), source })
