@@ -538,6 +538,21 @@ fn deploy_namespaced_overlay_grants_exactly_what_the_code_calls() {
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
     assert_eq!(binding["subjects"][0]["name"].as_str(), Some("votingstack-operator"));
     assert_eq!(binding["subjects"][0]["namespace"].as_str(), Some("votingstack-system"));
+    // The overlay creates that namespace: nothing else does, and a Role in a
+    // namespace that does not exist is refused.
+    let created: Vec<String> = refs
+        .iter()
+        .filter(|r| r.ends_with(".yaml"))
+        .filter_map(|r| std::fs::read_to_string(dir.join(r)).ok())
+        .flat_map(|text| {
+            serde_yaml::Deserializer::from_str(&text)
+                .filter_map(|doc| Value::deserialize(doc).ok())
+                .filter(|d| d["kind"].as_str() == Some("Namespace"))
+                .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(created.contains(&ns), "the namespaced overlay does not create the namespace {ns} of its Role");
     // The operator watches that namespace only.
     let ops: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("watch-namespace.yaml")).unwrap()).unwrap();
     let args: Vec<&str> = ops.as_sequence().unwrap().iter().filter_map(|o| o["value"].as_str()).collect();
