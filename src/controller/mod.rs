@@ -376,15 +376,79 @@ pub const DEFAULT_CONCURRENCY: u16 = 8;
 /// Where and how the Controller runs.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Watch one namespace (Roles suffice) instead of the whole cluster.
-    pub namespace: Option<String>,
+    /// Watch these namespaces only (Roles in each suffice); empty: the whole
+    /// cluster.
+    pub namespaces: Vec<String>,
     /// Stacks reconciled at once.
     pub concurrency: u16,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { namespace: None, concurrency: DEFAULT_CONCURRENCY }
+        RunOptions { namespaces: Vec::new(), concurrency: DEFAULT_CONCURRENCY }
+    }
+}
+
+/// What one watch covers: a namespace, or (None) the whole cluster.
+type Scope = Option<String>;
+
+/// The scopes to watch: each namespace named, or the whole cluster when none is.
+fn scopes(namespaces: &[String]) -> Vec<Scope> {
+    if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+/// The name a watch's health goes by in the metrics and /readyz:
+/// `votingstacks`, or `votingstacks in team-a` when watching namespaces.
+fn watch_name(resource: &'static str, scope: &Scope) -> &'static str {
+    match scope {
+        None => resource,
+        // Made once per watch at start-up, and kept for the process's life.
+        Some(ns) => Box::leak(format!("{resource} in {ns}").into_boxed_str()),
+    }
+}
+
+/// Whether an object belongs to what a watch covers.
+fn in_scope(stack: &VotingStack, scope: &Scope) -> bool {
+    scope.as_ref().is_none_or(|ns| stack.namespace().as_deref() == Some(ns.as_str()))
+}
+
+/// One reflector store fed by one watch per namespace. A watch's (re)list
+/// replaces the objects of its own namespace only: given to the store's
+/// writer as it comes, one namespace's list would replace the whole cache.
+struct MergedStore {
+    writer: reflector::store::Writer<VotingStack>,
+    store: Store<VotingStack>,
+    /// The objects of the list each scope is in the middle of.
+    listing: std::collections::HashMap<Scope, Vec<VotingStack>>,
+}
+
+impl MergedStore {
+    fn new(writer: reflector::store::Writer<VotingStack>) -> MergedStore {
+        MergedStore { store: writer.as_reader(), writer, listing: Default::default() }
+    }
+
+    fn apply(&mut self, scope: &Scope, event: &watcher::Event<VotingStack>) {
+        match event {
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => self.writer.apply_watcher_event(event),
+            watcher::Event::Init => {
+                self.listing.insert(scope.clone(), Vec::new());
+            }
+            watcher::Event::InitApply(stack) => self.listing.entry(scope.clone()).or_default().push(stack.clone()),
+            watcher::Event::InitDone => {
+                let listed = self.listing.remove(scope).unwrap_or_default();
+                let others: Vec<VotingStack> =
+                    self.store.state().iter().filter(|s| !in_scope(s, scope)).map(|s| (**s).clone()).collect();
+                self.writer.apply_watcher_event(&watcher::Event::Init);
+                for stack in others.into_iter().chain(listed) {
+                    self.writer.apply_watcher_event(&watcher::Event::InitApply(stack));
+                }
+                self.writer.apply_watcher_event(&watcher::Event::InitDone);
+            }
+        }
     }
 }
 
@@ -404,25 +468,48 @@ pub async fn run_controller_with(
     opts: RunOptions,
 ) {
     let client = ctx.client.clone();
-    let (stacks, secrets): (Api<VotingStack>, Api<Secret>) = match &opts.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
+    let scopes = scopes(&opts.namespaces);
     let (store, writer) = reflector::store();
     let trigger = predicates::generation
         .combine(predicates::finalizers)
         .combine(predicates::annotations)
         .combine(deletion_started);
-    let stack_events = watcher(stacks, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .inspect(track_watch(ctx.metrics.clone(), "votingstacks"))
-        .reflect(writer)
+    // One watch per namespace (or one over the cluster), merged into one
+    // stream of triggers and one cache.
+    let stack_watches = scopes.iter().map(|scope| {
+        let stacks: Api<VotingStack> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let scope = scope.clone();
+        watcher(stacks, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .inspect(track_watch(ctx.metrics.clone(), watch_name("votingstacks", &scope)))
+            .map(move |event| (scope.clone(), event))
+            .boxed()
+    });
+    let mut cache = MergedStore::new(writer);
+    let stack_events = futures::stream::select_all(stack_watches)
+        .map(move |(scope, event)| {
+            if let Ok(e) = &event {
+                cache.apply(&scope, e);
+            }
+            event
+        })
         .touched_objects()
         .predicate_filter(trigger, Default::default());
     let secret_config = watcher::Config::default().labels(&format!("{SECRET_LABEL}=true")).any_semantic();
-    let secret_events = watcher(secrets, secret_config)
-        .default_backoff()
-        .inspect(track_watch(ctx.metrics.clone(), "secrets"))
+    let secret_watches = scopes.iter().map(|scope| {
+        let secrets: Api<Secret> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        watcher(secrets, secret_config.clone())
+            .default_backoff()
+            .inspect(track_watch(ctx.metrics.clone(), watch_name("secrets", scope)))
+            .boxed()
+    });
+    let secret_events = futures::stream::select_all(secret_watches)
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
     let ready_store = store.clone();
@@ -458,8 +545,9 @@ pub struct ControllerOptions {
     pub identity: String,
     /// Requeue of a Ready stack.
     pub resync: Duration,
-    /// Watch only this namespace (the operator then needs Roles, not ClusterRoles).
-    pub watch_namespace: Option<String>,
+    /// Watch only these namespaces (the operator then needs a Role in each,
+    /// not a ClusterRole); empty: every namespace.
+    pub watch_namespaces: Vec<String>,
     /// Stacks reconciled at once.
     pub concurrency: u16,
     /// How long one look-up of a region's instances and security groups
@@ -508,9 +596,9 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
         inventory_window_ms = opts.inventory_window.as_millis() as u64,
         "reconciling stacks"
     );
-    let run = RunOptions { namespace: opts.watch_namespace.clone(), concurrency: opts.concurrency };
-    if let Some(ns) = &run.namespace {
-        info!(namespace = %ns, "watching one namespace");
+    let run = RunOptions { namespaces: opts.watch_namespaces.clone(), concurrency: opts.concurrency };
+    if !run.namespaces.is_empty() {
+        info!(namespaces = %run.namespaces.join(","), "watching these namespaces only");
     }
     if !opts.leader_election {
         run_controller_with(ctx, drift_rx, run).await;

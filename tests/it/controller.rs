@@ -457,7 +457,7 @@ mod on_the_api_double {
         api.namespaced_only();
         let seeded = api.requests().len();
         let (engine, cloud, _hosts) = engine_with(Duration::from_secs(60));
-        let opts = RunOptions { namespace: Some("team-a".into()), ..Default::default() };
+        let opts = RunOptions { namespaces: vec!["team-a".into()], ..Default::default() };
         let (controller, metrics) = start(&api, engine, opts);
         ready_within(&api, "team-a", "demo", 30).await;
         eventually(10, "/readyz ready", || metrics.readiness().ok()).await;
@@ -790,6 +790,66 @@ mod on_the_api_double {
         assert!(api.count("PATCH", "/votingstacks/demo/status") > refused_before, "the Deleting status was tried");
         assert!(api.get("votingstacks", "default", "demo").is_none(), "the finalizer was removed");
         assert!(cloud.state.lock().unwrap().instances.is_empty(), "torn down");
+    }
+
+    #[tokio::test]
+    async fn controller_watches_several_namespaces_into_one_cache() {
+        let api = ApiServer::new();
+        let client = api.client();
+        for ns in ["team-a", "team-b", "team-c"] {
+            seed(&client, ns, "demo").await;
+        }
+        api.namespaced_only();
+        let seeded = api.requests().len();
+        let (engine, cloud, _hosts) = engine_with(Duration::from_secs(600));
+        let opts = RunOptions { namespaces: vec!["team-a".into(), "team-b".into()], ..Default::default() };
+        let (controller, metrics) = start(&api, engine, opts);
+        ready_within(&api, "team-a", "demo", 30).await;
+        ready_within(&api, "team-b", "demo", 30).await;
+        eventually(10, "/readyz ready", || metrics.readiness().ok()).await;
+        let other = api.get("votingstacks", "team-c", "demo").unwrap();
+        assert!(other["metadata"]["finalizers"].is_null() && other["status"].is_null(), "{other}");
+        assert_eq!(cloud.state.lock().unwrap().instances.len(), 6, "two stacks' instances");
+        let outside: Vec<String> = api
+            .requests()
+            .into_iter()
+            .skip(seeded)
+            .filter(|r| !r.contains("/namespaces/team-a/") && !r.contains("/namespaces/team-b/"))
+            .collect();
+        assert!(outside.is_empty(), "requests outside team-a and team-b: {outside:?}");
+        for ns in ["team-a", "team-b"] {
+            let secret_watches =
+                api.count("GET", &format!("/api/v1/namespaces/{ns}/secrets [votingstack.dev/ssh-key=true] (watch)"));
+            assert!(secret_watches >= 1, "no labelled Secret watch in {ns}");
+        }
+
+        // Each namespace lists again after 410 Gone; neither list drops the
+        // other namespace's stacks from the cache.
+        let lists =
+            |ns: &str| api.count("GET", &format!("/apis/votingstack.dev/v1alpha1/namespaces/{ns}/votingstacks"));
+        let before = (lists("team-a"), lists("team-b"));
+        api.compact();
+        eventually(30, "both namespaces to list again", || {
+            (lists("team-a") > before.0 && lists("team-b") > before.1).then_some(())
+        })
+        .await;
+        eventually(30, "/readyz ready again", || metrics.readiness().ok()).await;
+        assert!(metrics.render().contains("votingstack_ready_stacks 2"), "{}", metrics.render());
+        // And both still reconcile on a change.
+        for ns in ["team-a", "team-b"] {
+            let stacks: Api<VotingStack> = Api::namespaced(client.clone(), ns);
+            let patch = json!({"spec": {"app": {"optionB": "Birds"}}});
+            stacks.patch("demo", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+        }
+        for ns in ["team-a", "team-b"] {
+            eventually(30, "observedGeneration 2", || {
+                let obj = api.get("votingstacks", ns, "demo")?;
+                (obj["status"]["observedGeneration"] == 2).then_some(())
+            })
+            .await;
+        }
+        controller.abort();
+        let _ = controller.await;
     }
 
     #[tokio::test]
