@@ -801,7 +801,7 @@ mod on_the_api_double {
         }
         api.namespaced_only();
         let seeded = api.requests().len();
-        let (engine, cloud, _hosts) = engine_with(Duration::from_secs(600));
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(600));
         let opts = RunOptions { namespaces: vec!["team-a".into(), "team-b".into()], ..Default::default() };
         let (controller, metrics) = start(&api, engine, opts);
         ready_within(&api, "team-a", "demo", 30).await;
@@ -809,7 +809,6 @@ mod on_the_api_double {
         eventually(10, "/readyz ready", || metrics.readiness().ok()).await;
         let other = api.get("votingstacks", "team-c", "demo").unwrap();
         assert!(other["metadata"]["finalizers"].is_null() && other["status"].is_null(), "{other}");
-        assert_eq!(cloud.state.lock().unwrap().instances.len(), 6, "two stacks' instances");
         let outside: Vec<String> = api
             .requests()
             .into_iter()
