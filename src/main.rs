@@ -123,10 +123,11 @@ struct ControllerArgs {
     /// Seconds between reconciles of a Ready stack (container drift wakes one at once).
     #[arg(long, default_value_t = 60)]
     resync_seconds: u64,
-    /// Watch VotingStacks and Secrets in this namespace only (Roles suffice);
-    /// every namespace when unset.
-    #[arg(long, env = "VOTINGSTACK_WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch VotingStacks and Secrets in these namespaces only (a Role in
+    /// each suffices): repeat the flag or separate them with commas (also in
+    /// the environment variable). Every namespace when unset or empty.
+    #[arg(long = "watch-namespace", value_name = "NS", env = "VOTINGSTACK_WATCH_NAMESPACE", value_delimiter = ',')]
+    watch_namespace: Vec<String>,
     /// Stacks reconciled at once.
     #[arg(long, default_value_t = votingstack::controller::DEFAULT_CONCURRENCY, env = "VOTINGSTACK_CONCURRENCY")]
     concurrency: u16,
@@ -227,7 +228,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 lease_namespace: args.lease_namespace,
                 identity: votingstack::leader::unique_identity(args.identity.as_deref()),
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
-                watch_namespace: args.watch_namespace.filter(|ns| !ns.is_empty()),
+                watch_namespaces: watch_namespaces(&args.watch_namespace),
                 concurrency: args.concurrency.max(1),
                 inventory_window: Duration::from_secs_f64(match args.inventory_window_seconds {
                     w if w.is_finite() => w.clamp(0.0, 3600.0),
@@ -241,6 +242,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The namespaces given, trimmed, without blanks or repeats, in the order
+/// given (none: every namespace).
+fn watch_namespaces(given: &[String]) -> Vec<String> {
+    let mut namespaces: Vec<String> = Vec::new();
+    for ns in given.iter().map(|ns| ns.trim()).filter(|ns| !ns.is_empty()) {
+        if !namespaces.iter().any(|seen| seen == ns) {
+            namespaces.push(ns.to_string());
+        }
+    }
+    namespaces
 }
 
 /// Raises the soft limit of open files to the hard one: the controller
@@ -307,5 +320,35 @@ mod tests {
         assert_eq!((a.shutdown_deadline_seconds, a.liveness_resyncs), (20, 3));
         let a = controller(&["--shutdown-deadline-seconds", "5", "--liveness-resyncs", "4"]);
         assert_eq!((a.shutdown_deadline_seconds, a.liveness_resyncs), (5, 4));
+    }
+
+    fn namespaces_of(args: &[&str]) -> Vec<String> {
+        let cli = Cli::try_parse_from(args).expect("arguments parse");
+        let Command::Controller(args) = cli.command else { panic!("not the controller") };
+        watch_namespaces(&args.watch_namespace)
+    }
+
+    #[test]
+    fn watch_namespace_takes_a_list_from_flags_and_the_environment() {
+        // One test touches the variable, so no other test sees it change.
+        std::env::remove_var("VOTINGSTACK_WATCH_NAMESPACE");
+        assert!(namespaces_of(&["votingstack", "controller"]).is_empty(), "every namespace by default");
+        assert_eq!(
+            namespaces_of(&[
+                "votingstack",
+                "controller",
+                "--watch-namespace",
+                "team-a",
+                "--watch-namespace",
+                "team-b, team-c",
+                "--watch-namespace=team-a"
+            ]),
+            ["team-a", "team-b", "team-c"]
+        );
+        std::env::set_var("VOTINGSTACK_WATCH_NAMESPACE", "voting,team-b,");
+        assert_eq!(namespaces_of(&["votingstack", "controller"]), ["voting", "team-b"]);
+        std::env::set_var("VOTINGSTACK_WATCH_NAMESPACE", "");
+        assert!(namespaces_of(&["votingstack", "controller"]).is_empty(), "empty: every namespace");
+        std::env::remove_var("VOTINGSTACK_WATCH_NAMESPACE");
     }
 }

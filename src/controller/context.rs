@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::Client;
+use kube::{Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -43,6 +43,14 @@ impl Failures {
     }
 }
 
+/// This process's last status write of one stack.
+struct LastWrite {
+    /// The resourceVersion of the object the status was computed from.
+    from: String,
+    /// The object as the API server stored it after the write.
+    written: Arc<VotingStack>,
+}
+
 /// Shared state of the reconcilers.
 pub struct Context {
     pub client: Client,
@@ -53,6 +61,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Failures per stack, for backoff.
     failures: Mutex<HashMap<String, Failures>>,
+    /// The last status written per stack, until the stack is gone.
+    last_writes: Mutex<HashMap<String, LastWrite>>,
     /// Host drift events send the stack to reconcile here.
     pub drift_tx: mpsc::Sender<ObjectRef<VotingStack>>,
     /// Each requeue waits up to this fraction longer, so stacks that became
@@ -97,6 +107,7 @@ impl Context {
             drift,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            last_writes: Mutex::new(HashMap::new()),
             drift_tx,
             requeue_jitter: jitter.clamp(0.0, 1.0),
             sweeps: AtomicBool::new(false),
@@ -122,14 +133,47 @@ impl Context {
         }
     }
 
-    /// Counts a failure of `key` and returns how long to wait. Failures of
-    /// one cause within one backoff window (a burst of triggers) count once,
-    /// so a burst never stalls a stack for minutes.
-    pub(super) fn record_failure(&self, key: &str, cause: Failure) -> Duration {
+    /// Counts a failure of `key` and returns how long to wait, and how many
+    /// failures of this cause in a row it makes. Failures of one cause within
+    /// one backoff window (a burst of triggers) count once, so a burst never
+    /// stalls a stack for minutes.
+    pub(super) fn record_failure(&self, key: &str, cause: Failure) -> (Duration, u32) {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let next = Failures::after(map.get(key).copied(), cause, Instant::now());
         map.insert(key.to_string(), next);
-        cause.backoff(next.count)
+        (cause.backoff(next.count), next.count)
+    }
+
+    /// Remembers that a status computed from `from` was written, and the
+    /// object the API server stored.
+    pub(super) fn remember_write(&self, from: &VotingStack, written: VotingStack) {
+        let Some(rv) = from.resource_version() else { return };
+        let entry = LastWrite { from: rv, written: Arc::new(written) };
+        self.last_writes.lock().unwrap_or_else(|p| p.into_inner()).insert(from.key(), entry);
+    }
+
+    /// The stack as it is after this process's last status write of it,
+    /// when `stack` is the very object that write was made from (the cache
+    /// has not seen the write yet); `stack` itself otherwise. A reconcile on
+    /// the older object would compute status without what the write
+    /// recorded, and its write would be refused (409) anyway.
+    pub fn caught_up(&self, stack: Arc<VotingStack>) -> Arc<VotingStack> {
+        let map = self.last_writes.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&stack.key()) {
+            Some(last)
+                if stack.resource_version().as_deref() == Some(last.from.as_str())
+                    && last.written.uid() == stack.uid() =>
+            {
+                last.written.clone()
+            }
+            _ => stack,
+        }
+    }
+
+    /// The stack is gone: nothing of it is kept.
+    pub(super) fn forget(&self, key: &str) {
+        self.last_writes.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.clear_failures(key);
     }
 
     /// The stack made progress: its backoff starts over.

@@ -39,7 +39,7 @@ mod status_write;
 pub use context::{backoff, jitter, until_next_sweep, Context};
 pub use events::{cut_note, EVENT_NOTE_LIMIT};
 use events::{publish, publish_outcome};
-pub use status_write::{write_status, write_status_if_changed};
+pub use status_write::{is_conflict, refused_by_schema, write_status, write_status_if_changed};
 
 /// Field manager of the operator's server-side applies.
 pub const FIELD_MANAGER: &str = "votingstack-operator";
@@ -64,6 +64,11 @@ pub enum ControllerError {
     Finalizer(String),
     #[error("{stack}: reconcile hit a {} problem; see status.conditions", .kind.metric_label())]
     Transient { stack: String, kind: Failure },
+    #[error(
+        "{stack}: the API server refused the status write ({source}); the installed VotingStack CRD may be \
+         older than the operator: re-apply crds/ (kubectl apply -f crds/votingstack.yaml)"
+    )]
+    StatusRefused { stack: String, source: kube::Error },
     #[error("{stack}: tearing down AWS resources failed: {source}")]
     Destroy { stack: String, source: CloudError },
     #[error("VotingStack {0} has no namespace")]
@@ -75,7 +80,7 @@ impl ControllerError {
     pub fn kind(&self) -> Failure {
         match self {
             ControllerError::Kube(kube::Error::Api(status)) if status.code == 409 => Failure::Conflict,
-            ControllerError::Kube(_) => Failure::Kube,
+            ControllerError::Kube(_) | ControllerError::StatusRefused { .. } => Failure::Kube,
             ControllerError::Finalizer(_) => Failure::Finalizer,
             ControllerError::Transient { kind, .. } => *kind,
             ControllerError::Destroy { .. } => Failure::Destroy,
@@ -89,10 +94,19 @@ pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Act
     let _running = ctx.metrics.liveness.reconcile_started(tokio::time::Instant::now());
     let ns = stack.namespace().ok_or_else(|| ControllerError::NoNamespace(stack.name_any()))?;
     let api: Api<VotingStack> = Api::namespaced(ctx.client.clone(), &ns);
+    // The cache may not have delivered this process's last status write yet.
+    let stack = ctx.caught_up(stack);
     finalizer(&api, FINALIZER, stack, |event| async {
         match event {
             Finalizer::Apply(stack) => apply(stack, ctx.clone()).await,
-            Finalizer::Cleanup(stack) => cleanup(stack, ctx.clone()).await,
+            Finalizer::Cleanup(stack) => {
+                let key = stack.key();
+                let done = cleanup(stack, ctx.clone()).await;
+                if done.is_ok() {
+                    ctx.forget(&key);
+                }
+                done
+            }
         }
     })
     .await
@@ -109,8 +123,15 @@ pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Act
 
 /// Requeue after an error, with backoff per stack and cause.
 pub fn error_policy(stack: Arc<VotingStack>, err: &ControllerError, ctx: Arc<Context>) -> Action {
-    let wait = ctx.jittered(ctx.record_failure(&stack.key(), err.kind()));
-    warn!(stack = %stack.key(), error = %err, cause = err.kind().metric_label(), retry_in_ms = wait.as_millis() as u64, "reconcile failed");
+    let (wait, in_a_row) = ctx.record_failure(&stack.key(), err.kind());
+    let wait = ctx.jittered(wait);
+    if err.kind() == Failure::Conflict && in_a_row == 1 {
+        // The stack changed while it reconciled (or the cache lagged behind
+        // it): normal, and the next reconcile reads it afresh.
+        info!(stack = %stack.key(), retry_in_ms = wait.as_millis() as u64, "stack changed since it was read; reconciling again");
+    } else {
+        warn!(stack = %stack.key(), error = %err, cause = err.kind().metric_label(), retry_in_ms = wait.as_millis() as u64, "reconcile failed");
+    }
     // Engine failures were counted with their reconcile; count the rest here.
     if !matches!(err, ControllerError::Transient { .. }) {
         ctx.metrics.errors.get_or_create(&crate::metrics::ErrorLabels { kind: err.kind().metric_label().into() }).inc();
@@ -141,11 +162,14 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
     if let (Some(hub), Ok(key)) = (&ctx.drift, &key) {
         hub.ensure(&crate::cloud::StackIdentity::of(&stack).tag_value(), &outcome.targets, key);
     }
-    let written = write_status_if_changed(&ctx.client, &stack, &outcome.status).await;
-    // One error per reconcile: a failed status write is counted (as `kube`)
-    // by the error policy instead of what the engine found.
+    let written = write_status_remembered(&ctx, &stack, &outcome.status).await;
+    // One error per reconcile: a failed status write is counted (as `kube`
+    // or `conflict`) by the error policy instead of what the engine found.
     ctx.metrics.observe_reconcile(started.elapsed(), if written.is_ok() { outcome.error } else { None });
-    written?;
+    written.map_err(|source| match source {
+        e if refused_by_schema(&e) => ControllerError::StatusRefused { stack: stack.key(), source: e },
+        e => ControllerError::Kube(e),
+    })?;
     publish_outcome(&ctx, &stack, &outcome).await;
     if !outcome.applied.is_empty() {
         // Something was created or repaired: whatever failed before, this
@@ -162,6 +186,36 @@ async fn apply(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, Con
             let ready = outcome.status.phase == Some(crate::api::Phase::Ready) && outcome.error.is_none();
             Ok(Action::requeue(ctx.requeue_after(outcome.requeue_after, ready)))
         }
+    }
+}
+
+/// Writes status if it changed (see [`write_status_if_changed`]) and
+/// remembers what was stored, for a reconcile that runs before the cache
+/// has seen the write ([`Context::caught_up`]).
+async fn write_status_remembered(
+    ctx: &Context,
+    stack: &VotingStack,
+    status: &crate::api::VotingStackStatus,
+) -> Result<bool, kube::Error> {
+    match write_status_if_changed(&ctx.client, stack, status).await? {
+        Some(written) => {
+            ctx.remember_write(stack, written);
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Logs a status write that deletion goes on without: the status is for
+/// people, and the finalizer must not wait on it (an installed CRD older
+/// than the operator would otherwise keep the stack forever).
+fn status_not_recorded(stack: &VotingStack, what: &str, e: &kube::Error) {
+    if is_conflict(e) {
+        info!(stack = %stack.key(), "{what} not recorded in status: the stack changed since it was read");
+    } else if refused_by_schema(e) {
+        warn!(stack = %stack.key(), error = %e, "{what} not recorded in status: the installed VotingStack CRD may be older than the operator (re-apply crds/); deleting all the same");
+    } else {
+        warn!(stack = %stack.key(), error = %e, "{what} not recorded in status; deleting all the same");
     }
 }
 
@@ -200,7 +254,11 @@ async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, C
         hub.forget(&crate::cloud::StackIdentity::of(&stack).tag_value());
     }
     let (status, _) = deleting_status(&stack, None);
-    write_status_if_changed(&ctx.client, &stack, &status).await?;
+    if let Err(e) = write_status_remembered(&ctx, &stack, &status).await {
+        status_not_recorded(&stack, "Deleting", &e);
+    }
+    // A later write (a failed teardown) goes over the one just made.
+    let stack = ctx.caught_up(stack);
     let orphan = stack.annotations().get(ORPHAN_ANNOTATION).is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
     if orphan {
         let note = format!("{ORPHAN_ANNOTATION} is true: AWS resources left in place, teardown skipped");
@@ -233,8 +291,8 @@ async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, C
         }
         Err(source) => {
             let (status, _) = deleting_status(&stack, Some(&format!("teardown failed: {source}")));
-            if let Err(e) = write_status_if_changed(&ctx.client, &stack, &status).await {
-                warn!(stack = %stack.key(), error = %e, "could not record the failed teardown in status");
+            if let Err(e) = write_status_remembered(&ctx, &stack, &status).await {
+                status_not_recorded(&stack, "the failed teardown", &e);
             }
             publish(&ctx, &stack, EventType::Warning, "DeleteFailed", &source.to_string()).await;
             Err(ControllerError::Destroy { stack: stack.key(), source })
@@ -327,15 +385,79 @@ pub const DEFAULT_CONCURRENCY: u16 = 8;
 /// Where and how the Controller runs.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Watch one namespace (Roles suffice) instead of the whole cluster.
-    pub namespace: Option<String>,
+    /// Watch these namespaces only (Roles in each suffice); empty: the whole
+    /// cluster.
+    pub namespaces: Vec<String>,
     /// Stacks reconciled at once.
     pub concurrency: u16,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { namespace: None, concurrency: DEFAULT_CONCURRENCY }
+        RunOptions { namespaces: Vec::new(), concurrency: DEFAULT_CONCURRENCY }
+    }
+}
+
+/// What one watch covers: a namespace, or (None) the whole cluster.
+type Scope = Option<String>;
+
+/// The scopes to watch: each namespace named, or the whole cluster when none is.
+fn scopes(namespaces: &[String]) -> Vec<Scope> {
+    if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+/// The name a watch's health goes by in the metrics and /readyz:
+/// `votingstacks`, or `votingstacks in team-a` when watching namespaces.
+fn watch_name(resource: &'static str, scope: &Scope) -> &'static str {
+    match scope {
+        None => resource,
+        // Made once per watch at start-up, and kept for the process's life.
+        Some(ns) => Box::leak(format!("{resource} in {ns}").into_boxed_str()),
+    }
+}
+
+/// Whether an object belongs to what a watch covers.
+fn in_scope(stack: &VotingStack, scope: &Scope) -> bool {
+    scope.as_ref().is_none_or(|ns| stack.namespace().as_deref() == Some(ns.as_str()))
+}
+
+/// One reflector store fed by one watch per namespace. A watch's (re)list
+/// replaces the objects of its own namespace only: given to the store's
+/// writer as it comes, one namespace's list would replace the whole cache.
+struct MergedStore {
+    writer: reflector::store::Writer<VotingStack>,
+    store: Store<VotingStack>,
+    /// The objects of the list each scope is in the middle of.
+    listing: std::collections::HashMap<Scope, Vec<VotingStack>>,
+}
+
+impl MergedStore {
+    fn new(writer: reflector::store::Writer<VotingStack>) -> MergedStore {
+        MergedStore { store: writer.as_reader(), writer, listing: Default::default() }
+    }
+
+    fn apply(&mut self, scope: &Scope, event: &watcher::Event<VotingStack>) {
+        match event {
+            watcher::Event::Apply(_) | watcher::Event::Delete(_) => self.writer.apply_watcher_event(event),
+            watcher::Event::Init => {
+                self.listing.insert(scope.clone(), Vec::new());
+            }
+            watcher::Event::InitApply(stack) => self.listing.entry(scope.clone()).or_default().push(stack.clone()),
+            watcher::Event::InitDone => {
+                let listed = self.listing.remove(scope).unwrap_or_default();
+                let others: Vec<VotingStack> =
+                    self.store.state().iter().filter(|s| !in_scope(s, scope)).map(|s| (**s).clone()).collect();
+                self.writer.apply_watcher_event(&watcher::Event::Init);
+                for stack in others.into_iter().chain(listed) {
+                    self.writer.apply_watcher_event(&watcher::Event::InitApply(stack));
+                }
+                self.writer.apply_watcher_event(&watcher::Event::InitDone);
+            }
+        }
     }
 }
 
@@ -374,25 +496,48 @@ pub async fn run_controller_until(
     timings: ShutdownTimings,
 ) -> Drained {
     let client = ctx.client.clone();
-    let (stacks, secrets): (Api<VotingStack>, Api<Secret>) = match &opts.namespace {
-        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client, ns)),
-        None => (Api::all(client.clone()), Api::all(client)),
-    };
+    let scopes = scopes(&opts.namespaces);
     let (store, writer) = reflector::store();
     let trigger = predicates::generation
         .combine(predicates::finalizers)
         .combine(predicates::annotations)
         .combine(deletion_started);
-    let stack_events = watcher(stacks, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .inspect(track_watch(ctx.metrics.clone(), "votingstacks"))
-        .reflect(writer)
+    // One watch per namespace (or one over the cluster), merged into one
+    // stream of triggers and one cache.
+    let stack_watches = scopes.iter().map(|scope| {
+        let stacks: Api<VotingStack> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let scope = scope.clone();
+        watcher(stacks, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .inspect(track_watch(ctx.metrics.clone(), watch_name("votingstacks", &scope)))
+            .map(move |event| (scope.clone(), event))
+            .boxed()
+    });
+    let mut cache = MergedStore::new(writer);
+    let stack_events = futures::stream::select_all(stack_watches)
+        .map(move |(scope, event)| {
+            if let Ok(e) = &event {
+                cache.apply(&scope, e);
+            }
+            event
+        })
         .touched_objects()
         .predicate_filter(trigger, Default::default());
     let secret_config = watcher::Config::default().labels(&format!("{SECRET_LABEL}=true")).any_semantic();
-    let secret_events = watcher(secrets, secret_config)
-        .default_backoff()
-        .inspect(track_watch(ctx.metrics.clone(), "secrets"))
+    let secret_watches = scopes.iter().map(|scope| {
+        let secrets: Api<Secret> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        watcher(secrets, secret_config.clone())
+            .default_backoff()
+            .inspect(track_watch(ctx.metrics.clone(), watch_name("secrets", scope)))
+            .boxed()
+    });
+    let secret_events = futures::stream::select_all(secret_watches)
         .touched_objects()
         .predicate_filter(predicates::resource_version, Default::default());
     let ready_store = store.clone();
@@ -468,8 +613,9 @@ pub struct ControllerOptions {
     pub identity: String,
     /// Requeue of a Ready stack.
     pub resync: Duration,
-    /// Watch only this namespace (the operator then needs Roles, not ClusterRoles).
-    pub watch_namespace: Option<String>,
+    /// Watch only these namespaces (the operator then needs a Role in each,
+    /// not a ClusterRole); empty: every namespace.
+    pub watch_namespaces: Vec<String>,
     /// Stacks reconciled at once.
     pub concurrency: u16,
     /// How long one look-up of a region's instances and security groups
@@ -530,9 +676,9 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
         inventory_window_ms = opts.inventory_window.as_millis() as u64,
         "reconciling stacks"
     );
-    let run = RunOptions { namespace: opts.watch_namespace.clone(), concurrency: opts.concurrency };
-    if let Some(ns) = &run.namespace {
-        info!(namespace = %ns, "watching one namespace");
+    let run = RunOptions { namespaces: opts.watch_namespaces.clone(), concurrency: opts.concurrency };
+    if !run.namespaces.is_empty() {
+        info!(namespaces = %run.namespaces.join(","), "watching these namespaces only");
     }
     metrics.liveness.set_rule(HealthRule { resync: opts.resync, resyncs: opts.liveness_resyncs });
     let timings = ShutdownTimings::with_deadline(opts.shutdown_deadline);

@@ -1,11 +1,12 @@
 //! A small stateful in-memory Kubernetes API for controller tests: list and
 //! watch with resourceVersion (410 Gone once compacted), the status
 //! subresource (every write that changes something is a watch event),
-//! generation, finalizers with deletionTimestamp, replace with optimistic
-//! concurrency (409 on a stale resourceVersion), server-side apply that drops
-//! the fields a manager stopped sending, Secret stringData stored as data,
-//! and 403 for resources or scopes the caller may not use. Served in-process
-//! as a tower service.
+//! generation, finalizers with deletionTimestamp, replace and patch with
+//! optimistic concurrency (409 on a stale resourceVersion), server-side
+//! apply that drops the fields a manager stopped sending and, once told the
+//! schema, refuses fields it does not declare, Secret stringData stored as
+//! data, and 403 for resources or scopes the caller may not use. Served
+//! in-process as a tower service.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -43,6 +44,9 @@ struct State {
     namespaced_only: bool,
     /// What each field manager last applied, by (plural, namespace, name, manager, subresource).
     applied: BTreeMap<(String, String, String, String, bool), Value>,
+    /// The OpenAPI schema of a resource (a CRD's `openAPIV3Schema`), when
+    /// told: server-side apply then refuses fields it does not declare.
+    schemas: BTreeMap<String, Value>,
     /// Random per double: uids are unique across doubles, as a real API
     /// server's are (EC2 resources are owned by uid and outlive a test).
     uid_prefix: String,
@@ -165,6 +169,45 @@ fn prune(target: &mut Value, before: &Value, now: &Value) {
     }
 }
 
+/// The path of the first field of `value` that `schema` does not declare
+/// (objects with `properties` and neither `additionalProperties` nor
+/// `x-kubernetes-preserve-unknown-fields` declare only those).
+fn undeclared(schema: &Value, value: &Value, at: &str) -> Option<String> {
+    if schema["x-kubernetes-preserve-unknown-fields"] == true {
+        return None;
+    }
+    match value {
+        Value::Object(fields) => {
+            for (key, v) in fields {
+                let here = format!("{at}.{key}");
+                let field_schema = match schema["properties"].get(key) {
+                    Some(s) => s,
+                    None if schema["additionalProperties"].is_object() => &schema["additionalProperties"],
+                    None if schema["additionalProperties"] == true || schema["properties"].is_null() => continue,
+                    None => return Some(here),
+                };
+                if let Some(found) = undeclared(field_schema, v, &here) {
+                    return Some(found);
+                }
+            }
+            None
+        }
+        Value::Array(items) => items.iter().find_map(|item| undeclared(&schema["items"], item, at)),
+        _ => None,
+    }
+}
+
+/// 409 Conflict, as for a write from a resourceVersion that is not the stored one.
+fn conflict(plural: &str, name: &str) -> Response<Body> {
+    status_error(
+        409,
+        "Conflict",
+        format!(
+            "Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+        ),
+    )
+}
+
 fn base64(bytes: &[u8]) -> String {
     const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
@@ -231,6 +274,13 @@ impl ApiServer {
     /// Requests across all namespaces answer 403 (a caller bound by Roles only).
     pub fn namespaced_only(&self) {
         self.state.lock().unwrap().namespaced_only = true;
+    }
+
+    /// Server-side applies to `plural` from now on are checked against
+    /// `schema` (an `openAPIV3Schema`), as the API server checks them
+    /// against the installed CRD: a field it does not declare is refused.
+    pub fn declare_schema(&self, plural: &str, schema: Value) {
+        self.state.lock().unwrap().schemas.insert(plural.to_string(), schema);
     }
 
     /// Compacts the history: open watches end, and a watch from an older
@@ -447,6 +497,33 @@ impl ApiServer {
             return status_error(404, "NotFound", format!("{} \"{name}\" not found", path.plural));
         };
         let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+        // A resourceVersion in the patch body is a precondition (merge and
+        // apply patches alike): the write is refused once the object moved on.
+        let given_rv = body["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        if !given_rv.is_empty() && given_rv != current["metadata"]["resourceVersion"].as_str().unwrap_or_default() {
+            return conflict(&path.plural, &name);
+        }
+        if content_type.contains("apply-patch") {
+            if let Some(schema) = state.schemas.get(&path.plural) {
+                let mut fields = body.clone();
+                if let Some(o) = fields.as_object_mut() {
+                    for meta in ["apiVersion", "kind", "metadata"] {
+                        o.remove(meta);
+                    }
+                }
+                if let Some(field) = undeclared(schema, &fields, "") {
+                    // What the API server answers (a 500, not a 4xx).
+                    return status_error(
+                        500,
+                        "InternalError",
+                        format!(
+                            "failed to create typed patch object ({}/{name}): {field}: field not declared in schema",
+                            path.plural
+                        ),
+                    );
+                }
+            }
+        }
         let mut next = current.clone();
         if content_type.contains("json-patch") {
             let Ok(ops) = serde_json::from_value::<json_patch::Patch>(body) else {
@@ -511,14 +588,7 @@ impl ApiServer {
         };
         let given_rv = body["metadata"]["resourceVersion"].as_str().unwrap_or_default();
         if !given_rv.is_empty() && given_rv != current["metadata"]["resourceVersion"].as_str().unwrap_or_default() {
-            return status_error(
-                409,
-                "Conflict",
-                format!(
-                    "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again",
-                    path.plural
-                ),
-            );
+            return conflict(&path.plural, &name);
         }
         let mut next = if path.status {
             let mut next = current.clone();

@@ -522,7 +522,7 @@ mod on_the_api_double {
         api.namespaced_only();
         let seeded = api.requests().len();
         let (engine, cloud, _hosts) = engine_with(Duration::from_secs(60));
-        let opts = RunOptions { namespace: Some("team-a".into()), ..Default::default() };
+        let opts = RunOptions { namespaces: vec!["team-a".into()], ..Default::default() };
         let (controller, metrics) = start(&api, engine, opts);
         ready_within(&api, "team-a", "demo", 30).await;
         eventually(10, "/readyz ready", || metrics.readiness().ok()).await;
@@ -779,17 +779,207 @@ mod on_the_api_double {
             phase: Some(votingstack::api::Phase::Ready),
             ..Default::default()
         };
-        votingstack::controller::write_status(&client, &stored, &status).await.unwrap();
+        let written = votingstack::controller::write_status(&client, &stored, &status).await.unwrap();
         assert_eq!(api.get("votingstacks", "default", "demo").unwrap()["status"]["voteUrl"], "http://10.42.1.6/");
         status.vote_url = None;
-        votingstack::controller::write_status(&client, &stored, &status).await.unwrap();
+        votingstack::controller::write_status(&client, &written, &status).await.unwrap();
         let obj = api.get("votingstacks", "default", "demo").unwrap();
         assert!(obj["status"].get("voteUrl").is_none(), "{obj}");
         assert_eq!(obj["status"]["phase"], "Ready");
         // The same content again is not written at all.
         let fresh: VotingStack = Api::namespaced(client.clone(), "default").get("demo").await.unwrap();
         let written = votingstack::controller::write_status_if_changed(&client, &fresh, &status).await.unwrap();
-        assert!(!written);
+        assert!(written.is_none());
+    }
+
+    /// A Context over `engine` on the double, as a newly started operator has it.
+    fn direct_context(api: &ApiServer, engine: Engine) -> Arc<Context> {
+        let reporter = Reporter { controller: "votingstack-operator".into(), instance: Some("test".into()) };
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        Context::new(api.client(), Arc::new(engine), Arc::new(Metrics::default()), reporter, None, tx)
+    }
+
+    async fn read(client: &kube::Client, ns: &str, name: &str) -> Arc<VotingStack> {
+        Arc::new(Api::<VotingStack>::namespaced(client.clone(), ns).get(name).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn controller_status_apply_from_a_stale_resource_version_is_refused() {
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "default", "demo").await;
+        let stale = read(&client, "default", "demo").await;
+        let status = votingstack::api::VotingStackStatus {
+            phase: Some(votingstack::api::Phase::Deploying),
+            ..Default::default()
+        };
+        let newer = votingstack::controller::write_status(&client, &stale, &status).await.unwrap();
+        assert_ne!(newer.metadata.resource_version, stale.metadata.resource_version);
+        let other = votingstack::api::VotingStackStatus { phase: Some(votingstack::api::Phase::Failed), ..status };
+        let err = votingstack::controller::write_status(&client, &stale, &other).await.expect_err("a stale apply");
+        let kube::Error::Api(refusal) = &err else { panic!("not an API error: {err}") };
+        assert_eq!((refusal.code, refusal.reason.as_str()), (409, "Conflict"), "{refusal:?}");
+        assert!(votingstack::controller::is_conflict(&err));
+        assert_eq!(api.get("votingstacks", "default", "demo").unwrap()["status"]["phase"], "Deploying");
+        // From the object as it now is, the same apply goes through.
+        votingstack::controller::write_status(&client, &newer, &other).await.unwrap();
+        assert_eq!(api.get("votingstacks", "default", "demo").unwrap()["status"]["phase"], "Failed");
+    }
+
+    #[tokio::test]
+    async fn controller_reconcile_of_a_stale_object_keeps_the_newer_status() {
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "default", "demo").await;
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+        let with_finalizer = json!({"metadata": {"finalizers": [FINALIZER]}});
+        stacks
+            .patch("demo", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&with_finalizer))
+            .await
+            .unwrap();
+        let stale = read(&client, "default", "demo").await;
+        assert!(stale.status.is_none());
+
+        // The leader reconciles: status records the pinned host keys.
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let leader = direct_context(&api, engine);
+        reconcile(stale.clone(), leader.clone()).await.expect("first reconcile");
+        let pinned = api.get("votingstacks", "default", "demo").unwrap();
+        let pin = &pinned["status"]["tiers"]["database"]["hostKeyFingerprint"];
+        assert!(pin.is_string(), "{pinned}");
+
+        // The same process reconciles again before its cache saw the write:
+        // it goes on from what it wrote, and neither refetches nor conflicts.
+        let writes = api.count("PATCH", "/votingstacks/demo/status");
+        reconcile(stale.clone(), leader.clone()).await.expect("a reconcile on the cache it wrote over");
+        assert_eq!(api.count("PATCH", "/votingstacks/demo/status"), writes, "nothing new to write");
+
+        // A new leader whose cache lags: its status (no pins, new pin times)
+        // is refused, the newer one stays, and it retries within a second.
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let lagging = direct_context(&api, engine);
+        let err = reconcile(stale.clone(), lagging.clone()).await.expect_err("a status from a stale object");
+        assert_eq!(err.kind(), votingstack::engine::Failure::Conflict, "{err}");
+        let after = api.get("votingstacks", "default", "demo").unwrap();
+        assert_eq!(after["status"], pinned["status"], "the newer status was overwritten");
+        assert_eq!(after["metadata"]["resourceVersion"], pinned["metadata"]["resourceVersion"]);
+        let action = votingstack::controller::error_policy(stale, &err, lagging.clone());
+        assert_eq!(action, Action::requeue(Duration::from_secs(1)));
+        // Read afresh, it reconciles from the newer status.
+        reconcile(read(&client, "default", "demo").await, lagging).await.expect("a reconcile on the fresh object");
+        let kept = api.get("votingstacks", "default", "demo").unwrap();
+        assert_eq!(kept["status"]["tiers"]["database"]["hostKeyFingerprint"], *pin);
+        assert_eq!(
+            kept["status"]["tiers"]["database"]["hostKeyPinnedAt"],
+            pinned["status"]["tiers"]["database"]["hostKeyPinnedAt"]
+        );
+    }
+
+    /// The CRD's schema as the API server holds it, less the status field `field`:
+    /// what an installed CRD older than the operator looks like.
+    fn schema_without_status_field(field: &str) -> Value {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(VotingStack::crd()).unwrap();
+        let mut schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+        let fields = schema["properties"]["status"]["properties"].as_object_mut().expect("status properties");
+        assert!(fields.remove(field).is_some(), "status has no {field}");
+        schema
+    }
+
+    #[tokio::test]
+    async fn controller_status_field_the_installed_crd_lacks_does_not_block_deletion() {
+        use kube::CustomResourceExt;
+        let api = ApiServer::new();
+        let client = api.client();
+        seed(&client, "default", "demo").await;
+        let crd = serde_json::to_value(VotingStack::crd()).unwrap();
+        api.declare_schema("votingstacks", crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone());
+        let (engine, cloud, _hosts) = engine_with(Duration::from_secs(60));
+        let ctx = direct_context(&api, engine);
+        // With the CRD the operator was built with, status is written.
+        reconcile(read(&client, "default", "demo").await, ctx.clone()).await.expect("adds the finalizer");
+        reconcile(read(&client, "default", "demo").await, ctx.clone()).await.expect("status accepted");
+        assert_eq!(api.get("votingstacks", "default", "demo").unwrap()["status"]["phase"], "Ready");
+
+        // An older CRD is installed; the spec changes, so status must be written.
+        api.declare_schema("votingstacks", schema_without_status_field("observedGeneration"));
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+        let patch = json!({"spec": {"app": {"optionB": "Birds"}}});
+        stacks.patch("demo", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+        let err = reconcile(read(&client, "default", "demo").await, ctx.clone()).await.expect_err("status refused");
+        assert!(matches!(err, ControllerError::StatusRefused { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("field not declared in schema") && message.contains("re-apply crds/"), "{message}");
+        assert_eq!(api.get("votingstacks", "default", "demo").unwrap()["status"]["observedGeneration"], 1);
+
+        // Deletion goes on without the Deleting status: torn down, and gone.
+        stacks.delete("demo", &DeleteParams::default()).await.unwrap();
+        let doomed = read(&client, "default", "demo").await;
+        assert!(doomed.metadata.deletion_timestamp.is_some());
+        let refused_before = api.count("PATCH", "/votingstacks/demo/status");
+        reconcile(doomed, ctx).await.expect("cleanup despite the refused status");
+        assert!(api.count("PATCH", "/votingstacks/demo/status") > refused_before, "the Deleting status was tried");
+        assert!(api.get("votingstacks", "default", "demo").is_none(), "the finalizer was removed");
+        assert!(cloud.state.lock().unwrap().instances.is_empty(), "torn down");
+    }
+
+    #[tokio::test]
+    async fn controller_watches_several_namespaces_into_one_cache() {
+        let api = ApiServer::new();
+        let client = api.client();
+        for ns in ["team-a", "team-b", "team-c"] {
+            seed(&client, ns, "demo").await;
+        }
+        api.namespaced_only();
+        let seeded = api.requests().len();
+        let (engine, _cloud, _hosts) = engine_with(Duration::from_secs(600));
+        let opts = RunOptions { namespaces: vec!["team-a".into(), "team-b".into()], ..Default::default() };
+        let (controller, metrics) = start(&api, engine, opts);
+        ready_within(&api, "team-a", "demo", 30).await;
+        ready_within(&api, "team-b", "demo", 30).await;
+        eventually(10, "/readyz ready", || metrics.readiness().ok()).await;
+        let other = api.get("votingstacks", "team-c", "demo").unwrap();
+        assert!(other["metadata"]["finalizers"].is_null() && other["status"].is_null(), "{other}");
+        let outside: Vec<String> = api
+            .requests()
+            .into_iter()
+            .skip(seeded)
+            .filter(|r| !r.contains("/namespaces/team-a/") && !r.contains("/namespaces/team-b/"))
+            .collect();
+        assert!(outside.is_empty(), "requests outside team-a and team-b: {outside:?}");
+        for ns in ["team-a", "team-b"] {
+            let secret_watches =
+                api.count("GET", &format!("/api/v1/namespaces/{ns}/secrets [votingstack.dev/ssh-key=true] (watch)"));
+            assert!(secret_watches >= 1, "no labelled Secret watch in {ns}");
+        }
+
+        // Each namespace lists again after 410 Gone; neither list drops the
+        // other namespace's stacks from the cache.
+        let lists =
+            |ns: &str| api.count("GET", &format!("/apis/votingstack.dev/v1alpha1/namespaces/{ns}/votingstacks"));
+        let before = (lists("team-a"), lists("team-b"));
+        api.compact();
+        eventually(30, "both namespaces to list again", || {
+            (lists("team-a") > before.0 && lists("team-b") > before.1).then_some(())
+        })
+        .await;
+        eventually(30, "/readyz ready again", || metrics.readiness().ok()).await;
+        assert!(metrics.render().contains("votingstack_ready_stacks 2"), "{}", metrics.render());
+        // And both still reconcile on a change.
+        for ns in ["team-a", "team-b"] {
+            let stacks: Api<VotingStack> = Api::namespaced(client.clone(), ns);
+            let patch = json!({"spec": {"app": {"optionB": "Birds"}}});
+            stacks.patch("demo", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
+        }
+        for ns in ["team-a", "team-b"] {
+            eventually(30, "observedGeneration 2", || {
+                let obj = api.get("votingstacks", ns, "demo")?;
+                (obj["status"]["observedGeneration"] == 2).then_some(())
+            })
+            .await;
+        }
+        controller.abort();
+        let _ = controller.await;
     }
 
     #[tokio::test]

@@ -571,19 +571,58 @@ fn deploy_namespaced_overlay_grants_exactly_what_the_code_calls() {
         });
         assert!(deleted, "the namespaced overlay deletes the {kind}");
     }
-    // A Role with exactly the controller's calls, bound to the operator.
-    let role: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("role.yaml")).unwrap()).unwrap();
-    assert_eq!(role["kind"].as_str(), Some("Role"));
-    assert_eq!(granted(&role), needed(votingstack::rbac::CONTROLLER_API_USES));
-    let ns = role["metadata"]["namespace"].as_str().expect("Role namespace").to_string();
-    let binding: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("rolebinding.yaml")).unwrap()).unwrap();
-    assert_eq!(binding["metadata"]["namespace"].as_str(), Some(ns.as_str()));
-    assert_eq!(binding["roleRef"]["kind"].as_str(), Some("Role"));
-    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
-    assert_eq!(binding["subjects"][0]["name"].as_str(), Some("votingstack-operator"));
-    assert_eq!(binding["subjects"][0]["namespace"].as_str(), Some("votingstack-system"));
-    // The operator watches that namespace only.
+    // The namespaces the operator watches: each value after --watch-namespace,
+    // split at commas as the operator splits it.
     let ops: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("watch-namespace.yaml")).unwrap()).unwrap();
     let args: Vec<&str> = ops.as_sequence().unwrap().iter().filter_map(|o| o["value"].as_str()).collect();
-    assert_eq!(args, ["--watch-namespace", ns.as_str()]);
+    let mut watched = BTreeSet::new();
+    for pair in args.chunks(2) {
+        assert_eq!(pair[0], "--watch-namespace", "{args:?}");
+        let value = pair.get(1).unwrap_or_else(|| panic!("--watch-namespace without a value: {args:?}"));
+        watched.extend(value.split(',').map(|ns| ns.trim().to_string()).filter(|ns| !ns.is_empty()));
+    }
+    assert!(!watched.is_empty(), "the namespaced overlay watches no namespace");
+    // The overlay's own documents.
+    let docs: Vec<Value> = refs
+        .iter()
+        .filter(|r| r.ends_with(".yaml"))
+        .filter_map(|r| std::fs::read_to_string(dir.join(r)).ok())
+        .flat_map(|text| {
+            serde_yaml::Deserializer::from_str(&text).filter_map(|doc| Value::deserialize(doc).ok()).collect::<Vec<_>>()
+        })
+        .collect();
+    let in_ns = |kind: &str, ns: &str| -> Vec<Value> {
+        docs.iter()
+            .filter(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["namespace"].as_str() == Some(ns))
+            .cloned()
+            .collect()
+    };
+    let namespaces_created: BTreeSet<String> = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Namespace"))
+        .filter_map(|d| d["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    let role_namespaces: BTreeSet<String> = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("Role"))
+        .filter_map(|d| d["metadata"]["namespace"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(role_namespaces, watched, "a Role in each watched namespace, and in no other");
+    for ns in &watched {
+        // Nothing else creates the namespace, and a Role in a namespace that
+        // does not exist is refused.
+        assert!(namespaces_created.contains(ns), "the namespaced overlay does not create the namespace {ns}");
+        // A Role with exactly the controller's calls, bound to the operator.
+        let roles = in_ns("Role", ns);
+        assert_eq!(roles.len(), 1, "one Role in {ns}");
+        let role = &roles[0];
+        assert_eq!(granted(role), needed(votingstack::rbac::CONTROLLER_API_USES));
+        let bindings = in_ns("RoleBinding", ns);
+        assert_eq!(bindings.len(), 1, "one RoleBinding in {ns}");
+        let binding = &bindings[0];
+        assert_eq!(binding["roleRef"]["kind"].as_str(), Some("Role"));
+        assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+        assert_eq!(binding["subjects"][0]["name"].as_str(), Some("votingstack-operator"));
+        assert_eq!(binding["subjects"][0]["namespace"].as_str(), Some("votingstack-system"));
+    }
 }
