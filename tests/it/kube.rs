@@ -149,6 +149,13 @@ impl Cluster {
 /// ServiceAccount's token instead).
 async fn install_base(c: &Cluster) {
     BASE.get_or_init(|| async {
+        let demo = PathBuf::from(c.env.get("VS_WORLD_DIR").cloned().unwrap_or_default()).join("demo-operator.pid");
+        if let Some(pid) = std::fs::read_to_string(&demo).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+            assert!(
+                !PathBuf::from(format!("/proc/{pid}")).exists(),
+                "scripts/demo's operator (pid {pid}) runs against the world's API server and would take up these tests' stacks: stop it with scripts/demo down"
+            );
+        }
         c.ok(&[
             "apply",
             "--server-side",
