@@ -331,6 +331,27 @@ impl ApiServer {
         self.handle_parts(parts, bytes)
     }
 
+    /// Serves the double over HTTP on 127.0.0.1 (for the real binary: scripts/bench runs one controller against it); the
+    /// task ends when dropped or aborted.
+    #[allow(dead_code)] // the tests run the binary on the real API server (kube.rs)
+    pub async fn serve_http(&self) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("local addr");
+        let me = self.clone();
+        let app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let me = me.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+                me.handle_parts(parts, bytes)
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (addr, task)
+    }
+
     fn handle_parts(&self, parts: axum::http::request::Parts, bytes: Bytes) -> Response<Body> {
         let watching = matches!(query_param(&parts.uri, "watch").as_deref(), Some("true") | Some("1"));
         let selector = query_param(&parts.uri, "labelSelector").map(|s| percent_decode(&s));

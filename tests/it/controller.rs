@@ -234,13 +234,7 @@ mod on_the_api_double {
     async fn controller_records_an_event_per_instance_created_and_container_created() {
         let api = ApiServer::new();
         let client = api.client();
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
-        secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
-        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
-        let mut s = stack();
-        s.metadata.uid = None;
-        s.metadata.generation = None;
-        stacks.create(&PostParams::default(), &s).await.unwrap();
+        let stacks = seed_stack_and_secret(&client).await;
         let (engine, cloud, _hosts) = fakes::engine();
         let reporter = Reporter { controller: "votingstack-operator".into(), instance: Some("test".into()) };
         let (tx, _rx) = tokio::sync::mpsc::channel(8);
@@ -287,13 +281,7 @@ mod on_the_api_double {
     async fn controller_runs_create_waiting_ready_delete_on_a_stateful_api() {
         let api = ApiServer::new();
         let client = api.client();
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
-        secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
-        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
-        let mut s = stack();
-        s.metadata.uid = None;
-        s.metadata.generation = None;
-        stacks.create(&PostParams::default(), &s).await.unwrap();
+        let stacks = seed_stack_and_secret(&client).await;
 
         // Hosts refuse SSH at first: the stack must wait, not fail.
         let (engine, cloud, hosts) = fakes::engine();
@@ -757,6 +745,18 @@ mod on_the_api_double {
         let _ = shutdown.send(());
         let drained = tokio::time::timeout(Duration::from_secs(10), controller).await.expect("ends").unwrap();
         assert_eq!(drained, Drained::Finished);
+    }
+
+    /// The test stack and its Secret in `default`, as a user creates them.
+    async fn seed_stack_and_secret(client: &kube::Client) -> Api<VotingStack> {
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+        secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
+        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
+        let mut s = stack();
+        s.metadata.uid = None;
+        s.metadata.generation = None;
+        stacks.create(&PostParams::default(), &s).await.unwrap();
+        stacks
     }
 
     async fn seed_stack_only(client: &kube::Client, name: &str) {

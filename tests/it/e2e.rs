@@ -179,7 +179,7 @@ impl Drop for ChildGuard {
 }
 
 /// Polls `check` every 250 ms for at most `limit`; returns the time it took.
-async fn within<F: FnMut() -> bool>(limit: Duration, what: &str, mut check: F) -> Duration {
+pub(crate) async fn within<F: FnMut() -> bool>(limit: Duration, what: &str, mut check: F) -> Duration {
     let start = Instant::now();
     while !check() {
         assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");

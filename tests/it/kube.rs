@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
 use serde_json::{json, Value};
-use tokio::sync::{Mutex, RwLock};
+use tokio::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
-use crate::e2e::{world_env, ChildGuard, LogOnPanic};
+use crate::e2e::{within, world_env, ChildGuard, LogOnPanic};
 use crate::world::World;
 
 const BIN: &str = env!("CARGO_BIN_EXE_votingstack");
@@ -169,6 +169,18 @@ async fn install_base(c: &Cluster) {
     .await;
 }
 
+/// The cluster with deploy/ installed.
+async fn cluster() -> Cluster {
+    let c = Cluster::load();
+    install_base(&c).await;
+    c
+}
+
+/// The locks of a test that creates VotingStacks or runs an operator.
+async fn alone() -> (RwLockReadGuard<'static, ()>, MutexGuard<'static, ()>) {
+    (CRD.read().await, OPERATOR.lock().await)
+}
+
 /// A token of `namespace`'s operator ServiceAccount in a kubeconfig of its own.
 fn operator_kubeconfig(c: &Cluster, namespace: &str, dir: &Path) -> PathBuf {
     let token = c.ok(&["-n", namespace, "create", "token", OPERATOR_SA, "--duration=2h"]);
@@ -232,16 +244,6 @@ fn stack_manifest(name: &str, ns: &str, octet: u8) -> String {
         .replace("10.42.", &format!("10.{octet}."))
 }
 
-/// Polls `check` every 200 ms for at most `limit`; returns the time it took.
-async fn within<F: FnMut() -> bool>(limit: Duration, what: &str, mut check: F) -> Duration {
-    let start = Instant::now();
-    while !check() {
-        assert!(start.elapsed() < limit, "{what} did not happen within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    start.elapsed()
-}
-
 /// What EC2 still holds of a stack: VPCs and instances not yet terminated.
 async fn ec2_leftovers(tag: &str) -> Vec<String> {
     let world = World::load();
@@ -283,8 +285,7 @@ fn lease_holder(c: &Cluster, namespace: &str) -> String {
 #[tokio::test]
 async fn kube_every_shipped_manifest_passes_strict_server_validation() {
     let _crd = CRD.read().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let c = cluster().await;
     // Dry runs do not create namespaces: the ones the manifests use must exist.
     for ns in [SYSTEM_NS, "voting", "argocd"] {
         c.ensure_namespace(ns);
@@ -325,8 +326,7 @@ async fn kube_every_shipped_manifest_passes_strict_server_validation() {
 #[tokio::test]
 async fn kube_every_yaml_block_in_the_docs_passes_strict_server_validation() {
     let _crd = CRD.read().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let c = cluster().await;
     for ns in [SYSTEM_NS, "voting", "default"] {
         c.ensure_namespace(ns);
     }
@@ -406,17 +406,21 @@ fn apply_as_admin(c: &Cluster, yaml: &str) -> Run {
     c.run(&["apply", "--server-side", "--field-manager=kube-tests", "-f", "-"], Some(yaml))
 }
 
+/// A bare VotingStack `name` in `ns` made by the admin (no operator runs: the
+/// caller is [`alone`]), in place of one a failed run left behind.
+fn fresh_stack(c: &Cluster, ns: &str, name: &str) {
+    c.ensure_namespace(ns);
+    let _ = c.run(&["-n", ns, "delete", "votingstack", name, "--ignore-not-found", "--timeout=30s"], None);
+    let created = apply_as_admin(c, &stack_yaml(name, ns, AWS_A, NET_A, ""));
+    assert!(created.ok, "{}", created.stderr);
+}
+
 #[tokio::test]
 async fn kube_cel_refuses_changing_the_region_the_endpoint_or_a_cidr() {
-    let _crd = CRD.read().await;
-    let _one = OPERATOR.lock().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let _alone = alone().await;
+    let c = cluster().await;
     let ns = "kube-cel";
-    c.ensure_namespace(ns);
-    let _ = c.run(&["-n", ns, "delete", "votingstack", "immutable", "--ignore-not-found", "--timeout=30s"], None);
-    let created = apply_as_admin(&c, &stack_yaml("immutable", ns, AWS_A, NET_A, ""));
-    assert!(created.ok, "{}", created.stderr);
+    fresh_stack(&c, ns, "immutable");
     let changes = [
         ("region", stack_yaml("immutable", ns, "    region: us-west-2\n", NET_A, ""), "region"),
         (
@@ -463,10 +467,8 @@ async fn kube_cel_refuses_changing_the_region_the_endpoint_or_a_cidr() {
 
 #[tokio::test]
 async fn kube_cel_refuses_an_invalid_cidr_and_pinned_host_keys_without_keys() {
-    let _crd = CRD.read().await;
-    let _one = OPERATOR.lock().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let _alone = alone().await;
+    let c = cluster().await;
     let ns = "kube-cel";
     c.ensure_namespace(ns);
     let bad_cidr = stack_yaml(
@@ -558,8 +560,7 @@ fn operator_grants(c: &Cluster, sa_ns: &str, ns: &str) -> BTreeSet<(String, Stri
 #[tokio::test]
 async fn kube_base_rbac_grants_exactly_the_calls_in_src_rbac() {
     let _crd = CRD.read().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let c = cluster().await;
     c.ensure_namespace("kube-rbac");
     assert_eq!(operator_grants(&c, SYSTEM_NS, "kube-rbac"), expected_stack_grants(), "in a namespace of stacks");
     let mut own = expected_stack_grants();
@@ -584,8 +585,7 @@ fn install_namespaced_overlay(c: &Cluster) {
 #[tokio::test]
 async fn kube_namespaced_overlay_applies_and_grants_exactly_the_calls_in_src_rbac() {
     let _crd = CRD.read().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let c = cluster().await;
     install_namespaced_overlay(&c);
     assert_eq!(operator_grants(&c, "votingstack-nsd", "voting"), expected_stack_grants(), "in namespace voting");
     assert_eq!(operator_grants(&c, "votingstack-nsd", "kube-rbac-elsewhere"), BTreeSet::new(), "anywhere else");
@@ -602,15 +602,10 @@ fn condition(type_: &str, status: &str) -> Value {
 async fn kube_status_conditions_merge_as_a_list_map_keyed_by_type() {
     use kube::api::{Patch, PatchParams};
     use votingstack::api::VotingStack;
-    let _crd = CRD.read().await;
-    let _one = OPERATOR.lock().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let _alone = alone().await;
+    let c = cluster().await;
     let ns = "kube-status";
-    c.ensure_namespace(ns);
-    let _ = c.run(&["-n", ns, "delete", "votingstack", "merge", "--ignore-not-found", "--timeout=30s"], None);
-    let created = apply_as_admin(&c, &stack_yaml("merge", ns, AWS_A, NET_A, ""));
-    assert!(created.ok, "{}", created.stderr);
+    fresh_stack(&c, ns, "merge");
     let api: kube::Api<VotingStack> = kube::Api::namespaced(c.client().await, ns);
     let apply = |conds: Vec<Value>| json!({"apiVersion": "votingstack.dev/v1alpha1", "kind": "VotingStack", "status": {"conditions": conds}});
     api.patch_status(
@@ -657,15 +652,10 @@ async fn kube_status_conditions_merge_as_a_list_map_keyed_by_type() {
 #[tokio::test]
 async fn kube_a_status_computed_from_a_stale_object_never_overwrites_a_newer_one() {
     use votingstack::api::{VotingStack, VotingStackStatus};
-    let _crd = CRD.read().await;
-    let _one = OPERATOR.lock().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let _alone = alone().await;
+    let c = cluster().await;
     let ns = "kube-status";
-    c.ensure_namespace(ns);
-    let _ = c.run(&["-n", ns, "delete", "votingstack", "stale", "--ignore-not-found", "--timeout=30s"], None);
-    let created = apply_as_admin(&c, &stack_yaml("stale", ns, AWS_A, NET_A, ""));
-    assert!(created.ok, "{}", created.stderr);
+    fresh_stack(&c, ns, "stale");
     let client = c.client().await;
     let api: kube::Api<VotingStack> = kube::Api::namespaced(client.clone(), ns);
     let cached = api.get("stale").await.expect("the stack");
@@ -692,15 +682,10 @@ async fn kube_a_status_computed_from_a_stale_object_never_overwrites_a_newer_one
 
 #[tokio::test]
 async fn kube_get_votingstacks_shows_ready_phase_and_vote_url_and_kubectl_wait_works() {
-    let _crd = CRD.read().await;
-    let _one = OPERATOR.lock().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let _alone = alone().await;
+    let c = cluster().await;
     let ns = "kube-print";
-    c.ensure_namespace(ns);
-    let _ = c.run(&["-n", ns, "delete", "votingstack", "shown", "--ignore-not-found", "--timeout=30s"], None);
-    let created = apply_as_admin(&c, &stack_yaml("shown", ns, AWS_A, NET_A, ""));
-    assert!(created.ok, "{}", created.stderr);
+    fresh_stack(&c, ns, "shown");
     let wait = |secs: u32| {
         c.run(&["-n", ns, "wait", "--for=condition=Ready", &format!("--timeout={secs}s"), "votingstack/shown"], None)
     };
@@ -762,10 +747,8 @@ fn forget_lease(c: &Cluster, ns: &str) {
 
 #[tokio::test]
 async fn kube_operator_under_the_deployment_rbac_converges_stays_quiet_and_deletes() {
-    let _crd = CRD.read().await;
-    let _one = OPERATOR.lock().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let _alone = alone().await;
+    let c = cluster().await;
     let (ns, name) = ("kube-base", "base");
     c.ensure_namespace(ns);
     forget_lease(&c, SYSTEM_NS);
@@ -802,10 +785,8 @@ async fn kube_operator_under_the_deployment_rbac_converges_stays_quiet_and_delet
 
 #[tokio::test]
 async fn kube_namespaced_operator_converges_and_deletes_a_stack_in_its_namespace() {
-    let _crd = CRD.read().await;
-    let _one = OPERATOR.lock().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let _alone = alone().await;
+    let c = cluster().await;
     install_namespaced_overlay(&c);
     let (ns, name) = ("voting", "nsd");
     forget_lease(&c, "votingstack-nsd");
@@ -818,10 +799,8 @@ async fn kube_namespaced_operator_converges_and_deletes_a_stack_in_its_namespace
 
 #[tokio::test]
 async fn kube_leader_killed_hands_over_within_the_lease_and_one_identity_writes_at_a_time() {
-    let _crd = CRD.read().await;
-    let _one = OPERATOR.lock().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let _alone = alone().await;
+    let c = cluster().await;
     let (ns, name) = ("kube-leader", "leader");
     c.ensure_namespace(ns);
     forget_lease(&c, SYSTEM_NS);
@@ -900,8 +879,7 @@ impl Drop for RestoreCrd<'_> {
 async fn kube_status_refused_by_an_older_crd_does_not_block_deletion() {
     let _crd = CRD.write().await;
     let _one = OPERATOR.lock().await;
-    let c = Cluster::load();
-    install_base(&c).await;
+    let c = cluster().await;
     let (ns, name) = ("kube-skew", "skew");
     c.ensure_namespace(ns);
     c.ok_stdin(&["apply", "--server-side", "--force-conflicts", "--field-manager=kube-tests", "-f", "-"], &older_crd());
