@@ -19,6 +19,11 @@ itself (the truth, when --moto is given) that:
   answers VolumeInUse; DetachVolume works without InstanceId; an attached
   volume shows in the instance's BlockDeviceMappings; terminating the
   instance leaves the volume available; CreateVolume honours ClientToken.
+* EBS takes time as on EC2: a new volume is creating (AttachVolume:
+  IncorrectState), an attach attaching, a detach detaching (AttachVolume
+  elsewhere: VolumeInUse), a terminated instance shutting-down while it
+  holds its volume, a snapshot pending (no volume from it: IncorrectState);
+  new volumes and snapshots are NotFound in the consistency window.
 
 Every wait is bounded. The layer is reset at the start and at the end.
 """
@@ -137,10 +142,114 @@ def error_of(fn, **kw):
     return None
 
 
+NO_EBS_WINDOWS = {"volume_creating_seconds": 0, "attach_seconds": 0, "detach_seconds": 0,
+                  "shutting_down_seconds": 0, "snapshot_seconds": 0}
+
+
+def ebs_timing_checks(ctl, ec2, launch, made):
+    """EBS takes time (see the module's docstring): every window shown and
+    every refusal within it, then the state after it."""
+    ctl.set(throttle={}, consistency_seconds=0, pending_seconds=1, volume_creating_seconds=2,
+            attach_seconds=2, detach_seconds=2, shutting_down_seconds=3, snapshot_seconds=3)
+
+    def vol(vid):
+        return ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]
+
+    def inst(iid):
+        return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+
+    first = launch(ec2)["Instances"][0]
+    a, zone = first["InstanceId"], first["Placement"]["AvailabilityZone"]
+    wait("instance %s running" % a, 10, lambda: inst(a)["State"]["Name"] == "running")
+    made_vol = ec2.create_volume(AvailabilityZone=zone, Size=1, VolumeType="gp3")
+    va = made_vol["VolumeId"]
+    made["volumes"].append(va)
+    check(made_vol["State"] == "creating" and vol(va)["State"] == "creating",
+          "a new volume: want creating, got %s then %s" % (made_vol["State"], vol(va)["State"]))
+    err = error_of(ec2.attach_volume, VolumeId=va, InstanceId=a, Device="/dev/sdf")
+    check(err == ("IncorrectState", 400), "AttachVolume of a creating volume: want "
+          "IncorrectState, got %s" % (err,))
+    wait("volume %s available" % va, 10, lambda: vol(va)["State"] == "available")
+    step("CreateVolume -> creating, AttachVolume refused (IncorrectState), then available")
+
+    ans = ec2.attach_volume(VolumeId=va, InstanceId=a, Device="/dev/sdf")
+    states = [x["State"] for x in vol(va)["Attachments"]]
+    bdm = {m["DeviceName"]: m["Ebs"]["Status"] for m in inst(a).get("BlockDeviceMappings", [])}
+    check(ans["State"] == "attaching" and states == ["attaching"] and bdm.get("/dev/sdf") == "attaching",
+          "AttachVolume: want attaching in its answer, DescribeVolumes and the mappings; got "
+          "%s, %s, %s" % (ans["State"], states, bdm))
+    wait("%s attached" % va, 10, lambda: [x["State"] for x in vol(va)["Attachments"]] == ["attached"])
+    step("AttachVolume -> attaching (answer, volume, instance mappings), then attached")
+
+    b = launch(ec2)["Instances"][0]["InstanceId"]
+    wait("instance %s running" % b, 10, lambda: inst(b)["State"]["Name"] == "running")
+    ans = ec2.detach_volume(VolumeId=va)
+    v = vol(va)
+    check(ans["State"] == "detaching" and v["State"] == "in-use"
+          and [(x["InstanceId"], x["State"]) for x in v["Attachments"]] == [(a, "detaching")],
+          "DetachVolume: want detaching, the volume in use by %s; got %s, %s %s"
+          % (a, ans["State"], v["State"], v["Attachments"]))
+    err = error_of(ec2.attach_volume, VolumeId=va, InstanceId=b, Device="/dev/sdf")
+    check(err == ("VolumeInUse", 400), "AttachVolume while detaching: want VolumeInUse, got %s" % (err,))
+    wait("volume %s available" % va, 10, lambda: vol(va)["State"] == "available"
+         and not vol(va)["Attachments"])
+    step("DetachVolume -> detaching, in use (AttachVolume elsewhere: VolumeInUse), then available")
+
+    ec2.attach_volume(VolumeId=va, InstanceId=a, Device="/dev/sdf")
+    wait("%s attached" % va, 10, lambda: [x["State"] for x in vol(va)["Attachments"]] == ["attached"])
+    ans = ec2.terminate_instances(InstanceIds=[a])["TerminatingInstances"][0]
+    v = vol(va)
+    check(ans["CurrentState"]["Name"] == "shutting-down"
+          and inst(a)["State"]["Name"] == "shutting-down"
+          and v["State"] == "in-use" and [x["InstanceId"] for x in v["Attachments"]] == [a],
+          "TerminateInstances: want shutting-down and the volume still held; got %s, %s, %s %s"
+          % (ans["CurrentState"], inst(a)["State"], v["State"], v["Attachments"]))
+    err = error_of(ec2.attach_volume, VolumeId=va, InstanceId=b, Device="/dev/sdf")
+    check(err == ("VolumeInUse", 400), "AttachVolume of a volume of a shutting-down instance: "
+          "want VolumeInUse, got %s" % (err,))
+    wait("instance %s terminated and volume %s available" % (a, va), 10,
+         lambda: inst(a)["State"]["Name"] == "terminated" and vol(va)["State"] == "available")
+    step("TerminateInstances -> shutting-down, the volume held (VolumeInUse), then let go")
+
+    snap = ec2.create_snapshot(VolumeId=va, TagSpecifications=[
+        {"ResourceType": "snapshot", "Tags": [{"Key": "Name", "Value": "realism-selftest"}]}])
+    sid = snap["SnapshotId"]
+    made["snapshots"].append(sid)
+    listed = ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]
+    check(snap["State"] == "pending" and listed["State"] == "pending",
+          "CreateSnapshot: want pending, got %s then %s" % (snap["State"], listed["State"]))
+    err = error_of(ec2.create_volume, AvailabilityZone=zone, SnapshotId=sid, VolumeType="gp3")
+    check(err == ("IncorrectState", 400), "CreateVolume from a pending snapshot: want "
+          "IncorrectState, got %s" % (err,))
+    wait("snapshot %s completed" % sid, 10,
+         lambda: ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["State"] == "completed")
+    vr = ec2.create_volume(AvailabilityZone=zone, SnapshotId=sid, VolumeType="gp3")["VolumeId"]
+    made["volumes"].append(vr)
+    check(vol(vr).get("SnapshotId") == sid, "a volume from %s names it: %s" % (sid, vol(vr)))
+    step("CreateSnapshot -> pending (no volume from it: IncorrectState), then completed; "
+         "a volume from it")
+
+    ctl.set(consistency_seconds=2, consistency_random=False)
+    vh = ec2.create_volume(AvailabilityZone=zone, Size=1, VolumeType="gp3")["VolumeId"]
+    made["volumes"].append(vh)
+    sh = ec2.create_snapshot(VolumeId=va)["SnapshotId"]
+    made["snapshots"].append(sh)
+    err = error_of(ec2.describe_volumes, VolumeIds=[vh])
+    check(err == ("InvalidVolume.NotFound", 400), "a new volume in the consistency window: "
+          "want InvalidVolume.NotFound, got %s" % (err,))
+    err = error_of(ec2.describe_snapshots, SnapshotIds=[sh])
+    check(err == ("InvalidSnapshot.NotFound", 400), "a new snapshot in the consistency window: "
+          "want InvalidSnapshot.NotFound, got %s" % (err,))
+    wait("volume %s and snapshot %s visible" % (vh, sh), 10,
+         lambda: vol(vh) and ec2.describe_snapshots(SnapshotIds=[sh])["Snapshots"])
+    ctl.set(consistency_seconds=0)
+    step("a new volume and a new snapshot are NotFound in the consistency window, then found")
+
+
 def ebs_checks(ctl, ec2, truth, launch, made):
     """AttachVolume, DetachVolume, DeleteVolume and CreateVolume as EC2 has
     them (see the module's docstring)."""
-    ctl.set(throttle={}, consistency_seconds=0, pending_seconds=2)
+    ctl.set(throttle={}, consistency_seconds=0, pending_seconds=2, **NO_EBS_WINDOWS)
 
     def volume(zone, **kw):
         vid = ec2.create_volume(AvailabilityZone=zone, Size=1, VolumeType="gp3", **kw)["VolumeId"]
@@ -264,7 +373,8 @@ def main():
     ec2 = client(endpoint, 1)      # no retries: every error is seen
     ec2r = client(endpoint, 5)     # retries like an SDK does
     truth = client(moto_url, 1) if moto_url else None
-    made = {"instances": [], "groups": [], "subnet": None, "vpc": None, "volumes": []}
+    made = {"instances": [], "groups": [], "subnet": None, "vpc": None, "volumes": [],
+            "snapshots": []}
 
     def launch(c, **kw):
         r = c.run_instances(ImageId=ami, InstanceType=itype, MinCount=1, MaxCount=1,
@@ -426,6 +536,7 @@ def main():
         step("throttle 0.5 with seed 7: %d of 20 throttled, counted, same again" % throttled)
 
         ebs_checks(ctl, ec2, truth, launch, made)
+        ebs_timing_checks(ctl, ec2, launch, made)
 
         print("realism-selftest: passed", flush=True)
         return 0
@@ -437,8 +548,11 @@ def main():
             ctl.reset()
             if made["instances"]:
                 ec2.terminate_instances(InstanceIds=sorted(set(made["instances"])))
-            for v in made["volumes"]:  # detached by the terminations
-                ec2.delete_volume(VolumeId=v)
+            for v in made["volumes"]:  # detached by the terminations, once they are done
+                wait("volume %s deleted" % v, 15, lambda: error_of(
+                    ec2.delete_volume, VolumeId=v) in (None, ("InvalidVolume.NotFound", 400)))
+            for sid in made["snapshots"]:
+                ec2.delete_snapshot(SnapshotId=sid)
             for g in made["groups"]:
                 ec2.delete_security_group(GroupId=g)
             if made["subnet"]:

@@ -156,7 +156,7 @@ def main():
     kh.close()
     made = {"instances": [], "key": None, "subnets": [], "vpc": None, "igw": None,
             "route_table": None, "association": None, "nat": None, "eip": None, "groups": [],
-            "volumes": []}
+            "volumes": [], "snapshots": []}
 
     def ssh(ip, command, timeout=60, check=True):
         return sh(["ssh", "-i", key, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
@@ -374,6 +374,8 @@ def main():
             node = p.stdout.strip()
             return node if p.returncode == 0 and node.startswith("/dev/nvme") else None
 
+        wait("volume %s available (EC2 creates it first)" % vol, 30,
+             lambda: volume_state() == "available")
         ec2.attach_volume(VolumeId=vol, InstanceId=lone, Device="/dev/sdf")
         node = wait("%s in lone" % link, FIREWALL_SECS, lambda: device(lone_ip))
         if ssh(lone_ip, "ls /dev/sdf /dev/xvdf", check=False).returncode == 0:
@@ -388,6 +390,46 @@ def main():
                      "sudo umount /mnt/ebs" % (uuid, marker))
         step("volume %s attached to lone as /dev/sdf: %s (%s), ext4 %s mounted by UUID, file written"
              % (vol, node, link, uuid))
+
+        # --- a snapshot holds the volume's data of its moment; a volume made from it, that data
+        snap = ec2.create_snapshot(VolumeId=vol, TagSpecifications=[
+            {"ResourceType": "snapshot", "Tags": tags}])["SnapshotId"]
+        made["snapshots"].append(snap)
+        snap_file = os.path.join(env["VS_WORLD_DIR"], "ebs", "snapshots", snap + ".img")
+        ssh(lone_ip, "sudo mount UUID=%s /mnt/ebs && echo after-the-snapshot | sudo tee "
+                     "/mnt/ebs/marker && sudo umount /mnt/ebs" % uuid)
+        wait("snapshot %s completed" % snap, 60, lambda: ec2.describe_snapshots(
+            SnapshotIds=[snap])["Snapshots"][0]["State"] == "completed")
+        restored = ec2.create_volume(AvailabilityZone=web_zone, SnapshotId=snap, VolumeType="gp3",
+                                     TagSpecifications=[{"ResourceType": "volume", "Tags": tags}]
+                                     )["VolumeId"]
+        made["volumes"].append(restored)
+        wait("volume %s available" % restored, 30, lambda: ec2.describe_volumes(
+            VolumeIds=[restored])["Volumes"][0]["State"] == "available")
+        ec2.attach_volume(VolumeId=restored, InstanceId=lone, Device="/dev/sdg")
+        rlink = "/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_" + restored.replace("-", "")
+
+        def restored_node():
+            p = ssh(lone_ip, "test -b %s && readlink -f %s" % (rlink, rlink), check=False)
+            return p.stdout.strip() if p.returncode == 0 else None
+        rnode = wait("%s in lone" % rlink, FIREWALL_SECS, restored_node)
+        got = ssh(lone_ip, "sudo mkdir -p /mnt/restored && sudo mount -o ro %s /mnt/restored && "
+                           "cat /mnt/restored/marker; sudo umount /mnt/restored" % rnode).stdout.strip()
+        if got != marker:
+            raise Failed("volume %s from snapshot %s reads %r; the volume held %r when the "
+                         "snapshot was taken" % (restored, snap, got, marker))
+        ec2.detach_volume(VolumeId=restored)
+        wait("volume %s deleted" % restored, 30, lambda: deleted(
+            lambda: ec2.delete_volume(VolumeId=restored), "InvalidVolume.NotFound"))
+        made["volumes"].remove(restored)
+        ec2.delete_snapshot(SnapshotId=snap)
+        made["snapshots"].remove(snap)
+        if os.path.exists(snap_file):
+            raise Failed("snapshot %s deleted, its data %s stays" % (snap, snap_file))
+        ssh(lone_ip, "sudo mount UUID=%s /mnt/ebs && echo %s | sudo tee /mnt/ebs/marker && "
+                     "sudo umount /mnt/ebs" % (uuid, marker))
+        step("snapshot %s: pending, then completed; volume %s from it holds the data of its "
+             "moment, not the later write; deleted -> its data gone" % (snap, restored))
 
         ec2.detach_volume(VolumeId=vol)
         wait("volume %s available" % vol, 30, lambda: volume_state() == "available")
@@ -453,6 +495,16 @@ def main():
                 os.unlink(f)
 
 
+def deleted(fn, not_found):
+    """Whether a delete call went through (or found nothing to delete)."""
+    from botocore.exceptions import ClientError
+    try:
+        fn()
+    except ClientError as exc:
+        return exc.response["Error"]["Code"] == not_found
+    return True
+
+
 def cleanup(ec2, made):
     """Removes what the selftest made, in the order EC2 needs."""
     def attempt(what, fn):
@@ -466,8 +518,11 @@ def cleanup(ec2, made):
         for iid in made["instances"]:
             attempt("host %s" % iid, lambda: wait("host %s removed" % iid, 30,
                                                   lambda: container("vsw-" + iid) is None))
-    for vid in made["volumes"]:  # detached by the terminations
-        attempt("volume %s" % vid, lambda: ec2.delete_volume(VolumeId=vid))
+    for vid in made["volumes"]:  # detached by the terminations, once they are done
+        attempt("volume %s" % vid, lambda: wait("volume %s deleted" % vid, 30, lambda: deleted(
+            lambda: ec2.delete_volume(VolumeId=vid), "InvalidVolume.NotFound")))
+    for sid in made["snapshots"]:
+        attempt("snapshot %s" % sid, lambda: ec2.delete_snapshot(SnapshotId=sid))
     if made["nat"]:
         attempt("NAT gateway", lambda: ec2.delete_nat_gateway(NatGatewayId=made["nat"]))
     if made["eip"]:

@@ -114,10 +114,28 @@ class Ebs:
     def path(self, volume_id):
         return os.path.join(self.dir, volume_id + ".img")
 
+    def snapshot_path(self, snapshot_id):
+        """Where the realism layer keeps a snapshot's data (its CreateSnapshot
+        copies the volume's backing file there)."""
+        return os.path.join(self.dir, "snapshots", snapshot_id + ".img")
+
     def ensure_file(self, vol):
-        """The volume's sparse backing file, made or grown to its size."""
+        """The volume's sparse backing file, made or grown to its size; a new
+        volume created from a snapshot starts as a copy of its data."""
         path, size = self.path(vol["VolumeId"]), int(vol["Size"]) * GIB
         have = os.path.getsize(path) if os.path.exists(path) else None
+        snap = vol.get("SnapshotId") or ""
+        if have is None and snap:
+            src = self.snapshot_path(snap)
+            if os.path.exists(src):
+                tmp = path + ".restoring"
+                run(["cp", "--sparse=always", src, tmp], timeout=600)
+                os.replace(tmp, path)
+                have = os.path.getsize(path)
+                log("volume %s: backing file from snapshot %s" % (vol["VolumeId"], snap))
+            else:
+                log("volume %s: snapshot %s holds no data here (made outside the world): "
+                    "starts blank" % (vol["VolumeId"], snap), key="ebss" + snap)
         if have is None or have < size:
             with open(path, "ab"):
                 pass

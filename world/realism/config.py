@@ -12,6 +12,15 @@ PRE_FAULTS = ("throttle", "unavailable", "internal")
 POST_FAULTS = ("lost", "drop")
 FAULTS = PRE_FAULTS + POST_FAULTS
 
+# the knobs of how long EBS takes, and their VS_REALISM_* variables
+EBS_SECONDS = {
+    "volume_creating_seconds": "VS_REALISM_VOLUME_CREATING_SECONDS",
+    "attach_seconds": "VS_REALISM_ATTACH_SECONDS",
+    "detach_seconds": "VS_REALISM_DETACH_SECONDS",
+    "shutting_down_seconds": "VS_REALISM_SHUTTING_DOWN_SECONDS",
+    "snapshot_seconds": "VS_REALISM_SNAPSHOT_SECONDS",
+}
+
 ACTION_RE = re.compile(r"^[A-Z][A-Za-z0-9]{1,100}$")
 
 
@@ -24,6 +33,14 @@ def default_config():
         "consistency_seconds": 0.0,
         "consistency_random": False,
         "pending_seconds": 2.0,
+        # EBS takes time, as on EC2: a new volume is "creating", an attach
+        # "attaching", a detach "detaching", a terminated instance
+        # "shutting-down" while it still holds its volumes, a snapshot "pending"
+        "volume_creating_seconds": 3.0,
+        "attach_seconds": 2.0,
+        "detach_seconds": 3.0,
+        "shutting_down_seconds": 4.0,
+        "snapshot_seconds": 5.0,
         "seed": 0,
         "throttle": {},
         "unavailable": {},
@@ -59,7 +76,7 @@ def apply_changes(cfg, changes):
     for key, value in changes.items():
         if key == "consistency_seconds":
             new[key] = _number(key, value, 0, MAX_CONSISTENCY_SECONDS)
-        elif key == "pending_seconds":
+        elif key == "pending_seconds" or key in EBS_SECONDS:
             new[key] = _number(key, value, 0, 600)
         elif key == "consistency_random":
             if not isinstance(value, bool):
@@ -121,8 +138,10 @@ def parse_probabilities(var, text):
 def config_from_env(env):
     """The start configuration from VS_REALISM_* variables."""
     changes = {}
-    for var, key in (("VS_REALISM_CONSISTENCY_SECONDS", "consistency_seconds"),
-                     ("VS_REALISM_PENDING_SECONDS", "pending_seconds")):
+    seconds = [("VS_REALISM_CONSISTENCY_SECONDS", "consistency_seconds"),
+               ("VS_REALISM_PENDING_SECONDS", "pending_seconds")]
+    seconds += [(var, key) for key, var in EBS_SECONDS.items()]
+    for var, key in seconds:
         if env.get(var, "").strip():
             try:
                 changes[key] = float(env[var])

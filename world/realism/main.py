@@ -29,6 +29,8 @@ def main(argv=None):
     ap.add_argument("--listen", default="127.0.0.1:5055", help="HOST:PORT to serve EC2 on")
     ap.add_argument("--moto", default="http://127.0.0.1:5056", help="moto's URL")
     ap.add_argument("--pid-file", help="write this process's pid here")
+    ap.add_argument("--ebs-dir", help="the fleet's EBS directory (volume backing files): "
+                                      "snapshots copy their data from there")
     args = ap.parse_args(argv)
     try:
         start = config_from_env(os.environ)
@@ -42,6 +44,8 @@ def main(argv=None):
 
     Handler.realism = Realism(start, args.moto)
     Handler.moto_host, Handler.moto_port = moto.hostname, moto.port
+    if args.ebs_dir:
+        Handler.ebs_dir = os.path.realpath(args.ebs_dir)
     try:
         server = Server(listen, Handler)
     except OSError as exc:

@@ -16,6 +16,7 @@ from .config import PRE_FAULTS
 from .consistency import hidden_named, record_creates, rewrite_describe
 from .control import ControlEndpoint
 from .ebs import EBS_CHECKED, EbsChecks
+from .ebs_timing import EbsTiming, timing_refusal
 from .ec2xml import error_body
 from .log import log
 from .tokens import ClientTokens
@@ -32,7 +33,8 @@ HOP_BY_HOP = {
 CREDENTIAL_REGION_RE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/")
 
 
-class Handler(ClientTokens, EbsChecks, ControlEndpoint, http.server.BaseHTTPRequestHandler):
+class Handler(ClientTokens, EbsChecks, EbsTiming, ControlEndpoint,
+              http.server.BaseHTTPRequestHandler):
     """One client connection: EC2 calls forwarded to moto under the rules
     above, moto's own API passed through, ``/_realism`` answered."""
 
@@ -195,6 +197,12 @@ class Handler(ClientTokens, EbsChecks, ControlEndpoint, http.server.BaseHTTPRequ
             realism.count("not_found", action)
             self.send_error_xml(400, missing[0], missing[1])
             return "%s (not visible yet)" % missing[0]
+        # EBS changes under way are EC2's state, for every caller
+        waiting = timing_refusal(realism, scope, action, params)
+        if waiting:
+            realism.count("refusals", action)
+            self.send_error_xml(400, waiting[0], waiting[1])
+            return "%s (EBS change under way)" % waiting[0]
 
         fault = realism.pick_fault(action, self.access_key())
         if fault in PRE_FAULTS:
@@ -213,6 +221,7 @@ class Handler(ClientTokens, EbsChecks, ControlEndpoint, http.server.BaseHTTPRequ
                                     % action)
             return "fault " + fault
 
+        before = self.ebs_before(action, params, scope)
         token = dict(params).get("ClientToken")
         replayed = False
         if action in EBS_CHECKED:
@@ -230,10 +239,16 @@ class Handler(ClientTokens, EbsChecks, ControlEndpoint, http.server.BaseHTTPRequ
         else:
             status, headers, data = self.forward(body)
 
+        if not replayed:
+            try:
+                data = self.ebs_after(action, params, scope, status, data, before)
+            except (xml.parsers.expat.ExpatError, ValueError) as exc:
+                log("%s: answer left as is, not EC2 XML: %s" % (action, exc))
         if status == 200 and not replayed:
             try:
                 record_creates(realism, scope, action, data)
                 data = rewrite_describe(realism, scope, action, data, hide=lagging)
+                data = self.ebs_rewrite(action, scope, data)
             except (xml.parsers.expat.ExpatError, ValueError) as exc:
                 log("%s: answer left as is, not EC2 XML: %s" % (action, exc))
 

@@ -27,9 +27,12 @@ class Realism:
             self.rng = random.Random(self.config["seed"])
             self.hidden = {}  # (account, region, kind, value) -> monotonic deadline
             self.pending = {}  # (account, region, instance id) -> monotonic deadline
+            # (account, region, kind, id) -> {"until": monotonic deadline, ...}:
+            # the EBS windows open now (see ebs_timing.py)
+            self.ebs_windows = {}
             self.counters = {"calls": {}, "faults": {}, "replays": {}, "mismatches": {},
                              "not_found": {}, "hidden_items": {}, "pending_shown": {},
-                             "refusals": {}}
+                             "refusals": {}, "ebs_shown": {}}
 
     def forget_moto_state(self):
         """moto was reset: tokens and hidden resources refer to nothing now."""
@@ -37,6 +40,7 @@ class Realism:
             self.tokens.clear()
             self.hidden.clear()
             self.pending.clear()
+            self.ebs_windows.clear()
 
     def change(self, changes):
         with self.lock:
@@ -65,6 +69,7 @@ class Realism:
                     "tokens": len(self.tokens),
                     "hidden": sum(1 for d in self.hidden.values() if d > now),
                     "pending": sum(1 for d in self.pending.values() if d > now),
+                    "ebs_windows": sum(1 for w in self.ebs_windows.values() if w["until"] > now),
                 },
                 "moto": self.moto_url,
             }
@@ -142,6 +147,41 @@ class Realism:
                 del self.pending[key]
                 return False
             return True
+
+    def open_ebs_window(self, scope, kind, ident, knob, **info):
+        """Opens an EBS window of kind for resource ident, lasting the knob's
+        seconds (none when the knob is 0); returns whether one opened."""
+        with self.lock:
+            secs = self.config[knob]
+            if secs <= 0:
+                return False
+            self.ebs_windows[scope + (kind, ident)] = dict(info, until=time.monotonic() + secs)
+            return True
+
+    def ebs_window(self, scope, kind, ident):
+        """The info of an open EBS window, or None (an expired one is dropped)."""
+        with self.lock:
+            key = scope + (kind, ident)
+            w = self.ebs_windows.get(key)
+            if w is None:
+                return None
+            if w["until"] <= time.monotonic():
+                del self.ebs_windows[key]
+                return None
+            return dict(w)
+
+    def close_ebs_window(self, scope, kind, ident):
+        with self.lock:
+            self.ebs_windows.pop(scope + (kind, ident), None)
+
+    def ebs_windows_open(self, scope, kind):
+        """{id: info} of the open EBS windows of a kind in a scope."""
+        with self.lock:
+            now = time.monotonic()
+            for key in [k for k, w in self.ebs_windows.items() if w["until"] <= now]:
+                del self.ebs_windows[key]
+            return {k[3]: dict(w) for k, w in self.ebs_windows.items()
+                    if k[:2] == scope and k[2] == kind}
 
     def token_entry(self, key, fingerprint):
         """The entry of a token, made for this fingerprint if it is new."""
