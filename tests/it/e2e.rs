@@ -473,6 +473,13 @@ async fn e2e_votes_survive_the_database_instance_terminated() {
         |name: &str, action: &str| realism(&stack, "/_realism", None)["counters"][name][action].as_i64().unwrap_or(0);
     let refused_before = counter("refusals", "AttachVolume") + counter("refusals", "DetachVolume");
     let attached_before = counter("calls", "AttachVolume");
+    // EBS takes time there as on EC2: creating, attaching, shutting-down.
+    let shown = || {
+        let v = realism(&stack, "/_realism", None)["counters"]["ebs_shown"].clone();
+        let n = |state: &str| v[state].as_i64().unwrap_or(0);
+        (n("creating"), n("attaching"), n("shutting-down") + n("releasing"))
+    };
+    let shown_before = shown();
     let out = stack.apply_wait();
     let volume = stack.status()["dataVolume"]["volumeId"].as_str().expect("a data volume in status").to_string();
     assert!(out.contains(&format!("Data volume {volume} (attached to i-")), "{out}");
@@ -505,6 +512,13 @@ async fn e2e_votes_survive_the_database_instance_terminated() {
     assert!(counter("calls", "AttachVolume") >= attached_before + 2, "the operator attached the volume twice");
     let refused = counter("refusals", "AttachVolume") + counter("refusals", "DetachVolume");
     assert_eq!(refused, refused_before, "EC2 refused a volume call of the operator");
+    // The operator saw the volume creating, the attachment attaching and
+    // the terminated instance shutting down while it held the volume, and
+    // waited each out rather than being refused.
+    let shown_after = shown();
+    assert!(shown_after.0 > shown_before.0, "the operator saw the new volume creating");
+    assert!(shown_after.1 > shown_before.1, "the operator saw an attachment attaching");
+    assert!(shown_after.2 > shown_before.2, "the operator saw the instance shutting down with the volume");
 
     // Exactly the 100 votes: none lost, and no smoke-test vote among them.
     assert_eq!(stack.on_host(Tier::Database, all).1, "100");
