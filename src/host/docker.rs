@@ -25,7 +25,7 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
-use crate::model::desired::{repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER};
+use crate::model::desired::{repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER, REDIS_CONTAINER};
 use crate::model::{DesiredContainer, ObservedContainer};
 use crate::timeline::{self, Stage};
 
@@ -43,6 +43,13 @@ const STOP_GRACE_SECONDS: i32 = 10;
 const PREVIOUS_SUFFIX: &str = "-previous";
 /// How Docker says a pull ran out of disk.
 const DISK_FULL: &str = "no space left on device";
+/// How long redis writes stay paused while the worker is stopped between
+/// votes: redis resumes them by itself after this, even when the operator
+/// is gone meanwhile. The vote page's RPUSH waits (it is not refused);
+/// upstream's redis clients give up after 5 s.
+const VOTE_PAUSE_MS: u32 = 2000;
+/// How long a vote the worker popped before the pause gets to be written.
+const IN_FLIGHT_WRITE: Duration = Duration::from_millis(500);
 /// How long a deploy waits for new containers' health checks to settle.
 const HEALTH_WAIT: Duration = Duration::from_secs(30);
 const HEALTH_POLL: Duration = Duration::from_millis(300);
@@ -174,6 +181,64 @@ impl SshHosts {
             Err(HostError::Docker { status: Some(404), .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Stops the worker `name` between two votes. Upstream's worker takes a
+    /// vote off the queue (LPOP) before it writes it and ends at once on
+    /// SIGTERM, so it must not be stopped while it holds one: redis writes
+    /// are paused first (`CLIENT PAUSE .. WRITE`, redis 6.2 or later; LPOP
+    /// is a write, so the worker waits in it holding nothing), a vote popped
+    /// just before gets [`IN_FLIGHT_WRITE`] to be written, the container is
+    /// stopped, and writes resume. Should redis refuse the pause, the worker
+    /// is stopped all the same: it must not go on popping votes it cannot
+    /// write.
+    pub(super) async fn stop_between_votes(
+        &self,
+        target: &HostTarget,
+        docker: &Docker,
+        name: &str,
+    ) -> Result<(), HostError> {
+        let pause = ["CLIENT", "PAUSE", &VOTE_PAUSE_MS.to_string(), "WRITE"].map(String::from);
+        let paused = self.redis_cli(target, docker, &pause, "pause redis writes").await;
+        match &paused {
+            Ok(()) => tokio::time::sleep(IN_FLIGHT_WRITE).await,
+            Err(e) => warn!(host = %target.describe(), "stopping {name} without pausing redis: {e}"),
+        }
+        let stopped = self.stop_container(target, docker, name).await;
+        if paused.is_ok() {
+            let unpause = ["CLIENT", "UNPAUSE"].map(String::from);
+            if let Err(e) = self.redis_cli(target, docker, &unpause, "resume redis writes").await {
+                warn!(host = %target.describe(), "{e}; redis resumes writes by itself within {VOTE_PAUSE_MS} ms");
+            }
+        }
+        stopped?;
+        info!(host = %target.describe(), container = %name, "stopped between votes");
+        Ok(())
+    }
+
+    /// Runs `redis-cli ARGS` in the redis container; it must answer OK.
+    async fn redis_cli(
+        &self,
+        target: &HostTarget,
+        docker: &Docker,
+        args: &[String],
+        what: &str,
+    ) -> Result<(), HostError> {
+        let cmd = std::iter::once("redis-cli".to_string()).chain(args.iter().cloned()).collect();
+        let (code, stdout, stderr) = self.exec_in(target, docker, REDIS_CONTAINER, cmd, what).await?;
+        if code == 0 && stdout.trim() == "OK" {
+            return Ok(());
+        }
+        Err(HostError::Docker {
+            host: target.describe(),
+            step: what.into(),
+            status: None,
+            message: format!(
+                "redis-cli {} exited with {code}: {}",
+                args.join(" "),
+                bootstrap::tail(format!("{stdout}{stderr}").as_bytes())
+            ),
+        })
     }
 
     async fn rename_container(

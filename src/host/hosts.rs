@@ -86,6 +86,8 @@ struct HostWork<'a> {
     remove: Vec<&'a str>,
     create: Vec<&'a DesiredContainer>,
     start: Vec<&'a str>,
+    /// Containers to stop between votes (the worker).
+    hold: Vec<&'a str>,
 }
 
 impl<'a> HostWork<'a> {
@@ -101,13 +103,14 @@ impl<'a> HostWork<'a> {
                 HostAction::CreateContainer { container, .. } => work.create.push(container),
                 HostAction::StartContainer { name, .. } => work.start.push(name),
                 HostAction::RemoveContainer { name, .. } => work.remove.push(name),
+                HostAction::HoldWorker { name, .. } => work.hold.push(name),
             }
         }
         work
     }
 
     fn touches_containers(&self) -> bool {
-        !(self.remove.is_empty() && self.create.is_empty() && self.start.is_empty())
+        !(self.remove.is_empty() && self.create.is_empty() && self.start.is_empty() && self.hold.is_empty())
     }
 }
 
@@ -182,6 +185,9 @@ impl Hosts for SshHosts {
             })?;
         }
         let client = self.docker_api(target, key).await?;
+        for name in &work.hold {
+            self.stop_between_votes(target, &client.api.docker, name).await?;
+        }
         let (remove, create, start) = (&work.remove, &work.create, &work.start);
         self.deploy(target, &client.api.docker, remove, create, start, pull).await
     }
