@@ -216,6 +216,25 @@ impl SshHosts {
         Ok(())
     }
 
+    /// `LLEN votes` in the redis container: the votes waiting for the worker.
+    pub(super) async fn queue_length(&self, target: &HostTarget, docker: &Docker) -> Result<u64, HostError> {
+        let what = "count the votes queued in redis";
+        let cmd = ["redis-cli", "LLEN", "votes"].map(String::from).to_vec();
+        let (code, stdout, stderr) = self.exec_in(target, docker, REDIS_CONTAINER, cmd, what).await?;
+        match stdout.trim().parse() {
+            Ok(n) if code == 0 => Ok(n),
+            _ => Err(HostError::Docker {
+                host: target.describe(),
+                step: what.into(),
+                status: None,
+                message: format!(
+                    "redis-cli LLEN votes exited with {code}: {}",
+                    bootstrap::tail(format!("{stdout}{stderr}").as_bytes())
+                ),
+            }),
+        }
+    }
+
     /// Runs `redis-cli ARGS` in the redis container; it must answer OK.
     async fn redis_cli(
         &self,

@@ -211,6 +211,11 @@ impl Hosts for SshHosts {
         self.psql(db, key, &sql, "remove the smoke test's vote from postgres").await.map(drop)
     }
 
+    async fn queued_votes(&self, backend: &HostTarget, key: &SshKey) -> Result<u64, HostError> {
+        let client = self.docker_api(backend, key).await?;
+        self.queue_length(backend, &client.api.docker).await
+    }
+
     fn round_trips(&self) -> u64 {
         self.commands.load(Ordering::Relaxed) + self.api_requests.load(Ordering::Relaxed)
     }
