@@ -25,7 +25,9 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
-use crate::model::desired::{repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER, REDIS_CONTAINER};
+use crate::model::desired::{
+    repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER, REDIS_CONTAINER, WORKER_CONTAINER,
+};
 use crate::model::{DesiredContainer, ObservedContainer};
 use crate::timeline::{self, Stage};
 
@@ -235,6 +237,14 @@ impl SshHosts {
         }
     }
 
+    /// Whether container `name` runs; false when Docker cannot tell.
+    async fn is_running(&self, target: &HostTarget, docker: &Docker, name: &str) -> bool {
+        let what = format!("inspect container {name}");
+        let inspected =
+            self.bounded(target, &what, Self::command_limit(target), docker.inspect_container(name, None)).await;
+        inspected.ok().and_then(|i| i.state).and_then(|s| s.running).unwrap_or(false)
+    }
+
     /// Runs `redis-cli ARGS` in the redis container; it must answer OK.
     async fn redis_cli(
         &self,
@@ -393,6 +403,10 @@ impl SshHosts {
         // one runs; if the new one cannot start, the old one comes back.
         let previous = format!("{}{PREVIOUS_SUFFIX}", c.name);
         self.remove_container(target, docker, &previous).await?;
+        if c.name == WORKER_CONTAINER && self.is_running(target, docker, &c.name).await {
+            // A running worker may hold a vote: it stops between two.
+            self.stop_between_votes(target, docker, &c.name).await?;
+        }
         let kept = self.stop_container(target, docker, &c.name).await?;
         if kept {
             self.rename_container(target, docker, &c.name, &previous).await?;
