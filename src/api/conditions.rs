@@ -150,6 +150,9 @@ pub enum Reason {
     /// The database's data volume cannot be used as it is (another zone,
     /// an error state, another volume on its device).
     DataVolumeUnusable,
+    /// Backend only: the worker is stopped between votes while postgres
+    /// does not answer or moves; votes wait in redis.
+    WorkerPaused,
     // smoke test
     VoteCounted,
     VoteNotCounted,
@@ -186,6 +189,7 @@ impl Reason {
             Reason::NotReady => "NotReady",
             Reason::DeployFailed => "DeployFailed",
             Reason::DataVolumeUnusable => "DataVolumeUnusable",
+            Reason::WorkerPaused => "WorkerPaused",
             Reason::VoteCounted => "VoteCounted",
             Reason::VoteNotCounted => "VoteNotCounted",
             Reason::WaitingForTiers => "WaitingForTiers",

@@ -108,6 +108,11 @@ pub(super) fn action_events(applied: &[Action]) -> Vec<ActionEvent> {
                 action: format!("Start/{name}"),
                 note: format!("started the {tier} container {name} again: it was {state}"),
             },
+            Action::Host(HostAction::HoldWorker { tier, name, why }) => ActionEvent {
+                reason: "WorkerPaused",
+                action: format!("Hold/{name}"),
+                note: format!("stopped the {tier} container {name} between votes: {why}"),
+            },
             _ => continue,
         };
         out.push(event);

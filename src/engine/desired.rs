@@ -61,6 +61,7 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
         data_volume: None,
         health_command: None,
         pinned_digest: None,
+        held: None,
     };
     match tier {
         Tier::Database => {

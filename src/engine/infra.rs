@@ -14,10 +14,12 @@ use crate::model::{
 use crate::timeline::{self, Stage};
 
 use super::conditions::infrastructure::infrastructure;
+use super::failure::Failure;
 use super::network::{network_drift, teardown_steps};
 use super::plan::{network_lookup, plan_infra, InfraPlan};
 use super::reconcile::{Engine, Run};
 use super::status::{mark_running, record_burnt_token, record_launch};
+use super::worker_hold::{infra_moves_database, infra_step_moves_database};
 
 impl Engine {
     /// Observes EC2 and carries out the EC2 half of the plan. Returns the
@@ -51,7 +53,16 @@ impl Engine {
             warn!(stack = %ident.tag_value(), "network drift: {d}");
         }
         let key_pair = desired_key_pair(ident, Some(key));
-        let actions = plan_infra(spec, &run.status, &infra, &key_pair).actions;
+        let before = plan_infra(spec, &run.status, &infra, &key_pair);
+        let mut actions = before.actions.clone();
+        if let Some(why) = infra_moves_database(&actions).filter(|_| !spec.paused) {
+            // The worker stops between votes before postgres goes away.
+            if let Err(e) = self.hold_worker_before(ident, spec, key, &before, &why, run).await {
+                warn!(stack = %ident.tag_value(), "{why}: the move waits until the worker is stopped between votes: {e}");
+                run.error = Some(Failure::Ssh);
+                actions.retain(|a| !moves_database(a));
+            }
+        }
         if !spec.paused && !actions.is_empty() {
             // The network steps start from the ids of what was found.
             let mut ids = match &infra.network {
@@ -177,6 +188,14 @@ impl Engine {
         }
         Ok(action.clone())
     }
+}
+
+/// Whether an EC2 step is part of a planned move of postgres: the
+/// database instance's replacement, its termination and its successor's
+/// launch both.
+fn moves_database(action: &InfraAction) -> bool {
+    infra_step_moves_database(action).is_some()
+        || matches!(action, InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Database, .. }))
 }
 
 /// The stack's key pair as the plan wants it (the public key when known).

@@ -9,6 +9,8 @@
 //!   decided;
 //! - [`status`], [`host_keys`], [`addressing`]: what is recorded in status,
 //!   which host key each host must present, and how each host is reached;
+//! - [`worker_hold`]: when the worker is stopped between votes (postgres
+//!   not answering or about to move);
 //! - [`failure`]: why a reconcile failed (metrics and backoff);
 //! - [`stop`]: how a running reconcile is stopped at a step boundary.
 
@@ -27,6 +29,7 @@ pub mod status;
 pub mod stop;
 pub mod volume;
 mod volume_converge;
+pub mod worker_hold;
 
 pub use failure::Failure;
 #[cfg(any(test, feature = "test-support"))]

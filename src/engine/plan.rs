@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::api::{Tier, VotingStackSpec, VotingStackStatus};
 use crate::cloud::{replacement_in_token, NetworkLookup};
+use crate::model::desired::WORKER_CONTAINER;
 use crate::model::network::SubnetRole;
 use crate::model::{
     Action, CreateReason, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceLaunch,
@@ -17,6 +18,9 @@ use crate::model::{
 use super::desired::{on_data_volume, pinned_containers};
 use super::network::{network_steps, rule_steps};
 use super::volume::volume_action;
+use super::worker_hold::{
+    hold_before_moves, hold_worker, host_moves_database, infra_step_moves_database, worker_hold, Database,
+};
 
 /// AMI or instance type that no longer matches the spec, left in place
 /// because `instances.allowReplacement` is false.
@@ -222,6 +226,14 @@ pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -
 fn plan_container(tier: Tier, want: &DesiredContainer, observed: Option<&ObservedHost>, actions: &mut Vec<HostAction>) {
     {
         let have = observed.and_then(|h| h.container(&want.name));
+        if let Some(why) = &want.held {
+            // Held: stopped between votes if it runs; neither started nor
+            // created (nor re-created) until it is released.
+            if have.is_some_and(|h| h.is_running()) {
+                actions.push(HostAction::HoldWorker { tier, name: want.name.clone(), why: why.clone() });
+            }
+            return;
+        }
         match have {
             None => {
                 actions.push(HostAction::CreateContainer { container: want.clone(), reason: CreateReason::Missing })
@@ -285,19 +297,72 @@ pub fn plan(
             actions.push(Action::Infra(InfraAction::DataVolume(step)));
         }
     }
-    for tier in Tier::ALL {
-        let view = match (hosts.get(&tier), infra_plan.keepers.get(&tier)) {
-            (Some(host), Some(_)) => HostView::Observed(host),
-            (_, None) => HostView::NotCreated,
-            (None, Some(_)) => HostView::Unavailable,
-        };
+    let view_of = |tier: Tier| match (hosts.get(&tier), infra_plan.keepers.get(&tier)) {
+        (Some(host), Some(_)) => HostView::Observed(host),
+        (_, None) => HostView::NotCreated,
+        (None, Some(_)) => HostView::Unavailable,
+    };
+    let desired_of = |tier: Tier| {
         let mut desired = pinned_containers(spec, tier, peers, &status.images);
         if let Some(id) = status.data_volume.as_ref().and_then(|v| v.volume_id.as_deref()) {
             on_data_volume(&mut desired, id);
         }
-        actions.extend(plan_host(tier, &desired, view).into_iter().map(Action::Host));
+        desired
+    };
+    // The database host first: whether postgres answers, or is about to
+    // move, decides whether the backend's worker is held.
+    let db_desired = desired_of(Tier::Database);
+    let db_actions = plan_host(Tier::Database, &db_desired, view_of(Tier::Database));
+    let moving = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Infra(step) => infra_step_moves_database(step),
+            Action::Host(_) => None,
+        })
+        .or_else(|| host_moves_database(&db_actions));
+    let database = match view_of(Tier::Database) {
+        HostView::Observed(host) => Database::Observed(host, &db_desired),
+        HostView::NotCreated => Database::NotServing("the database instance is not up yet"),
+        HostView::Unavailable => Database::NotServing("the database host could not be observed"),
+    };
+    let held = worker_hold(database, moving);
+    // The engine releases the worker in the same pass once postgres,
+    // brought up by this plan, answers.
+    let db_comes_up = !db_actions.is_empty() || matches!(view_of(Tier::Database), HostView::NotCreated);
+    actions.extend(db_actions.into_iter().map(Action::Host));
+    for tier in [Tier::Backend, Tier::Frontend] {
+        let mut desired = desired_of(tier);
+        hold_worker(&mut desired, held.as_deref());
+        actions.extend(plan_host(tier, &desired, view_of(tier)).into_iter().map(Action::Host));
     }
+    if held.is_some() && db_comes_up {
+        actions
+            .extend(released_worker(&desired_of(Tier::Backend), view_of(Tier::Backend)).into_iter().map(Action::Host));
+    }
+    hold_before_moves(&mut actions);
     Plan { actions, drift: infra_plan.drift }
+}
+
+/// The worker's actions once it is released: on the backend as it is after
+/// the hold (its worker stopped).
+fn released_worker(desired: &[DesiredContainer], backend: HostView<'_>) -> Vec<HostAction> {
+    let after_hold = match backend {
+        HostView::Observed(host) => {
+            let mut host = host.clone();
+            for c in host.containers.iter_mut().filter(|c| c.name == WORKER_CONTAINER && c.is_running()) {
+                c.state = "exited".into();
+            }
+            Some(host)
+        }
+        HostView::NotCreated => None,
+        HostView::Unavailable => return Vec::new(),
+    };
+    let view = after_hold.as_ref().map_or(HostView::NotCreated, HostView::Observed);
+    let worker: Vec<DesiredContainer> = desired.iter().filter(|c| c.name == WORKER_CONTAINER).cloned().collect();
+    plan_host(Tier::Backend, &worker, view)
+        .into_iter()
+        .filter(|a| matches!(a, HostAction::CreateContainer { .. } | HostAction::StartContainer { .. }))
+        .collect()
 }
 
 #[cfg(test)]

@@ -108,7 +108,11 @@ fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
         &plan.actions[network + 2],
         Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Frontend, .. }))
     ));
-    assert_eq!(tiers, [Tier::Database, Tier::Backend, Tier::Backend, Tier::Frontend, Tier::Frontend]);
+    // The worker is created last, once postgres answers.
+    assert_eq!(tiers, [Tier::Database, Tier::Backend, Tier::Frontend, Tier::Frontend, Tier::Backend]);
+    assert!(
+        matches!(plan.actions.last(), Some(Action::Host(HostAction::CreateContainer { container, .. })) if container.name == "worker")
+    );
     let text = lines(&plan).join("\n");
     assert!(
         text.contains(
@@ -160,7 +164,18 @@ fn stopped_container_is_started_not_recreated() {
     let mut hosts = converged_hosts();
     hosts.get_mut(&Tier::Database).unwrap().containers[0].state = "exited".into();
     let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
-    assert_eq!(lines(&plan), ["~ start database container db (exited)"]);
+    assert_eq!(
+        lines(&plan),
+        [
+            "~ stop backend container worker between votes: postgres does not answer on the database host",
+            "~ start database container db (exited)",
+            "~ start backend container worker (exited)",
+        ]
+    );
+    let mut hosts = converged_hosts();
+    hosts.get_mut(&Tier::Frontend).unwrap().containers[0].state = "exited".into();
+    let plan = super::plan(&spec(), &status(), &infra(), &hosts, &key());
+    assert_eq!(lines(&plan), ["~ start frontend container vote (exited)"]);
 }
 
 #[test]
@@ -357,5 +372,96 @@ fn an_inventoried_network_that_matches_plans_only_what_differs() {
     assert!(!lines(&plan).iter().any(|l| l.starts_with("+ create VPC")), "{:?}", lines(&plan));
     assert!(
         lines(&plan).contains(&"+ create public subnet 10.42.1.0/24 in the first zone offering t3.small".to_string())
+    );
+}
+
+fn database_type(instance_type: &str) -> VotingStackSpec {
+    let mut s = spec();
+    s.instances.allow_replacement = true;
+    s.instances.database =
+        Some(crate::api::InstanceOverride { instance_type: Some(instance_type.into()), ..Default::default() });
+    s
+}
+
+#[test]
+fn a_planned_replacement_of_the_database_instance_stops_the_worker_first() {
+    let plan = plan(&database_type("t3.large"), &status(), &infra(), &converged_hosts(), &key());
+    let text = lines(&plan);
+    assert_eq!(
+        text[..2],
+        [
+            "~ stop backend container worker between votes: database instance i-database is replaced \
+             (type t3.small → t3.large)"
+                .to_string(),
+            "- terminate database instance i-database (replaced: type t3.small → t3.large)".to_string(),
+        ],
+        "{text:?}"
+    );
+    assert!(text[2].starts_with("+ launch database instance"), "{text:?}");
+    assert!(text[3].starts_with("+ create database container db"), "{text:?}");
+    assert_eq!(text.len(), 4, "the worker's new config is known with the new address: a later pass: {text:?}");
+}
+
+#[test]
+fn a_held_worker_is_neither_started_nor_re_created_until_postgres_answers() {
+    // The replacement under way: the new database instance is pending.
+    let mut infra = infra();
+    for i in infra.instances.iter_mut().filter(|i| i.tier == Some(Tier::Database)) {
+        i.state = InstanceState::Pending;
+        i.private_ip = Some(Ipv4Addr::new(10, 42, 1, 40));
+    }
+    let mut hosts = converged_hosts();
+    hosts.remove(&Tier::Database);
+    let worker = hosts.get_mut(&Tier::Backend).unwrap().containers.iter_mut().find(|c| c.name == "worker").unwrap();
+    worker.state = "exited".into();
+    let plan = plan(&spec(), &status(), &infra, &hosts, &key());
+    let text = lines(&plan);
+    assert!(!text.iter().any(|l| l.contains("container worker")), "{text:?}");
+    assert!(text.iter().any(|l| l.starts_with("± recreate frontend container result")), "{text:?}");
+
+    // postgres answers on the new address: the worker comes back with it.
+    let mut hosts = converged_hosts();
+    let worker = hosts.get_mut(&Tier::Backend).unwrap().containers.iter_mut().find(|c| c.name == "worker").unwrap();
+    worker.state = "exited".into();
+    let mut infra = self::infra();
+    for i in infra.instances.iter_mut().filter(|i| i.tier == Some(Tier::Database)) {
+        i.private_ip = Some(Ipv4Addr::new(10, 42, 1, 40));
+    }
+    let plan = super::plan(&spec(), &status(), &infra, &hosts, &key());
+    let text = lines(&plan);
+    assert!(text.iter().any(|l| l.starts_with("± recreate backend container worker")), "{text:?}");
+    assert!(!text.iter().any(|l| l.contains("between votes")), "{text:?}");
+}
+
+#[test]
+fn re_creating_postgres_stops_the_worker_first_and_starts_it_after() {
+    let mut s = spec();
+    s.app.images.postgres = "postgres:16-alpine".into();
+    let plan = plan(&s, &status(), &infra(), &converged_hosts(), &key());
+    let text = lines(&plan);
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert!(text[0].starts_with("~ stop backend container worker between votes: postgres is re-created"), "{text:?}");
+    assert!(text[1].starts_with("± recreate database container db"), "{text:?}");
+    assert_eq!(text[2], "~ start backend container worker (exited)");
+}
+
+#[test]
+fn an_unplanned_loss_of_the_database_instance_stops_the_worker() {
+    let mut infra = infra();
+    infra.instances[0].state = InstanceState::Terminated;
+    let mut hosts = converged_hosts();
+    hosts.remove(&Tier::Database);
+    let plan = plan(&spec(), &status(), &infra, &hosts, &key());
+    let text = lines(&plan);
+    // Seen in the pass that launches its successor: the worker stops then.
+    assert_eq!(
+        text[..2],
+        [
+            "+ launch database instance (ami-0abcdef1234567890, t3.small), replacement #1".to_string(),
+            "~ stop backend container worker between votes: postgres does not answer: the database instance is not \
+             up yet"
+                .to_string(),
+        ],
+        "{text:?}"
     );
 }

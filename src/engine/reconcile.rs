@@ -247,7 +247,7 @@ impl Engine {
             return;
         }
         let data_volume = match infra_plan.keepers.get(&Tier::Database) {
-            Some(db) => self.converge_volume(&ident, spec, db, run).await,
+            Some(db) => self.converge_volume(&ident, spec, db, &key, &infra_plan, run).await,
             None => Err(VolumeHold::NoInstance),
         };
 

@@ -2,7 +2,7 @@
 //! result) and the smoke test (a real vote that must reach postgres).
 
 use std::collections::BTreeMap;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::warn;
 
@@ -67,12 +67,14 @@ impl Engine {
         }
         // The database host as reached this pass, its key pinned.
         let db = run.targets.iter().find(|t| t.tier == Tier::Database).cloned();
+        let backend = run.targets.iter().find(|t| t.tier == Tier::Backend).cloned();
         let (Some(vote_url), Some(db)) = (run.status.vote_url.clone(), db) else {
             return;
         };
         let voter = smoke_voter_id();
         let began = SystemTime::now();
-        let Some(vote) = self.cast_and_find(&vote_url, &db, key, &voter, &run.stop).await else {
+        let hosts = SmokeHosts { db: &db, backend: backend.as_ref() };
+        let Some(vote) = self.cast_and_find(&vote_url, hosts, key, &voter, &run.stop).await else {
             run.stop_at("while the smoke test waited for its vote");
             return;
         };
@@ -87,15 +89,26 @@ impl Engine {
     async fn cast_and_find(
         &self,
         vote_url: &str,
-        db: &HostTarget,
+        hosts: SmokeHosts<'_>,
         key: &SshKey,
         voter: &str,
         stop: &Stop,
     ) -> Option<SmokeVote> {
+        let db = hosts.db;
         if let Err(e) = self.hosts.cast_vote(vote_url, voter, "a").await {
             return Some(SmokeVote::CastFailed(e));
         }
-        let deadline = Instant::now() + self.settings.smoke_timeout;
+        // Votes queued ahead of this one (a backlog after the worker was
+        // held) are written first, one every 100 ms at most.
+        let queued = match hosts.backend {
+            Some(backend) => self.hosts.queued_votes(backend, key).await.unwrap_or_else(|e| {
+                warn!("{e}");
+                0
+            }),
+            None => 0,
+        };
+        let timeout = smoke_deadline(self.settings.smoke_timeout, queued);
+        let deadline = Instant::now() + timeout;
         loop {
             if stop.requested() {
                 if let Err(e) = self.hosts.delete_vote(db, key, voter).await {
@@ -115,14 +128,30 @@ impl Engine {
                 Err(e) => return Some(SmokeVote::ReadFailed(e)),
             }
             if Instant::now() >= deadline {
-                return Some(SmokeVote::TimedOut {
-                    voter: voter.to_string(),
-                    seconds: self.settings.smoke_timeout.as_secs(),
-                });
+                return Some(SmokeVote::TimedOut { voter: voter.to_string(), seconds: timeout.as_secs() });
             }
             tokio::time::sleep(self.settings.smoke_poll).await;
         }
     }
+}
+
+/// The hosts the smoke test reads from: postgres, and redis's queue.
+#[derive(Clone, Copy)]
+struct SmokeHosts<'a> {
+    db: &'a HostTarget,
+    backend: Option<&'a HostTarget>,
+}
+
+/// Upstream's worker writes at most one vote every 100 ms.
+const WORKER_PACE: Duration = Duration::from_millis(100);
+/// The longest a backlog may add to the smoke test's wait.
+const BACKLOG_WAIT_CAP: Duration = Duration::from_secs(600);
+
+/// How long the smoke test waits for its vote: `timeout`, plus the time
+/// upstream's worker needs for the `queued` votes ahead of it (capped).
+pub fn smoke_deadline(timeout: Duration, queued: u64) -> Duration {
+    let backlog = WORKER_PACE.saturating_mul(u32::try_from(queued).unwrap_or(u32::MAX));
+    timeout + backlog.min(BACKLOG_WAIT_CAP)
 }
 
 /// A voter id no other smoke test of this process has used, whatever the
@@ -134,4 +163,17 @@ pub fn smoke_voter_id() -> String {
     let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let salt: u32 = rand::random();
     format!("votingstack-smoke-{}-{n}-{salt:08x}", chrono::Utc::now().timestamp_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_in_redis_lengthens_the_wait_at_the_worker_s_pace() {
+        let t = Duration::from_secs(30);
+        assert_eq!(smoke_deadline(t, 0), t);
+        assert_eq!(smoke_deadline(t, 250), Duration::from_secs(55));
+        assert_eq!(smoke_deadline(t, u64::MAX), Duration::from_secs(630), "capped");
+    }
 }

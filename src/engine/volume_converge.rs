@@ -10,6 +10,7 @@ use tracing::info;
 
 use crate::api::VotingStackSpec;
 use crate::cloud::{CloudError, StackIdentity};
+use crate::host::SshKey;
 use crate::model::{
     Action, AttachmentState, InfraAction, InstanceState, ObservedInfra, ObservedInstance, ObservedVolume, VolumeState,
     VolumeStep,
@@ -17,9 +18,11 @@ use crate::model::{
 
 use super::conditions::data_volume::VolumeHold;
 use super::failure::Failure;
+use super::plan::InfraPlan;
 use super::reconcile::{Engine, Run};
 use super::status::record_volume;
 use super::volume::{attached_volume, pick_volume, plan_volume};
+use super::worker_hold::volume_step_moves_database;
 
 impl Engine {
     /// Brings the data volume to the database instance: nothing beyond the
@@ -31,6 +34,8 @@ impl Engine {
         ident: &StackIdentity,
         spec: &VotingStackSpec,
         db: &ObservedInstance,
+        key: &SshKey,
+        infra_plan: &InfraPlan,
         run: &mut Run,
     ) -> Result<String, VolumeHold> {
         let recorded = run.status.data_volume.as_ref().and_then(|v| v.volume_id.clone());
@@ -100,6 +105,14 @@ impl Engine {
             }
             if run.stop_at("before a data volume step") {
                 return Err(VolumeHold::Step(step));
+            }
+            if let Some(why) = volume_step_moves_database(&step) {
+                // The worker stops between votes before postgres goes away.
+                if let Err(e) = self.hold_worker_before(ident, spec, key, infra_plan, &why, run).await {
+                    run.error = Some(Failure::Ssh);
+                    let why = format!("{why}: the move waits until the worker is stopped between votes: {e}");
+                    return Err(VolumeHold::Step(VolumeStep::Wait { volume_id: volume.map(|v| v.id.clone()), why }));
+                }
             }
             info!(stack = %ident.tag_value(), "{step}");
             match self.act_volume(ident, &step, run).await {

@@ -25,7 +25,9 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
-use crate::model::desired::{repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER};
+use crate::model::desired::{
+    repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER, REDIS_CONTAINER, WORKER_CONTAINER,
+};
 use crate::model::{DesiredContainer, ObservedContainer};
 use crate::timeline::{self, Stage};
 
@@ -43,6 +45,13 @@ const STOP_GRACE_SECONDS: i32 = 10;
 const PREVIOUS_SUFFIX: &str = "-previous";
 /// How Docker says a pull ran out of disk.
 const DISK_FULL: &str = "no space left on device";
+/// How long redis writes stay paused while the worker is stopped between
+/// votes: redis resumes them by itself after this, even when the operator
+/// is gone meanwhile. The vote page's RPUSH waits (it is not refused);
+/// upstream's redis clients give up after 5 s.
+const VOTE_PAUSE_MS: u32 = 2000;
+/// How long a vote the worker popped before the pause gets to be written.
+const IN_FLIGHT_WRITE: Duration = Duration::from_millis(500);
 /// How long a deploy waits for new containers' health checks to settle.
 const HEALTH_WAIT: Duration = Duration::from_secs(30);
 const HEALTH_POLL: Duration = Duration::from_millis(300);
@@ -174,6 +183,91 @@ impl SshHosts {
             Err(HostError::Docker { status: Some(404), .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Stops the worker `name` between two votes. Upstream's worker takes a
+    /// vote off the queue (LPOP) before it writes it and ends at once on
+    /// SIGTERM, so it must not be stopped while it holds one: redis writes
+    /// are paused first (`CLIENT PAUSE .. WRITE`, redis 6.2 or later; LPOP
+    /// is a write, so the worker waits in it holding nothing), a vote popped
+    /// just before gets [`IN_FLIGHT_WRITE`] to be written, the container is
+    /// stopped, and writes resume. Should redis refuse the pause, the worker
+    /// is stopped all the same: it must not go on popping votes it cannot
+    /// write.
+    pub(super) async fn stop_between_votes(
+        &self,
+        target: &HostTarget,
+        docker: &Docker,
+        name: &str,
+    ) -> Result<(), HostError> {
+        let pause = ["CLIENT", "PAUSE", &VOTE_PAUSE_MS.to_string(), "WRITE"].map(String::from);
+        let paused = self.redis_cli(target, docker, &pause, "pause redis writes").await;
+        match &paused {
+            Ok(()) => tokio::time::sleep(IN_FLIGHT_WRITE).await,
+            Err(e) => warn!(host = %target.describe(), "stopping {name} without pausing redis: {e}"),
+        }
+        let stopped = self.stop_container(target, docker, name).await;
+        if paused.is_ok() {
+            let unpause = ["CLIENT", "UNPAUSE"].map(String::from);
+            if let Err(e) = self.redis_cli(target, docker, &unpause, "resume redis writes").await {
+                warn!(host = %target.describe(), "{e}; redis resumes writes by itself within {VOTE_PAUSE_MS} ms");
+            }
+        }
+        stopped?;
+        info!(host = %target.describe(), container = %name, "stopped between votes");
+        Ok(())
+    }
+
+    /// `LLEN votes` in the redis container: the votes waiting for the worker.
+    pub(super) async fn queue_length(&self, target: &HostTarget, docker: &Docker) -> Result<u64, HostError> {
+        let what = "count the votes queued in redis";
+        let cmd = ["redis-cli", "LLEN", "votes"].map(String::from).to_vec();
+        let (code, stdout, stderr) = self.exec_in(target, docker, REDIS_CONTAINER, cmd, what).await?;
+        match stdout.trim().parse() {
+            Ok(n) if code == 0 => Ok(n),
+            _ => Err(HostError::Docker {
+                host: target.describe(),
+                step: what.into(),
+                status: None,
+                message: format!(
+                    "redis-cli LLEN votes exited with {code}: {}",
+                    bootstrap::tail(format!("{stdout}{stderr}").as_bytes())
+                ),
+            }),
+        }
+    }
+
+    /// Whether container `name` runs; false when Docker cannot tell.
+    async fn is_running(&self, target: &HostTarget, docker: &Docker, name: &str) -> bool {
+        let what = format!("inspect container {name}");
+        let inspected =
+            self.bounded(target, &what, Self::command_limit(target), docker.inspect_container(name, None)).await;
+        inspected.ok().and_then(|i| i.state).and_then(|s| s.running).unwrap_or(false)
+    }
+
+    /// Runs `redis-cli ARGS` in the redis container; it must answer OK.
+    async fn redis_cli(
+        &self,
+        target: &HostTarget,
+        docker: &Docker,
+        args: &[String],
+        what: &str,
+    ) -> Result<(), HostError> {
+        let cmd = std::iter::once("redis-cli".to_string()).chain(args.iter().cloned()).collect();
+        let (code, stdout, stderr) = self.exec_in(target, docker, REDIS_CONTAINER, cmd, what).await?;
+        if code == 0 && stdout.trim() == "OK" {
+            return Ok(());
+        }
+        Err(HostError::Docker {
+            host: target.describe(),
+            step: what.into(),
+            status: None,
+            message: format!(
+                "redis-cli {} exited with {code}: {}",
+                args.join(" "),
+                bootstrap::tail(format!("{stdout}{stderr}").as_bytes())
+            ),
+        })
     }
 
     async fn rename_container(
@@ -309,6 +403,10 @@ impl SshHosts {
         // one runs; if the new one cannot start, the old one comes back.
         let previous = format!("{}{PREVIOUS_SUFFIX}", c.name);
         self.remove_container(target, docker, &previous).await?;
+        if c.name == WORKER_CONTAINER && self.is_running(target, docker, &c.name).await {
+            // A running worker may hold a vote: it stops between two.
+            self.stop_between_votes(target, docker, &c.name).await?;
+        }
         let kept = self.stop_container(target, docker, &c.name).await?;
         if kept {
             self.rename_container(target, docker, &c.name, &previous).await?;

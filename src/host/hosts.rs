@@ -86,6 +86,8 @@ struct HostWork<'a> {
     remove: Vec<&'a str>,
     create: Vec<&'a DesiredContainer>,
     start: Vec<&'a str>,
+    /// Containers to stop between votes (the worker).
+    hold: Vec<&'a str>,
 }
 
 impl<'a> HostWork<'a> {
@@ -101,13 +103,14 @@ impl<'a> HostWork<'a> {
                 HostAction::CreateContainer { container, .. } => work.create.push(container),
                 HostAction::StartContainer { name, .. } => work.start.push(name),
                 HostAction::RemoveContainer { name, .. } => work.remove.push(name),
+                HostAction::HoldWorker { name, .. } => work.hold.push(name),
             }
         }
         work
     }
 
     fn touches_containers(&self) -> bool {
-        !(self.remove.is_empty() && self.create.is_empty() && self.start.is_empty())
+        !(self.remove.is_empty() && self.create.is_empty() && self.start.is_empty() && self.hold.is_empty())
     }
 }
 
@@ -182,6 +185,9 @@ impl Hosts for SshHosts {
             })?;
         }
         let client = self.docker_api(target, key).await?;
+        for name in &work.hold {
+            self.stop_between_votes(target, &client.api.docker, name).await?;
+        }
         let (remove, create, start) = (&work.remove, &work.create, &work.start);
         self.deploy(target, &client.api.docker, remove, create, start, pull).await
     }
@@ -203,6 +209,11 @@ impl Hosts for SshHosts {
     async fn delete_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<(), HostError> {
         let sql = format!("DELETE FROM votes WHERE id = {}", sql_literal(voter_id));
         self.psql(db, key, &sql, "remove the smoke test's vote from postgres").await.map(drop)
+    }
+
+    async fn queued_votes(&self, backend: &HostTarget, key: &SshKey) -> Result<u64, HostError> {
+        let client = self.docker_api(backend, key).await?;
+        self.queue_length(backend, &client.api.docker).await
     }
 
     fn round_trips(&self) -> u64 {

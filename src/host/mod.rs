@@ -136,6 +136,13 @@ pub trait Hosts: Send + Sync {
     /// Deletes `voter_id`'s vote from postgres (the smoke test's, once counted).
     async fn delete_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<(), HostError>;
 
+    /// How many votes wait in redis's `votes` list on the backend host (the
+    /// smoke test waits for those ahead of its own). Doubles without redis
+    /// have none.
+    async fn queued_votes(&self, _backend: &HostTarget, _key: &SshKey) -> Result<u64, HostError> {
+        Ok(0)
+    }
+
     /// Round trips to hosts so far: SSH commands and Docker API requests
     /// (for metrics and the steady-state budget).
     fn round_trips(&self) -> u64;

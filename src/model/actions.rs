@@ -119,6 +119,15 @@ pub enum HostAction {
         tier: Tier,
         name: String,
     },
+    /// Stops the worker between two votes and keeps it stopped: redis
+    /// writes are paused (the worker then waits in its LPOP, holding no
+    /// vote), a write in flight gets a moment to finish, the container is
+    /// stopped, and redis writes resume. `why` is the hold's reason.
+    HoldWorker {
+        tier: Tier,
+        name: String,
+        why: String,
+    },
 }
 
 impl HostAction {
@@ -129,7 +138,9 @@ impl HostAction {
             | HostAction::StartDocker { tier }
             | HostAction::MountVolume { tier, .. } => *tier,
             HostAction::CreateContainer { container, .. } => container.tier,
-            HostAction::StartContainer { tier, .. } | HostAction::RemoveContainer { tier, .. } => *tier,
+            HostAction::StartContainer { tier, .. }
+            | HostAction::RemoveContainer { tier, .. }
+            | HostAction::HoldWorker { tier, .. } => *tier,
         }
     }
 }
@@ -218,6 +229,9 @@ impl fmt::Display for HostAction {
             HostAction::StartContainer { tier, name, state } => write!(f, "~ start {tier} container {name} ({state})"),
             HostAction::RemoveContainer { tier, name } => {
                 write!(f, "- remove {tier} container {name} (not part of the stack)")
+            }
+            HostAction::HoldWorker { tier, name, why } => {
+                write!(f, "~ stop {tier} container {name} between votes: {why}")
             }
         }
     }

@@ -66,6 +66,12 @@ pub struct DesiredContainer {
     /// that pulls it later. Not part of the config hash.
     #[serde(skip)]
     pub pinned_digest: Option<String>,
+    /// Why the container must stay stopped for now, if it must (the worker
+    /// while postgres does not answer or is about to move): a held
+    /// container is stopped between votes and neither started nor created
+    /// until it is released. Not part of the config hash.
+    #[serde(skip)]
+    pub held: Option<String>,
 }
 
 impl DesiredContainer {

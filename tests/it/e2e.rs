@@ -7,6 +7,8 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::Filter;
@@ -704,4 +706,145 @@ async fn e2e_operator_killed_after_run_instances_creates_no_duplicate() {
     for id in &launched_before {
         assert!(live.contains(id), "the instance launched before the crash was adopted: {id} not in {live:?}");
     }
+}
+
+/// Votes cast through the vote page, one every ~100 ms, from a thread of
+/// its own, each with a voter id of its own: which the page accepted with
+/// 200. Stops when told (or dropped), and after `limit` at the latest.
+struct Voter {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Voter {
+    fn start(vote: SocketAddr, prefix: &str, limit: Duration) -> Voter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let (flag, count, prefix) = (stop.clone(), accepted.clone(), prefix.to_string());
+        let thread = std::thread::spawn(move || {
+            let began = Instant::now();
+            let mut ids = Vec::new();
+            let mut i = 0u32;
+            while !flag.load(Ordering::SeqCst) && began.elapsed() < limit {
+                let id = format!("{prefix}-{i}");
+                let choice = if i.is_multiple_of(2) { "a" } else { "b" };
+                if http(vote, "POST", "/", Some(&id), Some(&format!("vote={choice}"))).is_ok_and(|(c, _)| c == 200) {
+                    ids.push(id);
+                    count.fetch_add(1, Ordering::SeqCst);
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            ids
+        });
+        Voter { stop, accepted, thread: Some(thread) }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Stops voting; the voter ids accepted.
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().map(|t| t.join().expect("the voter thread")).unwrap_or_default()
+    }
+}
+
+impl Drop for Voter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The voter ids of `accepted` that postgres does not hold.
+fn missing_votes(stack: &Stack, prefix: &str, accepted: &[String]) -> Vec<String> {
+    let query = format!("docker exec db psql -U postgres -tAc \"SELECT id FROM votes WHERE id LIKE '{prefix}-%'\"");
+    let (ok, out) = stack.on_host(Tier::Database, &query);
+    if !ok {
+        return accepted.to_vec();
+    }
+    let stored: std::collections::HashSet<&str> = out.lines().map(str::trim).collect();
+    accepted.iter().filter(|id| !stored.contains(id.as_str())).cloned().collect()
+}
+
+/// Votes queued in redis on the backend host, if redis answers.
+fn queued_votes(stack: &Stack) -> Option<u64> {
+    let (ok, out) = stack.on_host(Tier::Backend, "docker exec redis redis-cli llen votes");
+    ok.then(|| out.parse().ok()).flatten()
+}
+
+#[tokio::test]
+async fn e2e_planned_database_replacement_loses_no_vote() {
+    let stack = Stack::new("e2e-planned", 69);
+    stack.apply_wait();
+    let (db_before, _) = stack.tier(Tier::Database);
+    let (_, front) = stack.tier(Tier::Frontend);
+    let voter = Voter::start(SocketAddr::from((front, 80)), "planned", Duration::from_secs(900));
+    within(Duration::from_secs(20), "votes accepted before the change", || voter.accepted() >= 20).await;
+
+    // A spec change that replaces the database instance: another type.
+    let path = stack.dir.path().join("stack.yaml");
+    let manifest = std::fs::read_to_string(&path).unwrap().replace(
+        "    instanceType: t3.micro\n",
+        "    instanceType: t3.micro\n    allowReplacement: true\n    database:\n      instanceType: t3.small\n",
+    );
+    assert!(manifest.contains("allowReplacement: true"), "the example names instanceType t3.micro");
+    std::fs::write(&path, manifest).unwrap();
+    let out = stack.apply_wait();
+    assert!(
+        out.contains("~ stop backend container worker between votes: database instance"),
+        "the worker was stopped before the database instance was replaced:\n{out}"
+    );
+    let (db_after, _) = stack.tier(Tier::Database);
+    assert_ne!(db_after, db_before, "the database runs on a new instance");
+    let accepted = voter.finish();
+    assert!(accepted.len() >= 100, "votes went on through the replacement: {} accepted", accepted.len());
+
+    // Every vote the page accepted reaches postgres, once the queue drains.
+    within(Duration::from_secs(240), "every accepted vote in postgres", || {
+        queued_votes(&stack) == Some(0) && missing_votes(&stack, "planned", &accepted).is_empty()
+    })
+    .await;
+    let smoke =
+        "docker exec db psql -U postgres -tAc \"SELECT count(*) FROM votes WHERE id LIKE 'votingstack-smoke-%'\"";
+    assert_eq!(stack.on_host(Tier::Database, smoke).1, "0", "a smoke vote stayed in postgres");
+}
+
+#[tokio::test]
+async fn e2e_unplanned_database_loss_loses_at_most_one_vote() {
+    let stack = Stack::new("e2e-unplanned", 70);
+    stack.apply_wait();
+    let _watch = stack.watch();
+    let log = stack.watch_log();
+    within(Duration::from_secs(60), "the watcher's first pass", || {
+        std::fs::read_to_string(&log.0).is_ok_and(|t| t.contains("phase Ready"))
+    })
+    .await;
+    let (db_before, _) = stack.tier(Tier::Database);
+    let (_, front) = stack.tier(Tier::Frontend);
+    let voter = Voter::start(SocketAddr::from((front, 80)), "unplanned", Duration::from_secs(900));
+    within(Duration::from_secs(20), "votes accepted before the loss", || voter.accepted() >= 20).await;
+
+    // The database instance goes behind the operator's back.
+    stack.world.ec2.terminate_instances().instance_ids(&db_before).send().await.unwrap();
+    within(Duration::from_secs(300), "a new database instance and Ready", || {
+        let s = stack.status();
+        s["phase"] == "Ready" && s["tiers"]["database"]["instanceId"].as_str().is_some_and(|id| id != db_before)
+    })
+    .await;
+    let accepted = voter.finish();
+    assert!(accepted.len() >= 100, "votes went on through the loss: {} accepted", accepted.len());
+    within(Duration::from_secs(240), "the queue in redis drained", || queued_votes(&stack) == Some(0)).await;
+    // The vote the worker held when the database went may be lost; no other.
+    within(Duration::from_secs(15), "all but at most one accepted vote in postgres", || {
+        missing_votes(&stack, "unplanned", &accepted).len() <= 1
+    })
+    .await;
+    let missing = missing_votes(&stack, "unplanned", &accepted);
+    eprintln!("{} votes accepted, missing: {missing:?}", accepted.len());
 }

@@ -484,6 +484,12 @@ impl Hosts for FakeHosts {
                 HostAction::RemoveContainer { name, .. } => {
                     host.containers.remove(name);
                 }
+                HostAction::HoldWorker { name, .. } => {
+                    if let Some(c) = host.containers.get_mut(name) {
+                        c.state = "exited".into();
+                        c.exit_code = Some(143);
+                    }
+                }
             }
         }
         if let Some(stop) = &s.stop_on_apply {

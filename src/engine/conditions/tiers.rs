@@ -70,7 +70,12 @@ pub fn tier_finding(target: &HostTarget, observed: &ObservedHost, desired: &[Des
         }
         DockerState::Running => {}
     }
+    let mut held = None;
     for want in desired {
+        if let Some(why) = &want.held {
+            held = Some((want, why));
+            continue;
+        }
         match observed.container(&want.name) {
             None => return Finding::not(Reason::NotReady, format!("container {} is missing on the {host}", want.name)),
             Some(c) if !c.is_running() => {
@@ -85,6 +90,13 @@ pub fn tier_finding(target: &HostTarget, observed: &ObservedHost, desired: &[Des
         if let Some(Err(why)) = observed.probe(&want.name) {
             return Finding::not(Reason::NotReady, format!("{} is not ready: {why}", want.name));
         }
+    }
+    if let Some((want, why)) = held {
+        let still = if observed.container(&want.name).is_some_and(|c| c.is_running()) { "to be " } else { "" };
+        return Finding::not(
+            Reason::WorkerPaused,
+            format!("{} is {still}stopped between votes while {why}; votes wait in redis", want.name),
+        );
     }
     let names: Vec<&str> = desired.iter().map(|d| d.name.as_str()).collect();
     Finding::ok(Reason::ContainersRunning, format!("{} running and answering", names.join(" and ")))
@@ -173,6 +185,35 @@ pub(crate) mod tests {
         assert!(f.message.contains("predecessor"), "{}", f.message);
         assert_eq!(host_key_mismatch(&inst, true, true, mismatch.clone()), mismatch);
         assert_eq!(host_key_mismatch(&inst, false, false, mismatch.clone()), mismatch);
+    }
+
+    #[test]
+    fn a_held_worker_is_said_once_the_other_containers_run() {
+        use crate::engine::desired::desired_containers;
+        use crate::engine::worker_hold::hold_worker;
+        let mut desired = desired_containers(&crate::fixtures::spec(), Tier::Backend, Default::default());
+        hold_worker(&mut desired, Some("postgres does not answer on the database host"));
+        let redis = ObservedContainer {
+            name: "redis".into(),
+            image: "redis".into(),
+            state: "running".into(),
+            config_hash: desired[0].config_hash(),
+            image_digest: None,
+            exit_code: None,
+        };
+        let f = tier_finding(&target(), &host(DockerState::Running, vec![redis.clone()]), &desired);
+        assert_eq!(f.reason, Reason::WorkerPaused);
+        assert!(!f.ok && !f.reason.is_terminal());
+        assert_eq!(
+            f.message,
+            "worker is stopped between votes while postgres does not answer on the database host; votes wait in redis"
+        );
+        let worker = ObservedContainer { name: "worker".into(), ..redis.clone() };
+        let f = tier_finding(&target(), &host(DockerState::Running, vec![redis.clone(), worker]), &desired);
+        assert!(f.message.starts_with("worker is to be stopped between votes"), "{}", f.message);
+        let exited = ObservedContainer { state: "exited".into(), ..redis };
+        let f = tier_finding(&target(), &host(DockerState::Running, vec![exited]), &desired);
+        assert_eq!(f.reason, Reason::ContainerExited, "redis down is said first");
     }
 
     #[test]
