@@ -150,6 +150,10 @@ pub enum Reason {
     /// The database's data volume cannot be used as it is (another zone,
     /// an error state, another volume on its device).
     DataVolumeUnusable,
+    /// A snapshot of the data volume failed: in `status.backups.failure`
+    /// and an Event; in `DatabaseReady` when it was the one taken before a
+    /// postgres image change (postgres is not recreated without it).
+    SnapshotFailed,
     // smoke test
     VoteCounted,
     VoteNotCounted,
@@ -186,6 +190,7 @@ impl Reason {
             Reason::NotReady => "NotReady",
             Reason::DeployFailed => "DeployFailed",
             Reason::DataVolumeUnusable => "DataVolumeUnusable",
+            Reason::SnapshotFailed => "SnapshotFailed",
             Reason::VoteCounted => "VoteCounted",
             Reason::VoteNotCounted => "VoteNotCounted",
             Reason::WaitingForTiers => "WaitingForTiers",

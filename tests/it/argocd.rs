@@ -137,6 +137,7 @@ fn all_reasons() -> Vec<Reason> {
         NotReady,
         DeployFailed,
         DataVolumeUnusable,
+        SnapshotFailed,
         VoteCounted,
         VoteNotCounted,
         WaitingForTiers,
@@ -170,6 +171,7 @@ fn all_reasons() -> Vec<Reason> {
             | NotReady
             | DeployFailed
             | DataVolumeUnusable
+            | SnapshotFailed
             | VoteCounted
             | VoteNotCounted
             | WaitingForTiers => {}
