@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{NetworkStatus, Tier, VotingStack};
 use crate::model::{
-    InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedVolume, TeardownInventory, TeardownStep,
+    InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedSnapshot, ObservedVolume, Slot,
+    TeardownInventory, TeardownStep,
 };
 
 /// How every ClientToken the operator sends begins: an instance launched
@@ -248,14 +249,38 @@ pub trait Cloud: Send + Sync {
         -> Result<Vec<ObservedVolume>, CloudError>;
 
     /// Creates the stack's `n`-th data volume (gp3, encrypted, tagged) in
-    /// `zone`, with a ClientToken made of the stack and `n`.
+    /// `zone`, with a ClientToken made of the stack and `n`; from the
+    /// snapshot `from_snapshot` when given, tagged with its origin
+    /// ([`crate::model::snapshot::ORIGIN_TAG`]) so it is never formatted.
     async fn create_data_volume(
         &self,
         stack: &StackIdentity,
         zone: &str,
         size_gib: i32,
         n: u32,
+        from_snapshot: Option<&str>,
     ) -> Result<ObservedVolume, CloudError>;
+
+    /// The stack's snapshots of its data volume (DescribeSnapshots of the
+    /// account's own, by owner and role tags), in any state.
+    async fn snapshots(&self, stack: &StackIdentity) -> Result<Vec<ObservedSnapshot>, CloudError>;
+
+    /// One snapshot by id, whoever took it; None when EC2 does not know it
+    /// (a snapshot taken moments ago may not be known yet).
+    async fn snapshot_by_id(&self, id: &str) -> Result<Option<ObservedSnapshot>, CloudError>;
+
+    /// CreateSnapshot of `volume_id`, tagged with the stack's tags, the
+    /// snapshot role and `slot`. It takes no ClientToken: look for the
+    /// slot's snapshot first.
+    async fn create_snapshot(
+        &self,
+        stack: &StackIdentity,
+        volume_id: &str,
+        slot: &Slot,
+    ) -> Result<ObservedSnapshot, CloudError>;
+
+    /// Deletes a snapshot; one already gone is no error.
+    async fn delete_snapshot(&self, id: &str) -> Result<(), CloudError>;
 
     /// Attaches a volume as [`crate::model::volume::DATA_DEVICE`].
     async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError>;

@@ -48,7 +48,7 @@ mod tests {
         assert_eq!((f.reason, f.message.as_str()), (Reason::DataVolumeUnusable, "in another zone"));
         let wait = VolumeStep::Wait { volume_id: None, why: "EC2 is creating it".into() };
         assert_eq!(volume_finding(&VolumeHold::Step(wait)).reason, Reason::WaitingForInfrastructure);
-        let create = VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10 };
+        let create = VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10, from_snapshot: None };
         let f = volume_finding(&VolumeHold::Paused(create));
         assert_eq!(f.reason, Reason::Paused);
         assert!(f.message.starts_with("paused before: create the data volume"), "{}", f.message);
