@@ -163,6 +163,12 @@ pub enum CloudError {
          (IdempotentParameterMismatch: {message}); the next pass launches with a new replacement number"
     )]
     TokenReused { tier: Tier, token: String, message: String },
+    /// EC2 reports a snapshot in state `error`.
+    #[error("snapshot {id} failed: {message}")]
+    SnapshotFailed { id: String, message: String },
+    /// A snapshot was not `completed` within the wait; EC2 goes on copying.
+    #[error("snapshot {id} is not completed after {seconds} s; EC2 goes on copying it (look again later)")]
+    SnapshotWait { id: String, seconds: u64 },
     /// The stack's `spec.aws.endpoint` is not one the operator sends its
     /// signed requests to (see `api::endpoint`); nothing was sent.
     #[error("{0}")]
@@ -173,7 +179,10 @@ impl CloudError {
     pub fn kind(&self) -> AwsErrorKind {
         match self {
             CloudError::Api { kind, .. } => *kind,
-            CloudError::Transport { .. } | CloudError::TerminateTimeout { .. } => AwsErrorKind::Unavailable,
+            CloudError::Transport { .. } | CloudError::TerminateTimeout { .. } | CloudError::SnapshotWait { .. } => {
+                AwsErrorKind::Unavailable
+            }
+            CloudError::SnapshotFailed { .. } => AwsErrorKind::Other,
             CloudError::Incomplete { .. } | CloudError::TokenReused { .. } => AwsErrorKind::Other,
             CloudError::EndpointRefused(_) => AwsErrorKind::InvalidParameter,
             CloudError::Capacity { .. } => AwsErrorKind::Capacity,
@@ -186,6 +195,9 @@ impl CloudError {
 pub struct DestroyReport {
     /// Resource ids in the order they were deleted.
     pub deleted: Vec<String>,
+    /// The final snapshots of the data volume taken before it was deleted
+    /// (`deletionPolicy: Snapshot`): kept, they are the backup.
+    pub snapshots: Vec<String>,
 }
 
 /// How much of the network [`Cloud::observe`] looks up.

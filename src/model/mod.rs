@@ -18,7 +18,7 @@ pub use actions::{Action, CreateReason, HostAction, InfraAction, InstanceLaunch,
 pub use desired::{DesiredContainer, Peers, PortMapping};
 pub use network::{DesiredKeyPair, NetworkObservation, NetworkStep, ObservedNetwork, Rule, Source};
 pub use observed::{DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance};
-pub use snapshot::{ObservedSnapshot, Slot, SnapshotState};
+pub use snapshot::{ObservedSnapshot, Slot, SnapshotAction, SnapshotState};
 pub use teardown::{TeardownInventory, TeardownStep};
 pub use volume::{
     AttachedVolume, AttachmentState, DataVolume, ObservedVolume, VolumeAttachment, VolumeState, VolumeStep,

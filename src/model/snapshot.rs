@@ -8,6 +8,8 @@
 //! ClientToken, so the slot tag is what finds a snapshot again after a lost
 //! answer or a restart instead of taking a second one.
 
+use std::fmt;
+
 /// Value of the role tag on the data volume's snapshots.
 pub const SNAPSHOT_ROLE: &str = "postgres-data-snapshot";
 /// Tag naming the slot a snapshot fills (see [`Slot`]).
@@ -101,6 +103,39 @@ impl Slot {
             Slot::Cli(at) => short("cli", at),
             Slot::BeforeUpgrade { to } => short("upgrade", to),
             Slot::Final => FINAL_SLOT.to_string(),
+        }
+    }
+}
+
+/// What the engine did about the data volume's snapshots (reported in
+/// the reconcile's actions and Events).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotAction {
+    /// CreateSnapshot of the volume for a slot.
+    Taken { snapshot_id: String, volume_id: String, slot: String },
+    /// A snapshot of the slot was found (taken by a pass whose answer was
+    /// lost, or before a restart): no second one was taken.
+    Adopted { snapshot_id: String, slot: String },
+    /// EC2 finished copying it.
+    Completed { snapshot_id: String },
+    /// EC2 says it failed.
+    Failed { snapshot_id: String, message: String },
+    /// Deleted as one beyond `keep`.
+    Pruned { snapshot_id: String },
+}
+
+impl fmt::Display for SnapshotAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotAction::Taken { snapshot_id, volume_id, slot } => {
+                write!(f, "+ snapshot {snapshot_id} of data volume {volume_id} ({slot})")
+            }
+            SnapshotAction::Adopted { snapshot_id, slot } => {
+                write!(f, "~ snapshot {snapshot_id} already taken for {slot}")
+            }
+            SnapshotAction::Completed { snapshot_id } => write!(f, "~ snapshot {snapshot_id} completed"),
+            SnapshotAction::Failed { snapshot_id, message } => write!(f, "! snapshot {snapshot_id} failed: {message}"),
+            SnapshotAction::Pruned { snapshot_id } => write!(f, "- delete snapshot {snapshot_id} (beyond keep)"),
         }
     }
 }
