@@ -427,7 +427,7 @@ impl Cloud for FakeCloud {
         s.network = None;
         s.rules.clear();
         s.key_identity = None;
-        Ok(DestroyReport { deleted })
+        Ok(DestroyReport { deleted, ..Default::default() })
     }
 
     fn api_calls(&self) -> u64 {
