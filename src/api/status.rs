@@ -235,6 +235,10 @@ pub struct BackupsStatus {
     /// until it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_snapshot_id: Option<String>,
+    /// When that snapshot was taken or found (RFC 3339): one EC2 still does
+    /// not know ten minutes later (deleted by hand) is given up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<String>,
     /// The occurrence of the schedule last handled (RFC 3339): the next
     /// snapshot is due at the schedule's first occurrence after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -171,6 +171,16 @@ pub fn upgrade_to(spec: &VotingStackSpec, status: &VotingStackStatus) -> Option<
     (!running.is_empty() && running != wanted && running != *image).then_some(wanted)
 }
 
+/// How long a pending snapshot EC2 does not know is taken for its
+/// consistency lag; past it, for deleted.
+pub const PENDING_UNKNOWN_GRACE: chrono::Duration = chrono::Duration::minutes(10);
+
+/// Whether a pending snapshot EC2 does not list (since `since`) is gone
+/// rather than not listed yet.
+pub fn given_up(since: Option<&str>, now: DateTime<Utc>) -> bool {
+    since.and_then(parse_time).is_none_or(|since| now - since > PENDING_UNKNOWN_GRACE)
+}
+
 /// The snapshot a backups phase leaves the database waiting on: postgres
 /// is not re-created on another image before its data is snapshotted.
 #[derive(Clone, Debug)]
@@ -216,7 +226,19 @@ impl Engine {
             match self.cloud.snapshot_by_id(&pending).await {
                 Ok(Some(s)) => completed |= self.follow(&s, &mut backups, run),
                 // Not known yet: EC2's consistency lag after a create.
-                Ok(None) => info!(stack = %ident.tag_value(), snapshot = %pending, "snapshot not listed yet"),
+                Ok(None) if !given_up(backups.pending_since.as_deref(), now) => {
+                    info!(stack = %ident.tag_value(), snapshot = %pending, "snapshot not listed yet")
+                }
+                Ok(None) => {
+                    warn!(stack = %ident.tag_value(), snapshot = %pending, "snapshot no longer known to EC2");
+                    backups.pending_snapshot_id = None;
+                    backups.pending_since = None;
+                    backups.failure = Some(format!(
+                        "SnapshotFailed: snapshot {pending} is not known to EC2 {} minutes after it was taken \
+                         (deleted by hand?)",
+                        PENDING_UNKNOWN_GRACE.num_minutes()
+                    ));
+                }
                 Err(e) => warn!(stack = %ident.tag_value(), snapshot = %pending, error = %e, "snapshot look-up failed"),
             }
         }
@@ -267,6 +289,7 @@ impl Engine {
         match s.state {
             SnapshotState::Completed => {
                 backups.pending_snapshot_id = None;
+                backups.pending_since = None;
                 backups.last_snapshot_id = Some(s.id.clone());
                 backups.last_snapshot_time = Some(s.start_time.clone());
                 backups.failure = None;
@@ -277,6 +300,7 @@ impl Engine {
             }
             SnapshotState::Error => {
                 backups.pending_snapshot_id = None;
+                backups.pending_since = None;
                 let message = s.message.clone().unwrap_or_else(|| "EC2 reports the snapshot in state error".into());
                 backups.failure = Some(format!("SnapshotFailed: snapshot {}: {message}", s.id));
                 run.applied.push(Action::Infra(InfraAction::Snapshot(SnapshotAction::Failed {
@@ -315,6 +339,7 @@ impl Engine {
                     }
                 } else {
                     backups.pending_snapshot_id = Some(s.id.clone());
+                    backups.pending_since = Some(rfc3339(Utc::now()));
                 }
             }
             SnapshotPlan::Take(slot) => {
@@ -326,6 +351,7 @@ impl Engine {
                     slot: slot.tag_value(),
                 })));
                 backups.pending_snapshot_id = Some(s.id.clone());
+                backups.pending_since = Some(rfc3339(Utc::now()));
                 found.push(s);
             }
         }
@@ -524,6 +550,14 @@ mod tests {
         assert_eq!(kept_after(&found, &prune(&found, 2)), 2);
         assert_eq!(prune(&found, 7), Vec::<String>::new());
         assert_eq!(prune(&found, 1), ["snap-1", "snap-2", "snap-3"]);
+    }
+
+    #[test]
+    fn a_pending_snapshot_ec2_does_not_know_is_given_up_only_after_the_grace() {
+        let now = at("2026-12-07T10:00:00Z");
+        assert!(!given_up(Some("2026-12-07T09:55:00Z"), now), "consistency lag");
+        assert!(given_up(Some("2026-12-07T09:49:00Z"), now));
+        assert!(given_up(None, now), "recorded by an older operator: no time to wait for");
     }
 
     #[test]
