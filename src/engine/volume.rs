@@ -68,8 +68,9 @@ pub fn plan_volume(
         VolumeState::Deleting | VolumeState::Deleted | VolumeState::Error => {
             return VolumeStep::Blocked {
                 why: format!(
-                    "data volume {} is {} in EC2; restore the database from a snapshot into a volume tagged for \
-                     the stack, or delete the tagged volume to start with an empty database",
+                    "data volume {} is {} in EC2; restore the database into a new VotingStack with \
+                     spec.database.restoreFromSnapshot set to one of this stack's snapshots (status.backups), \
+                     or delete the tagged volume to start with an empty database",
                     v.id,
                     v.state.as_str()
                 ),
@@ -82,7 +83,8 @@ pub fn plan_volume(
             return VolumeStep::Blocked {
                 why: format!(
                     "data volume {} is in {}, database instance {} in {db_zone}: a volume cannot leave its zone; \
-                     set spec.network.availabilityZone to {} (or move the data with a snapshot)",
+                     set spec.network.availabilityZone to {} (or restore a snapshot of it into a new VotingStack \
+                     with spec.database.restoreFromSnapshot)",
                     v.id, v.zone, db.id, v.zone
                 ),
             };
