@@ -1,6 +1,7 @@
 //! The phased reconcile shared by the controller and the CLI. This file
 //! only sequences the phases: validate → EC2 ([`infra`](super::infra)) →
-//! data volume ([`volume_converge`](super::volume_converge)) → hosts
+//! data volume ([`volume_converge`](super::volume_converge)) → its
+//! snapshots ([`backups`](super::backups)) → hosts
 //! ([`hosts`](super::hosts)) → web check and smoke test
 //! ([`smoke`](super::smoke)) → status and conditions
 //! ([`conditions`](super::conditions), [`status`](super::status)).
