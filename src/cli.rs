@@ -1,4 +1,4 @@
-//! The CLI shell: `votingstack plan|apply|destroy -f FILE` runs the engine
+//! The CLI shell: `votingstack plan|apply|destroy|snapshot -f FILE` runs the engine
 //! without a cluster, keeping status in a local state file like a
 //! Terraform state.
 
@@ -185,6 +185,17 @@ pub fn render_status(status: &VotingStackStatus) -> String {
         let at = v.attached_to.as_deref().map_or("not attached".to_string(), |i| format!("attached to {i}"));
         let _ = writeln!(out, "{:<11} {id} ({at})", "Data volume");
     }
+    if let Some(b) = status.backups.as_ref().filter(|b| b.last_snapshot_id.is_some() || b.failure.is_some()) {
+        let last = match (&b.last_snapshot_id, &b.last_snapshot_time) {
+            (Some(id), Some(at)) => format!("{id} ({at})"),
+            (Some(id), None) => id.clone(),
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(out, "{:<11} last {last}, {} kept", "Snapshots", b.kept.unwrap_or(0));
+        if let Some(failure) = &b.failure {
+            let _ = writeln!(out, "{:<11} {failure}", "");
+        }
+    }
     for (label, url) in [("Vote URL", &status.vote_url), ("Result URL", &status.result_url)] {
         if let Some(u) = url {
             let _ = writeln!(out, "{label:<11} {u}");
@@ -346,8 +357,16 @@ pub async fn plan(engine: Option<&Engine>, manifest: &Manifest, state_path: &Pat
 
 /// `votingstack destroy`: tears down per the deletion policy and forgets the
 /// state. Without a state file nothing is known to belong to the stack (its
-/// resources carry the owner id kept there), so nothing is deleted.
-pub async fn destroy(engine: &Engine, manifest: &Manifest, state_path: &Path) -> Result<Teardown, CliError> {
+/// resources carry the owner id kept there), so nothing is deleted. With
+/// `deletionPolicy: Snapshot` it waits (bounded by `timeout`) for the final
+/// snapshot to complete before the data volume goes; past `timeout` the
+/// state is kept and running destroy again goes on from there.
+pub async fn destroy(
+    engine: &Engine,
+    manifest: &Manifest,
+    state_path: &Path,
+    timeout: Duration,
+) -> Result<Teardown, CliError> {
     let Some(state) = load_state(state_path)? else {
         println!(
             "no state file at {}: nothing is known to belong to {} (its AWS resources carry the owner id kept there)",
@@ -357,7 +376,21 @@ pub async fn destroy(engine: &Engine, manifest: &Manifest, state_path: &Path) ->
         return Ok(Teardown::Deleted(Default::default()));
     };
     let stack = stack_with_state(manifest, &state);
-    let teardown = engine.destroy(&stack).await?;
+    let started = Instant::now();
+    let teardown = loop {
+        match engine.destroy(&stack).await? {
+            Teardown::SnapshotPending { snapshot_id } if started.elapsed() < timeout => {
+                println!("  final snapshot {snapshot_id} of the data volume is being copied; waiting");
+            }
+            Teardown::SnapshotPending { snapshot_id } => {
+                return Err(CliError::Cloud(crate::cloud::CloudError::SnapshotWait {
+                    id: snapshot_id,
+                    seconds: timeout.as_secs(),
+                }))
+            }
+            done => break done,
+        }
+    };
     if let Teardown::Deleted(_) = teardown {
         match std::fs::remove_file(state_path) {
             Ok(()) => {}
@@ -366,6 +399,33 @@ pub async fn destroy(engine: &Engine, manifest: &Manifest, state_path: &Path) ->
         }
     }
     Ok(teardown)
+}
+
+/// `votingstack snapshot`: takes a snapshot of the stack's data volume now,
+/// waits (bounded by `timeout`) until it is `completed`, records it in the
+/// state file and returns its id.
+pub async fn snapshot(
+    engine: &Engine,
+    manifest: &Manifest,
+    state_path: &Path,
+    timeout: Duration,
+) -> Result<String, CliError> {
+    let Some(mut state) = load_state(state_path)? else {
+        return Err(CliError::State {
+            path: state_path.into(),
+            message: format!(
+                "no state file: nothing is known to belong to {} (apply it first, or name its state with --state)",
+                manifest.stack.key()
+            ),
+        });
+    };
+    let stack = stack_with_state(manifest, &state);
+    let snap = engine.snapshot_now(&stack, timeout).await?;
+    let backups = state.status.backups.get_or_insert_with(Default::default);
+    backups.last_snapshot_id = Some(snap.id.clone());
+    backups.last_snapshot_time = Some(snap.start_time.clone());
+    save_state(state_path, &state)?;
+    Ok(snap.id)
 }
 
 /// Prints each drift event the hosts' event streams report, and wakes the

@@ -1,5 +1,5 @@
 //! `votingstack`: the operator (`controller`) and the CLI (`plan`, `apply`,
-//! `destroy`, `crd`).
+//! `destroy`, `snapshot`, `crd`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,8 +46,32 @@ enum Command {
     Plan(PlanArgs),
     /// Create or repair the stack until it matches the manifest.
     Apply(ApplyArgs),
-    /// Tear the stack down (per its deletionPolicy).
-    Destroy(FileArgs),
+    /// Tear the stack down (per its deletionPolicy; Snapshot, the default,
+    /// keeps a final snapshot of the data volume and prints its id).
+    Destroy(DestroyArgs),
+    /// Snapshot the data volume now, wait until the snapshot is completed,
+    /// and print its id.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Args)]
+struct DestroyArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// Give up waiting for the final snapshot after this many seconds (the
+    /// state is kept: run destroy again to go on).
+    #[arg(long, default_value_t = 3600)]
+    timeout_seconds: u64,
+}
+
+#[derive(Args)]
+struct SnapshotArgs {
+    #[command(flatten)]
+    file: FileArgs,
+    /// Give up waiting for the snapshot to complete after this many seconds
+    /// (EC2 goes on copying it).
+    #[arg(long, default_value_t = 1800)]
+    timeout_seconds: u64,
 }
 
 #[derive(Args)]
@@ -201,9 +225,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Destroy(args) => {
-            let (manifest, state) = load(&args)?;
+            let (manifest, state) = load(&args.file)?;
             let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), settings).await;
-            match cli::destroy(&engine, &manifest, &state).await? {
+            let timeout = Duration::from_secs(args.timeout_seconds);
+            match cli::destroy(&engine, &manifest, &state, timeout).await? {
                 Teardown::Retained { data_volume } => {
                     println!("deletionPolicy Retain: every AWS resource was left in place");
                     if let Some(id) = data_volume {
@@ -214,9 +239,22 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                     for id in &report.deleted {
                         println!("  - deleted {id}");
                     }
+                    for id in &report.snapshots {
+                        println!("  final snapshot {id} keeps the database (spec.database.restoreFromSnapshot: {id})");
+                    }
                     println!("{} destroyed ({} resources).", manifest.stack.key(), report.deleted.len());
                 }
+                Teardown::SnapshotPending { snapshot_id } => {
+                    println!("final snapshot {snapshot_id} is still being copied: run destroy again to go on");
+                }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot(args) => {
+            let (manifest, state) = load(&args.file)?;
+            let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), settings).await;
+            let id = cli::snapshot(&engine, &manifest, &state, Duration::from_secs(args.timeout_seconds)).await?;
+            println!("{id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Controller(args) => {

@@ -153,6 +153,10 @@ pub enum Reason {
     /// Backend only: the worker is stopped between votes while postgres
     /// does not answer or moves; votes wait in redis.
     WorkerPaused,
+    /// A snapshot of the data volume failed: in `status.backups.failure`
+    /// and an Event; in `DatabaseReady` when it was the one taken before a
+    /// postgres image change (postgres is not recreated without it).
+    SnapshotFailed,
     // smoke test
     VoteCounted,
     VoteNotCounted,
@@ -190,6 +194,7 @@ impl Reason {
             Reason::DeployFailed => "DeployFailed",
             Reason::DataVolumeUnusable => "DataVolumeUnusable",
             Reason::WorkerPaused => "WorkerPaused",
+            Reason::SnapshotFailed => "SnapshotFailed",
             Reason::VoteCounted => "VoteCounted",
             Reason::VoteNotCounted => "VoteNotCounted",
             Reason::WaitingForTiers => "WaitingForTiers",

@@ -28,6 +28,9 @@ pub const IMAGE_DIGEST_LABEL: &str = "votingstack.dev/image-digest";
 pub const MANAGED_BY_TAG: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_TAG`].
 pub const MANAGER: &str = "votingstack-operator";
+/// Annotation asking for a snapshot of the data volume: each new value
+/// takes one (`kubectl annotate votingstack NAME votingstack.dev/snapshot-request="$(date -u +%FT%TZ)" --overwrite`).
+pub const SNAPSHOT_REQUEST_ANNOTATION: &str = "votingstack.dev/snapshot-request";
 /// Finalizer that holds a VotingStack until its AWS resources are gone.
 pub const FINALIZER: &str = "votingstack.dev/cleanup";
 

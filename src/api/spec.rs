@@ -61,7 +61,8 @@ pub struct VotingStackSpec {
     /// When true the operator observes and reports but changes nothing.
     #[serde(default)]
     pub paused: bool,
-    /// What happens to the AWS resources when the VotingStack is deleted.
+    /// What happens to the AWS resources when the VotingStack is deleted
+    /// (`Snapshot` by default: a final snapshot of the data volume is kept).
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }
@@ -371,8 +372,9 @@ impl Default for Ports {
 }
 
 /// The database's storage.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.restoreFromSnapshot) == has(oldSelf.restoreFromSnapshot) && (!has(self.restoreFromSnapshot) || self.restoreFromSnapshot == oldSelf.restoreFromSnapshot)").message("restoreFromSnapshot is immutable: it applies only when the stack creates its data volume; create a new VotingStack instead"))]
 pub struct DatabaseSpec {
     /// Size of the data volume (gp3, encrypted) in GiB, used when the
     /// volume is created. An existing volume keeps its size. Spelled
@@ -380,6 +382,16 @@ pub struct DatabaseSpec {
     #[serde(rename = "volumeSizeGiB", alias = "volumeSizeGib", default = "default_volume_size_gib")]
     #[schemars(range(min = 1, max = 16384))]
     pub volume_size_gib: i32,
+    /// Scheduled EBS snapshots of the data volume.
+    #[serde(default)]
+    pub backups: BackupsSpec,
+    /// EBS snapshot (`snap-...`) the stack's data volume is created from,
+    /// in the database instance's zone, at least as large as the snapshot.
+    /// It applies only when the stack creates its data volume, so it is
+    /// immutable: neither set, changed nor removed after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^snap-[0-9a-f]{8,32}$"))]
+    pub restore_from_snapshot: Option<String>,
 }
 
 fn default_volume_size_gib() -> i32 {
@@ -388,16 +400,56 @@ fn default_volume_size_gib() -> i32 {
 
 impl Default for DatabaseSpec {
     fn default() -> Self {
-        Self { volume_size_gib: default_volume_size_gib() }
+        Self {
+            volume_size_gib: default_volume_size_gib(),
+            backups: BackupsSpec::default(),
+            restore_from_snapshot: None,
+        }
+    }
+}
+
+/// Scheduled snapshots of the data volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupsSpec {
+    /// When to snapshot the data volume: a 5-field cron expression
+    /// (minute hour day-of-month month day-of-week) in UTC. An empty
+    /// string turns scheduled snapshots off.
+    #[serde(default = "default_backup_schedule")]
+    #[schemars(length(max = 128))]
+    pub schedule: String,
+    /// How many of the stack's completed snapshots to keep: older ones are
+    /// deleted, oldest first (the final snapshot taken on delete is never
+    /// deleted by the operator).
+    #[serde(default = "default_backup_keep")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub keep: u32,
+}
+
+fn default_backup_schedule() -> String {
+    "0 3 * * *".into()
+}
+
+fn default_backup_keep() -> u32 {
+    7
+}
+
+impl Default for BackupsSpec {
+    fn default() -> Self {
+        Self { schedule: default_backup_schedule(), keep: default_backup_keep() }
     }
 }
 
 /// What deletion of the VotingStack does to AWS.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicy {
-    /// Terminate the instances, then delete the database's data volume,
-    /// the network and the key pair.
+    /// Terminate the instances, take a final snapshot of the database's
+    /// data volume and wait until it is completed, then delete the volume,
+    /// the network and the key pair. The snapshots stay: they are the backup.
     #[default]
+    Snapshot,
+    /// Terminate the instances, then delete the database's data volume
+    /// (without a final snapshot), the network and the key pair.
     Delete,
     /// Leave every AWS resource in place, the data volume included.
     Retain,

@@ -40,6 +40,9 @@ pub struct VotingStackStatus {
     /// The EBS volume holding postgres's data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_volume: Option<DataVolumeStatus>,
+    /// Snapshots of the data volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupsStatus>,
     /// URL of the vote page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vote_url: Option<String>,
@@ -212,6 +215,46 @@ pub struct DataVolumeStatus {
     /// volume and its data were kept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retained: bool,
+}
+
+/// Snapshots of the data volume (see docs/operations.md, "Backups and restore").
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupsStatus {
+    /// The latest completed snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_id: Option<String>,
+    /// When EC2 took it (RFC 3339): the data is as of this moment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_time: Option<String>,
+    /// How many of the stack's completed snapshots are kept (at most
+    /// `spec.database.backups.keep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<u32>,
+    /// A snapshot taken and not yet completed: looked at on each reconcile
+    /// until it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_snapshot_id: Option<String>,
+    /// When that snapshot was taken or found (RFC 3339): one EC2 still does
+    /// not know ten minutes later (deleted by hand) is given up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_since: Option<String>,
+    /// The occurrence of the schedule last handled (RFC 3339): the next
+    /// snapshot is due at the schedule's first occurrence after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scheduled: Option<String>,
+    /// The value of the `votingstack.dev/snapshot-request` annotation last
+    /// handled: a new value takes one snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+    /// The postgres image a snapshot was taken for before postgres moved
+    /// to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_upgrade: Option<String>,
+    /// Why the last snapshot failed (reason `SnapshotFailed`); cleared by
+    /// the next one that completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// One container on a host.

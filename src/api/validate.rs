@@ -41,6 +41,7 @@ pub fn validate(name: &str, spec: &VotingStackSpec) -> Vec<FieldError> {
     check_instances(&mut p, spec);
     check_ssh(&mut p, spec);
     check_app(&mut p, spec);
+    check_database(&mut p, spec);
     p.0
 }
 
@@ -292,6 +293,58 @@ fn check_app(p: &mut Problems, spec: &VotingStackSpec) {
     }
 }
 
+/// A backup schedule: exactly five cron fields (minute, hour, day of
+/// month, month, day of week), read in UTC. Empty means no schedule.
+pub fn parse_schedule(schedule: &str) -> Result<Option<croner::Cron>, String> {
+    let schedule = schedule.trim();
+    if schedule.is_empty() {
+        return Ok(None);
+    }
+    let fields = schedule.split_whitespace().count();
+    if fields != 5 {
+        return Err(format!(
+            "{schedule:?} has {fields} fields; give 5 (minute hour day-of-month month day-of-week, in UTC), \
+             such as \"0 3 * * *\", or \"\" for no scheduled snapshots"
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(schedule)
+        .map(Some)
+        .map_err(|e| format!("{schedule:?} is not a cron expression: {e}"))
+}
+
+/// A snapshot id as EC2 writes them: `snap-` and 8 to 32 lowercase hex
+/// digits. Anything else never reaches EC2.
+pub fn valid_snapshot_id(id: &str) -> bool {
+    id.strip_prefix("snap-").is_some_and(|h| {
+        (8..=32).contains(&h.len()) && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    })
+}
+
+fn check_database(p: &mut Problems, spec: &VotingStackSpec) {
+    let db = &spec.database;
+    if !(1..=16384).contains(&db.volume_size_gib) {
+        p.push("spec.database.volumeSizeGiB", "must be between 1 and 16384");
+    }
+    if let Err(problem) = parse_schedule(&db.backups.schedule) {
+        p.push("spec.database.backups.schedule", problem);
+    }
+    if db.backups.keep == 0 {
+        p.push("spec.database.backups.keep", "must be at least 1");
+    }
+    if let Some(id) = &db.restore_from_snapshot {
+        if !valid_snapshot_id(id) {
+            p.push(
+                "spec.database.restoreFromSnapshot",
+                format!("{id:?} is not a snapshot id such as snap-0123456789abcdef0"),
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +422,35 @@ mod tests {
     fn names_that_cannot_name_aws_resources_are_refused() {
         assert_eq!(paths(&validate("Demo_1", &spec())), ["metadata.name"]);
         assert_eq!(paths(&validate(&"a".repeat(41), &spec())), ["metadata.name"]);
+    }
+
+    #[test]
+    fn backups_need_a_five_field_schedule_and_keep_at_least_one() {
+        let mut s = spec();
+        assert_eq!(s.database.backups.schedule, "0 3 * * *");
+        assert_eq!(s.database.backups.keep, 7);
+        for ok in ["", "*/15 * * * *", "30 2 * * 1-5", "0 3 1 * *"] {
+            s.database.backups.schedule = ok.into();
+            assert_eq!(validate("demo", &s), vec![], "{ok:?}");
+        }
+        for bad in ["0 3 * *", "0 0 3 * * *", "61 3 * * *", "0 3 * * mon-", "every day"] {
+            s.database.backups.schedule = bad.into();
+            assert_eq!(paths(&validate("demo", &s)), ["spec.database.backups.schedule"], "{bad:?}");
+        }
+        s.database.backups.schedule = "0 3 * *".into();
+        assert!(validate("demo", &s)[0].message.contains("has 4 fields"), "{:?}", validate("demo", &s));
+        s.database.backups.schedule = String::new();
+        s.database.backups.keep = 0;
+        assert_eq!(paths(&validate("demo", &s)), ["spec.database.backups.keep"]);
+    }
+
+    #[test]
+    fn a_restore_names_a_snapshot_id() {
+        let mut s = spec();
+        s.database.restore_from_snapshot = Some("snap-0123456789abcdef0".into());
+        assert_eq!(validate("demo", &s), vec![]);
+        s.database.restore_from_snapshot = Some("vol-0123456789abcdef0".into());
+        assert_eq!(paths(&validate("demo", &s)), ["spec.database.restoreFromSnapshot"]);
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!   after a look-up by tag.
 //! - `volumes`: the database's data volume: DescribeVolumes by tag,
 //!   CreateVolume with a ClientToken, AttachVolume, DetachVolume.
+//! - `snapshots`: the data volume's snapshots: CreateSnapshot with the
+//!   stack's tags and a slot tag, DescribeSnapshots by tag or id,
+//!   DeleteSnapshot.
 //! - `teardown`: finds what a teardown deletes and carries out its steps.
 //! - `inventory`: the region's instances and security groups, looked up
 //!   once for every stack this process observes (filtered on the owner tag's
@@ -26,6 +29,7 @@
 mod instances;
 pub mod inventory;
 mod network;
+mod snapshots;
 mod teardown;
 mod volumes;
 
@@ -52,7 +56,8 @@ use tracing::debug;
 use crate::api::{NetworkStatus, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
 use crate::model::volume::DATA_DEVICE;
 use crate::model::{
-    InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedVolume, TeardownInventory, TeardownStep,
+    InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedSnapshot, ObservedVolume, Slot,
+    TeardownInventory, TeardownStep,
 };
 
 use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity, OWNER_TAG};
@@ -106,6 +111,7 @@ impl ClassifyRetry for FreshIdRetry {
             o::modify_vpc_attribute::ModifyVpcAttributeError,
             o::attach_volume::AttachVolumeError,
             o::describe_volumes::DescribeVolumesError,
+            o::describe_snapshots::DescribeSnapshotsError,
         );
         match code {
             Some(code) if is_fresh_id_not_found(code) => {
@@ -437,8 +443,30 @@ impl Cloud for Ec2Cloud {
         zone: &str,
         size_gib: i32,
         n: u32,
+        from_snapshot: Option<&str>,
     ) -> Result<ObservedVolume, CloudError> {
-        self.create_volume(stack, zone, size_gib, n).await
+        self.create_volume(stack, zone, size_gib, n, from_snapshot).await
+    }
+
+    async fn snapshots(&self, stack: &StackIdentity) -> Result<Vec<ObservedSnapshot>, CloudError> {
+        self.stack_snapshots(stack).await
+    }
+
+    async fn snapshot_by_id(&self, id: &str) -> Result<Option<ObservedSnapshot>, CloudError> {
+        self.snapshot(id).await
+    }
+
+    async fn create_snapshot(
+        &self,
+        stack: &StackIdentity,
+        volume_id: &str,
+        slot: &Slot,
+    ) -> Result<ObservedSnapshot, CloudError> {
+        self.take_snapshot(stack, volume_id, slot).await
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<(), CloudError> {
+        self.remove_snapshot(id).await
     }
 
     async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {

@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 
 use crate::api::{NetworkStatus, Tier, VotingStack};
 use crate::model::{
-    InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedVolume, TeardownInventory, TeardownStep,
+    InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedSnapshot, ObservedVolume, Slot,
+    TeardownInventory, TeardownStep,
 };
 
 /// How every ClientToken the operator sends begins: an instance launched
@@ -162,6 +163,12 @@ pub enum CloudError {
          (IdempotentParameterMismatch: {message}); the next pass launches with a new replacement number"
     )]
     TokenReused { tier: Tier, token: String, message: String },
+    /// EC2 reports a snapshot in state `error`.
+    #[error("snapshot {id} failed: {message}")]
+    SnapshotFailed { id: String, message: String },
+    /// A snapshot was not `completed` within the wait; EC2 goes on copying.
+    #[error("snapshot {id} is not completed after {seconds} s; EC2 goes on copying it (look again later)")]
+    SnapshotWait { id: String, seconds: u64 },
     /// The stack's `spec.aws.endpoint` is not one the operator sends its
     /// signed requests to (see `api::endpoint`); nothing was sent.
     #[error("{0}")]
@@ -172,7 +179,10 @@ impl CloudError {
     pub fn kind(&self) -> AwsErrorKind {
         match self {
             CloudError::Api { kind, .. } => *kind,
-            CloudError::Transport { .. } | CloudError::TerminateTimeout { .. } => AwsErrorKind::Unavailable,
+            CloudError::Transport { .. } | CloudError::TerminateTimeout { .. } | CloudError::SnapshotWait { .. } => {
+                AwsErrorKind::Unavailable
+            }
+            CloudError::SnapshotFailed { .. } => AwsErrorKind::Other,
             CloudError::Incomplete { .. } | CloudError::TokenReused { .. } => AwsErrorKind::Other,
             CloudError::EndpointRefused(_) => AwsErrorKind::InvalidParameter,
             CloudError::Capacity { .. } => AwsErrorKind::Capacity,
@@ -185,6 +195,9 @@ impl CloudError {
 pub struct DestroyReport {
     /// Resource ids in the order they were deleted.
     pub deleted: Vec<String>,
+    /// The final snapshots of the data volume taken before it was deleted
+    /// (`deletionPolicy: Snapshot`): kept, they are the backup.
+    pub snapshots: Vec<String>,
 }
 
 /// How much of the network [`Cloud::observe`] looks up.
@@ -248,14 +261,38 @@ pub trait Cloud: Send + Sync {
         -> Result<Vec<ObservedVolume>, CloudError>;
 
     /// Creates the stack's `n`-th data volume (gp3, encrypted, tagged) in
-    /// `zone`, with a ClientToken made of the stack and `n`.
+    /// `zone`, with a ClientToken made of the stack and `n`; from the
+    /// snapshot `from_snapshot` when given, tagged with its origin
+    /// ([`crate::model::snapshot::ORIGIN_TAG`]) so it is never formatted.
     async fn create_data_volume(
         &self,
         stack: &StackIdentity,
         zone: &str,
         size_gib: i32,
         n: u32,
+        from_snapshot: Option<&str>,
     ) -> Result<ObservedVolume, CloudError>;
+
+    /// The stack's snapshots of its data volume (DescribeSnapshots of the
+    /// account's own, by owner and role tags), in any state.
+    async fn snapshots(&self, stack: &StackIdentity) -> Result<Vec<ObservedSnapshot>, CloudError>;
+
+    /// One snapshot by id, whoever took it; None when EC2 does not know it
+    /// (a snapshot taken moments ago may not be known yet).
+    async fn snapshot_by_id(&self, id: &str) -> Result<Option<ObservedSnapshot>, CloudError>;
+
+    /// CreateSnapshot of `volume_id`, tagged with the stack's tags, the
+    /// snapshot role and `slot`. It takes no ClientToken: look for the
+    /// slot's snapshot first.
+    async fn create_snapshot(
+        &self,
+        stack: &StackIdentity,
+        volume_id: &str,
+        slot: &Slot,
+    ) -> Result<ObservedSnapshot, CloudError>;
+
+    /// Deletes a snapshot; one already gone is no error.
+    async fn delete_snapshot(&self, id: &str) -> Result<(), CloudError>;
 
     /// Attaches a volume as [`crate::model::volume::DATA_DEVICE`].
     async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError>;

@@ -1,6 +1,7 @@
 //! Kubernetes Events: an instance launched, replaced or terminated, a
-//! container created, re-created or started again, a condition that flipped,
-//! and the outcome of a deletion.
+//! container created, re-created or started again, a snapshot taken,
+//! completed, failed or pruned, a condition that flipped, and the outcome
+//! of a deletion (naming the final snapshot).
 
 use kube::runtime::events::{Event, EventType};
 use kube::Resource;
@@ -8,7 +9,7 @@ use tracing::warn;
 
 use crate::api::{ConditionType, VotingStack};
 use crate::engine::Outcome;
-use crate::model::{Action, CreateReason, HostAction, InfraAction, TerminateReason};
+use crate::model::{Action, CreateReason, HostAction, InfraAction, SnapshotAction, TerminateReason};
 
 use super::Context;
 
@@ -103,6 +104,29 @@ pub(super) fn action_events(applied: &[Action]) -> Vec<ActionEvent> {
                 };
                 ActionEvent { reason: "ContainerRecreated", action: format!("Recreate/{name}"), note }
             }
+            Action::Infra(InfraAction::Snapshot(snapshot)) => match snapshot {
+                SnapshotAction::Taken { snapshot_id, volume_id, slot } => ActionEvent {
+                    reason: "SnapshotTaken",
+                    action: format!("Snapshot/{snapshot_id}"),
+                    note: format!("took snapshot {snapshot_id} of data volume {volume_id} ({slot})"),
+                },
+                SnapshotAction::Completed { snapshot_id } => ActionEvent {
+                    reason: "SnapshotCompleted",
+                    action: format!("Snapshot/{snapshot_id}"),
+                    note: format!("snapshot {snapshot_id} is completed"),
+                },
+                SnapshotAction::Failed { snapshot_id, message } => ActionEvent {
+                    reason: "SnapshotFailed",
+                    action: format!("Snapshot/{snapshot_id}"),
+                    note: format!("snapshot {snapshot_id} failed: {message}"),
+                },
+                SnapshotAction::Pruned { snapshot_id } => ActionEvent {
+                    reason: "SnapshotDeleted",
+                    action: format!("Prune/{snapshot_id}"),
+                    note: format!("deleted snapshot {snapshot_id}: beyond spec.database.backups.keep"),
+                },
+                SnapshotAction::Adopted { .. } => continue,
+            },
             Action::Host(HostAction::StartContainer { tier, name, state }) => ActionEvent {
                 reason: "ContainerStarted",
                 action: format!("Start/{name}"),
@@ -123,7 +147,8 @@ pub(super) fn action_events(applied: &[Action]) -> Vec<ActionEvent> {
 /// The Events of a reconcile: what it did, then the conditions that flipped.
 pub(super) async fn publish_outcome(ctx: &Context, stack: &VotingStack, outcome: &Outcome) {
     for e in action_events(&outcome.applied) {
-        publish_as(ctx, stack, EventType::Normal, e.reason, &e.action, &e.note).await;
+        let type_ = if e.reason == "SnapshotFailed" { EventType::Warning } else { EventType::Normal };
+        publish_as(ctx, stack, type_, e.reason, &e.action, &e.note).await;
     }
     publish_transitions(ctx, stack, outcome).await;
 }
@@ -278,5 +303,26 @@ mod tests {
         for e in action_events(&applied) {
             assert!(!e.note.contains("PRIVATE") && !e.note.contains("hunter2"), "{}", e.note);
         }
+    }
+
+    #[test]
+    fn snapshots_taken_completed_failed_and_pruned_each_get_an_event_naming_the_snapshot() {
+        let snap = |a: SnapshotAction| Action::Infra(InfraAction::Snapshot(a));
+        let applied = [
+            snap(SnapshotAction::Taken {
+                snapshot_id: "snap-1".into(),
+                volume_id: "vol-1".into(),
+                slot: "request/r1".into(),
+            }),
+            snap(SnapshotAction::Adopted { snapshot_id: "snap-0".into(), slot: "request/r0".into() }),
+            snap(SnapshotAction::Completed { snapshot_id: "snap-1".into() }),
+            snap(SnapshotAction::Failed { snapshot_id: "snap-2".into(), message: "internal error".into() }),
+            snap(SnapshotAction::Pruned { snapshot_id: "snap-3".into() }),
+        ];
+        let events = action_events(&applied);
+        assert_eq!(reasons(&events), ["SnapshotTaken", "SnapshotCompleted", "SnapshotFailed", "SnapshotDeleted"]);
+        assert!(events[0].note.contains("snap-1") && events[0].note.contains("vol-1"), "{}", events[0].note);
+        assert!(events[2].note.contains("internal error"), "{}", events[2].note);
+        assert!(events[3].note.contains("keep"), "{}", events[3].note);
     }
 }

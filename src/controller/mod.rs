@@ -55,6 +55,10 @@ pub const SECRET_LABEL: &str = "votingstack.dev/ssh-key";
 /// were adopted elsewhere.
 pub const ORPHAN_ANNOTATION: &str = "votingstack.dev/orphan-on-delete";
 
+/// How often a deletion looks at its final snapshot again (each look
+/// waits up to `EngineSettings::final_snapshot_wait` itself).
+pub const FINAL_SNAPSHOT_POLL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Errors of the Kubernetes shell.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -73,6 +77,9 @@ pub enum ControllerError {
     Destroy { stack: String, source: CloudError },
     #[error("VotingStack {0} has no namespace")]
     NoNamespace(String),
+    /// Deletion waits for the final snapshot: not a failure.
+    #[error("{stack}: waiting for the final snapshot {snapshot_id} to complete before deleting the data volume")]
+    FinalSnapshotPending { stack: String, snapshot_id: String },
 }
 
 impl ControllerError {
@@ -83,7 +90,7 @@ impl ControllerError {
             ControllerError::Kube(_) | ControllerError::StatusRefused { .. } => Failure::Kube,
             ControllerError::Finalizer(_) => Failure::Finalizer,
             ControllerError::Transient { kind, .. } => *kind,
-            ControllerError::Destroy { .. } => Failure::Destroy,
+            ControllerError::Destroy { .. } | ControllerError::FinalSnapshotPending { .. } => Failure::Destroy,
             ControllerError::NoNamespace(_) => Failure::InvalidObject,
         }
     }
@@ -123,6 +130,11 @@ pub async fn reconcile(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Act
 
 /// Requeue after an error, with backoff per stack and cause.
 pub fn error_policy(stack: Arc<VotingStack>, err: &ControllerError, ctx: Arc<Context>) -> Action {
+    if let ControllerError::FinalSnapshotPending { .. } = err {
+        // Progress, not a failure: no backoff, no error counted.
+        info!(stack = %stack.key(), "{err}");
+        return Action::requeue(ctx.jittered(FINAL_SNAPSHOT_POLL));
+    }
     let (wait, in_a_row) = ctx.record_failure(&stack.key(), err.kind());
     let wait = ctx.jittered(wait);
     if err.kind() == Failure::Conflict && in_a_row == 1 {
@@ -277,10 +289,24 @@ async fn cleanup(stack: Arc<VotingStack>, ctx: Arc<Context>) -> Result<Action, C
             Ok(Action::await_change())
         }
         Ok(Teardown::Deleted(report)) => {
-            let note = format!("deleted {} AWS resources", report.deleted.len());
+            let mut note = format!("deleted {} AWS resources", report.deleted.len());
+            if !report.snapshots.is_empty() {
+                note.push_str(&format!(
+                    "; final snapshot {} of the data volume keeps the database (restore it with spec.database.restoreFromSnapshot)",
+                    report.snapshots.join(", ")
+                ));
+            }
             publish(&ctx, &stack, EventType::Normal, "Deleted", &note).await;
             info!(stack = %stack.key(), deleted = ?report.deleted, "stack torn down");
             Ok(Action::await_change())
+        }
+        Ok(Teardown::SnapshotPending { snapshot_id }) => {
+            let note = format!(
+                "final snapshot {snapshot_id} of the data volume is being copied; the volume and network are deleted once it is completed"
+            );
+            publish(&ctx, &stack, EventType::Normal, "FinalSnapshotPending", &note).await;
+            // An error keeps the finalizer; the error policy looks again soon.
+            Err(ControllerError::FinalSnapshotPending { stack: stack.key(), snapshot_id })
         }
         Err(source) if nothing_to_tear_down(&stack, &source) => {
             let note =

@@ -1,18 +1,22 @@
 //! The EC2 phase of a reconcile: observe the network and instances, plan
-//! their steps, carry them out, and observe again. Also teardown.
+//! their steps, carry them out, and observe again. Also teardown, with a
+//! final snapshot of the data volume when the deletion policy asks for one.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info, warn};
 
 use crate::api::{NetworkStatus, Tier, VotingStack, VotingStackStatus};
 use crate::cloud::{Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
 use crate::host::SshKey;
+use crate::model::snapshot::FINAL_SLOT;
 use crate::model::{
-    DesiredKeyPair, InfraAction, InstanceLaunch, InstanceState, NetworkObservation, ObservedInfra, UserData,
+    DesiredKeyPair, InfraAction, InstanceLaunch, InstanceState, NetworkObservation, ObservedInfra, Slot, SnapshotState,
+    TeardownStep, UserData,
 };
 use crate::timeline::{self, Stage};
 
+use super::backups::wait_completed;
 use super::conditions::infrastructure::infrastructure;
 use super::failure::Failure;
 use super::network::{network_drift, teardown_steps};
@@ -185,6 +189,8 @@ impl Engine {
             InfraAction::DataVolume(step) => {
                 self.act_volume(ident, step, run).await?;
             }
+            // Reported by the backups phase, never planned here.
+            InfraAction::Snapshot(_) => {}
         }
         Ok(action.clone())
     }
@@ -210,12 +216,86 @@ pub async fn tear_down(
     stack: &StackIdentity,
     known: Option<&NetworkStatus>,
 ) -> Result<DestroyReport, CloudError> {
+    match tear_down_with(cloud, stack, known, VolumeTeardown::Delete).await? {
+        TornDown::Done(report) => Ok(report),
+        // Only a teardown that snapshots first waits for one.
+        TornDown::SnapshotPending { snapshot_id } => Err(CloudError::SnapshotWait { id: snapshot_id, seconds: 0 }),
+    }
+}
+
+/// What a teardown does with the data volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VolumeTeardown {
+    /// Deletes it with the rest.
+    Delete,
+    /// Once the instances are terminated (postgres wrote its last),
+    /// snapshots it and waits up to `wait` for the snapshot to complete
+    /// before deleting it.
+    SnapshotFirst { wait: Duration, poll: Duration },
+}
+
+/// How far a teardown got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TornDown {
+    Done(DestroyReport),
+    /// The instances are gone and the final snapshot is being copied: the
+    /// volume and network stay until it is completed (the next attempt
+    /// finds the snapshot by its tag and goes on).
+    SnapshotPending {
+        snapshot_id: String,
+    },
+}
+
+/// [`tear_down`], with a final snapshot of the data volume when asked
+/// for. The snapshot is found again by its slot tag ([`FINAL_SLOT`]), so a
+/// teardown repeated after a restart or a pending answer takes no second one.
+pub async fn tear_down_with(
+    cloud: &dyn Cloud,
+    stack: &StackIdentity,
+    known: Option<&NetworkStatus>,
+    volume: VolumeTeardown,
+) -> Result<TornDown, CloudError> {
     let found = cloud.teardown_inventory(stack, known).await?;
     let steps = teardown_steps(&found);
     for step in &steps {
         info!(stack = %stack.tag_value(), "{step}");
     }
-    cloud.destroy(stack, &steps).await
+    let VolumeTeardown::SnapshotFirst { wait, poll } = volume else {
+        return Ok(TornDown::Done(cloud.destroy(stack, &steps).await?));
+    };
+    if found.volumes.is_empty() {
+        return Ok(TornDown::Done(cloud.destroy(stack, &steps).await?));
+    }
+    let split = steps.iter().position(|s| !matches!(s, TeardownStep::TerminateInstances { .. })).unwrap_or(steps.len());
+    let mut report = if split > 0 { cloud.destroy(stack, &steps[..split]).await? } else { DestroyReport::default() };
+    let existing = cloud.snapshots(stack).await?;
+    for volume_id in &found.volumes {
+        let earlier = existing
+            .iter()
+            .filter(|s| {
+                s.volume_id == *volume_id && s.slot.as_deref() == Some(FINAL_SLOT) && s.state != SnapshotState::Error
+            })
+            .max_by(|a, b| a.start_time.cmp(&b.start_time));
+        let snapshot = match earlier {
+            Some(s) => s.clone(),
+            None => {
+                let s = cloud.create_snapshot(stack, volume_id, &Slot::Final).await?;
+                info!(stack = %stack.tag_value(), snapshot = %s.id, volume = %volume_id, "took the final snapshot of the data volume");
+                s
+            }
+        };
+        match wait_completed(cloud, &snapshot.id, wait, poll).await {
+            Ok(s) => report.snapshots.push(s.id),
+            Err(CloudError::SnapshotWait { .. }) => {
+                info!(stack = %stack.tag_value(), snapshot = %snapshot.id, "the final snapshot is still being copied; the volume stays until it is completed");
+                return Ok(TornDown::SnapshotPending { snapshot_id: snapshot.id });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let rest = cloud.destroy(stack, &steps[split..]).await?;
+    report.deleted.extend(rest.deleted);
+    Ok(TornDown::Done(report))
 }
 
 /// Brings the network alone in line with the spec: inventories it, plans

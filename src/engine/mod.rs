@@ -2,7 +2,8 @@
 //! and the phased reconcile that both shells (controller and CLI) run.
 //!
 //! - [`reconcile`]: the phases in order, and [`Engine`] itself;
-//! - [`infra`], [`volume_converge`], [`hosts`], [`smoke`]: one phase each;
+//! - [`infra`], [`volume_converge`], [`backups`], [`hosts`], [`smoke`]: one
+//!   phase each ([`backups`] also holds its pure plan);
 //! - [`plan`], [`network`], [`volume`], [`desired`]: pure plans and desired
 //!   state;
 //! - [`conditions`]: where every condition's status, reason and message is
@@ -15,6 +16,7 @@
 //! - [`stop`]: how a running reconcile is stopped at a step boundary.
 
 pub mod addressing;
+pub mod backups;
 pub mod conditions;
 pub mod desired;
 pub mod failure;

@@ -294,6 +294,7 @@ pub fn plan(
         let db = infra_plan.keepers.get(&Tier::Database);
         let size = spec.database.volume_size_gib;
         if let Some(step) = volume_action(db, found, infra, recorded, zone, size) {
+            let step = super::volume::restoring(step, spec.database.restore_from_snapshot.as_deref());
             actions.push(Action::Infra(InfraAction::DataVolume(step)));
         }
     }

@@ -1,6 +1,7 @@
 //! The phased reconcile shared by the controller and the CLI. This file
 //! only sequences the phases: validate → EC2 ([`infra`](super::infra)) →
-//! data volume ([`volume_converge`](super::volume_converge)) → hosts
+//! data volume ([`volume_converge`](super::volume_converge)) → its
+//! snapshots ([`backups`](super::backups)) → hosts
 //! ([`hosts`](super::hosts)) → web check and smoke test
 //! ([`smoke`](super::smoke)) → status and conditions
 //! ([`conditions`](super::conditions), [`status`](super::status)).
@@ -23,7 +24,7 @@ use super::conditions::data_volume::VolumeHold;
 use super::conditions::infrastructure::cloud_failed;
 use super::conditions::{Finding, Findings};
 use super::failure::Failure;
-use super::infra::{desired_key_pair, tear_down};
+use super::infra::{desired_key_pair, tear_down_with, TornDown, VolumeTeardown};
 use super::plan::{network_lookup, plan, plan_infra, InfraPlan, Plan};
 use super::status::{now, record_conditions, record_instances};
 use super::stop::{Stop, Stopped};
@@ -45,6 +46,12 @@ pub struct EngineSettings {
     /// attached before it leaves the rest to the next pass.
     pub volume_wait: Duration,
     pub volume_poll: Duration,
+    /// How often a snapshot being copied is looked at while someone waits
+    /// for it (the final snapshot on delete, `votingstack snapshot`).
+    pub snapshot_poll: Duration,
+    /// How long one teardown waits for the final snapshot to complete
+    /// before it leaves the rest to the next attempt.
+    pub final_snapshot_wait: Duration,
     /// Which `spec.aws.endpoint` values the engine sends its signed EC2
     /// requests to (`--allow-endpoint`); a stack naming another is refused
     /// in the validate phase, and by `plan` and `destroy`.
@@ -61,6 +68,8 @@ impl Default for EngineSettings {
             smoke_poll: Duration::from_millis(500),
             volume_wait: Duration::from_secs(20),
             volume_poll: Duration::from_millis(500),
+            snapshot_poll: Duration::from_secs(5),
+            final_snapshot_wait: Duration::from_secs(60),
             endpoints: EndpointPolicy::default(),
         }
     }
@@ -100,10 +109,14 @@ pub struct Engine {
 pub enum Teardown {
     /// `deletionPolicy: Retain`: nothing was touched; the data volume (when
     /// the stack has one) keeps the database.
-    Retained {
-        data_volume: Option<String>,
-    },
+    Retained { data_volume: Option<String> },
+    /// Deleted; with `deletionPolicy: Snapshot` the report names the final
+    /// snapshot(s), which stay.
     Deleted(DestroyReport),
+    /// `deletionPolicy: Snapshot`: the instances are gone and the final
+    /// snapshot is still being copied; tear down again to go on (the data
+    /// volume and the network stay until it is completed).
+    SnapshotPending { snapshot_id: String },
 }
 
 /// Mutable state of one reconcile, filled in by the phases.
@@ -117,6 +130,8 @@ pub(super) struct Run {
     pub(super) stop: Stop,
     /// The step boundary the pass stopped at, once it did.
     pub(super) stopped: Option<&'static str>,
+    /// Until the backup schedule's next occurrence: the pass is requeued by then.
+    pub(super) next_backup: Option<Duration>,
 }
 
 impl Run {
@@ -208,6 +223,7 @@ impl Engine {
             targets: Vec::new(),
             stop,
             stopped: None,
+            next_backup: None,
         };
         self.reconcile_into(stack, key, &mut run).await;
         run
@@ -246,10 +262,21 @@ impl Engine {
         if run.stop_at("before the data volume phase") {
             return;
         }
-        let data_volume = match infra_plan.keepers.get(&Tier::Database) {
+        let mut data_volume = match infra_plan.keepers.get(&Tier::Database) {
             Some(db) => self.converge_volume(&ident, spec, db, &key, &infra_plan, run).await,
             None => Err(VolumeHold::NoInstance),
         };
+
+        // its snapshots: owed ones taken (before a postgres image change
+        // too), a pending one followed, those beyond keep pruned
+        if run.stop_at("before the backups phase") {
+            return;
+        }
+        if let Ok(volume_id) = &data_volume {
+            if let Err(held) = self.converge_backups(&ident, stack, volume_id, run).await {
+                data_volume = Err(VolumeHold::SnapshotFirst(held.0));
+            }
+        }
 
         // hosts, all at once
         if run.stop_at("before the hosts phase") {
@@ -269,7 +296,7 @@ impl Engine {
     }
 
     fn finish(&self, stack: &VotingStack, previous: VotingStackStatus, run: Run, started: Instant) -> Outcome {
-        let Run { mut status, findings, applied, error, targets, .. } = run;
+        let Run { mut status, findings, applied, error, targets, next_backup, .. } = run;
         let generation = stack.metadata.generation;
         let now = now();
         let transitions = record_conditions(&mut status, &findings, generation, &now);
@@ -293,6 +320,8 @@ impl Engine {
         } else {
             self.settings.converge_retry
         };
+        // A snapshot falls due at the schedule's next occurrence.
+        let requeue_after = next_backup.map_or(requeue_after, |due| requeue_after.min(due + Duration::from_secs(1)));
         if let Some(kind) = error {
             log_failure(stack, kind, &ready, previous.phase);
         }
@@ -342,8 +371,18 @@ impl Engine {
         }
         self.check_endpoint(stack)?;
         let status = stack.status.clone().unwrap_or_default();
-        let report = tear_down(self.cloud.as_ref(), &StackIdentity::of(stack), status.network.as_ref()).await?;
-        Ok(Teardown::Deleted(report))
+        let volume = match stack.spec.deletion_policy {
+            DeletionPolicy::Snapshot => VolumeTeardown::SnapshotFirst {
+                wait: self.settings.final_snapshot_wait,
+                poll: self.settings.snapshot_poll,
+            },
+            DeletionPolicy::Delete | DeletionPolicy::Retain => VolumeTeardown::Delete,
+        };
+        let ident = StackIdentity::of(stack);
+        match tear_down_with(self.cloud.as_ref(), &ident, status.network.as_ref(), volume).await? {
+            TornDown::Done(report) => Ok(Teardown::Deleted(report)),
+            TornDown::SnapshotPending { snapshot_id } => Ok(Teardown::SnapshotPending { snapshot_id }),
+        }
     }
 }
 

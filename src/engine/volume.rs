@@ -55,7 +55,7 @@ pub fn plan_volume(
     }
     let Some(v) = found else {
         return match zone {
-            Some(zone) => VolumeStep::Create { zone: Some(zone.to_string()), size_gib },
+            Some(zone) => VolumeStep::Create { zone: Some(zone.to_string()), size_gib, from_snapshot: None },
             None => VolumeStep::Wait {
                 volume_id: None,
                 why: format!("the zone of database instance {} is not known yet", db.id),
@@ -68,8 +68,9 @@ pub fn plan_volume(
         VolumeState::Deleting | VolumeState::Deleted | VolumeState::Error => {
             return VolumeStep::Blocked {
                 why: format!(
-                    "data volume {} is {} in EC2; restore the database from a snapshot into a volume tagged for \
-                     the stack, or delete the tagged volume to start with an empty database",
+                    "data volume {} is {} in EC2; restore the database into a new VotingStack with \
+                     spec.database.restoreFromSnapshot set to one of this stack's snapshots (status.backups), \
+                     or delete the tagged volume to start with an empty database",
                     v.id,
                     v.state.as_str()
                 ),
@@ -82,7 +83,8 @@ pub fn plan_volume(
             return VolumeStep::Blocked {
                 why: format!(
                     "data volume {} is in {}, database instance {} in {db_zone}: a volume cannot leave its zone; \
-                     set spec.network.availabilityZone to {} (or move the data with a snapshot)",
+                     set spec.network.availabilityZone to {} (or restore a snapshot of it into a new VotingStack \
+                     with spec.database.restoreFromSnapshot)",
                     v.id, v.zone, db.id, v.zone
                 ),
             };
@@ -113,6 +115,17 @@ pub fn plan_volume(
     }
 }
 
+/// A creation of the data volume made from `restoreFromSnapshot` when
+/// the spec names one (it applies only to a volume the stack creates).
+pub fn restoring(step: VolumeStep, restore_from: Option<&str>) -> VolumeStep {
+    match step {
+        VolumeStep::Create { zone, size_gib, from_snapshot: None } => {
+            VolumeStep::Create { zone, size_gib, from_snapshot: restore_from.map(str::to_owned) }
+        }
+        other => other,
+    }
+}
+
 /// The data volume's step as an action of the whole plan, from the stack's
 /// volumes as DescribeVolumes listed them (`found`): the step
 /// [`plan_volume`] gives for the database instance kept, or, while that
@@ -134,7 +147,7 @@ pub fn volume_action(
             plan_volume(db, volume, infra, db.zone.as_deref().or(network_zone), size_gib)
         }
         None if found.is_empty() && recorded.is_none() => {
-            VolumeStep::Create { zone: network_zone.map(str::to_string), size_gib }
+            VolumeStep::Create { zone: network_zone.map(str::to_string), size_gib, from_snapshot: None }
         }
         // Attached once the new database instance runs.
         None => return None,
@@ -197,7 +210,7 @@ mod tests {
     fn a_missing_volume_is_created_in_the_instance_s_zone() {
         let i = db("i-1", InstanceState::Pending);
         let step = plan_volume(&i, None, &infra(vec![]), Some("us-east-1a"), 10);
-        assert_eq!(step, VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10 });
+        assert_eq!(step, VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10, from_snapshot: None });
     }
 
     #[test]
@@ -285,16 +298,36 @@ mod tests {
     #[test]
     fn a_plan_before_the_database_instance_creates_the_volume_in_its_zone() {
         let step = volume_action(None, &[], &infra(vec![]), None, None, 10);
-        assert_eq!(step, Some(VolumeStep::Create { zone: None, size_gib: 10 }));
+        assert_eq!(step, Some(VolumeStep::Create { zone: None, size_gib: 10, from_snapshot: None }));
         assert_eq!(
             step.map(|s| s.to_string()).as_deref(),
             Some("create the data volume (10 GiB, gp3, in the database instance's zone)")
         );
         let step = volume_action(None, &[], &infra(vec![]), None, Some("us-east-1b"), 10);
-        assert_eq!(step, Some(VolumeStep::Create { zone: Some("us-east-1b".into()), size_gib: 10 }));
+        assert_eq!(
+            step,
+            Some(VolumeStep::Create { zone: Some("us-east-1b".into()), size_gib: 10, from_snapshot: None })
+        );
         let kept = [volume(None)];
         assert_eq!(volume_action(None, &kept, &infra(vec![]), None, None, 10), None);
         assert_eq!(volume_action(None, &[], &infra(vec![]), Some("vol-1"), None, 10), None);
+    }
+
+    #[test]
+    fn only_a_creation_restores_from_the_snapshot() {
+        let create = plan_volume(&db("i-1", InstanceState::Running), None, &infra(vec![]), Some("us-east-1a"), 10);
+        let step = restoring(create, Some("snap-0123456789abcdef0"));
+        assert_eq!(
+            step,
+            VolumeStep::Create {
+                zone: Some("us-east-1a".into()),
+                size_gib: 10,
+                from_snapshot: Some("snap-0123456789abcdef0".into())
+            }
+        );
+        assert!(step.to_string().contains("from snapshot snap-0123456789abcdef0"), "{step}");
+        let attach = VolumeStep::Attach { volume_id: "vol-1".into(), instance_id: "i-1".into() };
+        assert_eq!(restoring(attach.clone(), Some("snap-0123456789abcdef0")), attach);
     }
 
     #[test]
@@ -312,6 +345,9 @@ mod tests {
         let creating = [ObservedVolume { state: VolumeState::Creating, ..volume(None) }];
         assert_eq!(volume_action(Some(&i), &creating, &infra(vec![]), None, None, 10), None, "a wait");
         let none = volume_action(Some(&i), &[], &infra(vec![]), None, None, 10);
-        assert_eq!(none, Some(VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10 }));
+        assert_eq!(
+            none,
+            Some(VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10, from_snapshot: None })
+        );
     }
 }

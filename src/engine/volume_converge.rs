@@ -21,7 +21,7 @@ use super::failure::Failure;
 use super::plan::InfraPlan;
 use super::reconcile::{Engine, Run};
 use super::status::record_volume;
-use super::volume::{attached_volume, pick_volume, plan_volume};
+use super::volume::{attached_volume, pick_volume, plan_volume, restoring};
 use super::worker_hold::volume_step_moves_database;
 
 impl Engine {
@@ -67,6 +67,7 @@ impl Engine {
             };
             let infra = ObservedInfra { instances: holders, ..Default::default() };
             let step = plan_volume(db, volume, &infra, zone.as_deref(), spec.database.volume_size_gib);
+            let step = restoring(step, spec.database.restore_from_snapshot.as_deref());
             // Worth waiting for within the pass: EC2 finishing what this
             // stack asked for (a create, an attachment to the instance, a
             // detach it sent). A terminating instance letting go takes as
@@ -137,15 +138,25 @@ impl Engine {
         run: &mut Run,
     ) -> Result<Option<ObservedVolume>, CloudError> {
         match step {
-            VolumeStep::Create { zone, size_gib } => {
+            VolumeStep::Create { zone, size_gib, from_snapshot } => {
                 // Only a plan made before the database instance exists lacks
                 // the zone; the reconcile plans with the instance's.
                 let zone = zone.as_deref().ok_or(CloudError::Incomplete {
                     operation: "DescribeInstances",
                     missing: "the database instance's availability zone",
                 })?;
+                // A volume from a snapshot is at least as large as the
+                // snapshot; a snapshot EC2 does not know is CreateVolume's
+                // to refuse (InvalidSnapshot.NotFound).
+                let size_gib = match from_snapshot {
+                    Some(id) => match self.cloud.snapshot_by_id(id).await? {
+                        Some(snap) => (*size_gib).max(snap.size_gib),
+                        None => *size_gib,
+                    },
+                    None => *size_gib,
+                };
                 let n = run.status.data_volume.as_ref().map_or(0, |v| v.created);
-                let v = self.cloud.create_data_volume(ident, zone, *size_gib, n).await?;
+                let v = self.cloud.create_data_volume(ident, zone, size_gib, n, from_snapshot.as_deref()).await?;
                 run.status.data_volume.get_or_insert_with(Default::default).created = n + 1;
                 record_volume(&mut run.status, &v.id, Some(&v), None);
                 Ok(Some(v))

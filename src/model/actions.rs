@@ -8,6 +8,7 @@ use crate::api::Tier;
 
 use super::desired::DesiredContainer;
 use super::network::{NetworkStep, SubnetRole};
+use super::snapshot::SnapshotAction;
 use super::volume::{DataVolume, VolumeStep, DATA_DEVICE};
 
 /// Why an instance is terminated.
@@ -87,6 +88,8 @@ pub enum InfraAction {
     },
     /// A step for the database's data volume (create, attach, detach).
     DataVolume(VolumeStep),
+    /// A snapshot of the data volume taken, found, completed or deleted.
+    Snapshot(SnapshotAction),
 }
 
 /// One step on a host. A plan holds a handful of them, so the size of the
@@ -195,6 +198,7 @@ impl fmt::Display for InfraAction {
                 VolumeStep::Detach { .. } => write!(f, "- {step}"),
                 _ => write!(f, "~ {step}"),
             },
+            InfraAction::Snapshot(action) => action.fmt(f),
         }
     }
 }

@@ -140,10 +140,12 @@ pub enum VolumeStep {
         volume_id: String,
     },
     /// Creates the volume in the database instance's zone (None in a plan
-    /// made before that instance exists: its zone is not known yet).
+    /// made before that instance exists: its zone is not known yet), from
+    /// `from_snapshot` when `spec.database.restoreFromSnapshot` names one.
     Create {
         zone: Option<String>,
         size_gib: i32,
+        from_snapshot: Option<String>,
     },
     Attach {
         volume_id: String,
@@ -169,11 +171,15 @@ impl fmt::Display for VolumeStep {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             VolumeStep::Ready { volume_id } => write!(f, "data volume {volume_id} is attached"),
-            VolumeStep::Create { zone: Some(zone), size_gib } => {
-                write!(f, "create the data volume ({size_gib} GiB, gp3, in {zone})")
-            }
-            VolumeStep::Create { zone: None, size_gib } => {
-                write!(f, "create the data volume ({size_gib} GiB, gp3, in the database instance's zone)")
+            VolumeStep::Create { zone, size_gib, from_snapshot } => {
+                let zone = zone.as_deref().unwrap_or("the database instance's zone");
+                match from_snapshot {
+                    Some(snap) => write!(
+                        f,
+                        "create the data volume from snapshot {snap} (at least {size_gib} GiB, gp3, in {zone})"
+                    ),
+                    None => write!(f, "create the data volume ({size_gib} GiB, gp3, in {zone})"),
+                }
             }
             VolumeStep::Attach { volume_id, instance_id } => {
                 write!(f, "attach data volume {volume_id} to {instance_id} as {DATA_DEVICE}")

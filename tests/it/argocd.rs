@@ -138,6 +138,7 @@ fn all_reasons() -> Vec<Reason> {
         DeployFailed,
         DataVolumeUnusable,
         WorkerPaused,
+        SnapshotFailed,
         VoteCounted,
         VoteNotCounted,
         WaitingForTiers,
@@ -172,6 +173,7 @@ fn all_reasons() -> Vec<Reason> {
             | DeployFailed
             | DataVolumeUnusable
             | WorkerPaused
+            | SnapshotFailed
             | VoteCounted
             | VoteNotCounted
             | WaitingForTiers => {}

@@ -17,7 +17,7 @@ fn cli_help_lists_every_command() {
     let out = votingstack(&["--help"]);
     assert!(out.status.success());
     let help = text(&out.stdout);
-    for cmd in ["controller", "crd", "plan", "apply", "destroy"] {
+    for cmd in ["controller", "crd", "plan", "apply", "destroy", "snapshot"] {
         assert!(help.contains(cmd), "{cmd} missing from:\n{help}");
     }
 }
@@ -193,4 +193,19 @@ async fn cli_sends_nothing_to_an_endpoint_outside_aws_unless_allowed() {
     let out = votingstack_with_test_credentials(with(&["--allow-endpoint", "not a url", "plan"], &[])).await;
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("--allow-endpoint \"not a url\""), "{}", text(&out.stderr));
+}
+
+#[test]
+fn cli_snapshot_of_a_stack_without_state_says_so_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.json");
+    let out = votingstack(&["snapshot", "-f", EXAMPLE, "--state", state.to_str().unwrap(), "--timeout-seconds", "5"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(err.contains("no state file") && err.contains("apply it first"), "{err}");
+    assert!(!state.exists(), "no state made up");
+    let help = text(&votingstack(&["snapshot", "--help"]).stdout);
+    assert!(help.contains("--timeout-seconds") && help.contains("completed"), "{help}");
+    let help = text(&votingstack(&["destroy", "--help"]).stdout);
+    assert!(help.contains("--timeout-seconds") && help.contains("final snapshot"), "{help}");
 }

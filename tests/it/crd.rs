@@ -540,3 +540,22 @@ Set `spec.database.volumeSizeGib: 20` or `status.dataVolume.retained: true`.
     }
     assert!(!paths.iter().any(|p| p.contains("notAField") || p.contains("ignored")), "{paths:?}");
 }
+
+#[test]
+fn crd_restore_from_snapshot_is_immutable_including_set_and_unset() {
+    let none = object();
+    let a = changed(|v| v["spec"]["database"]["restoreFromSnapshot"] = "snap-0123456789abcdef0".into());
+    let b = changed(|v| v["spec"]["database"]["restoreFromSnapshot"] = "snap-0fedcba9876543210".into());
+    assert_eq!(cel(&a, None), Vec::<String>::new(), "any snapshot on create");
+    assert_eq!(cel(&a, Some(&a)), Vec::<String>::new(), "unchanged");
+    for (new, old, what) in [(&b, &a, "changed"), (&a, &none, "set later"), (&none, &a, "removed")] {
+        let errs = cel(new, Some(old));
+        assert!(errs.iter().any(|e| e.contains("restoreFromSnapshot is immutable")), "{what}: {errs:?}");
+    }
+    let schedule = changed(|v| v["spec"]["database"]["backups"]["schedule"] = "".into());
+    assert_eq!(cel(&schedule, Some(&none)), Vec::<String>::new(), "the schedule stays mutable");
+    let s = schema();
+    let db = &s["properties"]["spec"]["properties"]["database"];
+    assert!(db["default"].is_object(), "spec.database is defaulted, so the rule sees a set or removed snapshot");
+    assert_eq!(s["properties"]["spec"]["properties"]["deletionPolicy"]["default"], "Snapshot");
+}

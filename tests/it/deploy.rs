@@ -439,9 +439,30 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
         "AttachVolume",
         "DetachVolume",
         "DeleteVolume",
+        "DescribeSnapshots",
+        "CreateSnapshot",
+        "DeleteSnapshot",
     ] {
         assert!(actions.contains(&format!("ec2:{needed}")), "policy lacks ec2:{needed}");
     }
+    // Snapshots: taken only of the stack's volumes, created only with the
+    // stack's tag, deleted only when they carry it.
+    let sids_for = |action: &str| -> Vec<&serde_json::Value> {
+        statements
+            .iter()
+            .filter(|st| match &st["Action"] {
+                serde_json::Value::String(s) => s == action,
+                serde_json::Value::Array(a) => a.iter().any(|x| x.as_str() == Some(action)),
+                _ => false,
+            })
+            .collect()
+    };
+    for st in sids_for("ec2:CreateSnapshot").into_iter().chain(sids_for("ec2:DeleteSnapshot")) {
+        let cond = st["Condition"].to_string();
+        assert!(cond.contains("votingstack.dev/stack"), "{}: not scoped by the stack tag: {cond}", st["Sid"]);
+    }
+    let deletes = sids_for("ec2:DeleteSnapshot");
+    assert!(!deletes.is_empty() && deletes.iter().all(|st| st["Condition"].to_string().contains("ResourceTag")));
     assert!(scoped >= 3, "mutating statements are scoped by the votingstack.dev/stack tag");
 }
 

@@ -61,6 +61,18 @@ impl Stack {
         Stack { name: name.into(), dir, env: world_env(), world: World::load() }
     }
 
+    /// Like [`Stack::new`], with `spec.database.restoreFromSnapshot` set.
+    fn restoring(name: &str, octet: u8, snapshot: &str) -> Stack {
+        let stack = Stack::new(name, octet);
+        let path = stack.dir.path().join("stack.yaml");
+        let manifest = std::fs::read_to_string(&path).unwrap();
+        assert!(manifest.contains("\nspec:\n") && !manifest.contains("\n  database:"), "{manifest}");
+        let manifest =
+            manifest.replacen("\nspec:\n", &format!("\nspec:\n  database:\n    restoreFromSnapshot: {snapshot}\n"), 1);
+        std::fs::write(&path, manifest).unwrap();
+        stack
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)
@@ -847,4 +859,85 @@ async fn e2e_unplanned_database_loss_loses_at_most_one_vote() {
     .await;
     let missing = missing_votes(&stack, "unplanned", &accepted);
     eprintln!("{} votes accepted, missing: {missing:?}", accepted.len());
+}
+
+/// Votes cast through the vote page as `<prefix>-<i>`, each accepted with 200.
+fn cast_votes(vote: SocketAddr, prefix: &str, range: std::ops::Range<usize>) {
+    for i in range {
+        let choice = if i % 2 == 0 { "a" } else { "b" };
+        let (code, _) =
+            http(vote, "POST", "/", Some(&format!("{prefix}-{i}")), Some(&format!("vote={choice}"))).unwrap();
+        assert_eq!(code, 200, "vote {prefix}-{i}");
+    }
+}
+
+#[tokio::test]
+async fn e2e_snapshot_destroy_restore_keeps_every_vote() {
+    let first = Stack::new("e2e-backup", 71);
+    first.apply_wait();
+    let (_, front) = first.tier(Tier::Frontend);
+    let vote = SocketAddr::from((front, 80));
+    let votes = "docker exec db psql -U postgres -tAc \"SELECT count(*) FROM votes WHERE id LIKE 'snap-voter-%'\"";
+    cast_votes(vote, "snap-voter", 0..40);
+    within(Duration::from_secs(30), "40 votes in postgres", || first.on_host(Tier::Database, votes).1 == "40").await;
+
+    // votingstack snapshot: waits for completed and prints the id alone.
+    let out = first.run(&["snapshot", "--timeout-seconds", "300"]);
+    let taken = out.lines().map(str::trim).find(|l| l.starts_with("snap-")).unwrap_or_default().to_string();
+    assert!(taken.len() > "snap-".len(), "a snapshot id on its own line:\n{out}");
+    let snapshots =
+        first.world.ec2.describe_snapshots().snapshot_ids(&taken).send().await.expect("the snapshot is known to EC2");
+    let snap = snapshots.snapshots().first().expect("the snapshot").clone();
+    assert_eq!(snap.state().map(|s| s.as_str()), Some("completed"));
+    let tag = |key: &str| snap.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value()).map(String::from);
+    assert_eq!(tag("votingstack.dev/role").as_deref(), Some("postgres-data-snapshot"));
+    assert_eq!(tag("votingstack.dev/stack"), Some(first.tag()));
+
+    // More votes after it: only the final snapshot holds them.
+    cast_votes(vote, "snap-voter", 40..70);
+    within(Duration::from_secs(30), "70 votes in postgres", || first.on_host(Tier::Database, votes).1 == "70").await;
+
+    // destroy, default deletionPolicy Snapshot: a final snapshot once the
+    // instances are gone, named in the output, kept after the volume goes.
+    let volume = first.status()["dataVolume"]["volumeId"].as_str().expect("a data volume").to_string();
+    let out = first.run(&["destroy", "--timeout-seconds", "600"]);
+    assert!(out.contains("destroyed"), "{out}");
+    let last = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("final snapshot "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("destroy names the final snapshot:\n{out}"))
+        .to_string();
+    assert_ne!(last, taken, "the final snapshot is a new one");
+    let kept = first.world.ec2.describe_snapshots().snapshot_ids(&last).send().await.expect("the final snapshot stays");
+    let final_snap = kept.snapshots().first().expect("the final snapshot").clone();
+    assert_eq!(final_snap.state().map(|s| s.as_str()), Some("completed"));
+    assert_eq!(final_snap.volume_id(), Some(volume.as_str()));
+    let final_tag = final_snap.tags().iter().find(|t| t.key() == Some("votingstack.dev/snapshot-slot"));
+    assert_eq!(final_tag.and_then(|t| t.value()), Some("final"));
+    let left = first.world.ec2.describe_volumes().volume_ids(&volume).send().await;
+    let gone = match left {
+        Err(e) => format!("{e:?}").contains("InvalidVolume.NotFound"),
+        Ok(out) => {
+            out.volumes().iter().all(|v| v.state().is_some_and(|s| s.as_str() == "deleting" || s.as_str() == "deleted"))
+        }
+    };
+    assert!(gone, "data volume {volume} deleted after its final snapshot");
+    assert!(first.live_instances().await.is_empty(), "instances left in moto");
+
+    // A new stack restored from the final snapshot holds exactly every vote.
+    let second = Stack::restoring("e2e-restore", 72, &last);
+    let out = second.apply_wait();
+    assert!(out.contains("Ready → True (AllTiersReady)"), "{out}");
+    let restored = second.status()["dataVolume"]["volumeId"].as_str().expect("a data volume").to_string();
+    let described = second.world.ec2.describe_volumes().volume_ids(&restored).send().await.unwrap();
+    let v = described.volumes().first().expect("the restored volume").clone();
+    assert_eq!(v.snapshot_id(), Some(last.as_str()), "created from the final snapshot");
+    let origin = v.tags().iter().find(|t| t.key() == Some("votingstack.dev/origin")).and_then(|t| t.value());
+    assert_eq!(origin, Some(format!("snapshot:{last}").as_str()));
+    let (ok, count) = second.on_host(Tier::Database, votes);
+    assert!(ok, "postgres answers on the restored volume");
+    assert_eq!(count, "70", "every vote, from before and after the manual snapshot");
+    let per_choice = "docker exec db psql -U postgres -tAc \"SELECT vote, count(*) FROM votes WHERE id LIKE 'snap-voter-%' GROUP BY vote ORDER BY vote\"";
+    assert_eq!(second.on_host(Tier::Database, per_choice).1, "a|35\nb|35");
 }

@@ -1117,3 +1117,68 @@ async fn ec2_a_subnet_in_another_zone_is_reported_not_replaced() {
     assert_eq!(network(&s), net);
     assert_eq!(tagged_counts(&w.client).await, FULL);
 }
+
+#[tokio::test]
+async fn ec2_snapshots_are_tagged_found_by_tag_deleted_and_restored_in_the_zone() {
+    use votingstack::model::{Slot, SnapshotState};
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let ident = StackIdentity::of(&s);
+    let volume = s.status.as_ref().and_then(|st| st.data_volume.clone()).expect("a data volume");
+    let (volume_id, zone) = (volume.volume_id.unwrap(), volume.availability_zone.unwrap());
+
+    let taken = w.cloud.create_snapshot(&ident, &volume_id, &Slot::Requested("r1".into())).await.unwrap();
+    assert!(taken.id.starts_with("snap-"), "{taken:?}");
+    assert_eq!(taken.volume_id, volume_id);
+    let described = w.client.describe_snapshots().snapshot_ids(&taken.id).send().await.unwrap();
+    let tags = described.snapshots()[0].tags();
+    assert_stack_tags("snapshot", tags);
+    assert_eq!(tag(tags, "votingstack.dev/role"), Some("postgres-data-snapshot"));
+    assert_eq!(tag(tags, "votingstack.dev/snapshot-slot"), Some("request/r1"));
+
+    // Found by its tags, with its slot; another stack's snapshot is not.
+    let other = StackIdentity { uid: "someone-else".into(), ..ident.clone() };
+    w.cloud.create_snapshot(&other, &volume_id, &Slot::Final).await.unwrap();
+    let found = w.cloud.snapshots(&ident).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].slot.as_deref(), Some("request/r1"));
+    let by_id = w.cloud.snapshot_by_id(&taken.id).await.unwrap().expect("known by id");
+    assert!(matches!(by_id.state, SnapshotState::Pending | SnapshotState::Completed), "{by_id:?}");
+    assert_eq!(by_id.size_gib, 10);
+
+    // A volume restored from it: in the zone, from the snapshot, tagged with its origin.
+    let restored = w.cloud.create_data_volume(&ident, &zone, 12, 7, Some(&taken.id)).await.unwrap();
+    let v = w.client.describe_volumes().volume_ids(&restored.id).send().await.unwrap();
+    let v = &v.volumes()[0];
+    assert_eq!(v.snapshot_id(), Some(taken.id.as_str()));
+    assert_eq!(v.availability_zone(), Some(zone.as_str()));
+    assert_eq!(tag(v.tags(), "votingstack.dev/origin"), Some(format!("snapshot:{}", taken.id).as_str()));
+
+    // Deleted, and deleting it again is no error.
+    w.cloud.delete_snapshot(&taken.id).await.unwrap();
+    w.cloud.delete_snapshot(&taken.id).await.unwrap();
+    assert!(w.cloud.snapshots(&ident).await.unwrap().is_empty());
+    let calls = w.cloud.calls_by_operation();
+    assert_eq!(calls.get("CreateSnapshot"), Some(&2));
+    assert_eq!(calls.get("DeleteSnapshot"), Some(&2));
+}
+
+#[tokio::test]
+async fn ec2_destroy_with_the_default_policy_keeps_a_completed_final_snapshot() {
+    let w = world();
+    let mut s = stack();
+    reconcile(&w, &mut s).await;
+    let volume = s.status.as_ref().and_then(|st| st.data_volume.clone()).and_then(|v| v.volume_id).unwrap();
+    let report = match w.engine.destroy(&s).await.unwrap() {
+        Teardown::Deleted(r) => r,
+        other => panic!("expected a deletion, got {other:?}"),
+    };
+    assert_eq!(report.snapshots.len(), 1, "{report:?}");
+    assert!(report.deleted.contains(&volume), "{report:?}");
+    let snap = w.client.describe_snapshots().snapshot_ids(&report.snapshots[0]).send().await.unwrap();
+    let snap = &snap.snapshots()[0];
+    assert_eq!(snap.volume_id(), Some(volume.as_str()));
+    assert_eq!(snap.state().map(|s| s.as_str()), Some("completed"));
+    assert_eq!(tag(snap.tags(), "votingstack.dev/snapshot-slot"), Some("final"));
+}

@@ -21,6 +21,7 @@ use votingstack::model::{
     DockerState, InstanceLaunch, InstanceState, NetworkObservation, NetworkStep, ObservedContainer, ObservedHost,
     ObservedInfra, ObservedInstance, ObservedNetwork, Rule, TeardownInventory, TeardownStep,
 };
+use votingstack::model::{ObservedSnapshot, Slot, SnapshotState};
 
 #[derive(Default)]
 pub struct CloudState {
@@ -32,6 +33,19 @@ pub struct CloudState {
     pub instances: Vec<ObservedInstance>,
     /// Data volumes: attached at once, let go when their instance terminates.
     pub volumes: Vec<ObservedVolume>,
+    /// The snapshot each volume was created from.
+    pub volume_origins: BTreeMap<String, String>,
+    /// Snapshots: `pending` until `snapshot_polls_pending` look-ups by id
+    /// have seen them, then `completed`.
+    pub snapshots: Vec<ObservedSnapshot>,
+    /// How many look-ups by id see a new snapshot `pending`.
+    pub snapshot_polls_pending: u32,
+    /// Look-ups by id of each pending snapshot so far.
+    pub snapshot_polls: BTreeMap<String, u32>,
+    /// Snapshots deleted, in order.
+    pub deleted_snapshots: Vec<String>,
+    /// Each EC2 operation the fake answered, by name.
+    pub operations: Vec<&'static str>,
     pub next_ip: u8,
     /// The next mutating call fails with this AWS code.
     pub fail_with: Option<String>,
@@ -259,9 +273,13 @@ impl Cloud for FakeCloud {
         zone: &str,
         size_gib: i32,
         n: u32,
+        from_snapshot: Option<&str>,
     ) -> Result<ObservedVolume, CloudError> {
         self.call();
         self.fail("CreateVolume")?;
+        if let Some(snap) = from_snapshot {
+            self.state.lock().unwrap().volume_origins.insert(format!("vol-{n:x}a"), snap.to_string());
+        }
         let v = ObservedVolume {
             id: format!("vol-{n:x}a"),
             zone: zone.into(),
@@ -272,6 +290,64 @@ impl Cloud for FakeCloud {
         };
         self.state.lock().unwrap().volumes.push(v.clone());
         Ok(v)
+    }
+
+    async fn snapshots(&self, _: &StackIdentity) -> Result<Vec<ObservedSnapshot>, CloudError> {
+        self.call();
+        let mut s = self.state.lock().unwrap();
+        s.operations.push("DescribeSnapshots");
+        Ok(s.snapshots.clone())
+    }
+
+    async fn snapshot_by_id(&self, id: &str) -> Result<Option<ObservedSnapshot>, CloudError> {
+        self.call();
+        let mut s = self.state.lock().unwrap();
+        s.operations.push("DescribeSnapshots");
+        let pending_for = s.snapshot_polls_pending;
+        let polls = s.snapshot_polls.entry(id.to_string()).or_default();
+        *polls += 1;
+        let done = *polls > pending_for;
+        let snap = s.snapshots.iter_mut().find(|x| x.id == id);
+        Ok(snap.map(|x| {
+            if done && x.state == SnapshotState::Pending {
+                x.state = SnapshotState::Completed;
+            }
+            x.clone()
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _: &StackIdentity,
+        volume_id: &str,
+        slot: &Slot,
+    ) -> Result<ObservedSnapshot, CloudError> {
+        self.call();
+        self.fail("CreateSnapshot")?;
+        let mut s = self.state.lock().unwrap();
+        s.operations.push("CreateSnapshot");
+        let n = s.snapshots.len() + 1;
+        let snap = ObservedSnapshot {
+            id: format!("snap-{n:08x}"),
+            volume_id: volume_id.into(),
+            state: SnapshotState::Pending,
+            start_time: format!("2026-01-02T00:00:{n:02}Z"),
+            size_gib: s.volumes.iter().find(|v| v.id == volume_id).map_or(10, |v| v.size_gib),
+            slot: Some(slot.tag_value()),
+            message: None,
+        };
+        s.snapshots.push(snap.clone());
+        Ok(snap)
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<(), CloudError> {
+        self.call();
+        self.fail("DeleteSnapshot")?;
+        let mut s = self.state.lock().unwrap();
+        s.operations.push("DeleteSnapshot");
+        s.snapshots.retain(|x| x.id != id);
+        s.deleted_snapshots.push(id.to_string());
+        Ok(())
     }
 
     async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
@@ -351,7 +427,7 @@ impl Cloud for FakeCloud {
         s.network = None;
         s.rules.clear();
         s.key_identity = None;
-        Ok(DestroyReport { deleted })
+        Ok(DestroyReport { deleted, ..Default::default() })
     }
 
     fn api_calls(&self) -> u64 {

@@ -2,6 +2,7 @@
 
 mod apiserver;
 mod argocd;
+mod backups;
 mod cli;
 mod controller;
 mod crd;

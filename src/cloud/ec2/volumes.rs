@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::api::Tier;
 use crate::cloud::{CloudError, StackIdentity};
+use crate::model::snapshot::ORIGIN_TAG;
 use crate::model::volume::DATA_VOLUME_ROLE;
 use crate::model::{AttachmentState, ObservedVolume, VolumeAttachment, VolumeState};
 
@@ -86,16 +87,22 @@ impl Ec2Cloud {
         }
     }
 
-    /// Creates the data volume: gp3, encrypted, tagged, in `zone`.
+    /// Creates the data volume: gp3, encrypted, tagged, in `zone`; from
+    /// `from_snapshot` when given (tagged with its origin).
     pub(super) async fn create_volume(
         &self,
         stack: &StackIdentity,
         zone: &str,
         size_gib: i32,
         n: u32,
+        from_snapshot: Option<&str>,
     ) -> Result<ObservedVolume, CloudError> {
         let mut tags = stack_tags(stack, &format!("{}-postgres-data", stack.resource_name()), Some(Tier::Database));
         tags.push(Tag::builder().key(ROLE_TAG).value(DATA_VOLUME_ROLE).build());
+        if let Some(snapshot) = from_snapshot {
+            // Holds a file system: never formatted.
+            tags.push(Tag::builder().key(ORIGIN_TAG).value(format!("snapshot:{snapshot}")).build());
+        }
         let out = self
             .call(
                 "CreateVolume",
@@ -105,6 +112,7 @@ impl Ec2Cloud {
                     .size(size_gib)
                     .volume_type(VolumeType::Gp3)
                     .encrypted(true)
+                    .set_snapshot_id(from_snapshot.map(str::to_owned))
                     .client_token(volume_token(stack, n))
                     .tag_specifications(
                         TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags)).build(),

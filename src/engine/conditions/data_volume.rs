@@ -22,6 +22,9 @@ pub enum VolumeHold {
     OnItsWay,
     /// An EC2 call about the volume failed.
     Failed(CloudError),
+    /// postgres is about to move to another image and the snapshot that
+    /// must come first could not be taken.
+    SnapshotFirst(String),
 }
 
 /// The database tier's finding while its data volume holds it back.
@@ -34,6 +37,7 @@ pub fn volume_finding(hold: &VolumeHold) -> Finding {
         VolumeHold::Paused(step) => Finding::not(Reason::Paused, format!("paused before: {step}")),
         VolumeHold::OnItsWay => Finding::not(Reason::WaitingForInfrastructure, "the data volume is on its way"),
         VolumeHold::Failed(e) => Finding::not(cloud_reason(e), format!("data volume: {e}")),
+        VolumeHold::SnapshotFirst(why) => Finding::not(Reason::SnapshotFailed, why.clone()),
     }
 }
 
@@ -48,7 +52,7 @@ mod tests {
         assert_eq!((f.reason, f.message.as_str()), (Reason::DataVolumeUnusable, "in another zone"));
         let wait = VolumeStep::Wait { volume_id: None, why: "EC2 is creating it".into() };
         assert_eq!(volume_finding(&VolumeHold::Step(wait)).reason, Reason::WaitingForInfrastructure);
-        let create = VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10 };
+        let create = VolumeStep::Create { zone: Some("us-east-1a".into()), size_gib: 10, from_snapshot: None };
         let f = volume_finding(&VolumeHold::Paused(create));
         assert_eq!(f.reason, Reason::Paused);
         assert!(f.message.starts_with("paused before: create the data volume"), "{}", f.message);
