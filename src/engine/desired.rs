@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::api::{Tier, VotingStackSpec};
 use crate::model::desired::{
-    DB_CONTAINER, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, REDIS_CONTAINER, REDIS_PORT, REDIS_VOLUME,
-    RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
+    LogRotation, DB_CONTAINER, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, REDIS_CONTAINER, REDIS_PORT,
+    REDIS_VOLUME, RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
 };
 use crate::model::{DataVolume, DesiredContainer, Peers, PortMapping};
 
@@ -60,6 +60,7 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
         volumes: BTreeMap::new(),
         data_volume: None,
         health_command: None,
+        logs: LogRotation::default(),
         pinned_digest: None,
     };
     match tier {
@@ -136,6 +137,9 @@ mod tests {
         s.app.option_a = "Tea".into();
         let c = desired_containers(&s, Tier::Frontend, peers());
         assert_ne!(a[0].config_hash(), c[0].config_hash());
+        let mut unrotated = a[0].clone();
+        unrotated.logs.max_files = 1;
+        assert_ne!(a[0].config_hash(), unrotated.config_hash(), "log rotation is part of the hash");
     }
 
     #[test]
