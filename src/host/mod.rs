@@ -133,8 +133,10 @@ pub trait Hosts: Send + Sync {
     /// The vote postgres holds for `voter_id`, if any.
     async fn recorded_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<Option<String>, HostError>;
 
-    /// Deletes `voter_id`'s vote from postgres (the smoke test's, once counted).
-    async fn delete_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<(), HostError>;
+    /// Deletes from postgres every vote whose voter id starts with `prefix`:
+    /// the smoke test's own, once counted, and any an earlier smoke test
+    /// left behind (one that reached postgres after its deadline).
+    async fn delete_smoke_votes(&self, db: &HostTarget, key: &SshKey, prefix: &str) -> Result<(), HostError>;
 
     /// Round trips to hosts so far: SSH commands and Docker API requests
     /// (for metrics and the steady-state budget).

@@ -100,6 +100,21 @@ async fn engine_killed_container_is_started_and_the_smoke_test_reruns() {
 }
 
 #[tokio::test]
+async fn engine_smoke_test_deletes_smoke_votes_an_earlier_test_left_behind() {
+    let (engine, _cloud, hosts) = engine();
+    {
+        let mut s = hosts.state.lock().unwrap();
+        // A smoke vote that reached postgres after its test's deadline, and a real vote.
+        s.votes.insert("votingstack-smoke-1700000000000-0-0badcafe".into(), "a".into());
+        s.votes.insert("a1b2c3d4e5".into(), "b".into());
+    }
+    let out = engine.reconcile(&stack(), Ok(key())).await;
+    assert_eq!(out.status.phase, Some(Phase::Ready));
+    let votes = hosts.state.lock().unwrap().votes.clone();
+    assert_eq!(votes.keys().collect::<Vec<_>>(), ["a1b2c3d4e5"], "only the real vote stays: {votes:?}");
+}
+
+#[tokio::test]
 async fn engine_terminated_instance_is_replaced_and_peers_follow() {
     let (engine, cloud, hosts) = engine();
     let first = engine.reconcile(&stack(), Ok(key())).await;
