@@ -77,6 +77,12 @@ impl SshKey {
     }
 }
 
+/// sshd's drop-in file written by the user data (read by the
+/// `Include /etc/ssh/sshd_config.d/*.conf` of Debian 12 and Ubuntu 22.04 on).
+pub const SSHD_DROP_IN: &str = "/etc/ssh/sshd_config.d/60-votingstack.conf";
+/// Its text: a client silent for 3 probes 15 s apart is dropped.
+pub const SSHD_CLIENT_ALIVE: &str = "ClientAliveInterval 15\nClientAliveCountMax 3\n";
+
 /// An SSH host key the operator gives an instance. Its Debug output shows
 /// the fingerprint only.
 #[derive(Clone)]
@@ -89,13 +95,20 @@ pub struct HostKey {
 
 impl HostKey {
     /// cloud-init user data that installs this key as the instance's only
-    /// SSH host key (`ssh_keys`, no generated keys, old keys deleted).
+    /// SSH host key (`ssh_keys`, no generated keys, old keys deleted), and
+    /// makes sshd drop a client that stopped answering within about 45 s
+    /// ([`SSHD_CLIENT_ALIVE`]), so a dead or partitioned operator's channels,
+    /// and the apply lock one of them holds, do not outlive it by hours.
     pub fn user_data(&self) -> String {
-        let indent = |text: &str| text.trim_end().lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+        let indent_by = |n: usize, text: &str| {
+            text.trim_end().lines().map(|l| format!("{:n$}{l}", "")).collect::<Vec<_>>().join("\n")
+        };
         format!(
-            "#cloud-config\nssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n{}\n  ed25519_public: {}\n",
-            indent(&self.private_openssh),
-            self.public_openssh.trim()
+            "#cloud-config\nssh_deletekeys: true\nssh_genkeytypes: []\nssh_keys:\n  ed25519_private: |\n{}\n  ed25519_public: {}\n\
+             write_files:\n  - path: {SSHD_DROP_IN}\n    permissions: '0644'\n    content: |\n{}\n",
+            indent_by(4, &self.private_openssh),
+            self.public_openssh.trim(),
+            indent_by(6, SSHD_CLIENT_ALIVE),
         )
     }
 }
@@ -141,6 +154,9 @@ mod tests {
         let back = parsed["ssh_keys"]["ed25519_private"].as_str().unwrap();
         let reread = russh::keys::decode_secret_key(back, None).unwrap();
         assert_eq!(reread.public_key().fingerprint(HashAlg::Sha256).to_string(), a.fingerprint);
+        let sshd = &parsed["write_files"][0];
+        assert_eq!(sshd["path"].as_str(), Some("/etc/ssh/sshd_config.d/60-votingstack.conf"));
+        assert_eq!(sshd["content"].as_str(), Some("ClientAliveInterval 15\nClientAliveCountMax 3\n"));
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //!   client is set up and when Docker does not answer; installing or
 //!   starting Docker; mounting the data volume;
 //! - the apply lock (`lock`): `flock` on a file on the host, held by a
-//!   command on a channel of its own for as long as an apply runs;
+//!   command on a channel of its own for as long as an apply runs and
+//!   renews its 30 s lease (a line every 10 s);
 //! - the command that starts `docker system dial-stdio` (`docker_api`),
 //!   one channel per Docker API connection.
 //!
