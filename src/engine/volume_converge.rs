@@ -19,7 +19,7 @@ use super::conditions::data_volume::VolumeHold;
 use super::failure::Failure;
 use super::reconcile::{Engine, Run};
 use super::status::record_volume;
-use super::volume::{attached_volume, pick_volume, plan_volume};
+use super::volume::{attached_volume, fresh_volume_missing, pick_volume, plan_volume};
 
 impl Engine {
     /// Brings the data volume to the database instance: nothing beyond the
@@ -61,7 +61,15 @@ impl Engine {
                 None => Vec::new(),
             };
             let infra = ObservedInfra { instances: holders, ..Default::default() };
-            let step = plan_volume(db, volume, &infra, zone.as_deref(), spec.database.volume_size_gib);
+            let create_time = run.status.data_volume.as_ref().and_then(|v| v.create_time.clone());
+            let fresh = volume
+                .is_none()
+                .then(|| fresh_volume_missing(recorded.as_deref(), create_time.as_deref(), chrono::Utc::now()))
+                .flatten();
+            let step = match fresh {
+                Some(wait) => wait,
+                None => plan_volume(db, volume, &infra, zone.as_deref(), spec.database.volume_size_gib),
+            };
             // Worth waiting for within the pass: EC2 finishing what this
             // stack asked for (a create, an attachment to the instance, a
             // detach it sent). A terminating instance letting go takes as
@@ -132,8 +140,11 @@ impl Engine {
                     missing: "the database instance's availability zone",
                 })?;
                 let n = run.status.data_volume.as_ref().map_or(0, |v| v.created);
+                let asked = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 let v = self.cloud.create_data_volume(ident, zone, *size_gib, n).await?;
-                run.status.data_volume.get_or_insert_with(Default::default).created = n + 1;
+                let entry = run.status.data_volume.get_or_insert_with(Default::default);
+                entry.created = n + 1;
+                entry.create_time = Some(asked);
                 record_volume(&mut run.status, &v.id, Some(&v), None);
                 Ok(Some(v))
             }
