@@ -213,6 +213,11 @@ pub struct DataVolumeStatus {
     /// minute ago that EC2 does not list yet is waited for, not replaced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_time: Option<String>,
+    /// The `votingstack.dev/formatted` tag the operator put on the volume
+    /// once postgres ran on a filesystem on it: from then on the host
+    /// never formats it, whatever it reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formatted: Option<String>,
     /// True once the stack was deleted with `deletionPolicy: Retain`: the
     /// volume and its data were kept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

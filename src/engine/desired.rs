@@ -26,10 +26,16 @@ pub fn pinned_containers(
 }
 
 /// Puts postgres's data on the stack's EBS data volume `volume_id`.
-pub fn on_data_volume(containers: &mut [DesiredContainer], volume_id: &str) {
+pub fn on_data_volume(containers: &mut [DesiredContainer], volume_id: &str, may_format: bool) {
     for c in containers.iter_mut().filter(|c| c.name == DB_CONTAINER) {
-        c.data_volume = Some(DataVolume::for_postgres(volume_id));
+        c.data_volume = Some(DataVolume { may_format, ..DataVolume::for_postgres(volume_id) });
     }
+}
+
+/// Whether the host may format the data volume when it reads as blank:
+/// not once the volume was tagged formatted.
+pub fn may_format(status: &crate::api::VotingStackStatus) -> bool {
+    status.data_volume.as_ref().is_none_or(|v| v.formatted.is_none())
 }
 
 /// Records the digests the stack's images run as, for references not yet

@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn postgres_keeps_its_data_on_the_data_volume_and_redis_and_postgres_have_health_checks() {
         let mut db = desired_containers(&spec(), Tier::Database, peers());
-        crate::engine::desired::on_data_volume(&mut db, "vol-0abc");
+        crate::engine::desired::on_data_volume(&mut db, "vol-0abc", true);
         let body = create_body("s", &db[0], None);
         let host = body.host_config.unwrap();
         assert_eq!(host.binds.unwrap(), Vec::<String>::new());

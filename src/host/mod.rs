@@ -103,6 +103,8 @@ pub enum HostError {
     Timeout { host: String, what: String, seconds: u32 },
     #[error("{host}: another apply held the host's lock (/tmp/votingstack-apply.lock) for {seconds} s; is a second operator or CLI run changing this stack?")]
     Busy { host: String, seconds: u32 },
+    #[error("{host}: {message}; nothing was formatted or mounted: check the volume (restore it, or attach the right one) before postgres may start on it")]
+    DataVolumeUnusable { host: String, message: String },
     #[error("{host}: unreadable observation: {message}")]
     Parse { host: String, message: String },
     #[error("{url}: {message}")]

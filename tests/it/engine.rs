@@ -115,6 +115,18 @@ async fn engine_smoke_test_deletes_smoke_votes_an_earlier_test_left_behind() {
 }
 
 #[tokio::test]
+async fn engine_data_volume_is_marked_formatted_once_postgres_runs_on_it() {
+    let (engine, _cloud, _hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    assert_eq!(first.status.phase, Some(Phase::Ready));
+    let formatted = first.status.data_volume.as_ref().and_then(|v| v.formatted.clone());
+    assert!(formatted.is_some(), "{:?}", first.status.data_volume);
+    assert!(!votingstack::engine::desired::may_format(&first.status), "a tagged volume is never formatted");
+    let again = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    assert_eq!(again.status.data_volume.and_then(|v| v.formatted), formatted, "tagged once");
+}
+
+#[tokio::test]
 async fn engine_terminated_instance_is_replaced_and_peers_follow() {
     let (engine, cloud, hosts) = engine();
     let first = engine.reconcile(&stack(), Ok(key())).await;
