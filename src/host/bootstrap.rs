@@ -417,6 +417,43 @@ mod tests {
         }
     }
 
+    /// Runs the script's `vs_old_data` on `pgdata`, with a `docker` that
+    /// shows the named volume at `old` (None: there is no such volume).
+    fn old_data(pgdata: &std::path::Path, old: Option<&std::path::Path>) -> (Option<i32>, String) {
+        let docker = match old {
+            Some(dir) => format!("#!/bin/sh\necho {}\n", dir.display()),
+            None => "#!/bin/sh\necho 'Error: No such volume: votingstack-db-data' >&2\nexit 1\n".to_string(),
+        };
+        let dir = tools(Some(&docker));
+        // `sudo -n test ...` runs test(1), not the shell's builtin.
+        if let Some(p) = ["/usr/bin/test", "/bin/test"].iter().find(|p| std::path::Path::new(p).exists()) {
+            std::os::unix::fs::symlink(p, dir.path().join("test")).unwrap();
+        }
+        fake(&dir, "sudo", "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n");
+        let functions = BOOTSTRAP.split("\ncase \"$1\" in").next().unwrap();
+        let text = format!("{functions}\nvs_old_data \"$1\"; rc=$?; printf '%s' \"$VS_WHY\"; exit $rc\n");
+        let out =
+            Command::new("sh").arg("-c").arg(text).arg("sh").arg(pgdata).env("PATH", dir.path()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    #[test]
+    fn postgres_never_starts_on_an_empty_volume_while_the_old_named_volume_holds_data() {
+        let root = tempfile::tempdir().unwrap();
+        let pgdata = root.path().join("pgdata");
+        let old = root.path().join("old");
+        std::fs::create_dir_all(&pgdata).unwrap();
+        std::fs::create_dir_all(&old).unwrap();
+        assert_eq!(old_data(&pgdata, None).0, Some(1), "no named volume: a new stack");
+        assert_eq!(old_data(&pgdata, Some(&old)).0, Some(1), "an empty named volume");
+        std::fs::write(old.join("PG_VERSION"), "15\n").unwrap();
+        let (code, why) = old_data(&pgdata, Some(&old));
+        assert_eq!(code, Some(0), "the votes are in the named volume and the data volume is empty");
+        assert!(why.contains("votingstack-db-data"), "{why}");
+        std::fs::write(pgdata.join("PG_VERSION"), "15\n").unwrap();
+        assert_eq!(old_data(&pgdata, Some(&old)).0, Some(1), "the data volume holds postgres's data");
+    }
+
     #[test]
     fn the_script_parses_as_posix_sh() {
         let out = Command::new("sh").arg("-n").arg("-c").arg(script_text()).output().unwrap();

@@ -311,6 +311,22 @@ vs_blank() {
   return 0
 }
 
+# vs_old_data PGDATA: true when PGDATA holds no postgres data directory
+# while the named Docker volume an earlier release kept postgres's data in
+# (votingstack-db-data) does; sets VS_WHY. Postgres must then not start on
+# PGDATA: it would serve an empty database over the votes.
+vs_old_data() {
+  if vs_root test -e "$1/PG_VERSION"; then
+    return 1
+  fi
+  vs_old=$(vs_root docker volume inspect -f '{{.Mountpoint}}' votingstack-db-data 2>/dev/null) || return 1
+  if [ -n "$vs_old" ] && vs_root test -e "$vs_old/PG_VERSION"; then
+    VS_WHY="this host keeps postgres's data in the Docker volume votingstack-db-data ($vs_old, an earlier release's layout) and $1 holds none"
+    return 0
+  fi
+  return 1
+}
+
 # vs_mount_volume VOLUME_ID DIR SUBDIR FORMAT
 vs_mount_volume() {
   vs_vol=$1
@@ -392,6 +408,11 @@ vs_mount_volume() {
   fi
   vs_uuid=$(vs_root blkid -p -o value -s UUID "$vs_dev")
   vs_root mkdir -p "$vs_dir/$vs_sub" || return 1
+  if vs_old_data "$vs_dir/$vs_sub"; then
+    echo "data volume unusable: postgres is not started on data volume $vs_vol: $VS_WHY;" \
+      "copy that data onto the volume first (see docs/operations.md, upgrading from the named volume)" >&2
+    return 3
+  fi
   printf '{"device":"%s","uuid":"%s","formatted":%s}\n' "$vs_dev" "$vs_uuid" "$vs_formatted"
 }
 
