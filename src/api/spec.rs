@@ -218,7 +218,7 @@ pub enum HostKeyPolicy {
 /// SSH access to the hosts.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.hostKeyPolicy != 'Pinned' || (has(self.pinnedHostKeys) && size(self.pinnedHostKeys) > 0)").message("hostKeyPolicy Pinned needs pinnedHostKeys"))]
+#[x_kube(validation = Rule::new("self.hostKeyPolicy != 'Pinned' || (has(self.pinnedHostKeys) && ['frontend', 'backend', 'database'].all(t, t in self.pinnedHostKeys))").message("hostKeyPolicy Pinned needs pinnedHostKeys for every tier: frontend, backend and database"))]
 pub struct SshSpec {
     /// Login user on the AMI (`ubuntu` on Ubuntu, `admin` on Debian).
     #[serde(default = "default_ssh_user")]
@@ -236,7 +236,7 @@ pub struct SshSpec {
     pub host_key_policy: HostKeyPolicy,
     /// Tier name (frontend, backend, database) to the SHA256 fingerprint of the
     /// host key it must present, as printed by `ssh-keygen -lf`. Used with
-    /// `hostKeyPolicy: Pinned`.
+    /// `hostKeyPolicy: Pinned`, which needs all three tiers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pinned_host_keys: Option<BTreeMap<String, String>>,
     /// Reach the backend and database hosts through the frontend host.

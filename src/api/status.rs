@@ -211,6 +211,16 @@ pub struct DataVolumeStatus {
     /// a new one rather than answered with the old id.
     #[serde(default)]
     pub created: u32,
+    /// When EC2 created the volume (RFC 3339; when this stack created it
+    /// and EC2 did not say, when it asked). A volume created less than a
+    /// minute ago that EC2 does not list yet is waited for, not replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_time: Option<String>,
+    /// The `votingstack.dev/formatted` tag the operator put on the volume
+    /// once postgres ran on a filesystem on it: from then on the host
+    /// never formats it, whatever it reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub formatted: Option<String>,
     /// True once the stack was deleted with `deletionPolicy: Retain`: the
     /// volume and its data were kept.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

@@ -232,8 +232,16 @@ fn check_ssh(p: &mut Problems, spec: &VotingStackSpec) {
         p.push("spec.ssh.commandTimeoutSeconds", "must be at least 5");
     }
     let pins = ssh.pinned_host_keys.as_ref();
-    if ssh.host_key_policy == HostKeyPolicy::Pinned && pins.is_none_or(|m| m.is_empty()) {
-        p.push("spec.ssh.pinnedHostKeys", "hostKeyPolicy Pinned needs a fingerprint per tier");
+    if ssh.host_key_policy == HostKeyPolicy::Pinned {
+        // A tier without a pin would trust whatever key its host presents.
+        let missing: Vec<&str> =
+            Tier::ALL.iter().map(|t| t.as_str()).filter(|t| pins.is_none_or(|m| !m.contains_key(*t))).collect();
+        if !missing.is_empty() {
+            p.push(
+                "spec.ssh.pinnedHostKeys",
+                format!("hostKeyPolicy Pinned needs a fingerprint for every tier; missing: {}", missing.join(", ")),
+            );
+        }
     }
     if let Some(pins) = pins {
         for (tier, fp) in pins {
@@ -415,7 +423,23 @@ mod tests {
         s.ssh.host_key_policy = HostKeyPolicy::Pinned;
         assert_eq!(paths(&validate("demo", &s)), ["spec.ssh.pinnedHostKeys"]);
         s.ssh.pinned_host_keys = Some([("web".to_string(), "md5".to_string())].into());
-        assert_eq!(paths(&validate("demo", &s)), ["spec.ssh.pinnedHostKeys.web", "spec.ssh.pinnedHostKeys.web"]);
+        assert_eq!(
+            paths(&validate("demo", &s)),
+            ["spec.ssh.pinnedHostKeys", "spec.ssh.pinnedHostKeys.web", "spec.ssh.pinnedHostKeys.web"]
+        );
+    }
+
+    #[test]
+    fn pinned_policy_needs_every_tier() {
+        let mut s = spec();
+        s.ssh.host_key_policy = HostKeyPolicy::Pinned;
+        let pin = |t: &str| (t.to_string(), format!("SHA256:{t}"));
+        s.ssh.pinned_host_keys = Some([pin("frontend"), pin("backend")].into());
+        let problems = validate("demo", &s);
+        assert_eq!(paths(&problems), ["spec.ssh.pinnedHostKeys"]);
+        assert!(problems[0].message.contains("missing: database"), "{problems:?}");
+        s.ssh.pinned_host_keys = Some([pin("frontend"), pin("backend"), pin("database")].into());
+        assert!(validate("demo", &s).is_empty());
     }
 
     #[test]

@@ -469,6 +469,12 @@ impl Cloud for Ec2Cloud {
         self.remove_snapshot(id).await
     }
 
+    async fn tag_volume_formatted(&self, volume_id: &str, value: &str) -> Result<(), CloudError> {
+        let tag = aws_sdk_ec2::types::Tag::builder().key(volumes::FORMATTED_TAG).value(value).build();
+        self.call("CreateTags", self.client.create_tags().resources(volume_id).tags(tag).send()).await?;
+        Ok(())
+    }
+
     async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError> {
         self.call(
             "AttachVolume",

@@ -294,6 +294,13 @@ pub trait Cloud: Send + Sync {
     /// Deletes a snapshot; one already gone is no error.
     async fn delete_snapshot(&self, id: &str) -> Result<(), CloudError>;
 
+    /// Tags the data volume `votingstack.dev/formatted=<value>` once it
+    /// holds a filesystem postgres runs on: a tagged volume is never
+    /// formatted. A double without this call tags nothing.
+    async fn tag_volume_formatted(&self, _volume_id: &str, _value: &str) -> Result<(), CloudError> {
+        Ok(())
+    }
+
     /// Attaches a volume as [`crate::model::volume::DATA_DEVICE`].
     async fn attach_volume(&self, volume_id: &str, instance_id: &str) -> Result<(), CloudError>;
 

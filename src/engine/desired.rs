@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::api::{Tier, VotingStackSpec};
 use crate::model::desired::{
-    DB_CONTAINER, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, REDIS_CONTAINER, REDIS_PORT, REDIS_VOLUME,
-    RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
+    LogRotation, DB_CONTAINER, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, REDIS_CONTAINER, REDIS_PORT,
+    REDIS_VOLUME, RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
 };
 use crate::model::{DataVolume, DesiredContainer, Peers, PortMapping};
 
@@ -26,10 +26,17 @@ pub fn pinned_containers(
 }
 
 /// Puts postgres's data on the stack's EBS data volume `volume_id`.
-pub fn on_data_volume(containers: &mut [DesiredContainer], volume_id: &str) {
+pub fn on_data_volume(containers: &mut [DesiredContainer], volume_id: &str, may_format: bool) {
     for c in containers.iter_mut().filter(|c| c.name == DB_CONTAINER) {
-        c.data_volume = Some(DataVolume::for_postgres(volume_id));
+        c.data_volume = Some(DataVolume { may_format, ..DataVolume::for_postgres(volume_id) });
     }
+}
+
+/// Whether the host may format the data volume when it reads as blank:
+/// not once the volume was tagged formatted, and never a volume restored
+/// from a snapshot (`spec.database.restoreFromSnapshot`: it holds the data).
+pub fn may_format(spec: &VotingStackSpec, status: &crate::api::VotingStackStatus) -> bool {
+    spec.database.restore_from_snapshot.is_none() && status.data_volume.as_ref().is_none_or(|v| v.formatted.is_none())
 }
 
 /// Records the digests the stack's images run as, for references not yet
@@ -60,6 +67,7 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
         volumes: BTreeMap::new(),
         data_volume: None,
         health_command: None,
+        logs: LogRotation::default(),
         pinned_digest: None,
         held: None,
     };
@@ -137,6 +145,9 @@ mod tests {
         s.app.option_a = "Tea".into();
         let c = desired_containers(&s, Tier::Frontend, peers());
         assert_ne!(a[0].config_hash(), c[0].config_hash());
+        let mut unrotated = a[0].clone();
+        unrotated.logs.max_files = 1;
+        assert_ne!(a[0].config_hash(), unrotated.config_hash(), "log rotation is part of the hash");
     }
 
     #[test]

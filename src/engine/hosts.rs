@@ -1,7 +1,7 @@
 //! The hosts' phase of a reconcile: every host is observed with one round
 //! trip, planned and converged at once, and its outcome recorded.
 
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::{PullPolicy, Reason, Tier, VotingStackSpec};
 use crate::cloud::StackIdentity;
@@ -12,7 +12,7 @@ use super::addressing::host_target;
 use super::conditions::data_volume::{volume_finding, VolumeHold};
 use super::conditions::tiers::{host_failed, host_key_mismatch, instance_not_up, not_observed, tier_finding};
 use super::conditions::Finding;
-use super::desired::{on_data_volume, pinned_containers, record_pins};
+use super::desired::{may_format, on_data_volume, pinned_containers, record_pins};
 use super::failure::Failure;
 use super::host_keys::{is_young, pin_host_key, was_reached};
 use super::plan::{plan_host, HostView, InfraPlan};
@@ -61,12 +61,13 @@ impl Engine {
             }
         }
         let observations = futures::future::join_all(targets.iter().map(|t| self.hosts.observe(t, key))).await;
+        let formattable = may_format(spec, &run.status);
         let mut desired: Vec<Vec<DesiredContainer>> = targets
             .iter()
             .map(|t| {
                 let mut desired = pinned_containers(spec, t.tier, peers, &run.status.images);
                 if let Ok(volume_id) = data_volume {
-                    on_data_volume(&mut desired, volume_id);
+                    on_data_volume(&mut desired, volume_id, formattable);
                 }
                 desired
             })
@@ -147,6 +148,9 @@ impl Engine {
             };
             run.findings.tiers.insert(target.tier, finding);
         }
+        if let Ok(volume_id) = data_volume {
+            self.tag_formatted(spec, volume_id, run).await;
+        }
         changed
     }
 
@@ -190,6 +194,24 @@ impl Engine {
         self.hosts.apply(&target, key, &actions, spec.app.image_pull_policy).await?;
         run.applied.extend(actions.into_iter().map(Action::Host));
         Ok(())
+    }
+
+    /// Once postgres runs on the data volume, it holds a filesystem: tags
+    /// it `votingstack.dev/formatted` (once), so no host formats it again.
+    async fn tag_formatted(&self, spec: &VotingStackSpec, volume_id: &str, run: &mut Run) {
+        let ready = run.findings.tiers.get(&Tier::Database).is_some_and(|f| f.ok);
+        if !ready || !may_format(spec, &run.status) {
+            return;
+        }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        match self.cloud.tag_volume_formatted(volume_id, &now).await {
+            Ok(()) => {
+                run.status.data_volume.get_or_insert_with(Default::default).formatted = Some(now);
+            }
+            Err(e) => {
+                warn!(volume = %volume_id, "tagging the data volume formatted failed (tried again next pass): {e}")
+            }
+        }
     }
 
     /// Carries out one host's plan from its observation. Touches nothing

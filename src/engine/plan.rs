@@ -15,7 +15,7 @@ use crate::model::{
     InstanceState, NetworkObservation, ObservedHost, ObservedInfra, ObservedInstance, Peers, TerminateReason,
 };
 
-use super::desired::{on_data_volume, pinned_containers};
+use super::desired::{may_format, on_data_volume, pinned_containers};
 use super::network::{network_steps, rule_steps};
 use super::volume::volume_action;
 use super::worker_hold::{
@@ -306,7 +306,7 @@ pub fn plan(
     let desired_of = |tier: Tier| {
         let mut desired = pinned_containers(spec, tier, peers, &status.images);
         if let Some(id) = status.data_volume.as_ref().and_then(|v| v.volume_id.as_deref()) {
-            on_data_volume(&mut desired, id);
+            on_data_volume(&mut desired, id, may_format(spec, status));
         }
         desired
     };

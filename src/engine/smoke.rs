@@ -111,23 +111,23 @@ impl Engine {
         let deadline = Instant::now() + timeout;
         loop {
             if stop.requested() {
-                if let Err(e) = self.hosts.delete_vote(db, key, voter).await {
-                    warn!("the smoke test's vote stays in postgres: {e}");
-                }
+                self.delete_smoke_votes(db, key).await;
                 return None;
             }
             match self.hosts.recorded_vote(db, key, voter).await {
                 Ok(Some(v)) if v == "a" => {
-                    // Counted: take it back out, so the results show only real votes.
-                    if let Err(e) = self.hosts.delete_vote(db, key, voter).await {
-                        warn!("the smoke test's vote stays in postgres: {e}");
-                    }
+                    // Counted: take it back out, so the results show only
+                    // real votes, with any an earlier test left behind.
+                    self.delete_smoke_votes(db, key).await;
                     return Some(SmokeVote::Counted { voter: voter.to_string() });
                 }
                 Ok(_) => {}
                 Err(e) => return Some(SmokeVote::ReadFailed(e)),
             }
             if Instant::now() >= deadline {
+                // The vote may still reach postgres: the next smoke test
+                // (this one failed, so one follows) deletes it then.
+                self.delete_smoke_votes(db, key).await;
                 return Some(SmokeVote::TimedOut { voter: voter.to_string(), seconds: timeout.as_secs() });
             }
             tokio::time::sleep(self.settings.smoke_poll).await;
@@ -154,6 +154,19 @@ pub fn smoke_deadline(timeout: Duration, queued: u64) -> Duration {
     timeout + backlog.min(BACKLOG_WAIT_CAP)
 }
 
+impl Engine {
+    /// Deletes every smoke vote from postgres: this test's and those of
+    /// earlier tests that reached postgres after their deadline.
+    async fn delete_smoke_votes(&self, db: &HostTarget, key: &SshKey) {
+        if let Err(e) = self.hosts.delete_smoke_votes(db, key, SMOKE_VOTER_PREFIX).await {
+            warn!("smoke test votes stay in postgres until the next smoke test: {e}");
+        }
+    }
+}
+
+/// How every smoke test's voter id begins (and how its leftovers are found).
+pub const SMOKE_VOTER_PREFIX: &str = "votingstack-smoke-";
+
 /// A voter id no other smoke test of this process has used, whatever the
 /// clock says: the time plus a process-wide sequence and a random suffix
 /// (another operator process may test the same stack).
@@ -162,7 +175,7 @@ pub fn smoke_voter_id() -> String {
     static SEQUENCE: AtomicU64 = AtomicU64::new(0);
     let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let salt: u32 = rand::random();
-    format!("votingstack-smoke-{}-{n}-{salt:08x}", chrono::Utc::now().timestamp_millis())
+    format!("{SMOKE_VOTER_PREFIX}{}-{n}-{salt:08x}", chrono::Utc::now().timestamp_millis())
 }
 
 #[cfg(test)]

@@ -49,6 +49,9 @@ pub(super) fn record_volume(
     if let Some(v) = found {
         entry.availability_zone = Some(v.zone.clone()).filter(|z| !z.is_empty());
         entry.size_gib = Some(v.size_gib).filter(|s| *s > 0);
+        if !v.create_time.is_empty() {
+            entry.create_time = Some(v.create_time.clone());
+        }
     }
     entry.attached_to = attached_to.map(str::to_string);
 }

@@ -32,6 +32,34 @@ pub fn pick_volume<'a>(
         .or_else(|| found.iter().min_by(|a, b| a.create_time.cmp(&b.create_time).then(a.id.cmp(&b.id))))
 }
 
+/// How long a volume the stack recorded may be missing from EC2's answers
+/// after its creation before it is taken for deleted (and another created):
+/// EC2's consistency lag can exceed the few seconds a look-up by id retries.
+pub const FRESH_VOLUME_GRACE: chrono::Duration = chrono::Duration::seconds(60);
+
+/// A wait, when the recorded volume (`recorded`, created at `create_time`)
+/// was not found but was created less than [`FRESH_VOLUME_GRACE`] before
+/// `now`; None otherwise (nothing recorded, no or an unreadable time, or
+/// old enough to be gone for real).
+pub fn fresh_volume_missing(
+    recorded: Option<&str>,
+    create_time: Option<&str>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<VolumeStep> {
+    let id = recorded?;
+    let created = chrono::DateTime::parse_from_rfc3339(create_time?).ok()?;
+    let age = now.signed_duration_since(created);
+    (age < FRESH_VOLUME_GRACE).then(|| VolumeStep::Wait {
+        volume_id: Some(id.to_string()),
+        why: format!(
+            "data volume {id} was created {} s ago and EC2 does not list it yet; it is taken for deleted (and a \
+             new one created) only {} s after its creation",
+            age.num_seconds().max(0),
+            FRESH_VOLUME_GRACE.num_seconds()
+        ),
+    })
+}
+
 /// The next step for the data volume of database instance `db`.
 /// `found` is the stack's volume (None when DescribeVolumes found none);
 /// `zone` where a new one goes (the instance's zone, else the subnet's).
@@ -293,6 +321,23 @@ mod tests {
         }];
         let found = vec![c, b];
         assert_eq!(pick_volume(&found, &i, Some("vol-b")).map(|v| v.id.as_str()), Some("vol-a"));
+    }
+
+    #[test]
+    fn a_recently_created_volume_that_ec2_does_not_list_yet_is_waited_for() {
+        let created = "2026-01-01T00:00:00Z";
+        let at =
+            |s: i64| chrono::DateTime::parse_from_rfc3339(created).unwrap().to_utc() + chrono::Duration::seconds(s);
+        let wait = fresh_volume_missing(Some("vol-1"), Some(created), at(5));
+        assert!(
+            matches!(&wait, Some(VolumeStep::Wait { volume_id: Some(id), why }) if id == "vol-1" && why.contains("5 s ago")),
+            "{wait:?}"
+        );
+        assert!(fresh_volume_missing(Some("vol-1"), Some(created), at(59)).is_some());
+        assert_eq!(fresh_volume_missing(Some("vol-1"), Some(created), at(60)), None, "gone after the grace");
+        assert_eq!(fresh_volume_missing(None, Some(created), at(5)), None, "nothing recorded");
+        assert_eq!(fresh_volume_missing(Some("vol-1"), None, at(5)), None, "no creation time recorded");
+        assert_eq!(fresh_volume_missing(Some("vol-1"), Some("yesterday"), at(5)), None);
     }
 
     #[test]

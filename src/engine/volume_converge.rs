@@ -21,7 +21,7 @@ use super::failure::Failure;
 use super::plan::InfraPlan;
 use super::reconcile::{Engine, Run};
 use super::status::record_volume;
-use super::volume::{attached_volume, pick_volume, plan_volume, restoring};
+use super::volume::{attached_volume, fresh_volume_missing, pick_volume, plan_volume, restoring};
 use super::worker_hold::volume_step_moves_database;
 
 impl Engine {
@@ -66,7 +66,15 @@ impl Engine {
                 None => Vec::new(),
             };
             let infra = ObservedInfra { instances: holders, ..Default::default() };
-            let step = plan_volume(db, volume, &infra, zone.as_deref(), spec.database.volume_size_gib);
+            let create_time = run.status.data_volume.as_ref().and_then(|v| v.create_time.clone());
+            let fresh = volume
+                .is_none()
+                .then(|| fresh_volume_missing(recorded.as_deref(), create_time.as_deref(), chrono::Utc::now()))
+                .flatten();
+            let step = match fresh {
+                Some(wait) => wait,
+                None => plan_volume(db, volume, &infra, zone.as_deref(), spec.database.volume_size_gib),
+            };
             let step = restoring(step, spec.database.restore_from_snapshot.as_deref());
             // Worth waiting for within the pass: EC2 finishing what this
             // stack asked for (a create, an attachment to the instance, a
@@ -156,8 +164,11 @@ impl Engine {
                     None => *size_gib,
                 };
                 let n = run.status.data_volume.as_ref().map_or(0, |v| v.created);
+                let asked = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
                 let v = self.cloud.create_data_volume(ident, zone, size_gib, n, from_snapshot.as_deref()).await?;
-                run.status.data_volume.get_or_insert_with(Default::default).created = n + 1;
+                let entry = run.status.data_volume.get_or_insert_with(Default::default);
+                entry.created = n + 1;
+                entry.create_time = Some(asked);
                 record_volume(&mut run.status, &v.id, Some(&v), None);
                 Ok(Some(v))
             }

@@ -22,6 +22,10 @@ const BOOTSTRAP: &str = include_str!("bootstrap.sh");
 /// after EC2 attached it, then a format of a blank volume.
 const MOUNT_SECONDS: u32 = 150;
 
+/// Exit code of the mount step for a volume it will neither format nor
+/// mount (its stderr says what it found).
+const UNUSABLE_EXIT: u32 = 3;
+
 /// What the script is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -165,7 +169,7 @@ impl SshHosts {
     ) -> Result<(), HostError> {
         let step = Step::MountVolume;
         let what = format!("mount data volume {} at {}", volume.volume_id, volume.mount);
-        let args = [volume.volume_id.as_str(), volume.mount.as_str(), volume.subdir.as_str()];
+        let args = [volume.volume_id.as_str(), volume.mount.as_str(), volume.subdir.as_str(), volume.format_arg()];
         let command = command_with(step, &args, MOUNT_SECONDS)
             .filter(|_| DataVolume::valid_id(&volume.volume_id))
             .ok_or_else(|| HostError::Parse {
@@ -174,6 +178,11 @@ impl SshHosts {
             })?;
         let text = script_text();
         let out = self.exec(target, key, &command, Some(text.as_bytes()), &what, MOUNT_SECONDS).await?;
+        if out.code == UNUSABLE_EXIT {
+            let said = tail(&out.stderr);
+            let message = said.lines().find(|l| l.starts_with("data volume unusable:")).unwrap_or(&said).to_string();
+            return Err(HostError::DataVolumeUnusable { host: target.describe(), message });
+        }
         if out.code != 0 {
             return Err(HostError::CommandFailed {
                 host: target.describe(),
@@ -335,6 +344,114 @@ mod tests {
         let out = launch(Step::Facts, cut, &dir.path().display().to_string());
         assert_ne!(out.status.code(), Some(0));
         assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    }
+
+    /// Runs the script's `vs_blank` on `device` with real blkid and dd and
+    /// a `blockdev` that reports a file's size (`fail_size`: it fails).
+    fn blank(device: &std::path::Path, format: &str, fail_size: bool) -> (Option<i32>, String) {
+        let dir = tools(None);
+        for t in ["blkid", "dd", "wc", "stat"] {
+            for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+                let p = std::path::Path::new(d).join(t);
+                if p.exists() {
+                    let _ = std::os::unix::fs::symlink(&p, dir.path().join(t));
+                    break;
+                }
+            }
+        }
+        fake(&dir, "sudo", "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n");
+        let size = if fail_size { "exit 1" } else { "stat -c %s \"$2\"" };
+        fake(&dir, "blockdev", &format!("#!/bin/sh\n{size}\n"));
+        let functions = BOOTSTRAP.split("\ncase \"$1\" in").next().unwrap();
+        let text = format!("{functions}\nvs_blank \"$1\" \"$2\"; rc=$?; printf '%s' \"$VS_WHY\"; exit $rc\n");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(text)
+            .arg("sh")
+            .arg(device)
+            .arg(format)
+            .env("PATH", dir.path())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    #[test]
+    fn only_a_blank_readable_volume_this_stack_created_is_formatted() {
+        if !std::path::Path::new("/usr/sbin/blkid").exists() && !std::path::Path::new("/sbin/blkid").exists() {
+            eprintln!("skipped: blkid is not installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("volume");
+        std::fs::write(&device, vec![0u8; 16 << 20]).unwrap();
+        assert_eq!(blank(&device, "may-format", false), (Some(0), String::new()), "a blank volume");
+
+        let (code, why) = blank(&device, "never-format", false);
+        assert_eq!(code, Some(1));
+        assert!(why.contains("not created blank by this stack"), "{why}");
+
+        let (code, why) = blank(&device, "may-format", true);
+        assert_eq!(code, Some(1), "an unreadable size is a doubt");
+        assert!(why.contains("blockdev --getsize64"), "{why}");
+
+        // Data blkid does not recognise: bytes at 1 MiB, no signature.
+        let mut data = vec![0u8; 16 << 20];
+        for (i, b) in data[1 << 20..(1 << 20) + 4096].iter_mut().enumerate() {
+            *b = (i as u8).wrapping_mul(31).wrapping_add(7) | 1;
+        }
+        std::fs::write(&device, &data).unwrap();
+        let (code, why) = blank(&device, "may-format", false);
+        assert_eq!(code, Some(1), "data at 1 MiB");
+        assert!(why.contains("4096 of the first 8388608 bytes are not zero"), "{why}");
+
+        // A filesystem blkid sees.
+        let ext4 = Command::new("sh").arg("-c").arg("command -v mkfs.ext4 || ls /usr/sbin/mkfs.ext4").output().unwrap();
+        if ext4.status.success() {
+            std::fs::write(&device, vec![0u8; 16 << 20]).unwrap();
+            let mkfs = String::from_utf8_lossy(&ext4.stdout).trim().to_string();
+            assert!(Command::new(mkfs).arg("-q").arg("-F").arg(&device).status().unwrap().success());
+            let (code, why) = blank(&device, "may-format", false);
+            assert_eq!(code, Some(1));
+            assert!(why.contains("blkid -p exited with 0"), "{why}");
+        }
+    }
+
+    /// Runs the script's `vs_old_data` on `pgdata`, with a `docker` that
+    /// shows the named volume at `old` (None: there is no such volume).
+    fn old_data(pgdata: &std::path::Path, old: Option<&std::path::Path>) -> (Option<i32>, String) {
+        let docker = match old {
+            Some(dir) => format!("#!/bin/sh\necho {}\n", dir.display()),
+            None => "#!/bin/sh\necho 'Error: No such volume: votingstack-db-data' >&2\nexit 1\n".to_string(),
+        };
+        let dir = tools(Some(&docker));
+        // `sudo -n test ...` runs test(1), not the shell's builtin.
+        if let Some(p) = ["/usr/bin/test", "/bin/test"].iter().find(|p| std::path::Path::new(p).exists()) {
+            std::os::unix::fs::symlink(p, dir.path().join("test")).unwrap();
+        }
+        fake(&dir, "sudo", "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n");
+        let functions = BOOTSTRAP.split("\ncase \"$1\" in").next().unwrap();
+        let text = format!("{functions}\nvs_old_data \"$1\"; rc=$?; printf '%s' \"$VS_WHY\"; exit $rc\n");
+        let out =
+            Command::new("sh").arg("-c").arg(text).arg("sh").arg(pgdata).env("PATH", dir.path()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    #[test]
+    fn postgres_never_starts_on_an_empty_volume_while_the_old_named_volume_holds_data() {
+        let root = tempfile::tempdir().unwrap();
+        let pgdata = root.path().join("pgdata");
+        let old = root.path().join("old");
+        std::fs::create_dir_all(&pgdata).unwrap();
+        std::fs::create_dir_all(&old).unwrap();
+        assert_eq!(old_data(&pgdata, None).0, Some(1), "no named volume: a new stack");
+        assert_eq!(old_data(&pgdata, Some(&old)).0, Some(1), "an empty named volume");
+        std::fs::write(old.join("PG_VERSION"), "15\n").unwrap();
+        let (code, why) = old_data(&pgdata, Some(&old));
+        assert_eq!(code, Some(0), "the votes are in the named volume and the data volume is empty");
+        assert!(why.contains("votingstack-db-data"), "{why}");
+        std::fs::write(pgdata.join("PG_VERSION"), "15\n").unwrap();
+        assert_eq!(old_data(&pgdata, Some(&old)).0, Some(1), "the data volume holds postgres's data");
     }
 
     #[test]

@@ -8,11 +8,14 @@
 #                 {"instance": "i-..." (when the host can tell), "docker": "running|missing|down", "why": "..."}
 #   $1 = install  installs Docker from the distribution's packages, then starts it
 #   $1 = start    starts Docker and waits until its API answers
-#   $1 = mount-volume VOLUME_ID DIR SUBDIR
+#   $1 = mount-volume VOLUME_ID DIR SUBDIR FORMAT
 #                 finds the attached EBS volume by its id, formats it only
-#                 when it is blank, mounts it by UUID at DIR (and in
-#                 /etc/fstab), makes DIR/SUBDIR; prints one line of JSON:
+#                 when it is blank (see vs_blank) and FORMAT is may-format,
+#                 mounts it by UUID at DIR (and in /etc/fstab), makes
+#                 DIR/SUBDIR; prints one line of JSON:
 #                 {"device": "/dev/...", "uuid": "...", "formatted": true|false}
+#                 A volume it will not format nor mount exits 3, its stderr
+#                 starting with "data volume unusable:" and what was found.
 
 # One line of diagnostic text, safe inside a JSON string.
 vs_clean() {
@@ -265,11 +268,71 @@ vs_devnum() {
   printf '%d:%d' "0x$1" "0x$2"
 }
 
-# vs_mount_volume VOLUME_ID DIR SUBDIR
+# Bytes read from the start of a volume before it may be formatted.
+VS_ZERO_BYTES=8388608
+
+# vs_blank DEV FORMAT: true when DEV may be formatted, all of: blkid -p
+# found no signature (exit 2) and the device could be read (blockdev
+# --getsize64 answers and dd reads its first 8 MiB, or all of a smaller
+# device), those bytes are all zero, and FORMAT is may-format (the
+# operator says the volume was created blank by this stack and was never
+# formatted). Otherwise sets VS_WHY to what was found.
+vs_blank() {
+  vs_bdev=$1
+  vs_allow=$2
+  vs_root blkid -p "$vs_bdev" >/dev/null 2>&1
+  vs_brc=$?
+  if [ "$vs_brc" != 2 ]; then
+    VS_WHY="blkid -p exited with $vs_brc (2 is no signature found)"
+    return 1
+  fi
+  if ! vs_size=$(vs_root blockdev --getsize64 "$vs_bdev" 2>/dev/null) || [ -z "$vs_size" ]; then
+    VS_WHY="blkid found no signature, but blockdev --getsize64 could not read the device's size"
+    return 1
+  fi
+  vs_want=$VS_ZERO_BYTES
+  if [ "$vs_size" -lt "$vs_want" ]; then
+    vs_want=$vs_size
+  fi
+  vs_got=$(vs_root dd if="$vs_bdev" bs=1048576 count=8 iflag=fullblock 2>/dev/null | wc -c | tr -d ' ')
+  if [ "$vs_got" != "$vs_want" ]; then
+    VS_WHY="blkid found no signature, but only $vs_got of the first $vs_want bytes could be read"
+    return 1
+  fi
+  vs_nonzero=$(vs_root dd if="$vs_bdev" bs=1048576 count=8 iflag=fullblock 2>/dev/null | tr -d '\000' | wc -c | tr -d ' ')
+  if [ "$vs_nonzero" != 0 ]; then
+    VS_WHY="blkid found no signature, but $vs_nonzero of the first $vs_want bytes are not zero: data blkid does not recognise"
+    return 1
+  fi
+  if [ "$vs_allow" != may-format ]; then
+    VS_WHY="the volume reads as blank, but it was not created blank by this stack or was formatted before ($vs_allow)"
+    return 1
+  fi
+  return 0
+}
+
+# vs_old_data PGDATA: true when PGDATA holds no postgres data directory
+# while the named Docker volume an earlier release kept postgres's data in
+# (votingstack-db-data) does; sets VS_WHY. Postgres must then not start on
+# PGDATA: it would serve an empty database over the votes.
+vs_old_data() {
+  if vs_root test -e "$1/PG_VERSION"; then
+    return 1
+  fi
+  vs_old=$(vs_root docker volume inspect -f '{{.Mountpoint}}' votingstack-db-data 2>/dev/null) || return 1
+  if [ -n "$vs_old" ] && vs_root test -e "$vs_old/PG_VERSION"; then
+    VS_WHY="this host keeps postgres's data in the Docker volume votingstack-db-data ($vs_old, an earlier release's layout) and $1 holds none"
+    return 0
+  fi
+  return 1
+}
+
+# vs_mount_volume VOLUME_ID DIR SUBDIR FORMAT
 vs_mount_volume() {
   vs_vol=$1
   vs_dir=$2
   vs_sub=$3
+  vs_format=$4
   vs_dev=
   vs_w=0
   # EC2 reports the attachment before the disk shows on the host.
@@ -303,13 +366,17 @@ vs_mount_volume() {
     case "$vs_rc" in
       0)
         if [ -z "$vs_type" ]; then
-          echo "data volume $vs_vol ($vs_dev) carries a partition table or an unknown signature, not a filesystem:" \
+          echo "data volume unusable: $vs_vol ($vs_dev) carries a partition table or an unknown signature, not a filesystem:" \
             "it is never formatted; wipe it or attach the right volume" >&2
-          return 1
+          return 3
         fi
         ;;
       2)
-        # blkid found no signature at all: a new, blank volume
+        # blkid found no signature: formatted only when it is blank for sure
+        if ! vs_blank "$vs_dev" "$vs_format"; then
+          echo "data volume unusable: $vs_vol ($vs_dev) is not formatted: $VS_WHY" >&2
+          return 3
+        fi
         if ! vs_logged vs_root mkfs.ext4 -q -L vs-data "$vs_dev"; then
           echo "formatting data volume $vs_vol ($vs_dev) failed" >&2
           return 1
@@ -318,8 +385,8 @@ vs_mount_volume() {
         vs_formatted=true
         ;;
       *)
-        echo "blkid could not read data volume $vs_vol ($vs_dev): exit $vs_rc" >&2
-        return 1
+        echo "data volume unusable: blkid could not read $vs_vol ($vs_dev): exit $vs_rc" >&2
+        return 3
         ;;
     esac
     vs_uuid=$(vs_root blkid -p -o value -s UUID "$vs_dev")
@@ -341,6 +408,11 @@ vs_mount_volume() {
   fi
   vs_uuid=$(vs_root blkid -p -o value -s UUID "$vs_dev")
   vs_root mkdir -p "$vs_dir/$vs_sub" || return 1
+  if vs_old_data "$vs_dir/$vs_sub"; then
+    echo "data volume unusable: postgres is not started on data volume $vs_vol: $VS_WHY;" \
+      "copy that data onto the volume first (see docs/operations.md, upgrading from the named volume)" >&2
+    return 3
+  fi
   printf '{"device":"%s","uuid":"%s","formatted":%s}\n' "$vs_dev" "$vs_uuid" "$vs_formatted"
 }
 
@@ -357,7 +429,9 @@ case "$1" in
     vs_start_docker || exit 1
     ;;
   mount-volume)
-    vs_mount_volume "$2" "$3" "$4" || exit 1
+    vs_mount_volume "$2" "$3" "$4" "$5"
+    vs_rc=$?
+    [ "$vs_rc" = 0 ] || exit "$vs_rc"
     ;;
   *)
     echo "unknown step $1" >&2

@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HealthConfig, HostConfig, Mount, MountType,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerSummary, ContainerSummaryStateEnum, HealthConfig, HostConfig, HostConfigLogConfig,
+    Mount, MountType, PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 
 use crate::api::{CONFIG_HASH_LABEL, IMAGE_DIGEST_LABEL, STACK_LABEL, TIER_LABEL};
@@ -101,6 +101,13 @@ pub fn create_body(stack: &str, c: &DesiredContainer, digest: Option<&str>) -> C
                 maximum_retry_count: None,
             }),
             network_mode: Some(HOST_NETWORK.to_string()),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some(c.logs.driver.clone()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), c.logs.max_size.clone()),
+                    ("max-file".to_string(), c.logs.max_files.to_string()),
+                ])),
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -186,9 +193,22 @@ mod tests {
     }
 
     #[test]
+    fn every_container_s_logs_are_rotated() {
+        for tier in Tier::ALL {
+            for c in desired_containers(&spec(), tier, peers()) {
+                let logs = create_body("s", &c, None).host_config.unwrap().log_config.unwrap();
+                assert_eq!(logs.typ.as_deref(), Some("json-file"), "{}", c.name);
+                let config = logs.config.unwrap();
+                assert_eq!(config.get("max-size").map(String::as_str), Some("10m"), "{}", c.name);
+                assert_eq!(config.get("max-file").map(String::as_str), Some("3"), "{}", c.name);
+            }
+        }
+    }
+
+    #[test]
     fn postgres_keeps_its_data_on_the_data_volume_and_redis_and_postgres_have_health_checks() {
         let mut db = desired_containers(&spec(), Tier::Database, peers());
-        crate::engine::desired::on_data_volume(&mut db, "vol-0abc");
+        crate::engine::desired::on_data_volume(&mut db, "vol-0abc", true);
         let body = create_body("s", &db[0], None);
         let host = body.host_config.unwrap();
         assert_eq!(host.binds.unwrap(), Vec::<String>::new());

@@ -206,9 +206,9 @@ impl Hosts for SshHosts {
         Ok(out.and_then(|o| o.lines().map(str::trim).find(|l| !l.is_empty()).map(str::to_string)))
     }
 
-    async fn delete_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<(), HostError> {
-        let sql = format!("DELETE FROM votes WHERE id = {}", sql_literal(voter_id));
-        self.psql(db, key, &sql, "remove the smoke test's vote from postgres").await.map(drop)
+    async fn delete_smoke_votes(&self, db: &HostTarget, key: &SshKey, prefix: &str) -> Result<(), HostError> {
+        let sql = smoke_cleanup_sql(prefix);
+        self.psql(db, key, &sql, "remove the smoke tests' votes from postgres").await.map(drop)
     }
 
     async fn queued_votes(&self, backend: &HostTarget, key: &SshKey) -> Result<u64, HostError> {
@@ -219,6 +219,12 @@ impl Hosts for SshHosts {
     fn round_trips(&self) -> u64 {
         self.commands.load(Ordering::Relaxed) + self.api_requests.load(Ordering::Relaxed)
     }
+}
+
+/// Deletes the votes whose id starts with `prefix` (compared as text, so
+/// no character of the prefix is a pattern).
+fn smoke_cleanup_sql(prefix: &str) -> String {
+    format!("DELETE FROM votes WHERE left(id, {}) = {}", prefix.chars().count(), sql_literal(prefix))
 }
 
 #[cfg(test)]
@@ -236,6 +242,15 @@ mod tests {
     #[test]
     fn voter_ids_are_quoted_as_sql_literals() {
         assert_eq!(sql_literal("x' OR '1'='1"), "'x'' OR ''1''=''1'");
+    }
+
+    #[test]
+    fn smoke_votes_are_deleted_by_their_prefix_only() {
+        assert_eq!(
+            smoke_cleanup_sql("votingstack-smoke-"),
+            "DELETE FROM votes WHERE left(id, 18) = 'votingstack-smoke-'"
+        );
+        assert_eq!(smoke_cleanup_sql("a_%"), "DELETE FROM votes WHERE left(id, 3) = 'a_%'", "no LIKE pattern");
     }
 
     #[test]

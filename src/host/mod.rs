@@ -22,7 +22,8 @@
 //!   client is set up and when Docker does not answer; installing or
 //!   starting Docker; mounting the data volume;
 //! - the apply lock (`lock`): `flock` on a file on the host, held by a
-//!   command on a channel of its own for as long as an apply runs;
+//!   command on a channel of its own for as long as an apply runs and
+//!   renews its 30 s lease (a line every 10 s);
 //! - the command that starts `docker system dial-stdio` (`docker_api`),
 //!   one channel per Docker API connection.
 //!
@@ -102,6 +103,8 @@ pub enum HostError {
     Timeout { host: String, what: String, seconds: u32 },
     #[error("{host}: another apply held the host's lock (/tmp/votingstack-apply.lock) for {seconds} s; is a second operator or CLI run changing this stack?")]
     Busy { host: String, seconds: u32 },
+    #[error("{host}: {message}; nothing was formatted or mounted: check the volume (restore it, or attach the right one) before postgres may start on it")]
+    DataVolumeUnusable { host: String, message: String },
     #[error("{host}: unreadable observation: {message}")]
     Parse { host: String, message: String },
     #[error("{url}: {message}")]
@@ -133,8 +136,10 @@ pub trait Hosts: Send + Sync {
     /// The vote postgres holds for `voter_id`, if any.
     async fn recorded_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<Option<String>, HostError>;
 
-    /// Deletes `voter_id`'s vote from postgres (the smoke test's, once counted).
-    async fn delete_vote(&self, db: &HostTarget, key: &SshKey, voter_id: &str) -> Result<(), HostError>;
+    /// Deletes from postgres every vote whose voter id starts with `prefix`:
+    /// the smoke test's own, once counted, and any an earlier smoke test
+    /// left behind (one that reached postgres after its deadline).
+    async fn delete_smoke_votes(&self, db: &HostTarget, key: &SshKey, prefix: &str) -> Result<(), HostError>;
 
     /// How many votes wait in redis's `votes` list on the backend host (the
     /// smoke test waits for those ahead of its own). Doubles without redis

@@ -33,6 +33,29 @@ pub const WORKER_CONTAINER: &str = "worker";
 pub const VOTE_CONTAINER: &str = "vote";
 pub const RESULT_CONTAINER: &str = "result";
 
+/// Docker's log driver for every container of the stack, and its rotation:
+/// without one, json-file logs grow until the root disk is full.
+pub const LOG_DRIVER: &str = "json-file";
+/// Size at which a container's log file is rotated.
+pub const LOG_MAX_SIZE: &str = "10m";
+/// Log files kept per container, the current one included.
+pub const LOG_MAX_FILES: u32 = 3;
+
+/// How a container's logs are written and rotated (part of the config
+/// hash: a container created without rotation is re-created with it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LogRotation {
+    pub driver: String,
+    pub max_size: String,
+    pub max_files: u32,
+}
+
+impl Default for LogRotation {
+    fn default() -> LogRotation {
+        LogRotation { driver: LOG_DRIVER.to_string(), max_size: LOG_MAX_SIZE.to_string(), max_files: LOG_MAX_FILES }
+    }
+}
+
 /// A published port: host port to container port (TCP).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct PortMapping {
@@ -61,6 +84,8 @@ pub struct DesiredContainer {
     /// command that exits 0 when the service answers); its result is read
     /// back with every observation at no extra cost.
     pub health_command: Option<String>,
+    /// Log driver and rotation.
+    pub logs: LogRotation,
     /// The digest `image` resolved to when the stack first ran it
     /// (`status.images`): every host then runs that digest, also a host
     /// that pulls it later. Not part of the config hash.

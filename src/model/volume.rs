@@ -204,6 +204,12 @@ pub struct DataVolume {
     pub subdir: String,
     /// Where the container sees it.
     pub container_path: String,
+    /// Whether the host may format the volume when it reads as blank: only
+    /// a volume this stack created blank and never formatted (not from a
+    /// snapshot, no `votingstack.dev/formatted` tag). Not part of the
+    /// container's configuration.
+    #[serde(skip)]
+    pub may_format: bool,
 }
 
 impl DataVolume {
@@ -213,6 +219,16 @@ impl DataVolume {
             mount: DATA_MOUNT.to_string(),
             subdir: PGDATA_DIR.to_string(),
             container_path: "/var/lib/postgresql/data".to_string(),
+            may_format: false,
+        }
+    }
+
+    /// The argument the host's mount step takes for [`DataVolume::may_format`].
+    pub fn format_arg(&self) -> &'static str {
+        if self.may_format {
+            "may-format"
+        } else {
+            "never-format"
         }
     }
 

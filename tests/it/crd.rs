@@ -559,3 +559,20 @@ fn crd_restore_from_snapshot_is_immutable_including_set_and_unset() {
     assert!(db["default"].is_object(), "spec.database is defaulted, so the rule sees a set or removed snapshot");
     assert_eq!(s["properties"]["spec"]["properties"]["deletionPolicy"]["default"], "Snapshot");
 }
+
+#[test]
+fn crd_pinned_host_keys_name_every_tier() {
+    let pins = |tiers: &[&str]| {
+        changed(|v| {
+            v["spec"]["ssh"]["hostKeyPolicy"] = "Pinned".into();
+            let map: serde_json::Map<String, serde_json::Value> =
+                tiers.iter().map(|t| (t.to_string(), format!("SHA256:{t}").into())).collect();
+            v["spec"]["ssh"]["pinnedHostKeys"] = map.into();
+        })
+    };
+    let errs = cel(&pins(&["frontend", "backend"]), None);
+    assert!(errs.iter().any(|e| e.contains("pinnedHostKeys for every tier")), "{errs:?}");
+    let errs = cel(&pins(&[]), None);
+    assert!(errs.iter().any(|e| e.contains("pinnedHostKeys for every tier")), "{errs:?}");
+    assert_eq!(cel(&pins(&["frontend", "backend", "database"]), None), Vec::<String>::new());
+}

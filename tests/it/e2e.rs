@@ -941,3 +941,50 @@ async fn e2e_snapshot_destroy_restore_keeps_every_vote() {
     let per_choice = "docker exec db psql -U postgres -tAc \"SELECT vote, count(*) FROM votes WHERE id LIKE 'snap-voter-%' GROUP BY vote ORDER BY vote\"";
     assert_eq!(second.on_host(Tier::Database, per_choice).1, "a|35\nb|35");
 }
+
+/// The condition `kind` in a status, for assertions.
+fn condition(status: &Value, kind: &str) -> Value {
+    status["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == kind)).cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn e2e_a_volume_holding_data_blkid_misses_is_refused_not_formatted() {
+    let stack = Stack::new("e2e-format", 69);
+    stack.apply_wait();
+    let volume = stack.status()["dataVolume"]["volumeId"].as_str().expect("a data volume").to_string();
+    let dev = format!("$(readlink -f /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{})", volume.replace('-', ""));
+    // The volume loses its filesystem's signature but holds data at 1 MiB
+    // that blkid does not recognise; postgres goes, and the mount with it.
+    let (ok, out) = stack.on_host(
+        Tier::Database,
+        &format!(
+            "set -e; docker rm -f db >/dev/null; umount /var/lib/votingstack/data; \
+             sed -i '\\| /var/lib/votingstack/data |d' /etc/fstab; wipefs -a -q {dev}; \
+             head -c 4096 /dev/urandom | dd of={dev} bs=4096 seek=256 conv=notrunc 2>/dev/null; \
+             dd if={dev} bs=4096 skip=256 count=1 2>/dev/null | md5sum | cut -d' ' -f1"
+        ),
+    );
+    assert!(ok, "preparing the volume failed: {out}");
+    let data = out;
+    // As if the volume had never been tagged formatted: only what the host
+    // reads may keep it from being formatted.
+    let state = stack.dir.path().join("state.json");
+    let mut saved: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    if let Some(v) = saved["status"]["dataVolume"].as_object_mut() {
+        v.remove("formatted");
+    }
+    std::fs::write(&state, serde_json::to_string(&saved).unwrap()).unwrap();
+
+    let out = stack.command(&["apply", "--wait", "--timeout-seconds", "90"]).output().unwrap();
+    assert!(!out.status.success(), "the stack came up on a volume that holds data");
+    let db = condition(&stack.status(), "DatabaseReady");
+    assert_eq!(db["reason"], "DataVolumeUnusable", "{db}");
+    assert!(db["message"].as_str().unwrap_or("").contains("not zero"), "{db}");
+    // Nothing was written: still no filesystem, the data where it was.
+    let (_, probed) = stack.on_host(Tier::Database, &format!("blkid -p {dev} >/dev/null 2>&1; echo $?"));
+    assert_eq!(probed, "2", "the volume was formatted");
+    let (_, after) = stack
+        .on_host(Tier::Database, &format!("dd if={dev} bs=4096 skip=256 count=1 2>/dev/null | md5sum | cut -d' ' -f1"));
+    assert_eq!(after, data, "the data at 1 MiB changed");
+    stack.run(&["destroy"]);
+}

@@ -50,7 +50,7 @@ impl Hosts for NoSsh {
     async fn recorded_vote(&self, db: &HostTarget, _: &SshKey, _: &str) -> Result<Option<String>, HostError> {
         Err(unreachable(&db.describe()))
     }
-    async fn delete_vote(&self, db: &HostTarget, _: &SshKey, _: &str) -> Result<(), HostError> {
+    async fn delete_smoke_votes(&self, db: &HostTarget, _: &SshKey, _: &str) -> Result<(), HostError> {
         Err(unreachable(&db.describe()))
     }
     fn round_trips(&self) -> u64 {

@@ -100,6 +100,42 @@ async fn engine_killed_container_is_started_and_the_smoke_test_reruns() {
 }
 
 #[tokio::test]
+async fn engine_smoke_test_deletes_smoke_votes_an_earlier_test_left_behind() {
+    let (engine, _cloud, hosts) = engine();
+    {
+        let mut s = hosts.state.lock().unwrap();
+        // A smoke vote that reached postgres after its test's deadline, and a real vote.
+        s.votes.insert("votingstack-smoke-1700000000000-0-0badcafe".into(), "a".into());
+        s.votes.insert("a1b2c3d4e5".into(), "b".into());
+    }
+    let out = engine.reconcile(&stack(), Ok(key())).await;
+    assert_eq!(out.status.phase, Some(Phase::Ready));
+    let votes = hosts.state.lock().unwrap().votes.clone();
+    assert_eq!(votes.keys().collect::<Vec<_>>(), ["a1b2c3d4e5"], "only the real vote stays: {votes:?}");
+}
+
+#[tokio::test]
+async fn engine_data_volume_is_marked_formatted_once_postgres_runs_on_it() {
+    let (engine, _cloud, _hosts) = engine();
+    let first = engine.reconcile(&stack(), Ok(key())).await;
+    assert_eq!(first.status.phase, Some(Phase::Ready));
+    let formatted = first.status.data_volume.as_ref().and_then(|v| v.formatted.clone());
+    assert!(formatted.is_some(), "{:?}", first.status.data_volume);
+    let spec = &stack().spec;
+    assert!(!votingstack::engine::desired::may_format(spec, &first.status), "a tagged volume is never formatted");
+    let mut restoring = spec.clone();
+    restoring.database.restore_from_snapshot = Some("snap-0123456789abcdef0".into());
+    let blank = votingstack::api::VotingStackStatus::default();
+    assert!(votingstack::engine::desired::may_format(spec, &blank), "a new blank volume may be formatted");
+    assert!(
+        !votingstack::engine::desired::may_format(&restoring, &blank),
+        "a volume restored from a snapshot is never formatted"
+    );
+    let again = engine.reconcile(&with_status(stack(), &first.status), Ok(key())).await;
+    assert_eq!(again.status.data_volume.and_then(|v| v.formatted), formatted, "tagged once");
+}
+
+#[tokio::test]
 async fn engine_terminated_instance_is_replaced_and_peers_follow() {
     let (engine, cloud, hosts) = engine();
     let first = engine.reconcile(&stack(), Ok(key())).await;

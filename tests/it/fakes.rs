@@ -590,9 +590,9 @@ impl Hosts for FakeHosts {
         Ok(self.state.lock().unwrap().votes.get(voter).cloned())
     }
 
-    async fn delete_vote(&self, db: &HostTarget, _: &SshKey, voter: &str) -> Result<(), HostError> {
+    async fn delete_smoke_votes(&self, db: &HostTarget, _: &SshKey, prefix: &str) -> Result<(), HostError> {
         self.reach(db)?;
-        self.state.lock().unwrap().votes.remove(voter);
+        self.state.lock().unwrap().votes.retain(|voter, _| !voter.starts_with(prefix));
         Ok(())
     }
 

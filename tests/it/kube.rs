@@ -486,6 +486,13 @@ async fn kube_cel_refuses_an_invalid_cidr_and_pinned_host_keys_without_keys() {
     let r = apply_as_admin(&c, &pinned);
     assert!(!r.ok, "Pinned without pinnedHostKeys was accepted");
     assert!(r.stderr.contains("pinnedHostKeys") || r.stderr.contains("Pinned"), "{}", r.stderr);
+    let partial = stack_yaml("partial", ns, AWS_A, NET_A, "").replace(
+        "      name: partial-ssh\n",
+        "      name: partial-ssh\n    hostKeyPolicy: Pinned\n    pinnedHostKeys:\n      frontend: SHA256:AAAA\n",
+    );
+    let r = apply_as_admin(&c, &partial);
+    assert!(!r.ok, "Pinned with only the frontend pinned was accepted");
+    assert!(r.stderr.contains("every tier"), "{}", r.stderr);
     // Both are whole objects otherwise: the same stack with the fields fixed is accepted.
     let fixed = stack_yaml("fixed", ns, AWS_A, NET_A, "");
     let r = apply_as_admin(&c, &fixed);

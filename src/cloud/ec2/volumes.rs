@@ -17,6 +17,9 @@ use super::{filter, is_not_found, stack_filter, stack_tags, tag_filter, Ec2Cloud
 /// Tag telling the data volume from other volumes of the stack (the
 /// instances' root volumes carry the stack tags too).
 pub const ROLE_TAG: &str = "votingstack.dev/role";
+/// Tag the operator puts on the data volume once postgres runs on a
+/// filesystem on it (the time, RFC 3339): such a volume is never formatted.
+pub const FORMATTED_TAG: &str = "votingstack.dev/formatted";
 
 /// A volume as the engine sees it; None without an id or a known state.
 pub(super) fn observed_volume(v: &Volume) -> Option<ObservedVolume> {

@@ -20,12 +20,32 @@ pub fn host_reason(e: &HostError) -> Reason {
         | HostError::Parse { .. }
         | HostError::Busy { .. } => Reason::DeployFailed,
         HostError::Http { .. } => Reason::NotReady,
+        HostError::DataVolumeUnusable { .. } => Reason::DataVolumeUnusable,
     }
 }
 
 /// A host that could not be observed or changed.
 pub fn host_failed(e: &HostError) -> Finding {
     Finding::not(host_reason(e), e.to_string())
+}
+
+#[cfg(test)]
+mod unusable_volume_tests {
+    use super::*;
+
+    #[test]
+    fn a_volume_the_host_will_not_format_is_a_terminal_data_volume_unusable() {
+        let e = HostError::DataVolumeUnusable {
+            host: "database host 10.0.0.4 (i-1)".into(),
+            message: "data volume unusable: vol-1 (/dev/nvme1n1) is not formatted: blkid found no signature, but \
+                      4096 of the first 8388608 bytes are not zero"
+                .into(),
+        };
+        let f = host_failed(&e);
+        assert_eq!(f.reason, Reason::DataVolumeUnusable);
+        assert!(f.reason.is_terminal());
+        assert!(f.message.contains("4096 of the first 8388608 bytes are not zero"), "{}", f.message);
+    }
 }
 
 /// The tier's instance exists but cannot be reached yet (no address, not
