@@ -91,7 +91,10 @@ impl Engine {
             },
             (None, _) => Database::NotServing(&db_not_served),
         };
-        let held = worker_hold(database, moving.clone());
+        // A postgres image change held for its snapshot leaves postgres on
+        // its old image, serving: the worker goes on.
+        let untouched = matches!(data_volume, Err(VolumeHold::SnapshotFirst(_)));
+        let held = if untouched { None } else { worker_hold(database, moving.clone()) };
         if let Some(b) = backend {
             hold_worker(&mut desired[b], held.as_deref());
         }
