@@ -873,7 +873,7 @@ fn cast_votes(vote: SocketAddr, prefix: &str, range: std::ops::Range<usize>) {
 
 #[tokio::test]
 async fn e2e_snapshot_destroy_restore_keeps_every_vote() {
-    let first = Stack::new("e2e-backup", 71);
+    let first = Stack::new("e2e-backup", 76);
     first.apply_wait();
     let (_, front) = first.tier(Tier::Frontend);
     let vote = SocketAddr::from((front, 80));
@@ -926,7 +926,7 @@ async fn e2e_snapshot_destroy_restore_keeps_every_vote() {
     assert!(first.live_instances().await.is_empty(), "instances left in moto");
 
     // A new stack restored from the final snapshot holds exactly every vote.
-    let second = Stack::restoring("e2e-restore", 72, &last);
+    let second = Stack::restoring("e2e-restore", 77, &last);
     let out = second.apply_wait();
     assert!(out.contains("Ready → True (AllTiersReady)"), "{out}");
     let restored = second.status()["dataVolume"]["volumeId"].as_str().expect("a data volume").to_string();
@@ -949,7 +949,7 @@ fn condition(status: &Value, kind: &str) -> Value {
 
 #[tokio::test]
 async fn e2e_a_volume_holding_data_blkid_misses_is_refused_not_formatted() {
-    let stack = Stack::new("e2e-format", 69);
+    let stack = Stack::new("e2e-format", 75);
     stack.apply_wait();
     let volume = stack.status()["dataVolume"]["volumeId"].as_str().expect("a data volume").to_string();
     let dev = format!("$(readlink -f /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{})", volume.replace('-', ""));
