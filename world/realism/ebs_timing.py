@@ -129,6 +129,13 @@ class EbsTiming:
                 return None  # not a volume of the fleet's (another account)
             staging = os.path.join(self.ebs_dir, "snapshots", ".staging-%s.img" % uuid.uuid4().hex)
             os.makedirs(os.path.dirname(staging), exist_ok=True)
+            # What a host wrote is in the filesystem's page cache on this
+            # machine until written back through the loop device (a
+            # terminated host's filesystem may still be being written back):
+            # sync first, so the copy holds every write made before this
+            # moment, as an EBS snapshot does. A host still writing during
+            # the copy's split second can tear it; EC2's cannot be torn.
+            subprocess.run(["sync"], check=True, timeout=600)
             subprocess.run(["cp", "--sparse=always", src, staging], check=True, timeout=600)
             return {"staging": staging, "volume": vid}
         return None
