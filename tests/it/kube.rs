@@ -838,14 +838,23 @@ async fn kube_leader_killed_hands_over_within_the_lease_and_one_identity_writes_
     wait_ready(&c, ns, name, 600);
     assert!(second.identity.starts_with("kube-second"));
 
-    // From the audit log: status writes by one token at a time, never interleaved.
-    let writes: Vec<(String, String)> = c
-        .audit_since(mark)
-        .iter()
-        .filter(|e| is_resource(e, "votingstacks") && e["objectRef"]["subresource"] == "status")
-        .filter(|e| e["responseStatus"]["code"].as_u64().is_some_and(|code| code < 300))
-        .map(|e| (e["stageTimestamp"].as_str().unwrap_or_default().to_string(), writer(e).1))
-        .collect();
+    // From the audit log: status writes by one token at a time, never
+    // interleaved. The API server logs a request once it has answered it, so
+    // the write kubectl wait saw may reach the log a moment later.
+    let status_writes = || -> Vec<(String, String)> {
+        c.audit_since(mark)
+            .iter()
+            .filter(|e| is_resource(e, "votingstacks") && e["objectRef"]["subresource"] == "status")
+            .filter(|e| e["responseStatus"]["code"].as_u64().is_some_and(|code| code < 300))
+            .map(|e| (e["stageTimestamp"].as_str().unwrap_or_default().to_string(), writer(e).1))
+            .collect()
+    };
+    within(Duration::from_secs(30), "the audit log to record the second operator's status write", || {
+        let writes = status_writes();
+        writes.first().is_some_and(|(_, first)| writes.iter().any(|(_, w)| w != first))
+    })
+    .await;
+    let writes = status_writes();
     let mut writers: Vec<String> = Vec::new();
     for (_, credential) in &writes {
         if writers.last() != Some(credential) {
