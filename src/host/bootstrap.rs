@@ -19,8 +19,10 @@ use crate::model::DataVolume;
 const BOOTSTRAP: &str = include_str!("bootstrap.sh");
 
 /// Limit of the mount step on the host: up to a minute for the disk to show
-/// after EC2 attached it, then a format of a blank volume.
-const MOUNT_SECONDS: u32 = 150;
+/// after EC2 attached it, then a format of a blank volume or, once, the move
+/// of an earlier release's postgres data onto the volume (a copy and a
+/// comparison: some GiB at EBS speeds). A move cut short is started afresh.
+const MOUNT_SECONDS: u32 = 900;
 
 /// Exit code of the mount step for a volume it will neither format nor
 /// mount (its stderr says what it found).
@@ -101,6 +103,10 @@ pub struct Mounted {
     pub device: String,
     pub uuid: String,
     pub formatted: bool,
+    /// postgres's data was moved onto the volume from the Docker volume an
+    /// earlier release kept it in (which is left as it was).
+    #[serde(default)]
+    pub moved: bool,
 }
 
 /// Reads the `mount-volume` output (its last non-empty line).
@@ -193,6 +199,10 @@ impl SshHosts {
         }
         let mounted = parse_mounted(&out.stdout)
             .map_err(|message| HostError::Parse { host: target.describe(), message: format!("{what}: {message}") })?;
+        if mounted.moved {
+            info!(host = %target.describe(), volume = %volume.volume_id, device = %mounted.device,
+                "moved postgres's data from the Docker volume votingstack-db-data onto the data volume (copied and compared file by file; the Docker volume is kept)");
+        }
         if mounted.formatted {
             info!(host = %target.describe(), volume = %volume.volume_id, device = %mounted.device, uuid = %mounted.uuid,
                 "the data volume was blank: formatted it (ext4)");
@@ -452,6 +462,99 @@ mod tests {
         assert!(why.contains("votingstack-db-data"), "{why}");
         std::fs::write(pgdata.join("PG_VERSION"), "15\n").unwrap();
         assert_eq!(old_data(&pgdata, Some(&old)).0, Some(1), "the data volume holds postgres's data");
+    }
+
+    /// Runs the script's `vs_old_data` then `vs_move_old_data` on `pgdata`,
+    /// with a `docker` that shows the named volume at `old`, `users` as the
+    /// containers using it, and records stop and start in `calls`; `diff`
+    /// replaced by `bad_diff` when given. Returns the exit code and VS_WHY.
+    fn move_old(
+        pgdata: &std::path::Path,
+        old: &std::path::Path,
+        users: &str,
+        calls: &std::path::Path,
+        bad_diff: Option<&str>,
+    ) -> (Option<i32>, String) {
+        let docker = format!(
+            "#!/bin/sh\ncase \"$1\" in\n  volume) echo {old} ;;\n  ps) for u in {users}; do echo $u; done ;;\n  inspect) echo true ;;\n  stop|start) echo \"$1\" >> {calls} ;;\nesac\n",
+            old = old.display(),
+            calls = calls.display(),
+        );
+        let dir = tools(Some(&docker));
+        for t in ["test", "ls", "du", "df", "cp", "diff", "sync", "rmdir", "mv"] {
+            if t == "diff" && bad_diff.is_some() {
+                continue;
+            }
+            if let Some(p) = ["/usr/bin", "/bin"].iter().map(|d| std::path::Path::new(d).join(t)).find(|p| p.exists()) {
+                std::os::unix::fs::symlink(p, dir.path().join(t)).unwrap();
+            }
+        }
+        if let Some(body) = bad_diff {
+            fake(&dir, "diff", body);
+        }
+        fake(&dir, "sudo", "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n");
+        let functions = BOOTSTRAP.split("\ncase \"$1\" in").next().unwrap();
+        let text = format!(
+            "{functions}\nvs_old_data \"$1\" || exit 9\nvs_move_old_data \"$1\"; rc=$?; printf '%s' \"$VS_WHY\"; exit $rc\n"
+        );
+        let out =
+            Command::new("sh").arg("-c").arg(text).arg("sh").arg(pgdata).env("PATH", dir.path()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// An earlier release's data directory: PG_VERSION and a table file.
+    fn old_cluster(root: &std::path::Path) -> std::path::PathBuf {
+        let old = root.join("old");
+        std::fs::create_dir_all(old.join("base/5")).unwrap();
+        std::fs::write(old.join("PG_VERSION"), "15\n").unwrap();
+        std::fs::write(old.join("base/5/16384"), vec![7u8; 100_000]).unwrap();
+        old
+    }
+
+    #[test]
+    fn the_old_named_volume_is_moved_with_postgres_stopped_and_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let old = old_cluster(root.path());
+        let pgdata = root.path().join("pgdata");
+        std::fs::create_dir_all(&pgdata).unwrap();
+        let calls = root.path().join("calls");
+        let (code, why) = move_old(&pgdata, &old, "db", &calls, None);
+        assert_eq!(code, Some(0), "{why}");
+        assert_eq!(std::fs::read(pgdata.join("base/5/16384")).unwrap(), vec![7u8; 100_000]);
+        assert_eq!(std::fs::read_to_string(pgdata.join("PG_VERSION")).unwrap(), "15\n");
+        assert!(old.join("base/5/16384").exists(), "the named volume is kept as it was");
+        assert!(!root.path().join("pgdata.upgrade-copy").exists(), "no copy left beside PGDATA");
+        assert_eq!(std::fs::read_to_string(&calls).unwrap(), "stop\n", "postgres stopped, not started again");
+    }
+
+    #[test]
+    fn the_old_named_volume_is_not_moved_when_in_doubt() {
+        let root = tempfile::tempdir().unwrap();
+        let old = old_cluster(root.path());
+        let pgdata = root.path().join("pgdata");
+        std::fs::create_dir_all(&pgdata).unwrap();
+        let calls = root.path().join("calls");
+
+        let (code, why) = move_old(&pgdata, &old, "db backup", &calls, None);
+        assert_eq!(code, Some(1));
+        assert!(why.contains("container backup uses the Docker volume"), "{why}");
+        assert!(!calls.exists(), "postgres was stopped: {:?}", std::fs::read_to_string(&calls));
+
+        std::fs::write(pgdata.join("stray"), "x").unwrap();
+        let (code, why) = move_old(&pgdata, &old, "db", &calls, None);
+        assert_eq!(code, Some(1));
+        assert!(why.contains("is not empty"), "{why}");
+        assert!(!calls.exists());
+        std::fs::remove_file(pgdata.join("stray")).unwrap();
+
+        // A copy that does not compare equal: thrown away, postgres started
+        // again on the named volume, PGDATA still empty.
+        let (code, why) = move_old(&pgdata, &old, "db", &calls, Some("#!/bin/sh\necho 'Files differ' >&2\nexit 1\n"));
+        assert_eq!(code, Some(1));
+        assert!(why.contains("differs from"), "{why}");
+        assert_eq!(std::fs::read_to_string(&calls).unwrap(), "stop\nstart\n");
+        assert!(!root.path().join("pgdata.upgrade-copy").exists(), "the copy is removed");
+        assert_eq!(std::fs::read_dir(&pgdata).unwrap().count(), 0, "PGDATA stays empty");
     }
 
     #[test]

@@ -327,6 +327,72 @@ vs_old_data() {
   return 1
 }
 
+# vs_move_old_data PGDATA: moves postgres's data from the named Docker
+# volume an earlier release kept it in (at $vs_old, found by vs_old_data)
+# into the empty PGDATA on the data volume: stops the db container so the
+# files hold still, copies them (cp -a, owners and modes kept) into a
+# directory beside PGDATA, compares the copy with the original file by file,
+# and only then renames it to PGDATA, so a copy cut short never looks like a
+# data directory. The named volume is left as it was. On a refusal or a
+# failure sets VS_WHY, starts postgres again on the named volume if it was
+# running, and returns 1.
+vs_move_old_data() {
+  vs_to=$1
+  vs_tmp="$1.upgrade-copy"
+  vs_users=$(vs_root docker ps -a --filter volume=votingstack-db-data --format '{{.Names}}') || {
+    VS_WHY="docker ps could not list the containers using votingstack-db-data"
+    return 1
+  }
+  vs_was_running=false
+  for vs_user in $vs_users; do
+    if [ "$vs_user" != db ]; then
+      VS_WHY="container $vs_user uses the Docker volume votingstack-db-data too; only the db container may"
+      return 1
+    fi
+    if [ "$(vs_root docker inspect -f '{{.State.Running}}' db 2>/dev/null)" = true ]; then
+      vs_was_running=true
+    fi
+  done
+  if [ -n "$(vs_root ls -A "$vs_to")" ]; then
+    VS_WHY="$vs_to is not empty, though it holds no PG_VERSION"
+    return 1
+  fi
+  vs_need=$(vs_root du -sk "$vs_old" | cut -f1)
+  vs_free=$(vs_root df -Pk "$vs_to" | tail -n 1 | tr -s ' ' | cut -d' ' -f4)
+  case "$vs_need$vs_free" in
+    '' | *[!0-9]*)
+      VS_WHY="could not measure the data ($vs_need KiB) or the room on the data volume ($vs_free KiB)"
+      return 1
+      ;;
+  esac
+  if [ $((vs_need + vs_need / 10 + 65536)) -gt "$vs_free" ]; then
+    VS_WHY="the data ($vs_need KiB) does not fit on the data volume ($vs_free KiB free): raise spec.database.volumeSizeGiB"
+    return 1
+  fi
+  if [ "$vs_was_running" = true ]; then
+    # postgres shuts down cleanly on docker stop: the files then hold still
+    if ! vs_logged vs_root docker stop -t 120 db; then
+      VS_WHY="docker stop db failed"
+      return 1
+    fi
+  fi
+  vs_root rm -rf "$vs_tmp"
+  if ! vs_logged vs_root cp -a "$vs_old" "$vs_tmp"; then
+    VS_WHY="copying $vs_old to $vs_tmp failed"
+  elif ! vs_logged vs_root diff -r --no-dereference "$vs_old" "$vs_tmp"; then
+    VS_WHY="the copy in $vs_tmp differs from $vs_old"
+  elif ! vs_root sync || ! vs_root rmdir "$vs_to" || ! vs_root mv "$vs_tmp" "$vs_to"; then
+    VS_WHY="could not rename $vs_tmp to $vs_to"
+  else
+    return 0
+  fi
+  vs_root rm -rf "$vs_tmp"
+  if [ "$vs_was_running" = true ]; then
+    vs_logged vs_root docker start db
+  fi
+  return 1
+}
+
 # vs_mount_volume VOLUME_ID DIR SUBDIR FORMAT
 vs_mount_volume() {
   vs_vol=$1
@@ -408,12 +474,18 @@ vs_mount_volume() {
   fi
   vs_uuid=$(vs_root blkid -p -o value -s UUID "$vs_dev")
   vs_root mkdir -p "$vs_dir/$vs_sub" || return 1
+  vs_moved=false
   if vs_old_data "$vs_dir/$vs_sub"; then
-    echo "data volume unusable: postgres is not started on data volume $vs_vol: $VS_WHY;" \
-      "copy that data onto the volume first (see docs/operations.md, upgrading from the named volume)" >&2
-    return 3
+    vs_found=$VS_WHY
+    if ! vs_move_old_data "$vs_dir/$vs_sub"; then
+      echo "data volume unusable: postgres is not started on data volume $vs_vol: $vs_found;" \
+        "moving that data onto the volume was not done: $VS_WHY" \
+        "(postgres goes on serving from the Docker volume; see docs/operations.md, upgrading from the named volume)" >&2
+      return 3
+    fi
+    vs_moved=true
   fi
-  printf '{"device":"%s","uuid":"%s","formatted":%s}\n' "$vs_dev" "$vs_uuid" "$vs_formatted"
+  printf '{"device":"%s","uuid":"%s","formatted":%s,"moved":%s}\n' "$vs_dev" "$vs_uuid" "$vs_formatted" "$vs_moved"
 }
 
 case "$1" in
