@@ -988,3 +988,66 @@ async fn e2e_a_volume_holding_data_blkid_misses_is_refused_not_formatted() {
     assert_eq!(after, data, "the data at 1 MiB changed");
     stack.run(&["destroy"]);
 }
+
+/// Puts the database host back in an earlier release's layout: postgres's
+/// data in the Docker volume votingstack-db-data, a `db` container on it
+/// with another config hash, and `pgdata` on the data volume empty.
+const EARLIER_RELEASE_LAYOUT: &str = r#"set -e
+docker stop db >/dev/null
+net=$(docker inspect -f '{{.HostConfig.NetworkMode}}' db)
+image=$(docker inspect -f '{{.Config.Image}}' db)
+envs=$(docker inspect -f '{{range .Config.Env}} -e {{.}}{{end}}' db)
+labels=$(docker inspect -f '{{range $k, $v := .Config.Labels}}{{if ne $k "votingstack.dev/config-hash"}} --label {{$k}}={{$v}}{{end}}{{end}}' db)
+docker volume create votingstack-db-data >/dev/null
+old=$(docker volume inspect -f '{{.Mountpoint}}' votingstack-db-data)
+cp -a /var/lib/votingstack/data/pgdata/. "$old/"
+docker rm db >/dev/null
+find /var/lib/votingstack/data/pgdata -mindepth 1 -delete
+docker run -d --name db --restart unless-stopped --network "$net" -p 5432:5432 $envs $labels \
+  --label votingstack.dev/config-hash=earlier-release -v votingstack-db-data:/var/lib/postgresql/data "$image" >/dev/null
+"#;
+
+#[tokio::test]
+async fn e2e_upgrade_from_named_volume_keeps_votes() {
+    let stack = Stack::new("e2e-upgrade", 78);
+    stack.apply_wait();
+    let (_, front) = stack.tier(Tier::Frontend);
+    let vote = SocketAddr::from((front, 80));
+    let count = "docker exec db psql -U postgres -tAc \"SELECT count(*) FROM votes WHERE id LIKE 'old-voter-%'\"";
+    cast_votes(vote, "old-voter", 0..30);
+    within(Duration::from_secs(30), "30 votes in postgres", || stack.on_host(Tier::Database, count).1 == "30").await;
+
+    let (ok, out) = stack.on_host(Tier::Database, EARLIER_RELEASE_LAYOUT);
+    assert!(ok, "putting back the earlier release's layout failed: {out}");
+    // Votes go on into the earlier release's database.
+    cast_votes(vote, "old-voter", 30..40);
+    within(Duration::from_secs(60), "40 votes in the Docker volume's postgres", || {
+        stack.on_host(Tier::Database, count).1 == "40"
+    })
+    .await;
+
+    // The upgrade, with votes cast all through it.
+    let voter = Voter::start(vote, "upgrade-voter", Duration::from_secs(600));
+    within(Duration::from_secs(20), "votes accepted before the upgrade", || voter.accepted() >= 10).await;
+    let out = stack.apply_wait();
+    assert!(
+        out.contains("~ stop backend container worker between votes: postgres is re-created"),
+        "the worker was stopped before postgres moved:\n{out}"
+    );
+    let accepted = voter.finish();
+
+    let (_, mounts) =
+        stack.on_host(Tier::Database, "docker inspect -f '{{range .Mounts}}{{.Type}} {{.Source}}{{end}}' db");
+    assert_eq!(mounts, "bind /var/lib/votingstack/data/pgdata", "postgres runs on the data volume");
+    assert_eq!(stack.on_host(Tier::Database, count).1, "40", "every vote from before the upgrade");
+    within(Duration::from_secs(240), "every vote accepted during the upgrade in postgres", || {
+        queued_votes(&stack) == Some(0) && missing_votes(&stack, "upgrade-voter", &accepted).is_empty()
+    })
+    .await;
+    let (kept, _) = stack.on_host(
+        Tier::Database,
+        "test -e \"$(docker volume inspect -f '{{.Mountpoint}}' votingstack-db-data)/PG_VERSION\"",
+    );
+    assert!(kept, "the Docker volume votingstack-db-data is kept as it was");
+    stack.run(&["destroy"]);
+}
