@@ -657,14 +657,9 @@ mod on_the_api_double {
     async fn controller_stack_that_created_nothing_is_deleted_without_aws() {
         let api = ApiServer::new();
         let client = api.client();
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
-        secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
-        let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
-        let mut s = stack();
-        s.metadata.uid = None;
-        s.metadata.generation = None;
-        s.spec.network.subnet_cidr = "192.168.0.0/24".into();
-        stacks.create(&PostParams::default(), &s).await.unwrap();
+        // A subnet outside the VPC: refused before anything is created.
+        let stacks =
+            seed_stack_and_secret_with(&client, |s| s.spec.network.subnet_cidr = "192.168.0.0/24".into()).await;
         let (engine, cloud, _hosts) = engine_with(Duration::from_secs(60));
         let (controller, _metrics) = start(&api, engine, RunOptions::default());
         let failed = eventually(30, "phase Failed", || {
@@ -749,12 +744,21 @@ mod on_the_api_double {
 
     /// The test stack and its Secret in `default`, as a user creates them.
     async fn seed_stack_and_secret(client: &kube::Client) -> Api<VotingStack> {
+        seed_stack_and_secret_with(client, |_| {}).await
+    }
+
+    /// The fixture stack, changed by `edit`, and its SSH key Secret.
+    async fn seed_stack_and_secret_with(
+        client: &kube::Client,
+        edit: impl FnOnce(&mut VotingStack),
+    ) -> Api<VotingStack> {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
         secrets.create(&PostParams::default(), &serde_json::from_value(secret()).unwrap()).await.unwrap();
         let stacks: Api<VotingStack> = Api::namespaced(client.clone(), "default");
         let mut s = stack();
         s.metadata.uid = None;
         s.metadata.generation = None;
+        edit(&mut s);
         stacks.create(&PostParams::default(), &s).await.unwrap();
         stacks
     }
