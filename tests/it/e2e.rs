@@ -1051,3 +1051,35 @@ async fn e2e_upgrade_from_named_volume_keeps_votes() {
     assert!(kept, "the Docker volume votingstack-db-data is kept as it was");
     stack.run(&["destroy"]);
 }
+
+/// The world's stacks run side by side: each e2e and kube_ test's stack
+/// gets an address range (10.<octet>.0.0/16) no other test uses, or one
+/// test's VPC and hosts collide with another's.
+#[test]
+fn every_world_stack_test_has_its_own_address_range() {
+    let mut seen: HashMap<u32, String> = HashMap::new();
+    for file in ["e2e.rs", "kube.rs"] {
+        let text = std::fs::read_to_string(format!("{}/tests/it/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.starts_with("fn ") || line.starts_with("//") {
+                continue;
+            }
+            let Some(args) = ["Stack::new(", "Stack::restoring(", "stack_manifest("]
+                .iter()
+                .find_map(|call| line.split_once(call).map(|(_, rest)| rest))
+            else {
+                continue;
+            };
+            let args = args.split(')').next().unwrap_or_default();
+            let Some(octet) = args.split(',').filter_map(|a| a.trim().parse::<u32>().ok()).next() else {
+                continue;
+            };
+            let at = format!("{file}:{}", n + 1);
+            if let Some(before) = seen.insert(octet, at.clone()) {
+                panic!("10.{octet}.0.0/16 is used by {before} and {at}");
+            }
+        }
+    }
+    assert!(seen.len() >= 15, "the scan found too few stacks: {seen:?}");
+}
