@@ -9,7 +9,7 @@ use crate::api::{ConnectVia, HostKeyPolicy, Tier, VotingStackSpec, VotingStackSt
 use crate::host::{HostTarget, SshKey};
 use crate::model::{InstanceState, ObservedInstance};
 
-use super::host_keys::expected_host_key;
+use super::host_keys::{earlier_host_key, expected_host_key};
 
 /// The address the operator uses for a host, per `network.connectVia`.
 fn connect_address(spec: &VotingStackSpec, inst: &ObservedInstance) -> Option<Ipv4Addr> {
@@ -57,6 +57,10 @@ pub fn host_target(
         port: spec.ssh.port,
         user: spec.ssh.user.clone(),
         expected_host_key: expected(tier, inst),
+        earlier_host_key: match spec.ssh.host_key_policy {
+            HostKeyPolicy::Pinned => None,
+            HostKeyPolicy::PinOnFirstUse => earlier_host_key(status, tier, inst, key),
+        },
         jump,
         connect_timeout_secs: spec.ssh.connect_timeout_seconds,
         command_timeout_secs: spec.ssh.command_timeout_seconds,

@@ -49,6 +49,29 @@ pub(super) fn expected_host_key(
     }
 }
 
+/// The key the release before the HKDF derivation gave an instance it
+/// launched, accepted besides [`expected_host_key`] until the instance is
+/// first reached (and pinned): an upgrade must not turn hosts launched but
+/// not yet reached into host-key mismatches. None once pinned, and for
+/// instances the operator did not launch.
+pub(super) fn earlier_host_key(
+    status: &VotingStackStatus,
+    tier: Tier,
+    inst: &ObservedInstance,
+    key: &SshKey,
+) -> Option<String> {
+    let pinned = status
+        .tiers
+        .as_ref()
+        .and_then(|t| t.get(tier))
+        .is_some_and(|t| t.instance_id.as_deref() == Some(inst.id.as_str()) && t.host_key_fingerprint.is_some());
+    if pinned {
+        return None;
+    }
+    let token = inst.client_token.as_deref().filter(|t| t.starts_with(CLIENT_TOKEN_PREFIX))?;
+    key.earlier_host_key_fingerprint(token).ok()
+}
+
 /// Whether this very instance was reached before (its key is pinned).
 pub(super) fn was_reached(status: &VotingStackStatus, inst: &ObservedInstance) -> bool {
     status
@@ -74,5 +97,33 @@ pub(super) fn pin_host_key(status: &mut VotingStackStatus, tier: Tier, fingerpri
             t.host_key_fingerprint = Some(fingerprint.to_string());
             t.host_key_pinned_at = Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::TierStatus;
+    use crate::model::InstanceState;
+
+    #[test]
+    fn the_earlier_releases_key_is_accepted_only_before_the_first_contact_with_our_launch() {
+        let key = crate::fixtures::test_key();
+        let mut inst = crate::fixtures::instance(Tier::Database, "i-db", InstanceState::Running);
+        inst.client_token = Some("vs-launch-1".into());
+        let mut status = VotingStackStatus::default();
+        let earlier = earlier_host_key(&status, Tier::Database, &inst, &key);
+        assert_eq!(earlier, key.earlier_host_key_fingerprint("vs-launch-1").ok(), "launched by us, never reached");
+        assert_ne!(earlier, expected_host_key(&status, Tier::Database, &inst, &key));
+
+        *status.tiers.get_or_insert_with(TiersStatus::default).slot(Tier::Database) =
+            Some(TierStatus { instance_id: Some("i-db".into()), ..Default::default() });
+        pin_host_key(&mut status, Tier::Database, "SHA256:pinned");
+        assert_eq!(earlier_host_key(&status, Tier::Database, &inst, &key), None, "pinned: only the pin");
+
+        let mut adopted = inst.clone();
+        adopted.id = "i-other".into();
+        adopted.client_token = Some("someone-elses".into());
+        assert_eq!(earlier_host_key(&status, Tier::Database, &adopted, &key), None, "not launched by us");
     }
 }

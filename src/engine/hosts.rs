@@ -316,6 +316,7 @@ impl Run {
             pin_host_key(&mut self.status, target.tier, fingerprint);
             let mut pinned = target.clone();
             pinned.expected_host_key = Some(fingerprint.clone());
+            pinned.earlier_host_key = None;
             self.targets.push(pinned);
         }
         self.applied.extend(outcome.applied.into_iter().map(Action::Host));

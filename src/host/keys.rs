@@ -83,6 +83,27 @@ impl SshKey {
     }
 }
 
+impl SshKey {
+    /// The fingerprint of the host key the release before the HKDF
+    /// derivation gave the instance launched with `client_token`: an
+    /// ed25519 key seeded with SHA-256 over a v1 label, the key file's
+    /// encoding and the token. Only ever compared with what a host that was
+    /// never reached presents; never used to launch.
+    pub fn earlier_host_key_fingerprint(&self, client_token: &str) -> Result<String, KeyError> {
+        use sha2_hkdf::Digest;
+        let failed =
+            |detail: String| KeyError::Unparsable { secret: "(host key)".into(), key: client_token.into(), detail };
+        let material = self.key.to_bytes().map_err(|e| failed(e.to_string()))?;
+        let mut hash = Sha256::new();
+        hash.update(b"votingstack host key v1\0");
+        hash.update(material.as_slice());
+        hash.update(client_token.as_bytes());
+        let seed: [u8; 32] = hash.finalize().into();
+        let private = PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+        Ok(private.public_key().fingerprint(HashAlg::Sha256).to_string())
+    }
+}
+
 /// sshd's drop-in file written by the user data (read by the
 /// `Include /etc/ssh/sshd_config.d/*.conf` of Debian 12 and Ubuntu 22.04 on).
 pub const SSHD_DROP_IN: &str = "/etc/ssh/sshd_config.d/60-votingstack.conf";
@@ -224,6 +245,38 @@ mod tests {
         Hkdf::<Sha256>::new(Some(b"votingstack host key v2"), &ikm).expand(b"vs-t", &mut want).unwrap();
         let want = PrivateKey::from(Ed25519Keypair::from_seed(&want)).public_key().fingerprint(HashAlg::Sha256);
         assert_eq!(ssh.host_key_for("vs-t").unwrap().fingerprint, want.to_string());
+    }
+
+    #[test]
+    fn the_earlier_release_host_key_is_its_v1_derivation() {
+        let key = SshKey::parse(TEST_KEY, "demo-ssh", "ssh-privatekey").unwrap();
+        let earlier = key.earlier_host_key_fingerprint("vs-t").unwrap();
+        assert_eq!(earlier, key.earlier_host_key_fingerprint("vs-t").unwrap());
+        assert_ne!(earlier, key.host_key_for("vs-t").unwrap().fingerprint, "v1 and v2 differ");
+        assert_ne!(earlier, key.earlier_host_key_fingerprint("vs-u").unwrap());
+        // What the release before the HKDF derivation gave an instance
+        // launched with token vs-t under TEST_KEY (SHA-256 over the v1 label,
+        // the key file's binary encoding and the token, as an ed25519 seed).
+        assert_eq!(earlier, "SHA256:5s6QrxuI0swAHloKxMDmHqMIaweyinG8ZP0dp3CXZJE");
+        let target = |expected: Option<String>, earlier: Option<String>| crate::host::HostTarget {
+            stack: "default/demo".into(),
+            tier: crate::api::Tier::Database,
+            instance_id: "i-1".into(),
+            address: std::net::Ipv4Addr::LOCALHOST,
+            port: 22,
+            user: "ubuntu".into(),
+            expected_host_key: expected,
+            earlier_host_key: earlier,
+            jump: None,
+            connect_timeout_secs: 5,
+            command_timeout_secs: 5,
+        };
+        let v2 = key.host_key_for("vs-t").unwrap().fingerprint;
+        let both = target(Some(v2.clone()), Some(earlier.clone()));
+        assert!(both.accepts(&v2) && both.accepts(&earlier));
+        assert!(!both.accepts(&key.fingerprint()), "any other key is refused");
+        assert!(!target(Some(v2.clone()), None).accepts(&earlier), "once pinned, only the pin");
+        assert!(target(None, None).accepts(&earlier), "first use");
     }
 
     #[test]

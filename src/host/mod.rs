@@ -71,6 +71,10 @@ pub struct HostTarget {
     /// The fingerprint the host must present; None trusts the first key seen
     /// (which the engine then pins in status).
     pub expected_host_key: Option<String>,
+    /// Also accepted while the host was never reached: the key the release
+    /// before the HKDF derivation gave the instances it launched (see
+    /// [`SshKey::earlier_host_key_fingerprint`]).
+    pub earlier_host_key: Option<String>,
     /// Hop through this host first (the frontend, for the private tiers).
     pub jump: Option<Box<HostTarget>>,
     pub connect_timeout_secs: u32,
@@ -78,6 +82,13 @@ pub struct HostTarget {
 }
 
 impl HostTarget {
+    /// Whether a host presenting `fingerprint` is the one expected: any key
+    /// when none is expected yet (first use), else the expected key or the
+    /// earlier release's key for the same launch.
+    pub fn accepts(&self, fingerprint: &str) -> bool {
+        accepts(self.expected_host_key.as_deref(), self.earlier_host_key.as_deref(), fingerprint)
+    }
+
     /// `tier host <address> (<instance id>)`, for messages.
     pub fn describe(&self) -> String {
         format!("{} host {} ({})", self.tier, self.address, self.instance_id)
@@ -151,4 +162,14 @@ pub trait Hosts: Send + Sync {
     /// Round trips to hosts so far: SSH commands and Docker API requests
     /// (for metrics and the steady-state budget).
     fn round_trips(&self) -> u64;
+}
+
+/// [`HostTarget::accepts`] on its parts (the SSH handler holds copies).
+pub(crate) fn accepts(expected: Option<&str>, earlier: Option<&str>, fingerprint: &str) -> bool {
+    match expected {
+        None => true,
+        Some(want) => {
+            ssh::same_fingerprint(want, fingerprint) || earlier.is_some_and(|e| ssh::same_fingerprint(e, fingerprint))
+        }
+    }
 }

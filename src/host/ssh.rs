@@ -102,6 +102,7 @@ impl Session {
 /// russh client handler: checks the host key.
 struct Client {
     expected: Option<String>,
+    earlier: Option<String>,
     seen: Arc<Mutex<Option<String>>>,
 }
 
@@ -113,7 +114,7 @@ impl client::Handler for Client {
             PublicKeyOrCertificate::PublicKey { key, .. } => key.fingerprint(HashAlg::Sha256).to_string(),
             PublicKeyOrCertificate::Certificate(cert) => cert.public_key().fingerprint(HashAlg::Sha256).to_string(),
         };
-        let accepted = self.expected.as_deref().is_none_or(|want| same_fingerprint(want, &fingerprint));
+        let accepted = super::accepts(self.expected.as_deref(), self.earlier.as_deref(), &fingerprint);
         if let Ok(mut seen) = self.seen.lock() {
             *seen = Some(fingerprint);
         }
@@ -123,7 +124,7 @@ impl client::Handler for Client {
 
 /// Compares SHA256 fingerprints, with or without the `SHA256:` prefix and
 /// base64 padding.
-fn same_fingerprint(a: &str, b: &str) -> bool {
+pub(super) fn same_fingerprint(a: &str, b: &str) -> bool {
     let norm = |s: &str| s.trim().trim_start_matches("SHA256:").trim_end_matches('=').to_string();
     norm(a) == norm(b)
 }
@@ -220,7 +221,7 @@ impl SshHosts {
             };
             if !s.is_closed() && !via_changed {
                 if let Some(want) = &target.expected_host_key {
-                    if !same_fingerprint(want, &s.fingerprint) {
+                    if !target.accepts(&s.fingerprint) {
                         let presented = s.fingerprint.clone();
                         *pooled = None;
                         return Err(HostError::HostKeyMismatch {
@@ -248,7 +249,11 @@ impl SshHosts {
         let host = target.describe();
         let seconds = target.connect_timeout_secs.max(1);
         let seen = Arc::new(Mutex::new(None));
-        let handler = Client { expected: target.expected_host_key.clone(), seen: seen.clone() };
+        let handler = Client {
+            expected: target.expected_host_key.clone(),
+            earlier: target.earlier_host_key.clone(),
+            seen: seen.clone(),
+        };
         let config = Arc::new(client::Config {
             keepalive_interval: Some(self.options.keepalive),
             keepalive_max: 3,
@@ -281,7 +286,7 @@ impl SshHosts {
             Err(_) => return Err(HostError::Timeout { host, what: "SSH connection".into(), seconds }),
             Ok(Err(e)) => {
                 if let (Some(expected), Some(presented)) = (&target.expected_host_key, &presented) {
-                    if !same_fingerprint(expected, presented) {
+                    if !target.accepts(presented) {
                         return Err(HostError::HostKeyMismatch {
                             host,
                             expected: expected.clone(),

@@ -486,7 +486,7 @@ impl FakeHosts {
             mounted: None,
         });
         if let Some(expected) = &target.expected_host_key {
-            if *expected != host.fingerprint {
+            if !target.accepts(&host.fingerprint) {
                 return Err(HostError::HostKeyMismatch {
                     host: target.describe(),
                     expected: expected.clone(),

@@ -53,6 +53,7 @@ pub fn host_target() -> HostTarget {
         port: 22,
         user: "admin".into(),
         expected_host_key: None,
+        earlier_host_key: None,
         jump: None,
         connect_timeout_secs: 1,
         command_timeout_secs: 5,

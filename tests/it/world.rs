@@ -299,6 +299,7 @@ impl Fleet {
             port: 22,
             user: user.to_string(),
             expected_host_key: None,
+            earlier_host_key: None,
             jump: None,
             connect_timeout_secs: 5,
             command_timeout_secs: 120,
