@@ -52,6 +52,11 @@ pub(super) fn record_volume(
         if !v.create_time.is_empty() {
             entry.create_time = Some(v.create_time.clone());
         }
+        // The tag on the volume outlives status (a state file lost, a
+        // stack adopting its volume): a volume tagged formatted stays so.
+        if entry.formatted.is_none() {
+            entry.formatted = v.formatted.clone();
+        }
     }
     entry.attached_to = attached_to.map(str::to_string);
 }
@@ -163,4 +168,31 @@ pub fn deleting_status(stack: &VotingStack, problem: Option<&str>) -> (VotingSta
 /// statuses equal under this say the same thing about the stack.
 pub fn status_content(status: &VotingStackStatus) -> VotingStackStatus {
     VotingStackStatus { last_reconcile_time: None, last_reconcile_duration_ms: None, ..status.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ObservedVolume, VolumeState};
+
+    #[test]
+    fn a_volume_tagged_formatted_stays_formatted_in_status() {
+        let v = ObservedVolume {
+            id: "vol-1".into(),
+            zone: "us-east-1a".into(),
+            size_gib: 10,
+            state: VolumeState::Available,
+            attachments: Vec::new(),
+            create_time: "2026-01-01T00:00:00Z".into(),
+            formatted: Some("2026-02-02T00:00:00Z".into()),
+        };
+        let mut status = VotingStackStatus::default();
+        record_volume(&mut status, "vol-1", Some(&v), None);
+        let recorded = status.data_volume.as_ref().and_then(|d| d.formatted.clone());
+        assert_eq!(recorded.as_deref(), Some("2026-02-02T00:00:00Z"), "status lost, the tag remembers");
+        // A value already in status is kept; an untagged answer clears nothing.
+        let untagged = ObservedVolume { formatted: None, ..v };
+        record_volume(&mut status, "vol-1", Some(&untagged), None);
+        assert_eq!(status.data_volume.and_then(|d| d.formatted).as_deref(), Some("2026-02-02T00:00:00Z"));
+    }
 }

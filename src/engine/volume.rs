@@ -208,6 +208,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             create_time: "2026-01-01T00:00:00Z".into(),
+            formatted: None,
         }
     }
 

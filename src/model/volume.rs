@@ -115,6 +115,10 @@ pub struct ObservedVolume {
     pub attachments: Vec<VolumeAttachment>,
     /// RFC 3339; the oldest of duplicates is the stack's.
     pub create_time: String,
+    /// The volume's `votingstack.dev/formatted` tag: postgres ran on a
+    /// filesystem on it, so it is never formatted again (also when status
+    /// was lost).
+    pub formatted: Option<String>,
 }
 
 impl ObservedVolume {

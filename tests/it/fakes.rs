@@ -287,6 +287,7 @@ impl Cloud for FakeCloud {
             state: VolumeState::Available,
             attachments: Vec::new(),
             create_time: format!("2026-01-01T00:01:{n:02}Z"),
+            formatted: None,
         };
         self.state.lock().unwrap().volumes.push(v.clone());
         Ok(v)

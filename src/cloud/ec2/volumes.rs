@@ -40,6 +40,7 @@ pub(super) fn observed_volume(v: &Volume) -> Option<ObservedVolume> {
             })
             .collect(),
         create_time: v.create_time().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()).unwrap_or_default(),
+        formatted: v.tags().iter().find(|t| t.key() == Some(FORMATTED_TAG)).and_then(|t| t.value()).map(str::to_owned),
     })
 }
 
@@ -131,6 +132,7 @@ impl Ec2Cloud {
             state: out.state().and_then(|s| VolumeState::parse(s.as_str())).unwrap_or(VolumeState::Creating),
             attachments: Vec::new(),
             create_time: out.create_time().and_then(|t| t.fmt(DateTimeFormat::DateTime).ok()).unwrap_or_default(),
+            formatted: None,
         })
     }
 }
@@ -138,6 +140,20 @@ impl Ec2Cloud {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_formatted_tag_is_read_back_from_describe_volumes() {
+        use aws_sdk_ec2::types::{Tag, Volume, VolumeState as Ec2State};
+        let tagged = Volume::builder()
+            .volume_id("vol-1")
+            .state(Ec2State::Available)
+            .tags(Tag::builder().key(FORMATTED_TAG).value("2026-12-07T00:00:00Z").build())
+            .build();
+        let v = observed_volume(&tagged).unwrap();
+        assert_eq!(v.formatted.as_deref(), Some("2026-12-07T00:00:00Z"));
+        let untagged = Volume::builder().volume_id("vol-2").state(Ec2State::Available).build();
+        assert_eq!(observed_volume(&untagged).unwrap().formatted, None);
+    }
 
     #[test]
     fn volume_tokens_are_per_stack_and_per_volume() {
