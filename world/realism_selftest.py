@@ -352,6 +352,53 @@ def ebs_checks(ctl, ec2, truth, launch, made):
          "IdempotentParameterMismatch" % one)
 
 
+def quota_checks(ctl, ec2, endpoint, made):
+    """AWS's default quotas per account: the sixth VPC, internet gateway or
+    Elastic IP of a Region and the sixth NAT gateway of a zone are refused
+    with EC2's codes (knobs lowered here so a few calls show it); the
+    default VPC counts; an account's own quota beats the default; an access
+    key mapped to another account acts there."""
+    import boto3
+    vpcs = len(ec2.describe_vpcs()["Vpcs"])
+    check(vpcs >= 2, "the account has its default VPC and the selftest's: %d VPCs" % vpcs)
+    ctl.set(vpcs_per_region=vpcs)
+    err = error_of(ec2.create_vpc, CidrBlock="10.44.0.0/16")
+    check(err == ("VpcLimitExceeded", 400), "VPC %d of a quota of %d: got %s" % (vpcs + 1, vpcs, err))
+    check(len(ec2.describe_vpcs()["Vpcs"]) == vpcs, "a refused CreateVpc created a VPC")
+    check(ctl.counter("quota_refusals", "CreateVpc") == 1, "quota refusal not counted")
+    ctl.set(account_quotas={ACCOUNT: {"vpcs_per_region": vpcs + 1}})
+    extra = ec2.create_vpc(CidrBlock="10.44.0.0/16")["Vpc"]["VpcId"]
+    ec2.delete_vpc(VpcId=extra)
+    step("VPCs: number %d refused (VpcLimitExceeded, the default VPC counts); an account's "
+         "own quota of %d lets it be created" % (vpcs + 1, vpcs + 1))
+
+    ctl.set(account_quotas={}, internet_gateways_per_region=1)
+    err = error_of(ec2.create_internet_gateway)
+    check(err == ("InternetGatewayLimitExceeded", 400),
+          "the default VPC's gateway fills a quota of 1: got %s" % (err,))
+    ctl.set(elastic_ips_per_region=1)
+    first = ec2.allocate_address(Domain="vpc")["AllocationId"]
+    try:
+        err = error_of(ec2.allocate_address, Domain="vpc")
+        check(err == ("AddressLimitExceeded", 400), "a second Elastic IP of 1: got %s" % (err,))
+        ctl.set(nat_gateways_per_zone=0)
+        err = error_of(ec2.create_nat_gateway, SubnetId=made["subnet"], AllocationId=first)
+        check(err == ("NatGatewayLimitExceeded", 400), "a NAT gateway over 0: got %s" % (err,))
+    finally:
+        ec2.release_address(AllocationId=first)
+    step("internet gateways, Elastic IPs and NAT gateways refused over their quotas "
+         "(InternetGatewayLimitExceeded, AddressLimitExceeded, NatGatewayLimitExceeded)")
+
+    other = "000000434343"
+    ctl.set(access_key_accounts={"realism-selftest-other": other})
+    c = boto3.client("ec2", endpoint_url=endpoint, region_name="us-east-1",
+                     aws_access_key_id="realism-selftest-other", aws_secret_access_key="x")
+    owners = {v["OwnerId"] for v in c.describe_vpcs()["Vpcs"]}
+    check(owners == {other}, "an access key mapped to %s sees VPCs of %s" % (other, owners))
+    step("access key mapped to account %s: acts in that account" % other)
+    ctl.reset()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--env", help="the world's env file (AWS_ENDPOINT_URL_EC2, VS_WORLD_MOTO, ...)")
@@ -537,6 +584,7 @@ def main():
 
         ebs_checks(ctl, ec2, truth, launch, made)
         ebs_timing_checks(ctl, ec2, launch, made)
+        quota_checks(ctl, ec2, endpoint, made)
 
         print("realism-selftest: passed", flush=True)
         return 0

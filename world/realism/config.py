@@ -21,6 +21,15 @@ EBS_SECONDS = {
     "snapshot_seconds": "VS_REALISM_SNAPSHOT_SECONDS",
 }
 
+# AWS's default quotas (knob -> VS_REALISM_* variable)
+QUOTAS = {
+    "vpcs_per_region": "VS_REALISM_VPCS_PER_REGION",
+    "internet_gateways_per_region": "VS_REALISM_INTERNET_GATEWAYS_PER_REGION",
+    "elastic_ips_per_region": "VS_REALISM_ELASTIC_IPS_PER_REGION",
+    "nat_gateways_per_zone": "VS_REALISM_NAT_GATEWAYS_PER_ZONE",
+}
+ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
+
 ACTION_RE = re.compile(r"^[A-Z][A-Za-z0-9]{1,100}$")
 
 
@@ -49,6 +58,16 @@ def default_config():
         "drop": {},
         "fail_next": {},
         "fault_access_keys": [],
+        # AWS's default quotas, in every account unless account_quotas
+        # raises (or lowers) them for one
+        "vpcs_per_region": 5,
+        "internet_gateways_per_region": 5,
+        "elastic_ips_per_region": 5,
+        "nat_gateways_per_zone": 5,
+        "account_quotas": {},
+        # requests signed with one of these access keys act in that account
+        # (moto's x-moto-account-id), as another AWS account's keys would
+        "access_key_accounts": {},
     }
 
 
@@ -58,6 +77,12 @@ def _number(key, value, lo, hi):
     if not lo <= value <= hi:
         raise ConfigError("%s must be between %s and %s, not %s" % (key, lo, hi, value))
     return float(value)
+
+
+def _count(key, value):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100000:
+        raise ConfigError("%s must be a whole number between 0 and 100000, not %r" % (key, value))
+    return value
 
 
 def _action_key(key, action):
@@ -95,6 +120,28 @@ def apply_changes(cfg, changes):
             if not isinstance(value, list) or not all(isinstance(k, str) and k for k in value):
                 raise ConfigError("fault_access_keys must be a list of access key ids, not %r" % (value,))
             new[key] = list(value)
+        elif key in QUOTAS:
+            new[key] = _count(key, value)
+        elif key == "account_quotas":
+            if not isinstance(value, dict):
+                raise ConfigError("account_quotas must map an account id to {quota: count}")
+            new[key] = {}
+            for account, quotas in value.items():
+                if not ACCOUNT_RE.match(str(account)) or not isinstance(quotas, dict):
+                    raise ConfigError("account_quotas: %r must be a 12-digit account id mapped to "
+                                      "{quota: count}" % (account,))
+                for q, n in quotas.items():
+                    if q not in QUOTAS:
+                        raise ConfigError("account_quotas.%s: unknown quota %r (known: %s)"
+                                          % (account, q, ", ".join(sorted(QUOTAS))))
+                new[key][str(account)] = {q: _count("account_quotas.%s.%s" % (account, q), n)
+                                          for q, n in quotas.items()}
+        elif key == "access_key_accounts":
+            if not isinstance(value, dict) or not all(
+                    isinstance(k, str) and k and ACCOUNT_RE.match(str(a)) for k, a in value.items()):
+                raise ConfigError("access_key_accounts must map access key ids to 12-digit "
+                                  "account ids, not %r" % (value,))
+            new[key] = {k: str(a) for k, a in value.items()}
         elif key == "fail_next":
             if not isinstance(value, dict):
                 raise ConfigError("fail_next must map an action (or \"*\") to a list of faults")
@@ -161,6 +208,19 @@ def config_from_env(env):
         var = "VS_REALISM_" + fault.upper()
         if env.get(var, "").strip():
             changes[fault] = parse_probabilities(var, env[var])
+    for key, var in QUOTAS.items():
+        if env.get(var, "").strip():
+            try:
+                changes[key] = int(env[var])
+            except ValueError:
+                raise ConfigError("%s=%r is not a whole number" % (var, env[var]))
+    for key, var in (("account_quotas", "VS_REALISM_ACCOUNT_QUOTAS"),
+                     ("access_key_accounts", "VS_REALISM_ACCESS_KEY_ACCOUNTS")):
+        if env.get(var, "").strip():
+            try:
+                changes[key] = json.loads(env[var])
+            except ValueError as exc:
+                raise ConfigError("%s is not JSON: %s" % (var, exc))
     if env.get("VS_REALISM_FAIL_NEXT", "").strip():
         try:
             changes["fail_next"] = json.loads(env["VS_REALISM_FAIL_NEXT"])

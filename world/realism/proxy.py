@@ -19,6 +19,7 @@ from .ebs import EBS_CHECKED, EbsChecks
 from .ebs_timing import EbsTiming, timing_refusal
 from .ec2xml import error_body
 from .log import log
+from .quotas import QUOTA_CHECKED, quota_refusal
 from .tokens import ClientTokens
 
 DEFAULT_ACCOUNT = "123456789012"
@@ -102,6 +103,9 @@ class Handler(ClientTokens, EbsChecks, EbsTiming, ControlEndpoint,
             for k, v in self.headers.items():
                 if k.lower() not in HOP_BY_HOP:
                     conn.putheader(k, v)
+            mapped = self.mapped_account()
+            if mapped and not self.headers.get("x-moto-account-id"):
+                conn.putheader("x-moto-account-id", mapped)
             if body or self.command in ("POST", "PUT"):
                 conn.putheader("Content-Length", str(len(body)))
             conn.endheaders(body or None)
@@ -176,8 +180,14 @@ class Handler(ClientTokens, EbsChecks, EbsTiming, ControlEndpoint,
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         return (query.get("X-Amz-Credential", [""])[0].split("/") or [""])[0]
 
+    def mapped_account(self):
+        """The account an access key stands for (access_key_accounts), if any."""
+        with self.realism.lock:
+            return self.realism.config["access_key_accounts"].get(self.access_key())
+
     def scope(self):
-        account = self.headers.get("x-moto-account-id") or DEFAULT_ACCOUNT
+        account = (self.headers.get("x-moto-account-id") or self.mapped_account()
+                   or DEFAULT_ACCOUNT)
         auth = self.headers.get("Authorization", "")
         query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
         cred = query.get("X-Amz-Credential", [""])[0]
@@ -224,7 +234,24 @@ class Handler(ClientTokens, EbsChecks, EbsTiming, ControlEndpoint,
         before = self.ebs_before(action, params, scope)
         token = dict(params).get("ClientToken")
         replayed = False
-        if action in EBS_CHECKED:
+        if action in QUOTA_CHECKED and not (token and realism.token_seen(scope + (token,))):
+            # checked and carried out one at a time: two creates cannot both
+            # take the last of a quota
+            with realism.quota_lock:
+                refusal = quota_refusal(realism, self.moto_host, self.moto_port, scope, action,
+                                        params)
+                if refusal:
+                    realism.count("quota_refusals", action)
+                    self.send_error_xml(400, refusal[0], refusal[1])
+                    return "%s (over the account's quota)" % refusal[0]
+                if token:
+                    status, headers, data, replayed = self.idempotent(action, params, body, scope,
+                                                                      token)
+                    if status is None:
+                        return "IdempotentParameterMismatch"
+                else:
+                    status, headers, data = self.forward(body)
+        elif action in EBS_CHECKED:
             with realism.ebs_lock:
                 refusal, body, path = self.ebs_check(action, params, body, scope)
                 if refusal:

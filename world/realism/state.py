@@ -19,6 +19,7 @@ class Realism:
         self.lock = threading.RLock()
         self.tokens = {}  # (account, region, token) -> TokenEntry
         self.ebs_lock = threading.Lock()
+        self.quota_lock = threading.Lock()
         self.reset()
 
     def reset(self):
@@ -32,7 +33,7 @@ class Realism:
             self.ebs_windows = {}
             self.counters = {"calls": {}, "faults": {}, "replays": {}, "mismatches": {},
                              "not_found": {}, "hidden_items": {}, "pending_shown": {},
-                             "refusals": {}, "ebs_shown": {}}
+                             "refusals": {}, "ebs_shown": {}, "quota_refusals": {}}
 
     def forget_moto_state(self):
         """moto was reset: tokens and hidden resources refer to nothing now."""
@@ -191,6 +192,12 @@ class Realism:
                 entry = TokenEntry(fingerprint)
                 self.tokens[key] = entry
             return entry
+
+    def token_seen(self, key):
+        """Whether a ClientToken already has an answer (a retry replays it)."""
+        with self.lock:
+            entry = self.tokens.get(key)
+            return entry is not None and entry.response is not None
 
     def drop_token(self, key, entry):
         with self.lock:
