@@ -1117,6 +1117,8 @@ async fn ec2_no_zone_offering_every_instance_type_is_terminal_and_names_them() {
     assert_eq!(s.status.as_ref().and_then(|st| st.phase), Some(votingstack::api::Phase::Failed));
     let subnets = w.client.describe_subnets().filters(stack_filter()).send().await.unwrap();
     assert!(subnets.subnets().is_empty(), "no subnet without a zone: {:?}", subnets.subnets());
+    let igws = w.client.describe_internet_gateways().filters(stack_filter()).send().await.unwrap();
+    assert!(igws.internet_gateways().is_empty(), "nothing after the refused subnet: {igws:?}");
     assert_eq!(network(&s).availability_zone, None);
 }
 
