@@ -133,9 +133,12 @@ pub struct NetworkSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("egress is immutable; create a new VotingStack instead"))]
     pub egress: Egress,
-    /// Availability zone of both subnets. When unset the operator picks the
-    /// first zone (by name) that offers every instance type of the stack, and
-    /// records it in `status.network.availabilityZone`.
+    /// Availability zone of both subnets. When unset the operator picks,
+    /// when it creates the network, one of the region's availability zones
+    /// (never a Local or Wavelength Zone) that offers every instance type of
+    /// the stack, by a stable hash of `namespace/name` so that stacks spread
+    /// over the zones, and records it in `status.network.availabilityZone`.
+    /// A stack never moves out of its recorded zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_zone: Option<String>,
     /// Who may open SSH (port 22) to the hosts: the operator's egress addresses.

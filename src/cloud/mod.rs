@@ -169,6 +169,16 @@ pub enum CloudError {
     /// A snapshot was not `completed` within the wait; EC2 goes on copying.
     #[error("snapshot {id} is not completed after {seconds} s; EC2 goes on copying it (look again later)")]
     SnapshotWait { id: String, seconds: u64 },
+    /// No availability zone of the region offers every instance type of
+    /// the stack (Local and Wavelength Zones are not considered): no subnet
+    /// is created; a user has to change a type or the region.
+    #[error(
+        "no availability zone of {region} offers every instance type of the stack ({}): \
+         DescribeInstanceTypeOfferings lists none with all of them; choose types offered together in one zone \
+         (spec.instances.instanceType, spec.instances.<tier>.instanceType) or another region (spec.aws.region)",
+        types.join(", ")
+    )]
+    NoZoneOffers { region: String, types: Vec<String> },
     /// The stack's `spec.aws.endpoint` is not one the operator sends its
     /// signed requests to (see `api::endpoint`); nothing was sent.
     #[error("{0}")]
@@ -184,7 +194,7 @@ impl CloudError {
             }
             CloudError::SnapshotFailed { .. } => AwsErrorKind::Other,
             CloudError::Incomplete { .. } | CloudError::TokenReused { .. } => AwsErrorKind::Other,
-            CloudError::EndpointRefused(_) => AwsErrorKind::InvalidParameter,
+            CloudError::EndpointRefused(_) | CloudError::NoZoneOffers { .. } => AwsErrorKind::InvalidParameter,
             CloudError::Capacity { .. } => AwsErrorKind::Capacity,
         }
     }

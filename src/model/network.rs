@@ -371,8 +371,10 @@ pub fn key_identity(openssh: &str) -> String {
 pub enum ZoneChoice {
     /// The zone the spec names.
     Named(String),
-    /// The zone recorded in status (the other subnet's); without one, the
-    /// first zone by name that offers every one of these instance types.
+    /// The zone recorded in status (the other subnet's); without one, an
+    /// availability zone (not a Local or Wavelength Zone) that offers every
+    /// one of these instance types, picked by a stable hash of the stack's
+    /// `namespace/name` so that stacks spread over the region's zones.
     Offering(Vec<String>),
 }
 
@@ -380,7 +382,7 @@ impl fmt::Display for ZoneChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ZoneChoice::Named(az) => write!(f, "in {az}"),
-            ZoneChoice::Offering(types) => write!(f, "in the first zone offering {}", types.join(", ")),
+            ZoneChoice::Offering(types) => write!(f, "in a zone offering {}", types.join(", ")),
         }
     }
 }

@@ -46,13 +46,13 @@ fn cli_offline_plan_of_a_new_stack_lists_everything_and_exits_2_on_request() {
     let at = |line: &str| lines.iter().position(|l| *l == line).unwrap_or_else(|| panic!("{line} in {plan}"));
     let network = [
         "+ create VPC 10.42.0.0/16",
-        "+ create public subnet 10.42.1.0/24 in the first zone offering t3.small",
+        "+ create public subnet 10.42.1.0/24 in a zone offering t3.small",
         "+ create internet gateway",
         "~ attach internet gateway to the VPC",
         "+ create public route table",
         "+ route 0.0.0.0/0 from the public subnet to the internet gateway",
         "~ associate public route table with the public subnet",
-        "+ create private subnet 10.42.2.0/24 in the first zone offering t3.small",
+        "+ create private subnet 10.42.2.0/24 in a zone offering t3.small",
         "+ allocate Elastic IP for the NAT gateway",
         "+ create NAT gateway in the public subnet",
         "+ create private route table",

@@ -442,6 +442,8 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
         "DescribeSnapshots",
         "CreateSnapshot",
         "DeleteSnapshot",
+        "DescribeAvailabilityZones",
+        "DescribeInstanceTypeOfferings",
     ] {
         assert!(actions.contains(&format!("ec2:{needed}")), "policy lacks ec2:{needed}");
     }

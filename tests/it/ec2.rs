@@ -271,8 +271,14 @@ async fn ec2_fresh_create_builds_the_network_and_three_instances() {
         .send()
         .await
         .unwrap();
-    let first_zone = offering.instance_type_offerings().iter().filter_map(|o| o.location()).min().map(String::from);
-    assert_eq!(net.availability_zone, first_zone, "the first zone offering t3.small");
+    let zone = net.availability_zone.clone().expect("zone recorded");
+    assert!(
+        offering.instance_type_offerings().iter().any(|o| o.location() == Some(zone.as_str())),
+        "{zone} offers t3.small"
+    );
+    let zones = c.describe_availability_zones().zone_names(&zone).send().await.unwrap();
+    assert_eq!(zones.availability_zones().len(), 1);
+    assert_eq!(zones.availability_zones()[0].zone_type(), Some("availability-zone"), "not a Local Zone");
 
     // The public table routes to the gateway, the private one to the NAT gateway.
     let igws = c.describe_internet_gateways().filters(stack_filter()).send().await.unwrap();
@@ -1094,6 +1100,26 @@ async fn ec2_retried_creates_are_adopted_and_unused_duplicates_deleted() {
     assert_eq!(lines, expected);
     assert_eq!(network(&s), net, "the stack kept its own network");
     assert_eq!(tagged_counts(&w.client).await, FULL);
+}
+
+#[tokio::test]
+async fn ec2_no_zone_offering_every_instance_type_is_terminal_and_names_them() {
+    let w = world();
+    let mut s = stack();
+    // Not offered in any zone of us-east-1 (moto's offerings follow AWS's).
+    s.spec.instances.database =
+        Some(votingstack::api::InstanceOverride { instance_type: Some("u-24tb1.metal".into()), ..Default::default() });
+    reconcile(&w, &mut s).await;
+    let (status, reason, message) = infra_condition(&s);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "AwsInvalidParameter"), "{message}");
+    assert!(message.contains("no availability zone of us-east-1"), "{message}");
+    assert!(message.contains("(t3.small, u-24tb1.metal)"), "{message}");
+    assert_eq!(s.status.as_ref().and_then(|st| st.phase), Some(votingstack::api::Phase::Failed));
+    let subnets = w.client.describe_subnets().filters(stack_filter()).send().await.unwrap();
+    assert!(subnets.subnets().is_empty(), "no subnet without a zone: {:?}", subnets.subnets());
+    let igws = w.client.describe_internet_gateways().filters(stack_filter()).send().await.unwrap();
+    assert!(igws.internet_gateways().is_empty(), "nothing after the refused subnet: {igws:?}");
+    assert_eq!(network(&s).availability_zone, None);
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 mod inventory;
 mod steps;
+mod zones;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -20,7 +21,8 @@ use super::instances::Placement;
 use super::{filter, stack_filter, tag_value, Ec2Cloud};
 
 pub(super) use inventory::{existing_rules, nat_state, permission, Inventory};
-use inventory::{first_zone_offering, is_complete, serves_every_tier};
+use inventory::{is_complete, serves_every_tier};
+use zones::{choose_zone, RegionZone, AVAILABILITY_ZONE, AVAILABLE};
 
 impl Ec2Cloud {
     /// Fills the stack's subnets, route tables and security groups in (by tag).
@@ -154,9 +156,17 @@ impl Ec2Cloud {
         Ok(Some(groups))
     }
 
-    /// The zone a new subnet goes to: the named one, the recorded one, else
-    /// the first (by name) offering every instance type of the stack.
-    async fn resolve_zone(&self, zone: &ZoneChoice, ids: &NetworkStatus) -> Result<String, CloudError> {
+    /// The zone a new subnet goes to: the named one, the recorded one (a
+    /// stack never moves), else the one [`choose_zone`] picks for the stack
+    /// among the region's availability zones offering every instance type
+    /// of the stack. Only this last case calls EC2 (DescribeAvailabilityZones
+    /// and DescribeInstanceTypeOfferings), once, when the network is created.
+    async fn resolve_zone(
+        &self,
+        stack: &StackIdentity,
+        zone: &ZoneChoice,
+        ids: &NetworkStatus,
+    ) -> Result<String, CloudError> {
         let types = match zone {
             ZoneChoice::Named(az) => return Ok(az.clone()),
             ZoneChoice::Offering(_) if ids.availability_zone.is_some() => {
@@ -164,6 +174,26 @@ impl Ec2Cloud {
             }
             ZoneChoice::Offering(types) => types,
         };
+        let zones: Vec<RegionZone> = self
+            .call(
+                "DescribeAvailabilityZones",
+                self.client
+                    .describe_availability_zones()
+                    .filters(filter("zone-type", [AVAILABILITY_ZONE.to_owned()]))
+                    .filters(filter("state", [AVAILABLE.to_owned()]))
+                    .send(),
+            )
+            .await?
+            .availability_zones()
+            .iter()
+            .filter_map(|z| {
+                Some(RegionZone {
+                    name: z.zone_name()?.to_owned(),
+                    zone_type: z.zone_type().map(str::to_owned),
+                    state: z.state().map(|s| s.as_str().to_owned()),
+                })
+            })
+            .collect();
         let operation = "DescribeInstanceTypeOfferings";
         let mut offered: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
         let mut token: Option<String> = None;
@@ -189,11 +219,13 @@ impl Ec2Cloud {
                 _ => break,
             }
         }
-        let zone = first_zone_offering(&offered, types).ok_or(CloudError::Incomplete {
-            operation,
-            missing: "availability zone offering every instance type of the stack",
-        })?;
-        info!(%zone, ?types, "chose the first availability zone offering every instance type");
+        let owner = stack.tag_value();
+        let Some(zone) = choose_zone(&zones, &offered, types, &owner) else {
+            let region = self.client.config().region().map(|r| r.to_string()).unwrap_or_default();
+            return Err(CloudError::NoZoneOffers { region, types: types.clone() });
+        };
+        let candidates = zones.len();
+        info!(stack = %owner, %zone, ?types, candidates, "chose the stack's availability zone");
         Ok(zone)
     }
 }

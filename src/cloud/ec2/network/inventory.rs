@@ -457,11 +457,6 @@ pub(in crate::cloud::ec2) fn existing_rules(
     rules
 }
 
-/// The first zone by name that offers every one of `types`.
-pub(super) fn first_zone_offering(offered: &BTreeMap<String, BTreeSet<String>>, types: &[String]) -> Option<String> {
-    offered.iter().find(|(_, have)| types.iter().all(|t| have.contains(t))).map(|(zone, _)| zone.clone())
-}
-
 /// Description of a tier's security group: what it lets in.
 pub(super) fn group_description(stack: &StackIdentity, tier: Tier) -> String {
     let what = match tier {

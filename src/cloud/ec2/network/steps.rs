@@ -100,7 +100,7 @@ impl Ec2Cloud {
     ) -> Result<(), CloudError> {
         let c = &self.client;
         let vpc_id = need(&ids.vpc_id, "CreateSubnet", "VPC id")?;
-        let az = self.resolve_zone(zone, ids).await?;
+        let az = self.resolve_zone(stack, zone, ids).await?;
         let subnet_name = role_name(stack, role);
         let create = async {
             let out = self
