@@ -49,6 +49,9 @@ def default_config():
         "drop": {},
         "fail_next": {},
         "fault_access_keys": [],
+        # launches that encrypt a volume with the account's default key die
+        # at once (StateReason Client.InternalError), see launch_kms.py
+        "unusable_kms": False,
     }
 
 
@@ -78,9 +81,9 @@ def apply_changes(cfg, changes):
             new[key] = _number(key, value, 0, MAX_CONSISTENCY_SECONDS)
         elif key == "pending_seconds" or key in EBS_SECONDS:
             new[key] = _number(key, value, 0, 600)
-        elif key == "consistency_random":
+        elif key in ("consistency_random", "unusable_kms"):
             if not isinstance(value, bool):
-                raise ConfigError("consistency_random must be true or false, not %r" % (value,))
+                raise ConfigError("%s must be true or false, not %r" % (key, value))
             new[key] = value
         elif key == "seed":
             if isinstance(value, bool) or not isinstance(value, int):
@@ -147,11 +150,13 @@ def config_from_env(env):
                 changes[key] = float(env[var])
             except ValueError:
                 raise ConfigError("%s=%r is not a number of seconds" % (var, env[var]))
-    if env.get("VS_REALISM_CONSISTENCY_RANDOM", "").strip():
-        v = env["VS_REALISM_CONSISTENCY_RANDOM"].strip().lower()
-        if v not in ("0", "1", "true", "false", "yes", "no"):
-            raise ConfigError("VS_REALISM_CONSISTENCY_RANDOM=%r: use 1 or 0" % v)
-        changes["consistency_random"] = v in ("1", "true", "yes")
+    for var, key in (("VS_REALISM_CONSISTENCY_RANDOM", "consistency_random"),
+                     ("VS_REALISM_UNUSABLE_KMS", "unusable_kms")):
+        if env.get(var, "").strip():
+            v = env[var].strip().lower()
+            if v not in ("0", "1", "true", "false", "yes", "no"):
+                raise ConfigError("%s=%r: use 1 or 0" % (var, v))
+            changes[key] = v in ("1", "true", "yes")
     if env.get("VS_REALISM_SEED", "").strip():
         try:
             changes["seed"] = int(env["VS_REALISM_SEED"])
