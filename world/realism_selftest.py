@@ -181,12 +181,22 @@ def unusable_kms_checks(ctl, ec2, truth, launch, made):
     check(described(alive)["State"]["Name"] == "running", "a launch naming a KMS key must run")
     plain = launch(ec2)["Instances"][0]["InstanceId"]
     check(described(plain)["State"]["Name"] == "running", "a launch without encryption must run")
+    # a list of access keys: only calls signed with one of them die
+    ctl.set(unusable_kms=["someone-else"])
+    other = launch(ec2, BlockDeviceMappings=encrypted())["Instances"][0]["InstanceId"]
+    check(described(other)["State"]["Name"] == "running",
+          "unusable_kms for another access key must not kill this caller's launch")
+    ctl.set(unusable_kms=["testing"])
+    mine = launch(ec2, BlockDeviceMappings=encrypted())["Instances"][0]["InstanceId"]
+    check(described(mine)["State"]["Name"] == "terminated",
+          "unusable_kms for this caller's access key must kill its launch")
     ctl.set(unusable_kms=False, pending_seconds=before["pending_seconds"],
             consistency_seconds=before["consistency_seconds"])
     back = launch(ec2, BlockDeviceMappings=encrypted())["Instances"][0]["InstanceId"]
     check(described(back)["State"]["Name"] in ("pending", "running"),
           "unusable_kms off: the launch must run, is %s" % described(back)["State"])
-    step("unusable_kms: %s terminated at launch (Client.InternalError); with a key, "
+    step("unusable_kms: %s terminated at launch (Client.InternalError), also for a listed "
+         "access key; with a key, another access key, "
          "unencrypted or knob off they run" % dead)
 
 

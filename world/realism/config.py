@@ -50,7 +50,9 @@ def default_config():
         "fail_next": {},
         "fault_access_keys": [],
         # launches that encrypt a volume with the account's default key die
-        # at once (StateReason Client.InternalError), see launch_kms.py
+        # at once (StateReason Client.InternalError), see launch_kms.py: for
+        # callers in the fault scope (true), or signing with one of a list of
+        # access key ids
         "unusable_kms": False,
     }
 
@@ -81,10 +83,17 @@ def apply_changes(cfg, changes):
             new[key] = _number(key, value, 0, MAX_CONSISTENCY_SECONDS)
         elif key == "pending_seconds" or key in EBS_SECONDS:
             new[key] = _number(key, value, 0, 600)
-        elif key in ("consistency_random", "unusable_kms"):
+        elif key == "consistency_random":
             if not isinstance(value, bool):
-                raise ConfigError("%s must be true or false, not %r" % (key, value))
+                raise ConfigError("consistency_random must be true or false, not %r" % (value,))
             new[key] = value
+        elif key == "unusable_kms":
+            ok = isinstance(value, bool) or (
+                isinstance(value, list) and all(isinstance(k, str) and k for k in value))
+            if not ok:
+                raise ConfigError("unusable_kms must be true, false or a list of access key ids, "
+                                  "not %r" % (value,))
+            new[key] = list(value) if isinstance(value, list) else value
         elif key == "seed":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError("seed must be an integer, not %r" % (value,))

@@ -45,9 +45,9 @@ class LaunchKms:
         """After moto launched: terminate the instances of a launch that
         uses the unusable default key, and remember why they died."""
         realism = self.realism
-        if action != "RunInstances" or status != 200 or not realism.config["unusable_kms"]:
+        if action != "RunInstances" or status != 200 or not self.hit_by_unusable_kms():
             return
-        if not realism.in_fault_scope(self.access_key()) or not uses_default_key(params):
+        if not uses_default_key(params):
             return
         ids = [e.text["instanceId"] for e in scan(data, {LAUNCHED_ITEM}) if e.text.get("instanceId")]
         if not ids:
@@ -61,6 +61,14 @@ class LaunchKms:
             realism.kill_at_launch(scope, iid)
             realism.count("launches_killed", action)
         log("RunInstances: %s terminated at launch, %s (unusable_kms)" % (", ".join(ids), CODE))
+
+    def hit_by_unusable_kms(self):
+        """Whether the knob applies to this caller: true, for callers in the
+        fault scope; a list, for calls signed with one of its access keys."""
+        knob = self.realism.config["unusable_kms"]
+        if isinstance(knob, list):
+            return self.access_key() in knob
+        return bool(knob) and self.realism.in_fault_scope(self.access_key())
 
     def launch_kms_rewrite(self, action, scope, data):
         """DescribeInstances: an instance killed at launch carries EC2's
