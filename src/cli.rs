@@ -350,7 +350,14 @@ pub async fn plan(engine: Option<&Engine>, manifest: &Manifest, state_path: &Pat
             let key = crate::engine::desired_key_pair(&ident, manifest.ssh_key().ok().as_ref());
             // Looked up as none: a stack without state owns no data volume yet.
             let nothing = ObservedInfra { data_volumes: Some(Vec::new()), ..Default::default() };
-            Ok(crate::engine::plan::plan(&stack.spec, &state.status, &nothing, &BTreeMap::new(), &key))
+            Ok(crate::engine::plan::plan(
+                &stack.spec,
+                &state.status,
+                &nothing,
+                &BTreeMap::new(),
+                &key,
+                stack.metadata.generation,
+            ))
         }
     }
 }

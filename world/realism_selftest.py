@@ -19,6 +19,8 @@ itself (the truth, when --moto is given) that:
   answers VolumeInUse; DetachVolume works without InstanceId; an attached
   volume shows in the instance's BlockDeviceMappings; terminating the
   instance leaves the volume available; CreateVolume honours ClientToken.
+* a launch encrypting a volume with the default key dies at once with
+  StateReason Client.InternalError while unusable_kms is on;
 * EBS takes time as on EC2: a new volume is creating (AttachVolume:
   IncorrectState), an attach attaching, a detach detaching (AttachVolume
   elsewhere: VolumeInUse), a terminated instance shutting-down while it
@@ -144,6 +146,58 @@ def error_of(fn, **kw):
 
 NO_EBS_WINDOWS = {"volume_creating_seconds": 0, "attach_seconds": 0, "detach_seconds": 0,
                   "shutting_down_seconds": 0, "snapshot_seconds": 0}
+
+
+def unusable_kms_checks(ctl, ec2, truth, launch, made):
+    """unusable_kms: a launch encrypting its root volume with the default key
+    dies at once with StateReason Client.InternalError; one naming a key runs."""
+    before = ctl.get()["config"]
+    ctl.set(unusable_kms=True, pending_seconds=0, consistency_seconds=0, throttle={})
+    root = ec2.describe_images(ImageIds=[launch.ami])["Images"][0]["RootDeviceName"]
+
+    def encrypted(**ebs):
+        return [{"DeviceName": root, "Ebs": dict(Encrypted=True, VolumeType="gp3", VolumeSize=8,
+                                                 DeleteOnTermination=True, **ebs)}]
+
+    def described(iid):
+        return ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    dead = launch(ec2, BlockDeviceMappings=encrypted())["Instances"][0]["InstanceId"]
+    inst = described(dead)
+    check(inst["State"]["Name"] == "terminated",
+          "unusable_kms: a launch with the default key must be terminated, is %s" % inst["State"])
+    check(inst.get("StateReason") == {"Code": "Client.InternalError",
+                                      "Message": "Client.InternalError: Client error on launch"},
+          "unusable_kms: StateReason %s" % inst.get("StateReason"))
+    listed = ec2.describe_instances(Filters=[{"Name": "subnet-id", "Values": [made["subnet"]]}])
+    reasons = [i.get("StateReason", {}).get("Code") for r in listed["Reservations"]
+               for i in r["Instances"] if i["InstanceId"] == dead]
+    check(reasons == ["Client.InternalError"], "a filtered listing shows the reason too: %s" % reasons)
+    check(ctl.counter("launches_killed", "RunInstances") == 1, "the killed launch is not counted")
+    if truth:
+        check(truth.describe_instances(InstanceIds=[dead])["Reservations"][0]["Instances"][0]
+              ["State"]["Name"] == "terminated", "moto itself must say terminated")
+    key = "arn:aws:kms:us-east-1:%s:key/1234abcd-12ab-34cd-56ef-1234567890ab" % ACCOUNT
+    alive = launch(ec2, BlockDeviceMappings=encrypted(KmsKeyId=key))["Instances"][0]["InstanceId"]
+    check(described(alive)["State"]["Name"] == "running", "a launch naming a KMS key must run")
+    plain = launch(ec2)["Instances"][0]["InstanceId"]
+    check(described(plain)["State"]["Name"] == "running", "a launch without encryption must run")
+    # a list of access keys: only calls signed with one of them die
+    ctl.set(unusable_kms=["someone-else"])
+    other = launch(ec2, BlockDeviceMappings=encrypted())["Instances"][0]["InstanceId"]
+    check(described(other)["State"]["Name"] == "running",
+          "unusable_kms for another access key must not kill this caller's launch")
+    ctl.set(unusable_kms=["testing"])
+    mine = launch(ec2, BlockDeviceMappings=encrypted())["Instances"][0]["InstanceId"]
+    check(described(mine)["State"]["Name"] == "terminated",
+          "unusable_kms for this caller's access key must kill its launch")
+    ctl.set(unusable_kms=False, pending_seconds=before["pending_seconds"],
+            consistency_seconds=before["consistency_seconds"])
+    back = launch(ec2, BlockDeviceMappings=encrypted())["Instances"][0]["InstanceId"]
+    check(described(back)["State"]["Name"] in ("pending", "running"),
+          "unusable_kms off: the launch must run, is %s" % described(back)["State"])
+    step("unusable_kms: %s terminated at launch (Client.InternalError), also for a listed "
+         "access key; with a key, another access key, "
+         "unencrypted or knob off they run" % dead)
 
 
 def ebs_timing_checks(ctl, ec2, launch, made):
@@ -428,6 +482,7 @@ def main():
                             SubnetId=made["subnet"], **kw)
         made["instances"] += [i["InstanceId"] for i in r["Instances"]]
         return r
+    launch.ami = ami
 
     def instances_in_subnet(c):
         res = c.describe_instances(Filters=[{"Name": "subnet-id", "Values": [made["subnet"]]}])
@@ -582,6 +637,7 @@ def main():
         check(again == errs, "the same seed must give the same faults")
         step("throttle 0.5 with seed 7: %d of 20 throttled, counted, same again" % throttled)
 
+        unusable_kms_checks(ctl, ec2, truth, launch, made)
         ebs_checks(ctl, ec2, truth, launch, made)
         ebs_timing_checks(ctl, ec2, launch, made)
         quota_checks(ctl, ec2, endpoint, made)

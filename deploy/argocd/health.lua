@@ -18,6 +18,7 @@ local terminal = {
   AwsQuotaExceeded = true,
   HostKeyMismatch = true,
   DataVolumeUnusable = true,
+  InstanceLaunchFailed = true,
 }
 
 local function readyCondition(status)

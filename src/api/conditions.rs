@@ -128,6 +128,11 @@ pub enum Reason {
     InstancesRunning,
     Provisioning,
     InstanceDrift,
+    /// EC2 terminated a tier's instance at launch (StateReason
+    /// `Client.InternalError`, `Client.VolumeLimitExceeded`, ...): the tier
+    /// is not launched again until the spec changes. Also in the tier's
+    /// condition.
+    InstanceLaunchFailed,
     /// A subnet's zone or CIDR differs from the spec or status.
     NetworkDrift,
     AwsAuthFailed,
@@ -175,6 +180,7 @@ impl Reason {
             Reason::InstancesRunning => "InstancesRunning",
             Reason::Provisioning => "Provisioning",
             Reason::InstanceDrift => "InstanceDrift",
+            Reason::InstanceLaunchFailed => "InstanceLaunchFailed",
             Reason::NetworkDrift => "NetworkDrift",
             Reason::AwsAuthFailed => "AwsAuthFailed",
             Reason::AwsInvalidParameter => "AwsInvalidParameter",
@@ -212,6 +218,7 @@ impl Reason {
                 | Reason::AwsQuotaExceeded
                 | Reason::HostKeyMismatch
                 | Reason::DataVolumeUnusable
+                | Reason::InstanceLaunchFailed
         )
     }
 }
@@ -310,6 +317,7 @@ mod tests {
     fn terminal_reasons_are_the_ones_a_user_must_fix() {
         assert!(Reason::InvalidSpec.is_terminal());
         assert!(Reason::HostKeyMismatch.is_terminal());
+        assert!(Reason::InstanceLaunchFailed.is_terminal());
         assert!(!Reason::SshUnreachable.is_terminal());
         assert!(!Reason::AwsThrottled.is_terminal());
     }

@@ -183,6 +183,22 @@ pub struct InstancesSpec {
     /// false such drift is only reported in InfrastructureReady.
     #[serde(default)]
     pub allow_replacement: bool,
+    /// KMS key that encrypts the hosts' root volumes and the database's
+    /// data volume: a key id, key ARN, alias (`alias/NAME`) or alias ARN.
+    /// Unset, EC2 uses the account's default EBS encryption key. Set it
+    /// when that default is a customer-managed key the operator may not use
+    /// (instances then die at launch: `InstanceLaunchFailed`). It applies to
+    /// volumes created after it is set or changed: instances launched from
+    /// then on and a data volume created from then on; existing volumes
+    /// keep the key they were encrypted with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 2048),
+        regex(
+            pattern = r"^(alias/[a-zA-Z0-9/_-]{1,256}|(mrk-[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key/(mrk-[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})|alias/[a-zA-Z0-9/_-]{1,256}))$"
+        )
+    )]
+    pub kms_key_id: Option<String>,
     /// Overrides for the frontend host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub frontend: Option<InstanceOverride>,

@@ -187,9 +187,42 @@ pub struct TierStatus {
     /// How many times this tier's instance was replaced (part of the EC2 ClientToken).
     #[serde(default)]
     pub replacements: u32,
+    /// How many of this tier's instances EC2 terminated at launch (see
+    /// `lastLaunchFailure`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub launch_failures: u32,
+    /// The last instance of this tier that EC2 terminated at launch. While
+    /// it was recorded for the stack's current generation the tier is not
+    /// launched again: any change to the spec (such as setting
+    /// `spec.instances.kmsKeyId`) allows one more launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_launch_failure: Option<LaunchFailureStatus>,
     /// The stack's containers on this host.
     #[serde(default)]
     pub containers: Vec<ContainerStatus>,
+}
+
+/// An instance EC2 terminated at launch, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchFailureStatus {
+    pub instance_id: String,
+    /// EC2's StateReason code, such as `Client.InternalError`.
+    pub code: String,
+    /// EC2's StateReason message.
+    #[serde(default)]
+    pub message: String,
+    /// The `metadata.generation` the failure was seen at: no launch of the
+    /// tier follows until the generation moves on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// When the operator saw the instance terminated (RFC 3339).
+    #[serde(default)]
+    pub seen_at: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The database's data volume.

@@ -165,8 +165,56 @@ fn is_instance_type(s: &str) -> bool {
     }
 }
 
+/// A KMS key id (`1234abcd-...` or a multi-Region `mrk-...`).
+fn is_kms_key_uuid(s: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+    if let Some(rest) = s.strip_prefix("mrk-") {
+        return hex(rest, 32);
+    }
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() == 5 && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| hex(p, n))
+}
+
+/// An alias as KMS names them: `alias/` and 1-256 letters, digits, `/`, `_`, `-`.
+fn is_kms_alias(s: &str) -> bool {
+    s.strip_prefix("alias/").is_some_and(|name| {
+        (1..=256).contains(&name.len())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-'))
+    })
+}
+
+/// What EC2 takes as a volume's `KmsKeyId`: a key id, key ARN, alias or
+/// alias ARN (`arn:aws:kms:REGION:ACCOUNT:key/ID` or `...:alias/NAME`).
+pub fn is_kms_key_ref(s: &str) -> bool {
+    if is_kms_key_uuid(s) || is_kms_alias(s) {
+        return true;
+    }
+    let fields: Vec<&str> = s.splitn(6, ':').collect();
+    let [arn, partition, service, region, account, resource] = fields[..] else { return false };
+    arn == "arn"
+        && partition.starts_with("aws")
+        && partition.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+        && service == "kms"
+        && !region.is_empty()
+        && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && account.len() == 12
+        && account.chars().all(|c| c.is_ascii_digit())
+        && (resource.strip_prefix("key/").is_some_and(is_kms_key_uuid) || is_kms_alias(resource))
+}
+
 fn check_instances(p: &mut Problems, spec: &VotingStackSpec) {
     let inst = &spec.instances;
+    if let Some(key) = &inst.kms_key_id {
+        if !is_kms_key_ref(key) {
+            p.push(
+                "spec.instances.kmsKeyId",
+                format!(
+                    "{key:?} is not a KMS key id, key ARN, alias (alias/NAME) or alias ARN, such as \
+                     1234abcd-12ab-34cd-56ef-1234567890ab or arn:aws:kms:us-east-1:111122223333:alias/ebs"
+                ),
+            );
+        }
+    }
     if !is_ami_id(&inst.ami) {
         p.push("spec.instances.ami", format!("{:?} is not an AMI id such as ami-0abcdef1234567890", inst.ami));
     }
@@ -466,6 +514,36 @@ mod tests {
         s.database.backups.schedule = String::new();
         s.database.backups.keep = 0;
         assert_eq!(paths(&validate("demo", &s)), ["spec.database.backups.keep"]);
+    }
+
+    #[test]
+    fn a_kms_key_is_an_id_an_arn_or_an_alias() {
+        for good in [
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+            "mrk-1234abcd12ab34cd56ef1234567890ab",
+            "alias/ebs-votingstack",
+            "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws-us-gov:kms:us-gov-west-1:111122223333:alias/ebs/team_a",
+        ] {
+            let mut s = spec();
+            s.instances.kms_key_id = Some(good.into());
+            assert_eq!(validate("demo", &s), vec![], "{good}");
+        }
+        for bad in [
+            "",
+            "my-key",
+            "1234ABCD-12ab-34cd-56ef-1234567890ab",
+            "alias/",
+            "alias/with space",
+            "arn:aws:kms:us-east-1:1111:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:ec2:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+            "arn:aws:kms:us-east-1:111122223333:key/alias",
+        ] {
+            let mut s = spec();
+            s.instances.kms_key_id = Some(bad.into());
+            let errors = validate("demo", &s);
+            assert_eq!(paths(&errors), ["spec.instances.kmsKeyId"], "{bad:?}");
+        }
     }
 
     #[test]

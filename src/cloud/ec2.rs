@@ -444,8 +444,9 @@ impl Cloud for Ec2Cloud {
         size_gib: i32,
         n: u32,
         from_snapshot: Option<&str>,
+        kms_key_id: Option<&str>,
     ) -> Result<ObservedVolume, CloudError> {
-        self.create_volume(stack, zone, size_gib, n, from_snapshot).await
+        self.create_volume(stack, zone, size_gib, n, from_snapshot, kms_key_id).await
     }
 
     async fn snapshots(&self, stack: &StackIdentity) -> Result<Vec<ObservedSnapshot>, CloudError> {

@@ -273,7 +273,8 @@ pub trait Cloud: Send + Sync {
     /// Creates the stack's `n`-th data volume (gp3, encrypted, tagged) in
     /// `zone`, with a ClientToken made of the stack and `n`; from the
     /// snapshot `from_snapshot` when given, tagged with its origin
-    /// ([`crate::model::snapshot::ORIGIN_TAG`]) so it is never formatted.
+    /// ([`crate::model::snapshot::ORIGIN_TAG`]) so it is never formatted;
+    /// encrypted with `kms_key_id`, else the account's default EBS key.
     async fn create_data_volume(
         &self,
         stack: &StackIdentity,
@@ -281,6 +282,7 @@ pub trait Cloud: Send + Sync {
         size_gib: i32,
         n: u32,
         from_snapshot: Option<&str>,
+        kms_key_id: Option<&str>,
     ) -> Result<ObservedVolume, CloudError>;
 
     /// The stack's snapshots of its data volume (DescribeSnapshots of the

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info, warn};
 
-use crate::api::{NetworkStatus, Tier, VotingStack, VotingStackStatus};
+use crate::api::{NetworkStatus, Tier, VotingStack, VotingStackSpec, VotingStackStatus};
 use crate::cloud::{Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
 use crate::host::SshKey;
 use crate::model::snapshot::FINAL_SLOT;
@@ -18,11 +18,12 @@ use crate::timeline::{self, Stage};
 
 use super::backups::wait_completed;
 use super::conditions::infrastructure::infrastructure;
+use super::conditions::tiers::launch_failed;
 use super::failure::Failure;
 use super::network::{network_drift, teardown_steps};
 use super::plan::{network_lookup, plan_infra, InfraPlan};
 use super::reconcile::{Engine, Run};
-use super::status::{mark_running, record_burnt_token, record_launch};
+use super::status::{mark_running, now, record_burnt_token, record_launch, record_launch_failures};
 use super::worker_hold::{infra_moves_database, infra_step_moves_database};
 
 impl Engine {
@@ -57,7 +58,9 @@ impl Engine {
             warn!(stack = %ident.tag_value(), "network drift: {d}");
         }
         let key_pair = desired_key_pair(ident, Some(key));
-        let before = plan_infra(spec, &run.status, &infra, &key_pair);
+        let generation = stack.metadata.generation;
+        let before = plan_infra(spec, &run.status, &infra, &key_pair, generation);
+        note_launch_failures(ident, &before, generation, run);
         let mut actions = before.actions.clone();
         if let Some(why) = infra_moves_database(&actions).filter(|_| !spec.paused) {
             // The worker stops between votes before postgres goes away.
@@ -84,7 +87,7 @@ impl Engine {
                 } else if let Some(began) = network_began.take() {
                     timeline::span(&ident.tag_value(), Stage::Network, "", began);
                 }
-                match self.act_infra(ident, key, action, &mut ids, run).await {
+                match self.act_infra(ident, spec, key, action, &mut ids, run).await {
                     Ok(done) => run.applied.push(done.into()),
                     Err(e) => return run.cloud_failed(e),
                 }
@@ -98,9 +101,13 @@ impl Engine {
             };
         }
         debug!(stack = %ident.tag_value(), calls = self.cloud.api_calls() - calls_before, "EC2 calls this reconcile");
-        let after = plan_infra(spec, &run.status, &infra, &key_pair);
-        let finding = infrastructure(&drift, run.status.network.as_ref(), &after.keepers, &after.drift);
+        let after = plan_infra(spec, &run.status, &infra, &key_pair, generation);
+        note_launch_failures(ident, &after, generation, run);
+        let finding = infrastructure(&drift, run.status.network.as_ref(), &after);
         run.findings.infrastructure = Some(finding);
+        for failure in after.launch_failures.values() {
+            run.findings.tiers.insert(failure.tier, launch_failed(failure));
+        }
         Some(after)
     }
 
@@ -146,6 +153,7 @@ impl Engine {
     pub(super) async fn act_infra(
         &self,
         ident: &StackIdentity,
+        spec: &VotingStackSpec,
         key: &SshKey,
         action: &InfraAction,
         ids: &mut NetworkStatus,
@@ -187,12 +195,20 @@ impl Engine {
                 self.cloud.terminate_instances(std::slice::from_ref(instance_id)).await?
             }
             InfraAction::DataVolume(step) => {
-                self.act_volume(ident, step, run).await?;
+                self.act_volume(ident, step, spec.instances.kms_key_id.as_deref(), run).await?;
             }
             // Reported by the backups phase, never planned here.
             InfraAction::Snapshot(_) => {}
         }
         Ok(action.clone())
+    }
+}
+
+/// Records in status the launches a plan found dead, and logs each the
+/// first time it is seen.
+fn note_launch_failures(ident: &StackIdentity, plan: &InfraPlan, generation: Option<i64>, run: &mut Run) {
+    for f in record_launch_failures(&mut run.status, plan.launch_failures.values(), generation, &now()) {
+        warn!(stack = %ident.tag_value(), tier = %f.tier, instance = %f.instance_id, code = %f.code, "{}", launch_failed(f).message);
     }
 }
 

@@ -31,6 +31,17 @@ pub struct InstanceDrift {
     pub what: String,
 }
 
+/// A tier whose instance EC2 terminated at launch, and which is not
+/// launched again for this generation of the spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchFailure {
+    pub tier: Tier,
+    pub instance_id: String,
+    /// EC2's StateReason code and message.
+    pub code: String,
+    pub message: String,
+}
+
 /// The EC2 half of a plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct InfraPlan {
@@ -38,6 +49,8 @@ pub struct InfraPlan {
     pub drift: Vec<InstanceDrift>,
     /// The instance kept for each tier (none while one is to be launched).
     pub keepers: BTreeMap<Tier, ObservedInstance>,
+    /// Tiers not launched because their last launch died (no keeper either).
+    pub launch_failures: BTreeMap<Tier, LaunchFailure>,
 }
 
 impl InfraPlan {
@@ -81,6 +94,56 @@ pub fn next_replacement(status: &VotingStackStatus, tier: Tier, infra: &Observed
     from_status.max(from_tokens)
 }
 
+/// The tier's recorded instance (the one the engine launched last), when
+/// EC2 ended it at launch: shutting down or terminated with a launch
+/// failure's StateReason (a `Client.*` code other than a shutdown someone
+/// asked for, so never an instance the engine terminated itself, which
+/// says `Client.UserInitiatedShutdown`), and never seen running nor reached
+/// over SSH (an instance that ran for a while did not die at launch).
+pub fn died_at_launch<'a>(
+    status: &VotingStackStatus,
+    tier: Tier,
+    infra: &'a ObservedInfra,
+) -> Option<&'a ObservedInstance> {
+    let recorded = status.tiers.as_ref()?.get(tier)?;
+    let id = recorded.instance_id.as_deref()?;
+    let ran = recorded.instance_state.as_deref() == Some(InstanceState::Running.as_str())
+        || recorded.host_key_fingerprint.is_some();
+    if ran {
+        return None;
+    }
+    infra
+        .instances
+        .iter()
+        .find(|i| i.id == id && !i.state.is_alive() && i.state_reason.as_ref().is_some_and(|r| r.is_launch_failure()))
+}
+
+/// Whether a tier without a live instance is held back from launching: its
+/// last launch died ([`died_at_launch`]) and that failure is new (it is
+/// recorded now, for this generation) or was recorded for this
+/// `generation`. A failure recorded for an older generation lets one launch
+/// go: the spec changed since, perhaps to fix it. So each generation gets
+/// one launch per tier that dies at launch, never a loop of them.
+pub fn launch_held(
+    status: &VotingStackStatus,
+    tier: Tier,
+    infra: &ObservedInfra,
+    generation: Option<i64>,
+) -> Option<LaunchFailure> {
+    let died = died_at_launch(status, tier, infra)?;
+    let reason = died.state_reason.as_ref()?;
+    let recorded = status.tiers.as_ref().and_then(|t| t.get(tier)).and_then(|t| t.last_launch_failure.as_ref());
+    if recorded.is_some_and(|r| r.instance_id == died.id && r.generation != generation) {
+        return None;
+    }
+    Some(LaunchFailure {
+        tier,
+        instance_id: died.id.clone(),
+        code: reason.code.clone(),
+        message: reason.message.clone(),
+    })
+}
+
 /// What RunInstances gets for a tier's n-th instance.
 pub fn instance_launch(spec: &VotingStackSpec, tier: Tier, replacement: u32) -> InstanceLaunch {
     InstanceLaunch {
@@ -90,6 +153,7 @@ pub fn instance_launch(spec: &VotingStackSpec, tier: Tier, replacement: u32) -> 
         replacement,
         public_ip: tier.is_public(),
         subnet: SubnetRole::of(tier),
+        kms_key_id: spec.instances.kms_key_id.clone(),
         user_data: None,
         launched: None,
     }
@@ -97,12 +161,15 @@ pub fn instance_launch(spec: &VotingStackSpec, tier: Tier, replacement: u32) -> 
 
 /// Plans the EC2 side: the network steps when the network was inventoried
 /// (a trusted network needs only its security group rules kept), then the
-/// instances.
+/// instances. `generation` is the stack's `metadata.generation` (None for a
+/// manifest file): a tier whose launch died is launched again only once it
+/// moves on ([`launch_held`]).
 pub fn plan_infra(
     spec: &VotingStackSpec,
     status: &VotingStackStatus,
     infra: &ObservedInfra,
     key: &DesiredKeyPair,
+    generation: Option<i64>,
 ) -> InfraPlan {
     let mut plan = InfraPlan::default();
     let steps = match &infra.network {
@@ -138,7 +205,12 @@ pub fn plan_infra(
         let mut replacement = next_replacement(status, tier, infra);
         let launch = |replacement| InfraAction::LaunchInstance(instance_launch(spec, tier, replacement));
         let Some(keeper) = keeper else {
-            plan.actions.push(launch(replacement));
+            match launch_held(status, tier, infra, generation) {
+                Some(failure) => {
+                    plan.launch_failures.insert(tier, failure);
+                }
+                None => plan.actions.push(launch(replacement)),
+            }
             continue;
         };
         let mut drift = Vec::new();
@@ -284,8 +356,9 @@ pub fn plan(
     infra: &ObservedInfra,
     hosts: &BTreeMap<Tier, ObservedHost>,
     key: &DesiredKeyPair,
+    generation: Option<i64>,
 ) -> Plan {
-    let infra_plan = plan_infra(spec, status, infra, key);
+    let infra_plan = plan_infra(spec, status, infra, key, generation);
     let peers = infra_plan.peers();
     let mut actions: Vec<Action> = infra_plan.actions.iter().cloned().map(Action::Infra).collect();
     if let Some(found) = &infra.data_volumes {
@@ -300,6 +373,8 @@ pub fn plan(
     }
     let view_of = |tier: Tier| match (hosts.get(&tier), infra_plan.keepers.get(&tier)) {
         (Some(host), Some(_)) => HostView::Observed(host),
+        // A tier held back after its launch died gets nothing planned.
+        (_, None) if infra_plan.launch_failures.contains_key(&tier) => HostView::Unavailable,
         (_, None) => HostView::NotCreated,
         (None, Some(_)) => HostView::Unavailable,
     };

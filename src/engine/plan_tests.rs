@@ -80,7 +80,7 @@ fn lines(plan: &Plan) -> Vec<String> {
 
 #[test]
 fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
-    let plan = plan(&spec(), &VotingStackStatus::default(), &ObservedInfra::default(), &BTreeMap::new(), &key());
+    let plan = plan(&spec(), &VotingStackStatus::default(), &ObservedInfra::default(), &BTreeMap::new(), &key(), None);
     let tiers: Vec<_> = plan
         .actions
         .iter()
@@ -125,7 +125,7 @@ fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
 #[test]
 fn a_fresh_stack_s_plan_creates_the_data_volume_after_the_instances() {
     let looked_up = ObservedInfra { data_volumes: Some(Vec::new()), ..Default::default() };
-    let plan = plan(&spec(), &VotingStackStatus::default(), &looked_up, &BTreeMap::new(), &key());
+    let plan = plan(&spec(), &VotingStackStatus::default(), &looked_up, &BTreeMap::new(), &key(), None);
     let at = plan.actions.iter().position(|a| matches!(a, Action::Infra(InfraAction::DataVolume(_))));
     let last_launch = plan.actions.iter().rposition(|a| matches!(a, Action::Infra(InfraAction::LaunchInstance(_))));
     assert!(at > last_launch, "{:?}", lines(&plan));
@@ -137,13 +137,13 @@ fn a_fresh_stack_s_plan_creates_the_data_volume_after_the_instances() {
 
 #[test]
 fn a_volume_not_looked_up_plans_no_volume_step() {
-    let plan = plan(&spec(), &VotingStackStatus::default(), &ObservedInfra::default(), &BTreeMap::new(), &key());
+    let plan = plan(&spec(), &VotingStackStatus::default(), &ObservedInfra::default(), &BTreeMap::new(), &key(), None);
     assert!(!plan.actions.iter().any(|a| matches!(a, Action::Infra(InfraAction::DataVolume(_)))));
 }
 
 #[test]
 fn converged_stack_plans_nothing() {
-    let plan = plan(&spec(), &status(), &infra(), &converged_hosts(), &key());
+    let plan = plan(&spec(), &status(), &infra(), &converged_hosts(), &key(), None);
     assert_eq!(lines(&plan), Vec::<String>::new());
     assert!(plan.drift.is_empty());
 }
@@ -152,7 +152,7 @@ fn converged_stack_plans_nothing() {
 fn missing_container_is_created() {
     let mut hosts = converged_hosts();
     hosts.get_mut(&Tier::Backend).unwrap().containers.retain(|c| c.name != "worker");
-    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key(), None);
     assert_eq!(plan.actions.len(), 1);
     assert!(
         matches!(&plan.actions[0], Action::Host(HostAction::CreateContainer { container, reason: CreateReason::Missing }) if container.name == "worker")
@@ -163,7 +163,7 @@ fn missing_container_is_created() {
 fn stopped_container_is_started_not_recreated() {
     let mut hosts = converged_hosts();
     hosts.get_mut(&Tier::Database).unwrap().containers[0].state = "exited".into();
-    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key(), None);
     assert_eq!(
         lines(&plan),
         [
@@ -174,7 +174,7 @@ fn stopped_container_is_started_not_recreated() {
     );
     let mut hosts = converged_hosts();
     hosts.get_mut(&Tier::Frontend).unwrap().containers[0].state = "exited".into();
-    let plan = super::plan(&spec(), &status(), &infra(), &hosts, &key());
+    let plan = super::plan(&spec(), &status(), &infra(), &hosts, &key(), None);
     assert_eq!(lines(&plan), ["~ start frontend container vote (exited)"]);
 }
 
@@ -183,7 +183,7 @@ fn wrong_image_recreates_only_that_container() {
     let hosts = converged_hosts();
     let mut s = spec();
     s.app.images.result = "registry.example/result:2".into();
-    let plan = plan(&s, &status(), &infra(), &hosts, &key());
+    let plan = plan(&s, &status(), &infra(), &hosts, &key(), None);
     assert_eq!(plan.actions.len(), 1);
     assert!(
         matches!(&plan.actions[0], Action::Host(HostAction::CreateContainer { container, reason: CreateReason::ConfigChanged(Some(_)) }) if container.name == "result")
@@ -194,7 +194,7 @@ fn wrong_image_recreates_only_that_container() {
 fn changed_option_recreates_vote_and_result_only() {
     let mut s = spec();
     s.app.option_b = "Birds".into();
-    let plan = plan(&s, &status(), &infra(), &converged_hosts(), &key());
+    let plan = plan(&s, &status(), &infra(), &converged_hosts(), &key(), None);
     let names: Vec<_> = plan
         .actions
         .iter()
@@ -218,7 +218,7 @@ fn orphan_container_is_removed() {
         exit_code: None,
     };
     hosts.get_mut(&Tier::Backend).unwrap().containers.push(extra);
-    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key(), None);
     assert_eq!(lines(&plan), ["- remove backend container old-worker (not part of the stack)"]);
 }
 
@@ -228,7 +228,7 @@ fn changed_backend_ip_recreates_what_points_at_redis() {
     for i in infra.instances.iter_mut().filter(|i| i.tier == Some(Tier::Backend)) {
         i.private_ip = Some(Ipv4Addr::new(10, 42, 1, 9));
     }
-    let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key());
+    let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key(), None);
     let names: Vec<_> = plan
         .actions
         .iter()
@@ -244,7 +244,7 @@ fn changed_backend_ip_recreates_what_points_at_redis() {
 fn terminated_instance_is_replaced_with_the_next_client_token() {
     let mut infra = infra();
     infra.instances[0].state = InstanceState::Terminated;
-    let plan = plan_infra(&spec(), &status(), &infra, &key());
+    let plan = plan_infra(&spec(), &status(), &infra, &key(), None);
     assert!(matches!(
         &plan.actions[..],
         [InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Database, replacement: 1, .. })]
@@ -256,7 +256,7 @@ fn terminated_instance_is_replaced_with_the_next_client_token() {
 #[test]
 fn instance_found_by_tag_is_adopted_not_launched_again() {
     // RunInstances answered but the status write was lost: status knows nothing.
-    let plan = plan_infra(&spec(), &VotingStackStatus::default(), &infra(), &key());
+    let plan = plan_infra(&spec(), &VotingStackStatus::default(), &infra(), &key(), None);
     assert_eq!(plan.actions, []);
     assert_eq!(plan.keepers.len(), 3);
 }
@@ -265,7 +265,7 @@ fn instance_found_by_tag_is_adopted_not_launched_again() {
 fn stopped_instance_is_started() {
     let mut infra = infra();
     infra.instances[2].state = InstanceState::Stopped;
-    let plan = plan_infra(&spec(), &status(), &infra, &key());
+    let plan = plan_infra(&spec(), &status(), &infra, &key(), None);
     assert_eq!(plan.actions, [InfraAction::StartInstance { tier: Tier::Frontend, instance_id: "i-frontend".into() }]);
 }
 
@@ -275,7 +275,7 @@ fn duplicate_instances_keep_the_recorded_one() {
     let mut dup = instance(Tier::Backend, "i-0", InstanceState::Running);
     dup.launch_time = "2025-01-01T00:00:00Z".into();
     infra.instances.push(dup);
-    let plan = plan_infra(&spec(), &status(), &infra, &key());
+    let plan = plan_infra(&spec(), &status(), &infra, &key(), None);
     assert_eq!(
         lines(&Plan { actions: plan.actions.into_iter().map(Action::Infra).collect(), drift: vec![] }),
         ["- terminate backend instance i-0 (duplicate of the tier's instance)"]
@@ -288,7 +288,7 @@ fn untiered_instances_with_the_stack_tags_are_terminated() {
     let mut stray = instance(Tier::Backend, "i-stray", InstanceState::Running);
     stray.tier = None;
     infra.instances.push(stray);
-    let plan = plan_infra(&spec(), &status(), &infra, &key());
+    let plan = plan_infra(&spec(), &status(), &infra, &key(), None);
     assert!(matches!(
         &plan.actions[..],
         [InfraAction::TerminateInstance { tier: None, reason: TerminateReason::UnknownTier, .. }]
@@ -299,13 +299,13 @@ fn untiered_instances_with_the_stack_tags_are_terminated() {
 fn ami_drift_is_reported_unless_replacement_is_allowed() {
     let mut s = spec();
     s.instances.ami = "ami-0fedcba9876543210".into();
-    let plan = plan_infra(&s, &status(), &infra(), &key());
+    let plan = plan_infra(&s, &status(), &infra(), &key(), None);
     assert!(plan.actions.is_empty());
     assert_eq!(plan.drift.len(), 3);
     assert!(plan.drift[0].what.starts_with("AMI ami-0abcdef1234567890 → ami-0fedcba9876543210"));
 
     s.instances.allow_replacement = true;
-    let plan = plan_infra(&s, &status(), &infra(), &key());
+    let plan = plan_infra(&s, &status(), &infra(), &key(), None);
     assert!(matches!(&plan.actions[0], InfraAction::TerminateInstance { reason: TerminateReason::Replaced(_), .. }));
     assert!(matches!(
         &plan.actions[1],
@@ -319,7 +319,7 @@ fn docker_missing_installs_then_deploys_docker_down_only_starts_it() {
     let mut hosts = converged_hosts();
     hosts.get_mut(&Tier::Database).unwrap().docker = DockerState::Missing;
     hosts.get_mut(&Tier::Backend).unwrap().docker = DockerState::Down("socket closed".into());
-    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key(), None);
     assert_eq!(
         lines(&plan)[..],
         [
@@ -337,7 +337,7 @@ fn docker_missing_installs_then_deploys_docker_down_only_starts_it() {
 fn unreachable_host_gets_no_actions() {
     let mut hosts = converged_hosts();
     hosts.remove(&Tier::Frontend);
-    let plan = plan(&spec(), &status(), &infra(), &hosts, &key());
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key(), None);
     assert!(plan.is_empty());
 }
 
@@ -345,7 +345,7 @@ fn unreachable_host_gets_no_actions() {
 fn missing_network_is_created_first() {
     let mut infra = infra();
     infra.network = NetworkObservation::Inventory(ObservedNetwork::default());
-    let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key());
+    let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key(), None);
     let steps = network_steps(&ObservedNetwork::default(), &spec(), &key());
     assert_eq!(plan.actions, steps.into_iter().map(|s| Action::Infra(InfraAction::Network(s))).collect::<Vec<_>>());
 }
@@ -367,7 +367,7 @@ fn an_inventoried_network_that_matches_plans_only_what_differs() {
         ..Default::default()
     };
     infra.network = NetworkObservation::Inventory(found);
-    let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key());
+    let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key(), None);
     assert!(plan.actions.iter().all(|a| matches!(a, Action::Infra(InfraAction::Network(_)))));
     assert!(!lines(&plan).iter().any(|l| l.starts_with("+ create VPC")), "{:?}", lines(&plan));
     assert!(lines(&plan).contains(&"+ create public subnet 10.42.1.0/24 in a zone offering t3.small".to_string()));
@@ -383,7 +383,7 @@ fn database_type(instance_type: &str) -> VotingStackSpec {
 
 #[test]
 fn a_planned_replacement_of_the_database_instance_stops_the_worker_first() {
-    let plan = plan(&database_type("t3.large"), &status(), &infra(), &converged_hosts(), &key());
+    let plan = plan(&database_type("t3.large"), &status(), &infra(), &converged_hosts(), &key(), None);
     let text = lines(&plan);
     assert_eq!(
         text[..2],
@@ -412,7 +412,7 @@ fn a_held_worker_is_neither_started_nor_re_created_until_postgres_answers() {
     hosts.remove(&Tier::Database);
     let worker = hosts.get_mut(&Tier::Backend).unwrap().containers.iter_mut().find(|c| c.name == "worker").unwrap();
     worker.state = "exited".into();
-    let plan = plan(&spec(), &status(), &infra, &hosts, &key());
+    let plan = plan(&spec(), &status(), &infra, &hosts, &key(), None);
     let text = lines(&plan);
     assert!(!text.iter().any(|l| l.contains("container worker")), "{text:?}");
     assert!(text.iter().any(|l| l.starts_with("± recreate frontend container result")), "{text:?}");
@@ -425,7 +425,7 @@ fn a_held_worker_is_neither_started_nor_re_created_until_postgres_answers() {
     for i in infra.instances.iter_mut().filter(|i| i.tier == Some(Tier::Database)) {
         i.private_ip = Some(Ipv4Addr::new(10, 42, 1, 40));
     }
-    let plan = super::plan(&spec(), &status(), &infra, &hosts, &key());
+    let plan = super::plan(&spec(), &status(), &infra, &hosts, &key(), None);
     let text = lines(&plan);
     assert!(text.iter().any(|l| l.starts_with("± recreate backend container worker")), "{text:?}");
     assert!(!text.iter().any(|l| l.contains("between votes")), "{text:?}");
@@ -435,7 +435,7 @@ fn a_held_worker_is_neither_started_nor_re_created_until_postgres_answers() {
 fn re_creating_postgres_stops_the_worker_first_and_starts_it_after() {
     let mut s = spec();
     s.app.images.postgres = "postgres:16-alpine".into();
-    let plan = plan(&s, &status(), &infra(), &converged_hosts(), &key());
+    let plan = plan(&s, &status(), &infra(), &converged_hosts(), &key(), None);
     let text = lines(&plan);
     assert_eq!(text.len(), 3, "{text:?}");
     assert!(text[0].starts_with("~ stop backend container worker between votes: postgres is re-created"), "{text:?}");
@@ -449,7 +449,7 @@ fn an_unplanned_loss_of_the_database_instance_stops_the_worker() {
     infra.instances[0].state = InstanceState::Terminated;
     let mut hosts = converged_hosts();
     hosts.remove(&Tier::Database);
-    let plan = plan(&spec(), &status(), &infra, &hosts, &key());
+    let plan = plan(&spec(), &status(), &infra, &hosts, &key(), None);
     let text = lines(&plan);
     // Seen in the pass that launches its successor: the worker stops then.
     assert_eq!(
@@ -462,4 +462,135 @@ fn an_unplanned_loss_of_the_database_instance_stops_the_worker() {
         ],
         "{text:?}"
     );
+}
+
+/// The database's recorded instance, ended by EC2 with `code`.
+fn died(code: &str) -> ObservedInfra {
+    let mut infra = infra();
+    infra.instances[0].state = InstanceState::Terminated;
+    infra.instances[0].state_reason =
+        Some(crate::model::StateReason { code: code.into(), message: format!("{code}: Client error on launch") });
+    infra
+}
+
+/// Launches of a plan's infra actions, by tier.
+fn launches(plan: &InfraPlan) -> Vec<Tier> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            InfraAction::LaunchInstance(l) => Some(l.tier),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_instance_that_died_at_launch_holds_the_tier_with_aws_reason() {
+    let infra = died("Client.InternalError");
+    let plan = plan_infra(&spec(), &status(), &infra, &key(), Some(3));
+    assert_eq!(launches(&plan), [], "no launch after a launch that died");
+    let failure = &plan.launch_failures[&Tier::Database];
+    assert_eq!(failure.instance_id, "i-database");
+    assert_eq!(failure.code, "Client.InternalError");
+    assert_eq!(failure.message, "Client.InternalError: Client error on launch");
+    assert!(!plan.keepers.contains_key(&Tier::Database));
+    assert_eq!(plan.keepers.len(), 2, "the other tiers keep their instances");
+    let volumes = plan_infra(&spec(), &status(), &died("Client.VolumeLimitExceeded"), &key(), Some(3));
+    assert!(volumes.launch_failures.contains_key(&Tier::Database));
+    // The whole plan touches no host of the held tier either.
+    let whole = super::plan(&spec(), &status(), &infra, &converged_hosts(), &key(), Some(3));
+    assert!(!whole.actions.iter().any(|a| matches!(a, Action::Host(h) if h.tier() == Tier::Database)), "{whole:?}");
+}
+
+#[test]
+fn instances_ended_on_request_or_after_running_are_replaced_not_held() {
+    for code in ["Client.UserInitiatedShutdown", "Client.InstanceInitiatedShutdown", "Server.InternalError"] {
+        let plan = plan_infra(&spec(), &status(), &died(code), &key(), Some(1));
+        assert_eq!(launches(&plan), [Tier::Database], "{code}");
+        assert!(plan.launch_failures.is_empty(), "{code}");
+    }
+    // Seen running by an earlier pass, or reached over SSH: it ran a while.
+    let mut ran = status();
+    ran.tiers.as_mut().unwrap().database.as_mut().unwrap().instance_state = Some("running".into());
+    let plan = plan_infra(&spec(), &ran, &died("Client.InternalError"), &key(), Some(1));
+    assert_eq!(launches(&plan), [Tier::Database]);
+    let mut reached = status();
+    reached.tiers.as_mut().unwrap().database.as_mut().unwrap().host_key_fingerprint = Some("SHA256:k".into());
+    let plan = plan_infra(&spec(), &reached, &died("Client.InternalError"), &key(), Some(1));
+    assert_eq!(launches(&plan), [Tier::Database]);
+    // A dead instance that is not the tier's recorded one (a duplicate the
+    // engine terminated, a stale one) says nothing about the last launch.
+    let mut infra = died("Client.InternalError");
+    infra.instances[0].id = "i-other".into();
+    let plan = plan_infra(&spec(), &status(), &infra, &key(), Some(1));
+    assert_eq!(launches(&plan), [Tier::Database]);
+}
+
+#[test]
+fn a_launch_that_dies_is_retried_once_per_generation_never_in_a_loop() {
+    use crate::engine::status::{record_launch, record_launch_failures};
+    // EC2 as it is with an unusable default EBS key: every launch dies.
+    let mut ec2 = infra();
+    ec2.instances.retain(|i| i.tier != Some(Tier::Database));
+    let mut status = status();
+    status.tiers.as_mut().unwrap().database = None;
+    let mut launched = Vec::new();
+    let mut pass = |status: &mut VotingStackStatus, ec2: &mut ObservedInfra, generation: i64| {
+        let plan = plan_infra(&spec(), status, ec2, &key(), Some(generation));
+        record_launch_failures(status, plan.launch_failures.values(), Some(generation), "t");
+        for action in &plan.actions {
+            if let InfraAction::LaunchInstance(l) = action {
+                let id = format!("i-db-{}", l.replacement);
+                let mut dead = instance(Tier::Database, &id, InstanceState::Pending);
+                record_launch(status, l.tier, &dead, l.replacement);
+                dead.state = InstanceState::Terminated;
+                dead.state_reason = Some(crate::model::StateReason {
+                    code: "Client.InternalError".into(),
+                    message: "Client.InternalError: Client error on launch".into(),
+                });
+                ec2.instances.push(dead);
+                launched.push((generation, id));
+            }
+        }
+        // The pass observes again after acting, as the engine does.
+        let after = plan_infra(&spec(), status, ec2, &key(), Some(generation));
+        record_launch_failures(status, after.launch_failures.values(), Some(generation), "t");
+        after
+    };
+    for _ in 0..10 {
+        let after = pass(&mut status, &mut ec2, 1);
+        assert!(after.launch_failures.contains_key(&Tier::Database));
+        assert!(launches(&after).is_empty());
+    }
+    // A spec change lets exactly one more launch go, with a new token.
+    for _ in 0..10 {
+        pass(&mut status, &mut ec2, 2);
+    }
+    assert_eq!(launched, [(1, "i-db-0".to_string()), (2, "i-db-1".to_string())]);
+    let db = status.tiers.as_ref().unwrap().database.as_ref().unwrap();
+    assert_eq!(db.launch_failures, 2, "each dead instance counted once");
+    let last = db.last_launch_failure.as_ref().unwrap();
+    assert_eq!(
+        (last.instance_id.as_str(), last.code.as_str(), last.generation),
+        ("i-db-1", "Client.InternalError", Some(2))
+    );
+}
+
+#[test]
+fn a_launch_after_a_failure_that_runs_clears_the_hold() {
+    use crate::engine::status::record_launch_failures;
+    let dead = died("Client.InternalError");
+    let mut status = status();
+    let plan = plan_infra(&spec(), &status, &dead, &key(), Some(1));
+    record_launch_failures(&mut status, plan.launch_failures.values(), Some(1), "t");
+    // The spec changed (kmsKeyId set): the next launch runs.
+    let mut healthy = dead.clone();
+    let plan = plan_infra(&spec(), &status, &healthy, &key(), Some(2));
+    assert_eq!(launches(&plan), [Tier::Database]);
+    healthy.instances.push(instance(Tier::Database, "i-db-new", InstanceState::Running));
+    status.tiers.as_mut().unwrap().database.as_mut().unwrap().instance_id = Some("i-db-new".into());
+    let plan = plan_infra(&spec(), &status, &healthy, &key(), Some(2));
+    assert_eq!(plan.actions, []);
+    assert!(plan.launch_failures.is_empty());
+    assert_eq!(plan.keepers[&Tier::Database].id, "i-db-new");
 }

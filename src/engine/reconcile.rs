@@ -338,7 +338,7 @@ impl Engine {
         let lookup = network_lookup(&status, stack.metadata.generation);
         let mut infra = self.observe_infra(&ident, &status, lookup).await?;
         let key_pair = desired_key_pair(&ident, key);
-        let keepers = plan_infra(spec, &status, &infra, &key_pair).keepers;
+        let keepers = plan_infra(spec, &status, &infra, &key_pair, stack.metadata.generation).keepers;
         let recorded = status.data_volume.as_ref().and_then(|v| v.volume_id.as_deref());
         let steady = keepers.get(&Tier::Database).is_some_and(|db| attached_volume(db, recorded).is_some());
         if !steady {
@@ -358,7 +358,7 @@ impl Engine {
                 }
             }
         }
-        Ok(plan(spec, &status, &infra, &hosts, &key_pair))
+        Ok(plan(spec, &status, &infra, &hosts, &key_pair, stack.metadata.generation))
     }
 
     /// Tears the stack down per its deletion policy.

@@ -7,13 +7,14 @@ use std::time::SystemTime;
 
 use crate::api::conditions::set_condition;
 use crate::api::{
-    ConditionType, ConditionUpdate, ContainerStatus, DataVolumeStatus, DeletionPolicy, Tier, TierStatus, TiersStatus,
-    VotingStack, VotingStackStatus,
+    ConditionType, ConditionUpdate, ContainerStatus, DataVolumeStatus, DeletionPolicy, LaunchFailureStatus, Tier,
+    TierStatus, TiersStatus, VotingStack, VotingStackStatus,
 };
 use crate::model::{InstanceState, ObservedHost, ObservedInstance, ObservedVolume};
 use crate::timeline::{self, Stage};
 
 use super::conditions::Findings;
+use super::plan::LaunchFailure;
 
 /// The time as status writes it.
 pub(super) fn now() -> String {
@@ -96,17 +97,50 @@ pub(super) fn record_instances(
     }
 }
 
-/// Records a freshly launched instance for its tier.
+/// Records a freshly launched instance for its tier (what earlier launches
+/// that died is kept).
 pub(super) fn record_launch(status: &mut VotingStackStatus, tier: Tier, inst: &ObservedInstance, replacement: u32) {
     let slot = status.tiers.get_or_insert_with(TiersStatus::default).slot(tier);
+    let before = slot.take().unwrap_or_default();
     *slot = Some(TierStatus {
         instance_id: Some(inst.id.clone()),
         instance_state: Some(inst.state.as_str().into()),
         private_ip: inst.private_ip.map(|ip| ip.to_string()),
         public_ip: inst.public_ip.map(|ip| ip.to_string()),
         replacements: replacement,
+        launch_failures: before.launch_failures,
+        last_launch_failure: before.last_launch_failure,
         ..Default::default()
     });
+}
+
+/// Records the launches the plan found dead: each instance once (counted in
+/// `launchFailures`), with the generation it was seen at. Returns the ones
+/// recorded now (worth a log line and an Event).
+pub(super) fn record_launch_failures<'a>(
+    status: &mut VotingStackStatus,
+    failures: impl IntoIterator<Item = &'a LaunchFailure>,
+    generation: Option<i64>,
+    now: &str,
+) -> Vec<&'a LaunchFailure> {
+    let mut fresh = Vec::new();
+    for f in failures {
+        let entry =
+            status.tiers.get_or_insert_with(TiersStatus::default).slot(f.tier).get_or_insert_with(Default::default);
+        if entry.last_launch_failure.as_ref().is_some_and(|r| r.instance_id == f.instance_id) {
+            continue;
+        }
+        entry.launch_failures += 1;
+        entry.last_launch_failure = Some(LaunchFailureStatus {
+            instance_id: f.instance_id.clone(),
+            code: f.code.clone(),
+            message: f.message.clone(),
+            generation,
+            seen_at: now.to_string(),
+        });
+        fresh.push(f);
+    }
+    fresh
 }
 
 /// A launch whose ClientToken is burnt: the next pass launches with the

@@ -124,7 +124,7 @@ impl Engine {
                 }
             }
             info!(stack = %ident.tag_value(), "{step}");
-            match self.act_volume(ident, &step, run).await {
+            match self.act_volume(ident, &step, spec.instances.kms_key_id.as_deref(), run).await {
                 Ok(fresh) => created = fresh,
                 Err(e) => return Err(volume_failed(run, e)),
             }
@@ -143,6 +143,7 @@ impl Engine {
         &self,
         ident: &StackIdentity,
         step: &VolumeStep,
+        kms_key_id: Option<&str>,
         run: &mut Run,
     ) -> Result<Option<ObservedVolume>, CloudError> {
         match step {
@@ -165,7 +166,10 @@ impl Engine {
                 };
                 let n = run.status.data_volume.as_ref().map_or(0, |v| v.created);
                 let asked = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-                let v = self.cloud.create_data_volume(ident, zone, size_gib, n, from_snapshot.as_deref()).await?;
+                let v = self
+                    .cloud
+                    .create_data_volume(ident, zone, size_gib, n, from_snapshot.as_deref(), kms_key_id)
+                    .await?;
                 let entry = run.status.data_volume.get_or_insert_with(Default::default);
                 entry.created = n + 1;
                 entry.create_time = Some(asked);

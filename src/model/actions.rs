@@ -53,6 +53,9 @@ pub struct InstanceLaunch {
     /// The subnet it is launched into: public for the frontend, private for
     /// the backend and database.
     pub subnet: SubnetRole,
+    /// KMS key that encrypts its root volume; None: the account's default
+    /// EBS key.
+    pub kms_key_id: Option<String>,
     /// Set by the engine just before it launches (the plan never holds it):
     /// the user data carrying the instance's SSH host key.
     pub user_data: Option<UserData>,

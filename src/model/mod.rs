@@ -17,7 +17,9 @@ pub mod volume;
 pub use actions::{Action, CreateReason, HostAction, InfraAction, InstanceLaunch, TerminateReason, UserData};
 pub use desired::{DesiredContainer, Peers, PortMapping};
 pub use network::{DesiredKeyPair, NetworkObservation, NetworkStep, ObservedNetwork, Rule, Source};
-pub use observed::{DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance};
+pub use observed::{
+    DockerState, InstanceState, ObservedContainer, ObservedHost, ObservedInfra, ObservedInstance, StateReason,
+};
 pub use snapshot::{ObservedSnapshot, Slot, SnapshotAction, SnapshotState};
 pub use teardown::{TeardownInventory, TeardownStep};
 pub use volume::{

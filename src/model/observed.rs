@@ -68,6 +68,53 @@ pub struct ObservedInstance {
     /// Its EBS volumes beyond the root device, from its block device
     /// mappings.
     pub volumes: Vec<AttachedVolume>,
+    /// Why EC2 last changed its state, when EC2 says (its StateReason).
+    pub state_reason: Option<StateReason>,
+}
+
+/// EC2's StateReason of an instance: a code such as
+/// `Client.InternalError` and a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateReason {
+    pub code: String,
+    pub message: String,
+}
+
+/// `Client.*` codes of a shutdown someone asked for (a user, the instance
+/// itself, a hibernation), or of an instance terminated while an image was
+/// made of it: they say nothing about the launch.
+const ASKED_FOR: [&str; 4] = [
+    "Client.UserInitiatedShutdown",
+    "Client.InstanceInitiatedShutdown",
+    "Client.UserInitiatedHibernate",
+    "Client.InstanceTerminated",
+];
+
+impl StateReason {
+    /// Whether EC2 ended the instance because it could not launch (or
+    /// start) it as asked: a `Client.*` code other than a shutdown someone
+    /// asked for. `Client.InternalError` is an EBS encryption key the
+    /// instance may not use; `Client.VolumeLimitExceeded` the account's EBS
+    /// limit; `Client.InvalidSnapshot.NotFound` a block device's snapshot.
+    pub fn is_launch_failure(&self) -> bool {
+        self.code.starts_with("Client.") && !ASKED_FOR.contains(&self.code.as_str())
+    }
+
+    /// What a person can do about this code, when there is something to say.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self.code.as_str() {
+            "Client.InternalError" => Some(
+                "the account's default EBS encryption key is most likely a customer-managed KMS key the \
+                 operator may not use: grant the operator's role the KMS statements of docs/iam-policy.json on \
+                 that key (and allow them in its key policy), or set spec.instances.kmsKeyId to a key it may use",
+            ),
+            "Client.VolumeLimitExceeded" => Some(
+                "the account's EBS volume or storage limit in this region is reached: free some or raise the quota",
+            ),
+            "Client.InvalidSnapshot.NotFound" => Some("a snapshot of the AMI's block devices is gone: use another AMI"),
+            _ => None,
+        }
+    }
 }
 
 impl ObservedInstance {
@@ -148,5 +195,34 @@ impl ObservedHost {
 
     pub fn probe(&self, name: &str) -> Option<&Result<(), String>> {
         self.probes.iter().find(|(n, _)| n == name).map(|(_, r)| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reason(code: &str) -> StateReason {
+        StateReason { code: code.into(), message: String::new() }
+    }
+
+    #[test]
+    fn launch_failures_are_client_codes_nobody_asked_for() {
+        for code in ["Client.InternalError", "Client.VolumeLimitExceeded", "Client.InvalidSnapshot.NotFound"] {
+            assert!(reason(code).is_launch_failure(), "{code}");
+            assert!(reason(code).hint().is_some(), "{code}");
+        }
+        for code in [
+            "Client.UserInitiatedShutdown",
+            "Client.InstanceInitiatedShutdown",
+            "Client.UserInitiatedHibernate",
+            "Client.InstanceTerminated",
+            "Server.InternalError",
+            "Server.SpotInstanceTermination",
+            "",
+        ] {
+            assert!(!reason(code).is_launch_failure(), "{code}");
+        }
+        assert!(reason("Client.InternalError").hint().is_some_and(|h| h.contains("spec.instances.kmsKeyId")));
     }
 }

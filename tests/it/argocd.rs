@@ -119,6 +119,7 @@ fn all_reasons() -> Vec<Reason> {
         InstancesRunning,
         Provisioning,
         InstanceDrift,
+        InstanceLaunchFailed,
         NetworkDrift,
         AwsAuthFailed,
         AwsInvalidParameter,
@@ -154,6 +155,7 @@ fn all_reasons() -> Vec<Reason> {
             | InstancesRunning
             | Provisioning
             | InstanceDrift
+            | InstanceLaunchFailed
             | NetworkDrift
             | AwsAuthFailed
             | AwsInvalidParameter

@@ -373,6 +373,7 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
     assert_eq!(policy["Version"].as_str(), Some("2012-10-17"));
     let statements = policy["Statement"].as_array().expect("Statement list");
     let mut actions = BTreeSet::new();
+    let mut kms = BTreeSet::new();
     let mut scoped = 0;
     for st in statements {
         assert_eq!(st["Effect"].as_str(), Some("Allow"));
@@ -381,6 +382,21 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
             serde_json::Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_string()).collect(),
             other => panic!("bad Action {other}"),
         };
+        if list.iter().any(|a| a.starts_with("kms:")) {
+            // KMS keys for the volumes' encryption, used only by EC2.
+            assert!(list.iter().all(|a| a.starts_with("kms:")), "{}: KMS actions apart", st["Sid"]);
+            let via = st["Condition"]["StringLike"]["kms:ViaService"]
+                .as_str()
+                .or(st["Condition"]["StringEquals"]["kms:ViaService"].as_str());
+            assert!(
+                via.is_some_and(|v| v.starts_with("ec2.") && v.ends_with(".amazonaws.com")),
+                "{}: KMS actions only through EC2 (kms:ViaService)",
+                st["Sid"]
+            );
+            assert!(st["Resource"].as_str() != Some("*"), "{}: KMS actions on keys only", st["Sid"]);
+            kms.extend(list);
+            continue;
+        }
         for a in &list {
             assert!(a.starts_with("ec2:"), "only EC2 actions: {a}");
             assert!(a != "ec2:*", "no ec2:*");
@@ -447,6 +463,10 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
     ] {
         assert!(actions.contains(&format!("ec2:{needed}")), "policy lacks ec2:{needed}");
     }
+    // What EC2 needs of a customer-managed key to encrypt the volumes with it.
+    for needed in ["CreateGrant", "Decrypt", "GenerateDataKeyWithoutPlaintext", "ReEncrypt*", "DescribeKey"] {
+        assert!(kms.contains(&format!("kms:{needed}")), "policy lacks kms:{needed}");
+    }
     // Snapshots: taken only of the stack's volumes, created only with the
     // stack's tag, deleted only when they carry it.
     let sids_for = |action: &str| -> Vec<&serde_json::Value> {
@@ -465,6 +485,12 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
     }
     let deletes = sids_for("ec2:DeleteSnapshot");
     assert!(!deletes.is_empty() && deletes.iter().all(|st| st["Condition"].to_string().contains("ResourceTag")));
+    let grants = sids_for("kms:CreateGrant");
+    assert!(
+        !grants.is_empty()
+            && grants.iter().all(|st| st["Condition"]["Bool"]["kms:GrantIsForAWSResource"].as_str() == Some("true")),
+        "kms:CreateGrant only for AWS resources"
+    );
     assert!(scoped >= 3, "mutating statements are scoped by the votingstack.dev/stack tag");
 }
 

@@ -1083,3 +1083,79 @@ fn every_world_stack_test_has_its_own_address_range() {
     }
     assert!(seen.len() >= 15, "the scan found too few stacks: {seen:?}");
 }
+
+/// Turns the realism layer's `unusable_kms` off again, also after a failed assertion.
+struct UnusableKmsOff<'a>(&'a Stack);
+
+impl Drop for UnusableKmsOff<'_> {
+    fn drop(&mut self) {
+        let off = r#"{"unusable_kms": false}"#;
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| realism(self.0, "/_realism", Some(off))));
+    }
+}
+
+#[tokio::test]
+async fn e2e_instances_that_die_at_launch_are_launched_once_with_aws_reason_until_kms_key_id_is_set() {
+    let mut stack = Stack::new("e2e-kms", 79);
+    // This stack signs with a key of its own: the unusable default EBS key is its alone.
+    stack.env.insert("AWS_ACCESS_KEY_ID".into(), "kms-e2e".into());
+    let killed = |stack: &Stack| {
+        realism(stack, "/_realism", None)["counters"]["launches_killed"]["RunInstances"].as_i64().unwrap_or(0)
+    };
+    let before = killed(&stack);
+    let _off = UnusableKmsOff(&stack);
+    realism(&stack, "/_realism", Some(r#"{"unusable_kms": ["kms-e2e"]}"#));
+
+    // Every launch encrypts its root volume with the account's default key,
+    // which this caller may not use: each instance is terminated at once.
+    let out = stack.command(&["apply", "--wait", "--timeout-seconds", "300"]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "apply must fail:\n{text}");
+    assert!(text.contains("InstanceLaunchFailed"), "{text}");
+    assert!(text.contains("Client.InternalError"), "{text}");
+    let status = stack.status();
+    assert_eq!(status["phase"], "Failed", "{status:#}");
+    for tier in Tier::ALL {
+        let t = &status["tiers"][tier.as_str()];
+        assert_eq!(t["launchFailures"], 1, "{tier}: {t:#}");
+        assert_eq!(t["lastLaunchFailure"]["code"], "Client.InternalError", "{tier}: {t:#}");
+        assert_eq!(t["lastLaunchFailure"]["message"], "Client.InternalError: Client error on launch");
+    }
+    let db = status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "DatabaseReady").unwrap();
+    assert_eq!(db["reason"], "InstanceLaunchFailed", "{db:#}");
+    assert!(db["message"].as_str().unwrap().contains("spec.instances.kmsKeyId"), "{db:#}");
+    assert_eq!(killed(&stack) - before, 3, "one launch per tier");
+    assert!(stack.live_instances().await.is_empty());
+
+    // No loop: the same spec again launches nothing and says the same.
+    let out = stack.command(&["apply", "--wait", "--timeout-seconds", "60"]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && text.contains("InstanceLaunchFailed"), "{text}");
+    assert_eq!(killed(&stack) - before, 3, "nothing launched again for the same spec");
+
+    // A key of its own (one the operator may use) is a spec change: one more
+    // launch per tier, with that key, and the stack comes up.
+    let path = stack.dir.path().join("stack.yaml");
+    let manifest = std::fs::read_to_string(&path).unwrap();
+    assert!(manifest.contains("\n    instanceType: t3.micro\n"), "{manifest}");
+    let manifest = manifest.replacen(
+        "\n    instanceType: t3.micro\n",
+        "\n    instanceType: t3.micro\n    kmsKeyId: alias/votingstack-e2e\n",
+        1,
+    );
+    std::fs::write(&path, manifest).unwrap();
+    let out = stack.apply_wait();
+    assert!(out.contains("Ready → True (AllTiersReady)"), "{out}");
+    assert_eq!(killed(&stack) - before, 3);
+    assert_eq!(stack.live_instances().await.len(), 3);
+    let status = stack.status();
+    for tier in Tier::ALL {
+        let t = &status["tiers"][tier.as_str()];
+        assert_eq!((t["launchFailures"].as_i64(), t["replacements"].as_i64()), (Some(1), Some(1)), "{tier}: {t:#}");
+    }
+
+    let out = stack.run(&["destroy"]);
+    assert!(out.contains("destroyed"), "{out}");
+    let left = tagged_leftovers(&stack.world, &stack.tag()).await;
+    assert!(left.is_empty(), "destroy left tagged resources: {left:?}");
+}

@@ -1174,7 +1174,7 @@ async fn ec2_snapshots_are_tagged_found_by_tag_deleted_and_restored_in_the_zone(
     assert_eq!(by_id.size_gib, 10);
 
     // A volume restored from it: in the zone, from the snapshot, tagged with its origin.
-    let restored = w.cloud.create_data_volume(&ident, &zone, 12, 7, Some(&taken.id)).await.unwrap();
+    let restored = w.cloud.create_data_volume(&ident, &zone, 12, 7, Some(&taken.id), None).await.unwrap();
     let v = w.client.describe_volumes().volume_ids(&restored.id).send().await.unwrap();
     let v = &v.volumes()[0];
     assert_eq!(v.snapshot_id(), Some(taken.id.as_str()));

@@ -485,3 +485,52 @@ async fn engine_uses_an_allowed_endpoint_and_still_refuses_its_neighbours() {
     assert_eq!(reason(&out, ConditionType::Ready), "False InvalidSpec");
     assert_eq!(cloud.api_calls(), calls, "nothing more was sent");
 }
+
+#[tokio::test]
+async fn engine_instances_that_die_at_launch_are_launched_once_per_generation_with_aws_reason() {
+    let (engine, cloud, _) = engine();
+    let code = "Client.InternalError";
+    cloud.state.lock().unwrap().default_key_unusable =
+        Some((code.into(), "Client.InternalError: Client error on launch".into()));
+    let mut s = stack();
+    s.metadata.generation = Some(1);
+    let out = engine.reconcile(&s, Ok(key())).await;
+    assert_eq!(out.status.phase, Some(Phase::Failed), "{:#?}", out.status.conditions);
+    assert_eq!(reason(&out, ConditionType::Ready), "False InstanceLaunchFailed");
+    assert_eq!(reason(&out, ConditionType::InfrastructureReady), "False InstanceLaunchFailed");
+    let db = find_condition(&out.status.conditions, ConditionType::DatabaseReady).expect("DatabaseReady");
+    assert_eq!(db.reason, "InstanceLaunchFailed");
+    assert!(db.message.contains("(Client.InternalError: Client error on launch)"), "{}", db.message);
+    assert!(db.message.contains("spec.instances.kmsKeyId"), "{}", db.message);
+    assert_eq!(out.requeue_after, engine.settings().terminal_retry);
+    let launches = |cloud: &crate::fakes::FakeCloud| cloud.state.lock().unwrap().launch_keys.len();
+    assert_eq!(launches(&cloud), 3, "one launch per tier");
+    let tier = out.status.tiers.as_ref().unwrap().database.clone().unwrap();
+    assert_eq!(tier.launch_failures, 1);
+    let last = tier.last_launch_failure.expect("the failure is recorded");
+    assert_eq!((last.code.as_str(), last.generation), (code, Some(1)));
+
+    // No loop: passes of the same generation launch nothing.
+    let mut status = out.status;
+    for _ in 0..3 {
+        let again = engine.reconcile(&with_status(s.clone(), &status), Ok(key())).await;
+        assert_eq!(again.applied, [], "nothing is launched again");
+        assert_eq!(reason(&again, ConditionType::Ready), "False InstanceLaunchFailed");
+        status = again.status;
+    }
+    assert_eq!(launches(&cloud), 3);
+    assert_eq!(status.tiers.as_ref().unwrap().database.as_ref().unwrap().launch_failures, 1, "counted once");
+
+    // Setting a key the operator may use is a spec change: one more launch
+    // per tier, with that key, and the stack comes up.
+    s.spec.instances.kms_key_id = Some("alias/votingstack-ebs".into());
+    s.metadata.generation = Some(2);
+    let out = engine.reconcile(&with_status(s.clone(), &status), Ok(key())).await;
+    assert_eq!(out.status.phase, Some(Phase::Ready), "{:#?}", out.status.conditions);
+    let keys = cloud.state.lock().unwrap().launch_keys.clone();
+    assert_eq!(keys.len(), 6);
+    assert!(keys[3..].iter().all(|k| k.as_deref() == Some("alias/votingstack-ebs")), "{keys:?}");
+    let db = out.status.tiers.as_ref().unwrap().database.clone().unwrap();
+    assert_eq!(db.replacements, 1, "a new ClientToken");
+    assert_eq!(db.launch_failures, 1, "the history stays");
+}

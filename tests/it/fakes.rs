@@ -52,6 +52,12 @@ pub struct CloudState {
     /// Requested once an instance is launched: a shutdown arriving while
     /// a reconcile is in the middle of its EC2 steps.
     pub stop_on_launch: Option<Stop>,
+    /// StateReason (code, message) of every instance launched without a
+    /// KMS key of its own: terminated at once, as with an account default
+    /// EBS key the operator may not use.
+    pub default_key_unusable: Option<(String, String)>,
+    /// The KMS key of each launch, in order.
+    pub launch_keys: Vec<Option<String>>,
 }
 
 impl CloudState {
@@ -217,10 +223,12 @@ impl Cloud for FakeCloud {
         let mut s = self.state.lock().unwrap();
         s.next_ip += 1;
         let n = s.next_ip;
+        s.launch_keys.push(launch.kms_key_id.clone());
+        let dies = s.default_key_unusable.clone().filter(|_| launch.kms_key_id.is_none());
         let inst = ObservedInstance {
             id: format!("i-{tier}-{n}"),
             tier: Some(tier),
-            state: InstanceState::Running,
+            state: if dies.is_some() { InstanceState::Terminated } else { InstanceState::Running },
             private_ip: Some(Ipv4Addr::new(10, 42, 1, 3 + n)),
             // Documentation range: nothing ever connects to it.
             public_ip: (tier == Tier::Frontend).then(|| Ipv4Addr::new(198, 51, 100, n)),
@@ -230,6 +238,7 @@ impl Cloud for FakeCloud {
             client_token: None,
             zone: Some("us-east-1a".into()),
             volumes: Vec::new(),
+            state_reason: dies.map(|(code, message)| votingstack::model::StateReason { code, message }),
         };
         s.instances.push(inst.clone());
         if let Some(stop) = &s.stop_on_launch {
@@ -274,6 +283,7 @@ impl Cloud for FakeCloud {
         size_gib: i32,
         n: u32,
         from_snapshot: Option<&str>,
+        _: Option<&str>,
     ) -> Result<ObservedVolume, CloudError> {
         self.call();
         self.fail("CreateVolume")?;

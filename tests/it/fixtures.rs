@@ -78,5 +78,6 @@ pub fn instance(
         client_token: None,
         zone: Some("us-east-1a".into()),
         volumes: Vec::new(),
+        state_reason: None,
     }
 }

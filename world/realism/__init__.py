@@ -14,7 +14,11 @@ signatures pass) to moto, and makes the answers behave more like EC2's:
 * EBS: AttachVolume is refused as EC2 refuses it (a volume of another zone,
   one in use, an instance neither running nor stopped, a device name the
   instance already uses), and DetachVolume without InstanceId works (moto
-  needs the instance: the layer names the one the volume is attached to).
+  needs the instance: the layer names the one the volume is attached to);
+* instances that die at launch (knob ``unusable_kms``): a launch encrypting a
+  volume with the account's default key is terminated at once, with
+  StateReason ``Client.InternalError``, as EC2 does with a KMS key the
+  caller may not use.
 
 Knobs come from VS_REALISM_* environment variables at start and can be read
 and changed at runtime at /_realism on the same port (see world/README.md,
@@ -30,6 +34,7 @@ one module per job:
 * ``consistency``: eventual consistency (hidden new resources) and the
   pending window of new instances;
 * ``ebs``: AttachVolume and DetachVolume checked against moto's state;
+* ``launch_kms``: launches killed by an unusable default EBS key;
 * ``control``: the knobs and counters endpoint ``/_realism``;
 * ``config``: the knobs, their checks and their start values;
 * ``state``: what the layer remembers (knobs, counters, windows, tokens);

@@ -68,6 +68,11 @@ def default_config():
         # requests signed with one of these access keys act in that account
         # (moto's x-moto-account-id), as another AWS account's keys would
         "access_key_accounts": {},
+        # launches that encrypt a volume with the account's default key die
+        # at once (StateReason Client.InternalError), see launch_kms.py: for
+        # callers in the fault scope (true), or signing with one of a list of
+        # access key ids
+        "unusable_kms": False,
     }
 
 
@@ -107,6 +112,13 @@ def apply_changes(cfg, changes):
             if not isinstance(value, bool):
                 raise ConfigError("consistency_random must be true or false, not %r" % (value,))
             new[key] = value
+        elif key == "unusable_kms":
+            ok = isinstance(value, bool) or (
+                isinstance(value, list) and all(isinstance(k, str) and k for k in value))
+            if not ok:
+                raise ConfigError("unusable_kms must be true, false or a list of access key ids, "
+                                  "not %r" % (value,))
+            new[key] = list(value) if isinstance(value, list) else value
         elif key == "seed":
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ConfigError("seed must be an integer, not %r" % (value,))
@@ -194,11 +206,13 @@ def config_from_env(env):
                 changes[key] = float(env[var])
             except ValueError:
                 raise ConfigError("%s=%r is not a number of seconds" % (var, env[var]))
-    if env.get("VS_REALISM_CONSISTENCY_RANDOM", "").strip():
-        v = env["VS_REALISM_CONSISTENCY_RANDOM"].strip().lower()
-        if v not in ("0", "1", "true", "false", "yes", "no"):
-            raise ConfigError("VS_REALISM_CONSISTENCY_RANDOM=%r: use 1 or 0" % v)
-        changes["consistency_random"] = v in ("1", "true", "yes")
+    for var, key in (("VS_REALISM_CONSISTENCY_RANDOM", "consistency_random"),
+                     ("VS_REALISM_UNUSABLE_KMS", "unusable_kms")):
+        if env.get(var, "").strip():
+            v = env[var].strip().lower()
+            if v not in ("0", "1", "true", "false", "yes", "no"):
+                raise ConfigError("%s=%r: use 1 or 0" % (var, v))
+            changes[key] = v in ("1", "true", "yes")
     if env.get("VS_REALISM_SEED", "").strip():
         try:
             changes["seed"] = int(env["VS_REALISM_SEED"])

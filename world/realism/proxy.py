@@ -18,6 +18,7 @@ from .control import ControlEndpoint
 from .ebs import EBS_CHECKED, EbsChecks
 from .ebs_timing import EbsTiming, timing_refusal
 from .ec2xml import error_body
+from .launch_kms import LaunchKms
 from .log import log
 from .quotas import QUOTA_CHECKED, quota_refusal
 from .tokens import ClientTokens
@@ -34,7 +35,7 @@ HOP_BY_HOP = {
 CREDENTIAL_REGION_RE = re.compile(r"Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/")
 
 
-class Handler(ClientTokens, EbsChecks, EbsTiming, ControlEndpoint,
+class Handler(ClientTokens, EbsChecks, EbsTiming, LaunchKms, ControlEndpoint,
               http.server.BaseHTTPRequestHandler):
     """One client connection: EC2 calls forwarded to moto under the rules
     above, moto's own API passed through, ``/_realism`` answered."""
@@ -269,6 +270,7 @@ class Handler(ClientTokens, EbsChecks, EbsTiming, ControlEndpoint,
         if not replayed:
             try:
                 data = self.ebs_after(action, params, scope, status, data, before)
+                self.kill_at_launch(action, params, scope, status, data)
             except (xml.parsers.expat.ExpatError, ValueError) as exc:
                 log("%s: answer left as is, not EC2 XML: %s" % (action, exc))
         if status == 200 and not replayed:
@@ -276,6 +278,7 @@ class Handler(ClientTokens, EbsChecks, EbsTiming, ControlEndpoint,
                 record_creates(realism, scope, action, data)
                 data = rewrite_describe(realism, scope, action, data, hide=lagging)
                 data = self.ebs_rewrite(action, scope, data)
+                data = self.launch_kms_rewrite(action, scope, data)
             except (xml.parsers.expat.ExpatError, ValueError) as exc:
                 log("%s: answer left as is, not EC2 XML: %s" % (action, exc))
 

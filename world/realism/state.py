@@ -20,6 +20,9 @@ class Realism:
         self.tokens = {}  # (account, region, token) -> TokenEntry
         self.ebs_lock = threading.Lock()
         self.quota_lock = threading.Lock()
+        # (account, region, instance id) of instances killed at launch: moto
+        # keeps them terminated, so this outlives a reset of the knobs
+        self.killed_at_launch = set()
         self.reset()
 
     def reset(self):
@@ -33,7 +36,8 @@ class Realism:
             self.ebs_windows = {}
             self.counters = {"calls": {}, "faults": {}, "replays": {}, "mismatches": {},
                              "not_found": {}, "hidden_items": {}, "pending_shown": {},
-                             "refusals": {}, "ebs_shown": {}, "quota_refusals": {}}
+                             "refusals": {}, "ebs_shown": {}, "quota_refusals": {},
+                             "launches_killed": {}}
 
     def forget_moto_state(self):
         """moto was reset: tokens and hidden resources refer to nothing now."""
@@ -42,6 +46,7 @@ class Realism:
             self.hidden.clear()
             self.pending.clear()
             self.ebs_windows.clear()
+            self.killed_at_launch.clear()
 
     def change(self, changes):
         with self.lock:
@@ -183,6 +188,18 @@ class Realism:
                 del self.ebs_windows[key]
             return {k[3]: dict(w) for k, w in self.ebs_windows.items()
                     if k[:2] == scope and k[2] == kind}
+
+    def kill_at_launch(self, scope, instance_id):
+        with self.lock:
+            self.killed_at_launch.add(scope + (instance_id,))
+
+    def was_killed_at_launch(self, scope, instance_id):
+        with self.lock:
+            return scope + (instance_id,) in self.killed_at_launch
+
+    def killed_at_launch_any(self, scope):
+        with self.lock:
+            return any(k[:2] == scope for k in self.killed_at_launch)
 
     def token_entry(self, key, fingerprint):
         """The entry of a token, made for this fingerprint if it is new."""

@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::api::{NetworkStatus, Tier, TIER_LABEL};
 use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::SubnetRole;
-use crate::model::{AttachedVolume, AttachmentState, InstanceLaunch, InstanceState, ObservedInstance};
+use crate::model::{AttachedVolume, AttachmentState, InstanceLaunch, InstanceState, ObservedInstance, StateReason};
 
 use super::{filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
 
@@ -67,6 +67,10 @@ pub(super) fn observed(inst: &Instance) -> Option<(ObservedInstance, Placement)>
                 })
             })
             .collect(),
+        state_reason: inst.state_reason().and_then(|r| {
+            let code = r.code().filter(|c| !c.is_empty())?;
+            Some(StateReason { code: code.to_owned(), message: r.message().unwrap_or_default().to_owned() })
+        }),
     };
     Some((observed, Placement { subnet_id: inst.subnet_id().map(str::to_owned) }))
 }
@@ -179,7 +183,8 @@ impl Ec2Cloud {
         let key_name = network.key_pair_name.clone().unwrap_or_else(|| stack.resource_name());
         let name = format!("{}-{tier}", stack.resource_name());
         let token = stack.client_token(tier, launch.replacement);
-        let root_volume = self.root_device(&launch.ami).await?.map(|root| root.encrypted_gp3());
+        let root_volume =
+            self.root_device(&launch.ami).await?.map(|root| root.encrypted_gp3(launch.kms_key_id.as_deref()));
         let nic = InstanceNetworkInterfaceSpecification::builder()
             .device_index(0)
             .subnet_id(subnet_id)
@@ -232,12 +237,14 @@ pub(crate) struct RootDevice {
 }
 
 impl RootDevice {
-    /// The root volume as launched: gp3, encrypted (with the account's
-    /// default EBS key), deleted with the instance, as large as the AMI's.
-    fn encrypted_gp3(&self) -> BlockDeviceMapping {
+    /// The root volume as launched: gp3, encrypted (with `kms_key_id`, else
+    /// the account's default EBS key), deleted with the instance, as large
+    /// as the AMI's.
+    fn encrypted_gp3(&self, kms_key_id: Option<&str>) -> BlockDeviceMapping {
         let ebs = EbsBlockDevice::builder()
             .volume_type(VolumeType::Gp3)
             .encrypted(true)
+            .set_kms_key_id(kms_key_id.map(str::to_owned))
             .delete_on_termination(true)
             .set_volume_size(self.size_gib)
             .build();
@@ -279,6 +286,43 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_root_volume_is_encrypted_with_the_key_asked_for() {
+        let root = RootDevice { name: "/dev/sda1".into(), size_gib: Some(8) };
+        let default_key = root.encrypted_gp3(None);
+        let ebs = default_key.ebs().expect("an EBS mapping");
+        assert_eq!((ebs.encrypted(), ebs.kms_key_id()), (Some(true), None));
+        let own = root.encrypted_gp3(Some("alias/ebs"));
+        let ebs = own.ebs().expect("an EBS mapping");
+        assert_eq!((ebs.encrypted(), ebs.kms_key_id()), (Some(true), Some("alias/ebs")));
+        assert_eq!(own.device_name(), Some("/dev/sda1"));
+    }
+
+    #[test]
+    fn a_state_reason_is_read_with_its_code_and_message() {
+        use aws_sdk_ec2::types::{InstanceState as Ec2State, InstanceStateName, StateReason as Ec2Reason};
+        let inst = Instance::builder()
+            .instance_id("i-1")
+            .state(Ec2State::builder().name(InstanceStateName::Terminated).build())
+            .state_reason(
+                Ec2Reason::builder()
+                    .code("Client.InternalError")
+                    .message("Client.InternalError: Client error on launch")
+                    .build(),
+            )
+            .build();
+        let (seen, _) = observed(&inst).expect("an instance");
+        let reason = seen.state_reason.expect("its state reason");
+        assert_eq!(reason.code, "Client.InternalError");
+        assert_eq!(reason.message, "Client.InternalError: Client error on launch");
+        let blank = Instance::builder()
+            .instance_id("i-2")
+            .state(Ec2State::builder().name(InstanceStateName::Running).build())
+            .state_reason(Ec2Reason::builder().code("").build())
+            .build();
+        assert_eq!(observed(&blank).expect("an instance").0.state_reason, None);
+    }
 
     #[test]
     fn state_filters_name_the_states_as_ec2_spells_them() {

@@ -91,8 +91,9 @@ impl Ec2Cloud {
         }
     }
 
-    /// Creates the data volume: gp3, encrypted, tagged, in `zone`; from
-    /// `from_snapshot` when given (tagged with its origin).
+    /// Creates the data volume: gp3, encrypted (with `kms_key_id`, else the
+    /// account's default EBS key), tagged, in `zone`; from `from_snapshot`
+    /// when given (tagged with its origin).
     pub(super) async fn create_volume(
         &self,
         stack: &StackIdentity,
@@ -100,6 +101,7 @@ impl Ec2Cloud {
         size_gib: i32,
         n: u32,
         from_snapshot: Option<&str>,
+        kms_key_id: Option<&str>,
     ) -> Result<ObservedVolume, CloudError> {
         let mut tags = stack_tags(stack, &format!("{}-postgres-data", stack.resource_name()), Some(Tier::Database));
         tags.push(Tag::builder().key(ROLE_TAG).value(DATA_VOLUME_ROLE).build());
@@ -116,6 +118,7 @@ impl Ec2Cloud {
                     .size(size_gib)
                     .volume_type(VolumeType::Gp3)
                     .encrypted(true)
+                    .set_kms_key_id(kms_key_id.map(str::to_owned))
                     .set_snapshot_id(from_snapshot.map(str::to_owned))
                     .client_token(volume_token(stack, n))
                     .tag_specifications(

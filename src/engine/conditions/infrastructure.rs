@@ -8,7 +8,7 @@ use crate::model::network::NatState;
 use crate::model::{InstanceState, ObservedInstance};
 
 use super::Finding;
-use crate::engine::plan::InstanceDrift;
+use crate::engine::plan::{InfraPlan, InstanceDrift};
 
 /// The reason an EC2 error code class shows as.
 pub fn aws_reason(kind: AwsErrorKind) -> Reason {
@@ -34,16 +34,25 @@ pub fn cloud_failed(e: &CloudError) -> Finding {
 
 /// `InfrastructureReady` once EC2 was observed (and acted on): network drift
 /// first, then a pending NAT gateway, then the instances.
-pub fn infrastructure(
-    network_drift: &[String],
-    network: Option<&NetworkStatus>,
-    keepers: &BTreeMap<Tier, ObservedInstance>,
-    instance_drift: &[InstanceDrift],
-) -> Finding {
-    match network_finding(network_drift, network) {
-        Some(f) => f,
-        None => instances_finding(keepers, instance_drift),
+pub fn infrastructure(network_drift: &[String], network: Option<&NetworkStatus>, plan: &InfraPlan) -> Finding {
+    if let Some(f) = network_finding(network_drift, network) {
+        return f;
     }
+    if !plan.launch_failures.is_empty() {
+        let list: Vec<String> = plan
+            .launch_failures
+            .values()
+            .map(|f| format!("{} instance {} ({})", f.tier, f.instance_id, f.code))
+            .collect();
+        return Finding::not(
+            Reason::InstanceLaunchFailed,
+            format!(
+                "EC2 terminated {} at launch; not launched again until the spec changes (see the tier's condition)",
+                list.join(", ")
+            ),
+        );
+    }
+    instances_finding(&plan.keepers, &plan.drift)
 }
 
 /// A network that drifted from the spec (kept, for a person to resolve), or
@@ -92,6 +101,37 @@ mod tests {
 
     fn running() -> BTreeMap<Tier, ObservedInstance> {
         Tier::ALL.iter().map(|t| (*t, instance(*t, InstanceState::Running))).collect()
+    }
+
+    fn infrastructure(
+        drift: &[String],
+        network: Option<&NetworkStatus>,
+        keepers: &BTreeMap<Tier, ObservedInstance>,
+        instance_drift: &[InstanceDrift],
+    ) -> Finding {
+        let plan = InfraPlan { keepers: keepers.clone(), drift: instance_drift.to_vec(), ..Default::default() };
+        super::infrastructure(drift, network, &plan)
+    }
+
+    #[test]
+    fn a_launch_that_died_is_terminal_and_named() {
+        let mut keepers = running();
+        keepers.remove(&Tier::Database);
+        let failure = crate::engine::plan::LaunchFailure {
+            tier: Tier::Database,
+            instance_id: "i-0dead".into(),
+            code: "Client.InternalError".into(),
+            message: "Client.InternalError: Client error on launch".into(),
+        };
+        let plan = InfraPlan {
+            keepers,
+            launch_failures: [(Tier::Database, failure)].into_iter().collect(),
+            ..Default::default()
+        };
+        let f = super::infrastructure(&[], None, &plan);
+        assert_eq!(f.reason, Reason::InstanceLaunchFailed);
+        assert!(f.reason.is_terminal());
+        assert!(f.message.contains("database instance i-0dead (Client.InternalError)"), "{}", f.message);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! containers, what failed on a host, its host key, and the web check.
 
 use crate::api::{Reason, Tier};
+use crate::engine::plan::LaunchFailure;
 use crate::host::{HostError, HostTarget};
-use crate::model::{DesiredContainer, DockerState, ObservedHost, ObservedInstance};
+use crate::model::{DesiredContainer, DockerState, ObservedHost, ObservedInstance, StateReason};
 
 use super::Finding;
 
@@ -52,6 +53,29 @@ mod unusable_volume_tests {
 /// running).
 pub fn instance_not_up(inst: &ObservedInstance) -> Finding {
     Finding::not(Reason::WaitingForInfrastructure, format!("instance {} is {}", inst.id, inst.state.as_str()))
+}
+
+/// A tier whose instance EC2 terminated at launch: AWS's reason code and
+/// message, what to do about it, and that no launch follows until the spec
+/// changes.
+pub fn launch_failed(f: &LaunchFailure) -> Finding {
+    let reason = StateReason { code: f.code.clone(), message: f.message.clone() };
+    let said = if f.message.is_empty() {
+        f.code.clone()
+    } else if f.message.starts_with(&f.code) {
+        f.message.clone()
+    } else {
+        format!("{}: {}", f.code, f.message)
+    };
+    let hint = reason.hint().map(|h| format!("; {h}")).unwrap_or_default();
+    Finding::not(
+        Reason::InstanceLaunchFailed,
+        format!(
+            "EC2 terminated the {} instance {} at launch ({said}){hint}; it is not launched again until the spec \
+             changes",
+            f.tier, f.instance_id
+        ),
+    )
 }
 
 /// The host answered but its state after acting was not read.
@@ -246,6 +270,36 @@ pub(crate) mod tests {
         assert_eq!(f.message, "http://a:81/ answered HTTP 502");
         let down = WebAnswer { url: "http://a/".into(), answer: Err(unreachable()) };
         assert!(web_check(&[down]).is_some_and(|f| f.message.contains("No route")));
+    }
+
+    #[test]
+    fn a_launch_failure_gives_aws_reason_and_the_way_out() {
+        let f = LaunchFailure {
+            tier: Tier::Database,
+            instance_id: "i-0abc".into(),
+            code: "Client.InternalError".into(),
+            message: "Client.InternalError: Client error on launch".into(),
+        };
+        let finding = launch_failed(&f);
+        assert_eq!(finding.reason, Reason::InstanceLaunchFailed);
+        assert!(!finding.ok && finding.reason.is_terminal());
+        assert!(
+            finding.message.starts_with(
+                "EC2 terminated the database instance i-0abc at launch (Client.InternalError: Client error on launch); \
+                 the account's default EBS encryption key"
+            ),
+            "{}",
+            finding.message
+        );
+        assert!(finding.message.contains("spec.instances.kmsKeyId"), "{}", finding.message);
+        assert!(finding.message.ends_with("not launched again until the spec changes"), "{}", finding.message);
+        let volumes = LaunchFailure { code: "Client.VolumeLimitExceeded".into(), message: "limit".into(), ..f };
+        let finding = launch_failed(&volumes);
+        assert!(
+            finding.message.contains("(Client.VolumeLimitExceeded: limit); the account's EBS volume"),
+            "{}",
+            finding.message
+        );
     }
 
     #[test]
