@@ -475,14 +475,22 @@ impl Ec2Cloud {
         }
     }
 
-    /// Imports the stack's key pair.
+    /// Imports the stack's key pair. One of its name that exists already
+    /// (an earlier import whose answer was lost, not yet listed by the
+    /// look-up) is recorded: the next look-up compares its public key and
+    /// re-imports it when it holds another.
     pub(in crate::cloud::ec2) async fn import_key_pair(
         &self,
         stack: &StackIdentity,
         key: &DesiredKeyPair,
         ids: &mut NetworkStatus,
     ) -> Result<(), CloudError> {
-        self.import_public_key(stack, key).await?;
+        match self.import_public_key(stack, key).await {
+            Err(e) if has_code(&e, "InvalidKeyPair.Duplicate") => {
+                info!(stack = %stack.tag_value(), "key pair {} exists already", key.name);
+            }
+            done => done?,
+        }
         ids.key_pair_name = Some(key.name.clone());
         Ok(())
     }
