@@ -12,11 +12,11 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, InstanceMetadataEndpointState, InstanceStateName, Tag};
 use aws_sdk_ec2::Client;
 use votingstack::api::conditions::find_condition;
-use votingstack::api::{ConditionType, Tier, VotingStack};
+use votingstack::api::{ConditionType, NetworkStatus, Tier, VotingStack};
 use votingstack::cloud::ec2::{Ec2Cloud, MAX_ATTEMPTS};
-use votingstack::cloud::{Cloud, StackIdentity, OWNER_TAG};
+use votingstack::cloud::{AwsErrorKind, Cloud, StackIdentity, OWNER_TAG};
 use votingstack::engine::{Engine, EngineSettings, Outcome, Teardown};
-use votingstack::model::{Action, InfraAction, InstanceLaunch};
+use votingstack::model::{Action, InfraAction, InstanceLaunch, NetworkStep};
 
 use crate::fakes::FakeHosts;
 use crate::fixtures;
@@ -335,4 +335,33 @@ async fn ec2_owner_not_found_of_a_fresh_id_is_retried_but_a_deletions_is_the_ans
     // A deletion's NotFound is its answer (already gone): no retry.
     assert!(r5.is_err());
     assert_eq!(deleted.1.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn ec2_owner_a_refused_nat_gateway_leaves_no_elastic_ip_billing() {
+    let released = "<ReleaseAddressResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                    <requestId>r-2</requestId><return>true</return></ReleaseAddressResponse>";
+    let (endpoint, requests) =
+        scripted_endpoint(vec![error_reply("NatGatewayLimitExceeded"), (200, released.to_string())]).await;
+    let cloud = production_cloud(&endpoint).await;
+    let ident = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u-nat".into() };
+    let mut ids = NetworkStatus {
+        subnet_id: Some("subnet-0public".into()),
+        elastic_ip_allocation_id: Some("eipalloc-0fresh".into()),
+        ..Default::default()
+    };
+    let step = NetworkStep::CreateNatGateway { attempt: 0 };
+    let err = tokio::time::timeout(Duration::from_secs(30), cloud.apply_network_step(&ident, &step, &mut ids))
+        .await
+        .expect("bounded")
+        .expect_err("the quota refuses the gateway");
+    assert_eq!(err.kind(), AwsErrorKind::Quota, "{err}");
+    assert!(err.to_string().contains("NAT gateways per Availability Zone"), "{err}");
+    // Refused once (a quota is not retried), then the address is released
+    // in the same step and forgotten: the next pass allocates one again.
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    let calls = cloud.calls_by_operation();
+    assert_eq!((calls.get("CreateNatGateway"), calls.get("ReleaseAddress")), (Some(&1), Some(&1)), "{calls:?}");
+    assert_eq!(ids.elastic_ip_allocation_id, None);
+    assert_eq!(ids.nat_gateway_id, None);
 }

@@ -11,7 +11,7 @@ use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType};
 use tracing::{info, warn};
 
 use crate::api::{NetworkStatus, Tier};
-use crate::cloud::{CloudError, StackIdentity};
+use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::{Duplicate, DuplicateKind, NatState, SubnetRole, ZoneChoice, DEFAULT_ROUTE};
 use crate::model::{DesiredKeyPair, Rule};
 
@@ -282,7 +282,10 @@ impl Ec2Cloud {
     }
 
     /// The NAT gateway in the public subnet, with a ClientToken per
-    /// `attempt` (one more for each gateway that failed).
+    /// `attempt` (one more for each gateway that failed). When EC2 refuses
+    /// it (a quota, a parameter), the Elastic IP allocated for it is
+    /// released at once: an unused address bills by the hour until the
+    /// refusal is resolved. The next pass allocates one again.
     pub(in crate::cloud::ec2) async fn create_nat_gateway(
         &self,
         stack: &StackIdentity,
@@ -292,7 +295,7 @@ impl Ec2Cloud {
         let operation = "CreateNatGateway";
         let subnet_id = need(&ids.subnet_id, operation, "public subnet id")?;
         let allocation_id = need(&ids.elastic_ip_allocation_id, operation, "Elastic IP allocation id")?;
-        let out = self
+        let created = self
             .call(
                 operation,
                 self.client
@@ -303,7 +306,15 @@ impl Ec2Cloud {
                     .tag_specifications(tag_spec(ResourceType::Natgateway, stack, &nat_name(stack), None))
                     .send(),
             )
-            .await?;
+            .await;
+        let out = match created {
+            Ok(out) => out,
+            Err(e) if refused(&e) => {
+                self.release_unused_address(stack, &allocation_id, ids).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let id = out
             .nat_gateway
             .and_then(|n| n.nat_gateway_id)
@@ -527,6 +538,22 @@ impl Ec2Cloud {
         Ok(())
     }
 
+    /// Releases the Elastic IP of a NAT gateway EC2 refused to create and
+    /// forgets it. A release that fails is logged: the address carries the
+    /// stack's tags, so the next pass's look-up finds it and teardown
+    /// releases it.
+    async fn release_unused_address(&self, stack: &StackIdentity, allocation_id: &str, ids: &mut NetworkStatus) {
+        let done = self.call("ReleaseAddress", self.client.release_address().allocation_id(allocation_id).send()).await;
+        match done {
+            Ok(_) => {
+                info!(stack = %stack.tag_value(), "released Elastic IP {allocation_id}: its NAT gateway was refused");
+                ids.elastic_ip_allocation_id = None;
+            }
+            Err(e) if is_not_found(&e) => ids.elastic_ip_allocation_id = None,
+            Err(e) => warn!(stack = %stack.tag_value(), error = %e, "could not release Elastic IP {allocation_id}"),
+        }
+    }
+
     /// Whether a NAT gateway is available: false while it is pending (or not
     /// yet visible, right after its creation). A gateway that failed (or is
     /// being deleted) is an error: see [`nat_unusable`].
@@ -574,4 +601,35 @@ impl Ec2Cloud {
 /// True when EC2 answered with this error code.
 fn has_code(e: &CloudError, wanted: &str) -> bool {
     matches!(e, CloudError::Api { code, .. } if code == wanted)
+}
+
+/// True when EC2 answered and refused the request: nothing was created.
+/// No answer, throttling or a server error leave it open whether the
+/// request took effect.
+fn refused(e: &CloudError) -> bool {
+    matches!(e, CloudError::Api { kind, .. } if !matches!(kind, AwsErrorKind::Unavailable | AwsErrorKind::Throttled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: &str) -> CloudError {
+        CloudError::Api {
+            operation: "CreateNatGateway",
+            code: code.into(),
+            message: String::new(),
+            kind: AwsErrorKind::from_code(code),
+        }
+    }
+
+    #[test]
+    fn only_a_refusal_tells_that_nothing_was_created() {
+        assert!(refused(&api("NatGatewayLimitExceeded")));
+        assert!(refused(&api("InvalidParameterValue")));
+        assert!(refused(&api("UnauthorizedOperation")));
+        assert!(!refused(&api("InternalError")));
+        assert!(!refused(&api("RequestLimitExceeded")));
+        assert!(!refused(&CloudError::Transport { operation: "CreateNatGateway", message: "timeout".into() }));
+    }
 }
