@@ -105,6 +105,7 @@ impl ClassifyRetry for FreshIdRetry {
             o::authorize_security_group_ingress::AuthorizeSecurityGroupIngressError,
             o::create_route_table::CreateRouteTableError,
             o::create_route::CreateRouteError,
+            o::replace_route::ReplaceRouteError,
             o::associate_route_table::AssociateRouteTableError,
             o::attach_internet_gateway::AttachInternetGatewayError,
             o::create_nat_gateway::CreateNatGatewayError,
@@ -127,8 +128,10 @@ impl ClassifyRetry for FreshIdRetry {
 }
 
 /// True for a NotFound code that eventual consistency explains.
+/// (A route is no id: ReplaceRoute's InvalidRoute.NotFound says the route
+/// is gone.)
 pub fn is_fresh_id_not_found(code: &str) -> bool {
-    code.ends_with(".NotFound") && !code.starts_with("InvalidAMIID")
+    code.ends_with(".NotFound") && !code.starts_with("InvalidAMIID") && code != "InvalidRoute.NotFound"
 }
 
 /// The EC2 side of the engine, over aws-sdk-ec2.
@@ -540,6 +543,7 @@ mod tests {
         assert!(is_fresh_id_not_found("InvalidGroup.NotFound"));
         assert!(is_fresh_id_not_found("InvalidInstanceID.NotFound"));
         assert!(!is_fresh_id_not_found("InvalidAMIID.NotFound"));
+        assert!(!is_fresh_id_not_found("InvalidRoute.NotFound"));
         assert!(!is_fresh_id_not_found("DependencyViolation"));
         assert!(!is_fresh_id_not_found("InvalidParameterValue"));
     }

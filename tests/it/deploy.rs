@@ -419,7 +419,7 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
         "CreateRouteTable",
         "DeleteRouteTable",
         "CreateRoute",
-        "DeleteRoute",
+        "ReplaceRoute",
         "AssociateRouteTable",
         "DisassociateRouteTable",
         "CreateSecurityGroup",

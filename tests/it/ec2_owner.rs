@@ -365,3 +365,40 @@ async fn ec2_owner_a_refused_nat_gateway_leaves_no_elastic_ip_billing() {
     assert_eq!(ids.elastic_ip_allocation_id, None);
     assert_eq!(ids.nat_gateway_id, None);
 }
+
+fn ok_reply(operation: &str) -> (u16, String) {
+    let body = format!(
+        "<{operation}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+         <requestId>r-2</requestId><return>true</return></{operation}Response>"
+    );
+    (200, body)
+}
+
+#[tokio::test]
+async fn ec2_owner_a_stale_default_route_is_replaced_in_place() {
+    let ident = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u-route".into() };
+    let ids = || NetworkStatus {
+        route_table_id: Some("rtb-0public".into()),
+        internet_gateway_id: Some("igw-0new".into()),
+        ..Default::default()
+    };
+    let step = NetworkStep::RouteToGateway { replaces: Some("igw-0old".into()) };
+    // One ReplaceRoute: the subnet is never without its default route.
+    let (endpoint, requests) = scripted_endpoint(vec![ok_reply("ReplaceRoute")]).await;
+    let cloud = production_cloud(&endpoint).await;
+    let mut done = ids();
+    cloud.apply_network_step(&ident, &step, &mut done).await.expect("replaced");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert_eq!(cloud.calls_by_operation().into_iter().collect::<Vec<_>>(), [("ReplaceRoute", 1)]);
+    // The stale route went meanwhile: created instead, without waiting.
+    let (endpoint, requests) =
+        scripted_endpoint(vec![error_reply("InvalidRoute.NotFound"), ok_reply("CreateRoute")]).await;
+    let cloud = production_cloud(&endpoint).await;
+    let mut done = ids();
+    tokio::time::timeout(Duration::from_secs(30), cloud.apply_network_step(&ident, &step, &mut done))
+        .await
+        .expect("bounded")
+        .expect("created");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(cloud.calls_by_operation().into_iter().collect::<Vec<_>>(), [("CreateRoute", 1), ("ReplaceRoute", 1)]);
+}

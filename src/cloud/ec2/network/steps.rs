@@ -211,8 +211,8 @@ impl Ec2Cloud {
         Ok(())
     }
 
-    /// The public route table's default route to the internet gateway,
-    /// after deleting the stale one it `replaces`.
+    /// The public route table's default route to the internet gateway, in
+    /// place of the stale one it `replaces`.
     pub(in crate::cloud::ec2) async fn route_to_gateway(
         &self,
         stack: &StackIdentity,
@@ -221,18 +221,7 @@ impl Ec2Cloud {
     ) -> Result<(), CloudError> {
         let rt_id = need(&ids.route_table_id, "CreateRoute", "route table id")?;
         let gw_id = need(&ids.internet_gateway_id, "CreateRoute", "internet gateway id")?;
-        self.replace_default_route(stack, &rt_id, replaces).await?;
-        self.call(
-            "CreateRoute",
-            self.client
-                .create_route()
-                .route_table_id(&rt_id)
-                .destination_cidr_block(DEFAULT_ROUTE)
-                .gateway_id(&gw_id)
-                .send(),
-        )
-        .await?;
-        Ok(())
+        self.set_default_route(stack, &rt_id, replaces, RouteTarget::Gateway(&gw_id)).await
     }
 
     /// Associates the route table of `role` with the subnet of that role.
@@ -325,8 +314,8 @@ impl Ec2Cloud {
         Ok(())
     }
 
-    /// The private route table's default route to the NAT gateway, after
-    /// deleting the stale one it `replaces`; with `when_available`, only
+    /// The private route table's default route to the NAT gateway, in
+    /// place of the stale one it `replaces`; with `when_available`, only
     /// once the gateway is available (still pending: recorded as pending,
     /// and the route follows on a later pass).
     pub(in crate::cloud::ec2) async fn route_to_nat_gateway(
@@ -342,17 +331,7 @@ impl Ec2Cloud {
             ids.nat_gateway_state = Some(NatState::Pending.as_str().into());
             return Ok(());
         }
-        self.replace_default_route(stack, &rt_id, replaces).await?;
-        self.call(
-            "CreateRoute",
-            self.client
-                .create_route()
-                .route_table_id(&rt_id)
-                .destination_cidr_block(DEFAULT_ROUTE)
-                .nat_gateway_id(&nat_id)
-                .send(),
-        )
-        .await?;
+        self.set_default_route(stack, &rt_id, replaces, RouteTarget::NatGateway(&nat_id)).await?;
         ids.nat_gateway_state = Some(NatState::Available.as_str().into());
         Ok(())
     }
@@ -521,21 +500,35 @@ impl Ec2Cloud {
         Ok(())
     }
 
-    /// Deletes a stale default route of a table before a new one is added.
-    async fn replace_default_route(
+    /// Points a table's default route at `target`: CreateRoute when it has
+    /// none, ReplaceRoute when it has a stale one (`replaces`), so the
+    /// subnet is never without a default route. A stale route gone by now
+    /// (InvalidRoute.NotFound) is created instead.
+    async fn set_default_route(
         &self,
         stack: &StackIdentity,
         rt_id: &str,
         replaces: Option<&str>,
+        target: RouteTarget<'_>,
     ) -> Result<(), CloudError> {
-        let Some(old) = replaces else { return Ok(()) };
-        warn!(stack = %stack.tag_value(), "replacing the default route of {rt_id} to {old}");
-        self.call(
-            "DeleteRoute",
-            self.client.delete_route().route_table_id(rt_id).destination_cidr_block(DEFAULT_ROUTE).send(),
-        )
-        .await?;
-        Ok(())
+        if let Some(old) = replaces {
+            warn!(stack = %stack.tag_value(), "replacing the default route of {rt_id} to {old} with one to {target}");
+            let request = self.client.replace_route().route_table_id(rt_id).destination_cidr_block(DEFAULT_ROUTE);
+            let request = match target {
+                RouteTarget::Gateway(id) => request.gateway_id(id),
+                RouteTarget::NatGateway(id) => request.nat_gateway_id(id),
+            };
+            match self.call("ReplaceRoute", request.send()).await {
+                Err(e) if has_code(&e, "InvalidRoute.NotFound") => {}
+                done => return done.map(drop),
+            }
+        }
+        let request = self.client.create_route().route_table_id(rt_id).destination_cidr_block(DEFAULT_ROUTE);
+        let request = match target {
+            RouteTarget::Gateway(id) => request.gateway_id(id),
+            RouteTarget::NatGateway(id) => request.nat_gateway_id(id),
+        };
+        self.call("CreateRoute", request.send()).await.map(drop)
     }
 
     /// Releases the Elastic IP of a NAT gateway EC2 refused to create and
@@ -595,6 +588,21 @@ impl Ec2Cloud {
         .await?;
         info!(stack = %stack.tag_value(), "imported key pair {}", key.name);
         Ok(())
+    }
+}
+
+/// Where a default route leads.
+#[derive(Clone, Copy, Debug)]
+enum RouteTarget<'a> {
+    Gateway(&'a str),
+    NatGateway(&'a str),
+}
+
+impl std::fmt::Display for RouteTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteTarget::Gateway(id) | RouteTarget::NatGateway(id) => f.write_str(id),
+        }
     }
 }
 
