@@ -291,6 +291,11 @@ fn is_not_found(e: &CloudError) -> bool {
     matches!(e, CloudError::Api { code, .. } if code.ends_with(".NotFound") || code.ends_with("NotFound"))
 }
 
+/// True when EC2 answered with this error code.
+fn has_code(e: &CloudError, wanted: &str) -> bool {
+    matches!(e, CloudError::Api { code, .. } if code == wanted)
+}
+
 /// True when EC2 refused because something still depends on the resource.
 fn is_dependency(e: &CloudError) -> bool {
     matches!(e, CloudError::Api { code, .. } if code == "DependencyViolation" || code == "ResourceInUse" || code == "VolumeInUse")

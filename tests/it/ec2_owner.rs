@@ -402,3 +402,31 @@ async fn ec2_owner_a_stale_default_route_is_replaced_in_place() {
     assert_eq!(requests.load(Ordering::SeqCst), 2);
     assert_eq!(cloud.calls_by_operation().into_iter().collect::<Vec<_>>(), [("CreateRoute", 1), ("ReplaceRoute", 1)]);
 }
+
+#[tokio::test]
+async fn ec2_owner_teardown_revokes_references_one_by_one_when_one_is_gone() {
+    use votingstack::model::{Rule, Source, TeardownStep};
+    let ident = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u-refs".into() };
+    // The batch is refused for the rule that is gone; the other is revoked
+    // on its own, the gone one skipped.
+    let (endpoint, requests) = scripted_endpoint(vec![
+        error_reply("InvalidPermission.NotFound"),
+        ok_reply("RevokeSecurityGroupIngress"),
+        error_reply("InvalidPermission.NotFound"),
+    ])
+    .await;
+    let cloud = production_cloud(&endpoint).await.with_waits(Duration::from_millis(10), Duration::from_secs(5));
+    let step = TeardownStep::RevokeGroupReferences {
+        group_id: "sg-0database".into(),
+        rules: vec![
+            Rule::tcp(5432, Source::Group("sg-0backend".into())),
+            Rule::tcp(22, Source::Group("sg-0frontend".into())),
+        ],
+    };
+    tokio::time::timeout(Duration::from_secs(30), cloud.destroy(&ident, &[step]))
+        .await
+        .expect("bounded")
+        .expect("every reference is revoked or gone");
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(cloud.calls_by_operation().get("RevokeSecurityGroupIngress"), Some(&3));
+}

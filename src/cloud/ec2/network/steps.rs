@@ -15,7 +15,7 @@ use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::{Duplicate, DuplicateKind, NatState, SubnetRole, ZoneChoice, DEFAULT_ROUTE};
 use crate::model::{DesiredKeyPair, Rule};
 
-use super::super::{filter, is_not_found, stack_filter, tag_spec, Ec2Cloud};
+use super::super::{filter, has_code, is_not_found, stack_filter, tag_spec, Ec2Cloud};
 use super::inventory::{group_description, nat_client_token, nat_name, nat_state, nat_unusable, permission, role_name};
 
 /// The id a step needs from an earlier one, or the error naming it.
@@ -604,11 +604,6 @@ impl std::fmt::Display for RouteTarget<'_> {
             RouteTarget::Gateway(id) | RouteTarget::NatGateway(id) => f.write_str(id),
         }
     }
-}
-
-/// True when EC2 answered with this error code.
-fn has_code(e: &CloudError, wanted: &str) -> bool {
-    matches!(e, CloudError::Api { code, .. } if code == wanted)
 }
 
 /// True when EC2 answered and refused the request: nothing was created.
