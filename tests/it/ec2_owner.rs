@@ -319,9 +319,10 @@ async fn ec2_owner_not_found_of_a_fresh_id_is_retried_but_a_deletions_is_the_ans
     .await
     .expect("retries are bounded");
 
-    // DescribeInstances by id: NotFound twice, then the answer.
+    // DescribeInstances by id: NotFound twice, then an answer without it:
+    // asked again, a second apart, until the fresh id's window is spent.
     assert_eq!(r1.expect("found after retries"), []);
-    assert_eq!(lagging.1.load(Ordering::SeqCst), 3);
+    assert_eq!(lagging.1.load(Ordering::SeqCst), 3 + (MAX_ATTEMPTS as usize - 1));
     // Still NotFound after every attempt: gone.
     assert_eq!(r2.expect("NotFound means gone"), []);
     assert_eq!(gone.1.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
@@ -429,4 +430,24 @@ async fn ec2_owner_teardown_revokes_references_one_by_one_when_one_is_gone() {
         .expect("every reference is revoked or gone");
     assert_eq!(requests.load(Ordering::SeqCst), 3);
     assert_eq!(cloud.calls_by_operation().get("RevokeSecurityGroupIngress"), Some(&3));
+}
+
+#[tokio::test]
+async fn ec2_owner_an_unknown_id_hides_no_other_instance() {
+    let one = "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+               <requestId>r-2</requestId><reservationSet><item><reservationId>r-1</reservationId>\
+               <instancesSet><item><instanceId>i-0known</instanceId>\
+               <instanceState><code>16</code><name>running</name></instanceState>\
+               </item></instancesSet></item></reservationSet></DescribeInstancesResponse>";
+    let (endpoint, requests) = scripted_endpoint(vec![(200, one.to_string())]).await;
+    let cloud = production_cloud(&endpoint).await;
+    let ids = vec!["i-0known".to_string(), "i-0unknown".to_string()];
+    let found = tokio::time::timeout(Duration::from_secs(30), cloud.instances_by_id(&ids))
+        .await
+        .expect("bounded")
+        .expect("one filtered look-up answers for both ids");
+    assert_eq!(found.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["i-0known"]);
+    // The unknown id is asked for again within the fresh-id window, the
+    // known one is kept once.
+    assert_eq!(requests.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
 }

@@ -15,7 +15,9 @@ use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::SubnetRole;
 use crate::model::{AttachedVolume, AttachmentState, InstanceLaunch, InstanceState, ObservedInstance};
 
-use super::{filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
+use super::{
+    filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud, FRESH_ID_RETRY_DELAY, MAX_ATTEMPTS,
+};
 
 use InstanceState::{Pending, Running, ShuttingDown, Stopped, Stopping, Terminated};
 
@@ -99,18 +101,31 @@ impl Ec2Cloud {
     }
 
     /// The instances EC2 knows by these ids, in any state and whatever their
-    /// tags: one DescribeInstances per id, so one unknown id (NotFound, once
-    /// the client's retries for a fresh id are spent) hides no other.
+    /// tags: DescribeInstances with the `instance-id` filter, which leaves an
+    /// unknown id out (InstanceIds would fail the whole call with NotFound
+    /// for one). An id missing from the answer may be one launched moments
+    /// ago: it is asked for again, a second apart, within the same window
+    /// as a fresh id's NotFound ([`MAX_ATTEMPTS`] looks in all).
     pub(super) async fn describe_by_id(&self, ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
-        let mut out = Vec::new();
-        for id in ids {
-            match self.call("DescribeInstances", self.client.describe_instances().instance_ids(id).send()).await {
-                Ok(page) => out.extend(
-                    page.reservations().iter().flat_map(|r| r.instances()).filter_map(observed).map(|(i, _)| i),
-                ),
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e),
+        let mut out: Vec<ObservedInstance> = Vec::new();
+        let mut missing: Vec<String> = ids.to_vec();
+        for attempt in 0..MAX_ATTEMPTS {
+            if missing.is_empty() {
+                break;
             }
+            if attempt > 0 {
+                tokio::time::sleep(FRESH_ID_RETRY_DELAY).await;
+            }
+            let found = match self.describe_instances(vec![filter("instance-id", missing.iter().cloned())]).await {
+                Ok(found) => found,
+                // An endpoint that answers NotFound to a filter: that is its answer.
+                Err(e) if is_not_found(&e) => break,
+                Err(e) => return Err(e),
+            };
+            let found: Vec<ObservedInstance> =
+                found.iter().filter_map(observed).map(|(i, _)| i).filter(|i| missing.contains(&i.id)).collect();
+            missing.retain(|id| !found.iter().any(|i| i.id == *id));
+            out.extend(found);
         }
         Ok(out)
     }
