@@ -365,6 +365,10 @@ impl Cloud for Ec2Cloud {
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError> {
         let instances = self.shared_stack_instances(stack).await?;
+        let imds_v1 = instances::needing_imds_v2(&instances);
+        if !imds_v1.is_empty() {
+            self.require_imds_v2(stack, &imds_v1).await;
+        }
         let network = self.observe_network(stack, known, lookup, &instances).await?;
         let instances = instances.into_iter().map(|(inst, _)| inst).collect();
         Ok(ObservedInfra { network, instances, data_volumes: None })
