@@ -398,9 +398,7 @@ impl Cloud for Ec2Cloud {
             }
             NetworkStep::DeleteDuplicate { duplicate } => self.delete_duplicate(stack, duplicate).await,
             NetworkStep::CreateSecurityGroup { tier } => self.create_security_group(stack, *tier, ids).await,
-            NetworkStep::Authorize { tier, rule, description } => {
-                self.authorize(stack, *tier, rule, description, ids).await
-            }
+            NetworkStep::Authorize { tier, rules } => self.authorize(stack, *tier, rules, ids).await,
             NetworkStep::Revoke { tier, rule } => self.revoke(stack, *tier, rule, ids).await,
             NetworkStep::ImportKeyPair { key } => self.import_key_pair(stack, key, ids).await,
             NetworkStep::ReimportKeyPair { key } => self.reimport_key_pair(stack, key, ids).await,

@@ -1032,7 +1032,7 @@ async fn ec2_retried_creates_are_adopted_and_unused_duplicates_deleted() {
     w.cloud.apply_network_step(&ident, &step, &mut ids).await.unwrap();
     assert_eq!(ids.security_groups.get(&Tier::Backend), net.security_groups.get(&Tier::Backend));
     let rule = votingstack::model::Rule::tcp(6379, votingstack::model::Source::TierGroup(Tier::Frontend));
-    let step = NetworkStep::Authorize { tier: Tier::Backend, rule, description: "redis" };
+    let step = NetworkStep::Authorize { tier: Tier::Backend, rules: vec![(rule, "redis")] };
     w.cloud.apply_network_step(&ident, &step, &mut ids).await.unwrap();
     // CreateSubnet again: the taken block is adopted.
     let mut ids = net.clone();

@@ -451,3 +451,59 @@ async fn ec2_owner_an_unknown_id_hides_no_other_instance() {
     // known one is kept once.
     assert_eq!(requests.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
 }
+
+#[tokio::test]
+async fn ec2_owner_a_groups_rules_are_added_in_one_call_and_a_duplicate_adds_only_the_missing() {
+    use votingstack::model::{Rule, Source};
+    let ident = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u-rules".into() };
+    let group = |perms: &str| {
+        format!(
+            "<DescribeSecurityGroupsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+             <requestId>r-3</requestId><securityGroupInfo><item><groupId>sg-0backend</groupId>\
+             <groupName>g</groupName><ipPermissions>{perms}</ipPermissions></item></securityGroupInfo>\
+             </DescribeSecurityGroupsResponse>"
+        )
+    };
+    let ssh = "<item><ipProtocol>tcp</ipProtocol><fromPort>22</fromPort><toPort>22</toPort>\
+               <ipRanges><item><cidrIp>203.0.113.0/24</cidrIp></item></ipRanges></item>";
+    let redis = "<item><ipProtocol>tcp</ipProtocol><fromPort>6379</fromPort><toPort>6379</toPort>\
+                 <groups><item><groupId>sg-0frontend</groupId></item></groups></item>";
+    let mut ids = NetworkStatus::default();
+    ids.security_groups.insert(Tier::Backend, "sg-0backend".into());
+    ids.security_groups.insert(Tier::Frontend, "sg-0frontend".into());
+    let step = NetworkStep::Authorize {
+        tier: Tier::Backend,
+        rules: vec![
+            (Rule::tcp(22, Source::Cidr("203.0.113.0/24".into())), "ssh"),
+            (Rule::tcp(6379, Source::TierGroup(Tier::Frontend)), "redis"),
+        ],
+    };
+    let run = |replies: Vec<(u16, String)>| {
+        let (ident, step, mut ids) = (ident.clone(), step.clone(), ids.clone());
+        async move {
+            let (endpoint, requests) = scripted_endpoint(replies).await;
+            let cloud = production_cloud(&endpoint).await;
+            tokio::time::timeout(Duration::from_secs(30), cloud.apply_network_step(&ident, &step, &mut ids))
+                .await
+                .expect("bounded")
+                .expect("the rules are there");
+            (requests.load(Ordering::SeqCst), cloud.calls_by_operation())
+        }
+    };
+    // Both rules in one call.
+    let (n, _) = run(vec![ok_reply("AuthorizeSecurityGroupIngress")]).await;
+    assert_eq!(n, 1);
+    // The batch is refused for the SSH rule, which exists: the group is
+    // looked at and the one missing rule added.
+    let (n, calls) = run(vec![
+        error_reply("InvalidPermission.Duplicate"),
+        (200, group(ssh)),
+        ok_reply("AuthorizeSecurityGroupIngress"),
+    ])
+    .await;
+    assert_eq!(n, 3);
+    assert_eq!((calls.get("AuthorizeSecurityGroupIngress"), calls.get("DescribeSecurityGroups")), (Some(&2), Some(&1)));
+    // Every rule exists: nothing more is sent.
+    let (n, _) = run(vec![error_reply("InvalidPermission.Duplicate"), (200, group(&format!("{ssh}{redis}")))]).await;
+    assert_eq!(n, 2);
+}

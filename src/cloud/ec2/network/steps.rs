@@ -4,6 +4,7 @@
 //! [`NetworkStatus`]. `Cloud::apply_network_step` (in `ec2.rs`) dispatches
 //! a step to its function.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 
 use aws_sdk_ec2::primitives::Blob;
@@ -16,7 +17,12 @@ use crate::model::network::{Duplicate, DuplicateKind, NatState, SubnetRole, Zone
 use crate::model::{DesiredKeyPair, Rule};
 
 use super::super::{filter, has_code, is_not_found, stack_filter, tag_spec, Ec2Cloud};
-use super::inventory::{group_description, nat_client_token, nat_name, nat_state, nat_unusable, permission, role_name};
+use super::inventory::{
+    existing_rules, group_description, nat_client_token, nat_name, nat_state, nat_unusable, permission, role_name,
+};
+
+const AUTHORIZE: &str = "AuthorizeSecurityGroupIngress";
+const DUPLICATE: &str = "InvalidPermission.Duplicate";
 
 /// The id a step needs from an earlier one, or the error naming it.
 fn need(id: &Option<String>, operation: &'static str, missing: &'static str) -> Result<String, CloudError> {
@@ -412,32 +418,76 @@ impl Ec2Cloud {
         Ok(())
     }
 
-    /// Adds an ingress rule to the tier's group; a rule that is there
-    /// already (a retried call) is no error.
+    /// Adds the tier's missing ingress rules to its group in one call. EC2
+    /// refuses the whole batch when one of its rules exists already
+    /// (InvalidPermission.Duplicate: a retried call, or a rule added
+    /// meanwhile): then the group's rules are looked up and only the
+    /// missing ones are added, and should a rule still come back as a
+    /// duplicate (a look-up lagging an add), each rule is added on its own.
     pub(in crate::cloud::ec2) async fn authorize(
         &self,
         stack: &StackIdentity,
         tier: Tier,
-        rule: &Rule,
-        description: &str,
+        rules: &[(Rule, &'static str)],
         ids: &NetworkStatus,
     ) -> Result<(), CloudError> {
-        let operation = "AuthorizeSecurityGroupIngress";
-        let group_id = need(&ids.security_groups.get(&tier).cloned(), operation, "security group of the tier")?;
-        let perm = permission(operation, rule, &ids.security_groups, Some(description))?;
-        let done = self
-            .call(
-                operation,
-                self.client.authorize_security_group_ingress().group_id(&group_id).ip_permissions(perm).send(),
-            )
-            .await;
-        match done {
-            Err(e) if has_code(&e, "InvalidPermission.Duplicate") => {
-                info!(stack = %stack.tag_value(), %tier, "rule {rule} from {} exists already", rule.source);
-                Ok(())
-            }
-            other => other.map(drop),
+        let group_id = need(&ids.security_groups.get(&tier).cloned(), AUTHORIZE, "security group of the tier")?;
+        match self.authorize_batch(&group_id, rules, ids).await {
+            Err(e) if has_code(&e, DUPLICATE) => {}
+            done => return done,
         }
+        let existing = self.group_rules(&group_id, ids).await?;
+        let missing: Vec<(Rule, &'static str)> = rules.iter().filter(|(r, _)| !existing.contains(r)).cloned().collect();
+        info!(stack = %stack.tag_value(), %tier, "{} of {} rules exist already", rules.len() - missing.len(), rules.len());
+        match self.authorize_batch(&group_id, &missing, ids).await {
+            Err(e) if has_code(&e, DUPLICATE) => {}
+            done => return done,
+        }
+        for rule in &missing {
+            match self.authorize_batch(&group_id, std::slice::from_ref(rule), ids).await {
+                Err(e) if has_code(&e, DUPLICATE) => {}
+                done => done?,
+            }
+        }
+        Ok(())
+    }
+
+    /// One AuthorizeSecurityGroupIngress with every rule of `rules` (none: no call).
+    async fn authorize_batch(
+        &self,
+        group_id: &str,
+        rules: &[(Rule, &'static str)],
+        ids: &NetworkStatus,
+    ) -> Result<(), CloudError> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let perms = rules
+            .iter()
+            .map(|(rule, description)| permission(AUTHORIZE, rule, &ids.security_groups, Some(description)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.call(
+            AUTHORIZE,
+            self.client.authorize_security_group_ingress().group_id(group_id).set_ip_permissions(Some(perms)).send(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The ingress rules a group has now (DescribeSecurityGroups by id filter).
+    async fn group_rules(&self, group_id: &str, ids: &NetworkStatus) -> Result<BTreeSet<Rule>, CloudError> {
+        let out = self
+            .call(
+                "DescribeSecurityGroups",
+                self.client.describe_security_groups().filters(filter("group-id", [group_id])).send(),
+            )
+            .await?;
+        Ok(out
+            .security_groups()
+            .iter()
+            .filter(|g| g.group_id() == Some(group_id))
+            .flat_map(|g| existing_rules(g, &ids.security_groups))
+            .collect())
     }
 
     /// Removes an ingress rule the spec does not ask for; one already gone
