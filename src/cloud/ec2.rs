@@ -105,6 +105,7 @@ impl ClassifyRetry for FreshIdRetry {
             o::authorize_security_group_ingress::AuthorizeSecurityGroupIngressError,
             o::create_route_table::CreateRouteTableError,
             o::create_route::CreateRouteError,
+            o::replace_route::ReplaceRouteError,
             o::associate_route_table::AssociateRouteTableError,
             o::attach_internet_gateway::AttachInternetGatewayError,
             o::create_nat_gateway::CreateNatGatewayError,
@@ -127,8 +128,10 @@ impl ClassifyRetry for FreshIdRetry {
 }
 
 /// True for a NotFound code that eventual consistency explains.
+/// (A route is no id: ReplaceRoute's InvalidRoute.NotFound says the route
+/// is gone.)
 pub fn is_fresh_id_not_found(code: &str) -> bool {
-    code.ends_with(".NotFound") && !code.starts_with("InvalidAMIID")
+    code.ends_with(".NotFound") && !code.starts_with("InvalidAMIID") && code != "InvalidRoute.NotFound"
 }
 
 /// The EC2 side of the engine, over aws-sdk-ec2.
@@ -288,6 +291,11 @@ fn is_not_found(e: &CloudError) -> bool {
     matches!(e, CloudError::Api { code, .. } if code.ends_with(".NotFound") || code.ends_with("NotFound"))
 }
 
+/// True when EC2 answered with this error code.
+fn has_code(e: &CloudError, wanted: &str) -> bool {
+    matches!(e, CloudError::Api { code, .. } if code == wanted)
+}
+
 /// True when EC2 refused because something still depends on the resource.
 fn is_dependency(e: &CloudError) -> bool {
     matches!(e, CloudError::Api { code, .. } if code == "DependencyViolation" || code == "ResourceInUse" || code == "VolumeInUse")
@@ -357,6 +365,10 @@ impl Cloud for Ec2Cloud {
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError> {
         let instances = self.shared_stack_instances(stack).await?;
+        let imds_v1 = instances::needing_imds_v2(&instances);
+        if !imds_v1.is_empty() {
+            self.require_imds_v2(stack, &imds_v1).await;
+        }
         let network = self.observe_network(stack, known, lookup, &instances).await?;
         let instances = instances.into_iter().map(|(inst, _)| inst).collect();
         Ok(ObservedInfra { network, instances, data_volumes: None })
@@ -386,9 +398,7 @@ impl Cloud for Ec2Cloud {
             }
             NetworkStep::DeleteDuplicate { duplicate } => self.delete_duplicate(stack, duplicate).await,
             NetworkStep::CreateSecurityGroup { tier } => self.create_security_group(stack, *tier, ids).await,
-            NetworkStep::Authorize { tier, rule, description } => {
-                self.authorize(stack, *tier, rule, description, ids).await
-            }
+            NetworkStep::Authorize { tier, rules } => self.authorize(stack, *tier, rules, ids).await,
             NetworkStep::Revoke { tier, rule } => self.revoke(stack, *tier, rule, ids).await,
             NetworkStep::ImportKeyPair { key } => self.import_key_pair(stack, key, ids).await,
             NetworkStep::ReimportKeyPair { key } => self.reimport_key_pair(stack, key, ids).await,
@@ -541,6 +551,7 @@ mod tests {
         assert!(is_fresh_id_not_found("InvalidGroup.NotFound"));
         assert!(is_fresh_id_not_found("InvalidInstanceID.NotFound"));
         assert!(!is_fresh_id_not_found("InvalidAMIID.NotFound"));
+        assert!(!is_fresh_id_not_found("InvalidRoute.NotFound"));
         assert!(!is_fresh_id_not_found("DependencyViolation"));
         assert!(!is_fresh_id_not_found("InvalidParameterValue"));
     }

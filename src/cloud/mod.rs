@@ -108,13 +108,11 @@ impl AwsErrorKind {
             | "OptInRequired"
             | "Blocked" => AwsErrorKind::Auth,
             "RequestLimitExceeded" | "Throttling" | "ThrottlingException" => AwsErrorKind::Throttled,
-            "InstanceLimitExceeded"
-            | "VcpuLimitExceeded"
-            | "VpcLimitExceeded"
-            | "AddressLimitExceeded"
-            | "SecurityGroupLimitExceeded"
-            | "RulesPerSecurityGroupLimitExceeded"
-            | "MaxSpotInstanceCountExceeded" => AwsErrorKind::Quota,
+            // Rate limits of snapshots: they pass as snapshots complete.
+            "SnapshotCreationPerVolumeRateExceeded" | "ConcurrentSnapshotLimitExceeded" => AwsErrorKind::Throttled,
+            c if quota(c).is_some() || c == "ResourceLimitExceeded" || c == "MaxSpotInstanceCountExceeded" => {
+                AwsErrorKind::Quota
+            }
             "InsufficientInstanceCapacity" | "InsufficientHostCapacity" | "InsufficientCapacity" => {
                 AwsErrorKind::Capacity
             }
@@ -122,6 +120,12 @@ impl AwsErrorKind {
             // token's first use had other ones.
             "IdempotentParameterMismatch" => AwsErrorKind::Other,
             "InternalError" | "InternalFailure" | "ServiceUnavailable" | "Unavailable" => AwsErrorKind::Unavailable,
+            // The operator imports the stack's key pair itself: a key pair
+            // RunInstances cannot find yet was imported moments ago (EC2's
+            // eventual consistency), and one that exists already was imported
+            // by an earlier, unanswered call. Neither is the user's to fix.
+            "InvalidKeyPair.NotFound" => AwsErrorKind::NotFound,
+            "InvalidKeyPair.Duplicate" => AwsErrorKind::Other,
             c if c.starts_with("InvalidAMIID") || c.starts_with("InvalidKeyPair") => AwsErrorKind::InvalidParameter,
             c if c.ends_with(".NotFound") => AwsErrorKind::NotFound,
             c if c.starts_with("Invalid") || c.starts_with("Unsupported") || c == "MissingParameter" => {
@@ -132,12 +136,85 @@ impl AwsErrorKind {
     }
 }
 
+/// An account limit EC2 refuses a create with, as the Service Quotas
+/// console names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    /// The quota's name in the Service Quotas console.
+    pub name: &'static str,
+    /// Its default value, when one value holds for every account.
+    pub default: Option<u32>,
+    /// The Service Quotas service code it is listed under.
+    pub service: &'static str,
+    /// A network quota: each stack has a VPC, an internet gateway, a NAT
+    /// gateway and an Elastic IP of its own.
+    pub network: bool,
+}
+
+/// The quota behind an EC2 error code, for the quotas of what the operator
+/// creates; None for other codes.
+pub fn quota(code: &str) -> Option<Quota> {
+    let q = |name, default, service, network| Some(Quota { name, default, service, network });
+    match code {
+        "VpcLimitExceeded" => q("VPCs per Region", Some(5), "vpc", true),
+        "InternetGatewayLimitExceeded" => q("Internet gateways per Region", Some(5), "vpc", true),
+        "NatGatewayLimitExceeded" => q("NAT gateways per Availability Zone", Some(5), "vpc", true),
+        "AddressLimitExceeded" => q("EC2-VPC Elastic IPs", Some(5), "ec2", true),
+        "SubnetLimitExceeded" => q("Subnets per VPC", Some(200), "vpc", true),
+        "RouteTableLimitExceeded" => q("Route tables per VPC", Some(200), "vpc", true),
+        "RouteLimitExceeded" => q("Routes per route table", Some(50), "vpc", true),
+        "SecurityGroupLimitExceeded" => q("VPC security groups per Region", Some(2500), "vpc", true),
+        "RulesPerSecurityGroupLimitExceeded" => {
+            q("Inbound or outbound rules per security group", Some(60), "vpc", false)
+        }
+        "SecurityGroupsPerInstanceLimitExceeded" | "SecurityGroupsPerInterfaceLimitExceeded" => {
+            q("Security groups per network interface", Some(5), "vpc", false)
+        }
+        "NetworkInterfaceLimitExceeded" => q("Network interfaces per Region", Some(5000), "vpc", false),
+        "InstanceLimitExceeded" | "VcpuLimitExceeded" => {
+            q("Running On-Demand instances (vCPUs) of the instance type's family", None, "ec2", false)
+        }
+        "VolumeLimitExceeded" => q("Storage for General Purpose SSD (gp3) volumes, in TiB", None, "ebs", false),
+        "SnapshotLimitExceeded" => q("Snapshots per Region", None, "ebs", false),
+        _ => None,
+    }
+}
+
+/// What a user can do about a quota EC2 refused a create with: the quota,
+/// how to raise it, and for the network quotas how stacks can share them.
+/// Empty for errors of another kind.
+pub fn quota_advice(code: &str, kind: AwsErrorKind) -> String {
+    if kind != AwsErrorKind::Quota {
+        return String::new();
+    }
+    let Some(q) = quota(code) else {
+        return " (an account quota: see the Service Quotas console for the region, free unused resources or \
+                 request an increase)"
+            .to_owned();
+    };
+    let default = q.default.map(|d| format!(", default {d}")).unwrap_or_default();
+    let mut advice = format!(
+        " (account quota \"{}\"{default}: free unused resources, or raise it in the Service Quotas console or with \
+         `aws service-quotas request-service-quota-increase --service-code {} --quota-code CODE --desired-value N`, \
+         CODE from `aws service-quotas list-service-quotas --service-code {}`",
+        q.name, q.service, q.service
+    );
+    if q.network {
+        advice.push_str(
+            "; each stack has a network of its own, so many stacks in one account need a raised quota \
+             until a stack can use a VPC you bring (spec.network.vpcId, planned)",
+        );
+    }
+    advice.push(')');
+    advice
+}
+
 /// Errors at the EC2 boundary (cloneable: one failed look-up shared by
 /// several observers gives each its copy).
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum CloudError {
     /// EC2 answered with an error code.
-    #[error("EC2 {operation} failed with {code}: {message}")]
+    #[error("EC2 {operation} failed with {code}: {message}{}", quota_advice(.code, *.kind))]
     Api { operation: &'static str, code: String, message: String, kind: AwsErrorKind },
     /// No answer: connection, timeout, or credentials could not be loaded.
     #[error("EC2 {operation} could not be sent: {message}")]
@@ -393,5 +470,61 @@ mod tests {
         assert_eq!(AwsErrorKind::from_code("UnauthorizedOperation"), AwsErrorKind::Auth);
         assert_eq!(AwsErrorKind::from_code("RequestLimitExceeded"), AwsErrorKind::Throttled);
         assert_eq!(AwsErrorKind::from_code("VcpuLimitExceeded"), AwsErrorKind::Quota);
+    }
+
+    #[test]
+    fn every_quota_of_what_the_operator_creates_is_a_quota() {
+        for code in [
+            "VpcLimitExceeded",
+            "InternetGatewayLimitExceeded",
+            "NatGatewayLimitExceeded",
+            "AddressLimitExceeded",
+            "SubnetLimitExceeded",
+            "RouteTableLimitExceeded",
+            "RouteLimitExceeded",
+            "SecurityGroupLimitExceeded",
+            "RulesPerSecurityGroupLimitExceeded",
+            "SecurityGroupsPerInterfaceLimitExceeded",
+            "NetworkInterfaceLimitExceeded",
+            "InstanceLimitExceeded",
+            "VcpuLimitExceeded",
+            "VolumeLimitExceeded",
+            "SnapshotLimitExceeded",
+            "ResourceLimitExceeded",
+        ] {
+            assert_eq!(AwsErrorKind::from_code(code), AwsErrorKind::Quota, "{code}");
+        }
+        assert_eq!(AwsErrorKind::from_code("SnapshotCreationPerVolumeRateExceeded"), AwsErrorKind::Throttled);
+        assert_eq!(AwsErrorKind::from_code("RequestLimitExceeded"), AwsErrorKind::Throttled);
+    }
+
+    #[test]
+    fn a_quota_error_names_the_quota_and_how_to_raise_it() {
+        let api = |code: &str| CloudError::Api {
+            operation: "CreateNatGateway",
+            code: code.into(),
+            message: "The maximum number of NAT gateways has been reached.".into(),
+            kind: AwsErrorKind::from_code(code),
+        };
+        let nat = api("NatGatewayLimitExceeded").to_string();
+        assert!(nat.contains("NAT gateways per Availability Zone\", default 5"), "{nat}");
+        assert!(nat.contains("request-service-quota-increase --service-code vpc"), "{nat}");
+        assert!(nat.contains("Service Quotas console"), "{nat}");
+        assert!(nat.contains("spec.network.vpcId"), "{nat}");
+        let eip = api("AddressLimitExceeded").to_string();
+        assert!(eip.contains("EC2-VPC Elastic IPs") && eip.contains("--service-code ec2"), "{eip}");
+        let vcpu = api("VcpuLimitExceeded").to_string();
+        assert!(vcpu.contains("--service-code ec2") && !vcpu.contains("vpcId"), "{vcpu}");
+        let other = api("ResourceLimitExceeded").to_string();
+        assert!(other.contains("Service Quotas console"), "{other}");
+        let plain = api("InvalidParameterValue").to_string();
+        assert!(!plain.contains("quota"), "{plain}");
+    }
+
+    #[test]
+    fn a_key_pair_imported_moments_ago_is_not_the_users_error() {
+        assert_eq!(AwsErrorKind::from_code("InvalidKeyPair.NotFound"), AwsErrorKind::NotFound);
+        assert_eq!(AwsErrorKind::from_code("InvalidKeyPair.Duplicate"), AwsErrorKind::Other);
+        assert_eq!(AwsErrorKind::from_code("InvalidKeyPair.Format"), AwsErrorKind::InvalidParameter);
     }
 }

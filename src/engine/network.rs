@@ -161,10 +161,13 @@ fn group_rule_steps(
     for rule in existing.into_iter().flatten().filter(|r| !wanted.contains(r)) {
         steps.push(NetworkStep::Revoke { tier, rule: rule.clone() });
     }
-    for (rule, description) in &policy {
-        if !existing.is_some_and(|e| e.contains(rule)) {
-            steps.push(NetworkStep::Authorize { tier, rule: rule.clone(), description });
-        }
+    let missing: Vec<(Rule, &'static str)> = policy
+        .iter()
+        .filter(|(rule, _)| !existing.is_some_and(|e| e.contains(rule)))
+        .map(|(rule, description)| (rule.clone(), *description))
+        .collect();
+    if !missing.is_empty() {
+        steps.push(NetworkStep::Authorize { tier, rules: missing });
     }
 }
 

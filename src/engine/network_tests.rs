@@ -62,8 +62,9 @@ fn complete() -> ObservedNetwork {
     }
 }
 
+/// The plan's lines (a step that adds several rules has one line each).
 fn lines(steps: &[NetworkStep]) -> Vec<String> {
-    steps.iter().map(ToString::to_string).collect()
+    steps.iter().flat_map(|s| s.to_string().lines().map(str::to_owned).collect::<Vec<_>>()).collect()
 }
 
 #[test]

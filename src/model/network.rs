@@ -436,10 +436,11 @@ pub enum NetworkStep {
     CreateSecurityGroup {
         tier: Tier,
     },
+    /// Adds the missing ingress rules of a tier's group, each with its
+    /// description, in one call (one step per group, never empty).
     Authorize {
         tier: Tier,
-        rule: Rule,
-        description: &'static str,
+        rules: Vec<(Rule, &'static str)>,
     },
     Revoke {
         tier: Tier,
@@ -490,7 +491,16 @@ impl fmt::Display for NetworkStep {
                 write!(f, "- delete unused duplicate {} {} (left by a retried create)", duplicate.kind, duplicate.id)
             }
             NetworkStep::CreateSecurityGroup { tier } => write!(f, "+ create {tier} security group"),
-            NetworkStep::Authorize { tier, rule, .. } => write!(f, "+ allow {rule} into {tier} from {}", rule.source),
+            // One line per rule, as each would be planned alone.
+            NetworkStep::Authorize { tier, rules } => {
+                for (n, (rule, _)) in rules.iter().enumerate() {
+                    if n > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "+ allow {rule} into {tier} from {}", rule.source)?;
+                }
+                Ok(())
+            }
             NetworkStep::Revoke { tier, rule } => write!(f, "- revoke {rule} into {tier} from {}", rule.source),
             NetworkStep::ImportKeyPair { key } => write!(f, "+ import key pair {}", key.name),
             NetworkStep::ReimportKeyPair { key } => {
@@ -513,8 +523,14 @@ mod tests {
     #[test]
     fn plan_lines_name_the_rule_and_its_source() {
         let rule = Rule::tcp(5432, Source::TierGroup(Tier::Backend));
-        let step = NetworkStep::Authorize { tier: Tier::Database, rule, description: "postgres" };
+        let step = NetworkStep::Authorize { tier: Tier::Database, rules: vec![(rule.clone(), "postgres")] };
         assert_eq!(step.to_string(), "+ allow tcp/5432 into database from the backend group");
+        let ssh = Rule::tcp(22, Source::Cidr("203.0.113.0/24".into()));
+        let step = NetworkStep::Authorize { tier: Tier::Database, rules: vec![(ssh, "ssh"), (rule, "postgres")] };
+        assert_eq!(
+            step.to_string(),
+            "+ allow tcp/22 into database from 203.0.113.0/24\n+ allow tcp/5432 into database from the backend group"
+        );
         let all = Rule { protocol: "-1".into(), from: -1, to: -1, source: Source::Group("sg-x".into()) };
         let step = NetworkStep::Revoke { tier: Tier::Frontend, rule: all };
         assert_eq!(step.to_string(), "- revoke all traffic into frontend from group sg-x");

@@ -435,7 +435,7 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
         "CreateRouteTable",
         "DeleteRouteTable",
         "CreateRoute",
-        "DeleteRoute",
+        "ReplaceRoute",
         "AssociateRouteTable",
         "DisassociateRouteTable",
         "CreateSecurityGroup",
@@ -448,6 +448,7 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
         "DeleteKeyPair",
         "RunInstances",
         "StartInstances",
+        "ModifyInstanceMetadataOptions",
         "TerminateInstances",
         "CreateTags",
         "DescribeVolumes",
@@ -482,6 +483,20 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
     for st in sids_for("ec2:CreateSnapshot").into_iter().chain(sids_for("ec2:DeleteSnapshot")) {
         let cond = st["Condition"].to_string();
         assert!(cond.contains("votingstack.dev/stack"), "{}: not scoped by the stack tag: {cond}", st["Sid"]);
+    }
+    // Metadata options and routes: changed only on the stack's tagged
+    // instances and route tables.
+    for action in ["ec2:ModifyInstanceMetadataOptions", "ec2:ReplaceRoute"] {
+        let sts = sids_for(action);
+        assert!(!sts.is_empty(), "policy lacks {action}");
+        for st in sts {
+            let cond = st["Condition"].to_string();
+            assert!(
+                cond.contains("ResourceTag/votingstack.dev/stack"),
+                "{}: {action} not tag-scoped: {cond}",
+                st["Sid"]
+            );
+        }
     }
     let deletes = sids_for("ec2:DeleteSnapshot");
     assert!(!deletes.is_empty() && deletes.iter().all(|st| st["Condition"].to_string().contains("ResourceTag")));

@@ -709,8 +709,12 @@ async fn ec2_delete_leaves_nothing_in_the_order_aws_requires() {
     assert_eq!((0..10).map(count).collect::<Vec<_>>(), [3, 1, 1, 1, 3, 2, 1, 2, 1, 1], "{:?}", report.deleted);
     assert_eq!(report.deleted.last(), Some(&key_name()));
     assert!(report.deleted.contains(net.vpc_id.as_ref().unwrap()));
-    // Cross-group rules were revoked before their groups went.
-    assert_eq!(w.cloud.calls_by_operation().get("RevokeSecurityGroupIngress"), Some(&2));
+    // Cross-group rules were revoked before their groups went: one batch
+    // per group that has them, and each rule on its own when the batch is
+    // refused as not found (moto matches a group pair with its
+    // description, which a revoke does not send: 2 batches + 6 rules).
+    let revokes = w.cloud.calls_by_operation().get("RevokeSecurityGroupIngress").copied().unwrap_or(0);
+    assert!(revokes == 2 || revokes == 8, "{revokes} revokes");
 
     assert_eq!(tagged_counts(&w.client).await, [0; 9]);
     let vpc = w.client.describe_vpcs().filters(Filter::builder().name("vpc-id").values(net.vpc_id.unwrap()).build());
@@ -1034,7 +1038,7 @@ async fn ec2_retried_creates_are_adopted_and_unused_duplicates_deleted() {
     w.cloud.apply_network_step(&ident, &step, &mut ids).await.unwrap();
     assert_eq!(ids.security_groups.get(&Tier::Backend), net.security_groups.get(&Tier::Backend));
     let rule = votingstack::model::Rule::tcp(6379, votingstack::model::Source::TierGroup(Tier::Frontend));
-    let step = NetworkStep::Authorize { tier: Tier::Backend, rule, description: "redis" };
+    let step = NetworkStep::Authorize { tier: Tier::Backend, rules: vec![(rule, "redis")] };
     w.cloud.apply_network_step(&ident, &step, &mut ids).await.unwrap();
     // CreateSubnet again: the taken block is adopted.
     let mut ids = net.clone();

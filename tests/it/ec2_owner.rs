@@ -12,11 +12,11 @@ use std::time::Duration;
 use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, InstanceMetadataEndpointState, InstanceStateName, Tag};
 use aws_sdk_ec2::Client;
 use votingstack::api::conditions::find_condition;
-use votingstack::api::{ConditionType, Tier, VotingStack};
+use votingstack::api::{ConditionType, NetworkStatus, Tier, VotingStack};
 use votingstack::cloud::ec2::{Ec2Cloud, MAX_ATTEMPTS};
-use votingstack::cloud::{Cloud, StackIdentity, OWNER_TAG};
+use votingstack::cloud::{AwsErrorKind, Cloud, StackIdentity, OWNER_TAG};
 use votingstack::engine::{Engine, EngineSettings, Outcome, Teardown};
-use votingstack::model::{Action, InfraAction, InstanceLaunch};
+use votingstack::model::{Action, InfraAction, InstanceLaunch, NetworkStep};
 
 use crate::fakes::FakeHosts;
 use crate::fixtures;
@@ -319,9 +319,10 @@ async fn ec2_owner_not_found_of_a_fresh_id_is_retried_but_a_deletions_is_the_ans
     .await
     .expect("retries are bounded");
 
-    // DescribeInstances by id: NotFound twice, then the answer.
+    // DescribeInstances by id: NotFound twice, then an answer without it:
+    // asked again, a second apart, until the fresh id's window is spent.
     assert_eq!(r1.expect("found after retries"), []);
-    assert_eq!(lagging.1.load(Ordering::SeqCst), 3);
+    assert_eq!(lagging.1.load(Ordering::SeqCst), 3 + (MAX_ATTEMPTS as usize - 1));
     // Still NotFound after every attempt: gone.
     assert_eq!(r2.expect("NotFound means gone"), []);
     assert_eq!(gone.1.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
@@ -335,4 +336,174 @@ async fn ec2_owner_not_found_of_a_fresh_id_is_retried_but_a_deletions_is_the_ans
     // A deletion's NotFound is its answer (already gone): no retry.
     assert!(r5.is_err());
     assert_eq!(deleted.1.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn ec2_owner_a_refused_nat_gateway_leaves_no_elastic_ip_billing() {
+    let released = "<ReleaseAddressResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+                    <requestId>r-2</requestId><return>true</return></ReleaseAddressResponse>";
+    let (endpoint, requests) =
+        scripted_endpoint(vec![error_reply("NatGatewayLimitExceeded"), (200, released.to_string())]).await;
+    let cloud = production_cloud(&endpoint).await;
+    let ident = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u-nat".into() };
+    let mut ids = NetworkStatus {
+        subnet_id: Some("subnet-0public".into()),
+        elastic_ip_allocation_id: Some("eipalloc-0fresh".into()),
+        ..Default::default()
+    };
+    let step = NetworkStep::CreateNatGateway { attempt: 0 };
+    let err = tokio::time::timeout(Duration::from_secs(30), cloud.apply_network_step(&ident, &step, &mut ids))
+        .await
+        .expect("bounded")
+        .expect_err("the quota refuses the gateway");
+    assert_eq!(err.kind(), AwsErrorKind::Quota, "{err}");
+    assert!(err.to_string().contains("NAT gateways per Availability Zone"), "{err}");
+    // Refused once (a quota is not retried), then the address is released
+    // in the same step and forgotten: the next pass allocates one again.
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    let calls = cloud.calls_by_operation();
+    assert_eq!((calls.get("CreateNatGateway"), calls.get("ReleaseAddress")), (Some(&1), Some(&1)), "{calls:?}");
+    assert_eq!(ids.elastic_ip_allocation_id, None);
+    assert_eq!(ids.nat_gateway_id, None);
+}
+
+fn ok_reply(operation: &str) -> (u16, String) {
+    let body = format!(
+        "<{operation}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+         <requestId>r-2</requestId><return>true</return></{operation}Response>"
+    );
+    (200, body)
+}
+
+#[tokio::test]
+async fn ec2_owner_a_stale_default_route_is_replaced_in_place() {
+    let ident = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u-route".into() };
+    let ids = || NetworkStatus {
+        route_table_id: Some("rtb-0public".into()),
+        internet_gateway_id: Some("igw-0new".into()),
+        ..Default::default()
+    };
+    let step = NetworkStep::RouteToGateway { replaces: Some("igw-0old".into()) };
+    // One ReplaceRoute: the subnet is never without its default route.
+    let (endpoint, requests) = scripted_endpoint(vec![ok_reply("ReplaceRoute")]).await;
+    let cloud = production_cloud(&endpoint).await;
+    let mut done = ids();
+    cloud.apply_network_step(&ident, &step, &mut done).await.expect("replaced");
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert_eq!(cloud.calls_by_operation().into_iter().collect::<Vec<_>>(), [("ReplaceRoute", 1)]);
+    // The stale route went meanwhile: created instead, without waiting.
+    let (endpoint, requests) =
+        scripted_endpoint(vec![error_reply("InvalidRoute.NotFound"), ok_reply("CreateRoute")]).await;
+    let cloud = production_cloud(&endpoint).await;
+    let mut done = ids();
+    tokio::time::timeout(Duration::from_secs(30), cloud.apply_network_step(&ident, &step, &mut done))
+        .await
+        .expect("bounded")
+        .expect("created");
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+    assert_eq!(cloud.calls_by_operation().into_iter().collect::<Vec<_>>(), [("CreateRoute", 1), ("ReplaceRoute", 1)]);
+}
+
+#[tokio::test]
+async fn ec2_owner_teardown_revokes_references_one_by_one_when_one_is_gone() {
+    use votingstack::model::{Rule, Source, TeardownStep};
+    let ident = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u-refs".into() };
+    // The batch is refused for the rule that is gone; the other is revoked
+    // on its own, the gone one skipped.
+    let (endpoint, requests) = scripted_endpoint(vec![
+        error_reply("InvalidPermission.NotFound"),
+        ok_reply("RevokeSecurityGroupIngress"),
+        error_reply("InvalidPermission.NotFound"),
+    ])
+    .await;
+    let cloud = production_cloud(&endpoint).await.with_waits(Duration::from_millis(10), Duration::from_secs(5));
+    let step = TeardownStep::RevokeGroupReferences {
+        group_id: "sg-0database".into(),
+        rules: vec![
+            Rule::tcp(5432, Source::Group("sg-0backend".into())),
+            Rule::tcp(22, Source::Group("sg-0frontend".into())),
+        ],
+    };
+    tokio::time::timeout(Duration::from_secs(30), cloud.destroy(&ident, &[step]))
+        .await
+        .expect("bounded")
+        .expect("every reference is revoked or gone");
+    assert_eq!(requests.load(Ordering::SeqCst), 3);
+    assert_eq!(cloud.calls_by_operation().get("RevokeSecurityGroupIngress"), Some(&3));
+}
+
+#[tokio::test]
+async fn ec2_owner_an_unknown_id_hides_no_other_instance() {
+    let one = "<DescribeInstancesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+               <requestId>r-2</requestId><reservationSet><item><reservationId>r-1</reservationId>\
+               <instancesSet><item><instanceId>i-0known</instanceId>\
+               <instanceState><code>16</code><name>running</name></instanceState>\
+               </item></instancesSet></item></reservationSet></DescribeInstancesResponse>";
+    let (endpoint, requests) = scripted_endpoint(vec![(200, one.to_string())]).await;
+    let cloud = production_cloud(&endpoint).await;
+    let ids = vec!["i-0known".to_string(), "i-0unknown".to_string()];
+    let found = tokio::time::timeout(Duration::from_secs(30), cloud.instances_by_id(&ids))
+        .await
+        .expect("bounded")
+        .expect("one filtered look-up answers for both ids");
+    assert_eq!(found.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["i-0known"]);
+    // The unknown id is asked for again within the fresh-id window, the
+    // known one is kept once.
+    assert_eq!(requests.load(Ordering::SeqCst), MAX_ATTEMPTS as usize);
+}
+
+#[tokio::test]
+async fn ec2_owner_a_groups_rules_are_added_in_one_call_and_a_duplicate_adds_only_the_missing() {
+    use votingstack::model::{Rule, Source};
+    let ident = StackIdentity { name: "demo".into(), namespace: "default".into(), uid: "u-rules".into() };
+    let group = |perms: &str| {
+        format!(
+            "<DescribeSecurityGroupsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+             <requestId>r-3</requestId><securityGroupInfo><item><groupId>sg-0backend</groupId>\
+             <groupName>g</groupName><ipPermissions>{perms}</ipPermissions></item></securityGroupInfo>\
+             </DescribeSecurityGroupsResponse>"
+        )
+    };
+    let ssh = "<item><ipProtocol>tcp</ipProtocol><fromPort>22</fromPort><toPort>22</toPort>\
+               <ipRanges><item><cidrIp>203.0.113.0/24</cidrIp></item></ipRanges></item>";
+    let redis = "<item><ipProtocol>tcp</ipProtocol><fromPort>6379</fromPort><toPort>6379</toPort>\
+                 <groups><item><groupId>sg-0frontend</groupId></item></groups></item>";
+    let mut ids = NetworkStatus::default();
+    ids.security_groups.insert(Tier::Backend, "sg-0backend".into());
+    ids.security_groups.insert(Tier::Frontend, "sg-0frontend".into());
+    let step = NetworkStep::Authorize {
+        tier: Tier::Backend,
+        rules: vec![
+            (Rule::tcp(22, Source::Cidr("203.0.113.0/24".into())), "ssh"),
+            (Rule::tcp(6379, Source::TierGroup(Tier::Frontend)), "redis"),
+        ],
+    };
+    let run = |replies: Vec<(u16, String)>| {
+        let (ident, step, mut ids) = (ident.clone(), step.clone(), ids.clone());
+        async move {
+            let (endpoint, requests) = scripted_endpoint(replies).await;
+            let cloud = production_cloud(&endpoint).await;
+            tokio::time::timeout(Duration::from_secs(30), cloud.apply_network_step(&ident, &step, &mut ids))
+                .await
+                .expect("bounded")
+                .expect("the rules are there");
+            (requests.load(Ordering::SeqCst), cloud.calls_by_operation())
+        }
+    };
+    // Both rules in one call.
+    let (n, _) = run(vec![ok_reply("AuthorizeSecurityGroupIngress")]).await;
+    assert_eq!(n, 1);
+    // The batch is refused for the SSH rule, which exists: the group is
+    // looked at and the one missing rule added.
+    let (n, calls) = run(vec![
+        error_reply("InvalidPermission.Duplicate"),
+        (200, group(ssh)),
+        ok_reply("AuthorizeSecurityGroupIngress"),
+    ])
+    .await;
+    assert_eq!(n, 3);
+    assert_eq!((calls.get("AuthorizeSecurityGroupIngress"), calls.get("DescribeSecurityGroups")), (Some(&2), Some(&1)));
+    // Every rule exists: nothing more is sent.
+    let (n, _) = run(vec![error_reply("InvalidPermission.Duplicate"), (200, group(&format!("{ssh}{redis}")))]).await;
+    assert_eq!(n, 2);
 }

@@ -191,8 +191,8 @@ impl Cloud for FakeCloud {
             NetworkStep::CreateSecurityGroup { tier } => {
                 ids.security_groups.insert(*tier, format!("sg-{tier}"));
             }
-            NetworkStep::Authorize { tier, rule, .. } => {
-                s.rules.entry(*tier).or_default().insert(rule.clone());
+            NetworkStep::Authorize { tier, rules } => {
+                s.rules.entry(*tier).or_default().extend(rules.iter().map(|(rule, _)| rule.clone()));
             }
             NetworkStep::Revoke { tier, rule } => {
                 s.rules.entry(*tier).or_default().remove(rule);

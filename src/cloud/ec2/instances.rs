@@ -15,7 +15,9 @@ use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::SubnetRole;
 use crate::model::{AttachedVolume, AttachmentState, InstanceLaunch, InstanceState, ObservedInstance, StateReason};
 
-use super::{filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud};
+use super::{
+    filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud, FRESH_ID_RETRY_DELAY, MAX_ATTEMPTS,
+};
 
 use InstanceState::{Pending, Running, ShuttingDown, Stopped, Stopping, Terminated};
 
@@ -36,6 +38,27 @@ pub(super) fn state_filter(states: &[InstanceState]) -> Filter {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Placement {
     pub subnet_id: Option<String>,
+    /// The instance serves metadata without an IMDSv2 session token
+    /// (`HttpTokens: optional`): one the operator adopted, not launched.
+    pub imds_v1_allowed: bool,
+}
+
+/// True when an instance's metadata options let IMDSv1 through: DescribeInstances
+/// shows `HttpTokens: optional` (an instance the operator launched shows
+/// `required`).
+pub(super) fn allows_imds_v1(inst: &Instance) -> bool {
+    inst.metadata_options().and_then(|m| m.http_tokens()) == Some(&HttpTokensState::Optional)
+}
+
+/// The instances whose metadata options have to be changed to require
+/// IMDSv2: those that allow IMDSv1 and are running or stopped (the states
+/// ModifyInstanceMetadataOptions accepts).
+pub(super) fn needing_imds_v2(instances: &[(ObservedInstance, Placement)]) -> Vec<String> {
+    instances
+        .iter()
+        .filter(|(i, p)| p.imds_v1_allowed && matches!(i.state, Running | Stopped))
+        .map(|(i, _)| i.id.clone())
+        .collect()
 }
 
 /// An EC2 instance as the engine sees it; None without an id or a known state.
@@ -72,7 +95,10 @@ pub(super) fn observed(inst: &Instance) -> Option<(ObservedInstance, Placement)>
             Some(StateReason { code: code.to_owned(), message: r.message().unwrap_or_default().to_owned() })
         }),
     };
-    Some((observed, Placement { subnet_id: inst.subnet_id().map(str::to_owned) }))
+    Some((
+        observed,
+        Placement { subnet_id: inst.subnet_id().map(str::to_owned), imds_v1_allowed: allows_imds_v1(inst) },
+    ))
 }
 
 impl Ec2Cloud {
@@ -103,20 +129,58 @@ impl Ec2Cloud {
     }
 
     /// The instances EC2 knows by these ids, in any state and whatever their
-    /// tags: one DescribeInstances per id, so one unknown id (NotFound, once
-    /// the client's retries for a fresh id are spent) hides no other.
+    /// tags: DescribeInstances with the `instance-id` filter, which leaves an
+    /// unknown id out (InstanceIds would fail the whole call with NotFound
+    /// for one). An id missing from the answer may be one launched moments
+    /// ago: it is asked for again, a second apart, within the same window
+    /// as a fresh id's NotFound ([`MAX_ATTEMPTS`] looks in all).
     pub(super) async fn describe_by_id(&self, ids: &[String]) -> Result<Vec<ObservedInstance>, CloudError> {
-        let mut out = Vec::new();
-        for id in ids {
-            match self.call("DescribeInstances", self.client.describe_instances().instance_ids(id).send()).await {
-                Ok(page) => out.extend(
-                    page.reservations().iter().flat_map(|r| r.instances()).filter_map(observed).map(|(i, _)| i),
-                ),
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(e),
+        let mut out: Vec<ObservedInstance> = Vec::new();
+        let mut missing: Vec<String> = ids.to_vec();
+        for attempt in 0..MAX_ATTEMPTS {
+            if missing.is_empty() {
+                break;
             }
+            if attempt > 0 {
+                tokio::time::sleep(FRESH_ID_RETRY_DELAY).await;
+            }
+            let found = match self.describe_instances(vec![filter("instance-id", missing.iter().cloned())]).await {
+                Ok(found) => found,
+                // An endpoint that answers NotFound to a filter: that is its answer.
+                Err(e) if is_not_found(&e) => break,
+                Err(e) => return Err(e),
+            };
+            let found: Vec<ObservedInstance> =
+                found.iter().filter_map(observed).map(|(i, _)| i).filter(|i| missing.contains(&i.id)).collect();
+            missing.retain(|id| !found.iter().any(|i| i.id == *id));
+            out.extend(found);
         }
         Ok(out)
+    }
+
+    /// Makes instances of the stack that allow IMDSv1 (adopted ones,
+    /// launched by someone else) require IMDSv2 session tokens, as the
+    /// operator's own launches do: ModifyInstanceMetadataOptions with
+    /// `HttpTokens: required`. A refusal is logged, not fatal: the stack
+    /// keeps running (an IAM policy from before this call refuses it with
+    /// UnauthorizedOperation until it is updated).
+    pub(super) async fn require_imds_v2(&self, stack: &StackIdentity, instance_ids: &[String]) {
+        for id in instance_ids {
+            let request = self
+                .client
+                .modify_instance_metadata_options()
+                .instance_id(id)
+                .http_tokens(HttpTokensState::Required)
+                .send();
+            match self.call("ModifyInstanceMetadataOptions", request).await {
+                Ok(_) => {
+                    info!(stack = %stack.tag_value(), instance = %id, "instance allowed IMDSv1: it now requires IMDSv2")
+                }
+                Err(e) => {
+                    warn!(stack = %stack.tag_value(), instance = %id, error = %e, "could not make the instance require IMDSv2")
+                }
+            }
+        }
     }
 
     /// The AMI's root device (DescribeImages once per AMI, then cached);
@@ -161,11 +225,12 @@ impl Ec2Cloud {
                 state_filter(&LIVE_STATES),
             ])
             .await?;
-        let mut live: Vec<ObservedInstance> = existing.iter().filter_map(observed).map(|(i, _)| i).collect();
-        live.sort_by(|a, b| a.launch_time.cmp(&b.launch_time).then(a.id.cmp(&b.id)));
+        let mut live: Vec<(ObservedInstance, Placement)> = existing.iter().filter_map(observed).collect();
+        live.sort_by(|(a, _), (b, _)| a.launch_time.cmp(&b.launch_time).then(a.id.cmp(&b.id)));
         if let Some(oldest) = live.into_iter().next() {
-            info!(stack = %stack.tag_value(), %tier, instance = %oldest.id, "adopting the tier's existing instance");
-            return Ok(oldest);
+            info!(stack = %stack.tag_value(), %tier, instance = %oldest.0.id, "adopting the tier's existing instance");
+            self.require_imds_v2(stack, &needing_imds_v2(std::slice::from_ref(&oldest))).await;
+            return Ok(oldest.0);
         }
 
         let subnet_id = match launch.subnet {
@@ -286,6 +351,32 @@ fn base64_encode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_ec2::types::{InstanceMetadataOptionsResponse, InstanceStateName};
+
+    fn instance(id: &str, state: InstanceStateName, tokens: Option<HttpTokensState>) -> Instance {
+        let mut b =
+            Instance::builder().instance_id(id).state(aws_sdk_ec2::types::InstanceState::builder().name(state).build());
+        if let Some(t) = tokens {
+            b = b.metadata_options(InstanceMetadataOptionsResponse::builder().http_tokens(t).build());
+        }
+        b.build()
+    }
+
+    #[test]
+    fn only_instances_that_allow_imds_v1_are_made_to_require_v2() {
+        let all: Vec<(ObservedInstance, Placement)> = [
+            instance("i-adopted", InstanceStateName::Running, Some(HttpTokensState::Optional)),
+            instance("i-stopped", InstanceStateName::Stopped, Some(HttpTokensState::Optional)),
+            instance("i-pending", InstanceStateName::Pending, Some(HttpTokensState::Optional)),
+            instance("i-gone", InstanceStateName::Terminated, Some(HttpTokensState::Optional)),
+            instance("i-ours", InstanceStateName::Running, Some(HttpTokensState::Required)),
+            instance("i-unknown", InstanceStateName::Running, None),
+        ]
+        .iter()
+        .filter_map(observed)
+        .collect();
+        assert_eq!(needing_imds_v2(&all), ["i-adopted", "i-stopped"]);
+    }
 
     #[test]
     fn the_root_volume_is_encrypted_with_the_key_asked_for() {

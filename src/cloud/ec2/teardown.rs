@@ -4,7 +4,10 @@
 //! tears down cleanly.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+use aws_sdk_ec2::types::IpPermission;
 
 use std::collections::BTreeMap;
 
@@ -18,7 +21,9 @@ use crate::model::{Source, TeardownInventory, TeardownStep};
 
 use super::instances::{state_filter, PRESENT_STATES};
 use super::network::{existing_rules, nat_state, permission, Inventory};
-use super::{filter, is_dependency, is_not_found, stack_filter, Ec2Cloud};
+use super::{filter, has_code, is_dependency, is_not_found, stack_filter, Ec2Cloud};
+
+const REVOKE: &str = "RevokeSecurityGroupIngress";
 
 impl Ec2Cloud {
     /// What a teardown has to delete: the stack's instances and network.
@@ -137,26 +142,11 @@ impl Ec2Cloud {
                     .await?
                     .then_some(allocation_id),
                 TeardownStep::RevokeGroupReferences { group_id, rules } => {
-                    let operation = "RevokeSecurityGroupIngress";
                     let perms = rules
                         .iter()
-                        .map(|r| permission(operation, r, &BTreeMap::new(), None))
+                        .map(|r| permission(REVOKE, r, &BTreeMap::new(), None))
                         .collect::<Result<Vec<_>, _>>()?;
-                    self.settle(|| {
-                        let perms = perms.clone();
-                        async move {
-                            self.call(
-                                operation,
-                                c.revoke_security_group_ingress()
-                                    .group_id(group_id)
-                                    .set_ip_permissions(Some(perms))
-                                    .send(),
-                            )
-                            .await
-                            .map(drop)
-                        }
-                    })
-                    .await?;
+                    self.revoke_references(group_id, perms).await?;
                     None
                 }
                 TeardownStep::DeleteSecurityGroup { id } => self
@@ -224,6 +214,44 @@ impl Ec2Cloud {
         }
         info!(stack = %stack.tag_value(), deleted = ?report.deleted, "stack torn down");
         Ok(report)
+    }
+
+    /// Revokes a group's rules that name other groups, all in one call.
+    /// EC2 refuses the whole batch when one rule is gone already
+    /// (InvalidPermission.NotFound): then each rule is revoked on its own,
+    /// so no reference is left to hold a group's deletion back.
+    async fn revoke_references(&self, group_id: &str, perms: Vec<IpPermission>) -> Result<(), CloudError> {
+        let one_gone = AtomicBool::new(false);
+        self.settle(|| {
+            let (perms, one_gone) = (perms.clone(), &one_gone);
+            async move {
+                let several = perms.len() > 1;
+                match self.revoke_ingress(group_id, perms).await {
+                    Err(e) if several && has_code(&e, "InvalidPermission.NotFound") => {
+                        one_gone.store(true, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    done => done,
+                }
+            }
+        })
+        .await?;
+        if one_gone.load(Ordering::Relaxed) {
+            debug!(group_id, "a rule of the batch is gone: revoking the others one by one");
+            for perm in perms {
+                self.settle(|| self.revoke_ingress(group_id, vec![perm.clone()])).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke_ingress(&self, group_id: &str, perms: Vec<IpPermission>) -> Result<(), CloudError> {
+        self.call(
+            REVOKE,
+            self.client.revoke_security_group_ingress().group_id(group_id).set_ip_permissions(Some(perms)).send(),
+        )
+        .await
+        .map(drop)
     }
 
     /// Every resource with the stack's tag, plus those `known` names that

@@ -12,7 +12,7 @@ use crate::model::snapshot::ORIGIN_TAG;
 use crate::model::volume::DATA_VOLUME_ROLE;
 use crate::model::{AttachmentState, ObservedVolume, VolumeAttachment, VolumeState};
 
-use super::{filter, is_not_found, stack_filter, stack_tags, tag_filter, Ec2Cloud};
+use super::{filter, is_not_found, stack_filter, stack_tags, tag_filter, Ec2Cloud, FRESH_ID_RETRY_DELAY, MAX_ATTEMPTS};
 
 /// Tag telling the data volume from other volumes of the stack (the
 /// instances' root volumes carry the stack tags too).
@@ -77,18 +77,27 @@ impl Ec2Cloud {
         }
     }
 
-    /// One volume by id (retried while a fresh id is not yet known); None
-    /// once EC2 says it does not exist or is deleted.
+    /// One volume by id, with the `volume-id` filter (VolumeIds would fail
+    /// the call with NotFound); None once EC2 does not list it or lists it
+    /// deleted. A volume created moments ago may not be listed yet: it is
+    /// asked for again, a second apart, within the same window as a fresh
+    /// id's NotFound ([`MAX_ATTEMPTS`] looks in all).
     pub(super) async fn volume_by_id(&self, id: &str) -> Result<Option<ObservedVolume>, CloudError> {
-        match self.call("DescribeVolumes", self.client.describe_volumes().volume_ids(id).send()).await {
-            Ok(out) => Ok(out
-                .volumes()
-                .iter()
-                .filter_map(observed_volume)
-                .find(|v| v.id == id && !matches!(v.state, VolumeState::Deleting | VolumeState::Deleted))),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(e),
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(FRESH_ID_RETRY_DELAY).await;
+            }
+            let request = self.client.describe_volumes().filters(filter("volume-id", [id])).send();
+            let out = match self.call("DescribeVolumes", request).await {
+                Ok(out) => out,
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if let Some(v) = out.volumes().iter().filter_map(observed_volume).find(|v| v.id == id) {
+                return Ok((!matches!(v.state, VolumeState::Deleting | VolumeState::Deleted)).then_some(v));
+            }
         }
+        Ok(None)
     }
 
     /// Creates the data volume: gp3, encrypted (with `kms_key_id`, else the

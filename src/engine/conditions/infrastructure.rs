@@ -148,6 +148,27 @@ mod tests {
     }
 
     #[test]
+    fn a_quota_refusal_says_which_quota_and_how_to_raise_it() {
+        for code in [
+            "NatGatewayLimitExceeded",
+            "InternetGatewayLimitExceeded",
+            "RouteTableLimitExceeded",
+            "VolumeLimitExceeded",
+        ] {
+            let e = CloudError::Api {
+                operation: "Create",
+                code: code.into(),
+                message: "limit reached".into(),
+                kind: AwsErrorKind::from_code(code),
+            };
+            let f = cloud_failed(&e);
+            assert_eq!(f.reason, Reason::AwsQuotaExceeded, "{code}");
+            assert!(f.reason.is_terminal());
+            assert!(f.message.contains("request-service-quota-increase"), "{}", f.message);
+        }
+    }
+
+    #[test]
     fn three_running_instances_are_ready() {
         let f = infrastructure(&[], None, &running(), &[]);
         assert_eq!((f.ok, f.reason), (true, Reason::InstancesRunning));

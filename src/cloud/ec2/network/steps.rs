@@ -4,6 +4,7 @@
 //! [`NetworkStatus`]. `Cloud::apply_network_step` (in `ec2.rs`) dispatches
 //! a step to its function.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 
 use aws_sdk_ec2::primitives::Blob;
@@ -11,12 +12,17 @@ use aws_sdk_ec2::types::{AttributeBooleanValue, DomainType, ResourceType};
 use tracing::{info, warn};
 
 use crate::api::{NetworkStatus, Tier};
-use crate::cloud::{CloudError, StackIdentity};
+use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::{Duplicate, DuplicateKind, NatState, SubnetRole, ZoneChoice, DEFAULT_ROUTE};
 use crate::model::{DesiredKeyPair, Rule};
 
-use super::super::{filter, is_not_found, stack_filter, tag_spec, Ec2Cloud};
-use super::inventory::{group_description, nat_client_token, nat_name, nat_state, nat_unusable, permission, role_name};
+use super::super::{filter, has_code, is_not_found, stack_filter, tag_spec, Ec2Cloud};
+use super::inventory::{
+    existing_rules, group_description, nat_client_token, nat_name, nat_state, nat_unusable, permission, role_name,
+};
+
+const AUTHORIZE: &str = "AuthorizeSecurityGroupIngress";
+const DUPLICATE: &str = "InvalidPermission.Duplicate";
 
 /// The id a step needs from an earlier one, or the error naming it.
 fn need(id: &Option<String>, operation: &'static str, missing: &'static str) -> Result<String, CloudError> {
@@ -211,8 +217,8 @@ impl Ec2Cloud {
         Ok(())
     }
 
-    /// The public route table's default route to the internet gateway,
-    /// after deleting the stale one it `replaces`.
+    /// The public route table's default route to the internet gateway, in
+    /// place of the stale one it `replaces`.
     pub(in crate::cloud::ec2) async fn route_to_gateway(
         &self,
         stack: &StackIdentity,
@@ -221,18 +227,7 @@ impl Ec2Cloud {
     ) -> Result<(), CloudError> {
         let rt_id = need(&ids.route_table_id, "CreateRoute", "route table id")?;
         let gw_id = need(&ids.internet_gateway_id, "CreateRoute", "internet gateway id")?;
-        self.replace_default_route(stack, &rt_id, replaces).await?;
-        self.call(
-            "CreateRoute",
-            self.client
-                .create_route()
-                .route_table_id(&rt_id)
-                .destination_cidr_block(DEFAULT_ROUTE)
-                .gateway_id(&gw_id)
-                .send(),
-        )
-        .await?;
-        Ok(())
+        self.set_default_route(stack, &rt_id, replaces, RouteTarget::Gateway(&gw_id)).await
     }
 
     /// Associates the route table of `role` with the subnet of that role.
@@ -282,7 +277,10 @@ impl Ec2Cloud {
     }
 
     /// The NAT gateway in the public subnet, with a ClientToken per
-    /// `attempt` (one more for each gateway that failed).
+    /// `attempt` (one more for each gateway that failed). When EC2 refuses
+    /// it (a quota, a parameter), the Elastic IP allocated for it is
+    /// released at once: an unused address bills by the hour until the
+    /// refusal is resolved. The next pass allocates one again.
     pub(in crate::cloud::ec2) async fn create_nat_gateway(
         &self,
         stack: &StackIdentity,
@@ -292,7 +290,7 @@ impl Ec2Cloud {
         let operation = "CreateNatGateway";
         let subnet_id = need(&ids.subnet_id, operation, "public subnet id")?;
         let allocation_id = need(&ids.elastic_ip_allocation_id, operation, "Elastic IP allocation id")?;
-        let out = self
+        let created = self
             .call(
                 operation,
                 self.client
@@ -303,7 +301,15 @@ impl Ec2Cloud {
                     .tag_specifications(tag_spec(ResourceType::Natgateway, stack, &nat_name(stack), None))
                     .send(),
             )
-            .await?;
+            .await;
+        let out = match created {
+            Ok(out) => out,
+            Err(e) if refused(&e) => {
+                self.release_unused_address(stack, &allocation_id, ids).await;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let id = out
             .nat_gateway
             .and_then(|n| n.nat_gateway_id)
@@ -314,8 +320,8 @@ impl Ec2Cloud {
         Ok(())
     }
 
-    /// The private route table's default route to the NAT gateway, after
-    /// deleting the stale one it `replaces`; with `when_available`, only
+    /// The private route table's default route to the NAT gateway, in
+    /// place of the stale one it `replaces`; with `when_available`, only
     /// once the gateway is available (still pending: recorded as pending,
     /// and the route follows on a later pass).
     pub(in crate::cloud::ec2) async fn route_to_nat_gateway(
@@ -331,17 +337,7 @@ impl Ec2Cloud {
             ids.nat_gateway_state = Some(NatState::Pending.as_str().into());
             return Ok(());
         }
-        self.replace_default_route(stack, &rt_id, replaces).await?;
-        self.call(
-            "CreateRoute",
-            self.client
-                .create_route()
-                .route_table_id(&rt_id)
-                .destination_cidr_block(DEFAULT_ROUTE)
-                .nat_gateway_id(&nat_id)
-                .send(),
-        )
-        .await?;
+        self.set_default_route(stack, &rt_id, replaces, RouteTarget::NatGateway(&nat_id)).await?;
         ids.nat_gateway_state = Some(NatState::Available.as_str().into());
         Ok(())
     }
@@ -422,32 +418,76 @@ impl Ec2Cloud {
         Ok(())
     }
 
-    /// Adds an ingress rule to the tier's group; a rule that is there
-    /// already (a retried call) is no error.
+    /// Adds the tier's missing ingress rules to its group in one call. EC2
+    /// refuses the whole batch when one of its rules exists already
+    /// (InvalidPermission.Duplicate: a retried call, or a rule added
+    /// meanwhile): then the group's rules are looked up and only the
+    /// missing ones are added, and should a rule still come back as a
+    /// duplicate (a look-up lagging an add), each rule is added on its own.
     pub(in crate::cloud::ec2) async fn authorize(
         &self,
         stack: &StackIdentity,
         tier: Tier,
-        rule: &Rule,
-        description: &str,
+        rules: &[(Rule, &'static str)],
         ids: &NetworkStatus,
     ) -> Result<(), CloudError> {
-        let operation = "AuthorizeSecurityGroupIngress";
-        let group_id = need(&ids.security_groups.get(&tier).cloned(), operation, "security group of the tier")?;
-        let perm = permission(operation, rule, &ids.security_groups, Some(description))?;
-        let done = self
-            .call(
-                operation,
-                self.client.authorize_security_group_ingress().group_id(&group_id).ip_permissions(perm).send(),
-            )
-            .await;
-        match done {
-            Err(e) if has_code(&e, "InvalidPermission.Duplicate") => {
-                info!(stack = %stack.tag_value(), %tier, "rule {rule} from {} exists already", rule.source);
-                Ok(())
-            }
-            other => other.map(drop),
+        let group_id = need(&ids.security_groups.get(&tier).cloned(), AUTHORIZE, "security group of the tier")?;
+        match self.authorize_batch(&group_id, rules, ids).await {
+            Err(e) if has_code(&e, DUPLICATE) => {}
+            done => return done,
         }
+        let existing = self.group_rules(&group_id, ids).await?;
+        let missing: Vec<(Rule, &'static str)> = rules.iter().filter(|(r, _)| !existing.contains(r)).cloned().collect();
+        info!(stack = %stack.tag_value(), %tier, "{} of {} rules exist already", rules.len() - missing.len(), rules.len());
+        match self.authorize_batch(&group_id, &missing, ids).await {
+            Err(e) if has_code(&e, DUPLICATE) => {}
+            done => return done,
+        }
+        for rule in &missing {
+            match self.authorize_batch(&group_id, std::slice::from_ref(rule), ids).await {
+                Err(e) if has_code(&e, DUPLICATE) => {}
+                done => done?,
+            }
+        }
+        Ok(())
+    }
+
+    /// One AuthorizeSecurityGroupIngress with every rule of `rules` (none: no call).
+    async fn authorize_batch(
+        &self,
+        group_id: &str,
+        rules: &[(Rule, &'static str)],
+        ids: &NetworkStatus,
+    ) -> Result<(), CloudError> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let perms = rules
+            .iter()
+            .map(|(rule, description)| permission(AUTHORIZE, rule, &ids.security_groups, Some(description)))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.call(
+            AUTHORIZE,
+            self.client.authorize_security_group_ingress().group_id(group_id).set_ip_permissions(Some(perms)).send(),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The ingress rules a group has now (DescribeSecurityGroups by id filter).
+    async fn group_rules(&self, group_id: &str, ids: &NetworkStatus) -> Result<BTreeSet<Rule>, CloudError> {
+        let out = self
+            .call(
+                "DescribeSecurityGroups",
+                self.client.describe_security_groups().filters(filter("group-id", [group_id])).send(),
+            )
+            .await?;
+        Ok(out
+            .security_groups()
+            .iter()
+            .filter(|g| g.group_id() == Some(group_id))
+            .flat_map(|g| existing_rules(g, &ids.security_groups))
+            .collect())
     }
 
     /// Removes an ingress rule the spec does not ask for; one already gone
@@ -475,14 +515,22 @@ impl Ec2Cloud {
         }
     }
 
-    /// Imports the stack's key pair.
+    /// Imports the stack's key pair. One of its name that exists already
+    /// (an earlier import whose answer was lost, not yet listed by the
+    /// look-up) is recorded: the next look-up compares its public key and
+    /// re-imports it when it holds another.
     pub(in crate::cloud::ec2) async fn import_key_pair(
         &self,
         stack: &StackIdentity,
         key: &DesiredKeyPair,
         ids: &mut NetworkStatus,
     ) -> Result<(), CloudError> {
-        self.import_public_key(stack, key).await?;
+        match self.import_public_key(stack, key).await {
+            Err(e) if has_code(&e, "InvalidKeyPair.Duplicate") => {
+                info!(stack = %stack.tag_value(), "key pair {} exists already", key.name);
+            }
+            done => done?,
+        }
         ids.key_pair_name = Some(key.name.clone());
         Ok(())
     }
@@ -502,21 +550,51 @@ impl Ec2Cloud {
         Ok(())
     }
 
-    /// Deletes a stale default route of a table before a new one is added.
-    async fn replace_default_route(
+    /// Points a table's default route at `target`: CreateRoute when it has
+    /// none, ReplaceRoute when it has a stale one (`replaces`), so the
+    /// subnet is never without a default route. A stale route gone by now
+    /// (InvalidRoute.NotFound) is created instead.
+    async fn set_default_route(
         &self,
         stack: &StackIdentity,
         rt_id: &str,
         replaces: Option<&str>,
+        target: RouteTarget<'_>,
     ) -> Result<(), CloudError> {
-        let Some(old) = replaces else { return Ok(()) };
-        warn!(stack = %stack.tag_value(), "replacing the default route of {rt_id} to {old}");
-        self.call(
-            "DeleteRoute",
-            self.client.delete_route().route_table_id(rt_id).destination_cidr_block(DEFAULT_ROUTE).send(),
-        )
-        .await?;
-        Ok(())
+        if let Some(old) = replaces {
+            warn!(stack = %stack.tag_value(), "replacing the default route of {rt_id} to {old} with one to {target}");
+            let request = self.client.replace_route().route_table_id(rt_id).destination_cidr_block(DEFAULT_ROUTE);
+            let request = match target {
+                RouteTarget::Gateway(id) => request.gateway_id(id),
+                RouteTarget::NatGateway(id) => request.nat_gateway_id(id),
+            };
+            match self.call("ReplaceRoute", request.send()).await {
+                Err(e) if has_code(&e, "InvalidRoute.NotFound") => {}
+                done => return done.map(drop),
+            }
+        }
+        let request = self.client.create_route().route_table_id(rt_id).destination_cidr_block(DEFAULT_ROUTE);
+        let request = match target {
+            RouteTarget::Gateway(id) => request.gateway_id(id),
+            RouteTarget::NatGateway(id) => request.nat_gateway_id(id),
+        };
+        self.call("CreateRoute", request.send()).await.map(drop)
+    }
+
+    /// Releases the Elastic IP of a NAT gateway EC2 refused to create and
+    /// forgets it. A release that fails is logged: the address carries the
+    /// stack's tags, so the next pass's look-up finds it and teardown
+    /// releases it.
+    async fn release_unused_address(&self, stack: &StackIdentity, allocation_id: &str, ids: &mut NetworkStatus) {
+        let done = self.call("ReleaseAddress", self.client.release_address().allocation_id(allocation_id).send()).await;
+        match done {
+            Ok(_) => {
+                info!(stack = %stack.tag_value(), "released Elastic IP {allocation_id}: its NAT gateway was refused");
+                ids.elastic_ip_allocation_id = None;
+            }
+            Err(e) if is_not_found(&e) => ids.elastic_ip_allocation_id = None,
+            Err(e) => warn!(stack = %stack.tag_value(), error = %e, "could not release Elastic IP {allocation_id}"),
+        }
     }
 
     /// Whether a NAT gateway is available: false while it is pending (or not
@@ -563,7 +641,48 @@ impl Ec2Cloud {
     }
 }
 
-/// True when EC2 answered with this error code.
-fn has_code(e: &CloudError, wanted: &str) -> bool {
-    matches!(e, CloudError::Api { code, .. } if code == wanted)
+/// Where a default route leads.
+#[derive(Clone, Copy, Debug)]
+enum RouteTarget<'a> {
+    Gateway(&'a str),
+    NatGateway(&'a str),
+}
+
+impl std::fmt::Display for RouteTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RouteTarget::Gateway(id) | RouteTarget::NatGateway(id) => f.write_str(id),
+        }
+    }
+}
+
+/// True when EC2 answered and refused the request: nothing was created.
+/// No answer, throttling or a server error leave it open whether the
+/// request took effect.
+fn refused(e: &CloudError) -> bool {
+    matches!(e, CloudError::Api { kind, .. } if !matches!(kind, AwsErrorKind::Unavailable | AwsErrorKind::Throttled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: &str) -> CloudError {
+        CloudError::Api {
+            operation: "CreateNatGateway",
+            code: code.into(),
+            message: String::new(),
+            kind: AwsErrorKind::from_code(code),
+        }
+    }
+
+    #[test]
+    fn only_a_refusal_tells_that_nothing_was_created() {
+        assert!(refused(&api("NatGatewayLimitExceeded")));
+        assert!(refused(&api("InvalidParameterValue")));
+        assert!(refused(&api("UnauthorizedOperation")));
+        assert!(!refused(&api("InternalError")));
+        assert!(!refused(&api("RequestLimitExceeded")));
+        assert!(!refused(&CloudError::Transport { operation: "CreateNatGateway", message: "timeout".into() }));
+    }
 }
