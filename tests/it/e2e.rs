@@ -1159,3 +1159,80 @@ async fn e2e_instances_that_die_at_launch_are_launched_once_with_aws_reason_unti
     let left = tagged_leftovers(&stack.world, &stack.tag()).await;
     assert!(left.is_empty(), "destroy left tagged resources: {left:?}");
 }
+
+/// The account the quota test's access key acts in: AWS's default quotas,
+/// its own default VPC, nobody else's resources.
+const QUOTA_ACCOUNT: &str = "210987654321";
+
+/// Puts the realism layer's account knobs back as they were, also after a
+/// failed assertion.
+struct AccountKnobsBack<'a>(&'a Stack, Value);
+
+impl Drop for AccountKnobsBack<'_> {
+    fn drop(&mut self) {
+        let back = serde_json::json!({
+            "account_quotas": self.1["config"]["account_quotas"],
+            "access_key_accounts": self.1["config"]["access_key_accounts"],
+        })
+        .to_string();
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| realism(self.0, "/_realism", Some(&back))));
+    }
+}
+
+#[tokio::test]
+async fn e2e_own_network_over_an_account_quota_is_refused_and_leaves_nothing_billing() {
+    let mut first = Stack::new("e2e-quota", 82);
+    let mut second = Stack::new("e2e-quota-vpc", 83);
+    for s in [&mut first, &mut second] {
+        s.env.insert("AWS_ACCESS_KEY_ID".into(), "quota-e2e".into());
+    }
+    let before = realism(&first, "/_realism", None);
+    let _back = AccountKnobsBack(&first, before.clone());
+    let set = |quotas: Value| {
+        let mut all = before["config"]["account_quotas"].clone();
+        all[QUOTA_ACCOUNT] = quotas;
+        let mut keys = before["config"]["access_key_accounts"].clone();
+        keys["quota-e2e"] = Value::from(QUOTA_ACCOUNT);
+        realism(
+            &first,
+            "/_realism",
+            Some(&serde_json::json!({"account_quotas": all, "access_key_accounts": keys}).to_string()),
+        );
+    };
+    let mut account = World::load();
+    account.ec2 = crate::world::ec2_client_as(&account.endpoint, "quota-e2e");
+
+    // The zone's NAT gateways are used up: refused at CreateNatGateway, and
+    // the Elastic IP allocated for it is not left billing.
+    set(serde_json::json!({"nat_gateways_per_zone": 0}));
+    let out = first.command(&["apply", "--wait", "--timeout-seconds", "120"]).output().unwrap();
+    assert!(!out.status.success(), "a stack over the NAT quota came up");
+    let infra = condition(&first.status(), "InfrastructureReady");
+    assert_eq!(infra["reason"], "AwsQuotaExceeded", "{infra}");
+    assert!(infra["message"].as_str().unwrap_or("").contains("NatGatewayLimitExceeded"), "{infra}");
+    let left = tagged_leftovers(&account, &first.tag()).await;
+    assert!(
+        !left.iter().any(|l| l.starts_with("address") || l.starts_with("nat gateway")),
+        "a refused NAT gateway left {left:?}"
+    );
+    assert!(left.iter().any(|l| l.starts_with("vpc")), "the refusal came after the VPC: {left:?}");
+
+    // The Region's VPCs are used up (the default VPC, the first stack's and
+    // any other the account holds): refused at CreateVpc, nothing created.
+    let vpcs = account.ec2.describe_vpcs().send().await.expect("DescribeVpcs in the account").vpcs().len();
+    assert!(vpcs >= 2, "the account holds its default VPC and the first stack's: {vpcs}");
+    set(serde_json::json!({"vpcs_per_region": vpcs}));
+    let out = second.command(&["apply", "--wait", "--timeout-seconds", "120"]).output().unwrap();
+    assert!(!out.status.success(), "a stack over the VPC quota came up");
+    let infra = condition(&second.status(), "InfrastructureReady");
+    assert_eq!(infra["reason"], "AwsQuotaExceeded", "{infra}");
+    assert!(infra["message"].as_str().unwrap_or("").contains("VpcLimitExceeded"), "{infra}");
+    let left = tagged_leftovers(&account, &second.tag()).await;
+    assert!(left.is_empty(), "a stack refused its VPC left {left:?}");
+
+    for s in [&second, &first] {
+        s.run(&["destroy", "--timeout-seconds", "300"]);
+        let left = tagged_leftovers(&account, &s.tag()).await;
+        assert!(left.is_empty(), "destroy left {left:?}");
+    }
+}

@@ -43,11 +43,17 @@ fn env_file() -> PathBuf {
 
 /// An EC2 client aimed at `endpoint` with the world's dummy credentials.
 pub fn ec2_client(endpoint: &str) -> Client {
+    ec2_client_as(endpoint, "testing")
+}
+
+/// An EC2 client signing with `access_key` (the realism layer may map it to
+/// an account of its own, see `access_key_accounts`).
+pub fn ec2_client_as(endpoint: &str, access_key: &str) -> Client {
     let conf = aws_sdk_ec2::Config::builder()
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "world"))
+        .credentials_provider(Credentials::new(access_key, "testing", None, None, "world"))
         .build();
     Client::from_conf(conf)
 }
