@@ -30,12 +30,7 @@ pub(super) fn expected_host_key(
     inst: &ObservedInstance,
     key: &SshKey,
 ) -> Option<String> {
-    let pinned = status
-        .tiers
-        .as_ref()
-        .and_then(|t| t.get(tier))
-        .filter(|t| t.instance_id.as_deref() == Some(inst.id.as_str()))
-        .and_then(|t| t.host_key_fingerprint.clone());
+    let pinned = pinned_key(status, tier, inst);
     if pinned.is_some() {
         return pinned;
     }
@@ -49,6 +44,16 @@ pub(super) fn expected_host_key(
     }
 }
 
+/// The key pinned for this very instance of the tier, once it was reached.
+fn pinned_key(status: &VotingStackStatus, tier: Tier, inst: &ObservedInstance) -> Option<String> {
+    status
+        .tiers
+        .as_ref()
+        .and_then(|t| t.get(tier))
+        .filter(|t| t.instance_id.as_deref() == Some(inst.id.as_str()))
+        .and_then(|t| t.host_key_fingerprint.clone())
+}
+
 /// The key the release before the HKDF derivation gave an instance it
 /// launched, accepted besides [`expected_host_key`] until the instance is
 /// first reached (and pinned): an upgrade must not turn hosts launched but
@@ -60,12 +65,7 @@ pub(super) fn earlier_host_key(
     inst: &ObservedInstance,
     key: &SshKey,
 ) -> Option<String> {
-    let pinned = status
-        .tiers
-        .as_ref()
-        .and_then(|t| t.get(tier))
-        .is_some_and(|t| t.instance_id.as_deref() == Some(inst.id.as_str()) && t.host_key_fingerprint.is_some());
-    if pinned {
+    if pinned_key(status, tier, inst).is_some() {
         return None;
     }
     let token = inst.client_token.as_deref().filter(|t| t.starts_with(CLIENT_TOKEN_PREFIX))?;
