@@ -116,6 +116,30 @@ fn check_network(p: &mut Problems, spec: &VotingStackSpec) {
     for (i, c) in net.web_ingress_cidrs.iter().enumerate() {
         parse_cidr(p, &format!("spec.network.webIngressCidrs[{i}]"), c);
     }
+    let rules = frontend_rule_count(spec);
+    if rules > RULES_PER_GROUP {
+        p.push(
+            "spec.network.webIngressCidrs",
+            format!(
+                "the frontend's security group would hold {rules} inbound rules (one per sshIngressCidrs entry, \
+                 two per webIngressCidrs entry: pages {} and {}), and AWS allows {RULES_PER_GROUP} per group \
+                 (quota \"Inbound or outbound rules per security group\"): use fewer or wider blocks",
+                spec.app.ports.vote, spec.app.ports.result
+            ),
+        );
+    }
+}
+
+/// AWS's default quota of inbound rules per security group.
+pub const RULES_PER_GROUP: usize = 60;
+
+/// How many inbound rules the frontend's security group holds: one per
+/// distinct SSH block, one per distinct web block and page. The same count
+/// as the engine's `security_policy` for the frontend (a test holds them
+/// together); the private tiers' groups hold fewer.
+pub fn frontend_rule_count(spec: &VotingStackSpec) -> usize {
+    let distinct = |v: &[String]| v.iter().collect::<std::collections::BTreeSet<_>>().len();
+    distinct(&spec.network.ssh_ingress_cidrs) + 2 * distinct(&spec.network.web_ingress_cidrs)
 }
 
 /// The private subnet: given or derived, a /16-/28 block inside the VPC
@@ -408,6 +432,21 @@ mod tests {
 
     fn paths(errors: &[FieldError]) -> Vec<&str> {
         errors.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn a_frontend_group_over_60_rules_is_refused_before_ec2_refuses_it() {
+        let mut s = spec();
+        s.network.ssh_ingress_cidrs = vec!["198.51.100.0/24".into(); 2];
+        s.network.web_ingress_cidrs = (0..29).map(|i| format!("203.0.{i}.0/24")).collect();
+        assert_eq!(frontend_rule_count(&s), 59, "duplicates count once");
+        assert_eq!(validate("demo", &s), vec![]);
+        s.network.ssh_ingress_cidrs.push("192.0.2.0/24".into());
+        assert_eq!(validate("demo", &s), vec![]);
+        s.network.ssh_ingress_cidrs.push("192.0.2.128/25".into());
+        let errors = validate("demo", &s);
+        assert_eq!(paths(&errors), ["spec.network.webIngressCidrs"]);
+        assert!(errors[0].message.contains("61 inbound rules"), "{}", errors[0].message);
     }
 
     #[test]

@@ -394,3 +394,17 @@ fn teardown_goes_leaves_first_the_data_volume_after_the_instances_the_nat_gatewa
     );
     assert_eq!(teardown_steps(&TeardownInventory::default()), []);
 }
+
+#[test]
+fn the_validate_phase_counts_the_frontend_rules_the_policy_makes_and_no_group_holds_more() {
+    let mut s = spec();
+    s.network.ssh_ingress_cidrs = vec!["198.51.100.0/24".into(), "198.51.100.0/24".into(), "192.0.2.0/24".into()];
+    s.network.web_ingress_cidrs = (0..7).map(|i| format!("203.0.{i}.0/24")).collect();
+    let counted = crate::api::validate::frontend_rule_count(&s);
+    assert_eq!(security_policy(&s, Tier::Frontend).len(), counted);
+    // The private tiers: SSH blocks, SSH through the frontend and two tier
+    // groups; at most 53 with the CRD's 50 SSH blocks, under AWS's 60.
+    for tier in [Tier::Backend, Tier::Database] {
+        assert!(security_policy(&s, tier).len() <= 2 + 3, "{tier}: {:?}", security_policy(&s, tier));
+    }
+}
