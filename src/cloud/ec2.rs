@@ -234,6 +234,32 @@ impl Ec2Cloud {
         self.by_operation.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
+    /// Every page of a paginated Describe call, each page one [`Self::call`]:
+    /// `request` sends the page after a token, `items` takes a page's items
+    /// and its next token (none or empty: the last page).
+    async fn all_pages<P, T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        mut request: F,
+        mut items: impl FnMut(P) -> (Vec<T>, Option<String>),
+    ) -> Result<Vec<T>, CloudError>
+    where
+        F: FnMut(Option<String>) -> Fut,
+        Fut: Future<Output = Result<P, SdkError<E, HttpResponse>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let (found, next) = items(self.call(operation, request(token.take())).await?);
+            out.extend(found);
+            match next {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(out),
+            }
+        }
+    }
+
     /// Sends one EC2 request: counts it, logs it, and maps its error.
     async fn call<T, E, F>(&self, operation: &'static str, request: F) -> Result<T, CloudError>
     where

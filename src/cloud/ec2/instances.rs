@@ -104,28 +104,23 @@ pub(super) fn observed(inst: &Instance) -> Option<(ObservedInstance, Placement)>
 impl Ec2Cloud {
     /// DescribeInstances with `filters`, every page.
     pub(super) async fn describe_instances(&self, filters: Vec<Filter>) -> Result<Vec<Instance>, CloudError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .call(
-                    "DescribeInstances",
-                    self.client
-                        .describe_instances()
-                        .set_filters(Some(filters.clone()))
-                        .max_results(1000)
-                        .set_next_token(token.take())
-                        .send(),
-                )
-                .await?;
-            for r in page.reservations() {
-                out.extend(r.instances().iter().cloned());
-            }
-            match page.next_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => return Ok(out),
-            }
-        }
+        self.all_pages(
+            "DescribeInstances",
+            |token| {
+                self.client
+                    .describe_instances()
+                    .set_filters(Some(filters.clone()))
+                    .max_results(1000)
+                    .set_next_token(token)
+                    .send()
+            },
+            |page| {
+                let found =
+                    page.reservations.unwrap_or_default().into_iter().flat_map(|r| r.instances.unwrap_or_default());
+                (found.collect(), page.next_token)
+            },
+        )
+        .await
     }
 
     /// The instances EC2 knows by these ids, in any state and whatever their

@@ -159,26 +159,19 @@ impl Ec2Cloud {
 
     /// Every security group carrying an owner tag (any stack's), every page.
     async fn region_groups(&self) -> Result<Vec<SecurityGroup>, CloudError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .call(
-                    "DescribeSecurityGroups",
-                    self.client
-                        .describe_security_groups()
-                        .filters(tag_key_filter(OWNER_TAG))
-                        .max_results(1000)
-                        .set_next_token(token.take())
-                        .send(),
-                )
-                .await?;
-            out.extend(page.security_groups().iter().cloned());
-            match page.next_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => return Ok(out),
-            }
-        }
+        self.all_pages(
+            "DescribeSecurityGroups",
+            |token| {
+                self.client
+                    .describe_security_groups()
+                    .filters(tag_key_filter(OWNER_TAG))
+                    .max_results(1000)
+                    .set_next_token(token)
+                    .send()
+            },
+            |page| (page.security_groups.unwrap_or_default(), page.next_token),
+        )
+        .await
     }
 
     /// Look-ups of the region's instances and groups sent so far.

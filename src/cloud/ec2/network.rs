@@ -195,28 +195,24 @@ impl Ec2Cloud {
             })
             .collect();
         let operation = "DescribeInstanceTypeOfferings";
-        let mut offered: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .call(
-                    operation,
+        let offerings = self
+            .all_pages(
+                operation,
+                |token| {
                     self.client
                         .describe_instance_type_offerings()
                         .location_type(LocationType::AvailabilityZone)
                         .filters(filter("instance-type", types.iter().cloned()))
-                        .set_next_token(token.take())
-                        .send(),
-                )
-                .await?;
-            for o in page.instance_type_offerings() {
-                if let (Some(zone), Some(t)) = (o.location(), o.instance_type()) {
-                    offered.entry(zone.to_owned()).or_default().insert(t.as_str().to_owned());
-                }
-            }
-            match page.next_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => break,
+                        .set_next_token(token)
+                        .send()
+                },
+                |page| (page.instance_type_offerings.unwrap_or_default(), page.next_token),
+            )
+            .await?;
+        let mut offered: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for o in &offerings {
+            if let (Some(zone), Some(t)) = (o.location(), o.instance_type()) {
+                offered.entry(zone.to_owned()).or_default().insert(t.as_str().to_owned());
             }
         }
         let owner = stack.tag_value();

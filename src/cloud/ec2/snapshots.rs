@@ -38,28 +38,21 @@ impl Ec2Cloud {
     /// The stack's snapshots: DescribeSnapshots of this account's own
     /// (`owner self`) with the stack's owner and role tags.
     pub(super) async fn stack_snapshots(&self, stack: &StackIdentity) -> Result<Vec<ObservedSnapshot>, CloudError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .call(
-                    "DescribeSnapshots",
-                    self.client
-                        .describe_snapshots()
-                        .owner_ids("self")
-                        .filters(stack_filter(stack))
-                        .filters(tag_filter(ROLE_TAG, SNAPSHOT_ROLE))
-                        .max_results(1000)
-                        .set_next_token(token.take())
-                        .send(),
-                )
-                .await?;
-            out.extend(page.snapshots().iter().filter_map(observed_snapshot));
-            match page.next_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => return Ok(out),
-            }
-        }
+        self.all_pages(
+            "DescribeSnapshots",
+            |token| {
+                self.client
+                    .describe_snapshots()
+                    .owner_ids("self")
+                    .filters(stack_filter(stack))
+                    .filters(tag_filter(ROLE_TAG, SNAPSHOT_ROLE))
+                    .max_results(1000)
+                    .set_next_token(token)
+                    .send()
+            },
+            |page| (page.snapshots().iter().filter_map(observed_snapshot).collect(), page.next_token),
+        )
+        .await
     }
 
     /// One snapshot by id, whoever took it; None when EC2 does not know

@@ -53,28 +53,21 @@ pub fn volume_token(stack: &StackIdentity, n: u32) -> String {
 impl Ec2Cloud {
     /// The stack's data volumes (owner and role tags), not yet deleted.
     pub(super) async fn stack_volumes(&self, stack: &StackIdentity) -> Result<Vec<ObservedVolume>, CloudError> {
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .call(
-                    "DescribeVolumes",
-                    self.client
-                        .describe_volumes()
-                        .filters(stack_filter(stack))
-                        .filters(tag_filter(ROLE_TAG, DATA_VOLUME_ROLE))
-                        .filters(filter("status", ["creating", "available", "in-use", "error"]))
-                        .max_results(500)
-                        .set_next_token(token.take())
-                        .send(),
-                )
-                .await?;
-            out.extend(page.volumes().iter().filter_map(observed_volume));
-            match page.next_token {
-                Some(t) if !t.is_empty() => token = Some(t),
-                _ => return Ok(out),
-            }
-        }
+        self.all_pages(
+            "DescribeVolumes",
+            |token| {
+                self.client
+                    .describe_volumes()
+                    .filters(stack_filter(stack))
+                    .filters(tag_filter(ROLE_TAG, DATA_VOLUME_ROLE))
+                    .filters(filter("status", ["creating", "available", "in-use", "error"]))
+                    .max_results(500)
+                    .set_next_token(token)
+                    .send()
+            },
+            |page| (page.volumes().iter().filter_map(observed_volume).collect(), page.next_token),
+        )
+        .await
     }
 
     /// One volume by id, with the `volume-id` filter (VolumeIds would fail
