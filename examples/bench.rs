@@ -131,8 +131,9 @@ async fn main() -> ExitCode {
     let mut ec2_observe = Vec::new();
     for _ in 0..5 {
         let started = Instant::now();
-        if let Err(e) = engine.cloud().observe(&ident, state.status.network.as_ref(), NetworkLookup::TrustStatus).await
-        {
+        let provided = stack.spec.network.provided();
+        let known = state.status.network.as_ref();
+        if let Err(e) = engine.cloud().observe(&ident, known, provided.as_ref(), NetworkLookup::TrustStatus).await {
             return fail(format!("EC2 observe: {e}"));
         }
         ec2_observe.push(started.elapsed().as_secs_f64() * 1000.0);

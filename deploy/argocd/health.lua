@@ -16,6 +16,7 @@ local terminal = {
   AwsAuthFailed = true,
   AwsInvalidParameter = true,
   AwsQuotaExceeded = true,
+  NetworkUnusable = true,
   HostKeyMismatch = true,
   DataVolumeUnusable = true,
   InstanceLaunchFailed = true,

@@ -135,6 +135,9 @@ pub enum Reason {
     InstanceLaunchFailed,
     /// A subnet's zone or CIDR differs from the spec or status.
     NetworkDrift,
+    /// The VPC or subnets the user brings (`spec.network.vpcId`) are
+    /// missing, elsewhere, or not routed as the stack needs.
+    NetworkUnusable,
     AwsAuthFailed,
     AwsInvalidParameter,
     AwsQuotaExceeded,
@@ -182,6 +185,7 @@ impl Reason {
             Reason::InstanceDrift => "InstanceDrift",
             Reason::InstanceLaunchFailed => "InstanceLaunchFailed",
             Reason::NetworkDrift => "NetworkDrift",
+            Reason::NetworkUnusable => "NetworkUnusable",
             Reason::AwsAuthFailed => "AwsAuthFailed",
             Reason::AwsInvalidParameter => "AwsInvalidParameter",
             Reason::AwsQuotaExceeded => "AwsQuotaExceeded",
@@ -216,6 +220,7 @@ impl Reason {
                 | Reason::AwsAuthFailed
                 | Reason::AwsInvalidParameter
                 | Reason::AwsQuotaExceeded
+                | Reason::NetworkUnusable
                 | Reason::HostKeyMismatch
                 | Reason::DataVolumeUnusable
                 | Reason::InstanceLaunchFailed

@@ -109,7 +109,37 @@ pub enum ConnectVia {
 #[x_kube(validation = Rule::new("!has(self.privateSubnetCidr) || !isCIDR(self.vpcCidr) || !isCIDR(self.privateSubnetCidr) || cidr(self.vpcCidr).containsCIDR(self.privateSubnetCidr)").message("privateSubnetCidr must lie inside vpcCidr"))]
 #[x_kube(validation = Rule::new("!has(self.privateSubnetCidr) || !isCIDR(self.subnetCidr) || !isCIDR(self.privateSubnetCidr) || !(cidr(self.subnetCidr).containsCIDR(self.privateSubnetCidr) || cidr(self.privateSubnetCidr).containsCIDR(self.subnetCidr))").message("privateSubnetCidr must not overlap subnetCidr"))]
 #[x_kube(validation = Rule::new("has(self.privateSubnetCidr) == has(oldSelf.privateSubnetCidr) && (!has(self.privateSubnetCidr) || self.privateSubnetCidr == oldSelf.privateSubnetCidr)").message("privateSubnetCidr is immutable; create a new VotingStack instead"))]
+#[x_kube(validation = Rule::new("has(self.vpcId) == has(self.publicSubnetId) && has(self.vpcId) == has(self.privateSubnetId)").message("vpcId, publicSubnetId and privateSubnetId go together: set all three to use your own network, or none"))]
+#[x_kube(validation = Rule::new("!has(self.vpcId) || (!has(self.availabilityZone) && !has(self.privateSubnetCidr))").message("with vpcId the zone and blocks are those of your subnets: leave availabilityZone and privateSubnetCidr unset"))]
+#[x_kube(validation = Rule::new("has(self.vpcId) == has(oldSelf.vpcId) && (!has(self.vpcId) || self.vpcId == oldSelf.vpcId)").message("vpcId is immutable; create a new VotingStack instead"))]
+#[x_kube(validation = Rule::new("has(self.publicSubnetId) == has(oldSelf.publicSubnetId) && (!has(self.publicSubnetId) || self.publicSubnetId == oldSelf.publicSubnetId)").message("publicSubnetId is immutable; create a new VotingStack instead"))]
+#[x_kube(validation = Rule::new("has(self.privateSubnetId) == has(oldSelf.privateSubnetId) && (!has(self.privateSubnetId) || self.privateSubnetId == oldSelf.privateSubnetId)").message("privateSubnetId is immutable; create a new VotingStack instead"))]
 pub struct NetworkSpec {
+    /// A VPC of yours to run the stack in (bring your own network), with
+    /// `publicSubnetId` and `privateSubnetId`: the operator then creates
+    /// only the stack's security groups (in this VPC), key pair, instances
+    /// and data volume, and never modifies or deletes the VPC, its subnets,
+    /// route tables or gateways. `vpcCidr`, `subnetCidr` and `egress`'s
+    /// NAT gateway are then not created; `egress` says whether the private
+    /// subnet must route to the internet. The way to run many stacks in one
+    /// account: the VPC, internet gateway, NAT gateway and Elastic IP quotas
+    /// are shared. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^vpc-[0-9a-f]{8,17}$"))]
+    pub vpc_id: Option<String>,
+    /// With `vpcId`: a subnet of that VPC for the frontend host, whose route
+    /// table sends `0.0.0.0/0` to an internet gateway (the host gets a
+    /// public IP). Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^subnet-[0-9a-f]{8,17}$"))]
+    pub public_subnet_id: Option<String>,
+    /// With `vpcId`: a subnet of that VPC for the backend and database
+    /// hosts (no public IPs). With `egress: NatGateway` its route table must
+    /// send `0.0.0.0/0` somewhere (your NAT gateway, a transit gateway, ...):
+    /// the hosts pull their images through it. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^subnet-[0-9a-f]{8,17}$"))]
+    pub private_subnet_id: Option<String>,
     /// CIDR block of the VPC. Immutable.
     #[serde(default = "default_vpc_cidr")]
     #[schemars(length(max = 18), regex(pattern = CIDR_PATTERN))]
@@ -153,6 +183,17 @@ pub struct NetworkSpec {
     /// Which host address the operator uses for SSH, probes and the URLs.
     #[serde(default)]
     pub connect_via: ConnectVia,
+}
+
+/// A network the user brings (`spec.network.vpcId` and its two subnets):
+/// used, looked at, never changed or deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProvidedNetwork {
+    pub vpc_id: String,
+    pub public_subnet_id: String,
+    pub private_subnet_id: String,
+    /// `NatGateway`: the private subnet must route `0.0.0.0/0` somewhere.
+    pub egress: Egress,
 }
 
 /// Outbound internet access of the private subnet.
@@ -519,6 +560,17 @@ impl VotingStackSpec {
 }
 
 impl NetworkSpec {
+    /// The network the user brings (`vpcId` with both subnets), None when
+    /// the stack creates its own.
+    pub fn provided(&self) -> Option<ProvidedNetwork> {
+        Some(ProvidedNetwork {
+            vpc_id: self.vpc_id.clone()?,
+            public_subnet_id: self.public_subnet_id.clone()?,
+            private_subnet_id: self.private_subnet_id.clone()?,
+            egress: self.egress,
+        })
+    }
+
     /// The private subnet's CIDR block: `privateSubnetCidr`, else the block of
     /// the same size right after `subnetCidr`. None when neither parses or the
     /// next block would leave the IPv4 space.

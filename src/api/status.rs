@@ -97,6 +97,12 @@ impl Phase {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkStatus {
+    /// True when the VPC and subnets are the user's (`spec.network.vpcId`):
+    /// the operator created only the security groups and the key pair here,
+    /// and deletes nothing else. Such a network has no gateway, route table
+    /// or NAT ids of the stack.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provided: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vpc_id: Option<String>,
     /// The public subnet (frontend host, NAT gateway).

@@ -87,6 +87,51 @@ fn parse_cidr(p: &mut Problems, path: &str, value: &str) -> Option<Ipv4Net> {
     }
 }
 
+/// `vpcId`, `publicSubnetId` and `privateSubnetId` go together, name
+/// ids of their kind, and leave the fields of a network the stack would
+/// create (its zone and private block) unset.
+fn check_provided_network(p: &mut Problems, spec: &VotingStackSpec) {
+    let net = &spec.network;
+    let ids = [
+        ("spec.network.vpcId", &net.vpc_id, "vpc-"),
+        ("spec.network.publicSubnetId", &net.public_subnet_id, "subnet-"),
+        ("spec.network.privateSubnetId", &net.private_subnet_id, "subnet-"),
+    ];
+    let given = ids.iter().filter(|(_, id, _)| id.is_some()).count();
+    if given == 0 {
+        return;
+    }
+    if given < ids.len() {
+        for (path, _, _) in ids.iter().filter(|(_, id, _)| id.is_none()) {
+            p.push(
+                *path,
+                "vpcId, publicSubnetId and privateSubnetId go together: set all three to use your own network, or none",
+            );
+        }
+    }
+    for (path, id, prefix) in ids {
+        if let Some(id) = id {
+            let hex = id.strip_prefix(prefix).unwrap_or_default();
+            if !(8..=17).contains(&hex.len()) || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                p.push(path, format!("{id:?} is not an id of the form {prefix}<8 to 17 hex digits>"));
+            }
+        }
+    }
+    if net.public_subnet_id.is_some() && net.public_subnet_id == net.private_subnet_id {
+        p.push(
+            "spec.network.privateSubnetId",
+            "must be another subnet than publicSubnetId: its hosts have no public IPs",
+        );
+    }
+    if net.availability_zone.is_some() {
+        p.push("spec.network.availabilityZone", "with vpcId the zone is your subnets': leave it unset");
+    }
+    if net.private_subnet_cidr.is_some() {
+        p.push("spec.network.privateSubnetCidr", "with vpcId the blocks are your subnets': leave it unset");
+    }
+}
+
 fn check_network(p: &mut Problems, spec: &VotingStackSpec) {
     let net = &spec.network;
     let vpc = parse_cidr(p, "spec.network.vpcCidr", &net.vpc_cidr);
@@ -107,6 +152,7 @@ fn check_network(p: &mut Problems, spec: &VotingStackSpec) {
         }
     }
     check_private_subnet(p, spec, vpc, subnet);
+    check_provided_network(p, spec);
     if net.ssh_ingress_cidrs.is_empty() {
         p.push("spec.network.sshIngressCidrs", "needs at least one CIDR, or the operator cannot reach the hosts");
     }
@@ -474,6 +520,25 @@ mod tests {
             ]
         );
         assert!(errors[0].message.contains("not inside vpcCidr 10.42.0.0/16"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_network_you_bring_needs_all_three_ids_and_nothing_of_an_own_network() {
+        let mut s = spec();
+        s.network.vpc_id = Some("vpc-0123456789abcdef0".into());
+        let errors = validate("demo", &s);
+        assert_eq!(paths(&errors), ["spec.network.publicSubnetId", "spec.network.privateSubnetId"]);
+        s.network.public_subnet_id = Some("subnet-0123456789abcdef0".into());
+        s.network.private_subnet_id = Some("subnet-0123456789abcdef1".into());
+        assert_eq!(validate("demo", &s), vec![], "a complete network of one's own");
+        s.network.availability_zone = Some("us-east-1a".into());
+        s.network.private_subnet_id = Some("subnet-0123456789abcdef0".into());
+        s.network.vpc_id = Some("vpc-nope".into());
+        let errors = validate("demo", &s);
+        assert_eq!(
+            paths(&errors),
+            ["spec.network.vpcId", "spec.network.privateSubnetId", "spec.network.availabilityZone"]
+        );
     }
 
     #[test]

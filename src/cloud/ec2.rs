@@ -53,7 +53,9 @@ use aws_sdk_ec2::types::{Filter, Instance, ResourceType, SecurityGroup, Tag, Tag
 use aws_sdk_ec2::Client;
 use tracing::debug;
 
-use crate::api::{NetworkStatus, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL};
+use crate::api::{
+    NetworkStatus, ProvidedNetwork, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
+};
 use crate::model::volume::DATA_DEVICE;
 use crate::model::{
     InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedSnapshot, ObservedVolume, Slot,
@@ -388,6 +390,7 @@ impl Cloud for Ec2Cloud {
         &self,
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
+        provided: Option<&ProvidedNetwork>,
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError> {
         let instances = self.shared_stack_instances(stack).await?;
@@ -395,7 +398,7 @@ impl Cloud for Ec2Cloud {
         if !imds_v1.is_empty() {
             self.require_imds_v2(stack, &imds_v1).await;
         }
-        let network = self.observe_network(stack, known, lookup, &instances).await?;
+        let network = self.observe_network(stack, known, provided, lookup, &instances).await?;
         let instances = instances.into_iter().map(|(inst, _)| inst).collect();
         Ok(ObservedInfra { network, instances, data_volumes: None })
     }

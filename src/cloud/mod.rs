@@ -7,7 +7,7 @@ pub mod ec2;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::api::{NetworkStatus, Tier, VotingStack};
+use crate::api::{NetworkStatus, ProvidedNetwork, Tier, VotingStack};
 use crate::model::{
     InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedSnapshot, ObservedVolume, Slot,
     TeardownInventory, TeardownStep,
@@ -202,7 +202,7 @@ pub fn quota_advice(code: &str, kind: AwsErrorKind) -> String {
     if q.network {
         advice.push_str(
             "; each stack has a network of its own, so many stacks in one account need a raised quota \
-             until a stack can use a VPC you bring (spec.network.vpcId, planned)",
+             or stacks can share a VPC you bring (spec.network.vpcId, publicSubnetId, privateSubnetId)",
         );
     }
     advice.push(')');
@@ -256,6 +256,12 @@ pub enum CloudError {
         types.join(", ")
     )]
     NoZoneOffers { region: String, types: Vec<String> },
+    /// The network the user brings (`spec.network.vpcId` and its subnets)
+    /// cannot carry the stack: `field` names the spec field, `problem` what
+    /// EC2 shows. Nothing is created in it until it is fixed; retried with
+    /// backoff, as a route may be added meanwhile.
+    #[error("spec.network.{field} {id}: {problem}")]
+    ProvidedNetwork { field: &'static str, id: String, problem: String },
     /// The stack's `spec.aws.endpoint` is not one the operator sends its
     /// signed requests to (see `api::endpoint`); nothing was sent.
     #[error("{0}")]
@@ -271,7 +277,9 @@ impl CloudError {
             }
             CloudError::SnapshotFailed { .. } => AwsErrorKind::Other,
             CloudError::Incomplete { .. } | CloudError::TokenReused { .. } => AwsErrorKind::Other,
-            CloudError::EndpointRefused(_) | CloudError::NoZoneOffers { .. } => AwsErrorKind::InvalidParameter,
+            CloudError::EndpointRefused(_) | CloudError::NoZoneOffers { .. } | CloudError::ProvidedNetwork { .. } => {
+                AwsErrorKind::InvalidParameter
+            }
             CloudError::Capacity { .. } => AwsErrorKind::Capacity,
         }
     }
@@ -303,10 +311,14 @@ pub enum NetworkLookup {
 pub trait Cloud: Send + Sync {
     /// Every instance with the stack's tags (one DescribeInstances), and the
     /// network: trusted from `known` or inventoried by tag, per `lookup`.
+    /// With `provided` the VPC and subnets are the user's: looked up by id
+    /// and checked usable (a [`CloudError::ProvidedNetwork`] otherwise),
+    /// never by tag.
     async fn observe(
         &self,
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
+        provided: Option<&ProvidedNetwork>,
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError>;
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use tracing::{debug, info, warn};
 
-use crate::api::{NetworkStatus, Tier, VotingStack, VotingStackSpec, VotingStackStatus};
+use crate::api::{NetworkStatus, ProvidedNetwork, Tier, VotingStack, VotingStackSpec, VotingStackStatus};
 use crate::cloud::{Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
 use crate::host::SshKey;
 use crate::model::snapshot::FINAL_SLOT;
@@ -40,7 +40,8 @@ impl Engine {
         let spec = &stack.spec;
         let calls_before = self.cloud.api_calls();
         let lookup = network_lookup(&run.status, stack.metadata.generation);
-        let mut infra = match self.observe_infra(ident, &run.status, lookup).await {
+        let provided = spec.network.provided();
+        let mut infra = match self.observe_infra(ident, &run.status, provided.as_ref(), lookup).await {
             Ok(infra) => infra,
             Err(e) => return run.cloud_failed(e),
         };
@@ -49,7 +50,7 @@ impl Engine {
             run.status.network = Some(net);
         }
         if let NetworkObservation::Inventory(found) = &infra.network {
-            if let Some(vpc) = found.vpc.as_ref().filter(|v| v.cidr != spec.network.vpc_cidr) {
+            if let Some(vpc) = found.vpc.as_ref().filter(|v| !found.provided && v.cidr != spec.network.vpc_cidr) {
                 // A VPC is never replaced: its instances and groups live in it.
                 warn!(stack = %ident.tag_value(), "adopted VPC {} has CIDR {}, not {}", vpc.id, vpc.cidr, spec.network.vpc_cidr);
             }
@@ -95,7 +96,7 @@ impl Engine {
             if let Some(began) = network_began {
                 timeline::span(&ident.tag_value(), Stage::Network, "", began);
             }
-            infra = match self.observe_infra(ident, &run.status, NetworkLookup::TrustStatus).await {
+            infra = match self.observe_infra(ident, &run.status, provided.as_ref(), NetworkLookup::TrustStatus).await {
                 Ok(infra) => infra,
                 Err(e) => return run.cloud_failed(e),
             };
@@ -119,9 +120,10 @@ impl Engine {
         &self,
         ident: &StackIdentity,
         status: &VotingStackStatus,
+        provided: Option<&ProvidedNetwork>,
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError> {
-        let mut infra = self.cloud.observe(ident, status.network.as_ref(), lookup).await?;
+        let mut infra = self.cloud.observe(ident, status.network.as_ref(), provided, lookup).await?;
         let missing: Vec<(Tier, String)> = Tier::ALL
             .iter()
             .filter_map(|tier| {
@@ -325,7 +327,8 @@ pub async fn converge_network(
     key: &SshKey,
     known: Option<&NetworkStatus>,
 ) -> Result<NetworkStatus, CloudError> {
-    let found = match cloud.observe(stack, known, NetworkLookup::Inventory).await?.network {
+    let provided = spec.network.provided();
+    let found = match cloud.observe(stack, known, provided.as_ref(), NetworkLookup::Inventory).await?.network {
         NetworkObservation::Inventory(found) => found,
         NetworkObservation::Trusted(ids, _) => return Ok(ids),
     };

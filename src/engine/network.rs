@@ -64,54 +64,8 @@ pub fn security_policy(spec: &VotingStackSpec, tier: Tier) -> BTreeSet<(Rule, &'
 /// schedules soon while the network is incomplete. Nothing waits for it.
 pub fn network_steps(observed: &ObservedNetwork, spec: &VotingStackSpec, key: &DesiredKeyPair) -> Vec<NetworkStep> {
     let mut steps = Vec::new();
-    let net = &spec.network;
-    if observed.vpc.is_none() {
-        steps.push(NetworkStep::CreateVpc { cidr: net.vpc_cidr.clone() });
-        steps.push(NetworkStep::EnableVpcDns);
-    }
-    if observed.subnet.is_none() {
-        let zone = zone_choice(spec);
-        steps.push(NetworkStep::CreateSubnet { role: SubnetRole::Public, cidr: net.subnet_cidr.clone(), zone });
-    }
-    match &observed.gateway {
-        None => {
-            steps.push(NetworkStep::CreateInternetGateway);
-            steps.push(NetworkStep::AttachInternetGateway);
-        }
-        Some(g) if !g.attached => steps.push(NetworkStep::AttachInternetGateway),
-        Some(_) => {}
-    }
-    let gateway = observed.gateway.as_ref().map(|g| g.id.as_str());
-    route_table_steps(&mut steps, SubnetRole::Public, observed.route_table.as_ref(), |rt| {
-        (gateway.is_none() || rt.default_route.as_deref() != gateway)
-            .then(|| NetworkStep::RouteToGateway { replaces: rt.default_route.clone() })
-    });
-    if observed.private_subnet.is_none() {
-        if let Some(cidr) = net.private_cidr() {
-            steps.push(NetworkStep::CreateSubnet { role: SubnetRole::Private, cidr, zone: zone_choice(spec) });
-        }
-    }
-    match net.egress {
-        Egress::NatGateway => {
-            if observed.elastic_ip.is_none() {
-                steps.push(NetworkStep::AllocateElasticIp);
-            }
-            let nat = observed.nat_gateway.as_ref().filter(|n| n.state.is_usable());
-            if nat.is_none() {
-                steps.push(NetworkStep::CreateNatGateway { attempt: observed.failed_nat_gateways });
-            }
-            let ready = nat.is_some_and(|n| n.state == NatState::Available);
-            let target = nat.map(|n| n.id.as_str());
-            route_table_steps(&mut steps, SubnetRole::Private, observed.private_route_table.as_ref(), |rt| {
-                (target.is_none() || rt.default_route.as_deref() != target).then(|| NetworkStep::RouteToNatGateway {
-                    replaces: rt.default_route.clone(),
-                    when_available: !ready,
-                })
-            });
-        }
-        Egress::None => {
-            route_table_steps(&mut steps, SubnetRole::Private, observed.private_route_table.as_ref(), |_| None);
-        }
+    if spec.network.provided().is_none() {
+        own_network_steps(&mut steps, observed, spec);
     }
     for tier in Tier::ALL {
         if !observed.groups.contains_key(&tier) {
@@ -135,6 +89,61 @@ pub fn network_steps(observed: &ObservedNetwork, spec: &VotingStackSpec, key: &D
         steps.push(NetworkStep::DeleteDuplicate { duplicate: duplicate.clone() });
     }
     steps
+}
+
+/// The steps of the network a stack creates for itself: VPC, subnets,
+/// gateway, route tables, Elastic IP and NAT gateway. None for a network
+/// the user brings (`spec.network.vpcId`): that one is only looked at.
+fn own_network_steps(steps: &mut Vec<NetworkStep>, observed: &ObservedNetwork, spec: &VotingStackSpec) {
+    let net = &spec.network;
+    if observed.vpc.is_none() {
+        steps.push(NetworkStep::CreateVpc { cidr: net.vpc_cidr.clone() });
+        steps.push(NetworkStep::EnableVpcDns);
+    }
+    if observed.subnet.is_none() {
+        let zone = zone_choice(spec);
+        steps.push(NetworkStep::CreateSubnet { role: SubnetRole::Public, cidr: net.subnet_cidr.clone(), zone });
+    }
+    match &observed.gateway {
+        None => {
+            steps.push(NetworkStep::CreateInternetGateway);
+            steps.push(NetworkStep::AttachInternetGateway);
+        }
+        Some(g) if !g.attached => steps.push(NetworkStep::AttachInternetGateway),
+        Some(_) => {}
+    }
+    let gateway = observed.gateway.as_ref().map(|g| g.id.as_str());
+    route_table_steps(steps, SubnetRole::Public, observed.route_table.as_ref(), |rt| {
+        (gateway.is_none() || rt.default_route.as_deref() != gateway)
+            .then(|| NetworkStep::RouteToGateway { replaces: rt.default_route.clone() })
+    });
+    if observed.private_subnet.is_none() {
+        if let Some(cidr) = net.private_cidr() {
+            steps.push(NetworkStep::CreateSubnet { role: SubnetRole::Private, cidr, zone: zone_choice(spec) });
+        }
+    }
+    match net.egress {
+        Egress::NatGateway => {
+            if observed.elastic_ip.is_none() {
+                steps.push(NetworkStep::AllocateElasticIp);
+            }
+            let nat = observed.nat_gateway.as_ref().filter(|n| n.state.is_usable());
+            if nat.is_none() {
+                steps.push(NetworkStep::CreateNatGateway { attempt: observed.failed_nat_gateways });
+            }
+            let ready = nat.is_some_and(|n| n.state == NatState::Available);
+            let target = nat.map(|n| n.id.as_str());
+            route_table_steps(steps, SubnetRole::Private, observed.private_route_table.as_ref(), |rt| {
+                (target.is_none() || rt.default_route.as_deref() != target).then(|| NetworkStep::RouteToNatGateway {
+                    replaces: rt.default_route.clone(),
+                    when_available: !ready,
+                })
+            });
+        }
+        Egress::None => {
+            route_table_steps(steps, SubnetRole::Private, observed.private_route_table.as_ref(), |_| None);
+        }
+    }
 }
 
 /// The steps that keep the rules of the observed groups as the policy says:
@@ -213,6 +222,10 @@ pub fn network_drift(
     let recorded = known.and_then(|k| k.availability_zone.as_deref());
     let wanted_zone = net.availability_zone.as_deref().or(recorded);
     let mut drift = Vec::new();
+    if net.provided().is_some() {
+        // The user's subnets are what the spec names, whatever their blocks.
+        return drift;
+    }
     let found = match observation {
         NetworkObservation::Inventory(found) => found,
         NetworkObservation::Trusted(ids, _) => {

@@ -32,6 +32,7 @@ fn complete() -> ObservedNetwork {
         availability_zone: Some("us-east-1a".into()),
     };
     ObservedNetwork {
+        provided: false,
         vpc: Some(ObservedVpc { id: "vpc-1".into(), cidr: "10.42.0.0/16".into() }),
         subnet: Some(subnet("subnet-1", "10.42.1.0/24")),
         private_subnet: Some(subnet("subnet-2", "10.42.2.0/24")),
@@ -104,6 +105,36 @@ fn fresh_network_is_planned_in_full_and_in_order() {
             "+ import key pair votingstack-default-demo",
         ]
     );
+}
+
+#[test]
+fn a_network_you_bring_gets_only_the_stacks_groups_and_key_pair() {
+    let mut s = spec();
+    s.network.vpc_id = Some("vpc-0123456789abcdef0".into());
+    s.network.public_subnet_id = Some("subnet-0123456789abcdef0".into());
+    s.network.private_subnet_id = Some("subnet-0123456789abcdef1".into());
+    let users = ObservedNetwork {
+        provided: true,
+        vpc: complete().vpc,
+        subnet: complete().subnet,
+        private_subnet: complete().private_subnet,
+        ..ObservedNetwork::default()
+    };
+    let steps = lines(&network_steps(&users, &s, &key()));
+    assert_eq!(steps.first().map(String::as_str), Some("+ create database security group"), "{steps:#?}");
+    assert_eq!(steps.last().map(String::as_str), Some("+ import key pair votingstack-default-demo"));
+    assert!(
+        !steps
+            .iter()
+            .any(|l| l.contains("VPC") || l.contains("subnet") || l.contains("gateway") || l.contains("route")),
+        "nothing of the user's network is created or changed: {steps:#?}"
+    );
+    assert!(users.complete_ids(Egress::NatGateway).is_none());
+    let done = ObservedNetwork { groups: complete().groups, key_pair: complete().key_pair, ..users };
+    assert_eq!(network_steps(&done, &s, &key()), []);
+    let ids = done.complete_ids(Egress::NatGateway).expect("complete without a NAT gateway of the stack's");
+    assert!(ids.provided && ids.nat_gateway_state.is_none() && ids.internet_gateway_id.is_none());
+    assert_eq!(network_drift(&NetworkObservation::Inventory(done), &s, Some(&ids)), Vec::<String>::new());
 }
 
 #[test]

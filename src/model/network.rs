@@ -233,6 +233,9 @@ pub struct ObservedKeyPair {
 /// found it. A missing part is None; children of a missing VPC are missing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ObservedNetwork {
+    /// The VPC and subnets are the user's (`spec.network.vpcId`), checked
+    /// usable when observed: only the groups and the key pair are the stack's.
+    pub provided: bool,
     pub vpc: Option<ObservedVpc>,
     /// The public subnet.
     pub subnet: Option<ObservedSubnet>,
@@ -256,7 +259,20 @@ pub struct ObservedNetwork {
 impl ObservedNetwork {
     /// The ids of whatever exists.
     pub fn ids(&self) -> NetworkStatus {
+        if self.provided {
+            return NetworkStatus {
+                provided: true,
+                vpc_id: self.vpc.as_ref().map(|v| v.id.clone()),
+                subnet_id: self.subnet.as_ref().map(|s| s.id.clone()),
+                private_subnet_id: self.private_subnet.as_ref().map(|s| s.id.clone()),
+                availability_zone: self.private_subnet.as_ref().and_then(|s| s.availability_zone.clone()),
+                security_groups: self.groups.iter().map(|(t, g)| (*t, g.id.clone())).collect(),
+                key_pair_name: self.key_pair.as_ref().map(|k| k.name.clone()),
+                ..NetworkStatus::default()
+            };
+        }
         NetworkStatus {
+            provided: false,
             vpc_id: self.vpc.as_ref().map(|v| v.id.clone()),
             subnet_id: self.subnet.as_ref().map(|s| s.id.clone()),
             private_subnet_id: self.private_subnet.as_ref().map(|s| s.id.clone()),
@@ -293,6 +309,14 @@ impl ObservedNetwork {
     /// default routes to it and to the NAT gateway, subnets associated);
     /// None otherwise.
     pub fn complete_ids(&self, egress: Egress) -> Option<NetworkStatus> {
+        if self.provided {
+            let complete = self.vpc.is_some()
+                && self.subnet.is_some()
+                && self.private_subnet.is_some()
+                && self.key_pair.is_some()
+                && Tier::ALL.iter().all(|t| self.groups.contains_key(t));
+            return complete.then(|| self.ids());
+        }
         let gw = self.gateway.as_ref()?;
         let rt = self.route_table.as_ref()?;
         let private_rt = self.private_route_table.as_ref()?;

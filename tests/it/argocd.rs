@@ -121,6 +121,7 @@ fn all_reasons() -> Vec<Reason> {
         InstanceDrift,
         InstanceLaunchFailed,
         NetworkDrift,
+        NetworkUnusable,
         AwsAuthFailed,
         AwsInvalidParameter,
         AwsQuotaExceeded,
@@ -157,6 +158,7 @@ fn all_reasons() -> Vec<Reason> {
             | InstanceDrift
             | InstanceLaunchFailed
             | NetworkDrift
+            | NetworkUnusable
             | AwsAuthFailed
             | AwsInvalidParameter
             | AwsQuotaExceeded

@@ -580,7 +580,7 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     assert_eq!(first, again);
     assert_eq!(tagged_counts(&w.client).await, NETWORK_ONLY);
     // Without stored ids (the CLI) observe finds the same network by tag.
-    let seen = w.cloud.observe(&ident, None, NetworkLookup::TrustStatus).await.unwrap();
+    let seen = w.cloud.observe(&ident, None, None, NetworkLookup::TrustStatus).await.unwrap();
     assert_eq!(seen.network.complete_ids(Egress::NatGateway), Some(first.clone()));
     assert!(seen.instances.is_empty());
 
@@ -616,7 +616,7 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     w.client.delete_internet_gateway().internet_gateway_id(&igw).send().await.unwrap();
     assert_eq!(
         w.cloud
-            .observe(&ident, None, NetworkLookup::TrustStatus)
+            .observe(&ident, None, None, NetworkLookup::TrustStatus)
             .await
             .unwrap()
             .network
@@ -641,7 +641,7 @@ async fn ec2_network_is_found_by_tag_and_never_doubled() {
     assert_eq!(defaults, [Some(new_igw.as_str())]);
     assert_eq!(
         w.cloud
-            .observe(&ident, None, NetworkLookup::TrustStatus)
+            .observe(&ident, None, None, NetworkLookup::TrustStatus)
             .await
             .unwrap()
             .network
@@ -820,10 +820,11 @@ async fn ec2_unreachable_endpoint_is_a_transport_error_with_its_cause() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cloud = Ec2Cloud::from_client(client_for(&format!("http://127.0.0.1:{port}")));
     let ident = StackIdentity::of(&stack());
-    let err = tokio::time::timeout(Duration::from_secs(60), cloud.observe(&ident, None, NetworkLookup::TrustStatus))
-        .await
-        .expect("bounded by the retry policy")
-        .unwrap_err();
+    let err =
+        tokio::time::timeout(Duration::from_secs(60), cloud.observe(&ident, None, None, NetworkLookup::TrustStatus))
+            .await
+            .expect("bounded by the retry policy")
+            .unwrap_err();
     match &err {
         CloudError::Transport { operation, message } => {
             assert_eq!(*operation, "DescribeInstances");
@@ -879,9 +880,9 @@ async fn ec2_throttling_and_5xx_are_retried_but_auth_errors_are_not() {
     let bounded = Duration::from_secs(90);
     let (r1, r2, r3) = tokio::time::timeout(bounded, async {
         tokio::join!(
-            c1.observe(&ident, None, NetworkLookup::TrustStatus),
-            c2.observe(&ident, None, NetworkLookup::TrustStatus),
-            c3.observe(&ident, None, NetworkLookup::TrustStatus)
+            c1.observe(&ident, None, None, NetworkLookup::TrustStatus),
+            c2.observe(&ident, None, None, NetworkLookup::TrustStatus),
+            c3.observe(&ident, None, None, NetworkLookup::TrustStatus)
         )
     })
     .await
@@ -1211,4 +1212,115 @@ async fn ec2_destroy_with_the_default_policy_keeps_a_completed_final_snapshot() 
     assert_eq!(snap.volume_id(), Some(volume.as_str()));
     assert_eq!(snap.state().map(|s| s.as_str()), Some("completed"));
     assert_eq!(tag(snap.tags(), "votingstack.dev/snapshot-slot"), Some("final"));
+}
+
+/// A network as a user would build it outside the operator: a VPC with a
+/// public subnet routed to an internet gateway and a private subnet whose
+/// route table has no way out yet. Returns (vpc, public, private, private table).
+async fn users_network(c: &Client) -> (String, String, String, String) {
+    let vpc = c.create_vpc().cidr_block("10.50.0.0/16").send().await.unwrap();
+    let vpc = vpc.vpc().and_then(|v| v.vpc_id()).unwrap().to_owned();
+    let subnet = |cidr: &'static str| {
+        let vpc = vpc.clone();
+        async move {
+            let out = c.create_subnet().vpc_id(vpc).cidr_block(cidr).availability_zone("us-east-1a").send().await;
+            out.unwrap().subnet().and_then(|s| s.subnet_id()).unwrap().to_owned()
+        }
+    };
+    let (public, private) = (subnet("10.50.1.0/24").await, subnet("10.50.2.0/24").await);
+    let igw = c.create_internet_gateway().send().await.unwrap();
+    let igw = igw.internet_gateway().and_then(|g| g.internet_gateway_id()).unwrap().to_owned();
+    c.attach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
+    let table = |subnet: String| {
+        let vpc = vpc.clone();
+        async move {
+            let t = c.create_route_table().vpc_id(vpc).send().await.unwrap();
+            let t = t.route_table().and_then(|t| t.route_table_id()).unwrap().to_owned();
+            c.associate_route_table().route_table_id(&t).subnet_id(subnet).send().await.unwrap();
+            t
+        }
+    };
+    let public_table = table(public.clone()).await;
+    c.create_route()
+        .route_table_id(&public_table)
+        .destination_cidr_block("0.0.0.0/0")
+        .gateway_id(&igw)
+        .send()
+        .await
+        .unwrap();
+    let private_table = table(private.clone()).await;
+    (vpc, public, private, private_table)
+}
+
+#[tokio::test]
+async fn ec2_a_network_you_bring_is_checked_used_and_left_untouched() {
+    let w = world();
+    let c = &w.client;
+    let (vpc, public, private, private_table) = users_network(c).await;
+    let mut s = stack();
+    s.spec.network.vpc_id = Some(vpc.clone());
+    s.spec.network.public_subnet_id = Some(public.clone());
+    s.spec.network.private_subnet_id = Some(private.clone());
+
+    // The private subnet has no way out: refused, nothing created.
+    let out = reconcile(&w, &mut s).await;
+    assert!(out.applied.is_empty(), "{:?}", out.applied);
+    let (status, reason, message) = infra_condition(&s);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "NetworkUnusable"), "{message}");
+    assert!(message.contains("spec.network.privateSubnetId") && message.contains(&private_table), "{message}");
+    assert_eq!(tagged_counts(c).await, [0; 9]);
+
+    // The user routes it through a NAT gateway of theirs: the stack gets
+    // its groups (in the user's VPC), key pair and instances, nothing else.
+    let eip = c.allocate_address().domain(aws_sdk_ec2::types::DomainType::Vpc).send().await.unwrap();
+    let nat =
+        c.create_nat_gateway().subnet_id(&public).allocation_id(eip.allocation_id().unwrap()).send().await.unwrap();
+    let nat = nat.nat_gateway().and_then(|n| n.nat_gateway_id()).unwrap().to_owned();
+    c.create_route()
+        .route_table_id(&private_table)
+        .destination_cidr_block("0.0.0.0/0")
+        .nat_gateway_id(&nat)
+        .send()
+        .await
+        .unwrap();
+    let out = reconcile(&w, &mut s).await;
+    assert_eq!(launches(&out), Tier::ALL.to_vec(), "{:?}", out.applied);
+    let (status, reason, message) = infra_condition(&s);
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "InstancesRunning"), "{message}");
+    assert_eq!(tagged_counts(c).await, [0, 0, 0, 0, 3, 1, 3, 0, 0]);
+    let net = network(&s);
+    assert!(net.provided, "{net:?}");
+    assert_eq!((net.vpc_id.as_deref(), net.subnet_id.as_deref()), (Some(vpc.as_str()), Some(public.as_str())));
+    assert_eq!(net.private_subnet_id.as_deref(), Some(private.as_str()));
+    assert!(net.internet_gateway_id.is_none() && net.nat_gateway_id.is_none() && net.route_table_id.is_none());
+    let groups = c.describe_security_groups().filters(stack_filter()).send().await.unwrap();
+    assert!(groups.security_groups().iter().all(|g| g.vpc_id() == Some(vpc.as_str())));
+    for i in live_instances(c).await {
+        let want = if tier_of(&i) == Some(Tier::Frontend) { &public } else { &private };
+        assert_eq!(i.subnet_id(), Some(want.as_str()), "{:?}", tier_of(&i));
+    }
+
+    // Steady state: nothing more to do.
+    let out = reconcile(&w, &mut s).await;
+    assert!(out.applied.is_empty(), "{:?}", out.applied);
+
+    // Destroy deletes the stack's own and leaves the user's network as it was.
+    match w.engine.destroy(&s).await.unwrap() {
+        Teardown::Deleted(r) => {
+            for id in [&vpc, &public, &private, &private_table, &nat] {
+                assert!(!r.deleted.contains(id), "{id} was deleted: {:?}", r.deleted);
+            }
+        }
+        other => panic!("expected a deletion, got {other:?}"),
+    }
+    assert_eq!(tagged_counts(c).await, [0; 9]);
+    let id = |name: &str, v: &String| Filter::builder().name(name).values(v).build();
+    assert_eq!(c.describe_vpcs().filters(id("vpc-id", &vpc)).send().await.unwrap().vpcs().len(), 1);
+    let subnets = c.describe_subnets().filters(id("vpc-id", &vpc)).send().await.unwrap();
+    assert_eq!(subnets.subnets().len(), 2);
+    let tables = c.describe_route_tables().filters(id("route-table-id", &private_table)).send().await.unwrap();
+    let routes = tables.route_tables()[0].routes();
+    assert!(routes.iter().any(|r| r.nat_gateway_id() == Some(nat.as_str())), "{routes:?}");
+    let nats = c.describe_nat_gateways().filter(id("nat-gateway-id", &nat)).send().await.unwrap();
+    assert_eq!(nats.nat_gateways()[0].state().map(|s| s.as_str()), Some("available"));
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use votingstack::api::{NetworkStatus, PullPolicy, Tier};
+use votingstack::api::{NetworkStatus, ProvidedNetwork, PullPolicy, Tier};
 use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
 use votingstack::engine::{Engine, EngineSettings, Stop};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
@@ -74,6 +74,7 @@ impl CloudState {
             })
         };
         ObservedNetwork {
+            provided: ids.provided,
             vpc: ids.vpc_id.clone().map(|id| ObservedVpc { id, cidr: "10.42.0.0/16".into() }),
             subnet: subnet(&ids.subnet_id, "10.42.1.0/24"),
             private_subnet: subnet(&ids.private_subnet_id, "10.42.2.0/24"),
@@ -144,6 +145,7 @@ impl Cloud for FakeCloud {
         &self,
         _: &StackIdentity,
         _: Option<&NetworkStatus>,
+        _: Option<&ProvidedNetwork>,
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError> {
         self.call();

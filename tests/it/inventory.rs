@@ -56,7 +56,7 @@ fn network(s: &VotingStack) -> Option<&NetworkStatus> {
 }
 
 async fn observe(cloud: &Ec2Cloud, s: &VotingStack) -> ObservedInfra {
-    cloud.observe(&StackIdentity::of(s), network(s), NetworkLookup::TrustStatus).await.expect("observe")
+    cloud.observe(&StackIdentity::of(s), network(s), None, NetworkLookup::TrustStatus).await.expect("observe")
 }
 
 fn calls(cloud: &Ec2Cloud, op: &str) -> u64 {

@@ -3,6 +3,7 @@
 //! (`steps`, one function per kind of [`crate::model::NetworkStep`]).
 
 mod inventory;
+mod provided;
 mod steps;
 mod zones;
 
@@ -12,7 +13,7 @@ use aws_sdk_ec2::types::LocationType;
 
 use tracing::info;
 
-use crate::api::{NetworkStatus, Tier, STACK_LABEL};
+use crate::api::{NetworkStatus, ProvidedNetwork, Tier, STACK_LABEL};
 use crate::cloud::{CloudError, NetworkLookup, StackIdentity};
 use crate::model::network::{ObservedGroup, ZoneChoice};
 use crate::model::{NetworkObservation, ObservedInstance};
@@ -42,11 +43,7 @@ impl Ec2Cloud {
             .await?
             .route_tables
             .unwrap_or_default();
-        inv.groups = self
-            .call("DescribeSecurityGroups", c.describe_security_groups().filters(stack_filter(stack)).send())
-            .await?
-            .security_groups
-            .unwrap_or_default();
+        inv.groups = self.groups_by_tag(stack).await?;
         // Tag filters are applied here too: not every EC2-compatible
         // endpoint filters NAT gateways by tag.
         let tag = stack.tag_value();
@@ -88,21 +85,43 @@ impl Ec2Cloud {
             .await?
             .addresses
             .unwrap_or_default();
+        inv.key_pairs = self.key_pairs_of(stack, known).await?;
+        Ok(inv)
+    }
+
+    /// The stack's security groups, by tag.
+    pub(super) async fn groups_by_tag(
+        &self,
+        stack: &StackIdentity,
+    ) -> Result<Vec<aws_sdk_ec2::types::SecurityGroup>, CloudError> {
+        let c = &self.client;
+        Ok(self
+            .call("DescribeSecurityGroups", c.describe_security_groups().filters(stack_filter(stack)).send())
+            .await?
+            .security_groups
+            .unwrap_or_default())
+    }
+
+    /// The stack's key pair by its name (and the recorded name), with its public key.
+    async fn key_pairs_of(
+        &self,
+        stack: &StackIdentity,
+        known: Option<&NetworkStatus>,
+    ) -> Result<Vec<aws_sdk_ec2::types::KeyPairInfo>, CloudError> {
         let mut names = vec![stack.resource_name()];
         if let Some(k) = known.and_then(|k| k.key_pair_name.clone()) {
             if !names.contains(&k) {
                 names.push(k);
             }
         }
-        inv.key_pairs = self
+        Ok(self
             .call(
                 "DescribeKeyPairs",
-                c.describe_key_pairs().filters(filter("key-name", names)).include_public_key(true).send(),
+                self.client.describe_key_pairs().filters(filter("key-name", names)).include_public_key(true).send(),
             )
             .await?
             .key_pairs
-            .unwrap_or_default();
-        Ok(inv)
+            .unwrap_or_default())
     }
 
     /// The network as [`crate::cloud::Cloud::observe`] reports it. A
@@ -111,15 +130,25 @@ impl Ec2Cloud {
     /// its three groups (shared by the region's stacks, see `super::inventory`),
     /// whose rules are kept. Anything else, or a group that is gone, is
     /// looked up in full by tag.
+    ///
+    /// A network the user brings is trusted the same way once recorded as
+    /// such; otherwise it is looked up by id and checked usable.
     pub(super) async fn observe_network(
         &self,
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
+        provided: Option<&ProvidedNetwork>,
         lookup: NetworkLookup,
         instances: &[(ObservedInstance, Placement)],
     ) -> Result<NetworkObservation, CloudError> {
+        let recorded = |k: &NetworkStatus| match provided {
+            Some(p) => provided::is_recorded(k, p),
+            None => !k.provided,
+        };
         let trusted = match lookup {
-            NetworkLookup::TrustStatus => known.filter(|k| is_complete(k) && serves_every_tier(k, instances)),
+            NetworkLookup::TrustStatus => {
+                known.filter(|k| recorded(k) && is_complete(k) && serves_every_tier(k, instances))
+            }
             NetworkLookup::Inventory => None,
         };
         if let Some(k) = trusted {
@@ -128,7 +157,51 @@ impl Ec2Cloud {
             }
             info!(stack = %stack.tag_value(), "a security group of the stack is gone: looking the network up");
         }
+        if let Some(p) = provided {
+            return Ok(NetworkObservation::Inventory(self.provided_network(stack, known, p).await?));
+        }
         Ok(NetworkObservation::Inventory(self.network_by_tag(stack, known).await?.observe(stack, known)))
+    }
+
+    /// The user's VPC, subnets and the VPC's route tables by id, checked
+    /// usable, with the stack's own security groups and key pair: five
+    /// Describe calls, made only when the network is not trusted.
+    async fn provided_network(
+        &self,
+        stack: &StackIdentity,
+        known: Option<&NetworkStatus>,
+        p: &ProvidedNetwork,
+    ) -> Result<crate::model::ObservedNetwork, CloudError> {
+        let c = &self.client;
+        let vpc_filter = || filter("vpc-id", [p.vpc_id.clone()]);
+        let parts = provided::ProvidedParts {
+            vpcs: self
+                .call("DescribeVpcs", c.describe_vpcs().filters(vpc_filter()).send())
+                .await?
+                .vpcs
+                .unwrap_or_default(),
+            subnets: self
+                .call(
+                    "DescribeSubnets",
+                    c.describe_subnets()
+                        .filters(filter("subnet-id", [p.public_subnet_id.clone(), p.private_subnet_id.clone()]))
+                        .send(),
+                )
+                .await?
+                .subnets
+                .unwrap_or_default(),
+            route_tables: self
+                .call("DescribeRouteTables", c.describe_route_tables().filters(vpc_filter()).send())
+                .await?
+                .route_tables
+                .unwrap_or_default(),
+        };
+        let own = Inventory {
+            groups: self.groups_by_tag(stack).await?,
+            key_pairs: self.key_pairs_of(stack, known).await?,
+            ..Default::default()
+        };
+        provided::observe(p, &parts, own, stack, known)
     }
 
     /// The three groups of `known` with their rules, or None when one is gone.

@@ -263,7 +263,21 @@ impl Ec2Cloud {
     ) -> Result<Inventory, CloudError> {
         let c = &self.client;
         let mut inv = self.network_by_tag(stack, known).await?;
-        let known = known.cloned().unwrap_or_default();
+        let mut known = known.cloned().unwrap_or_default();
+        if known.provided {
+            // The VPC and subnets are the user's: only the groups and the
+            // key pair recorded here are the stack's.
+            known = NetworkStatus {
+                security_groups: known.security_groups,
+                key_pair_name: known.key_pair_name,
+                ..NetworkStatus::default()
+            };
+        }
+        if inv.vpcs.is_empty() {
+            // Groups in a VPC the user brings carry the tag; no VPC of the
+            // stack's own led to them.
+            inv.groups = self.groups_by_tag(stack).await?;
+        }
         let missing = |known_ids: Vec<&String>, found: Vec<&str>| -> Vec<String> {
             known_ids.into_iter().filter(|k| !found.contains(&k.as_str())).cloned().collect()
         };
@@ -273,7 +287,8 @@ impl Ec2Cloud {
             let out = self.call("DescribeVpcs", c.describe_vpcs().filters(filter("vpc-id", vpc_ids)).send()).await?;
             inv.vpcs.extend(out.vpcs.unwrap_or_default());
         }
-        if !inv.vpcs.is_empty() && inv.subnets.is_empty() && inv.route_tables.is_empty() && inv.groups.is_empty() {
+        if !inv.vpcs.is_empty() && inv.subnets.is_empty() && inv.route_tables.is_empty() && inv.nat_gateways.is_empty()
+        {
             // The children were not looked up when no VPC carried the tag.
             self.describe_vpc_children(stack, &mut inv).await?;
         }
@@ -350,6 +365,7 @@ impl Ec2Cloud {
                 .await?;
             inv.gateways.extend(out.internet_gateways.unwrap_or_default());
         }
+        inv.keep_only_ours(stack);
         Ok(inv)
     }
 

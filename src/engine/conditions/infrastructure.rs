@@ -24,6 +24,9 @@ pub fn aws_reason(kind: AwsErrorKind) -> Reason {
 
 /// The reason a failed EC2 call shows as.
 pub fn cloud_reason(e: &CloudError) -> Reason {
+    if let CloudError::ProvidedNetwork { .. } = e {
+        return Reason::NetworkUnusable;
+    }
     aws_reason(e.kind())
 }
 

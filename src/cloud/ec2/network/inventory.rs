@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
 use sha2::{Digest, Sha256};
 
 use crate::api::{NetworkStatus, Tier, TIER_LABEL};
-use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
+use crate::cloud::{AwsErrorKind, CloudError, StackIdentity, OWNER_TAG};
 use crate::model::network::{
     key_identity, Duplicate, DuplicateKind, NatState, ObservedAddress, ObservedGateway, ObservedGroup, ObservedKeyPair,
     ObservedNatGateway, ObservedRouteTable, ObservedSubnet, ObservedVpc, SubnetRole, DEFAULT_ROUTE, NAT_NONE,
@@ -113,6 +113,14 @@ pub(super) fn nat_client_token(stack: &StackIdentity, subnet_id: &str, allocatio
 
 /// True when `known` names every part of the network and its egress is ready.
 pub(super) fn is_complete(known: &NetworkStatus) -> bool {
+    if known.provided {
+        // The user's VPC and subnets; the groups and key pair are the stack's.
+        return known.vpc_id.is_some()
+            && known.subnet_id.is_some()
+            && known.private_subnet_id.is_some()
+            && known.key_pair_name.is_some()
+            && Tier::ALL.iter().all(|t| known.security_groups.contains_key(t));
+    }
     let egress = match known.nat_gateway_state.as_deref() {
         Some(NAT_NONE) => true,
         Some(state) => {
@@ -179,6 +187,20 @@ fn by_id(id: Option<&str>) -> Option<String> {
 }
 
 impl Inventory {
+    /// Drops what carries another stack's owner tag: a recorded id looked
+    /// up after it lost the stack's tags may name a resource that is not
+    /// the stack's (a VPC a user brought, another stack's subnet).
+    pub fn keep_only_ours(&mut self, stack: &StackIdentity) {
+        let ours = |tags: &[Tag]| tag_value(tags, OWNER_TAG).is_none_or(|o| o == stack.owner());
+        self.vpcs.retain(|v| ours(v.tags()));
+        self.subnets.retain(|v| ours(v.tags()));
+        self.gateways.retain(|v| ours(v.tags()));
+        self.route_tables.retain(|v| ours(v.tags()));
+        self.nat_gateways.retain(|v| ours(v.tags()));
+        self.addresses.retain(|v| ours(v.tags()));
+        self.groups.retain(|v| ours(v.tags()));
+    }
+
     /// Chooses the resources the stack uses, preferring the ids in `known`.
     pub fn choose(&self, stack: &StackIdentity, known: Option<&NetworkStatus>) -> Chosen<'_> {
         let known = known.cloned().unwrap_or_default();
@@ -344,6 +366,7 @@ impl Inventory {
         };
         let failed = self.nat_gateways.iter().filter(|n| nat_state(n) == Some(NatState::Failed)).count();
         ObservedNetwork {
+            provided: false,
             vpc: c.vpc.and_then(|v| {
                 Some(ObservedVpc { id: v.vpc_id()?.to_owned(), cidr: v.cidr_block().unwrap_or_default().to_owned() })
             }),
