@@ -406,7 +406,7 @@ def ebs_checks(ctl, ec2, truth, launch, made):
          "IdempotentParameterMismatch" % one)
 
 
-def quota_checks(ctl, ec2, endpoint, made):
+def quota_checks(ctl, ec2, endpoint, launch, made):
     """AWS's default quotas per account: the sixth VPC, internet gateway or
     Elastic IP of a Region and the sixth NAT gateway of a zone are refused
     with EC2's codes (knobs lowered here so a few calls show it); the
@@ -442,6 +442,20 @@ def quota_checks(ctl, ec2, endpoint, made):
         ec2.release_address(AllocationId=first)
     step("internet gateways, Elastic IPs and NAT gateways refused over their quotas "
          "(InternetGatewayLimitExceeded, AddressLimitExceeded, NatGatewayLimitExceeded)")
+
+    live = [i for r in ec2.describe_instances(Filters=[
+        {"Name": "instance-state-name", "Values": ["pending", "running"]}])["Reservations"]
+        for i in r["Instances"]]
+    ctl.set(vcpus_per_region=0)
+    before = len(live)
+    err = error_of(launch, c=ec2)
+    check(err == ("VcpuLimitExceeded", 400),
+          "a launch over the vCPU quota (%d running): got %s" % (before, err))
+    after = ec2.describe_instances(Filters=[
+        {"Name": "instance-state-name", "Values": ["pending", "running"]}])["Reservations"]
+    check(sum(len(r["Instances"]) for r in after) == before, "a refused RunInstances launched")
+    step("RunInstances over the account's vCPU quota (0, with %d running) refused: "
+         "VcpuLimitExceeded, nothing launched" % before)
 
     other = "000000434343"
     ctl.set(access_key_accounts={"realism-selftest-other": other})
@@ -492,6 +506,8 @@ def main():
         snap = ctl.reset()
         step("layer at %s, moto %s; reset" % (endpoint, snap["moto"]))
         check(snap["counters"]["calls"] == {}, "counters not zero after reset: %s" % snap)
+        # the selftest launches more than AWS's default 5 vCPUs in its account
+        ctl.set(vcpus_per_region=1000)
 
         made["vpc"] = ec2.create_vpc(CidrBlock=VPC_CIDR)["Vpc"]["VpcId"]
         made["subnet"] = ec2.create_subnet(VpcId=made["vpc"],
@@ -640,7 +656,7 @@ def main():
         unusable_kms_checks(ctl, ec2, truth, launch, made)
         ebs_checks(ctl, ec2, truth, launch, made)
         ebs_timing_checks(ctl, ec2, launch, made)
-        quota_checks(ctl, ec2, endpoint, made)
+        quota_checks(ctl, ec2, endpoint, launch, made)
 
         print("realism-selftest: passed", flush=True)
         return 0

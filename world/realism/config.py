@@ -27,6 +27,7 @@ QUOTAS = {
     "internet_gateways_per_region": "VS_REALISM_INTERNET_GATEWAYS_PER_REGION",
     "elastic_ips_per_region": "VS_REALISM_ELASTIC_IPS_PER_REGION",
     "nat_gateways_per_zone": "VS_REALISM_NAT_GATEWAYS_PER_ZONE",
+    "vcpus_per_region": "VS_REALISM_VCPUS_PER_REGION",
 }
 ACCOUNT_RE = re.compile(r"^[0-9]{12}$")
 
@@ -64,6 +65,8 @@ def default_config():
         "internet_gateways_per_region": 5,
         "elastic_ips_per_region": 5,
         "nat_gateways_per_zone": 5,
+        # Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances
+        "vcpus_per_region": 5,
         "account_quotas": {},
         # requests signed with one of these access keys act in that account
         # (moto's x-moto-account-id), as another AWS account's keys would

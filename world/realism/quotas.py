@@ -1,7 +1,9 @@
 """AWS's default quotas for what a stack's own network needs, per account
 and region: VPCs, internet gateways and Elastic IPs (5 per Region each)
-and NAT gateways (5 per Availability Zone). moto creates anything; EC2
-refuses the sixth with the quota's error code.
+and NAT gateways (5 per Availability Zone); and the vCPUs of running
+On-Demand instances (5 for the standard families in a new account).
+moto creates anything; EC2 refuses the one over the quota with its error
+code.
 
 What exists is counted in moto at the time of the call, in the caller's
 account: the default VPC counts as a VPC, and its internet gateway (which
@@ -21,6 +23,19 @@ QUOTA_CHECKED = {
     "CreateNatGateway": ("nat_gateways_per_zone", "NatGatewayLimitExceeded",
                          "Performing this operation would exceed the limit of %d NAT gateways "
                          "in the Availability Zone %s."),
+    "RunInstances": ("vcpus_per_region", "VcpuLimitExceeded",
+                     "You have requested more vCPU capacity than your current vCPU limit of %d "
+                     "allows for the instance bucket that the specified instance type belongs to. "
+                     "Please visit http://aws.amazon.com/contact-us/ec2-request to request an "
+                     "adjustment to this limit."),
+}
+
+# vCPUs of the instance types the world's stacks use (EC2's
+# DescribeInstanceTypes); any other counts as 2
+VCPUS = {
+    "t3.nano": 2, "t3.micro": 2, "t3.small": 2, "t3.medium": 2, "t3.large": 2, "t3.xlarge": 4,
+    "t3.2xlarge": 8, "t2.nano": 1, "t2.micro": 1, "t2.small": 1, "t2.medium": 2, "t2.large": 2,
+    "m5.large": 2, "m5.xlarge": 4, "c5.large": 2, "c5.xlarge": 4,
 }
 
 
@@ -71,11 +86,28 @@ def count_nat_gateways(host, port, scope, params):
     return len(live), zone
 
 
+def count_vcpus(host, port, scope, params):
+    """vCPUs of the account's pending and running instances, plus those the
+    launch asks for (MinCount of its type): EC2 refuses a launch that would
+    go over, whole."""
+    live = _items(host, port, scope, "DescribeInstances", "reservationSet",
+                  [("instance-state-name", ["pending", "running"])])
+    have = sum(VCPUS.get(child_text(i, "instanceType"), 2)
+               for r in live for i in r.findall("instancesSet/item"))
+    given = dict(params)
+    try:
+        count = max(1, int(given.get("MinCount", "1")))
+    except ValueError:
+        count = 1
+    return have + count * VCPUS.get(given.get("InstanceType", ""), 2) - 1, None
+
+
 COUNTERS = {
     "CreateVpc": count_vpcs,
     "CreateInternetGateway": count_internet_gateways,
     "AllocateAddress": count_addresses,
     "CreateNatGateway": count_nat_gateways,
+    "RunInstances": count_vcpus,
 }
 
 
@@ -91,4 +123,6 @@ def quota_refusal(realism, host, port, scope, action, params):
         return None
     if action == "CreateNatGateway":
         message = message % (allowed, zone)
+    elif action == "RunInstances":
+        message = message % allowed
     return code, "%s (quota: %d; raise it with Service Quotas, or use fewer)" % (message, allowed)
