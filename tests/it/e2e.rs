@@ -1181,22 +1181,29 @@ impl Drop for AccountKnobsBack<'_> {
 
 #[tokio::test]
 async fn e2e_own_network_over_an_account_quota_is_refused_and_leaves_nothing_billing() {
-    let mut first = Stack::new("e2e-quota", 82);
-    let mut second = Stack::new("e2e-quota-vpc", 83);
-    for s in [&mut first, &mut second] {
+    let in_quota_account = |mut s: Stack| {
         s.env.insert("AWS_ACCESS_KEY_ID".into(), "quota-e2e".into());
-    }
-    let before = realism(&first, "/_realism", None);
-    let _back = AccountKnobsBack(&first, before.clone());
+        s
+    };
+    let nat = &in_quota_account(Stack::new("e2e-quota", 82));
+    let own = &[
+        in_quota_account(Stack::new("e2e-quota-own1", 83)),
+        in_quota_account(Stack::new("e2e-quota-own2", 90)),
+        in_quota_account(Stack::new("e2e-quota-own3", 91)),
+        in_quota_account(Stack::new("e2e-quota-own4", 92)),
+    ];
+    let fifth = &in_quota_account(Stack::new("e2e-quota-fifth", 93));
+    let before = realism(nat, "/_realism", None);
+    let _back = AccountKnobsBack(nat, before.clone());
     let set = |quotas: Value| {
-        let mut all = before["config"]["account_quotas"].clone();
-        all[QUOTA_ACCOUNT] = quotas;
+        let mut quotas_now = before["config"]["account_quotas"].clone();
+        quotas_now[QUOTA_ACCOUNT] = quotas;
         let mut keys = before["config"]["access_key_accounts"].clone();
         keys["quota-e2e"] = Value::from(QUOTA_ACCOUNT);
         realism(
-            &first,
+            nat,
             "/_realism",
-            Some(&serde_json::json!({"account_quotas": all, "access_key_accounts": keys}).to_string()),
+            Some(&serde_json::json!({"account_quotas": quotas_now, "access_key_accounts": keys}).to_string()),
         );
     };
     let mut account = World::load();
@@ -1205,34 +1212,210 @@ async fn e2e_own_network_over_an_account_quota_is_refused_and_leaves_nothing_bil
     // The zone's NAT gateways are used up: refused at CreateNatGateway, and
     // the Elastic IP allocated for it is not left billing.
     set(serde_json::json!({"nat_gateways_per_zone": 0}));
-    let out = first.command(&["apply", "--wait", "--timeout-seconds", "120"]).output().unwrap();
+    let out = nat.command(&["apply", "--wait", "--timeout-seconds", "120"]).output().unwrap();
     assert!(!out.status.success(), "a stack over the NAT quota came up");
-    let infra = condition(&first.status(), "InfrastructureReady");
+    let infra = condition(&nat.status(), "InfrastructureReady");
     assert_eq!(infra["reason"], "AwsQuotaExceeded", "{infra}");
     assert!(infra["message"].as_str().unwrap_or("").contains("NatGatewayLimitExceeded"), "{infra}");
-    let left = tagged_leftovers(&account, &first.tag()).await;
+    let left = tagged_leftovers(&account, &nat.tag()).await;
     assert!(
         !left.iter().any(|l| l.starts_with("address") || l.starts_with("nat gateway")),
         "a refused NAT gateway left {left:?}"
     );
     assert!(left.iter().any(|l| l.starts_with("vpc")), "the refusal came after the VPC: {left:?}");
+    nat.run(&["destroy", "--timeout-seconds", "300"]);
+    let left = tagged_leftovers(&account, &nat.tag()).await;
+    assert!(left.is_empty(), "destroy left {left:?}");
 
-    // The Region's VPCs are used up (the default VPC, the first stack's and
-    // any other the account holds): refused at CreateVpc, nothing created.
+    // AWS's default network quotas (5 VPCs with the default one, 5
+    // internet gateways, 5 Elastic IPs, 5 NAT gateways per zone): four
+    // stacks each create their own network. No instance is launched: the
+    // account's vCPU quota is 0 (refused as VcpuLimitExceeded after the
+    // network), which keeps them off the world's hosts.
+    set(serde_json::json!({"vcpus_per_region": 0}));
+    for s in own {
+        let out = s.command(&["apply", "--wait", "--timeout-seconds", "120"]).output().unwrap();
+        assert!(!out.status.success(), "{}: launched over a vCPU quota of 0", s.name);
+        let infra = condition(&s.status(), "InfrastructureReady");
+        assert_eq!(infra["reason"], "AwsQuotaExceeded", "{}: {infra}", s.name);
+        assert!(infra["message"].as_str().unwrap_or("").contains("VcpuLimitExceeded"), "{infra}");
+        let left = tagged_leftovers(&account, &s.tag()).await;
+        for kind in ["vpc", "igw", "address", "nat gateway"] {
+            assert!(left.iter().any(|l| l.starts_with(kind)), "{}: no {kind} of its own: {left:?}", s.name);
+        }
+        assert!(!left.iter().any(|l| l.starts_with("instance")), "{}: {left:?}", s.name);
+    }
     let vpcs = account.ec2.describe_vpcs().send().await.expect("DescribeVpcs in the account").vpcs().len();
-    assert!(vpcs >= 2, "the account holds its default VPC and the first stack's: {vpcs}");
-    set(serde_json::json!({"vpcs_per_region": vpcs}));
-    let out = second.command(&["apply", "--wait", "--timeout-seconds", "120"]).output().unwrap();
+    assert_eq!(vpcs, 5, "the default VPC and four stacks' fill the default quota");
+
+    // The fifth own network is refused at CreateVpc and creates nothing:
+    // no Elastic IP or NAT gateway is left billing.
+    let out = fifth.command(&["apply", "--wait", "--timeout-seconds", "120"]).output().unwrap();
     assert!(!out.status.success(), "a stack over the VPC quota came up");
-    let infra = condition(&second.status(), "InfrastructureReady");
+    let infra = condition(&fifth.status(), "InfrastructureReady");
     assert_eq!(infra["reason"], "AwsQuotaExceeded", "{infra}");
-    assert!(infra["message"].as_str().unwrap_or("").contains("VpcLimitExceeded"), "{infra}");
-    let left = tagged_leftovers(&account, &second.tag()).await;
+    let message = infra["message"].as_str().unwrap_or("");
+    assert!(message.contains("VpcLimitExceeded") && message.contains("spec.network.vpcId"), "{infra}");
+    let left = tagged_leftovers(&account, &fifth.tag()).await;
     assert!(left.is_empty(), "a stack refused its VPC left {left:?}");
 
-    for s in [&second, &first] {
+    for s in std::iter::once(fifth).chain(own) {
         s.run(&["destroy", "--timeout-seconds", "300"]);
         let left = tagged_leftovers(&account, &s.tag()).await;
-        assert!(left.is_empty(), "destroy left {left:?}");
+        assert!(left.is_empty(), "{}: destroy left {left:?}", s.name);
     }
+}
+
+/// A network a user built outside the operator in 10.<octet>.0.0/16: a
+/// public subnet 10.<octet>.1.0/24 routed to an internet gateway, and a
+/// private one 10.<octet>.2.0/24 routed to a NAT gateway of theirs.
+struct UsersNetwork {
+    vpc: String,
+    public: String,
+    private: String,
+    gateway: String,
+    tables: Vec<String>,
+    address: String,
+    nat: String,
+}
+
+impl UsersNetwork {
+    async fn create(ec2: &aws_sdk_ec2::Client, octet: u8) -> UsersNetwork {
+        let vpc = ec2.create_vpc().cidr_block(format!("10.{octet}.0.0/16")).send().await.expect("CreateVpc");
+        let vpc = vpc.vpc().and_then(|v| v.vpc_id()).expect("a VPC id").to_owned();
+        let mut subnets = Vec::new();
+        for n in [1, 2] {
+            let out = ec2
+                .create_subnet()
+                .vpc_id(&vpc)
+                .cidr_block(format!("10.{octet}.{n}.0/24"))
+                .availability_zone("us-east-1a")
+                .send()
+                .await
+                .expect("CreateSubnet");
+            subnets.push(out.subnet().and_then(|s| s.subnet_id()).expect("a subnet id").to_owned());
+        }
+        let gateway = ec2.create_internet_gateway().send().await.expect("CreateInternetGateway");
+        let gateway = gateway.internet_gateway().and_then(|g| g.internet_gateway_id()).expect("an id").to_owned();
+        ec2.attach_internet_gateway().internet_gateway_id(&gateway).vpc_id(&vpc).send().await.expect("attach");
+        let address = ec2
+            .allocate_address()
+            .domain(aws_sdk_ec2::types::DomainType::Vpc)
+            .send()
+            .await
+            .expect("AllocateAddress")
+            .allocation_id()
+            .expect("an allocation id")
+            .to_owned();
+        let nat = ec2
+            .create_nat_gateway()
+            .subnet_id(&subnets[0])
+            .allocation_id(&address)
+            .send()
+            .await
+            .expect("CreateNatGateway");
+        let nat = nat.nat_gateway().and_then(|n| n.nat_gateway_id()).expect("a NAT gateway id").to_owned();
+        let mut tables = Vec::new();
+        for (subnet, route) in [(&subnets[0], &gateway), (&subnets[1], &nat)] {
+            let t = ec2.create_route_table().vpc_id(&vpc).send().await.expect("CreateRouteTable");
+            let t = t.route_table().and_then(|t| t.route_table_id()).expect("a route table id").to_owned();
+            let r = ec2.create_route().route_table_id(&t).destination_cidr_block("0.0.0.0/0");
+            let r = if route.starts_with("nat-") { r.nat_gateway_id(route) } else { r.gateway_id(route) };
+            r.send().await.expect("CreateRoute");
+            ec2.associate_route_table().route_table_id(&t).subnet_id(subnet).send().await.expect("associate");
+            tables.push(t);
+        }
+        let private = subnets.pop().expect("two subnets");
+        let public = subnets.pop().expect("two subnets");
+        UsersNetwork { vpc, public, private, gateway, tables, address, nat }
+    }
+
+    /// Every part of it is still there as the user made it.
+    async fn assert_untouched(&self, ec2: &aws_sdk_ec2::Client) {
+        let by = |name: &str, id: &str| Filter::builder().name(name).values(id).build();
+        let vpcs = ec2.describe_vpcs().filters(by("vpc-id", &self.vpc)).send().await.unwrap();
+        assert_eq!(vpcs.vpcs().len(), 1, "the VPC {} is gone", self.vpc);
+        let subnets = ec2.describe_subnets().filters(by("vpc-id", &self.vpc)).send().await.unwrap();
+        let ids: Vec<&str> = subnets.subnets().iter().filter_map(|s| s.subnet_id()).collect();
+        assert!(ids.contains(&self.public.as_str()) && ids.contains(&self.private.as_str()), "{ids:?}");
+        let gw = ec2.describe_internet_gateways().filters(by("internet-gateway-id", &self.gateway)).send().await;
+        let gw = gw.unwrap();
+        assert_eq!(gw.internet_gateways()[0].attachments()[0].vpc_id(), Some(self.vpc.as_str()));
+        for (table, target) in self.tables.iter().zip([&self.gateway, &self.nat]) {
+            let t = ec2.describe_route_tables().filters(by("route-table-id", table)).send().await.unwrap();
+            let t = &t.route_tables()[0];
+            let routes = t.routes();
+            assert!(
+                routes.iter().any(|r| r.gateway_id() == Some(target) || r.nat_gateway_id() == Some(target)),
+                "{table} lost its route to {target}: {routes:?}"
+            );
+            assert_eq!(t.associations().len(), 1, "{table}: {:?}", t.associations());
+        }
+        let nat = ec2.describe_nat_gateways().filter(by("nat-gateway-id", &self.nat)).send().await.unwrap();
+        let state = nat.nat_gateways()[0].state().map(|s| s.as_str().to_owned());
+        assert!(matches!(state.as_deref(), Some("pending" | "available")), "{}: {state:?}", self.nat);
+    }
+
+    /// Deletes it, in the order EC2 needs (bounded wait for the NAT gateway).
+    async fn remove(&self, ec2: &aws_sdk_ec2::Client) {
+        let _ = ec2.delete_nat_gateway().nat_gateway_id(&self.nat).send().await;
+        let by = Filter::builder().name("nat-gateway-id").values(&self.nat).build();
+        let until = Instant::now() + Duration::from_secs(180);
+        while Instant::now() < until {
+            let out = ec2.describe_nat_gateways().filter(by.clone()).send().await;
+            let gone = out.map(|o| o.nat_gateways().iter().all(|n| n.state().map(|s| s.as_str()) == Some("deleted")));
+            if gone.unwrap_or(false) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let _ = ec2.release_address().allocation_id(&self.address).send().await;
+        for t in &self.tables {
+            let found = ec2.describe_route_tables().route_table_ids(t).send().await;
+            for a in found.iter().flat_map(|f| f.route_tables()).flat_map(|t| t.associations()) {
+                if let Some(id) = a.route_table_association_id() {
+                    let _ = ec2.disassociate_route_table().association_id(id).send().await;
+                }
+            }
+            let _ = ec2.delete_route_table().route_table_id(t).send().await;
+        }
+        let _ = ec2.detach_internet_gateway().internet_gateway_id(&self.gateway).vpc_id(&self.vpc).send().await;
+        let _ = ec2.delete_internet_gateway().internet_gateway_id(&self.gateway).send().await;
+        for s in [&self.public, &self.private] {
+            let _ = ec2.delete_subnet().subnet_id(s).send().await;
+        }
+        let _ = ec2.delete_vpc().vpc_id(&self.vpc).send().await;
+    }
+}
+
+#[tokio::test]
+async fn e2e_a_stack_in_a_network_you_bring_runs_and_leaves_it_untouched() {
+    let stack = Stack::new("e2e-byo", 94);
+    let users = UsersNetwork::create(&stack.world.ec2, 94).await;
+    let path = stack.dir.path().join("stack.yaml");
+    let manifest = std::fs::read_to_string(&path).unwrap();
+    let private_block = "    privateSubnetCidr: 10.94.2.0/24\n";
+    assert!(manifest.contains(private_block), "{manifest}");
+    let ids = format!(
+        "    vpcId: {}\n    publicSubnetId: {}\n    privateSubnetId: {}\n",
+        users.vpc, users.public, users.private
+    );
+    std::fs::write(&path, manifest.replace(private_block, &ids)).unwrap();
+
+    stack.apply_wait();
+    let status = stack.status();
+    assert_eq!(status["phase"], "Ready", "{status}");
+    let net = &status["network"];
+    assert_eq!(net["provided"], true, "{net}");
+    assert_eq!(net["vpcId"], users.vpc.as_str(), "{net}");
+    assert!(net.get("natGatewayId").is_none() && net.get("internetGatewayId").is_none(), "{net}");
+    let left = tagged_leftovers(&stack.world, &stack.tag()).await;
+    assert!(!left.iter().any(|l| l.starts_with("vpc") || l.starts_with("subnet") || l.starts_with("nat")), "{left:?}");
+    assert_eq!(left.iter().filter(|l| l.starts_with("group")).count(), 3, "{left:?}");
+
+    stack.run(&["destroy", "--timeout-seconds", "300"]);
+    let left = tagged_leftovers(&stack.world, &stack.tag()).await;
+    assert!(left.is_empty(), "destroy left {left:?}");
+    users.assert_untouched(&stack.world.ec2).await;
+    users.remove(&stack.world.ec2).await;
 }
