@@ -155,6 +155,10 @@ pub enum Reason {
     ContainerExited,
     NotReady,
     DeployFailed,
+    /// Frontend only: a changed vote or result container did not answer
+    /// HTTP 200 within the bound (or exited); it was removed and the old one
+    /// goes on serving. The message holds its last log lines.
+    UpdateFailed,
     /// The database's data volume cannot be used as it is (another zone,
     /// an error state, another volume on its device).
     DataVolumeUnusable,
@@ -202,6 +206,7 @@ impl Reason {
             Reason::ContainerExited => "ContainerExited",
             Reason::NotReady => "NotReady",
             Reason::DeployFailed => "DeployFailed",
+            Reason::UpdateFailed => "UpdateFailed",
             Reason::DataVolumeUnusable => "DataVolumeUnusable",
             Reason::WorkerPaused => "WorkerPaused",
             Reason::SnapshotFailed => "SnapshotFailed",

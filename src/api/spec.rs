@@ -346,6 +346,9 @@ pub struct AppSpec {
     /// Published ports on the frontend host.
     #[serde(default)]
     pub ports: Ports,
+    /// How a changed vote or result container is rolled out.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
 }
 
 impl Default for AppSpec {
@@ -356,11 +359,29 @@ impl Default for AppSpec {
             images: Images::default(),
             image_pull_policy: PullPolicy::default(),
             ports: Ports::default(),
+            update_strategy: UpdateStrategy::default(),
         }
     }
 }
 
-/// Images of the five services.
+/// How the frontend's vote and result containers are updated.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum UpdateStrategy {
+    /// A proxy container (`images.proxy`) owns the published ports and
+    /// forwards to the current vote and result containers, which publish
+    /// none. A changed container is started beside the old one under a new
+    /// name, checked to answer HTTP 200, switched in by a graceful reload
+    /// of the proxy, and the old one is drained and removed: no request
+    /// fails.
+    #[default]
+    ZeroDowntime,
+    /// No proxy: vote and result publish the ports themselves, and a
+    /// changed container is removed and then created again (the ports
+    /// refuse connections in between, the pull included).
+    Recreate,
+}
+
+/// Images of the five services and of the frontend's proxy.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Images {
@@ -384,6 +405,12 @@ pub struct Images {
     #[serde(default = "default_postgres_image")]
     #[schemars(length(min = 1))]
     pub postgres: String,
+    /// The proxy in front of vote and result with `updateStrategy:
+    /// ZeroDowntime` (frontend host): an nginx image with `sh` and `wget`
+    /// or `curl`, such as the official one.
+    #[serde(default = "default_proxy_image")]
+    #[schemars(length(min = 1))]
+    pub proxy: String,
 }
 
 impl Default for Images {
@@ -394,6 +421,7 @@ impl Default for Images {
             worker: default_worker_image(),
             redis: default_redis_image(),
             postgres: default_postgres_image(),
+            proxy: default_proxy_image(),
         }
     }
 }
@@ -663,6 +691,9 @@ fn default_redis_image() -> String {
 }
 fn default_postgres_image() -> String {
     "postgres:15-alpine".into()
+}
+fn default_proxy_image() -> String {
+    "nginx:1.27-alpine".into()
 }
 fn default_vote_port() -> u16 {
     80

@@ -104,6 +104,25 @@ pub(super) fn action_events(applied: &[Action]) -> Vec<ActionEvent> {
                 };
                 ActionEvent { reason: "ContainerRecreated", action: format!("Recreate/{name}"), note }
             }
+            Action::Host(HostAction::RollContainer { container, replaces }) => {
+                let (tier, name) = (container.tier, &container.name);
+                match replaces.as_slice() {
+                    [] => ActionEvent {
+                        reason: "ContainerRecreated",
+                        action: format!("Recreate/{name}"),
+                        note: format!("created the {tier} container {name}: it was missing"),
+                    },
+                    old => ActionEvent {
+                        reason: "ContainerRolledOut",
+                        action: format!("Roll/{name}"),
+                        note: format!(
+                            "rolled the {tier} container {name} out in place of {}: it answered before the proxy \
+                             switched to it",
+                            old.join(", ")
+                        ),
+                    },
+                }
+            }
             Action::Infra(InfraAction::Snapshot(snapshot)) => match snapshot {
                 SnapshotAction::Taken { snapshot_id, volume_id, slot } => ActionEvent {
                     reason: "SnapshotTaken",
@@ -263,7 +282,8 @@ mod tests {
     fn containers_created_recreated_and_started_each_get_one_event_with_why() {
         let peers = Peers { backend: Some(Ipv4Addr::new(10, 42, 2, 5)), database: Some(Ipv4Addr::new(10, 42, 2, 4)) };
         let frontend = desired_containers(&spec(), Tier::Frontend, peers);
-        let vote = frontend.iter().find(|c| c.name == "vote").unwrap().clone();
+        let mut vote = frontend.iter().find(|c| c.role == "vote").unwrap().clone();
+        vote.name = "vote".into();
         let hash = vote.config_hash().unwrap();
         let applied = [
             Action::Host(HostAction::CreateContainer { container: vote.clone(), reason: CreateReason::Missing }),
@@ -287,6 +307,29 @@ mod tests {
             format!("re-created the frontend container vote: its config changed (config 0123abcd → {hash})")
         );
         assert_eq!(events[2].note, "started the backend container worker again: it was exited");
+    }
+
+    #[test]
+    fn a_rolled_container_is_created_or_rolled_out_in_place_of_the_old_ones() {
+        let peers = Peers { backend: Some(Ipv4Addr::new(10, 42, 2, 5)), database: Some(Ipv4Addr::new(10, 42, 2, 4)) };
+        let frontend = desired_containers(&spec(), Tier::Frontend, peers);
+        let vote = frontend.iter().find(|c| c.role == "vote").unwrap().clone();
+        let applied = [
+            Action::Host(HostAction::RollContainer { container: vote.clone(), replaces: vec![] }),
+            Action::Host(HostAction::RollContainer { container: vote.clone(), replaces: vec!["vote-0123abcd".into()] }),
+        ];
+        let events = action_events(&applied);
+        assert_eq!(reasons(&events), ["ContainerRecreated", "ContainerRolledOut"]);
+        assert_eq!(events[0].note, format!("created the frontend container {}: it was missing", vote.name));
+        assert_eq!(events[1].action, format!("Roll/{}", vote.name));
+        assert_eq!(
+            events[1].note,
+            format!(
+                "rolled the frontend container {} out in place of vote-0123abcd: it answered before the proxy \
+                 switched to it",
+                vote.name
+            )
+        );
     }
 
     #[test]

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::api::{Tier, VotingStackSpec};
+use crate::api::{Tier, UpdateStrategy, VotingStackSpec};
 use crate::model::desired::{
-    LogRotation, DB_CONTAINER, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, REDIS_CONTAINER, REDIS_PORT,
-    REDIS_VOLUME, RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
+    LogRotation, DB_CONTAINER, POSTGRES_PASSWORD, POSTGRES_PORT, POSTGRES_USER, PROXY_CONTAINER, REDIS_CONTAINER,
+    REDIS_PORT, REDIS_VOLUME, RESULT_CONTAINER, VOTE_CONTAINER, WORKER_CONTAINER,
 };
+
+use super::proxy;
 use crate::model::{DataVolume, DesiredContainer, Peers, PortMapping};
 
 /// The containers of one tier, in start order, each pinned to the digest
@@ -44,7 +46,7 @@ pub fn may_format(spec: &VotingStackSpec, status: &crate::api::VotingStackStatus
 /// keeps its first digest: a host pulling it later gets the same one.
 pub fn record_pins(spec: &VotingStackSpec, pins: &mut BTreeMap<String, String>, running: &[(String, String)]) {
     let images = &spec.app.images;
-    let named = [&images.vote, &images.result, &images.worker, &images.redis, &images.postgres];
+    let named = [&images.vote, &images.result, &images.worker, &images.redis, &images.postgres, &images.proxy];
     pins.retain(|image, _| named.contains(&image));
     for (image, digest) in running {
         if named.contains(&image) && !image.contains('@') {
@@ -58,6 +60,7 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
     let app = &spec.app;
     let base = |name: &str, image: &str| DesiredContainer {
         name: name.to_string(),
+        role: name.to_string(),
         tier,
         image: image.to_string(),
         env: BTreeMap::new(),
@@ -70,6 +73,8 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
         logs: LogRotation::default(),
         pinned_digest: None,
         held: None,
+        rolled: false,
+        unhashed_env: BTreeMap::new(),
     };
     match tier {
         Tier::Database => {
@@ -96,14 +101,31 @@ pub fn desired_containers(spec: &VotingStackSpec, tier: Tier, peers: Peers) -> V
             let mut vote = base(VOTE_CONTAINER, &app.images.vote);
             vote.env.insert("OPTION_A".into(), app.option_a.clone());
             vote.env.insert("OPTION_B".into(), app.option_b.clone());
-            vote.ports.push(PortMapping { host: app.ports.vote, container: 80 });
             vote.extra_hosts.insert(REDIS_CONTAINER.into(), peers.backend);
             let mut result = base(RESULT_CONTAINER, &app.images.result);
             result.env.insert("OPTION_A".into(), app.option_a.clone());
             result.env.insert("OPTION_B".into(), app.option_b.clone());
-            result.ports.push(PortMapping { host: app.ports.result, container: 80 });
             result.extra_hosts.insert(DB_CONTAINER.into(), peers.database);
-            vec![vote, result]
+            if app.update_strategy == UpdateStrategy::Recreate {
+                vote.ports.push(PortMapping { host: app.ports.vote, container: proxy::APP_PORT });
+                result.ports.push(PortMapping { host: app.ports.result, container: proxy::APP_PORT });
+                return vec![vote, result];
+            }
+            // ZeroDowntime: vote and result are named after their hash and
+            // reached through the proxy, which alone publishes the ports.
+            for c in [&mut vote, &mut result] {
+                c.rolled = true;
+                c.name = c.rolled_name().unwrap_or_else(|| c.role.clone());
+            }
+            let mut front = base(PROXY_CONTAINER, &app.images.proxy);
+            front.ports.push(PortMapping { host: app.ports.vote, container: proxy::VOTE_LISTEN });
+            front.ports.push(PortMapping { host: app.ports.result, container: proxy::RESULT_LISTEN });
+            front.command = proxy::start_command();
+            front.env.insert(proxy::CONF_ENV.into(), proxy::nginx_conf());
+            front.health_command = Some(proxy::health_command());
+            front.unhashed_env.insert(proxy::VOTE_TARGET_ENV.into(), proxy::target_conf(&vote.role, &vote.name));
+            front.unhashed_env.insert(proxy::RESULT_TARGET_ENV.into(), proxy::target_conf(&result.role, &result.name));
+            vec![vote, result, front]
         }
     }
 }
@@ -123,7 +145,11 @@ mod tests {
         let names = |t| desired_containers(&spec(), t, peers()).into_iter().map(|c| c.name).collect::<Vec<_>>();
         assert_eq!(names(Tier::Database), ["db"]);
         assert_eq!(names(Tier::Backend), ["redis", "worker"]);
-        assert_eq!(names(Tier::Frontend), ["vote", "result"]);
+        let front = names(Tier::Frontend);
+        assert!(front[0].starts_with("vote-") && front[1].starts_with("result-"), "{front:?}");
+        assert_eq!(front[2], "proxy");
+        let recreate = desired_containers(&crate::fixtures::recreate_spec(), Tier::Frontend, peers());
+        assert_eq!(recreate.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["vote", "result"]);
     }
 
     #[test]
@@ -164,10 +190,18 @@ mod tests {
         let db = &desired_containers(&s, Tier::Database, peers())[0];
         assert_eq!(db.image, "postgres:15-alpine");
         assert_eq!(db.ports, [PortMapping { host: 5432, container: 5432 }]);
-        let vote = &desired_containers(&s, Tier::Frontend, peers())[0];
+        let front = desired_containers(&s, Tier::Frontend, peers());
+        let vote = &front[0];
         assert_eq!(vote.image, "dockersamples/examplevotingapp_vote");
         assert_eq!(vote.env["OPTION_A"], "Cats");
-        assert_eq!(vote.ports, [PortMapping { host: 80, container: 80 }]);
+        assert!(vote.ports.is_empty(), "behind the proxy");
+        let proxy = &front[2];
+        assert_eq!(proxy.image, "nginx:1.27-alpine");
+        let published = [PortMapping { host: 80, container: 80 }, PortMapping { host: 81, container: 81 }];
+        assert_eq!(proxy.ports, published);
+        assert!(proxy.unhashed_env["VS_PROXY_VOTE"].contains(&vote.name), "{:?}", proxy.unhashed_env);
+        let recreate = &desired_containers(&crate::fixtures::recreate_spec(), Tier::Frontend, peers())[0];
+        assert_eq!(recreate.ports, [PortMapping { host: 80, container: 80 }]);
     }
 
     #[test]

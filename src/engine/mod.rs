@@ -25,6 +25,7 @@ mod hosts;
 pub mod infra;
 pub mod network;
 pub mod plan;
+pub mod proxy;
 pub mod reconcile;
 mod smoke;
 pub mod status;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use crate::api::{Tier, VotingStackSpec, VotingStackStatus};
 use crate::cloud::{replacement_in_token, NetworkLookup};
-use crate::model::desired::WORKER_CONTAINER;
+use crate::model::desired::{PROXY_CONTAINER, WORKER_CONTAINER};
 use crate::model::network::SubnetRole;
 use crate::model::{
     Action, CreateReason, DesiredContainer, DesiredKeyPair, DockerState, HostAction, InfraAction, InstanceLaunch,
@@ -277,20 +277,71 @@ pub fn plan_host(tier: Tier, desired: &[DesiredContainer], view: HostView<'_>) -
             }
         },
     };
-    for want in desired {
+    // Rolled containers first: a stopped proxy about to forward to a new
+    // one is created afresh, so it starts with the new targets.
+    let mut rolling = false;
+    for want in desired.iter().filter(|d| d.rolled) {
+        let before = actions.len();
+        plan_rolled(tier, want, observed, &mut actions);
+        rolling |= actions.len() > before;
+    }
+    // The proxy's first targets are the rolled containers' names: on a
+    // running host it waits until they are known (the peers' IPs are part
+    // of their hashes). A host still to come shows it in the plan; its
+    // containers are planned again from what is observed once it is up.
+    let targets_known = observed.is_none() || desired.iter().filter(|d| d.rolled).all(|d| d.config_hash().is_some());
+    for want in desired.iter().filter(|d| !d.rolled && (targets_known || d.role != PROXY_CONTAINER)) {
         let before = actions.len();
         plan_container(tier, want, observed, &mut actions);
+        if rolling && want.role == PROXY_CONTAINER {
+            let stopped = observed.and_then(|h| h.container(&want.name)).filter(|c| !c.is_running());
+            if let (Some(stopped), Some(hash)) = (stopped, want.config_hash()) {
+                if stopped.config_hash.as_deref() == Some(hash.as_str()) {
+                    actions.truncate(before);
+                    actions.push(HostAction::CreateContainer {
+                        container: want.clone(),
+                        reason: CreateReason::ConfigChanged(stopped.config_hash.clone()),
+                    });
+                }
+            }
+        }
         // A container on the data volume needs it mounted before it starts.
         if let Some(volume) = want.data_volume.as_ref().filter(|_| actions.len() > before) {
             actions.insert(before, HostAction::MountVolume { tier, volume: volume.clone() });
         }
     }
     if let Some(host) = observed {
-        for orphan in host.containers.iter().filter(|c| !desired.iter().any(|d| d.name == c.name)) {
+        let ours = |name: &str| desired.iter().any(|d| d.name == name || (d.rolled && d.plays_role(name)));
+        for orphan in host.containers.iter().filter(|c| !ours(&c.name)) {
             actions.push(HostAction::RemoveContainer { tier, name: orphan.name.clone() });
         }
     }
     actions
+}
+
+/// A container rolled out beside its predecessors: created under its
+/// hash-named name unless it runs, then switched in and the others of its
+/// role removed. On a running host, nothing while its hash is unknown (a
+/// peer's IP).
+fn plan_rolled(tier: Tier, want: &DesiredContainer, observed: Option<&ObservedHost>, actions: &mut Vec<HostAction>) {
+    if want.config_hash().is_none() && observed.is_some() {
+        return;
+    }
+    let replaces: Vec<String> = observed
+        .map(|h| {
+            h.containers.iter().filter(|c| c.name != want.name && want.plays_role(&c.name)).map(|c| c.name.clone())
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+    match observed.and_then(|h| h.container(&want.name)) {
+        Some(have) if replaces.is_empty() => {
+            if !have.is_running() {
+                actions.push(HostAction::StartContainer { tier, name: have.name.clone(), state: have.state.clone() });
+            }
+        }
+        _ => actions.push(HostAction::RollContainer { container: want.clone(), replaces }),
+    }
 }
 
 /// What one desired container needs on a host with a running engine (or on

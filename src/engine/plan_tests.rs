@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use super::*;
 use crate::api::{NetworkStatus, TierStatus, TiersStatus};
 use crate::engine::desired::desired_containers;
-use crate::fixtures::spec;
+use crate::fixtures::{recreate_spec, spec};
 use crate::model::{NetworkStep, ObservedContainer, ObservedNetwork};
 
 fn key() -> DesiredKeyPair {
@@ -110,9 +110,24 @@ fn fresh_stack_creates_network_instances_then_containers_in_tier_order() {
         Action::Infra(InfraAction::LaunchInstance(InstanceLaunch { tier: Tier::Frontend, .. }))
     ));
     // The worker is created last, once postgres answers.
-    assert_eq!(tiers, [Tier::Database, Tier::Backend, Tier::Frontend, Tier::Frontend, Tier::Backend]);
+    let (db, back, front) = (Tier::Database, Tier::Backend, Tier::Frontend);
+    assert_eq!(tiers, [db, back, front, front, front, back], "{:#?}", lines(&plan));
     assert!(
         matches!(plan.actions.last(), Some(Action::Host(HostAction::CreateContainer { container, .. })) if container.name == "worker")
+    );
+    // The frontend's containers are named after their hash, known once the
+    // peers' IPs are: the plan shows them by role, and the host's pass
+    // plans them again from what it observes.
+    let text = lines(&plan).join("\n");
+    assert!(text.contains("+ create frontend container vote (dockersamples/examplevotingapp_vote"), "{text}");
+    assert!(text.contains("+ create frontend container proxy (nginx:1.27-alpine"), "{text}");
+    let plan = super::plan(
+        &recreate_spec(),
+        &VotingStackStatus::default(),
+        &ObservedInfra::default(),
+        &BTreeMap::new(),
+        &key(),
+        None,
     );
     let text = lines(&plan).join("\n");
     assert!(
@@ -176,13 +191,15 @@ fn stopped_container_is_started_not_recreated() {
     let mut hosts = converged_hosts();
     hosts.get_mut(&Tier::Frontend).unwrap().containers[0].state = "exited".into();
     let plan = super::plan(&spec(), &status(), &infra(), &hosts, &key(), None);
-    assert_eq!(lines(&plan), ["~ start frontend container vote (exited)"]);
+    let name = &hosts[&Tier::Frontend].containers[0].name;
+    assert!(name.starts_with("vote-"), "{name}");
+    assert_eq!(lines(&plan), [format!("~ start frontend container {name} (exited)")]);
 }
 
 #[test]
 fn wrong_image_recreates_only_that_container() {
-    let hosts = converged_hosts();
-    let mut s = spec();
+    let mut s = recreate_spec();
+    let hosts = Tier::ALL.iter().map(|t| (*t, converged_host(&s, *t))).collect();
     s.app.images.result = "registry.example/result:2".into();
     let plan = plan(&s, &status(), &infra(), &hosts, &key(), None);
     assert_eq!(plan.actions.len(), 1);
@@ -192,10 +209,85 @@ fn wrong_image_recreates_only_that_container() {
 }
 
 #[test]
-fn changed_option_recreates_vote_and_result_only() {
+fn a_changed_image_is_rolled_out_beside_the_old_container_through_the_proxy() {
+    let hosts = converged_hosts();
+    let old = hosts[&Tier::Frontend].containers.iter().find(|c| c.name.starts_with("result-")).unwrap().name.clone();
     let mut s = spec();
+    s.app.images.result = "registry.example/result:2".into();
+    let plan = plan(&s, &status(), &infra(), &hosts, &key(), None);
+    let [Action::Host(HostAction::RollContainer { container, replaces })] = &plan.actions[..] else {
+        panic!("one roll-out, nothing else: {:?}", lines(&plan));
+    };
+    assert!(container.name.starts_with("result-") && container.name != old, "{}", container.name);
+    assert_eq!(replaces, std::slice::from_ref(&old));
+    assert!(container.ports.is_empty(), "only the proxy publishes ports");
+
+    // Interrupted after the new one started: the roll-out is finished, the
+    // new one not created again.
+    let mut hosts = hosts;
+    let front = hosts.get_mut(&Tier::Frontend).unwrap();
+    front.containers.push(ObservedContainer {
+        name: container.name.clone(),
+        image: container.image.clone(),
+        state: "running".into(),
+        config_hash: container.config_hash(),
+        image_digest: None,
+        exit_code: None,
+    });
+    let again = super::plan(&s, &status(), &infra(), &hosts, &key(), None);
+    assert!(
+        matches!(&again.actions[..], [Action::Host(HostAction::RollContainer { replaces, .. })] if replaces == std::slice::from_ref(&old)),
+        "{:?}",
+        lines(&again)
+    );
+    // Done: the old one is gone, nothing left to do.
+    hosts.get_mut(&Tier::Frontend).unwrap().containers.retain(|c| c.name != old);
+    assert_eq!(lines(&super::plan(&s, &status(), &infra(), &hosts, &key(), None)), Vec::<String>::new());
+}
+
+#[test]
+fn a_stopped_proxy_is_created_afresh_when_a_roll_out_needs_it() {
+    let mut hosts = converged_hosts();
+    let front = hosts.get_mut(&Tier::Frontend).unwrap();
+    front.containers.iter_mut().find(|c| c.name == "proxy").unwrap().state = "exited".into();
+    let plan = plan(&spec(), &status(), &infra(), &hosts, &key(), None);
+    assert_eq!(lines(&plan), ["~ start frontend container proxy (exited)"], "no roll-out: only started");
+    let mut s = spec();
+    s.app.option_a = "Tea".into();
+    let plan = super::plan(&s, &status(), &infra(), &hosts, &key(), None);
+    let text = lines(&plan);
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert!(
+        text[0].starts_with("± roll out frontend container vote-")
+            && text[1].starts_with("± roll out frontend container result-")
+    );
+    assert!(text[2].starts_with("± recreate frontend container proxy"), "{text:?}");
+}
+
+#[test]
+fn switching_strategies_replaces_the_frontend_containers() {
+    // Recreate → ZeroDowntime: the new containers come beside the plain
+    // ones, which go before the proxy takes their ports.
+    let old: BTreeMap<Tier, ObservedHost> =
+        Tier::ALL.iter().map(|t| (*t, converged_host(&recreate_spec(), *t))).collect();
+    let plan = plan(&spec(), &status(), &infra(), &old, &key(), None);
+    let text = lines(&plan);
+    assert_eq!(text.len(), 3, "{text:?}");
+    assert!(text[0].contains("vote-") && text[0].contains("beside vote,"), "{text:?}");
+    assert!(text[2].starts_with("+ create frontend container proxy"), "{text:?}");
+    // ZeroDowntime → Recreate: the proxy and the hash-named ones go first.
+    let plan = super::plan(&recreate_spec(), &status(), &infra(), &converged_hosts(), &key(), None);
+    let text = lines(&plan);
+    assert!(text.iter().any(|l| l == "- remove frontend container proxy (not part of the stack)"), "{text:?}");
+    assert!(text.iter().any(|l| l.starts_with("+ create frontend container vote (")), "{text:?}");
+}
+
+#[test]
+fn changed_option_recreates_vote_and_result_only() {
+    let mut s = recreate_spec();
+    let hosts = Tier::ALL.iter().map(|t| (*t, converged_host(&s, *t))).collect();
     s.app.option_b = "Birds".into();
-    let plan = plan(&s, &status(), &infra(), &converged_hosts(), &key(), None);
+    let plan = plan(&s, &status(), &infra(), &hosts, &key(), None);
     let names: Vec<_> = plan
         .actions
         .iter()
@@ -230,15 +322,16 @@ fn changed_backend_ip_recreates_what_points_at_redis() {
         i.private_ip = Some(Ipv4Addr::new(10, 42, 1, 9));
     }
     let plan = plan(&spec(), &status(), &infra, &converged_hosts(), &key(), None);
-    let names: Vec<_> = plan
+    let roles: Vec<_> = plan
         .actions
         .iter()
         .filter_map(|a| match a {
-            Action::Host(HostAction::CreateContainer { container, .. }) => Some(container.name.as_str()),
+            Action::Host(HostAction::CreateContainer { container, .. })
+            | Action::Host(HostAction::RollContainer { container, .. }) => Some(container.role.as_str()),
             _ => None,
         })
         .collect();
-    assert_eq!(names, ["worker", "vote"], "redis itself and result (db only) stay");
+    assert_eq!(roles, ["worker", "vote"], "redis itself and result (db only) stay");
 }
 
 #[test]
@@ -416,7 +509,7 @@ fn a_held_worker_is_neither_started_nor_re_created_until_postgres_answers() {
     let plan = plan(&spec(), &status(), &infra, &hosts, &key(), None);
     let text = lines(&plan);
     assert!(!text.iter().any(|l| l.contains("container worker")), "{text:?}");
-    assert!(text.iter().any(|l| l.starts_with("± recreate frontend container result")), "{text:?}");
+    assert!(text.iter().any(|l| l.starts_with("± roll out frontend container result-")), "{text:?}");
 
     // postgres answers on the new address: the worker comes back with it.
     let mut hosts = converged_hosts();

@@ -80,7 +80,7 @@ pub fn create_body(stack: &str, c: &DesiredContainer, digest: Option<&str>) -> C
     });
     ContainerCreateBody {
         image: Some(c.run_reference()),
-        env: Some(c.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+        env: Some(c.env.iter().chain(&c.unhashed_env).map(|(k, v)| format!("{k}={v}")).collect()),
         cmd: (!c.command.is_empty()).then(|| c.command.clone()),
         labels: Some(labels(stack, c, digest)),
         exposed_ports: Some(c.ports.iter().map(|p| port_key(p.container)).collect()),
@@ -174,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_create_request_carries_env_ports_hosts_labels_and_restart_policy() {
-        let mut s = spec();
+        let mut s = crate::fixtures::recreate_spec();
         s.app.option_a = "it's $(rm -rf /)".into();
         let vote = desired_containers(&s, Tier::Frontend, peers()).remove(0);
         let body = create_body("default/demo", &vote, None);

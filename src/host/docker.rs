@@ -17,7 +17,7 @@ use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{HealthStatusEnum, NetworkCreateRequest};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder, ListNetworksOptionsBuilder,
-    PruneImagesOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
+    LogsOptionsBuilder, PruneImagesOptionsBuilder, RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
 use bollard::Docker;
@@ -25,8 +25,9 @@ use futures::StreamExt;
 use tracing::{debug, info, warn};
 
 use crate::api::{PullPolicy, STACK_LABEL};
+use crate::engine::proxy;
 use crate::model::desired::{
-    repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER, REDIS_CONTAINER, WORKER_CONTAINER,
+    repository_of, DB_CONTAINER, HOST_NETWORK, POSTGRES_USER, PROXY_CONTAINER, REDIS_CONTAINER, WORKER_CONTAINER,
 };
 use crate::model::{DesiredContainer, ObservedContainer};
 use crate::timeline::{self, Stage};
@@ -109,14 +110,19 @@ impl SshHosts {
     }
 
     /// A tier's container work: orphans removed first (one may hold a port
-    /// a new container needs), the network and images made present, each
-    /// new container put in place of the old one, stopped ones started;
-    /// then a bounded wait for the new containers' health checks.
+    /// a new container needs), the network and images made present (every
+    /// pull before anything is replaced: the old containers serve
+    /// meanwhile), rolled containers brought up beside the ones they
+    /// replace, each other new container put in place of the old one,
+    /// stopped ones started; then a bounded wait for the new containers'
+    /// health checks.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn deploy(
         &self,
         target: &HostTarget,
         docker: &Docker,
         remove: &[&str],
+        roll: &[(&DesiredContainer, &[String])],
         create: &[&DesiredContainer],
         start: &[&str],
         pull: PullPolicy,
@@ -124,11 +130,17 @@ impl SshHosts {
         for name in remove {
             self.remove_container(target, docker, name).await?;
         }
-        if !create.is_empty() {
+        if !create.is_empty() || !roll.is_empty() {
             self.ensure_network(target, docker).await?;
-            let images: BTreeSet<String> = create.iter().map(|c| c.run_reference()).collect();
+            let images: BTreeSet<String> =
+                create.iter().chain(roll.iter().map(|(c, _)| c)).map(|c| c.run_reference()).collect();
             let pulls = images.iter().map(|image| self.ensure_image(target, docker, image, pull));
             futures::future::try_join_all(pulls).await?;
+            for (c, replaces) in roll {
+                let began = SystemTime::now();
+                self.roll_container(target, docker, c, replaces).await?;
+                timeline::span(&target.stack, Stage::ContainerStarted, format!("{}/{}", target.tier, c.name), began);
+            }
             for c in create {
                 let began = SystemTime::now();
                 self.replace_container(target, docker, c).await?;
@@ -235,6 +247,129 @@ impl SshHosts {
                 ),
             }),
         }
+    }
+
+    /// Brings `c` up beside the containers it replaces (created unless it
+    /// exists), and when the proxy runs: waits until `c` answers HTTP 200
+    /// on the Docker network (bounded), switches the proxy to it by a
+    /// graceful reload, and lets the replaced ones drain before they are
+    /// removed. A new container that does not answer (or exits) is removed
+    /// with the old ones left serving: `UpdateFailed` with its last logs.
+    /// Without a running proxy (the first deploy, or the one that brings
+    /// the proxy in) the replaced ones go as soon as `c` runs: the proxy,
+    /// created next, starts with `c` as its target.
+    async fn roll_container(
+        &self,
+        target: &HostTarget,
+        docker: &Docker,
+        c: &DesiredContainer,
+        replaces: &[String],
+    ) -> Result<(), HostError> {
+        match self.container_state(target, docker, &c.name).await {
+            None => self.create_and_start(target, docker, c).await?,
+            Some(state) if state != "running" => {
+                let what = format!("start container {}", c.name);
+                self.bounded(target, &what, Self::command_limit(target), docker.start_container(&c.name, None)).await?;
+            }
+            Some(_) => {}
+        }
+        if self.is_running(target, docker, PROXY_CONTAINER).await {
+            if let Err(why) = self.await_answer(target, docker, c).await {
+                return Err(self.update_failed(target, docker, c, why).await);
+            }
+            let what = format!("switch the proxy to {}", c.name);
+            let switch = proxy::switch_command(&c.role, &c.name);
+            let (code, stdout, stderr) = self.exec_in(target, docker, PROXY_CONTAINER, switch, &what).await?;
+            if code != 0 {
+                let why = format!(
+                    "the proxy refused the switch (exit {code}): {}",
+                    bootstrap::tail(format!("{stdout}{stderr}").as_bytes())
+                );
+                return Err(self.update_failed(target, docker, c, why).await);
+            }
+            info!(host = %target.describe(), container = %c.name, replaces = ?replaces, "proxy switched");
+            if !replaces.is_empty() {
+                // The proxy's earlier workers finish the requests they hold.
+                tokio::time::sleep(Duration::from_secs(proxy::DRAIN_SECONDS)).await;
+            }
+        }
+        for old in replaces {
+            self.remove_container(target, docker, old).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `proxy::ANSWER_SECONDS`) until `c` answers HTTP 200
+    /// through the Docker network, asked from the proxy; the reason when
+    /// it does not, or stops running.
+    async fn await_answer(&self, target: &HostTarget, docker: &Docker, c: &DesiredContainer) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(proxy::ANSWER_SECONDS);
+        loop {
+            let what = format!("ask {} over the Docker network", c.name);
+            let last = match self.exec_in(target, docker, PROXY_CONTAINER, proxy::answers_command(&c.name), &what).await
+            {
+                Ok((0, _, _)) => return Ok(()),
+                Ok((code, stdout, stderr)) => {
+                    format!("exit {code}: {}", bootstrap::tail(format!("{stdout}{stderr}").as_bytes()))
+                }
+                Err(e) => e.to_string(),
+            };
+            if let Some(state) = self.container_state(target, docker, &c.name).await.filter(|s| s != "running") {
+                return Err(format!("it is {state} instead of answering"));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "it did not answer HTTP 200 on port {} within {} s ({last})",
+                    proxy::APP_PORT,
+                    proxy::ANSWER_SECONDS
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Removes a new container that failed its roll-out, keeping its last
+    /// log lines for the error.
+    async fn update_failed(
+        &self,
+        target: &HostTarget,
+        docker: &Docker,
+        c: &DesiredContainer,
+        why: String,
+    ) -> HostError {
+        let logs = self.last_logs(target, docker, &c.name).await;
+        if let Err(e) = self.remove_container(target, docker, &c.name).await {
+            warn!(host = %target.describe(), container = %c.name, "removing the failed new container: {e}");
+        }
+        warn!(host = %target.describe(), container = %c.name, "update failed: {why}; the old container serves on");
+        HostError::UpdateFailed { host: target.describe(), container: c.name.clone(), why, logs }
+    }
+
+    /// The last lines a container wrote (stdout and stderr), empty when
+    /// Docker cannot give them.
+    async fn last_logs(&self, target: &HostTarget, docker: &Docker, name: &str) -> String {
+        let options = LogsOptionsBuilder::new().stdout(true).stderr(true).tail("10").build();
+        let read = async {
+            let mut out = Vec::new();
+            let mut stream = docker.logs(name, Some(options));
+            while let Some(Ok(chunk)) = stream.next().await {
+                out.extend_from_slice(&chunk.into_bytes());
+            }
+            out
+        };
+        match tokio::time::timeout(Self::command_limit(target), read).await {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_string(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The state of container `name` (running, exited, ...), None when
+    /// there is none or Docker cannot tell.
+    async fn container_state(&self, target: &HostTarget, docker: &Docker, name: &str) -> Option<String> {
+        let what = format!("inspect container {name}");
+        let inspected =
+            self.bounded(target, &what, Self::command_limit(target), docker.inspect_container(name, None)).await;
+        inspected.ok().and_then(|i| i.state).and_then(|s| s.status).map(|s| s.to_string())
     }
 
     /// Whether container `name` runs; false when Docker cannot tell.

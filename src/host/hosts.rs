@@ -85,6 +85,8 @@ struct HostWork<'a> {
     mount: Option<&'a DataVolume>,
     remove: Vec<&'a str>,
     create: Vec<&'a DesiredContainer>,
+    /// Containers rolled out beside the ones they replace.
+    roll: Vec<(&'a DesiredContainer, &'a [String])>,
     start: Vec<&'a str>,
     /// Containers to stop between votes (the worker).
     hold: Vec<&'a str>,
@@ -104,13 +106,18 @@ impl<'a> HostWork<'a> {
                 HostAction::StartContainer { name, .. } => work.start.push(name),
                 HostAction::RemoveContainer { name, .. } => work.remove.push(name),
                 HostAction::HoldWorker { name, .. } => work.hold.push(name),
+                HostAction::RollContainer { container, replaces } => work.roll.push((container, replaces)),
             }
         }
         work
     }
 
     fn touches_containers(&self) -> bool {
-        !(self.remove.is_empty() && self.create.is_empty() && self.start.is_empty() && self.hold.is_empty())
+        !(self.remove.is_empty()
+            && self.create.is_empty()
+            && self.roll.is_empty()
+            && self.start.is_empty()
+            && self.hold.is_empty())
     }
 }
 
@@ -176,7 +183,7 @@ impl Hosts for SshHosts {
         if let Some(volume) = work.mount {
             self.mount_volume(target, key, volume).await?;
         }
-        for c in &work.create {
+        for c in work.create.iter().chain(work.roll.iter().map(|(c, _)| c)) {
             containers::check(c).map_err(|e| HostError::Docker {
                 host: target.describe(),
                 step: format!("prepare container {}", c.name),
@@ -189,7 +196,7 @@ impl Hosts for SshHosts {
             self.stop_between_votes(target, &client.api.docker, name).await?;
         }
         let (remove, create, start) = (&work.remove, &work.create, &work.start);
-        self.deploy(target, &client.api.docker, remove, create, start, pull).await
+        self.deploy(target, &client.api.docker, remove, &work.roll, create, start, pull).await
     }
 
     async fn http_status(&self, url: &str) -> Result<u16, HostError> {

@@ -116,6 +116,8 @@ pub enum HostError {
     Busy { host: String, seconds: u32 },
     #[error("{host}: {message}; nothing was formatted or mounted: check the volume (restore it, or attach the right one) before postgres may start on it")]
     DataVolumeUnusable { host: String, message: String },
+    #[error("{host}: the new container {container} was not switched in and is removed; the old one serves on: {why}; its last log lines: {logs}")]
+    UpdateFailed { host: String, container: String, why: String, logs: String },
     #[error("{host}: unreadable observation: {message}")]
     Parse { host: String, message: String },
     #[error("{url}: {message}")]

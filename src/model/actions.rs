@@ -134,6 +134,15 @@ pub enum HostAction {
         name: String,
         why: String,
     },
+    /// Brings `container` up beside the containers of its role in
+    /// `replaces` (created unless it exists), and once it answers HTTP 200
+    /// on the Docker network switches the proxy to it, drains and removes
+    /// the replaced ones (`updateStrategy: ZeroDowntime`). Without a running
+    /// proxy the replaced ones are removed once it runs.
+    RollContainer {
+        container: DesiredContainer,
+        replaces: Vec<String>,
+    },
 }
 
 impl HostAction {
@@ -143,7 +152,9 @@ impl HostAction {
             HostAction::InstallDocker { tier }
             | HostAction::StartDocker { tier }
             | HostAction::MountVolume { tier, .. } => *tier,
-            HostAction::CreateContainer { container, .. } => container.tier,
+            HostAction::CreateContainer { container, .. } | HostAction::RollContainer { container, .. } => {
+                container.tier
+            }
             HostAction::StartContainer { tier, .. }
             | HostAction::RemoveContainer { tier, .. }
             | HostAction::HoldWorker { tier, .. } => *tier,
@@ -240,6 +251,19 @@ impl fmt::Display for HostAction {
             HostAction::HoldWorker { tier, name, why } => {
                 write!(f, "~ stop {tier} container {name} between votes: {why}")
             }
+            HostAction::RollContainer { container, replaces } if replaces.is_empty() => write!(
+                f,
+                "+ create {} container {} ({}) and switch the proxy to it",
+                container.tier, container.name, container.image
+            ),
+            HostAction::RollContainer { container, replaces } => write!(
+                f,
+                "± roll out {} container {} ({}) beside {}, switch the proxy to it, drain and remove the old",
+                container.tier,
+                container.name,
+                container.image,
+                replaces.join(", ")
+            ),
         }
     }
 }

@@ -32,6 +32,9 @@ pub const REDIS_CONTAINER: &str = "redis";
 pub const WORKER_CONTAINER: &str = "worker";
 pub const VOTE_CONTAINER: &str = "vote";
 pub const RESULT_CONTAINER: &str = "result";
+/// The proxy that owns the frontend's published ports (`updateStrategy:
+/// ZeroDowntime`).
+pub const PROXY_CONTAINER: &str = "proxy";
 
 /// Docker's log driver for every container of the stack, and its rotation:
 /// without one, json-file logs grow until the root disk is full.
@@ -66,7 +69,14 @@ pub struct PortMapping {
 /// One container a host must run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DesiredContainer {
+    /// Its name on the host: its role, or for a container rolled out beside
+    /// its predecessor `<role>-<first 8 hex of its config hash>`. Not part
+    /// of the hash (the role is, under the key `name`).
+    #[serde(skip)]
     pub name: String,
+    /// What it is: `vote`, `result`, `proxy`, `redis`, `worker`, `db`.
+    #[serde(rename = "name")]
+    pub role: String,
     pub tier: Tier,
     pub image: String,
     pub env: BTreeMap<String, String>,
@@ -97,6 +107,14 @@ pub struct DesiredContainer {
     /// until it is released. Not part of the config hash.
     #[serde(skip)]
     pub held: Option<String>,
+    /// Updated beside its predecessor (`updateStrategy: ZeroDowntime`):
+    /// named after its hash, switched in by the proxy. Not part of the hash.
+    #[serde(skip)]
+    pub rolled: bool,
+    /// Environment given at creation that is not part of the hash (the
+    /// proxy's first targets: they change by a reload, not a re-creation).
+    #[serde(skip)]
+    pub unhashed_env: BTreeMap<String, String>,
 }
 
 impl DesiredContainer {
@@ -107,6 +125,24 @@ impl DesiredContainer {
             Some(digest) if !self.image.contains('@') => format!("{}@{digest}", repository_of(&self.image)),
             _ => self.image.clone(),
         }
+    }
+
+    /// The name a rolled container gets: `<role>-<8 hex of its hash>`; the
+    /// role itself for others. None while the hash is unknown.
+    pub fn rolled_name(&self) -> Option<String> {
+        if !self.rolled {
+            return Some(self.role.clone());
+        }
+        self.config_hash().map(|h| format!("{}-{}", self.role, &h[..8]))
+    }
+
+    /// Whether an observed container named `name` plays this container's
+    /// role: the role itself, or `<role>-<8 hex>`.
+    pub fn plays_role(&self, name: &str) -> bool {
+        name == self.role
+            || name.strip_prefix(self.role.as_str()).and_then(|rest| rest.strip_prefix('-')).is_some_and(|hex| {
+                hex.len() == 8 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            })
     }
 
     /// Hash of everything that requires re-creating the container when it

@@ -138,6 +138,7 @@ fn all_reasons() -> Vec<Reason> {
         ContainerExited,
         NotReady,
         DeployFailed,
+        UpdateFailed,
         DataVolumeUnusable,
         WorkerPaused,
         SnapshotFailed,
@@ -175,6 +176,7 @@ fn all_reasons() -> Vec<Reason> {
             | ContainerExited
             | NotReady
             | DeployFailed
+            | UpdateFailed
             | DataVolumeUnusable
             | WorkerPaused
             | SnapshotFailed

@@ -75,8 +75,9 @@ fn cli_offline_plan_of_a_new_stack_lists_everything_and_exits_2_on_request() {
     let volume = at("+ create the data volume (10 GiB, gp3, in the database instance's zone)");
     assert!(at("+ launch frontend instance (ami-0e86e20dae9224db8, t3.small, public IP)") < volume, "{plan}");
     // 21 network steps (one per group for its rules), 3 instances, the
-    // data volume, 5 containers.
-    assert!(plan.trim_end().ends_with("30 to change."), "{plan}");
+    // data volume, 6 containers (vote and result behind the proxy).
+    assert!(plan.contains("+ create frontend container proxy"), "{plan}");
+    assert!(plan.trim_end().ends_with("31 to change."), "{plan}");
     let out = votingstack(&["plan", "--offline", "-f", EXAMPLE, "--state", state]);
     assert_eq!(out.status.code(), Some(0));
     assert!(!std::path::Path::new(state).exists(), "plan wrote state");

@@ -133,6 +133,7 @@ async fn controller_writes_status_by_server_side_apply_and_records_events() {
             "ContainerRecreated",
             "ContainerRecreated",
             "ContainerRecreated",
+            "ContainerRecreated",
             "InstancesRunning",
             "ContainersRunning",
             "ContainersRunning",
@@ -261,7 +262,7 @@ mod on_the_api_double {
             assert_eq!(event["regarding"]["name"], "demo");
         }
         let containers = of("ContainerRecreated");
-        assert_eq!(containers.len(), 5, "vote, result, redis, worker, db: {containers:#?}");
+        assert_eq!(containers.len(), 6, "vote, result, proxy, redis, worker, db: {containers:#?}");
         assert!(
             containers.iter().any(|e| e["note"] == "created the database container db: it was missing"),
             "{containers:#?}"

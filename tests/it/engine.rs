@@ -145,12 +145,14 @@ async fn engine_terminated_instance_is_replaced_and_peers_follow() {
     let new_db = instance_id(&out, Tier::Database);
     assert_ne!(new_db, db);
     assert_eq!(out.status.tiers.as_ref().unwrap().database.as_ref().unwrap().replacements, 1);
-    // worker, vote and result point at db: they are re-created with the new IP.
+    // worker and result point at db: they are re-created with the new IP
+    // (result rolled out behind the proxy).
     let recreated: Vec<String> = out
         .applied
         .iter()
         .filter_map(|a| match a {
             Action::Host(HostAction::CreateContainer { container, .. }) => Some(container.name.clone()),
+            Action::Host(HostAction::RollContainer { container, .. }) => Some(container.role.clone()),
             _ => None,
         })
         .collect();
@@ -165,7 +167,7 @@ async fn engine_images_keep_their_first_digest_on_a_replacement_host() {
     let first = engine.reconcile(&stack(), Ok(key())).await;
     let images = &stack().spec.app.images;
     let postgres = images.postgres.clone();
-    assert_eq!(first.status.images.len(), 5, "{:?}", first.status.images);
+    assert_eq!(first.status.images.len(), 6, "vote, result, proxy, worker, redis, postgres: {:?}", first.status.images);
     assert_eq!(first.status.images[&postgres], crate::fakes::fake_digest(&postgres));
     let db_status = first.status.tiers.as_ref().and_then(|t| t.database.clone()).unwrap();
     assert_eq!(db_status.containers[0].image_digest.as_deref(), Some(first.status.images[&postgres].as_str()));

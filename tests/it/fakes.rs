@@ -550,7 +550,12 @@ impl Hosts for FakeHosts {
             match action {
                 HostAction::InstallDocker { .. } | HostAction::StartDocker { .. } => host.docker = DockerState::Running,
                 HostAction::MountVolume { volume, .. } => host.mounted = Some(volume.volume_id.clone()),
-                HostAction::CreateContainer { container, .. } => {
+                HostAction::CreateContainer { container, .. } | HostAction::RollContainer { container, .. } => {
+                    if let HostAction::RollContainer { replaces, .. } = action {
+                        for old in replaces {
+                            host.containers.remove(old);
+                        }
+                    }
                     host.containers.insert(
                         container.name.clone(),
                         ObservedContainer {

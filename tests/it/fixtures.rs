@@ -5,6 +5,14 @@
 use votingstack::api::{VotingStack, VotingStackSpec};
 use votingstack::host::{HostTarget, SshKey};
 
+/// [`spec`] with `updateStrategy: Recreate`: vote and result publish the
+/// ports themselves and are re-created in place.
+pub fn recreate_spec() -> VotingStackSpec {
+    let mut s = spec();
+    s.app.update_strategy = votingstack::api::UpdateStrategy::Recreate;
+    s
+}
+
 /// A complete, valid spec like `examples/votingstack.yaml`.
 pub fn spec() -> VotingStackSpec {
     let yaml = r#"

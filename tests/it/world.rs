@@ -96,6 +96,7 @@ impl World {
             worker: format!("{r}/worker:local"),
             redis: format!("{r}/redis:local"),
             postgres: format!("{r}/postgres:local"),
+            proxy: format!("{r}/proxy:local"),
         }
     }
 

@@ -22,6 +22,7 @@ pub fn host_reason(e: &HostError) -> Reason {
         | HostError::Busy { .. } => Reason::DeployFailed,
         HostError::Http { .. } => Reason::NotReady,
         HostError::DataVolumeUnusable { .. } => Reason::DataVolumeUnusable,
+        HostError::UpdateFailed { .. } => Reason::UpdateFailed,
     }
 }
 
