@@ -369,7 +369,9 @@ async fn e2e_watch_repairs_containers_docker_and_instances() {
     .await;
 
     // A removed container only comes back through the operator.
-    stack.on_host(Tier::Frontend, "docker rm -f vote");
+    // (vote runs as vote-<hash> behind the proxy, the default strategy)
+    let (removed, _) = stack.on_host(Tier::Frontend, "docker rm -f $(docker ps -q --filter name=^vote-) | grep -q .");
+    assert!(removed, "no vote container to remove");
     let took = within(Duration::from_secs(10), "vote to be re-created", || answers_200(vote)).await;
     eprintln!("vote re-created and answering after {took:?}");
 
@@ -1418,4 +1420,184 @@ async fn e2e_a_stack_in_a_network_you_bring_runs_and_leaves_it_untouched() {
     assert!(left.is_empty(), "destroy left {left:?}");
     users.assert_untouched(&stack.world.ec2).await;
     users.remove(&stack.world.ec2).await;
+}
+
+/// Requests a user would send while the frontend is updated, about 20 a
+/// second from a thread of its own: GET of the vote page, GET of the result
+/// page and a POSTed vote in turn, each vote with a voter id of its own.
+/// Counts every request and every one that failed (not 200, or no answer),
+/// and keeps the voter ids accepted with 200. Stops when told, and after
+/// `limit` at the latest.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<(Vec<String>, Vec<String>)>>,
+}
+
+impl Traffic {
+    fn start(vote: SocketAddr, result: SocketAddr, prefix: &str, limit: Duration) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let (flag, count, prefix) = (stop.clone(), sent.clone(), prefix.to_string());
+        let thread = std::thread::spawn(move || {
+            let began = Instant::now();
+            let (mut accepted, mut failed) = (Vec::new(), Vec::new());
+            let mut i = 0u32;
+            while !flag.load(Ordering::SeqCst) && began.elapsed() < limit {
+                let id = format!("{prefix}-{i}");
+                let (what, answer) = match i % 3 {
+                    0 => ("GET vote", http(vote, "GET", "/", None, None)),
+                    1 => ("GET result", http(result, "GET", "/", None, None)),
+                    _ => {
+                        let choice = if i.is_multiple_of(2) { "a" } else { "b" };
+                        ("POST vote", http(vote, "POST", "/", Some(&id), Some(&format!("vote={choice}"))))
+                    }
+                };
+                match answer {
+                    Ok((200, _)) if what == "POST vote" => accepted.push(id),
+                    Ok((200, _)) => {}
+                    Ok((code, _)) => failed.push(format!("{what} at {:?}: HTTP {code}", began.elapsed())),
+                    Err(e) => failed.push(format!("{what} at {:?}: {e}", began.elapsed())),
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (accepted, failed)
+        });
+        Traffic { stop, sent, thread: Some(thread) }
+    }
+
+    fn sent(&self) -> usize {
+        self.sent.load(Ordering::SeqCst)
+    }
+
+    /// Stops; the voter ids accepted and the requests that failed.
+    fn finish(mut self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take().map(|t| t.join().expect("the traffic thread")).unwrap_or_default()
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Stack {
+    /// Rewrites the manifest: `from` (which must be there) becomes `to`.
+    fn edit(&self, from: &str, to: &str) {
+        let path = self.dir.path().join("stack.yaml");
+        let manifest = std::fs::read_to_string(&path).unwrap();
+        assert!(manifest.contains(from), "{from:?} not in\n{manifest}");
+        std::fs::write(&path, manifest.replacen(from, to, 1)).unwrap();
+    }
+
+    /// Names of the containers on a tier's host, running or not.
+    fn containers(&self, tier: Tier) -> Vec<String> {
+        let (ok, out) = self.on_host(tier, "docker ps -a --format '{{.Names}} {{.Image}} {{.State}}'");
+        assert!(ok, "docker ps on the {tier} host");
+        out.lines().map(str::to_string).collect()
+    }
+}
+
+#[tokio::test]
+async fn e2e_vote_and_result_updates_under_load_fail_no_request_and_lose_no_vote() {
+    let stack = Stack::new("e2e-update", 95);
+    stack.apply_wait();
+    let (_, front) = stack.tier(Tier::Frontend);
+    let (vote, result) = (SocketAddr::from((front, 80)), SocketAddr::from((front, 81)));
+    let before = stack.containers(Tier::Frontend);
+    assert!(before.iter().any(|c| c.starts_with("proxy ")), "{before:?}");
+    let old_vote = before.iter().find(|c| c.starts_with("vote-")).cloned().expect("a vote container");
+
+    let traffic = Traffic::start(vote, result, "update-voter", Duration::from_secs(900));
+    within(Duration::from_secs(20), "requests before the update", || traffic.sent() >= 40).await;
+    stack.edit("/vote:local", "/vote:v2");
+    stack.apply_wait();
+    let after = stack.containers(Tier::Frontend);
+    assert!(!after.contains(&old_vote), "the old vote container is gone: {after:?}");
+    assert!(after.iter().any(|c| c.starts_with("vote-") && c.contains("/vote:v2")), "{after:?}");
+    stack.edit("/result:local", "/result:v2");
+    stack.apply_wait();
+    let sent = traffic.sent();
+    within(Duration::from_secs(20), "requests after the update", || traffic.sent() >= sent + 40).await;
+    let (accepted, failed) = traffic.finish();
+    assert!(failed.is_empty(), "{} of the requests failed during the updates: {failed:#?}", failed.len());
+    assert!(accepted.len() >= 30, "votes accepted during the updates: {}", accepted.len());
+    let containers = stack.containers(Tier::Frontend);
+    assert_eq!(containers.len(), 3, "proxy, vote and result, nothing left over: {containers:?}");
+    assert!(containers.iter().any(|c| c.starts_with("result-") && c.contains("/result:v2")), "{containers:?}");
+    let status = stack.status();
+    let listed = status["tiers"]["frontend"]["containers"].to_string();
+    assert!(listed.contains("proxy"), "status shows the proxy: {listed}");
+    let mut missing = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            missing = missing_votes(&stack, "update-voter", &accepted);
+            if missing.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    assert!(missing.is_empty(), "accepted votes not counted: {missing:?}");
+
+    // The proxy is one of the stack's containers: killed, it is put back.
+    let (ok, _) = stack.on_host(Tier::Frontend, "docker rm -f proxy");
+    assert!(ok, "removing the proxy");
+    stack.apply_wait();
+    assert!(answers_200(vote) && answers_200(result), "the pages answer through the proxy again");
+    stack.run(&["destroy", "--timeout-seconds", "300"]);
+}
+
+#[tokio::test]
+async fn e2e_a_vote_image_that_exits_leaves_the_old_one_serving() {
+    let stack = Stack::new("e2e-update-fails", 96);
+    stack.apply_wait();
+    let (_, front) = stack.tier(Tier::Frontend);
+    let (vote, result) = (SocketAddr::from((front, 80)), SocketAddr::from((front, 81)));
+    let old_vote = stack.containers(Tier::Frontend).into_iter().find(|c| c.starts_with("vote-")).expect("vote");
+
+    let traffic = Traffic::start(vote, result, "broken-voter", Duration::from_secs(600));
+    within(Duration::from_secs(20), "requests before the update", || traffic.sent() >= 40).await;
+    stack.edit("/vote:local", "/vote-exits:local");
+    let out = stack.command(&["apply", "--wait", "--timeout-seconds", "60"]).output().unwrap();
+    assert!(!out.status.success(), "an update to an image that exits came up");
+    let frontend = condition(&stack.status(), "FrontendReady");
+    assert_eq!(frontend["reason"], "UpdateFailed", "{frontend}");
+    let message = frontend["message"].as_str().unwrap_or_default();
+    assert!(message.contains("ModuleNotFoundError"), "the new container's last log lines: {message}");
+    let sent = traffic.sent();
+    within(Duration::from_secs(20), "requests after the failed update", || traffic.sent() >= sent + 40).await;
+    let (accepted, failed) = traffic.finish();
+    assert!(failed.is_empty(), "{} requests failed: {failed:#?}", failed.len());
+    assert!(!accepted.is_empty());
+    let containers = stack.containers(Tier::Frontend);
+    assert!(containers.contains(&old_vote), "the old vote container serves on: {containers:?}");
+    assert!(!containers.iter().any(|c| c.contains("vote-exits")), "the failed one is removed: {containers:?}");
+    stack.run(&["destroy", "--timeout-seconds", "300"]);
+}
+
+#[tokio::test]
+async fn e2e_recreate_runs_without_a_proxy() {
+    let stack = Stack::new("e2e-recreate", 97);
+    stack.edit("\n  app:\n", "\n  app:\n    updateStrategy: Recreate\n");
+    stack.apply_wait();
+    let containers = stack.containers(Tier::Frontend);
+    let names: Vec<&str> = containers.iter().filter_map(|c| c.split_whitespace().next()).collect();
+    assert_eq!(names.len(), 2, "{containers:?}");
+    assert!(names.contains(&"vote") && names.contains(&"result"), "vote and result publish the ports: {names:?}");
+    let (_, front) = stack.tier(Tier::Frontend);
+    stack.edit("optionB: Dogs", "optionB: Birds");
+    stack.apply_wait();
+    assert!(answers_200(SocketAddr::from((front, 80))), "the vote page answers after the re-creation");
+    let (ok, env) = stack.on_host(Tier::Frontend, "docker inspect vote --format '{{json .Config.Env}}'");
+    assert!(ok && env.contains("OPTION_B=Birds"), "{env}");
+    stack.run(&["destroy", "--timeout-seconds", "300"]);
 }
