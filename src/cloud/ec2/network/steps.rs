@@ -69,7 +69,13 @@ impl Ec2Cloud {
                 self.client
                     .create_vpc()
                     .cidr_block(cidr)
-                    .tag_specifications(tag_spec(ResourceType::Vpc, stack, &stack.resource_name(), None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::Vpc,
+                        stack,
+                        &self.installation,
+                        &stack.resource_name(),
+                        None,
+                    ))
                     .send(),
             )
             .await?;
@@ -116,7 +122,13 @@ impl Ec2Cloud {
                         .vpc_id(&vpc_id)
                         .cidr_block(cidr)
                         .availability_zone(&az)
-                        .tag_specifications(tag_spec(ResourceType::Subnet, stack, &subnet_name, None))
+                        .tag_specifications(tag_spec(
+                            ResourceType::Subnet,
+                            stack,
+                            &self.installation,
+                            &subnet_name,
+                            None,
+                        ))
                         .send(),
                 )
                 .await?;
@@ -161,7 +173,13 @@ impl Ec2Cloud {
                 "CreateInternetGateway",
                 self.client
                     .create_internet_gateway()
-                    .tag_specifications(tag_spec(ResourceType::InternetGateway, stack, &stack.resource_name(), None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::InternetGateway,
+                        stack,
+                        &self.installation,
+                        &stack.resource_name(),
+                        None,
+                    ))
                     .send(),
             )
             .await?;
@@ -201,7 +219,13 @@ impl Ec2Cloud {
                 self.client
                     .create_route_table()
                     .vpc_id(&vpc_id)
-                    .tag_specifications(tag_spec(ResourceType::RouteTable, stack, &table_name, None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::RouteTable,
+                        stack,
+                        &self.installation,
+                        &table_name,
+                        None,
+                    ))
                     .send(),
             )
             .await?;
@@ -264,7 +288,13 @@ impl Ec2Cloud {
                 self.client
                     .allocate_address()
                     .domain(DomainType::Vpc)
-                    .tag_specifications(tag_spec(ResourceType::ElasticIp, stack, &nat_name(stack), None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::ElasticIp,
+                        stack,
+                        &self.installation,
+                        &nat_name(stack),
+                        None,
+                    ))
                     .send(),
             )
             .await?;
@@ -298,7 +328,13 @@ impl Ec2Cloud {
                     .subnet_id(&subnet_id)
                     .allocation_id(&allocation_id)
                     .client_token(nat_client_token(stack, &subnet_id, &allocation_id, attempt))
-                    .tag_specifications(tag_spec(ResourceType::Natgateway, stack, &nat_name(stack), None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::Natgateway,
+                        stack,
+                        &self.installation,
+                        &nat_name(stack),
+                        None,
+                    ))
                     .send(),
             )
             .await;
@@ -390,7 +426,13 @@ impl Ec2Cloud {
                         .group_name(&group_name)
                         .description(group_description(stack, tier))
                         .vpc_id(&vpc_id)
-                        .tag_specifications(tag_spec(ResourceType::SecurityGroup, stack, &group_name, Some(tier)))
+                        .tag_specifications(tag_spec(
+                            ResourceType::SecurityGroup,
+                            stack,
+                            &self.installation,
+                            &group_name,
+                            Some(tier),
+                        ))
                         .send(),
                 )
                 .await?;
@@ -632,7 +674,7 @@ impl Ec2Cloud {
                 .import_key_pair()
                 .key_name(&key.name)
                 .public_key_material(Blob::new(public_key.trim().as_bytes()))
-                .tag_specifications(tag_spec(ResourceType::KeyPair, stack, &key.name, None))
+                .tag_specifications(tag_spec(ResourceType::KeyPair, stack, &self.installation, &key.name, None))
                 .send(),
         )
         .await?;
