@@ -201,7 +201,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let engine = if args.offline {
                 None
             } else {
-                Some(wiring::engine_for(&manifest.stack.spec, &cli.installation, wiring::ssh_hosts(), settings).await)
+                Some(wiring::planner_for(&manifest.stack.spec, &cli.installation, wiring::ssh_hosts(), settings).await)
             };
             let plan = cli::plan(engine.as_ref(), &manifest, &state).await?;
             print!("{}", cli::render_plan(&manifest.stack, &plan));

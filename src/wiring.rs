@@ -102,6 +102,22 @@ pub async fn engine_for(
     Engine::new(Arc::new(cloud), hosts, settings)
 }
 
+/// The engine `plan` runs on: [`engine_for`]'s, except that it leaves
+/// resources an older operator created without the installation tag
+/// untagged (they still count as the stack's), so a plan changes nothing.
+pub async fn planner_for(
+    spec: &VotingStackSpec,
+    installation: &Installation,
+    hosts: Arc<SshHosts>,
+    settings: EngineSettings,
+) -> Engine {
+    let cloud = Ec2Cloud::from_env(&spec.aws.region, spec.aws.endpoint.as_deref())
+        .await
+        .with_installation(installation.clone())
+        .with_adoption(false);
+    Engine::new(Arc::new(cloud), hosts, settings)
+}
+
 /// Keeps one `docker events` stream per stack and tier, following instance
 /// replacements, and forwards what they see.
 pub struct DriftHub {

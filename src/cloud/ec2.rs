@@ -158,6 +158,10 @@ pub struct Ec2Cloud {
     /// The installation whose name every resource created is tagged with,
     /// and the only one whose resources are adopted, changed or deleted.
     installation: Installation,
+    /// Whether resources an older operator created without the
+    /// installation tag are tagged when seen (off for `plan`, which
+    /// changes nothing: they are still counted as the stack's).
+    adopting: bool,
 }
 
 impl Ec2Cloud {
@@ -209,7 +213,15 @@ impl Ec2Cloud {
             shared_instances: inventory::Coalesced::new(Duration::ZERO),
             shared_groups: inventory::Coalesced::new(Duration::ZERO),
             installation: Installation::default(),
+            adopting: true,
         }
+    }
+
+    /// Turns the tagging of an older operator's resources off (`plan`
+    /// changes nothing) or on (the default).
+    pub fn with_adoption(mut self, adopting: bool) -> Ec2Cloud {
+        self.adopting = adopting;
+        self
     }
 
     /// Sets the installation (`--installation`; `default` unless set).
@@ -278,7 +290,7 @@ impl Ec2Cloud {
     /// refusal (a policy without that statement) is logged, not fatal:
     /// the resources stay the stack's, and are tagged on a later look-up.
     async fn adopt(&self, stack: &StackIdentity, ids: Vec<String>) {
-        if ids.is_empty() {
+        if ids.is_empty() || !self.adopting {
             return;
         }
         let tag = Tag::builder().key(INSTALLATION_TAG).value(self.installation.as_str()).build();
@@ -530,7 +542,7 @@ impl Cloud for Ec2Cloud {
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError> {
         let (instances, adopted) = self.shared_stack_instances(stack).await?;
-        if adopted {
+        if adopted && self.adopting {
             // An older operator's stack: its network, volumes and snapshots
             // lack the tag too, and a converged stack's observe would not
             // look them up. Once, now; then its instances carry the tag.

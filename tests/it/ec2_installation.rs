@@ -224,9 +224,25 @@ async fn ec2_installation_resources_of_an_older_version_are_adopted_and_tagged()
     assert!(out.applied.is_empty(), "{:?}", out.applied);
     assert_eq!(calls(&cloud, "CreateTags"), tags_before);
 
+    // `plan` changes nothing: it counts the untagged resources as the
+    // stack's (nothing to launch) and leaves them untagged.
+    strip_installation_tags(&c).await;
+    let planner_cloud = Arc::new(moto.cloud().with_adoption(false));
+    let hosts = FakeHosts::default();
+    hosts.state.lock().expect("hosts state").all_down = true;
+    let planner = Engine::new(planner_cloud.clone(), Arc::new(hosts), EngineSettings::default());
+    let mut no_status = s.clone();
+    no_status.status = None;
+    for stack in [&s, &no_status] {
+        let plan = planner.plan(stack, Some(&fixtures::test_key())).await.expect("plan");
+        assert!(!plan.actions.iter().any(|a| matches!(a, Action::Infra(_))), "{:?}", plan.actions);
+    }
+    let ops = planner_cloud.calls_by_operation();
+    assert!(ops.keys().all(|op| op.starts_with("Describe")), "plan called {ops:?}");
+    assert!(owned(&c).await.iter().all(|(_, i)| i.is_none()), "plan tagged nothing");
+
     // Without status (the full look-up by tag): adopted again, no duplicate
     // network, no second instance per tier.
-    strip_installation_tags(&c).await;
     let (engine, cloud) = engine_for(&moto, "default");
     s.status = None;
     let out = reconcile(&engine, &mut s).await;
