@@ -16,7 +16,7 @@ use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::{Duplicate, DuplicateKind, NatState, SubnetRole, ZoneChoice, DEFAULT_ROUTE};
 use crate::model::{DesiredKeyPair, Rule};
 
-use super::super::{filter, has_code, is_not_found, stack_filter, tag_spec, Ec2Cloud};
+use super::super::{filter, has_code, is_not_found, stack_filter, tag_spec, Claim, Ec2Cloud};
 use super::inventory::{
     existing_rules, group_description, nat_client_token, nat_name, nat_state, nat_unusable, permission, role_name,
 };
@@ -146,7 +146,8 @@ impl Ec2Cloud {
                         .send(),
                 )
                 .await?;
-            Ok(found.subnets.unwrap_or_default().into_iter().next())
+            // Never another installation's subnet.
+            Ok(found.subnets.unwrap_or_default().into_iter().find(|s| self.claim(stack, s.tags()) != Claim::Theirs))
         };
         let what = format!("{role} subnet {cidr}");
         let subnet = create_or_adopt(stack, &what, "InvalidSubnet.Conflict", create, find)
@@ -449,7 +450,9 @@ impl Ec2Cloud {
                         .send(),
                 )
                 .await?;
-            Ok(found.security_groups().iter().find_map(|g| g.group_id()).map(str::to_owned))
+            // Never another installation's (or another stack's) group.
+            let ours = |g: &&aws_sdk_ec2::types::SecurityGroup| self.claim(stack, g.tags()) != Claim::Theirs;
+            Ok(found.security_groups().iter().filter(ours).find_map(|g| g.group_id()).map(str::to_owned))
         };
         let what = format!("{tier} security group {group_name}");
         let id = create_or_adopt(stack, &what, "InvalidGroup.Duplicate", create, find)
