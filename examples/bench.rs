@@ -83,7 +83,7 @@ async fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     let settings = EngineSettings { endpoints, ..Default::default() };
-    let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), settings).await;
+    let engine = wiring::engine_for(&manifest.stack.spec, &Default::default(), wiring::ssh_hosts(), settings).await;
 
     // Warm-up: opens and pins the SSH sessions the measured runs reuse.
     let stack = stack_with_state(&manifest, &state);

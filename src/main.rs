@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use votingstack::api::EndpointPolicy;
 use votingstack::cli::{self, ApplyOptions, CliError};
+use votingstack::cloud::Installation;
 use votingstack::engine::{EngineSettings, Teardown};
 use votingstack::manifest::Manifest;
 use votingstack::telemetry::{self, LogFormat};
@@ -32,6 +33,14 @@ struct Cli {
         value_delimiter = ','
     )]
     allow_endpoints: Vec<String>,
+    /// Name of this operator installation: every AWS resource it creates is
+    /// tagged votingstack.dev/installation=NAME, and it adopts, changes and
+    /// deletes only resources with that tag (resources an older version
+    /// made without one are tagged and kept). 1 to 63 characters of a-z,
+    /// 0-9 and '-'. Give two installations in one AWS account different
+    /// names and IAM policies scoped to them (docs/iam-policy.json).
+    #[arg(long, value_name = "NAME", global = true, default_value = Installation::DEFAULT, env = "VOTINGSTACK_INSTALLATION")]
+    installation: Installation,
     #[command(subcommand)]
     command: Command,
 }
@@ -192,7 +201,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let engine = if args.offline {
                 None
             } else {
-                Some(wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), settings).await)
+                Some(wiring::planner_for(&manifest.stack.spec, &cli.installation, wiring::ssh_hosts(), settings).await)
             };
             let plan = cli::plan(engine.as_ref(), &manifest, &state).await?;
             print!("{}", cli::render_plan(&manifest.stack, &plan));
@@ -202,7 +211,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             let (manifest, state) = load(&args.file)?;
             let hosts = wiring::ssh_hosts();
             let settings = EngineSettings { resync: Duration::from_secs(args.resync_seconds.max(1)), ..settings };
-            let engine = wiring::engine_for(&manifest.stack.spec, hosts.clone(), settings).await;
+            let engine = wiring::engine_for(&manifest.stack.spec, &cli.installation, hosts.clone(), settings).await;
             let opts = ApplyOptions {
                 wait: args.wait,
                 watch: args.watch,
@@ -226,7 +235,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Destroy(args) => {
             let (manifest, state) = load(&args.file)?;
-            let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), settings).await;
+            let engine =
+                wiring::engine_for(&manifest.stack.spec, &cli.installation, wiring::ssh_hosts(), settings).await;
             let timeout = Duration::from_secs(args.timeout_seconds);
             match cli::destroy(&engine, &manifest, &state, timeout).await? {
                 Teardown::Retained { data_volume } => {
@@ -252,7 +262,8 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Snapshot(args) => {
             let (manifest, state) = load(&args.file)?;
-            let engine = wiring::engine_for(&manifest.stack.spec, wiring::ssh_hosts(), settings).await;
+            let engine =
+                wiring::engine_for(&manifest.stack.spec, &cli.installation, wiring::ssh_hosts(), settings).await;
             let id = cli::snapshot(&engine, &manifest, &state, Duration::from_secs(args.timeout_seconds)).await?;
             println!("{id}");
             Ok(ExitCode::SUCCESS)
@@ -275,6 +286,7 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
                 shutdown_deadline: Duration::from_secs(args.shutdown_deadline_seconds),
                 liveness_resyncs: args.liveness_resyncs.max(1),
                 endpoints,
+                installation: cli.installation,
             };
             votingstack::controller::main(client, opts).await?;
             Ok(ExitCode::SUCCESS)
@@ -358,6 +370,29 @@ mod tests {
         assert_eq!((a.shutdown_deadline_seconds, a.liveness_resyncs), (20, 3));
         let a = controller(&["--shutdown-deadline-seconds", "5", "--liveness-resyncs", "4"]);
         assert_eq!((a.shutdown_deadline_seconds, a.liveness_resyncs), (5, 4));
+    }
+
+    #[test]
+    fn installation_is_default_unless_named_and_names_are_checked() {
+        // One test touches the variable, so no other test sees it change.
+        std::env::remove_var("VOTINGSTACK_INSTALLATION");
+        let installation = |argv: &[&str]| Cli::try_parse_from(argv).map(|c| c.installation.to_string());
+        assert_eq!(installation(&["votingstack", "controller"]).unwrap(), "default");
+        assert_eq!(installation(&["votingstack", "controller", "--installation", "team-a"]).unwrap(), "team-a");
+        assert_eq!(installation(&["votingstack", "--installation=team-b", "apply", "-f", "s.yaml"]).unwrap(), "team-b");
+        assert_eq!(
+            installation(&["votingstack", "destroy", "-f", "s.yaml", "--installation", "ci-7"]).unwrap(),
+            "ci-7"
+        );
+        assert_eq!(installation(&["votingstack", "plan", "-f", "s.yaml"]).unwrap(), "default");
+        for bad in ["Team-A", "team_a", "", "-a", &"a".repeat(64)] {
+            let flag = format!("--installation={bad}");
+            let err = installation(&["votingstack", "controller", &flag]).expect_err(bad).to_string();
+            assert!(err.contains("--installation") && err.contains("63 characters"), "{bad:?}: {err}");
+        }
+        std::env::set_var("VOTINGSTACK_INSTALLATION", "from-env");
+        assert_eq!(installation(&["votingstack", "controller"]).unwrap(), "from-env");
+        std::env::remove_var("VOTINGSTACK_INSTALLATION");
     }
 
     fn namespaces_of(args: &[&str]) -> Vec<String> {

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{Tier, VotingStackSpec};
 use crate::cloud::ec2::Ec2Cloud;
+use crate::cloud::Installation;
 use crate::engine::{Engine, EngineSettings};
 use crate::host::events::{DriftEvent, DriftWatcher};
 use crate::host::{HostTarget, SshHosts, SshKey, SshOptions};
@@ -36,12 +37,25 @@ pub struct RegionalEngines {
     hosts: Arc<SshHosts>,
     settings: EngineSettings,
     inventory_window: Duration,
+    installation: Installation,
     cache: tokio::sync::Mutex<HashMap<(String, Option<String>), Engine>>,
 }
 
 impl RegionalEngines {
     pub fn new(hosts: Arc<SshHosts>, settings: EngineSettings) -> RegionalEngines {
-        RegionalEngines { hosts, settings, inventory_window: Duration::ZERO, cache: Default::default() }
+        RegionalEngines {
+            hosts,
+            settings,
+            inventory_window: Duration::ZERO,
+            installation: Installation::default(),
+            cache: Default::default(),
+        }
+    }
+
+    /// The installation every EC2 client tags resources with and keeps to.
+    pub fn with_installation(mut self, installation: Installation) -> RegionalEngines {
+        self.installation = installation;
+        self
     }
 
     /// How long one look-up of a region's inventory serves later observes.
@@ -59,7 +73,10 @@ impl Engines for RegionalEngines {
         if let Some(engine) = cache.get(&key) {
             return engine.clone();
         }
-        let cloud = Ec2Cloud::from_env(&key.0, key.1.as_deref()).await.with_inventory_window(self.inventory_window);
+        let cloud = Ec2Cloud::from_env(&key.0, key.1.as_deref())
+            .await
+            .with_inventory_window(self.inventory_window)
+            .with_installation(self.installation.clone());
         let engine = Engine::new(Arc::new(cloud), self.hosts.clone(), self.settings.clone());
         cache.insert(key, engine.clone());
         engine
@@ -71,9 +88,33 @@ pub fn ssh_hosts() -> Arc<SshHosts> {
     Arc::new(SshHosts::new(SshOptions::default()))
 }
 
-/// The engine for one stack's spec (the CLI): EC2 in its region, SSH to its hosts.
-pub async fn engine_for(spec: &VotingStackSpec, hosts: Arc<SshHosts>, settings: EngineSettings) -> Engine {
-    let cloud = Ec2Cloud::from_env(&spec.aws.region, spec.aws.endpoint.as_deref()).await;
+/// The engine for one stack's spec (the CLI): EC2 in its region, for the
+/// installation, SSH to its hosts.
+pub async fn engine_for(
+    spec: &VotingStackSpec,
+    installation: &Installation,
+    hosts: Arc<SshHosts>,
+    settings: EngineSettings,
+) -> Engine {
+    let cloud = Ec2Cloud::from_env(&spec.aws.region, spec.aws.endpoint.as_deref())
+        .await
+        .with_installation(installation.clone());
+    Engine::new(Arc::new(cloud), hosts, settings)
+}
+
+/// The engine `plan` runs on: [`engine_for`]'s, except that it leaves
+/// resources an older operator created without the installation tag
+/// untagged (they still count as the stack's), so a plan changes nothing.
+pub async fn planner_for(
+    spec: &VotingStackSpec,
+    installation: &Installation,
+    hosts: Arc<SshHosts>,
+    settings: EngineSettings,
+) -> Engine {
+    let cloud = Ec2Cloud::from_env(&spec.aws.region, spec.aws.endpoint.as_deref())
+        .await
+        .with_installation(installation.clone())
+        .with_adoption(false);
     Engine::new(Arc::new(cloud), hosts, settings)
 }
 

@@ -51,7 +51,7 @@ use aws_sdk_ec2::config::retry::{ClassifyRetry, RetryAction};
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{Filter, Instance, ResourceType, SecurityGroup, Tag, TagSpecification};
 use aws_sdk_ec2::Client;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::api::{
     NetworkStatus, ProvidedNetwork, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
@@ -62,7 +62,10 @@ use crate::model::{
     TeardownInventory, TeardownStep,
 };
 
-use super::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity, OWNER_TAG};
+use super::{
+    AwsErrorKind, Cloud, CloudError, DestroyReport, Installation, NetworkLookup, StackIdentity, INSTALLATION_TAG,
+    OWNER_TAG,
+};
 
 /// Attempts per request (first try included) for throttling, 5xx and
 /// transport errors, with the SDK's exponential backoff and jitter.
@@ -152,6 +155,13 @@ pub struct Ec2Cloud {
     shared_instances: inventory::Coalesced<Vec<Instance>>,
     /// Every stack's security groups in the region, shared likewise.
     shared_groups: inventory::Coalesced<Vec<SecurityGroup>>,
+    /// The installation whose name every resource created is tagged with,
+    /// and the only one whose resources are adopted, changed or deleted.
+    installation: Installation,
+    /// Whether resources an older operator created without the
+    /// installation tag are tagged when seen (off for `plan`, which
+    /// changes nothing: they are still counted as the stack's).
+    adopting: bool,
 }
 
 impl Ec2Cloud {
@@ -202,6 +212,104 @@ impl Ec2Cloud {
             root_devices: Mutex::new(HashMap::new()),
             shared_instances: inventory::Coalesced::new(Duration::ZERO),
             shared_groups: inventory::Coalesced::new(Duration::ZERO),
+            installation: Installation::default(),
+            adopting: true,
+        }
+    }
+
+    /// Turns the tagging of an older operator's resources off (`plan`
+    /// changes nothing) or on (the default).
+    pub fn with_adoption(mut self, adopting: bool) -> Ec2Cloud {
+        self.adopting = adopting;
+        self
+    }
+
+    /// Sets the installation (`--installation`; `default` unless set).
+    pub fn with_installation(mut self, installation: Installation) -> Ec2Cloud {
+        self.installation = installation;
+        self
+    }
+
+    /// The installation this client creates and changes resources for.
+    pub fn installation(&self) -> &Installation {
+        &self.installation
+    }
+
+    /// True when a resource carries another installation's tag: looked up
+    /// by a recorded id, it is still never changed or deleted.
+    fn foreign(&self, tags: &[Tag]) -> bool {
+        tag_value(tags, INSTALLATION_TAG).is_some_and(|i| i != self.installation.as_str())
+    }
+
+    /// Looks up the stack's network (its groups and key pair only, in a
+    /// network the user brings), data volumes and snapshots by tag, which
+    /// adopts those without an installation tag. A failure is logged: the
+    /// look-ups of a later teardown or repair adopt them as well.
+    async fn adopt_the_rest(
+        &self,
+        stack: &StackIdentity,
+        known: Option<&NetworkStatus>,
+        provided: Option<&ProvidedNetwork>,
+    ) {
+        let network = match provided {
+            Some(_) => {
+                let groups = self.groups_by_tag(stack).await;
+                let key_pairs = self.key_pairs_of(stack, known).await;
+                groups.and_then(|groups| {
+                    let key_pairs = key_pairs?;
+                    Ok(network::Inventory { groups, key_pairs, ..Default::default() })
+                })
+            }
+            None => self.network_lookup(stack, known).await,
+        };
+        let result = match network {
+            Ok(mut inv) => {
+                self.claim_network(stack, &mut inv).await;
+                match self.stack_volumes(stack).await {
+                    Ok(_) => self.stack_snapshots(stack).await.map(drop),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            warn!(stack = %stack.tag_value(), error = %e, "could not look up the stack's resources to adopt them");
+        }
+    }
+
+    /// Whose a resource found for `stack` is (see [`Claim`]).
+    fn claim(&self, stack: &StackIdentity, tags: &[Tag]) -> Claim {
+        claim(tags, stack, &self.installation)
+    }
+
+    /// Adds this installation's tag to resources of `stack` that an older
+    /// operator created without one ([`Claim::Adopt`]): one CreateTags for
+    /// all of them, carrying that key only (what the policy's
+    /// `AdoptResourcesOfAnOlderVersion` statement allows). Made only when
+    /// such a resource was seen, so a converged stack pays nothing. A
+    /// refusal (a policy without that statement) is logged, not fatal:
+    /// the resources stay the stack's, and are tagged on a later look-up.
+    async fn adopt(&self, stack: &StackIdentity, ids: Vec<String>) {
+        if ids.is_empty() || !self.adopting {
+            return;
+        }
+        let tag = Tag::builder().key(INSTALLATION_TAG).value(self.installation.as_str()).build();
+        let request = self.client.create_tags().set_resources(Some(ids.clone())).tags(tag).send();
+        match self.call("CreateTags", request).await {
+            Ok(_) => info!(
+                stack = %stack.tag_value(),
+                installation = %self.installation,
+                resources = ?ids,
+                "adopted resources created without an installation tag"
+            ),
+            Err(e) => warn!(
+                stack = %stack.tag_value(),
+                installation = %self.installation,
+                resources = ?ids,
+                error = %e,
+                "could not tag the stack's resources with the installation (the IAM policy needs the statement \
+                 AdoptResourcesOfAnOlderVersion): changing them may be refused"
+            ),
         }
     }
 
@@ -358,11 +466,42 @@ fn stack_filter(stack: &StackIdentity) -> Filter {
     tag_filter(OWNER_TAG, stack.owner())
 }
 
-/// Tags of every resource of the stack; `tier` adds the tier tag.
-fn stack_tags(stack: &StackIdentity, name: &str, tier: Option<Tier>) -> Vec<Tag> {
+/// Whose a resource that a look-up for a stack found is, by its owner and
+/// installation tags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// This installation's (or a resource found by a recorded id that
+    /// carries no owner tag: kept as before, nothing to tag it by).
+    Ours,
+    /// The stack's, created by an older operator without the installation
+    /// tag: kept, and tagged with this installation's name.
+    Adopt,
+    /// Another installation's, or another stack's: never adopted, changed
+    /// or deleted; look-ups drop it.
+    Theirs,
+}
+
+/// Whose a resource found for `stack` is (see [`Claim`]).
+pub(crate) fn claim(tags: &[Tag], stack: &StackIdentity, installation: &Installation) -> Claim {
+    let owner = tag_value(tags, OWNER_TAG);
+    if owner.is_some_and(|o| o != stack.owner()) {
+        return Claim::Theirs;
+    }
+    match tag_value(tags, INSTALLATION_TAG) {
+        Some(i) if i == installation.as_str() => Claim::Ours,
+        Some(_) => Claim::Theirs,
+        None if owner.is_some() => Claim::Adopt,
+        None => Claim::Ours,
+    }
+}
+
+/// Tags of every resource of the stack, with the installation's; `tier`
+/// adds the tier tag.
+fn stack_tags(stack: &StackIdentity, installation: &Installation, name: &str, tier: Option<Tier>) -> Vec<Tag> {
     let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
     let mut tags = vec![
         tag(OWNER_TAG, stack.owner()),
+        tag(INSTALLATION_TAG, installation.as_str()),
         tag(STACK_LABEL, &stack.tag_value()),
         tag(NAMESPACE_LABEL, &stack.namespace),
         tag("Name", name),
@@ -375,8 +514,17 @@ fn stack_tags(stack: &StackIdentity, name: &str, tier: Option<Tier>) -> Vec<Tag>
 }
 
 /// TagSpecifications for a resource created with the stack's tags.
-fn tag_spec(resource: ResourceType, stack: &StackIdentity, name: &str, tier: Option<Tier>) -> TagSpecification {
-    TagSpecification::builder().resource_type(resource).set_tags(Some(stack_tags(stack, name, tier))).build()
+fn tag_spec(
+    resource: ResourceType,
+    stack: &StackIdentity,
+    installation: &Installation,
+    name: &str,
+    tier: Option<Tier>,
+) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource)
+        .set_tags(Some(stack_tags(stack, installation, name, tier)))
+        .build()
 }
 
 /// Value of a tag in a resource's tag list.
@@ -393,7 +541,13 @@ impl Cloud for Ec2Cloud {
         provided: Option<&ProvidedNetwork>,
         lookup: NetworkLookup,
     ) -> Result<ObservedInfra, CloudError> {
-        let instances = self.shared_stack_instances(stack).await?;
+        let (instances, adopted) = self.shared_stack_instances(stack).await?;
+        if adopted && self.adopting {
+            // An older operator's stack: its network, volumes and snapshots
+            // lack the tag too, and a converged stack's observe would not
+            // look them up. Once, now; then its instances carry the tag.
+            self.adopt_the_rest(stack, known, provided).await;
+        }
         let imds_v1 = instances::needing_imds_v2(&instances);
         if !imds_v1.is_empty() {
             self.require_imds_v2(stack, &imds_v1).await;
@@ -557,14 +711,43 @@ mod tests {
 
     #[test]
     fn every_resource_carries_the_stack_tags() {
-        let tags = stack_tags(&ident(), "votingstack-shop-demo", Some(Tier::Backend));
+        let team = Installation::parse("team-a").unwrap();
+        let tags = stack_tags(&ident(), &team, "votingstack-shop-demo", Some(Tier::Backend));
         assert_eq!(tag_value(&tags, OWNER_TAG), Some("u"));
+        assert_eq!(tag_value(&tags, INSTALLATION_TAG), Some("team-a"));
         assert_eq!(tag_value(&tags, STACK_LABEL), Some("shop/demo"));
         assert_eq!(tag_value(&tags, NAMESPACE_LABEL), Some("shop"));
         assert_eq!(tag_value(&tags, "Name"), Some("votingstack-shop-demo"));
         assert_eq!(tag_value(&tags, MANAGED_BY_TAG), Some(MANAGER));
         assert_eq!(tag_value(&tags, TIER_LABEL), Some("backend"));
-        assert_eq!(tag_value(&stack_tags(&ident(), "n", None), TIER_LABEL), None);
+        let tags = stack_tags(&ident(), &Installation::default(), "n", None);
+        assert_eq!(tag_value(&tags, TIER_LABEL), None);
+        assert_eq!(tag_value(&tags, INSTALLATION_TAG), Some("default"));
+        let spec = tag_spec(ResourceType::Vpc, &ident(), &team, "n", None);
+        assert_eq!(spec.resource_type(), Some(&ResourceType::Vpc));
+        assert_eq!(tag_value(spec.tags(), INSTALLATION_TAG), Some("team-a"));
+    }
+
+    #[test]
+    fn a_resource_is_claimed_by_its_owner_and_installation_tags() {
+        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        let team = Installation::parse("team-a").unwrap();
+        let ours = [tag(OWNER_TAG, "u"), tag(INSTALLATION_TAG, "team-a")];
+        assert_eq!(claim(&ours, &ident(), &team), Claim::Ours);
+        // Another installation's, with the same owner uid: never touched.
+        let theirs = [tag(OWNER_TAG, "u"), tag(INSTALLATION_TAG, "team-b")];
+        assert_eq!(claim(&theirs, &ident(), &team), Claim::Theirs);
+        assert_eq!(claim(&theirs, &ident(), &Installation::default()), Claim::Theirs);
+        // Created by an older operator: the stack's, to be tagged.
+        let old = [tag(OWNER_TAG, "u"), tag(STACK_LABEL, "shop/demo")];
+        assert_eq!(claim(&old, &ident(), &team), Claim::Adopt);
+        // Another stack's, whatever its installation.
+        let other = [tag(OWNER_TAG, "v"), tag(INSTALLATION_TAG, "team-a")];
+        assert_eq!(claim(&other, &ident(), &team), Claim::Theirs);
+        assert_eq!(claim(&[tag(OWNER_TAG, "v")], &ident(), &team), Claim::Theirs);
+        // Found by a recorded id, without tags: kept, nothing to tag it by.
+        assert_eq!(claim(&[], &ident(), &team), Claim::Ours);
+        assert_eq!(claim(&[tag(INSTALLATION_TAG, "team-b")], &ident(), &team), Claim::Theirs);
     }
 
     #[test]

@@ -23,6 +23,85 @@ pub const CLIENT_TOKEN_PREFIX: &str = "vs-";
 /// touch each other's resources.
 pub const OWNER_TAG: &str = "votingstack.dev/owner";
 
+/// Tag naming the operator installation that manages a resource (the
+/// `--installation` flag, `default` unless given). Every resource the
+/// operator creates carries it, the IAM policy lets an installation change
+/// only resources that carry its name, and a resource naming another
+/// installation is never adopted, changed or deleted.
+pub const INSTALLATION_TAG: &str = "votingstack.dev/installation";
+
+/// The name of one operator installation (`--installation`): the value of
+/// the [`INSTALLATION_TAG`] on everything it creates. Two installations in
+/// one AWS account (two clusters, a cluster and a CLI user) each get a name
+/// and an IAM policy scoped to it, so neither can change or delete the
+/// other's resources.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Installation(String);
+
+/// Why a name cannot be an installation's.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "installation name {name:?} is not valid: {problem}; use 1 to 63 characters of lowercase letters, digits and '-', \
+     starting and ending with a letter or digit (it is the value of the votingstack.dev/installation tag and of \
+     the matching conditions in the IAM policy), e.g. --installation team-a"
+)]
+pub struct InvalidInstallation {
+    pub name: String,
+    pub problem: &'static str,
+}
+
+impl Installation {
+    /// The name of an installation that was given none.
+    pub const DEFAULT: &'static str = "default";
+
+    /// Checks a name: 1 to 63 characters of `[a-z0-9-]`, starting and
+    /// ending with a letter or digit (a DNS label, so it also fits a
+    /// Kubernetes label value and an IAM condition value unquoted).
+    pub fn parse(name: &str) -> Result<Installation, InvalidInstallation> {
+        let invalid = |problem| Err(InvalidInstallation { name: name.to_owned(), problem });
+        if name.is_empty() {
+            return invalid("it is empty");
+        }
+        if name.len() > 63 {
+            return invalid("it is longer than 63 characters");
+        }
+        if let Some(c) = name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
+            return invalid(if c.is_ascii_uppercase() {
+                "it has an uppercase letter"
+            } else {
+                "it has a character other than a-z, 0-9 and '-'"
+            });
+        }
+        if name.starts_with('-') || name.ends_with('-') {
+            return invalid("it starts or ends with '-'");
+        }
+        Ok(Installation(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Installation {
+    fn default() -> Installation {
+        Installation(Installation::DEFAULT.to_owned())
+    }
+}
+
+impl std::str::FromStr for Installation {
+    type Err = InvalidInstallation;
+    fn from_str(s: &str) -> Result<Installation, InvalidInstallation> {
+        Installation::parse(s)
+    }
+}
+
+impl std::fmt::Display for Installation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// The replacement number a ClientToken of [`StackIdentity::client_token`]
 /// carries (its last `-` field); None for tokens of another form.
 pub fn replacement_in_token(token: &str) -> Option<u32> {
@@ -538,5 +617,30 @@ mod tests {
         assert_eq!(AwsErrorKind::from_code("InvalidKeyPair.NotFound"), AwsErrorKind::NotFound);
         assert_eq!(AwsErrorKind::from_code("InvalidKeyPair.Duplicate"), AwsErrorKind::Other);
         assert_eq!(AwsErrorKind::from_code("InvalidKeyPair.Format"), AwsErrorKind::InvalidParameter);
+    }
+
+    #[test]
+    fn installation_names_are_dns_labels() {
+        assert_eq!(Installation::default().as_str(), "default");
+        for good in ["default", "a", "team-a", "prod-eu-1", "0", &"x".repeat(63)] {
+            assert_eq!(Installation::parse(good).map(|i| i.to_string()).as_deref(), Ok(good));
+        }
+        for (bad, problem) in [
+            ("", "empty"),
+            (&"x".repeat(64) as &str, "longer than 63"),
+            ("Team-A", "uppercase"),
+            ("team_a", "other than a-z"),
+            ("team a", "other than a-z"),
+            ("team/a", "other than a-z"),
+            ("équipe", "other than a-z"),
+            ("-team", "'-'"),
+            ("team-", "'-'"),
+        ] {
+            let err = Installation::parse(bad).expect_err(bad);
+            let message = err.to_string();
+            assert!(message.contains(problem), "{bad:?}: {message}");
+            assert!(message.contains("--installation") && message.contains("63 characters"), "{message}");
+        }
+        assert_eq!("team-b".parse::<Installation>().map(|i| i.as_str().to_owned()), Ok("team-b".to_owned()));
     }
 }

@@ -654,6 +654,9 @@ pub struct ControllerOptions {
     pub liveness_resyncs: u32,
     /// Endpoints besides AWS's that stacks may name (`--allow-endpoint`).
     pub endpoints: crate::api::EndpointPolicy,
+    /// The installation (`--installation`): the tag value of everything
+    /// it creates, and the only installation whose resources it changes.
+    pub installation: crate::cloud::Installation,
 }
 
 /// Turns host drift events into reconcile requests for their stacks.
@@ -692,12 +695,15 @@ pub async fn main(client: Client, opts: ControllerOptions) -> Result<(), Control
     let settings =
         crate::engine::EngineSettings { resync: opts.resync, endpoints: opts.endpoints.clone(), ..Default::default() };
     let engines = Arc::new(
-        crate::wiring::RegionalEngines::new(hosts.clone(), settings).with_inventory_window(opts.inventory_window),
+        crate::wiring::RegionalEngines::new(hosts.clone(), settings)
+            .with_inventory_window(opts.inventory_window)
+            .with_installation(opts.installation.clone()),
     );
     let hub = Arc::new(DriftHub::new(hosts, event_tx));
     let ctx = Context::with_jitter(client.clone(), engines, metrics.clone(), reporter, Some(hub), drift_tx, 0.1);
     ctx.sweep_ready_stacks();
     info!(
+        installation = %opts.installation,
         concurrency = opts.concurrency,
         inventory_window_ms = opts.inventory_window.as_millis() as u64,
         "reconciling stacks"

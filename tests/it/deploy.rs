@@ -276,6 +276,19 @@ fn deploy_base_elects_a_leader_and_rolls_updates() {
 }
 
 #[test]
+fn deploy_base_names_its_installation() {
+    let c = operator_container();
+    let args = strings(&c["args"]);
+    // Said in the manifest, so it is where a user changes it; `default` is
+    // the name the IAM policy in docs/ is written for.
+    let name = flag_value(&args, "--installation").expect("the base passes --installation");
+    assert_eq!(name, "default", "{args:?}");
+    assert_eq!(name, votingstack::cloud::Installation::DEFAULT);
+    let policy = std::fs::read_to_string(repo().join("docs/iam-policy.json")).unwrap();
+    assert!(policy.contains(&format!("/votingstack.dev/installation\": \"{name}\"")));
+}
+
+#[test]
 fn deploy_grace_period_covers_the_shutdown() {
     let c = operator_container();
     let args = strings(&c["args"]);
@@ -375,6 +388,7 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
     let mut actions = BTreeSet::new();
     let mut kms = BTreeSet::new();
     let mut scoped = 0;
+    let mut adoptions = 0;
     for st in statements {
         assert_eq!(st["Effect"].as_str(), Some("Allow"));
         let list: Vec<String> = match &st["Action"] {
@@ -407,12 +421,60 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
         let mutating = list.iter().any(|a| !a.starts_with("ec2:Describe"));
         if mutating && st["Condition"].is_object() {
             scoped += 1;
-            let cond = st["Condition"].to_string();
-            assert!(
-                cond.contains("votingstack.dev/stack") || cond.contains("ec2:CreateAction"),
-                "{}: condition does not scope to the stack tag: {cond}",
-                st["Sid"]
-            );
+            let cond = &st["Condition"];
+            let sid = &st["Sid"];
+            let keys: BTreeSet<&str> = cond.as_object().unwrap().keys().map(String::as_str).collect();
+            if cond["StringEquals"]["ec2:CreateAction"].is_array() {
+                // Tags only on the create calls themselves (whose own
+                // statements require the installation tag).
+                assert_eq!(list, ["ec2:CreateTags"], "{sid}");
+                assert_eq!(keys, BTreeSet::from(["StringEquals"]), "{sid}: {cond}");
+                assert_eq!(cond["StringEquals"].as_object().unwrap().len(), 1, "{sid}: {cond}");
+            } else if cond["Null"][INSTALLATION_RESOURCE_TAG].as_str() == Some("true") {
+                // Adopting a resource of an older version: only the
+                // installation's tag, with this installation's name, only
+                // on resources with the stack tag and no installation tag.
+                adoptions += 1;
+                assert_eq!(list, ["ec2:CreateTags"], "{sid}");
+                assert_ne!(st["Resource"].as_str(), Some("*"), "{sid}: resource types listed");
+                assert_eq!(
+                    keys,
+                    BTreeSet::from(["Null", "StringEquals", "ForAllValues:StringEquals"]),
+                    "{sid}: {cond}"
+                );
+                assert_eq!(
+                    cond["Null"],
+                    serde_json::json!({INSTALLATION_RESOURCE_TAG: "true", "ec2:ResourceTag/votingstack.dev/stack": "false"}),
+                    "{sid}"
+                );
+                assert_eq!(cond["StringEquals"], serde_json::json!({INSTALLATION_REQUEST_TAG: "default"}), "{sid}");
+                assert_eq!(
+                    cond["ForAllValues:StringEquals"],
+                    serde_json::json!({"aws:TagKeys": ["votingstack.dev/installation"]}),
+                    "{sid}"
+                );
+            } else {
+                // Every other write: only where the installation tag is
+                // `default` (the resource's, or the one a create request
+                // carries), never merely where some stack tag exists.
+                let equals =
+                    cond["StringEquals"].as_object().unwrap_or_else(|| panic!("{sid}: no StringEquals: {cond}"));
+                let installation: Vec<&str> = [INSTALLATION_RESOURCE_TAG, INSTALLATION_REQUEST_TAG]
+                    .into_iter()
+                    .filter(|k| equals.get(*k).and_then(|v| v.as_str()) == Some("default"))
+                    .collect();
+                assert_eq!(installation.len(), 1, "{sid}: not scoped to the installation tag `default`: {cond}");
+                for (op, terms) in cond.as_object().unwrap() {
+                    for (key, value) in terms.as_object().unwrap() {
+                        let allowed = (op == "StringEquals" && installation.contains(&key.as_str()))
+                            || (op == "Null" && key == "ec2:ResourceTag/votingstack.dev/stack" && value == "false")
+                            || (op == "ForAllValues:StringEquals"
+                                && key == "aws:TagKeys"
+                                && *value == serde_json::json!(["votingstack.dev/formatted"]));
+                        assert!(allowed, "{sid}: unexpected condition {op} {key}: {value}");
+                    }
+                }
+            }
         }
         if mutating && st["Resource"].as_str() == Some("*") {
             assert!(
@@ -481,7 +543,11 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
     };
     for st in sids_for("ec2:CreateSnapshot").into_iter().chain(sids_for("ec2:DeleteSnapshot")) {
         let cond = st["Condition"].to_string();
-        assert!(cond.contains("votingstack.dev/stack"), "{}: not scoped by the stack tag: {cond}", st["Sid"]);
+        assert!(
+            cond.contains("votingstack.dev/installation"),
+            "{}: not scoped by the installation tag: {cond}",
+            st["Sid"]
+        );
     }
     // Metadata options and routes: changed only on the stack's tagged
     // instances and route tables.
@@ -491,8 +557,8 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
         for st in sts {
             let cond = st["Condition"].to_string();
             assert!(
-                cond.contains("ResourceTag/votingstack.dev/stack"),
-                "{}: {action} not tag-scoped: {cond}",
+                st["Condition"]["StringEquals"][INSTALLATION_RESOURCE_TAG].as_str() == Some("default"),
+                "{}: {action} not scoped to the installation tag: {cond}",
                 st["Sid"]
             );
         }
@@ -505,8 +571,13 @@ fn deploy_iam_policy_is_minimal_and_tag_scoped() {
             && grants.iter().all(|st| st["Condition"]["Bool"]["kms:GrantIsForAWSResource"].as_str() == Some("true")),
         "kms:CreateGrant only for AWS resources"
     );
-    assert!(scoped >= 3, "mutating statements are scoped by the votingstack.dev/stack tag");
+    assert!(scoped >= 3, "mutating statements are scoped by the votingstack.dev/installation tag");
+    assert_eq!(adoptions, 1, "one statement adopts resources of an older version");
 }
+
+/// The policy's condition keys of the installation tag.
+const INSTALLATION_RESOURCE_TAG: &str = "ec2:ResourceTag/votingstack.dev/installation";
+const INSTALLATION_REQUEST_TAG: &str = "aws:RequestTag/votingstack.dev/installation";
 
 type Grants = std::collections::BTreeMap<(String, String), BTreeSet<String>>;
 

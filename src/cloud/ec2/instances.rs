@@ -16,7 +16,8 @@ use crate::model::network::SubnetRole;
 use crate::model::{AttachedVolume, AttachmentState, InstanceLaunch, InstanceState, ObservedInstance, StateReason};
 
 use super::{
-    filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud, FRESH_ID_RETRY_DELAY, MAX_ATTEMPTS,
+    filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Claim, Ec2Cloud, FRESH_ID_RETRY_DELAY,
+    MAX_ATTEMPTS,
 };
 
 use InstanceState::{Pending, Running, ShuttingDown, Stopped, Stopping, Terminated};
@@ -102,6 +103,36 @@ pub(super) fn observed(inst: &Instance) -> Option<(ObservedInstance, Placement)>
 }
 
 impl Ec2Cloud {
+    /// The instances among `found` (looked up by the stack's owner tag)
+    /// that are the stack's: another installation's are left out, and
+    /// those an older operator launched without the installation tag are
+    /// adopted (tagged), unless they are terminated or on their way out.
+    /// Also says whether any was adopted.
+    pub(super) async fn claim_instances<'a>(
+        &self,
+        stack: &StackIdentity,
+        found: Vec<&'a Instance>,
+    ) -> (Vec<&'a Instance>, bool) {
+        let mut adopt = Vec::new();
+        let mut mine = Vec::new();
+        for inst in found {
+            match self.claim(stack, inst.tags()) {
+                Claim::Theirs => continue,
+                Claim::Adopt => {
+                    let state = inst.state().and_then(|s| s.name()).map(|n| n.as_str()).and_then(InstanceState::parse);
+                    if !matches!(state, Some(Terminated | ShuttingDown)) {
+                        adopt.extend(inst.instance_id().map(str::to_owned));
+                    }
+                }
+                Claim::Ours => {}
+            }
+            mine.push(inst);
+        }
+        let adopted = !adopt.is_empty();
+        self.adopt(stack, adopt).await;
+        (mine, adopted)
+    }
+
     /// DescribeInstances with `filters`, every page.
     pub(super) async fn describe_instances(&self, filters: Vec<Filter>) -> Result<Vec<Instance>, CloudError> {
         self.all_pages(
@@ -145,8 +176,12 @@ impl Ec2Cloud {
                 Err(e) if is_not_found(&e) => break,
                 Err(e) => return Err(e),
             };
+            // Another installation's instance is not this stack's, whatever
+            // was recorded: left out, and not asked for again.
+            let (theirs, found): (Vec<&Instance>, Vec<&Instance>) = found.iter().partition(|i| self.foreign(i.tags()));
+            missing.retain(|id| !theirs.iter().any(|i| i.instance_id() == Some(id.as_str())));
             let found: Vec<ObservedInstance> =
-                found.iter().filter_map(observed).map(|(i, _)| i).filter(|i| missing.contains(&i.id)).collect();
+                found.into_iter().filter_map(observed).map(|(i, _)| i).filter(|i| missing.contains(&i.id)).collect();
             missing.retain(|id| !found.iter().any(|i| i.id == *id));
             out.extend(found);
         }
@@ -220,7 +255,8 @@ impl Ec2Cloud {
                 state_filter(&LIVE_STATES),
             ])
             .await?;
-        let mut live: Vec<(ObservedInstance, Placement)> = existing.iter().filter_map(observed).collect();
+        let (existing, _) = self.claim_instances(stack, existing.iter().collect()).await;
+        let mut live: Vec<(ObservedInstance, Placement)> = existing.into_iter().filter_map(observed).collect();
         live.sort_by(|(a, _), (b, _)| a.launch_time.cmp(&b.launch_time).then(a.id.cmp(&b.id)));
         if let Some(oldest) = live.into_iter().next() {
             info!(stack = %stack.tag_value(), %tier, instance = %oldest.0.id, "adopting the tier's existing instance");
@@ -267,8 +303,8 @@ impl Ec2Cloud {
                     .network_interfaces(nic)
                     .metadata_options(instance_metadata_options())
                     .set_block_device_mappings(root_volume.map(|m| vec![m]))
-                    .tag_specifications(tag_spec(ResourceType::Instance, stack, &name, Some(tier)))
-                    .tag_specifications(tag_spec(ResourceType::Volume, stack, &name, Some(tier)))
+                    .tag_specifications(tag_spec(ResourceType::Instance, stack, &self.installation, &name, Some(tier)))
+                    .tag_specifications(tag_spec(ResourceType::Volume, stack, &self.installation, &name, Some(tier)))
                     .send(),
             )
             .await

@@ -133,13 +133,16 @@ fn owned_by(tags: &[aws_sdk_ec2::types::Tag], stack: &StackIdentity) -> bool {
 
 impl Ec2Cloud {
     /// The stack's instances (any state `observe` lists), from the region's
-    /// shared look-up.
+    /// shared look-up, and whether one had to be adopted (an older operator
+    /// launched it without the installation tag).
     pub(super) async fn shared_stack_instances(
         &self,
         stack: &StackIdentity,
-    ) -> Result<Vec<(ObservedInstance, Placement)>, CloudError> {
+    ) -> Result<(Vec<(ObservedInstance, Placement)>, bool), CloudError> {
         let all = self.shared_instances.get(|| self.region_instances()).await?;
-        Ok(all.iter().filter(|i| owned_by(i.tags(), stack)).filter_map(observed).collect())
+        let (owned, adopted) =
+            self.claim_instances(stack, all.iter().filter(|i| owned_by(i.tags(), stack)).collect()).await;
+        Ok((owned.into_iter().filter_map(observed).collect(), adopted))
     }
 
     /// The security groups among `ids`, from the region's shared look-up;

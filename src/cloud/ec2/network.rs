@@ -19,7 +19,7 @@ use crate::model::network::{ObservedGroup, ZoneChoice};
 use crate::model::{NetworkObservation, ObservedInstance};
 
 use super::instances::Placement;
-use super::{filter, stack_filter, tag_value, Ec2Cloud};
+use super::{filter, stack_filter, tag_value, Claim, Ec2Cloud};
 
 pub(super) use inventory::{existing_rules, nat_state, permission, Inventory};
 use inventory::{is_complete, serves_every_tier};
@@ -58,9 +58,30 @@ impl Ec2Cloud {
         Ok(())
     }
 
-    /// Looks up every resource with the stack's tag: one Describe call per
-    /// kind (the children only when a VPC exists).
+    /// Looks up every resource with the stack's tag (one Describe call per
+    /// kind, the children only when a VPC exists), keeps the stack's own
+    /// and adopts those without an installation tag ([`Self::claim_network`]).
     pub(super) async fn network_by_tag(
+        &self,
+        stack: &StackIdentity,
+        known: Option<&NetworkStatus>,
+    ) -> Result<Inventory, CloudError> {
+        let mut inv = self.network_lookup(stack, known).await?;
+        self.claim_network(stack, &mut inv).await;
+        Ok(inv)
+    }
+
+    /// Drops from `inv` what is another stack's or another installation's,
+    /// and tags what an older operator created without the installation
+    /// tag (one CreateTags, only when there is such a resource).
+    pub(super) async fn claim_network(&self, stack: &StackIdentity, inv: &mut Inventory) {
+        let adopt = inv.sort_out(stack, &self.installation);
+        self.adopt(stack, adopt).await;
+    }
+
+    /// Every resource with the stack's owner tag, whatever its installation:
+    /// one Describe call per kind (the children only when a VPC exists).
+    pub(super) async fn network_lookup(
         &self,
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
@@ -103,7 +124,7 @@ impl Ec2Cloud {
     }
 
     /// The stack's key pair by its name (and the recorded name), with its public key.
-    async fn key_pairs_of(
+    pub(super) async fn key_pairs_of(
         &self,
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
@@ -152,7 +173,7 @@ impl Ec2Cloud {
             NetworkLookup::Inventory => None,
         };
         if let Some(k) = trusted {
-            if let Some(groups) = self.observe_groups(k).await? {
+            if let Some(groups) = self.observe_groups(stack, k).await? {
                 return Ok(NetworkObservation::Trusted(k.clone(), groups));
             }
             info!(stack = %stack.tag_value(), "a security group of the stack is gone: looking the network up");
@@ -196,16 +217,23 @@ impl Ec2Cloud {
                 .route_tables
                 .unwrap_or_default(),
         };
-        let own = Inventory {
+        let mut own = Inventory {
             groups: self.groups_by_tag(stack).await?,
             key_pairs: self.key_pairs_of(stack, known).await?,
             ..Default::default()
         };
+        self.claim_network(stack, &mut own).await;
         provided::observe(p, &parts, own, stack, known)
     }
 
-    /// The three groups of `known` with their rules, or None when one is gone.
-    async fn observe_groups(&self, known: &NetworkStatus) -> Result<Option<BTreeMap<Tier, ObservedGroup>>, CloudError> {
+    /// The three groups of `known` with their rules, or None when one is
+    /// gone or carries another installation's tag. Groups an older operator
+    /// created without the installation tag are adopted.
+    async fn observe_groups(
+        &self,
+        stack: &StackIdentity,
+        known: &NetworkStatus,
+    ) -> Result<Option<BTreeMap<Tier, ObservedGroup>>, CloudError> {
         let ids: Vec<String> = known.security_groups.values().cloned().collect();
         // The region's shared look-up first; a group missing from it
         // (untagged, or not listed yet) is asked for by id.
@@ -222,10 +250,17 @@ impl Ec2Cloud {
                 .unwrap_or_default(),
         };
         let mut groups = BTreeMap::new();
+        let mut adopt = Vec::new();
         for (tier, id) in &known.security_groups {
             let Some(g) = found.iter().find(|g| g.group_id() == Some(id.as_str())) else { return Ok(None) };
+            match self.claim(stack, g.tags()) {
+                Claim::Theirs => return Ok(None),
+                Claim::Adopt => adopt.push(id.clone()),
+                Claim::Ours => {}
+            }
             groups.insert(*tier, ObservedGroup { id: id.clone(), rules: existing_rules(g, &known.security_groups) });
         }
+        self.adopt(stack, adopt).await;
         Ok(Some(groups))
     }
 

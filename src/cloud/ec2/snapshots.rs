@@ -11,7 +11,9 @@ use crate::cloud::{CloudError, StackIdentity};
 use crate::model::snapshot::{Slot, SLOT_TAG, SNAPSHOT_ROLE};
 use crate::model::{ObservedSnapshot, SnapshotState};
 
-use super::{is_not_found, stack_filter, stack_tags, tag_filter, tag_value, Ec2Cloud, ROLE_TAG};
+use crate::cloud::Installation;
+
+use super::{is_not_found, stack_filter, stack_tags, tag_filter, tag_value, Claim, Ec2Cloud, ROLE_TAG};
 
 /// A snapshot as the engine sees it; None without an id.
 pub(super) fn observed_snapshot(s: &Snapshot) -> Option<ObservedSnapshot> {
@@ -27,8 +29,9 @@ pub(super) fn observed_snapshot(s: &Snapshot) -> Option<ObservedSnapshot> {
 }
 
 /// Tags of a snapshot of the stack's data volume.
-pub(super) fn snapshot_tags(stack: &StackIdentity, slot: &Slot) -> Vec<Tag> {
-    let mut tags = stack_tags(stack, &format!("{}-postgres-data", stack.resource_name()), Some(Tier::Database));
+pub(super) fn snapshot_tags(stack: &StackIdentity, installation: &Installation, slot: &Slot) -> Vec<Tag> {
+    let name = format!("{}-postgres-data", stack.resource_name());
+    let mut tags = stack_tags(stack, installation, &name, Some(Tier::Database));
     tags.push(Tag::builder().key(ROLE_TAG).value(SNAPSHOT_ROLE).build());
     tags.push(Tag::builder().key(SLOT_TAG).value(slot.tag_value()).build());
     tags
@@ -36,23 +39,38 @@ pub(super) fn snapshot_tags(stack: &StackIdentity, slot: &Slot) -> Vec<Tag> {
 
 impl Ec2Cloud {
     /// The stack's snapshots: DescribeSnapshots of this account's own
-    /// (`owner self`) with the stack's owner and role tags.
+    /// (`owner self`) with the stack's owner and role tags; another
+    /// installation's are left out, and those an older operator took
+    /// without the installation tag are adopted.
     pub(super) async fn stack_snapshots(&self, stack: &StackIdentity) -> Result<Vec<ObservedSnapshot>, CloudError> {
-        self.all_pages(
-            "DescribeSnapshots",
-            |token| {
-                self.client
-                    .describe_snapshots()
-                    .owner_ids("self")
-                    .filters(stack_filter(stack))
-                    .filters(tag_filter(ROLE_TAG, SNAPSHOT_ROLE))
-                    .max_results(1000)
-                    .set_next_token(token)
-                    .send()
-            },
-            |page| (page.snapshots().iter().filter_map(observed_snapshot).collect(), page.next_token),
-        )
-        .await
+        let found = self
+            .all_pages(
+                "DescribeSnapshots",
+                |token| {
+                    self.client
+                        .describe_snapshots()
+                        .owner_ids("self")
+                        .filters(stack_filter(stack))
+                        .filters(tag_filter(ROLE_TAG, SNAPSHOT_ROLE))
+                        .max_results(1000)
+                        .set_next_token(token)
+                        .send()
+                },
+                |page| (page.snapshots.unwrap_or_default(), page.next_token),
+            )
+            .await?;
+        let mut adopt = Vec::new();
+        let mut snapshots = Vec::new();
+        for s in &found {
+            match self.claim(stack, s.tags()) {
+                Claim::Theirs => continue,
+                Claim::Adopt => adopt.extend(s.snapshot_id().map(str::to_owned)),
+                Claim::Ours => {}
+            }
+            snapshots.extend(observed_snapshot(s));
+        }
+        self.adopt(stack, adopt).await;
+        Ok(snapshots)
     }
 
     /// One snapshot by id, whoever took it; None when EC2 does not know
@@ -82,7 +100,7 @@ impl Ec2Cloud {
                     .tag_specifications(
                         TagSpecification::builder()
                             .resource_type(ResourceType::Snapshot)
-                            .set_tags(Some(snapshot_tags(stack, slot)))
+                            .set_tags(Some(snapshot_tags(stack, &self.installation, slot)))
                             .build(),
                     )
                     .send(),
@@ -119,8 +137,9 @@ mod tests {
     #[test]
     fn snapshots_carry_the_stack_tags_the_role_and_the_slot() {
         let stack = StackIdentity { name: "demo".into(), namespace: "shop".into(), uid: "u".into() };
-        let tags = snapshot_tags(&stack, &Slot::Final);
+        let tags = snapshot_tags(&stack, &Installation::default(), &Slot::Final);
         assert_eq!(tag_value(&tags, OWNER_TAG), Some("u"));
+        assert_eq!(tag_value(&tags, crate::cloud::INSTALLATION_TAG), Some("default"));
         assert_eq!(tag_value(&tags, ROLE_TAG), Some(SNAPSHOT_ROLE));
         assert_eq!(tag_value(&tags, SLOT_TAG), Some("final"));
         assert_eq!(tag_value(&tags, crate::api::STACK_LABEL), Some("shop/demo"));

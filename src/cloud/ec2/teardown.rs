@@ -32,7 +32,8 @@ impl Ec2Cloud {
         stack: &StackIdentity,
         known: Option<&NetworkStatus>,
     ) -> Result<TeardownInventory, CloudError> {
-        let instances = self.describe_instances(vec![stack_filter(stack), state_filter(&PRESENT_STATES)]).await?;
+        let found = self.describe_instances(vec![stack_filter(stack), state_filter(&PRESENT_STATES)]).await?;
+        let (instances, _) = self.claim_instances(stack, found.iter().collect()).await;
         let inv = self.full_inventory(stack, known).await?;
         let volumes = self.stack_volumes(stack).await?;
         let no_tiers = BTreeMap::new();
@@ -262,7 +263,7 @@ impl Ec2Cloud {
         known: Option<&NetworkStatus>,
     ) -> Result<Inventory, CloudError> {
         let c = &self.client;
-        let mut inv = self.network_by_tag(stack, known).await?;
+        let mut inv = self.network_lookup(stack, known).await?;
         let mut known = known.cloned().unwrap_or_default();
         if known.provided {
             // The VPC and subnets are the user's: only the groups and the
@@ -365,7 +366,7 @@ impl Ec2Cloud {
                 .await?;
             inv.gateways.extend(out.internet_gateways.unwrap_or_default());
         }
-        inv.keep_only_ours(stack);
+        self.claim_network(stack, &mut inv).await;
         Ok(inv)
     }
 

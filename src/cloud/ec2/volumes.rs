@@ -12,7 +12,9 @@ use crate::model::snapshot::ORIGIN_TAG;
 use crate::model::volume::DATA_VOLUME_ROLE;
 use crate::model::{AttachmentState, ObservedVolume, VolumeAttachment, VolumeState};
 
-use super::{filter, is_not_found, stack_filter, stack_tags, tag_filter, Ec2Cloud, FRESH_ID_RETRY_DELAY, MAX_ATTEMPTS};
+use super::{
+    filter, is_not_found, stack_filter, stack_tags, tag_filter, Claim, Ec2Cloud, FRESH_ID_RETRY_DELAY, MAX_ATTEMPTS,
+};
 
 /// Tag telling the data volume from other volumes of the stack (the
 /// instances' root volumes carry the stack tags too).
@@ -51,23 +53,38 @@ pub fn volume_token(stack: &StackIdentity, n: u32) -> String {
 }
 
 impl Ec2Cloud {
-    /// The stack's data volumes (owner and role tags), not yet deleted.
+    /// The stack's data volumes (owner and role tags), not yet deleted;
+    /// another installation's are left out, and those an older operator
+    /// created without the installation tag are adopted.
     pub(super) async fn stack_volumes(&self, stack: &StackIdentity) -> Result<Vec<ObservedVolume>, CloudError> {
-        self.all_pages(
-            "DescribeVolumes",
-            |token| {
-                self.client
-                    .describe_volumes()
-                    .filters(stack_filter(stack))
-                    .filters(tag_filter(ROLE_TAG, DATA_VOLUME_ROLE))
-                    .filters(filter("status", ["creating", "available", "in-use", "error"]))
-                    .max_results(500)
-                    .set_next_token(token)
-                    .send()
-            },
-            |page| (page.volumes().iter().filter_map(observed_volume).collect(), page.next_token),
-        )
-        .await
+        let found = self
+            .all_pages(
+                "DescribeVolumes",
+                |token| {
+                    self.client
+                        .describe_volumes()
+                        .filters(stack_filter(stack))
+                        .filters(tag_filter(ROLE_TAG, DATA_VOLUME_ROLE))
+                        .filters(filter("status", ["creating", "available", "in-use", "error"]))
+                        .max_results(500)
+                        .set_next_token(token)
+                        .send()
+                },
+                |page| (page.volumes.unwrap_or_default(), page.next_token),
+            )
+            .await?;
+        let mut adopt = Vec::new();
+        let mut volumes = Vec::new();
+        for v in &found {
+            match self.claim(stack, v.tags()) {
+                Claim::Theirs => continue,
+                Claim::Adopt => adopt.extend(v.volume_id().map(str::to_owned)),
+                Claim::Ours => {}
+            }
+            volumes.extend(observed_volume(v));
+        }
+        self.adopt(stack, adopt).await;
+        Ok(volumes)
     }
 
     /// One volume by id, with the `volume-id` filter (VolumeIds would fail
@@ -86,7 +103,9 @@ impl Ec2Cloud {
                 Err(e) if is_not_found(&e) => return Ok(None),
                 Err(e) => return Err(e),
             };
-            if let Some(v) = out.volumes().iter().filter_map(observed_volume).find(|v| v.id == id) {
+            // Another installation's volume is not this stack's, whatever was recorded.
+            let found = out.volumes().iter().filter(|v| !self.foreign(v.tags()));
+            if let Some(v) = found.filter_map(observed_volume).find(|v| v.id == id) {
                 return Ok((!matches!(v.state, VolumeState::Deleting | VolumeState::Deleted)).then_some(v));
             }
         }
@@ -105,7 +124,8 @@ impl Ec2Cloud {
         from_snapshot: Option<&str>,
         kms_key_id: Option<&str>,
     ) -> Result<ObservedVolume, CloudError> {
-        let mut tags = stack_tags(stack, &format!("{}-postgres-data", stack.resource_name()), Some(Tier::Database));
+        let name = format!("{}-postgres-data", stack.resource_name());
+        let mut tags = stack_tags(stack, &self.installation, &name, Some(Tier::Database));
         tags.push(Tag::builder().key(ROLE_TAG).value(DATA_VOLUME_ROLE).build());
         if let Some(snapshot) = from_snapshot {
             // Holds a file system: never formatted.

@@ -13,7 +13,7 @@ use aws_sdk_ec2::types::{
 use sha2::{Digest, Sha256};
 
 use crate::api::{NetworkStatus, Tier, TIER_LABEL};
-use crate::cloud::{AwsErrorKind, CloudError, StackIdentity, OWNER_TAG};
+use crate::cloud::{AwsErrorKind, CloudError, Installation, StackIdentity, INSTALLATION_TAG};
 use crate::model::network::{
     key_identity, Duplicate, DuplicateKind, NatState, ObservedAddress, ObservedGateway, ObservedGroup, ObservedKeyPair,
     ObservedNatGateway, ObservedRouteTable, ObservedSubnet, ObservedVpc, SubnetRole, DEFAULT_ROUTE, NAT_NONE,
@@ -21,7 +21,7 @@ use crate::model::network::{
 use crate::model::{ObservedInstance, ObservedNetwork, Rule, Source};
 
 use super::super::instances::Placement;
-use super::super::tag_value;
+use super::super::{claim, tag_value, Claim};
 
 /// Every resource carrying the stack's tag (and the key pair by name).
 #[derive(Debug, Default)]
@@ -187,18 +187,49 @@ fn by_id(id: Option<&str>) -> Option<String> {
 }
 
 impl Inventory {
-    /// Drops what carries another stack's owner tag: a recorded id looked
-    /// up after it lost the stack's tags may name a resource that is not
-    /// the stack's (a VPC a user brought, another stack's subnet).
-    pub fn keep_only_ours(&mut self, stack: &StackIdentity) {
-        let ours = |tags: &[Tag]| tag_value(tags, OWNER_TAG).is_none_or(|o| o == stack.owner());
-        self.vpcs.retain(|v| ours(v.tags()));
-        self.subnets.retain(|v| ours(v.tags()));
-        self.gateways.retain(|v| ours(v.tags()));
-        self.route_tables.retain(|v| ours(v.tags()));
-        self.nat_gateways.retain(|v| ours(v.tags()));
-        self.addresses.retain(|v| ours(v.tags()));
-        self.groups.retain(|v| ours(v.tags()));
+    /// Drops what is not the stack's (see [`Claim`]): what carries another
+    /// stack's owner tag (a recorded id looked up after it lost the stack's
+    /// tags may name a resource that is not the stack's: a VPC a user
+    /// brought, another stack's subnet) or another installation's tag.
+    /// Returns the ids of what is left that an older operator created
+    /// without the installation tag, to adopt (deleted NAT gateways aside).
+    /// The key pair, found by its name, is dropped only for another
+    /// installation's tag.
+    pub fn sort_out(&mut self, stack: &StackIdentity, installation: &Installation) -> Vec<String> {
+        let mut adopt = Vec::new();
+        let of = |tags: &[Tag]| claim(tags, stack, installation);
+        fn sort<T>(
+            items: &mut Vec<T>,
+            adopt: &mut Vec<String>,
+            claim: impl Fn(&T) -> Claim,
+            id: impl Fn(&T) -> Option<&str>,
+        ) {
+            items.retain(|x| claim(x) != Claim::Theirs);
+            adopt.extend(items.iter().filter(|x| claim(x) == Claim::Adopt).filter_map(|x| id(x).map(str::to_owned)));
+        }
+        sort(&mut self.vpcs, &mut adopt, |v| of(v.tags()), |v| v.vpc_id());
+        sort(&mut self.subnets, &mut adopt, |v| of(v.tags()), |v| v.subnet_id());
+        sort(&mut self.gateways, &mut adopt, |v| of(v.tags()), |v| v.internet_gateway_id());
+        sort(&mut self.route_tables, &mut adopt, |v| of(v.tags()), |v| v.route_table_id());
+        sort(
+            &mut self.nat_gateways,
+            &mut adopt,
+            |v| of(v.tags()),
+            |v| v.nat_gateway_id().filter(|_| nat_state(v) != Some(NatState::Deleted)),
+        );
+        sort(&mut self.addresses, &mut adopt, |v| of(v.tags()), |v| v.allocation_id());
+        sort(&mut self.groups, &mut adopt, |v| of(v.tags()), |v| v.group_id());
+        let key_claim = |k: &KeyPairInfo| {
+            if tag_value(k.tags(), INSTALLATION_TAG).is_some_and(|i| i != installation.as_str()) {
+                Claim::Theirs
+            } else if of(k.tags()) == Claim::Adopt {
+                Claim::Adopt
+            } else {
+                Claim::Ours
+            }
+        };
+        sort(&mut self.key_pairs, &mut adopt, key_claim, |k| k.key_pair_id());
+        adopt
     }
 
     /// Chooses the resources the stack uses, preferring the ids in `known`.
@@ -574,6 +605,59 @@ mod tests {
         };
         assert!(is_complete(&no_egress));
         assert!(!is_complete(&NetworkStatus { key_pair_name: None, ..no_egress }));
+    }
+
+    #[test]
+    fn sorting_out_keeps_the_stacks_own_and_adopts_what_has_no_installation() {
+        use crate::cloud::OWNER_TAG;
+        let stack = StackIdentity { name: "demo".into(), namespace: "shop".into(), uid: "u".into() };
+        let team = Installation::parse("team-a").unwrap();
+        let tags = |owner: Option<&str>, installation: Option<&str>| {
+            let mut t = Vec::new();
+            if let Some(o) = owner {
+                t.push(Tag::builder().key(OWNER_TAG).value(o).build());
+            }
+            if let Some(i) = installation {
+                t.push(Tag::builder().key(INSTALLATION_TAG).value(i).build());
+            }
+            Some(t)
+        };
+        let vpc = |id: &str, owner, installation| Vpc::builder().vpc_id(id).set_tags(tags(owner, installation)).build();
+        let mut inv = Inventory {
+            vpcs: vec![
+                vpc("vpc-ours", Some("u"), Some("team-a")),
+                vpc("vpc-old", Some("u"), None),
+                vpc("vpc-team-b", Some("u"), Some("team-b")),
+                vpc("vpc-other-stack", Some("v"), Some("team-a")),
+                vpc("vpc-recorded", None, None),
+            ],
+            groups: vec![
+                SecurityGroup::builder().group_id("sg-old").set_tags(tags(Some("u"), None)).build(),
+                SecurityGroup::builder().group_id("sg-team-b").set_tags(tags(Some("u"), Some("team-b"))).build(),
+            ],
+            nat_gateways: vec![NatGateway::builder()
+                .nat_gateway_id("nat-deleted")
+                .state(aws_sdk_ec2::types::NatGatewayState::Deleted)
+                .set_tags(tags(Some("u"), None))
+                .build()],
+            key_pairs: vec![
+                KeyPairInfo::builder().key_pair_id("key-old").set_tags(tags(Some("u"), None)).build(),
+                KeyPairInfo::builder().key_pair_id("key-team-b").set_tags(tags(Some("u"), Some("team-b"))).build(),
+                KeyPairInfo::builder().key_pair_id("key-untagged").build(),
+            ],
+            ..Default::default()
+        };
+        let adopt = inv.sort_out(&stack, &team);
+        assert_eq!(adopt, ["vpc-old", "sg-old", "key-old"]);
+        let vpcs: Vec<_> = inv.vpcs.iter().filter_map(|v| v.vpc_id()).collect();
+        assert_eq!(vpcs, ["vpc-ours", "vpc-old", "vpc-recorded"]);
+        let groups: Vec<_> = inv.groups.iter().filter_map(|g| g.group_id()).collect();
+        assert_eq!(groups, ["sg-old"]);
+        assert_eq!(inv.nat_gateways.len(), 1, "a deleted gateway is kept, not tagged");
+        let keys: Vec<_> = inv.key_pairs.iter().filter_map(|k| k.key_pair_id()).collect();
+        assert_eq!(keys, ["key-old", "key-untagged"]);
+        // Everything tagged: nothing more to adopt.
+        assert!(Inventory::default().sort_out(&stack, &team).is_empty());
     }
 
     #[test]

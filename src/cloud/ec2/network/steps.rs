@@ -16,7 +16,7 @@ use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::{Duplicate, DuplicateKind, NatState, SubnetRole, ZoneChoice, DEFAULT_ROUTE};
 use crate::model::{DesiredKeyPair, Rule};
 
-use super::super::{filter, has_code, is_not_found, stack_filter, tag_spec, Ec2Cloud};
+use super::super::{filter, has_code, is_not_found, stack_filter, tag_spec, Claim, Ec2Cloud};
 use super::inventory::{
     existing_rules, group_description, nat_client_token, nat_name, nat_state, nat_unusable, permission, role_name,
 };
@@ -69,7 +69,13 @@ impl Ec2Cloud {
                 self.client
                     .create_vpc()
                     .cidr_block(cidr)
-                    .tag_specifications(tag_spec(ResourceType::Vpc, stack, &stack.resource_name(), None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::Vpc,
+                        stack,
+                        &self.installation,
+                        &stack.resource_name(),
+                        None,
+                    ))
                     .send(),
             )
             .await?;
@@ -116,7 +122,13 @@ impl Ec2Cloud {
                         .vpc_id(&vpc_id)
                         .cidr_block(cidr)
                         .availability_zone(&az)
-                        .tag_specifications(tag_spec(ResourceType::Subnet, stack, &subnet_name, None))
+                        .tag_specifications(tag_spec(
+                            ResourceType::Subnet,
+                            stack,
+                            &self.installation,
+                            &subnet_name,
+                            None,
+                        ))
                         .send(),
                 )
                 .await?;
@@ -134,7 +146,8 @@ impl Ec2Cloud {
                         .send(),
                 )
                 .await?;
-            Ok(found.subnets.unwrap_or_default().into_iter().next())
+            // Never another installation's subnet.
+            Ok(found.subnets.unwrap_or_default().into_iter().find(|s| self.claim(stack, s.tags()) != Claim::Theirs))
         };
         let what = format!("{role} subnet {cidr}");
         let subnet = create_or_adopt(stack, &what, "InvalidSubnet.Conflict", create, find)
@@ -161,7 +174,13 @@ impl Ec2Cloud {
                 "CreateInternetGateway",
                 self.client
                     .create_internet_gateway()
-                    .tag_specifications(tag_spec(ResourceType::InternetGateway, stack, &stack.resource_name(), None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::InternetGateway,
+                        stack,
+                        &self.installation,
+                        &stack.resource_name(),
+                        None,
+                    ))
                     .send(),
             )
             .await?;
@@ -201,7 +220,13 @@ impl Ec2Cloud {
                 self.client
                     .create_route_table()
                     .vpc_id(&vpc_id)
-                    .tag_specifications(tag_spec(ResourceType::RouteTable, stack, &table_name, None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::RouteTable,
+                        stack,
+                        &self.installation,
+                        &table_name,
+                        None,
+                    ))
                     .send(),
             )
             .await?;
@@ -264,7 +289,13 @@ impl Ec2Cloud {
                 self.client
                     .allocate_address()
                     .domain(DomainType::Vpc)
-                    .tag_specifications(tag_spec(ResourceType::ElasticIp, stack, &nat_name(stack), None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::ElasticIp,
+                        stack,
+                        &self.installation,
+                        &nat_name(stack),
+                        None,
+                    ))
                     .send(),
             )
             .await?;
@@ -298,7 +329,13 @@ impl Ec2Cloud {
                     .subnet_id(&subnet_id)
                     .allocation_id(&allocation_id)
                     .client_token(nat_client_token(stack, &subnet_id, &allocation_id, attempt))
-                    .tag_specifications(tag_spec(ResourceType::Natgateway, stack, &nat_name(stack), None))
+                    .tag_specifications(tag_spec(
+                        ResourceType::Natgateway,
+                        stack,
+                        &self.installation,
+                        &nat_name(stack),
+                        None,
+                    ))
                     .send(),
             )
             .await;
@@ -390,7 +427,13 @@ impl Ec2Cloud {
                         .group_name(&group_name)
                         .description(group_description(stack, tier))
                         .vpc_id(&vpc_id)
-                        .tag_specifications(tag_spec(ResourceType::SecurityGroup, stack, &group_name, Some(tier)))
+                        .tag_specifications(tag_spec(
+                            ResourceType::SecurityGroup,
+                            stack,
+                            &self.installation,
+                            &group_name,
+                            Some(tier),
+                        ))
                         .send(),
                 )
                 .await?;
@@ -407,7 +450,9 @@ impl Ec2Cloud {
                         .send(),
                 )
                 .await?;
-            Ok(found.security_groups().iter().find_map(|g| g.group_id()).map(str::to_owned))
+            // Never another installation's (or another stack's) group.
+            let ours = |g: &&aws_sdk_ec2::types::SecurityGroup| self.claim(stack, g.tags()) != Claim::Theirs;
+            Ok(found.security_groups().iter().filter(ours).find_map(|g| g.group_id()).map(str::to_owned))
         };
         let what = format!("{tier} security group {group_name}");
         let id = create_or_adopt(stack, &what, "InvalidGroup.Duplicate", create, find)
@@ -632,7 +677,7 @@ impl Ec2Cloud {
                 .import_key_pair()
                 .key_name(&key.name)
                 .public_key_material(Blob::new(public_key.trim().as_bytes()))
-                .tag_specifications(tag_spec(ResourceType::KeyPair, stack, &key.name, None))
+                .tag_specifications(tag_spec(ResourceType::KeyPair, stack, &self.installation, &key.name, None))
                 .send(),
         )
         .await?;
