@@ -96,10 +96,12 @@ pub async fn engine_for(
     hosts: Arc<SshHosts>,
     settings: EngineSettings,
 ) -> Engine {
-    let cloud = Ec2Cloud::from_env(&spec.aws.region, spec.aws.endpoint.as_deref())
-        .await
-        .with_installation(installation.clone());
-    Engine::new(Arc::new(cloud), hosts, settings)
+    Engine::new(Arc::new(cloud_for(spec, installation).await), hosts, settings)
+}
+
+/// EC2 in the spec's region (or endpoint), for the installation.
+async fn cloud_for(spec: &VotingStackSpec, installation: &Installation) -> Ec2Cloud {
+    Ec2Cloud::from_env(&spec.aws.region, spec.aws.endpoint.as_deref()).await.with_installation(installation.clone())
 }
 
 /// The engine `plan` runs on: [`engine_for`]'s, except that it leaves
@@ -111,11 +113,7 @@ pub async fn planner_for(
     hosts: Arc<SshHosts>,
     settings: EngineSettings,
 ) -> Engine {
-    let cloud = Ec2Cloud::from_env(&spec.aws.region, spec.aws.endpoint.as_deref())
-        .await
-        .with_installation(installation.clone())
-        .with_adoption(false);
-    Engine::new(Arc::new(cloud), hosts, settings)
+    Engine::new(Arc::new(cloud_for(spec, installation).await.with_adoption(false)), hosts, settings)
 }
 
 /// Keeps one `docker events` stream per stack and tier, following instance

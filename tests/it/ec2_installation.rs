@@ -6,12 +6,10 @@
 //! adopted: tagged, neither duplicated nor lost, then torn down as usual.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName, Tag};
 use aws_sdk_ec2::Client;
-use votingstack::api::conditions::find_condition;
-use votingstack::api::{ConditionType, NetworkStatus, VotingStack};
+use votingstack::api::{NetworkStatus, VotingStack};
 use votingstack::cloud::ec2::{Ec2Cloud, ROLE_TAG};
 use votingstack::cloud::{Cloud, Installation, NetworkLookup, StackIdentity, INSTALLATION_TAG, OWNER_TAG};
 use votingstack::engine::{Engine, EngineSettings, Outcome, Teardown};
@@ -19,7 +17,7 @@ use votingstack::model::{Action, InfraAction, NetworkObservation, TeardownInvent
 
 use crate::fakes::FakeHosts;
 use crate::fixtures;
-use crate::moto::{Moto, AMI};
+use crate::moto::{infra_ready, reconcile, Moto, AMI};
 
 const UID: &str = "6f1c2a9e-0000-4000-8000-0000000000c1";
 
@@ -38,20 +36,6 @@ fn stack() -> VotingStack {
     s.spec.instances.ami = AMI.into();
     s.metadata.uid = Some(UID.into());
     s
-}
-
-async fn reconcile(engine: &Engine, stack: &mut VotingStack) -> Outcome {
-    let out = tokio::time::timeout(Duration::from_secs(120), engine.reconcile(stack, Ok(fixtures::test_key())))
-        .await
-        .expect("reconcile finishes within 120 s");
-    stack.status = Some(out.status.clone());
-    out
-}
-
-fn infra_ready(stack: &VotingStack) -> (String, String) {
-    let c = find_condition(&stack.status.as_ref().expect("status").conditions, ConditionType::InfrastructureReady)
-        .expect("InfrastructureReady condition");
-    (c.status.to_string(), c.message.clone())
 }
 
 fn launches(out: &Outcome) -> usize {

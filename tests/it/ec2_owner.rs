@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, InstanceMetadataEndpointState, InstanceStateName, Tag};
 use aws_sdk_ec2::Client;
-use votingstack::api::conditions::find_condition;
-use votingstack::api::{ConditionType, NetworkStatus, Tier, VotingStack};
+use votingstack::api::{NetworkStatus, Tier, VotingStack};
 use votingstack::cloud::ec2::{Ec2Cloud, MAX_ATTEMPTS};
 use votingstack::cloud::{AwsErrorKind, Cloud, StackIdentity, OWNER_TAG};
 use votingstack::engine::{Engine, EngineSettings, Outcome, Teardown};
@@ -20,7 +19,7 @@ use votingstack::model::{Action, InfraAction, InstanceLaunch, NetworkStep};
 
 use crate::fakes::FakeHosts;
 use crate::fixtures;
-use crate::moto::{Moto, AMI};
+use crate::moto::{infra_ready, reconcile, Moto, AMI};
 use crate::scripted::scripted_endpoint;
 
 /// An engine over moto whose hosts never answer: only EC2 is exercised.
@@ -37,21 +36,6 @@ fn stack_with_uid(uid: &str) -> VotingStack {
     s.spec.instances.ami = AMI.into();
     s.metadata.uid = Some(uid.into());
     s
-}
-
-/// One reconcile, its status written back as the controller would.
-async fn reconcile(engine: &Engine, stack: &mut VotingStack) -> Outcome {
-    let out = tokio::time::timeout(Duration::from_secs(120), engine.reconcile(stack, Ok(fixtures::test_key())))
-        .await
-        .expect("reconcile finishes within 120 s");
-    stack.status = Some(out.status.clone());
-    out
-}
-
-fn infra_ready(stack: &VotingStack) -> (String, String) {
-    let c = find_condition(&stack.status.as_ref().expect("status").conditions, ConditionType::InfrastructureReady)
-        .expect("InfrastructureReady condition");
-    (c.status.to_string(), c.message.clone())
 }
 
 fn launches(out: &Outcome) -> Vec<(Tier, u32)> {

@@ -10,7 +10,12 @@ use std::time::{Duration, Instant};
 use aws_sdk_ec2::config::retry::RetryConfig;
 use aws_sdk_ec2::config::timeout::TimeoutConfig;
 use aws_sdk_ec2::config::{BehaviorVersion, Credentials, Region};
+use votingstack::api::conditions::find_condition;
+use votingstack::api::{ConditionType, VotingStack};
 use votingstack::cloud::ec2::Ec2Cloud;
+use votingstack::engine::{Engine, Outcome};
+
+use crate::fixtures;
 
 /// Where scripts/setup-machine installs moto.
 const DEFAULT_MOTO: &str = "/opt/votingstack/venv/bin/moto_server";
@@ -129,4 +134,21 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One reconcile (120 s at most), its status written back as the
+/// controller would.
+pub async fn reconcile(engine: &Engine, stack: &mut VotingStack) -> Outcome {
+    let out = tokio::time::timeout(Duration::from_secs(120), engine.reconcile(stack, Ok(fixtures::test_key())))
+        .await
+        .expect("reconcile finishes within 120 s");
+    stack.status = Some(out.status.clone());
+    out
+}
+
+/// The stack's InfrastructureReady condition: its status and message.
+pub fn infra_ready(stack: &VotingStack) -> (String, String) {
+    let c = find_condition(&stack.status.as_ref().expect("status").conditions, ConditionType::InfrastructureReady)
+        .expect("InfrastructureReady condition");
+    (c.status.to_string(), c.message.clone())
 }
