@@ -739,6 +739,23 @@ fn wait_ready(c: &Cluster, ns: &str, name: &str, secs: u32) {
     c.ok(&["-n", ns, "wait", "--for=condition=Ready", &format!("--timeout={secs}s"), &format!("votingstack/{name}")]);
 }
 
+/// How many `AllTiersReady` Events name stack `name`.
+fn ready_events(c: &Cluster, ns: &str, name: &str) -> usize {
+    let path = r#"jsonpath={range .items[?(@.reason=="AllTiersReady")]}{.regarding.name}{"\n"}{end}"#;
+    c.ok(&["-n", ns, "get", "events.events.k8s.io", "-o", path]).lines().filter(|l| *l == name).count()
+}
+
+/// Waits (60 s at most) until the pass that made the stack Ready has
+/// published its Events: they follow its status write, the last being
+/// `AllTiersReady`, more of them than `before`.
+async fn wait_ready_events(c: &Cluster, ns: &str, name: &str, before: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ready_events(c, ns, name) <= before {
+        assert!(Instant::now() < deadline, "no AllTiersReady Event for {ns}/{name} within 60 s of Ready");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// `kubectl delete` returns only once the finalizer ran; EC2 then holds nothing of the stack.
 async fn delete_and_check_teardown(c: &Cluster, ns: &str, name: &str) {
     c.ok(&["-n", ns, "delete", "votingstack", name, "--timeout=600s"]);
@@ -761,8 +778,10 @@ async fn kube_operator_under_the_deployment_rbac_converges_stays_quiet_and_delet
     forget_lease(&c, SYSTEM_NS);
     let dir = tempfile::tempdir().expect("tempdir");
     let _operator = Operator::start(&c, SYSTEM_NS, "kube-base", dir.path(), &[]);
+    let readied = ready_events(&c, ns, name);
     kubectl_apply_stack(&c, &stack_manifest(name, ns, 71));
     wait_ready(&c, ns, name, 600);
+    wait_ready_events(&c, ns, name, readied).await;
     let table = c.ok(&["-n", ns, "get", "votingstacks"]);
     assert!(table.contains("True") && table.contains("Ready") && table.contains("http://10.71.1."), "{table}");
 
