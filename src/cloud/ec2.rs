@@ -495,6 +495,19 @@ pub(crate) fn claim(tags: &[Tag], stack: &StackIdentity, installation: &Installa
     }
 }
 
+/// Applies claims to what a look-up found: drops what is
+/// [`Claim::Theirs`], keeps the rest in order, and adds to `adopt` the ids
+/// (where `id` gives one) of what is [`Claim::Adopt`].
+pub(crate) fn sort_claimed<T>(
+    items: &mut Vec<T>,
+    adopt: &mut Vec<String>,
+    claim: impl Fn(&T) -> Claim,
+    id: impl Fn(&T) -> Option<&str>,
+) {
+    items.retain(|x| claim(x) != Claim::Theirs);
+    adopt.extend(items.iter().filter(|x| claim(x) == Claim::Adopt).filter_map(|x| id(x).map(str::to_owned)));
+}
+
 /// Tags of every resource of the stack, with the installation's; `tier`
 /// adds the tier tag.
 fn stack_tags(stack: &StackIdentity, installation: &Installation, name: &str, tier: Option<Tier>) -> Vec<Tag> {

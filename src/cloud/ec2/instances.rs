@@ -16,7 +16,7 @@ use crate::model::network::SubnetRole;
 use crate::model::{AttachedVolume, AttachmentState, InstanceLaunch, InstanceState, ObservedInstance, StateReason};
 
 use super::{
-    filter, is_not_found, stack_filter, tag_filter, tag_spec, tag_value, Claim, Ec2Cloud, FRESH_ID_RETRY_DELAY,
+    filter, is_not_found, sort_claimed, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud, FRESH_ID_RETRY_DELAY,
     MAX_ATTEMPTS,
 };
 
@@ -114,20 +114,13 @@ impl Ec2Cloud {
         found: Vec<&'a Instance>,
     ) -> (Vec<&'a Instance>, bool) {
         let mut adopt = Vec::new();
-        let mut mine = Vec::new();
-        for inst in found {
-            match self.claim(stack, inst.tags()) {
-                Claim::Theirs => continue,
-                Claim::Adopt => {
-                    let state = inst.state().and_then(|s| s.name()).map(|n| n.as_str()).and_then(InstanceState::parse);
-                    if !matches!(state, Some(Terminated | ShuttingDown)) {
-                        adopt.extend(inst.instance_id().map(str::to_owned));
-                    }
-                }
-                Claim::Ours => {}
-            }
-            mine.push(inst);
+        let mut mine = found;
+        /// Its id, unless it is terminated or on its way out (left untagged).
+        fn staying<'x>(inst: &'x &Instance) -> Option<&'x str> {
+            let state = inst.state().and_then(|s| s.name()).map(|n| n.as_str()).and_then(InstanceState::parse);
+            inst.instance_id().filter(|_| !matches!(state, Some(Terminated | ShuttingDown)))
         }
+        sort_claimed(&mut mine, &mut adopt, |inst| self.claim(stack, inst.tags()), staying);
         let adopted = !adopt.is_empty();
         self.adopt(stack, adopt).await;
         (mine, adopted)

@@ -13,7 +13,7 @@ use crate::model::{ObservedSnapshot, SnapshotState};
 
 use crate::cloud::Installation;
 
-use super::{is_not_found, stack_filter, stack_tags, tag_filter, tag_value, Claim, Ec2Cloud, ROLE_TAG};
+use super::{is_not_found, sort_claimed, stack_filter, stack_tags, tag_filter, tag_value, Ec2Cloud, ROLE_TAG};
 
 /// A snapshot as the engine sees it; None without an id.
 pub(super) fn observed_snapshot(s: &Snapshot) -> Option<ObservedSnapshot> {
@@ -43,7 +43,7 @@ impl Ec2Cloud {
     /// installation's are left out, and those an older operator took
     /// without the installation tag are adopted.
     pub(super) async fn stack_snapshots(&self, stack: &StackIdentity) -> Result<Vec<ObservedSnapshot>, CloudError> {
-        let found = self
+        let mut found = self
             .all_pages(
                 "DescribeSnapshots",
                 |token| {
@@ -60,17 +60,9 @@ impl Ec2Cloud {
             )
             .await?;
         let mut adopt = Vec::new();
-        let mut snapshots = Vec::new();
-        for s in &found {
-            match self.claim(stack, s.tags()) {
-                Claim::Theirs => continue,
-                Claim::Adopt => adopt.extend(s.snapshot_id().map(str::to_owned)),
-                Claim::Ours => {}
-            }
-            snapshots.extend(observed_snapshot(s));
-        }
+        sort_claimed(&mut found, &mut adopt, |x| self.claim(stack, x.tags()), |x| x.snapshot_id());
         self.adopt(stack, adopt).await;
-        Ok(snapshots)
+        Ok(found.iter().filter_map(observed_snapshot).collect())
     }
 
     /// One snapshot by id, whoever took it; None when EC2 does not know

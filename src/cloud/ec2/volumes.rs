@@ -13,7 +13,8 @@ use crate::model::volume::DATA_VOLUME_ROLE;
 use crate::model::{AttachmentState, ObservedVolume, VolumeAttachment, VolumeState};
 
 use super::{
-    filter, is_not_found, stack_filter, stack_tags, tag_filter, Claim, Ec2Cloud, FRESH_ID_RETRY_DELAY, MAX_ATTEMPTS,
+    filter, is_not_found, sort_claimed, stack_filter, stack_tags, tag_filter, Ec2Cloud, FRESH_ID_RETRY_DELAY,
+    MAX_ATTEMPTS,
 };
 
 /// Tag telling the data volume from other volumes of the stack (the
@@ -57,7 +58,7 @@ impl Ec2Cloud {
     /// another installation's are left out, and those an older operator
     /// created without the installation tag are adopted.
     pub(super) async fn stack_volumes(&self, stack: &StackIdentity) -> Result<Vec<ObservedVolume>, CloudError> {
-        let found = self
+        let mut found = self
             .all_pages(
                 "DescribeVolumes",
                 |token| {
@@ -74,17 +75,9 @@ impl Ec2Cloud {
             )
             .await?;
         let mut adopt = Vec::new();
-        let mut volumes = Vec::new();
-        for v in &found {
-            match self.claim(stack, v.tags()) {
-                Claim::Theirs => continue,
-                Claim::Adopt => adopt.extend(v.volume_id().map(str::to_owned)),
-                Claim::Ours => {}
-            }
-            volumes.extend(observed_volume(v));
-        }
+        sort_claimed(&mut found, &mut adopt, |x| self.claim(stack, x.tags()), |x| x.volume_id());
         self.adopt(stack, adopt).await;
-        Ok(volumes)
+        Ok(found.iter().filter_map(observed_volume).collect())
     }
 
     /// One volume by id, with the `volume-id` filter (VolumeIds would fail

@@ -21,7 +21,7 @@ use crate::model::network::{
 use crate::model::{ObservedInstance, ObservedNetwork, Rule, Source};
 
 use super::super::instances::Placement;
-use super::super::{claim, tag_value, Claim};
+use super::super::{claim, sort_claimed, tag_value, Claim};
 
 /// Every resource carrying the stack's tag (and the key pair by name).
 #[derive(Debug, Default)]
@@ -198,27 +198,18 @@ impl Inventory {
     pub fn sort_out(&mut self, stack: &StackIdentity, installation: &Installation) -> Vec<String> {
         let mut adopt = Vec::new();
         let of = |tags: &[Tag]| claim(tags, stack, installation);
-        fn sort<T>(
-            items: &mut Vec<T>,
-            adopt: &mut Vec<String>,
-            claim: impl Fn(&T) -> Claim,
-            id: impl Fn(&T) -> Option<&str>,
-        ) {
-            items.retain(|x| claim(x) != Claim::Theirs);
-            adopt.extend(items.iter().filter(|x| claim(x) == Claim::Adopt).filter_map(|x| id(x).map(str::to_owned)));
-        }
-        sort(&mut self.vpcs, &mut adopt, |v| of(v.tags()), |v| v.vpc_id());
-        sort(&mut self.subnets, &mut adopt, |v| of(v.tags()), |v| v.subnet_id());
-        sort(&mut self.gateways, &mut adopt, |v| of(v.tags()), |v| v.internet_gateway_id());
-        sort(&mut self.route_tables, &mut adopt, |v| of(v.tags()), |v| v.route_table_id());
-        sort(
+        sort_claimed(&mut self.vpcs, &mut adopt, |v| of(v.tags()), |v| v.vpc_id());
+        sort_claimed(&mut self.subnets, &mut adopt, |v| of(v.tags()), |v| v.subnet_id());
+        sort_claimed(&mut self.gateways, &mut adopt, |v| of(v.tags()), |v| v.internet_gateway_id());
+        sort_claimed(&mut self.route_tables, &mut adopt, |v| of(v.tags()), |v| v.route_table_id());
+        sort_claimed(
             &mut self.nat_gateways,
             &mut adopt,
             |v| of(v.tags()),
             |v| v.nat_gateway_id().filter(|_| nat_state(v) != Some(NatState::Deleted)),
         );
-        sort(&mut self.addresses, &mut adopt, |v| of(v.tags()), |v| v.allocation_id());
-        sort(&mut self.groups, &mut adopt, |v| of(v.tags()), |v| v.group_id());
+        sort_claimed(&mut self.addresses, &mut adopt, |v| of(v.tags()), |v| v.allocation_id());
+        sort_claimed(&mut self.groups, &mut adopt, |v| of(v.tags()), |v| v.group_id());
         let key_claim = |k: &KeyPairInfo| {
             if tag_value(k.tags(), INSTALLATION_TAG).is_some_and(|i| i != installation.as_str()) {
                 Claim::Theirs
@@ -228,7 +219,7 @@ impl Inventory {
                 Claim::Ours
             }
         };
-        sort(&mut self.key_pairs, &mut adopt, key_claim, |k| k.key_pair_id());
+        sort_claimed(&mut self.key_pairs, &mut adopt, key_claim, |k| k.key_pair_id());
         adopt
     }
 
