@@ -472,7 +472,7 @@ def main():
     ap.add_argument("--env", help="the world's env file (AWS_ENDPOINT_URL_EC2, VS_WORLD_MOTO, ...)")
     ap.add_argument("--endpoint", help="the realism layer's URL")
     ap.add_argument("--moto", help="moto's own URL, to check what really happened")
-    ap.add_argument("--ami", default="ami-04681a1dbd79675a5")
+    ap.add_argument("--ami", default="ami-0f00d24040000a002")
     ap.add_argument("--instance-type", default="t3.micro")
     args = ap.parse_args()
     env = read_env(args.env) if args.env else {}

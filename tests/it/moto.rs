@@ -20,8 +20,19 @@ use crate::fixtures;
 /// Where scripts/setup-machine installs moto.
 const DEFAULT_MOTO: &str = "/opt/votingstack/venv/bin/moto_server";
 
-/// An AMI from moto's built-in list (amzn2-ami-hvm-2.0.20180810-x86_64-gp2).
-pub const AMI: &str = "ami-04681a1dbd79675a5";
+/// The newest Ubuntu 24.04 image of the world's list (`world/amis.json`,
+/// which every moto the tests start serves, as the world's does).
+pub const AMI: &str = "ami-0f00d24040000a002";
+/// An older Ubuntu 24.04 image of that list.
+pub const OLDER_UBUNTU: &str = "ami-0f00d24040000a001";
+/// Amazon Linux 2023 and Windows Server images of that list.
+pub const AMAZON_LINUX: &str = "ami-0a1a20230000a0001";
+pub const WINDOWS: &str = "ami-0b1b20220000a0001";
+
+/// The world's image list.
+fn amis_json() -> String {
+    format!("{}/world/amis.json", env!("CARGO_MANIFEST_DIR"))
+}
 
 /// One running moto server.
 pub struct Moto {
@@ -63,6 +74,7 @@ impl Moto {
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
                 .env("MOTO_ENABLE_AMI_VALIDATION", "true")
                 .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
+                .env("MOTO_AMIS_PATH", amis_json())
                 .env("AWS_ACCESS_KEY_ID", "testing")
                 .env("AWS_SECRET_ACCESS_KEY", "testing")
                 .env("AWS_DEFAULT_REGION", "us-east-1")
