@@ -19,6 +19,7 @@ local terminal = {
   NetworkUnusable = true,
   HostKeyMismatch = true,
   DataVolumeUnusable = true,
+  UnsupportedOperatingSystem = true,
   InstanceLaunchFailed = true,
 }
 

@@ -150,6 +150,9 @@ pub enum Reason {
     SshUnreachable,
     HostKeyMismatch,
     DockerMissing,
+    /// The host has no Docker and no apt-get to install it: its
+    /// `/etc/os-release` is in the message. Terminal: the AMI must change.
+    UnsupportedOperatingSystem,
     DockerDown,
     ImagePullFailed,
     ContainerExited,
@@ -201,6 +204,7 @@ impl Reason {
             Reason::SshUnreachable => "SshUnreachable",
             Reason::HostKeyMismatch => "HostKeyMismatch",
             Reason::DockerMissing => "DockerMissing",
+            Reason::UnsupportedOperatingSystem => "UnsupportedOperatingSystem",
             Reason::DockerDown => "DockerDown",
             Reason::ImagePullFailed => "ImagePullFailed",
             Reason::ContainerExited => "ContainerExited",
@@ -228,6 +232,7 @@ impl Reason {
                 | Reason::NetworkUnusable
                 | Reason::HostKeyMismatch
                 | Reason::DataVolumeUnusable
+                | Reason::UnsupportedOperatingSystem
                 | Reason::InstanceLaunchFailed
         )
     }

@@ -28,6 +28,9 @@ const MOUNT_SECONDS: u32 = 900;
 /// mount (its stderr says what it found).
 const UNUSABLE_EXIT: u32 = 3;
 
+/// Exit code of the install step on a host with neither Docker nor apt-get.
+const UNSUPPORTED_OS_EXIT: u32 = 4;
+
 /// What the script is asked to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -151,9 +154,19 @@ impl SshHosts {
     }
 
     /// Runs the install or start step; a step that fails on the host is
-    /// [`HostError::CommandFailed`].
+    /// [`HostError::CommandFailed`], a host the install step cannot
+    /// provision (no Docker, no apt-get) [`HostError::UnsupportedOs`].
     pub(super) async fn prepare_docker(&self, target: &HostTarget, key: &SshKey, step: Step) -> Result<(), HostError> {
         let out = self.run_bootstrap(target, key, step, target.command_timeout_secs).await?;
+        if out.code == UNSUPPORTED_OS_EXIT {
+            let said = tail(&out.stderr);
+            let os = said
+                .lines()
+                .find_map(|l| l.strip_prefix("unsupported operating system: "))
+                .unwrap_or(&said)
+                .to_string();
+            return Err(HostError::UnsupportedOs { host: target.describe(), os });
+        }
         if out.code != 0 {
             return Err(HostError::CommandFailed {
                 host: target.describe(),
@@ -298,6 +311,21 @@ mod tests {
 
     fn starts(dir: &tempfile::TempDir) -> String {
         std::fs::read_to_string(dir.path().join("starts")).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_host_without_docker_and_apt_get_says_what_it_runs_and_exits_4() {
+        let none = tools(None);
+        let out = launch(Step::Install, &script_text(), &none.path().display().to_string());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(UNSUPPORTED_OS_EXIT as i32), "{stderr}");
+        let line = stderr.lines().find(|l| l.starts_with("unsupported operating system: ")).unwrap_or_default();
+        assert!(line.contains("(ID=") && line.contains("VERSION_ID="), "{stderr}");
+        assert!(line.contains("no apt-get"), "{stderr}");
+        if let Ok(release) = std::fs::read_to_string("/etc/os-release") {
+            let id = release.lines().find_map(|l| l.strip_prefix("ID=")).unwrap_or_default().trim_matches('"');
+            assert!(line.contains(&format!("ID={id},")), "{line} names this machine's ID {id}");
+        }
     }
 
     #[test]

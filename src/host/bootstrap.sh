@@ -6,7 +6,10 @@
 #
 #   $1 = facts    prints one line of JSON:
 #                 {"instance": "i-..." (when the host can tell), "docker": "running|missing|down", "why": "..."}
-#   $1 = install  installs Docker from the distribution's packages, then starts it
+#   $1 = install  installs Docker from the distribution's packages, then starts it;
+#                 a host with neither Docker nor apt-get exits 4, its stderr
+#                 starting with "unsupported operating system:" and what
+#                 /etc/os-release says it is
 #   $1 = start    starts Docker and waits until its API answers
 #   $1 = mount-volume VOLUME_ID DIR SUBDIR FORMAT
 #                 finds the attached EBS volume by its id, formats it only
@@ -124,13 +127,30 @@ vs_apt() {
   done
 }
 
+# vs_os_name: what /etc/os-release (else /usr/lib/os-release) says the
+# host runs: PRETTY_NAME, with ID and VERSION_ID; "unknown" without either file.
+vs_os_name() {
+  for vs_f in /etc/os-release /usr/lib/os-release; do
+    if [ -r "$vs_f" ]; then
+      (
+        # shellcheck disable=SC1090
+        . "$vs_f" 2>/dev/null
+        printf '%s (ID=%s, VERSION_ID=%s)' "${PRETTY_NAME:-${NAME:-unknown}}" "${ID:-unknown}" "${VERSION_ID:-none}"
+      )
+      return 0
+    fi
+  done
+  printf 'unknown (no /etc/os-release)'
+}
+
 vs_install_docker() {
   if command -v docker >/dev/null 2>&1; then
     return 0
   fi
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "Docker is not installed and this host has no apt-get: only Debian and Ubuntu hosts can be provisioned" >&2
-    return 1
+    echo "unsupported operating system: $(vs_clean "$(vs_os_name)") has no Docker and no apt-get to install it;" \
+      "only Debian and Ubuntu hosts (or hosts with Docker already installed) can be provisioned" >&2
+    return 4
   fi
   vs_wait_for_cloud_init
   vs_apt update -q || return 1
@@ -494,7 +514,9 @@ case "$1" in
     printf '{"instance":"%s","docker":"%s","why":"%s"}\n' "$(vs_instance)" "$DOCKER_STATE" "$DOCKER_WHY"
     ;;
   install)
-    vs_install_docker || exit 1
+    vs_install_docker
+    vs_rc=$?
+    [ "$vs_rc" = 0 ] || exit "$([ "$vs_rc" = 4 ] && echo 4 || echo 1)"
     vs_start_docker || exit 1
     ;;
   start)

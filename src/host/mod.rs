@@ -118,6 +118,8 @@ pub enum HostError {
     DataVolumeUnusable { host: String, message: String },
     #[error("{host}: the new container {container} was not switched in and is removed; the old one serves on: {why}; its last log lines: {logs}")]
     UpdateFailed { host: String, container: String, why: String, logs: String },
+    #[error("{host}: {os}. Use a Debian or Ubuntu AMI (leave spec.instances.ami unset for the newest Ubuntu 24.04 LTS), or one with Docker installed")]
+    UnsupportedOs { host: String, os: String },
     #[error("{host}: unreadable observation: {message}")]
     Parse { host: String, message: String },
     #[error("{url}: {message}")]

@@ -133,6 +133,7 @@ fn all_reasons() -> Vec<Reason> {
         SshUnreachable,
         HostKeyMismatch,
         DockerMissing,
+        UnsupportedOperatingSystem,
         DockerDown,
         ImagePullFailed,
         ContainerExited,
@@ -171,6 +172,7 @@ fn all_reasons() -> Vec<Reason> {
             | SshUnreachable
             | HostKeyMismatch
             | DockerMissing
+            | UnsupportedOperatingSystem
             | DockerDown
             | ImagePullFailed
             | ContainerExited

@@ -23,6 +23,7 @@ pub fn host_reason(e: &HostError) -> Reason {
         HostError::Http { .. } => Reason::NotReady,
         HostError::DataVolumeUnusable { .. } => Reason::DataVolumeUnusable,
         HostError::UpdateFailed { .. } => Reason::UpdateFailed,
+        HostError::UnsupportedOs { .. } => Reason::UnsupportedOperatingSystem,
     }
 }
 
@@ -47,6 +48,19 @@ mod unusable_volume_tests {
         assert_eq!(f.reason, Reason::DataVolumeUnusable);
         assert!(f.reason.is_terminal());
         assert!(f.message.contains("4096 of the first 8388608 bytes are not zero"), "{}", f.message);
+    }
+
+    #[test]
+    fn a_host_that_cannot_install_docker_is_a_terminal_unsupported_operating_system() {
+        let e = HostError::UnsupportedOs {
+            host: "backend host 10.0.2.4 (i-2)".into(),
+            os: "Amazon Linux 2023.9.20261118 (ID=amzn, VERSION_ID=2023) has no Docker and no apt-get to install it"
+                .into(),
+        };
+        let f = host_failed(&e);
+        assert_eq!(f.reason, Reason::UnsupportedOperatingSystem);
+        assert!(f.reason.is_terminal());
+        assert!(f.message.contains("ID=amzn") && f.message.contains("Debian or Ubuntu AMI"), "{}", f.message);
     }
 }
 
