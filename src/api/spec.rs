@@ -49,6 +49,7 @@ pub struct VotingStackSpec {
     /// The VPC, subnet and who may reach the hosts.
     pub network: NetworkSpec,
     /// The EC2 instances, one per tier.
+    #[serde(default)]
     pub instances: InstancesSpec,
     /// How the operator reaches the hosts over SSH.
     pub ssh: SshSpec,
@@ -213,9 +214,15 @@ pub enum Egress {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstancesSpec {
-    /// AMI for every tier (a Debian or Ubuntu image; Docker is installed when missing).
+    /// AMI for every tier: a Debian or Ubuntu image (Docker is installed
+    /// when missing). Unset, the newest Ubuntu 24.04 LTS amd64 image
+    /// Canonical publishes in the region is used, looked up once and kept
+    /// in `status.resolvedAmi` so it does not move under a running stack.
+    /// Windows, Amazon Linux, RHEL and SUSE images are refused before any
+    /// launch (`AwsInvalidParameter`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^ami-[0-9a-f]{8,17}$"))]
-    pub ami: String,
+    pub ami: Option<String>,
     /// Instance type for every tier.
     #[serde(default = "default_instance_type")]
     #[schemars(length(min = 1))]
@@ -621,10 +628,26 @@ impl fmt::Display for Tier {
     }
 }
 
+impl Default for InstancesSpec {
+    fn default() -> Self {
+        InstancesSpec {
+            ami: None,
+            instance_type: default_instance_type(),
+            allow_replacement: false,
+            kms_key_id: None,
+            frontend: None,
+            backend: None,
+            database: None,
+        }
+    }
+}
+
 impl InstancesSpec {
-    /// AMI for a tier, with its override applied.
-    pub fn ami_for(&self, tier: Tier) -> &str {
-        self.override_for(tier).and_then(|o| o.ami.as_deref()).unwrap_or(&self.ami)
+    /// AMI the spec names for a tier, with its override applied; None when
+    /// neither names one (the stack's resolved Ubuntu image is used, see
+    /// [`crate::engine::ami`]).
+    pub fn ami_for(&self, tier: Tier) -> Option<&str> {
+        self.override_for(tier).and_then(|o| o.ami.as_deref()).or(self.ami.as_deref())
     }
 
     /// Instance type for a tier, with its override applied.
@@ -632,7 +655,8 @@ impl InstancesSpec {
         self.override_for(tier).and_then(|o| o.instance_type.as_deref()).unwrap_or(&self.instance_type)
     }
 
-    fn override_for(&self, tier: Tier) -> Option<&InstanceOverride> {
+    /// The tier's overrides, when the spec has any.
+    pub fn override_for(&self, tier: Tier) -> Option<&InstanceOverride> {
         match tier {
             Tier::Frontend => self.frontend.as_ref(),
             Tier::Backend => self.backend.as_ref(),

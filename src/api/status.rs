@@ -34,6 +34,12 @@ pub struct VotingStackStatus {
     /// the spec changes (see docs/reference.md, "Images and digests").
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub images: BTreeMap<String, String>,
+    /// The image tiers without an AMI in the spec run: the newest Ubuntu
+    /// 24.04 LTS amd64 image Canonical published in the region when the
+    /// stack first needed one. Kept, so a newer image never moves under a
+    /// running stack; set `spec.instances.ami` to choose another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_ami: Option<ResolvedAmi>,
     /// Per-tier host and container state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tiers: Option<TiersStatus>,
@@ -55,6 +61,17 @@ pub struct VotingStackStatus {
     /// How long the last reconcile took, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reconcile_duration_ms: Option<u64>,
+}
+
+/// The image an unset `spec.instances.ami` stands for.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedAmi {
+    /// The AMI id.
+    pub image_id: String,
+    /// Its name, such as ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20261120.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 /// Summary of the stack's life cycle.

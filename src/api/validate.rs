@@ -285,8 +285,8 @@ fn check_instances(p: &mut Problems, spec: &VotingStackSpec) {
             );
         }
     }
-    if !is_ami_id(&inst.ami) {
-        p.push("spec.instances.ami", format!("{:?} is not an AMI id such as ami-0abcdef1234567890", inst.ami));
+    if let Some(ami) = inst.ami.as_ref().filter(|a| !is_ami_id(a)) {
+        p.push("spec.instances.ami", format!("{ami:?} is not an AMI id such as ami-0abcdef1234567890"));
     }
     if !is_instance_type(&inst.instance_type) {
         p.push(
@@ -295,12 +295,7 @@ fn check_instances(p: &mut Problems, spec: &VotingStackSpec) {
         );
     }
     for tier in Tier::ALL {
-        let ov = match tier {
-            Tier::Frontend => &inst.frontend,
-            Tier::Backend => &inst.backend,
-            Tier::Database => &inst.database,
-        };
-        let Some(ov) = ov else { continue };
+        let Some(ov) = inst.override_for(tier) else { continue };
         if let Some(ami) = &ov.ami {
             if !is_ami_id(ami) {
                 p.push(format!("spec.instances.{tier}.ami"), format!("{ami:?} is not an AMI id"));
@@ -312,6 +307,31 @@ fn check_instances(p: &mut Problems, spec: &VotingStackSpec) {
             }
         }
     }
+    for tier in Tier::ALL {
+        let t = inst.instance_type_for(tier);
+        if inst.ami_for(tier).is_none() && is_arm64_type(t) {
+            p.push(
+                format!("spec.instances.{tier}.ami"),
+                format!(
+                    "{t} is an arm64 (Graviton) instance type and an unset AMI stands for an amd64 Ubuntu image: \
+                     name an arm64 Debian or Ubuntu AMI here, or choose an x86_64 type"
+                ),
+            );
+        }
+    }
+}
+
+/// Whether an instance type is one of AWS's arm64 (Graviton) types: `a1`,
+/// or a family whose letters after the generation include `g` (t4g, m7g,
+/// c7gn, r8g, im4gn, is4gen), unlike g4dn or p5 whose `g` leads.
+fn is_arm64_type(instance_type: &str) -> bool {
+    let family = instance_type.split('.').next().unwrap_or("");
+    if family == "a1" {
+        return true;
+    }
+    let after_generation = family.trim_start_matches(|c: char| c.is_ascii_lowercase());
+    let attributes = after_generation.trim_start_matches(|c: char| c.is_ascii_digit());
+    attributes.contains('g')
 }
 
 fn is_dns_label_name(s: &str) -> bool {
@@ -481,6 +501,33 @@ mod tests {
     }
 
     #[test]
+    fn an_arm64_tier_without_an_ami_of_its_own_is_refused_for_the_amd64_default() {
+        for (t, arm) in [
+            ("t4g.small", true),
+            ("m7g.large", true),
+            ("c7gn.xlarge", true),
+            ("a1.medium", true),
+            ("is4gen.large", true),
+            ("g4dn.xlarge", false),
+            ("t3.small", false),
+            ("m6in.large", false),
+        ] {
+            assert_eq!(is_arm64_type(t), arm, "{t}");
+        }
+        let mut s = spec();
+        s.instances.ami = None;
+        s.instances.backend = Some(crate::api::InstanceOverride { ami: None, instance_type: Some("t4g.small".into()) });
+        let errors = validate("demo", &s);
+        assert_eq!(paths(&errors), ["spec.instances.backend.ami"]);
+        assert!(errors[0].message.contains("t4g.small is an arm64"), "{}", errors[0].message);
+        s.instances.backend = Some(crate::api::InstanceOverride {
+            ami: Some("ami-0f00d24040000b001".into()),
+            instance_type: Some("t4g.small".into()),
+        });
+        assert_eq!(validate("demo", &s), vec![]);
+    }
+
+    #[test]
     fn a_frontend_group_over_60_rules_is_refused_before_ec2_refuses_it() {
         let mut s = spec();
         s.network.ssh_ingress_cidrs = vec!["198.51.100.0/24".into(); 2];
@@ -505,7 +552,7 @@ mod tests {
         let mut s = spec();
         s.network.subnet_cidr = "10.99.1.0/24".into();
         s.network.web_ingress_cidrs = vec!["nope".into()];
-        s.instances.ami = "ubuntu".into();
+        s.instances.ami = Some("ubuntu".into());
         s.app.option_b = s.app.option_a.clone();
         s.app.ports.result = 22;
         let errors = validate("demo", &s);

@@ -5,6 +5,9 @@
 //!   it found (no EC2 call); `network::steps` carries out the engine's
 //!   network steps, one function per kind of step, dispatched by
 //!   `Cloud::apply_network_step` below.
+//! - `images`: DescribeImages: the newest Ubuntu image from Canonical, an
+//!   AMI's root device and operating system family (Windows, Amazon Linux,
+//!   RHEL and SUSE are refused before launch).
 //! - `instances`: DescribeInstances by tag, RunInstances with a ClientToken
 //!   after a look-up by tag.
 //! - `volumes`: the database's data volume: DescribeVolumes by tag,
@@ -26,6 +29,7 @@
 //! errors by its standard policy ([`MAX_ATTEMPTS`]), and a `*.NotFound` for
 //! an id EC2 created moments ago by [`FreshIdRetry`].
 
+mod images;
 mod instances;
 pub mod inventory;
 mod network;
@@ -54,7 +58,8 @@ use aws_sdk_ec2::Client;
 use tracing::{debug, info, warn};
 
 use crate::api::{
-    NetworkStatus, ProvidedNetwork, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL, TIER_LABEL,
+    NetworkStatus, ProvidedNetwork, ResolvedAmi, Tier, MANAGED_BY_TAG, MANAGER, NAMESPACE_LABEL, STACK_LABEL,
+    TIER_LABEL,
 };
 use crate::model::volume::DATA_DEVICE;
 use crate::model::{
@@ -149,8 +154,8 @@ pub struct Ec2Cloud {
     /// How long `destroy` waits for instances to terminate and for
     /// dependencies (network interfaces) to let go.
     wait_timeout: Duration,
-    /// Root device of each AMI launched so far (DescribeImages once per AMI).
-    root_devices: Mutex<HashMap<String, instances::RootDevice>>,
+    /// What each AMI checked or launched so far is (DescribeImages once per AMI).
+    images: Mutex<HashMap<String, images::ImageFacts>>,
     /// Every stack's instances in the region, shared by the stacks' observes.
     shared_instances: inventory::Coalesced<Vec<Instance>>,
     /// Every stack's security groups in the region, shared likewise.
@@ -209,7 +214,7 @@ impl Ec2Cloud {
             by_operation: Mutex::new(BTreeMap::new()),
             poll_interval: Duration::from_secs(5),
             wait_timeout: Duration::from_secs(600),
-            root_devices: Mutex::new(HashMap::new()),
+            images: Mutex::new(HashMap::new()),
             shared_instances: inventory::Coalesced::new(Duration::ZERO),
             shared_groups: inventory::Coalesced::new(Duration::ZERO),
             installation: Installation::default(),
@@ -613,6 +618,14 @@ impl Cloud for Ec2Cloud {
     async fn start_instance(&self, instance_id: &str) -> Result<(), CloudError> {
         self.call("StartInstances", self.client.start_instances().instance_ids(instance_id).send()).await?;
         Ok(())
+    }
+
+    async fn latest_ubuntu(&self) -> Result<ResolvedAmi, CloudError> {
+        self.newest_ubuntu().await
+    }
+
+    async fn check_image(&self, ami: &str, field: &str) -> Result<(), CloudError> {
+        self.refuse_unsupported(ami, field).await
     }
 
     async fn terminate_instances(&self, instance_ids: &[String]) -> Result<(), CloudError> {

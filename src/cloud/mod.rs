@@ -7,7 +7,7 @@ pub mod ec2;
 use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 
-use crate::api::{NetworkStatus, ProvidedNetwork, Tier, VotingStack};
+use crate::api::{NetworkStatus, ProvidedNetwork, ResolvedAmi, Tier, VotingStack};
 use crate::model::{
     InstanceLaunch, NetworkStep, ObservedInfra, ObservedInstance, ObservedSnapshot, ObservedVolume, Slot,
     TeardownInventory, TeardownStep,
@@ -16,6 +16,15 @@ use crate::model::{
 /// How every ClientToken the operator sends begins: an instance launched
 /// with one got its SSH host key from the operator (see `SshKey::host_key_for`).
 pub const CLIENT_TOKEN_PREFIX: &str = "vs-";
+
+/// The AWS account Canonical publishes its Ubuntu images from, in every
+/// commercial region.
+pub const CANONICAL_OWNER_ID: &str = "099720109477";
+
+/// The name pattern of Canonical's Ubuntu 24.04 LTS (noble) amd64 server
+/// images on EBS (`hvm-ssd-gp3` since 24.04); not the `-pro-`, `-minimal`
+/// or `images-testing` series.
+pub const UBUNTU_NOBLE_AMD64_NAME: &str = "ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*";
 
 /// Tag naming the one stack object that owns a resource: its uid. Look-ups,
 /// adoption and deletion go by this tag, so two stacks that share a
@@ -341,6 +350,20 @@ pub enum CloudError {
     /// backoff, as a route may be added meanwhile.
     #[error("spec.network.{field} {id}: {problem}")]
     ProvidedNetwork { field: &'static str, id: String, problem: String },
+    /// The AMI a spec field names runs an operating system the hosts cannot
+    /// be provisioned on (they need apt-get and Debian's docker.io).
+    #[error(
+        "{field} {ami} ({name}) is a {family} image: the hosts need Debian or Ubuntu (apt-get installs Docker); \
+         leave spec.instances.ami unset for the newest Ubuntu 24.04 LTS, or name a Debian or Ubuntu AMI; nothing was launched"
+    )]
+    UnsupportedImage { field: String, ami: String, name: String, family: &'static str },
+    /// The region has no Ubuntu 24.04 LTS amd64 image from Canonical to
+    /// stand for an unset `spec.instances.ami`.
+    #[error(
+        "DescribeImages found no Ubuntu 24.04 LTS amd64 image from Canonical (owner {owner}) in {region}: \
+         set spec.instances.ami to a Debian or Ubuntu AMI of the region"
+    )]
+    NoUbuntuImage { owner: &'static str, region: String },
     /// The stack's `spec.aws.endpoint` is not one the operator sends its
     /// signed requests to (see `api::endpoint`); nothing was sent.
     #[error("{0}")]
@@ -356,9 +379,11 @@ impl CloudError {
             }
             CloudError::SnapshotFailed { .. } => AwsErrorKind::Other,
             CloudError::Incomplete { .. } | CloudError::TokenReused { .. } => AwsErrorKind::Other,
-            CloudError::EndpointRefused(_) | CloudError::NoZoneOffers { .. } | CloudError::ProvidedNetwork { .. } => {
-                AwsErrorKind::InvalidParameter
-            }
+            CloudError::EndpointRefused(_)
+            | CloudError::NoZoneOffers { .. }
+            | CloudError::ProvidedNetwork { .. }
+            | CloudError::UnsupportedImage { .. }
+            | CloudError::NoUbuntuImage { .. } => AwsErrorKind::InvalidParameter,
             CloudError::Capacity { .. } => AwsErrorKind::Capacity,
         }
     }
@@ -418,6 +443,18 @@ pub trait Cloud: Send + Sync {
     ) -> Result<ObservedInstance, CloudError>;
 
     async fn start_instance(&self, instance_id: &str) -> Result<(), CloudError>;
+
+    /// The newest Ubuntu 24.04 LTS amd64 image Canonical
+    /// ([`CANONICAL_OWNER_ID`]) publishes in the region: one DescribeImages
+    /// by owner, name, architecture and state.
+    async fn latest_ubuntu(&self) -> Result<ResolvedAmi, CloudError>;
+
+    /// Refuses, before anything is launched from it, an image the hosts
+    /// cannot run on: Windows, Amazon Linux, RHEL, SUSE
+    /// ([`CloudError::UnsupportedImage`], naming `field`). One DescribeImages
+    /// per AMI, shared with the launch's root-device look-up. An AMI EC2
+    /// does not know passes: RunInstances then says so (InvalidAMIID).
+    async fn check_image(&self, ami: &str, field: &str) -> Result<(), CloudError>;
 
     async fn terminate_instances(&self, instance_ids: &[String]) -> Result<(), CloudError>;
 

@@ -67,7 +67,9 @@ pub(super) fn action_events(applied: &[Action]) -> Vec<ActionEvent> {
                     action: format!("Launch/{id}"),
                     note: format!(
                         "launched the {} instance {id} ({}, {}): the tier had no live instance",
-                        launch.tier, launch.ami, launch.instance_type
+                        launch.tier,
+                        launch.ami_shown(),
+                        launch.instance_type
                     ),
                 }
             }
@@ -226,7 +228,7 @@ mod tests {
     use crate::model::{Peers, UserData};
 
     fn launch(tier: Tier, id: &str) -> Action {
-        let mut l = instance_launch(&spec(), tier, 0);
+        let mut l = instance_launch(&spec(), &Default::default(), tier, 0);
         l.launched = Some(id.into());
         Action::Infra(InfraAction::LaunchInstance(l))
     }
@@ -334,7 +336,7 @@ mod tests {
 
     #[test]
     fn notes_never_carry_user_data_or_environment() {
-        let mut l = instance_launch(&spec(), Tier::Frontend, 0);
+        let mut l = instance_launch(&spec(), &Default::default(), Tier::Frontend, 0);
         l.user_data = Some(UserData("ssh_keys: PRIVATE KEY MATERIAL".into()));
         l.launched = Some("i-fe".into());
         let mut db = desired_containers(&spec(), Tier::Database, Peers::default()).remove(0);

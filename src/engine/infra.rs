@@ -58,6 +58,9 @@ impl Engine {
         for d in &drift {
             warn!(stack = %ident.tag_value(), "network drift: {d}");
         }
+        if let Err(e) = self.resolve_ami(ident, spec, &mut run.status, &infra).await {
+            return run.cloud_failed(e);
+        }
         let key_pair = desired_key_pair(ident, Some(key));
         let generation = stack.metadata.generation;
         let before = plan_infra(spec, &run.status, &infra, &key_pair, generation);
@@ -72,6 +75,11 @@ impl Engine {
             }
         }
         if !spec.paused && !actions.is_empty() {
+            // An image the hosts cannot run on is refused before anything
+            // of the plan (a NAT gateway, an instance) costs money.
+            if let Err(e) = self.refuse_unusable_images(spec, &actions).await {
+                return run.cloud_failed(e);
+            }
             // The network steps start from the ids of what was found.
             let mut ids = match &infra.network {
                 NetworkObservation::Trusted(ids, _) => ids.clone(),

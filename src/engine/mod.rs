@@ -5,7 +5,8 @@
 //! - [`infra`], [`volume_converge`], [`backups`], [`hosts`], [`smoke`]: one
 //!   phase each ([`backups`] also holds its pure plan);
 //! - [`plan`], [`network`], [`volume`], [`desired`]: pure plans and desired
-//!   state;
+//!   state; [`ami`]: the AMI each tier launches from (the resolved Ubuntu
+//!   image when the spec names none) and the refusal of unusable images;
 //! - [`conditions`]: where every condition's status, reason and message is
 //!   decided;
 //! - [`status`], [`host_keys`], [`addressing`]: what is recorded in status,
@@ -16,6 +17,7 @@
 //! - [`stop`]: how a running reconcile is stopped at a step boundary.
 
 pub mod addressing;
+pub mod ami;
 pub mod backups;
 pub mod conditions;
 pub mod desired;

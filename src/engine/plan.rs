@@ -15,6 +15,7 @@ use crate::model::{
     InstanceState, NetworkObservation, ObservedHost, ObservedInfra, ObservedInstance, Peers, TerminateReason,
 };
 
+use super::ami::tier_ami;
 use super::desired::{may_format, on_data_volume, pinned_containers};
 use super::network::{network_steps, rule_steps};
 use super::volume::volume_action;
@@ -145,10 +146,15 @@ pub fn launch_held(
 }
 
 /// What RunInstances gets for a tier's n-th instance.
-pub fn instance_launch(spec: &VotingStackSpec, tier: Tier, replacement: u32) -> InstanceLaunch {
+pub fn instance_launch(
+    spec: &VotingStackSpec,
+    status: &VotingStackStatus,
+    tier: Tier,
+    replacement: u32,
+) -> InstanceLaunch {
     InstanceLaunch {
         tier,
-        ami: spec.instances.ami_for(tier).to_string(),
+        ami: tier_ami(spec, status, tier),
         instance_type: spec.instances.instance_type_for(tier).to_string(),
         replacement,
         public_ip: tier.is_public(),
@@ -200,10 +206,10 @@ pub fn plan_infra(
                 reason: TerminateReason::Duplicate,
             });
         }
-        let ami = spec.instances.ami_for(tier).to_string();
+        let ami = tier_ami(spec, status, tier);
         let instance_type = spec.instances.instance_type_for(tier).to_string();
         let mut replacement = next_replacement(status, tier, infra);
-        let launch = |replacement| InfraAction::LaunchInstance(instance_launch(spec, tier, replacement));
+        let launch = |replacement| InfraAction::LaunchInstance(instance_launch(spec, status, tier, replacement));
         let Some(keeper) = keeper else {
             match launch_held(status, tier, infra, generation) {
                 Some(failure) => {
@@ -214,7 +220,7 @@ pub fn plan_infra(
             continue;
         };
         let mut drift = Vec::new();
-        if keeper.ami != ami {
+        if let Some(ami) = ami.as_ref().filter(|ami| **ami != keeper.ami) {
             drift.push(format!("AMI {} → {ami}", keeper.ami));
         }
         if keeper.instance_type != instance_type {

@@ -24,7 +24,7 @@ fn ip(tier: Tier) -> Ipv4Addr {
 fn instance(tier: Tier, id: &str, state: InstanceState) -> ObservedInstance {
     ObservedInstance {
         private_ip: Some(ip(tier)),
-        ami: spec().instances.ami,
+        ami: spec().instances.ami.unwrap_or_default(),
         instance_type: spec().instances.instance_type,
         launch_time: format!("2026-01-01T00:00:0{}Z", id.len()),
         ..crate::fixtures::instance(tier, id, state)
@@ -392,7 +392,7 @@ fn untiered_instances_with_the_stack_tags_are_terminated() {
 #[test]
 fn ami_drift_is_reported_unless_replacement_is_allowed() {
     let mut s = spec();
-    s.instances.ami = "ami-0fedcba9876543210".into();
+    s.instances.ami = Some("ami-0fedcba9876543210".into());
     let plan = plan_infra(&s, &status(), &infra(), &key(), None);
     assert!(plan.actions.is_empty());
     assert_eq!(plan.drift.len(), 3);

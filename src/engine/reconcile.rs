@@ -333,10 +333,11 @@ impl Engine {
     pub async fn plan(&self, stack: &VotingStack, key: Option<&SshKey>) -> Result<Plan, CloudError> {
         self.check_endpoint(stack)?;
         let spec = &stack.spec;
-        let status = stack.status.clone().unwrap_or_default();
+        let mut status = stack.status.clone().unwrap_or_default();
         let ident = StackIdentity::of(stack);
         let lookup = network_lookup(&status, stack.metadata.generation);
         let mut infra = self.observe_infra(&ident, &status, spec.network.provided().as_ref(), lookup).await?;
+        self.resolve_ami(&ident, spec, &mut status, &infra).await?;
         let key_pair = desired_key_pair(&ident, key);
         let keepers = plan_infra(spec, &status, &infra, &key_pair, stack.metadata.generation).keepers;
         let recorded = status.data_volume.as_ref().and_then(|v| v.volume_id.as_deref());

@@ -44,7 +44,9 @@ pub enum CreateReason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InstanceLaunch {
     pub tier: Tier,
-    pub ami: String,
+    /// The AMI: the spec's, else the stack's resolved Ubuntu image; None
+    /// only in a plan made without EC2 before that image was looked up.
+    pub ami: Option<String>,
     pub instance_type: String,
     /// How many instances of the tier came before: part of the ClientToken.
     pub replacement: u32,
@@ -62,6 +64,16 @@ pub struct InstanceLaunch {
     /// Set by the engine once EC2 answered (the plan never holds it): the
     /// id of the instance launched, as the reconcile reports what it did.
     pub launched: Option<String>,
+}
+
+/// How a plan made before the stack's Ubuntu image was looked up names it.
+pub const UNRESOLVED_AMI: &str = "the newest Ubuntu 24.04 LTS";
+
+impl InstanceLaunch {
+    /// The AMI as the plan shows it.
+    pub fn ami_shown(&self) -> &str {
+        self.ami.as_deref().unwrap_or(UNRESOLVED_AMI)
+    }
 }
 
 /// EC2 user data. It holds key material: Debug shows its size only.
@@ -187,9 +199,10 @@ impl fmt::Display for InfraAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             InfraAction::Network(step) => step.fmt(f),
-            InfraAction::LaunchInstance(InstanceLaunch {
-                tier, ami, instance_type, replacement, public_ip, ..
-            }) => {
+            InfraAction::LaunchInstance(
+                launch @ InstanceLaunch { tier, instance_type, replacement, public_ip, .. },
+            ) => {
+                let ami = launch.ami_shown();
                 write!(f, "+ launch {tier} instance ({ami}, {instance_type}")?;
                 if *public_ip {
                     f.write_str(", public IP")?;

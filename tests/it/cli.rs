@@ -68,12 +68,15 @@ fn cli_offline_plan_of_a_new_stack_lists_everything_and_exits_2_on_request() {
     ];
     let positions: Vec<usize> = network.iter().map(|l| at(l)).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "network steps in order: {plan}");
-    assert!(positions.last() < Some(&at("+ launch database instance (ami-0e86e20dae9224db8, t3.small)")), "{plan}");
-    assert!(plan.contains("+ launch database instance (ami-0e86e20dae9224db8, t3.small)"), "{plan}");
+    assert!(
+        positions.last() < Some(&at("+ launch database instance (the newest Ubuntu 24.04 LTS, t3.small)")),
+        "{plan}"
+    );
+    assert!(plan.contains("+ launch database instance (the newest Ubuntu 24.04 LTS, t3.small)"), "{plan}");
     assert!(plan.contains("+ create frontend container result"), "{plan}");
     // The data volume, once the instances are planned.
     let volume = at("+ create the data volume (10 GiB, gp3, in the database instance's zone)");
-    assert!(at("+ launch frontend instance (ami-0e86e20dae9224db8, t3.small, public IP)") < volume, "{plan}");
+    assert!(at("+ launch frontend instance (the newest Ubuntu 24.04 LTS, t3.small, public IP)") < volume, "{plan}");
     // 21 network steps (one per group for its rules), 3 instances, the
     // data volume, 6 containers (vote and result behind the proxy).
     assert!(plan.contains("+ create frontend container proxy"), "{plan}");

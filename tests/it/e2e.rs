@@ -133,6 +133,39 @@ impl Stack {
         format!("default/{}", self.name)
     }
 
+    /// The images of the stack's live instances, per moto.
+    async fn live_images(&self) -> Vec<String> {
+        let out = self
+            .world
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("tag:votingstack.dev/stack").values(self.tag()).build())
+            .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
+            .send()
+            .await
+            .unwrap();
+        out.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.image_id().map(str::to_owned)).collect()
+    }
+
+    /// The stack's VPCs, per moto.
+    async fn vpcs(&self) -> usize {
+        let f = Filter::builder().name("tag:votingstack.dev/stack").values(self.tag()).build();
+        self.world.ec2.describe_vpcs().filters(f).send().await.unwrap().vpcs().len()
+    }
+
+    /// Sets `spec.instances.ami` in the stack's manifest.
+    fn set_ami(&self, ami: &str) {
+        let path = self.dir.path().join("stack.yaml");
+        let manifest = std::fs::read_to_string(&path).unwrap();
+        assert!(manifest.contains("\n    instanceType: t3.micro\n"), "{manifest}");
+        let manifest = manifest.replacen(
+            "\n    instanceType: t3.micro\n",
+            &format!("\n    ami: {ami}\n    instanceType: t3.micro\n"),
+            1,
+        );
+        std::fs::write(&path, manifest).unwrap();
+    }
+
     /// Live instances carrying the stack's tag, per moto.
     async fn live_instances(&self) -> Vec<String> {
         let out = self
@@ -243,6 +276,15 @@ async fn e2e_cli_converges_counts_100_votes_and_destroys_clean() {
     assert!(out.contains("Vote URL"), "{out}");
     let status = stack.status();
     assert_eq!(status["phase"], "Ready");
+    // examples/local.yaml names no AMI: the world's newest Ubuntu 24.04
+    // from Canonical was looked up, kept, and every host launched from it.
+    let newest = stack.env["VS_WORLD_AMI"].clone();
+    assert_eq!(status["resolvedAmi"]["imageId"], newest.as_str(), "{status:#}");
+    assert!(
+        status["resolvedAmi"]["name"].as_str().is_some_and(|n| n.contains("ubuntu-noble-24.04-amd64")),
+        "{status:#}"
+    );
+    assert_eq!(stack.live_images().await, vec![newest; 3]);
     // plan after apply: nothing left to do (exit 0, not 2)
     let plan = stack.run(&["plan", "--detailed-exitcode"]);
     assert!(plan.contains("no changes"), "{plan}");
@@ -1600,4 +1642,25 @@ async fn e2e_recreate_runs_without_a_proxy() {
     let (ok, env) = stack.on_host(Tier::Frontend, "docker inspect vote --format '{{json .Config.Env}}'");
     assert!(ok && env.contains("OPTION_B=Birds"), "{env}");
     stack.run(&["destroy", "--timeout-seconds", "300"]);
+}
+
+#[tokio::test]
+async fn e2e_amazon_linux_and_windows_images_are_refused_before_anything_is_created() {
+    for (name, octet, variable, family) in [
+        ("e2e-ami-al", 84, "VS_WORLD_AMI_AMAZON_LINUX", "Amazon Linux"),
+        ("e2e-ami-win", 85, "VS_WORLD_AMI_WINDOWS", "Windows"),
+    ] {
+        let stack = Stack::new(name, octet);
+        let ami = stack.env[variable].clone();
+        stack.set_ami(&ami);
+        let out = stack.command(&["apply", "--wait", "--timeout-seconds", "120"]).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(!out.status.success(), "apply must fail:\n{text}");
+        assert!(text.contains("AwsInvalidParameter"), "{text}");
+        assert!(text.contains(&format!("spec.instances.ami {ami}")) && text.contains(family), "{text}");
+        let status = stack.status();
+        assert_eq!(status["phase"], "Failed", "{status:#}");
+        assert_eq!(stack.vpcs().await, 0, "no VPC, so no NAT gateway or Elastic IP either");
+        assert!(stack.live_instances().await.is_empty(), "no instance was launched");
+    }
 }

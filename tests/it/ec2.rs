@@ -75,7 +75,7 @@ fn world() -> World {
 
 fn stack() -> VotingStack {
     let mut s = fixtures::stack();
-    s.spec.instances.ami = AMI.into();
+    s.spec.instances.ami = Some(AMI.into());
     s
 }
 
@@ -553,7 +553,11 @@ async fn ec2_lost_run_instances_answer_is_adopted_not_doubled() {
     // The request reached EC2, its answer did not: the operator never saw the id.
     let lost = run_tagged(&w.client, &net, Tier::Database, Some(ident.client_token(Tier::Database, 0))).await;
 
-    let adopted = w.cloud.launch_instance(&ident, &net, &instance_launch(&s.spec, Tier::Database, 0)).await.unwrap();
+    let adopted = w
+        .cloud
+        .launch_instance(&ident, &net, &instance_launch(&s.spec, &Default::default(), Tier::Database, 0))
+        .await
+        .unwrap();
     assert_eq!(adopted.id, lost);
     assert_eq!(adopted.tier, Some(Tier::Database));
     assert_eq!(live_instances(&w.client).await.len(), 1);
@@ -671,8 +675,11 @@ async fn ec2_invalid_ami_gives_a_clear_condition_and_no_instance() {
 
     // The error itself keeps the AWS code and classifies it.
     let ident = StackIdentity::of(&s);
-    let err =
-        w.cloud.launch_instance(&ident, &network(&s), &instance_launch(&s.spec, Tier::Database, 0)).await.unwrap_err();
+    let err = w
+        .cloud
+        .launch_instance(&ident, &network(&s), &instance_launch(&s.spec, &Default::default(), Tier::Database, 0))
+        .await
+        .unwrap_err();
     match &err {
         CloudError::Api { operation, code, message, kind } => {
             assert_eq!(*operation, "RunInstances");
@@ -733,7 +740,10 @@ async fn ec2_destroy_of_a_half_deleted_or_absent_stack_succeeds() {
     let s = stack();
     let ident = StackIdentity::of(&s);
     let net = converge_network(w.cloud.as_ref(), &ident, &s.spec, &key(), None).await.unwrap();
-    w.cloud.launch_instance(&ident, &net, &instance_launch(&s.spec, Tier::Backend, 0)).await.unwrap();
+    w.cloud
+        .launch_instance(&ident, &net, &instance_launch(&s.spec, &Default::default(), Tier::Backend, 0))
+        .await
+        .unwrap();
     // Someone removed the gateway and the key pair already.
     let igw = net.internet_gateway_id.clone().unwrap();
     let vpc = net.vpc_id.clone().unwrap();

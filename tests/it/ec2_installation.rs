@@ -33,7 +33,7 @@ fn engine_for(moto: &Moto, installation: &str) -> (Engine, Arc<Ec2Cloud>) {
 
 fn stack() -> VotingStack {
     let mut s = fixtures::stack();
-    s.spec.instances.ami = AMI.into();
+    s.spec.instances.ami = Some(AMI.into());
     s.metadata.uid = Some(UID.into());
     s
 }

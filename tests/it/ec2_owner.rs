@@ -33,7 +33,7 @@ fn engine(moto: &Moto) -> (Engine, Arc<Ec2Cloud>) {
 /// `default/demo` with moto's AMI and the given uid.
 fn stack_with_uid(uid: &str) -> VotingStack {
     let mut s = fixtures::stack();
-    s.spec.instances.ami = AMI.into();
+    s.spec.instances.ami = Some(AMI.into());
     s.metadata.uid = Some(uid.into());
     s
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use votingstack::api::{NetworkStatus, ProvidedNetwork, PullPolicy, Tier};
+use votingstack::api::{NetworkStatus, ProvidedNetwork, PullPolicy, ResolvedAmi, Tier};
 use votingstack::cloud::{AwsErrorKind, Cloud, CloudError, DestroyReport, NetworkLookup, StackIdentity};
 use votingstack::engine::{Engine, EngineSettings, Stop};
 use votingstack::host::{HostError, HostTarget, Hosts, SshKey};
@@ -58,7 +58,16 @@ pub struct CloudState {
     pub default_key_unusable: Option<(String, String)>,
     /// The KMS key of each launch, in order.
     pub launch_keys: Vec<Option<String>>,
+    /// Images the fake refuses to launch from, with their family
+    /// (Windows, Amazon Linux, ...), as `Cloud::check_image` does.
+    pub unsupported_images: BTreeMap<String, &'static str>,
+    /// The region has no Ubuntu image from Canonical (else the newest is
+    /// [`FAKE_UBUNTU`]).
+    pub no_ubuntu: bool,
 }
+
+/// The fake's newest Ubuntu 24.04 LTS image.
+pub const FAKE_UBUNTU: &str = "ami-0f00d24040000a002";
 
 impl CloudState {
     /// The network as an inventory by tag would find it.
@@ -222,6 +231,7 @@ impl Cloud for FakeCloud {
         let tier = launch.tier;
         self.call();
         self.fail("RunInstances")?;
+        let ami = launch.ami.clone().ok_or(CloudError::Incomplete { operation: "RunInstances", missing: "AMI" })?;
         let mut s = self.state.lock().unwrap();
         s.next_ip += 1;
         let n = s.next_ip;
@@ -234,7 +244,7 @@ impl Cloud for FakeCloud {
             private_ip: Some(Ipv4Addr::new(10, 42, 1, 3 + n)),
             // Documentation range: nothing ever connects to it.
             public_ip: (tier == Tier::Frontend).then(|| Ipv4Addr::new(198, 51, 100, n)),
-            ami: launch.ami.clone(),
+            ami,
             instance_type: launch.instance_type.clone(),
             launch_time: format!("2026-01-01T00:00:{n:02}Z"),
             client_token: None,
@@ -247,6 +257,37 @@ impl Cloud for FakeCloud {
             stop.request();
         }
         Ok(inst)
+    }
+
+    async fn latest_ubuntu(&self) -> Result<ResolvedAmi, CloudError> {
+        self.call();
+        let mut s = self.state.lock().unwrap();
+        s.operations.push("DescribeImages");
+        if s.no_ubuntu {
+            return Err(CloudError::NoUbuntuImage {
+                owner: votingstack::cloud::CANONICAL_OWNER_ID,
+                region: "us-east-1".into(),
+            });
+        }
+        Ok(ResolvedAmi {
+            image_id: FAKE_UBUNTU.into(),
+            name: "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20261120".into(),
+        })
+    }
+
+    async fn check_image(&self, ami: &str, field: &str) -> Result<(), CloudError> {
+        self.call();
+        let mut s = self.state.lock().unwrap();
+        s.operations.push("DescribeImages");
+        match s.unsupported_images.get(ami) {
+            Some(family) => Err(CloudError::UnsupportedImage {
+                field: field.into(),
+                ami: ami.into(),
+                name: format!("{family} image"),
+                family,
+            }),
+            None => Ok(()),
+        }
     }
 
     async fn start_instance(&self, id: &str) -> Result<(), CloudError> {

@@ -448,7 +448,7 @@ async fn host_engine_reconcile_over_ec2_through_the_frontend() {
     let engine = Engine::new(Arc::new(cloud), hosts.clone(), settings);
 
     let mut spec = fixtures::spec();
-    spec.instances.ami = world.ami.clone();
+    spec.instances.ami = Some(world.ami.clone());
     spec.instances.instance_type = world.instance_type.clone();
     spec.network.vpc_cidr = "10.222.0.0/16".into();
     spec.network.subnet_cidr = "10.222.1.0/24".into();

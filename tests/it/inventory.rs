@@ -23,7 +23,7 @@ fn stacks() -> Vec<VotingStack> {
         .enumerate()
         .map(|(i, n)| {
             let mut s = fixtures::stack();
-            s.spec.instances.ami = AMI.into();
+            s.spec.instances.ami = Some(AMI.into());
             s.metadata.name = Some(format!("inv-{n}"));
             s.metadata.uid = Some(format!("5d6e7f80-0000-4000-8000-00000000000{i}"));
             let octet = 90 + i;

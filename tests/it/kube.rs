@@ -395,7 +395,7 @@ fn yaml_blocks(text: &str) -> Vec<(usize, String)> {
 /// A VotingStack with the given spec fields under `spec`, as YAML.
 fn stack_yaml(name: &str, ns: &str, aws: &str, network: &str, extra: &str) -> String {
     format!(
-        "apiVersion: votingstack.dev/v1alpha1\nkind: VotingStack\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  aws:\n{aws}  network:\n{network}  instances:\n    ami: ami-04681a1dbd79675a5\n  ssh:\n    privateKeySecretRef:\n      name: {name}-ssh\n{extra}"
+        "apiVersion: votingstack.dev/v1alpha1\nkind: VotingStack\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  aws:\n{aws}  network:\n{network}  ssh:\n    privateKeySecretRef:\n      name: {name}-ssh\n{extra}"
     )
 }
 

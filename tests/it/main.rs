@@ -10,6 +10,7 @@ mod deploy;
 mod diagrams;
 mod e2e;
 mod ec2;
+mod ec2_images;
 mod ec2_installation;
 mod ec2_owner;
 mod engine;

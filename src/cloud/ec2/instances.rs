@@ -15,6 +15,7 @@ use crate::cloud::{AwsErrorKind, CloudError, StackIdentity};
 use crate::model::network::SubnetRole;
 use crate::model::{AttachedVolume, AttachmentState, InstanceLaunch, InstanceState, ObservedInstance, StateReason};
 
+use super::images::RootDevice;
 use super::{
     filter, is_not_found, sort_claimed, stack_filter, tag_filter, tag_spec, tag_value, Ec2Cloud, FRESH_ID_RETRY_DELAY,
     MAX_ATTEMPTS,
@@ -206,33 +207,6 @@ impl Ec2Cloud {
         }
     }
 
-    /// The AMI's root device (DescribeImages once per AMI, then cached);
-    /// None when EC2 does not know the AMI (RunInstances then says so with
-    /// InvalidAMIID).
-    async fn root_device(&self, ami: &str) -> Result<Option<RootDevice>, CloudError> {
-        if let Some(root) = self.root_devices.lock().ok().and_then(|m| m.get(ami).cloned()) {
-            return Ok(Some(root));
-        }
-        let images = match self.call("DescribeImages", self.client.describe_images().image_ids(ami).send()).await {
-            Ok(out) => out.images.unwrap_or_default(),
-            Err(CloudError::Api { code, .. }) if code.starts_with("InvalidAMIID") => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let Some(image) = images.iter().find(|i| i.image_id() == Some(ami)) else { return Ok(None) };
-        let Some(name) = image.root_device_name() else { return Ok(None) };
-        let size_gib = image
-            .block_device_mappings()
-            .iter()
-            .find(|m| m.device_name() == Some(name))
-            .and_then(|m| m.ebs())
-            .and_then(|e| e.volume_size());
-        let root = RootDevice { name: name.to_owned(), size_gib };
-        if let Ok(mut m) = self.root_devices.lock() {
-            m.insert(ami.to_owned(), root.clone());
-        }
-        Ok(Some(root))
-    }
-
     /// Adopts the tier's oldest live instance, or launches one.
     pub(super) async fn adopt_or_launch(
         &self,
@@ -272,8 +246,12 @@ impl Ec2Cloud {
         let key_name = network.key_pair_name.clone().unwrap_or_else(|| stack.resource_name());
         let name = format!("{}-{tier}", stack.resource_name());
         let token = stack.client_token(tier, launch.replacement);
+        let ami = launch.ami.as_deref().ok_or(CloudError::Incomplete {
+            operation: "RunInstances",
+            missing: "AMI of the tier (not looked up yet)",
+        })?;
         let root_volume =
-            self.root_device(&launch.ami).await?.map(|root| root.encrypted_gp3(launch.kms_key_id.as_deref()));
+            self.image_facts(ami).await?.and_then(|i| i.root).map(|r| r.encrypted_gp3(launch.kms_key_id.as_deref()));
         let nic = InstanceNetworkInterfaceSpecification::builder()
             .device_index(0)
             .subnet_id(subnet_id)
@@ -286,7 +264,7 @@ impl Ec2Cloud {
                 "RunInstances",
                 self.client
                     .run_instances()
-                    .image_id(&launch.ami)
+                    .image_id(ami)
                     .instance_type(InstanceType::from(launch.instance_type.as_str()))
                     .min_count(1)
                     .max_count(1)
@@ -316,13 +294,6 @@ impl Ec2Cloud {
         }
         Ok(inst)
     }
-}
-
-/// An AMI's root device: its name and the size of its snapshot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct RootDevice {
-    pub name: String,
-    pub size_gib: Option<i32>,
 }
 
 impl RootDevice {
