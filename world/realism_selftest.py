@@ -406,6 +406,29 @@ def ebs_checks(ctl, ec2, truth, launch, made):
          "IdempotentParameterMismatch" % one)
 
 
+def image_checks(ec2, ami, windows):
+    """DescribeImages as EC2 answers it: owner alias only on Amazon's images,
+    a billing product on every image, Canonical's newest noble amd64 image
+    found by owner and name."""
+    ubuntu = ec2.describe_images(ImageIds=[ami])["Images"][0]
+    check("ImageOwnerAlias" not in ubuntu and ubuntu.get("PlatformDetails") == "Linux/UNIX"
+          and ubuntu.get("UsageOperation") == "RunInstances",
+          "Canonical's image has no alias and is Linux/UNIX: %s" % ubuntu)
+    win = ec2.describe_images(ImageIds=[windows])["Images"][0]
+    check(win.get("ImageOwnerAlias") == "amazon" and win.get("Platform") == "windows"
+          and win.get("PlatformDetails") == "Windows" and win.get("UsageOperation") == "RunInstances:0002",
+          "the Windows image: alias amazon, platform and product Windows: %s" % win)
+    found = ec2.describe_images(Owners=["099720109477"], Filters=[
+        {"Name": "name", "Values": ["ubuntu/images/hvm-ssd*/ubuntu-noble-24.04-amd64-server-*"]},
+        {"Name": "architecture", "Values": ["x86_64"]},
+        {"Name": "state", "Values": ["available"]}])["Images"]
+    newest = max(found, key=lambda i: i["CreationDate"])["ImageId"] if found else None
+    check(newest == ami, "Canonical's newest noble amd64 image is %s, not %s (%d found)"
+          % (ami, newest, len(found)))
+    step("images: Canonical's newest Ubuntu 24.04 is %s among %d; aliases and billing products as EC2's"
+         % (ami, len(found)))
+
+
 def quota_checks(ctl, ec2, endpoint, launch, made):
     """AWS's default quotas per account: the sixth VPC, internet gateway or
     Elastic IP of a Region and the sixth NAT gateway of a zone are refused
@@ -656,6 +679,7 @@ def main():
         unusable_kms_checks(ctl, ec2, truth, launch, made)
         ebs_checks(ctl, ec2, truth, launch, made)
         ebs_timing_checks(ctl, ec2, launch, made)
+        image_checks(ec2, ami, env.get("VS_WORLD_AMI_WINDOWS", "ami-0b1b20220000a0001"))
         quota_checks(ctl, ec2, endpoint, launch, made)
 
         print("realism-selftest: passed", flush=True)

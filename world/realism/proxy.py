@@ -18,6 +18,7 @@ from .control import ControlEndpoint
 from .ebs import EBS_CHECKED, EbsChecks
 from .ebs_timing import EbsTiming, timing_refusal
 from .ec2xml import error_body
+from .images import rewrite_images
 from .launch_kms import LaunchKms
 from .log import log
 from .quotas import QUOTA_CHECKED, quota_refusal
@@ -279,6 +280,7 @@ class Handler(ClientTokens, EbsChecks, EbsTiming, LaunchKms, ControlEndpoint,
                 data = rewrite_describe(realism, scope, action, data, hide=lagging)
                 data = self.ebs_rewrite(action, scope, data)
                 data = self.launch_kms_rewrite(action, scope, data)
+                data = rewrite_images(action, data)
             except (xml.parsers.expat.ExpatError, ValueError) as exc:
                 log("%s: answer left as is, not EC2 XML: %s" % (action, exc))
 
