@@ -133,20 +133,6 @@ impl Stack {
         format!("default/{}", self.name)
     }
 
-    /// The images of the stack's live instances, per moto.
-    async fn live_images(&self) -> Vec<String> {
-        let out = self
-            .world
-            .ec2
-            .describe_instances()
-            .filters(Filter::builder().name("tag:votingstack.dev/stack").values(self.tag()).build())
-            .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
-            .send()
-            .await
-            .unwrap();
-        out.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.image_id().map(str::to_owned)).collect()
-    }
-
     /// The stack's VPCs, per moto.
     async fn vpcs(&self) -> usize {
         let f = Filter::builder().name("tag:votingstack.dev/stack").values(self.tag()).build();
@@ -168,6 +154,16 @@ impl Stack {
 
     /// Live instances carrying the stack's tag, per moto.
     async fn live_instances(&self) -> Vec<String> {
+        self.live().await.iter().filter_map(|i| i.instance_id().map(String::from)).collect()
+    }
+
+    /// The images of the stack's live instances, per moto.
+    async fn live_images(&self) -> Vec<String> {
+        self.live().await.iter().filter_map(|i| i.image_id().map(String::from)).collect()
+    }
+
+    /// The stack's instances that are neither shutting down nor terminated, per moto.
+    async fn live(&self) -> Vec<aws_sdk_ec2::types::Instance> {
         let out = self
             .world
             .ec2
@@ -185,11 +181,7 @@ impl Stack {
             .send()
             .await
             .unwrap();
-        out.reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .filter_map(|i| i.instance_id().map(String::from))
-            .collect()
+        out.reservations().iter().flat_map(|r| r.instances()).cloned().collect()
     }
 }
 
