@@ -406,7 +406,7 @@ def ebs_checks(ctl, ec2, truth, launch, made):
          "IdempotentParameterMismatch" % one)
 
 
-def image_checks(ec2, ami, windows):
+def image_checks(ec2, ami, windows, arm64, itype, made):
     """DescribeImages as EC2 answers it: owner alias only on Amazon's images,
     a billing product on every image, Canonical's newest noble amd64 image
     found by owner and name."""
@@ -427,6 +427,14 @@ def image_checks(ec2, ami, windows):
           % (ami, newest, len(found)))
     step("images: Canonical's newest Ubuntu 24.04 is %s among %d; aliases and billing products as EC2's"
          % (ami, len(found)))
+    before = len(ec2.describe_instances(Filters=[{"Name": "subnet-id", "Values": [made["subnet"]]}])["Reservations"])
+    err = error_of(ec2.run_instances, ImageId=arm64, InstanceType=itype, MinCount=1, MaxCount=1,
+                   SubnetId=made["subnet"])
+    check(err == ("InvalidParameterValue", 400),
+          "RunInstances of arm64 image %s on %s: want InvalidParameterValue, got %s" % (arm64, itype, err))
+    after = len(ec2.describe_instances(Filters=[{"Name": "subnet-id", "Values": [made["subnet"]]}])["Reservations"])
+    check(after == before, "a RunInstances refused for its architecture launched")
+    step("RunInstances of an arm64 image on %s refused: InvalidParameterValue, nothing launched" % itype)
 
 
 def quota_checks(ctl, ec2, endpoint, launch, made):
@@ -679,7 +687,8 @@ def main():
         unusable_kms_checks(ctl, ec2, truth, launch, made)
         ebs_checks(ctl, ec2, truth, launch, made)
         ebs_timing_checks(ctl, ec2, launch, made)
-        image_checks(ec2, ami, env.get("VS_WORLD_AMI_WINDOWS", "ami-0b1b20220000a0001"))
+        image_checks(ec2, ami, env.get("VS_WORLD_AMI_WINDOWS", "ami-0b1b20220000a0001"),
+                     env.get("VS_WORLD_AMI_ARM64", "ami-0f00d24040000b001"), itype, made)
         quota_checks(ctl, ec2, endpoint, launch, made)
 
         print("realism-selftest: passed", flush=True)

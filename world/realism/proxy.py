@@ -18,7 +18,7 @@ from .control import ControlEndpoint
 from .ebs import EBS_CHECKED, EbsChecks
 from .ebs_timing import EbsTiming, timing_refusal
 from .ec2xml import error_body
-from .images import rewrite_images
+from .images import architecture_refusal, rewrite_images
 from .launch_kms import LaunchKms
 from .log import log
 from .quotas import QUOTA_CHECKED, quota_refusal
@@ -215,6 +215,12 @@ class Handler(ClientTokens, EbsChecks, EbsTiming, LaunchKms, ControlEndpoint,
             realism.count("refusals", action)
             self.send_error_xml(400, waiting[0], waiting[1])
             return "%s (EBS change under way)" % waiting[0]
+
+        wrong = architecture_refusal(self.moto_host, self.moto_port, scope, action, params)
+        if wrong:
+            realism.count("refusals", action)
+            self.send_error_xml(400, wrong[0], wrong[1])
+            return "%s (image and instance type differ in architecture)" % wrong[0]
 
         fault = realism.pick_fault(action, self.access_key())
         if fault in PRE_FAULTS:
