@@ -324,7 +324,7 @@ fn check_instances(p: &mut Problems, spec: &VotingStackSpec) {
 /// Whether an instance type is one of AWS's arm64 (Graviton) types: `a1`,
 /// or a family whose letters after the generation include `g` (t4g, m7g,
 /// c7gn, r8g, im4gn, is4gen), unlike g4dn or p5 whose `g` leads.
-fn is_arm64_type(instance_type: &str) -> bool {
+pub fn is_arm64_type(instance_type: &str) -> bool {
     let family = instance_type.split('.').next().unwrap_or("");
     if family == "a1" {
         return true;

@@ -624,8 +624,8 @@ impl Cloud for Ec2Cloud {
         self.newest_ubuntu().await
     }
 
-    async fn check_image(&self, ami: &str, field: &str) -> Result<(), CloudError> {
-        self.refuse_unsupported(ami, field).await
+    async fn check_image(&self, ami: &str, field: &str, instance_type: &str) -> Result<(), CloudError> {
+        self.refuse_unsupported(ami, field, instance_type).await
     }
 
     async fn terminate_instances(&self, instance_ids: &[String]) -> Result<(), CloudError> {

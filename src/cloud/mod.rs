@@ -357,6 +357,13 @@ pub enum CloudError {
          leave spec.instances.ami unset for the newest Ubuntu 24.04 LTS, or name a Debian or Ubuntu AMI; nothing was launched"
     )]
     UnsupportedImage { field: String, ami: String, name: String, family: &'static str },
+    /// The image's architecture is not the instance type's: EC2 would refuse
+    /// RunInstances (InvalidParameterValue) after the network was made.
+    #[error(
+        "{field} {ami} is an {architecture} image and {instance_type} does not run {architecture}: \
+         name an image of the instance type's architecture, or another instance type; nothing was launched"
+    )]
+    ArchitectureMismatch { field: String, ami: String, architecture: String, instance_type: String },
     /// The region has no Ubuntu 24.04 LTS amd64 image from Canonical to
     /// stand for an unset `spec.instances.ami`.
     #[error(
@@ -383,6 +390,7 @@ impl CloudError {
             | CloudError::NoZoneOffers { .. }
             | CloudError::ProvidedNetwork { .. }
             | CloudError::UnsupportedImage { .. }
+            | CloudError::ArchitectureMismatch { .. }
             | CloudError::NoUbuntuImage { .. } => AwsErrorKind::InvalidParameter,
             CloudError::Capacity { .. } => AwsErrorKind::Capacity,
         }
@@ -451,10 +459,12 @@ pub trait Cloud: Send + Sync {
 
     /// Refuses, before anything is launched from it, an image the hosts
     /// cannot run on: Windows, Amazon Linux, RHEL, SUSE
-    /// ([`CloudError::UnsupportedImage`], naming `field`). One DescribeImages
-    /// per AMI, shared with the launch's root-device look-up. An AMI EC2
-    /// does not know passes: RunInstances then says so (InvalidAMIID).
-    async fn check_image(&self, ami: &str, field: &str) -> Result<(), CloudError>;
+    /// ([`CloudError::UnsupportedImage`], naming `field`), or one whose
+    /// architecture `instance_type` lacks ([`CloudError::ArchitectureMismatch`]).
+    /// One DescribeImages per AMI, shared with the launch's root-device
+    /// look-up. An AMI EC2 does not know passes: RunInstances then says so
+    /// (InvalidAMIID).
+    async fn check_image(&self, ami: &str, field: &str, instance_type: &str) -> Result<(), CloudError>;
 
     async fn terminate_instances(&self, instance_ids: &[String]) -> Result<(), CloudError>;
 

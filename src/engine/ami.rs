@@ -47,18 +47,20 @@ pub fn running_unnamed(spec: &VotingStackSpec, infra: &ObservedInfra) -> Option<
     images.all(|i| i == first).then_some(first)
 }
 
-/// The distinct AMIs the plan launches from, each with the field it comes
-/// from (the first tier's, in plan order).
-pub fn launched_amis(spec: &VotingStackSpec, actions: &[InfraAction]) -> BTreeMap<String, String> {
-    let mut amis = BTreeMap::new();
+/// The distinct (AMI, instance type) pairs the plan launches, each with
+/// the field the AMI comes from (the first tier's, in plan order).
+pub fn launched_images(spec: &VotingStackSpec, actions: &[InfraAction]) -> BTreeMap<(String, String), String> {
+    let mut launched = BTreeMap::new();
     for action in actions {
         if let InfraAction::LaunchInstance(launch) = action {
             if let Some(ami) = &launch.ami {
-                amis.entry(ami.clone()).or_insert_with(|| ami_field(spec, launch.tier));
+                launched
+                    .entry((ami.clone(), launch.instance_type.clone()))
+                    .or_insert_with(|| ami_field(spec, launch.tier));
             }
         }
     }
-    amis
+    launched
 }
 
 impl Engine {
@@ -97,14 +99,15 @@ impl Engine {
     }
 
     /// Refuses the plan's launches, before any step of it is carried out,
-    /// when one of their images is Windows, Amazon Linux, RHEL or SUSE.
+    /// when one of their images is Windows, Amazon Linux, RHEL or SUSE, or
+    /// not of its instance type's architecture.
     pub(super) async fn refuse_unusable_images(
         &self,
         spec: &VotingStackSpec,
         actions: &[InfraAction],
     ) -> Result<(), CloudError> {
-        for (ami, field) in launched_amis(spec, actions) {
-            self.cloud.check_image(&ami, &field).await?;
+        for ((ami, instance_type), field) in launched_images(spec, actions) {
+            self.cloud.check_image(&ami, &field, &instance_type).await?;
         }
         Ok(())
     }
@@ -172,9 +175,10 @@ mod tests {
         let status = VotingStackStatus::default();
         let actions: Vec<InfraAction> =
             Tier::ALL.iter().map(|t| InfraAction::LaunchInstance(instance_launch(&s, &status, *t, 0))).collect();
-        let amis = launched_amis(&s, &actions);
-        assert_eq!(amis.len(), 2);
-        assert_eq!(amis["ami-0000000s"], "spec.instances.ami");
-        assert_eq!(amis["ami-0000000b"], "spec.instances.backend.ami");
+        let launched = launched_images(&s, &actions);
+        let key = |ami: &str| (ami.to_owned(), "t3.small".to_owned());
+        assert_eq!(launched.len(), 2);
+        assert_eq!(launched[&key("ami-0000000s")], "spec.instances.ami");
+        assert_eq!(launched[&key("ami-0000000b")], "spec.instances.backend.ami");
     }
 }

@@ -1637,10 +1637,11 @@ async fn e2e_recreate_runs_without_a_proxy() {
 }
 
 #[tokio::test]
-async fn e2e_amazon_linux_and_windows_images_are_refused_before_anything_is_created() {
+async fn e2e_amazon_linux_windows_and_arm64_on_x86_images_are_refused_before_anything_is_created() {
     for (name, octet, variable, family) in [
         ("e2e-ami-al", 84, "VS_WORLD_AMI_AMAZON_LINUX", "Amazon Linux"),
         ("e2e-ami-win", 85, "VS_WORLD_AMI_WINDOWS", "Windows"),
+        ("e2e-ami-arm", 86, "VS_WORLD_AMI_ARM64", "arm64 image and t3.micro"),
     ] {
         let stack = Stack::new(name, octet);
         let ami = stack.env[variable].clone();

@@ -2,8 +2,8 @@
 //! a stack without `spec.instances.ami` launches the newest Ubuntu 24.04
 //! LTS amd64 image Canonical publishes (not an older one, an arm64 or 22.04
 //! one, a testing build, nor a look-alike of another owner), keeps it in
-//! status, and asks EC2 no more; Amazon Linux and Windows images are
-//! refused before anything is created.
+//! status, and asks EC2 no more; Amazon Linux and Windows images, and an
+//! arm64 image on an x86_64 type, are refused before anything is created.
 
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use votingstack::engine::{Engine, EngineSettings};
 
 use crate::fakes::FakeHosts;
 use crate::fixtures;
-use crate::moto::{reconcile, Moto, AMAZON_LINUX, AMI, OLDER_UBUNTU, WINDOWS};
+use crate::moto::{reconcile, Moto, AMAZON_LINUX, AMI, ARM64_UBUNTU, OLDER_UBUNTU, WINDOWS};
 
 /// An engine over moto whose hosts never answer: only EC2 is exercised.
 fn engine(moto: &Moto) -> (Engine, Arc<Ec2Cloud>) {
@@ -122,18 +122,20 @@ async fn ec2_images_a_recorded_image_stays_and_a_lost_record_is_taken_from_the_r
 }
 
 #[tokio::test]
-async fn ec2_images_amazon_linux_and_windows_are_refused_before_anything_is_created() {
+async fn ec2_images_amazon_linux_windows_and_another_architecture_are_refused_before_anything_is_created() {
     let moto = Moto::start();
     let c = moto.client();
     let (engine, _) = engine(&moto);
-    for (n, (ami, family)) in [(AMAZON_LINUX, "Amazon Linux"), (WINDOWS, "Windows")].into_iter().enumerate() {
+    let cases = [(AMAZON_LINUX, "Amazon Linux"), (WINDOWS, "Windows"), (ARM64_UBUNTU, "arm64 image and t3.small")];
+    for (n, (ami, family)) in cases.into_iter().enumerate() {
         let mut s = stack(&format!("refused{n}"), 3 + n as u8);
         s.spec.instances.ami = Some(ami.into());
         let out = reconcile(&engine, &mut s).await;
         let (status, reason, message) = infrastructure(&s);
         assert_eq!((status.as_str(), reason.as_str()), ("False", "AwsInvalidParameter"), "{message}");
         assert!(message.contains(&format!("spec.instances.ami {ami}")) && message.contains(family), "{message}");
-        assert!(message.contains("Debian or Ubuntu"), "{message}");
+        let fix = if ami == ARM64_UBUNTU { "the instance type's architecture" } else { "Debian or Ubuntu" };
+        assert!(message.contains(fix), "{message}");
         assert_eq!(s.status.as_ref().and_then(|st| st.phase), Some(Phase::Failed));
         assert!(out.applied.is_empty(), "{:?}", out.applied);
         assert_eq!(vpcs(&c, &uid(&s)).await, 0, "no network was created for an image that cannot run");

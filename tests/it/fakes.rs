@@ -275,7 +275,7 @@ impl Cloud for FakeCloud {
         })
     }
 
-    async fn check_image(&self, ami: &str, field: &str) -> Result<(), CloudError> {
+    async fn check_image(&self, ami: &str, field: &str, _instance_type: &str) -> Result<(), CloudError> {
         self.call();
         let mut s = self.state.lock().unwrap();
         s.operations.push("DescribeImages");

@@ -28,6 +28,8 @@ pub const OLDER_UBUNTU: &str = "ami-0f00d24040000a001";
 /// Amazon Linux 2023 and Windows Server images of that list.
 pub const AMAZON_LINUX: &str = "ami-0a1a20230000a0001";
 pub const WINDOWS: &str = "ami-0b1b20220000a0001";
+/// Canonical's Ubuntu 24.04 arm64 image of that list.
+pub const ARM64_UBUNTU: &str = "ami-0f00d24040000b001";
 
 /// The world's image list.
 fn amis_json() -> String {

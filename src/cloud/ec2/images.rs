@@ -6,6 +6,7 @@
 use aws_sdk_ec2::types::{Image, PlatformValues};
 use tracing::info;
 
+use crate::api::validate::is_arm64_type;
 use crate::api::ResolvedAmi;
 use crate::cloud::{CloudError, CANONICAL_OWNER_ID, UBUNTU_NOBLE_AMD64_NAME};
 
@@ -15,6 +16,8 @@ use super::{filter, Ec2Cloud};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ImageFacts {
     pub name: String,
+    /// `x86_64`, `arm64`, ... as EC2 names it.
+    pub architecture: String,
     /// Its root device, when the image names one in its mappings.
     pub root: Option<RootDevice>,
     /// The family of an operating system the hosts cannot run on.
@@ -66,6 +69,17 @@ pub(crate) fn unsupported_family(
     None
 }
 
+/// Whether an image of `architecture` runs on `instance_type`: arm64 images
+/// on Graviton types only, x86_64 images on the others; an architecture
+/// nothing is known of is left to EC2.
+pub(crate) fn architecture_fits(architecture: &str, instance_type: &str) -> bool {
+    match architecture {
+        "arm64" => is_arm64_type(instance_type),
+        "x86_64" => !is_arm64_type(instance_type),
+        _ => true,
+    }
+}
+
 /// The newest of Canonical's images by creation date (then name and id, so
 /// two equally dated images always give the same answer).
 pub(crate) fn newest(images: &[Image]) -> Option<&Image> {
@@ -89,6 +103,7 @@ fn facts(image: &Image) -> ImageFacts {
     let name = image.name().unwrap_or("");
     ImageFacts {
         name: name.to_owned(),
+        architecture: image.architecture().map(|a| a.as_str().to_owned()).unwrap_or_default(),
         root,
         unsupported: unsupported_family(platform, image.platform_details(), name, image.description().unwrap_or("")),
     }
@@ -143,13 +158,30 @@ impl Ec2Cloud {
     }
 
     /// See [`crate::cloud::Cloud::check_image`].
-    pub(super) async fn refuse_unsupported(&self, ami: &str, field: &str) -> Result<(), CloudError> {
-        match self.image_facts(ami).await? {
-            Some(ImageFacts { name, unsupported: Some(family), .. }) => {
-                Err(CloudError::UnsupportedImage { field: field.to_owned(), ami: ami.to_owned(), name, family })
-            }
-            _ => Ok(()),
+    pub(super) async fn refuse_unsupported(
+        &self,
+        ami: &str,
+        field: &str,
+        instance_type: &str,
+    ) -> Result<(), CloudError> {
+        let Some(facts) = self.image_facts(ami).await? else { return Ok(()) };
+        if let Some(family) = facts.unsupported {
+            return Err(CloudError::UnsupportedImage {
+                field: field.to_owned(),
+                ami: ami.to_owned(),
+                name: facts.name,
+                family,
+            });
         }
+        if !architecture_fits(&facts.architecture, instance_type) {
+            return Err(CloudError::ArchitectureMismatch {
+                field: field.to_owned(),
+                ami: ami.to_owned(),
+                architecture: facts.architecture,
+                instance_type: instance_type.to_owned(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -190,6 +222,15 @@ mod tests {
         for (platform, details, name, description, want) in cases {
             assert_eq!(unsupported_family(platform, details, name, description), want, "{name}");
         }
+    }
+
+    #[test]
+    fn an_image_runs_only_on_instance_types_of_its_architecture() {
+        assert!(architecture_fits("x86_64", "t3.micro"));
+        assert!(architecture_fits("arm64", "t4g.small"));
+        assert!(!architecture_fits("arm64", "t3.micro"));
+        assert!(!architecture_fits("x86_64", "m7g.large"));
+        assert!(architecture_fits("", "t3.micro"), "unknown: EC2 decides");
     }
 
     fn image(id: &str, owner: &str, created: &str) -> Image {
